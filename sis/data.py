@@ -1,0 +1,199 @@
+"""Datasets in the SegNet CamVid layout, decoded once and augmented on tensors.
+
+Layout (any root folder)::
+
+    root/train/ root/trainannot/ root/val/ root/valannot/ root/test/ root/testannot/
+    root/classes.json            optional; CamVid's 11 classes + void if absent
+
+Each image ``split/NAME.ext`` has a label map ``splitannot/NAME.png`` of the same
+size holding one class id per pixel (uint8), the void id allowed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from .classes import CAMVID, ClassSet
+
+SPLITS = ("train", "val", "test")
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+class DatasetError(ValueError):
+    """A dataset folder a user pointed at is not usable; the message says why."""
+
+
+def load_classes(root: Path) -> ClassSet:
+    """The dataset's classes.json if present, else CamVid's classes."""
+    path = Path(root) / "classes.json"
+    if not path.exists():
+        return CAMVID
+    try:
+        return ClassSet.from_json(path)
+    except ValueError as e:
+        raise DatasetError(f"{path}: {e}") from None
+
+
+def list_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
+    """(image, label) paths of one split, sorted by name; raises DatasetError on layout problems."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder {root} does not exist")
+    img_dir, ann_dir = root / split, root / f"{split}annot"
+    for d in (img_dir, ann_dir):
+        if not d.is_dir():
+            raise DatasetError(f"{root} has no '{d.name}/' folder (expected the SegNet layout: "
+                               f"{split}/ and {split}annot/)")
+    images = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+    if not images:
+        raise DatasetError(f"{img_dir} holds no images")
+    labels = {p.stem: p for p in ann_dir.iterdir() if p.suffix.lower() == ".png"}
+    pairs = []
+    for img in images:
+        if img.stem not in labels:
+            raise DatasetError(f"image {split}/{img.name} has no label {split}annot/{img.stem}.png")
+        pairs.append((img, labels[img.stem]))
+    return pairs
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 of a dataset frame."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DatasetError(f"cannot read image {path}: {e}") from None
+
+
+def read_label(path: Path) -> np.ndarray:
+    """(H, W) uint8 label map; palette PNGs give their indices, not colours."""
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("L", "P", "I", "I;16"):
+                raise DatasetError(f"label {path} has mode {im.mode}; expected a single-channel "
+                                   f"PNG of class ids")
+            arr = np.asarray(im)
+    except (OSError, SyntaxError) as e:
+        raise DatasetError(f"cannot read label {path}: {e}") from None
+    if arr.max(initial=0) > 255:
+        raise DatasetError(f"label {path} has value {int(arr.max())} > 255")
+    return arr.astype(np.uint8)
+
+
+@dataclass
+class Frames:
+    """Decoded frames of one split: images [(3,H,W) uint8], masks [(H,W) int64]."""
+    names: list[str]
+    images: list[torch.Tensor]
+    masks: list[torch.Tensor]
+    classes: ClassSet
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def load_split(root: Path, split: str, limit: int | None = None,
+               classes: ClassSet | None = None) -> Frames:
+    """Decode a split into memory, checking sizes and label values frame by frame."""
+    classes = classes or load_classes(root)
+    pairs = list_pairs(root, split)[:limit]
+    names, images, masks = [], [], []
+    for img_path, lbl_path in pairs:
+        img, lbl = read_rgb(img_path), read_label(lbl_path)
+        if img.shape[:2] != lbl.shape:
+            raise DatasetError(f"size mismatch: {split}/{img_path.name} is {img.shape[1]}x{img.shape[0]} "
+                               f"but its label is {lbl.shape[1]}x{lbl.shape[0]}")
+        bad = np.unique(lbl[lbl >= classes.num_classes])
+        bad = bad[bad != (classes.void if classes.void is not None else -1)]
+        if bad.size:
+            raise DatasetError(f"label {split}annot/{lbl_path.name} has class id {int(bad[0])} outside "
+                               f"0..{classes.num_classes - 1}" +
+                               (f" (void is {classes.void})" if classes.void is not None else ""))
+        names.append(img_path.stem)
+        images.append(torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))))
+        masks.append(torch.from_numpy(lbl.astype(np.int64)))
+    return Frames(names, images, masks, classes)
+
+
+def build_augment(flips: str = "hv", crop: tuple[int, int] | None = None,
+                  scale: tuple[float, float] = (1.0, 1.0), fill_label: int = 255) -> v2.Transform:
+    """Joint image+mask augmentation (torchvision v2 keeps them aligned).
+
+    flips: "" | "h" | "v" | "hv" (the SIS-CNN paper uses both); scale: random
+    resize factor range; crop: (h, w) random crop, padded with label ``fill_label``.
+    """
+    ops: list[v2.Transform] = []
+    if scale != (1.0, 1.0):
+        ops.append(_RandomScale(scale))
+    if crop is not None:
+        ops.append(v2.RandomCrop(crop, pad_if_needed=True,
+                                 fill={tv_tensors.Image: 0, tv_tensors.Mask: fill_label}))
+    if "h" in flips:
+        ops.append(v2.RandomHorizontalFlip())
+    if "v" in flips:
+        ops.append(v2.RandomVerticalFlip())
+    return v2.Compose(ops) if ops else v2.Identity()
+
+
+class _RandomScale(v2.Transform):
+    """Resize by a factor drawn uniformly from ``scale`` (nearest for masks, via v2)."""
+
+    def __init__(self, scale: tuple[float, float]):
+        super().__init__()
+        self.scale = scale
+
+    def make_params(self, flat_inputs):
+        h, w = v2.query_size(flat_inputs)
+        f = float(torch.empty(1).uniform_(*self.scale))
+        return {"size": [max(1, round(h * f)), max(1, round(w * f))]}
+
+    def transform(self, inpt, params):
+        return v2.functional.resize(inpt, params["size"], antialias=True)
+
+
+class SegDataset(torch.utils.data.Dataset):
+    """Frames + a joint transform -> (image (3,h,w) uint8, mask (h,w) int64)."""
+
+    def __init__(self, frames: Frames, transform: v2.Transform | None = None):
+        self.frames, self.transform = frames, transform
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, i):
+        img = tv_tensors.Image(self.frames.images[i])
+        mask = tv_tensors.Mask(self.frames.masks[i])
+        if self.transform is not None:
+            img, mask = self.transform(img, mask)
+        return img.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
+
+
+def class_frequencies(frames: Frames) -> torch.Tensor:
+    """(C,) pixel count per class over the split (void excluded)."""
+    c = frames.classes.num_classes
+    counts = torch.zeros(c, dtype=torch.float64)
+    for m in frames.masks:
+        counts += torch.bincount(m[m < c].reshape(-1), minlength=c).double()
+    return counts
+
+
+def class_weights(frames: Frames, mode: str = "none") -> torch.Tensor | None:
+    """Loss weights per class: 'none', 'median' (median-frequency balancing) or 'sqrt-median'."""
+    if mode == "none":
+        return None
+    freq = class_frequencies(frames)
+    freq = freq / freq.sum()
+    present = freq > 0
+    w = torch.zeros_like(freq)
+    w[present] = freq[present].median() / freq[present]
+    if mode == "sqrt-median":
+        w = w.sqrt()
+    elif mode != "median":
+        raise ValueError(f"unknown class weighting '{mode}'; choose none, median or sqrt-median")
+    return w.float()

@@ -1,0 +1,222 @@
+"""Inference: any image Pillow reads -> label map + confidence -> coloured mask / overlay.
+
+The model works at about its training resolution: an image is resized (aspect
+kept) to the pixel count of ``cfg.base_size``, padded to the stride, predicted,
+unpadded and mapped back to the original size.
+"""
+from __future__ import annotations
+
+import io
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .evaluate import forward_logits
+from .zoo import ModelConfig
+
+MAX_PIXELS = 40_000_000  # refuse larger images before decoding them (decompression bombs)
+
+
+class ImageError(ValueError):
+    """An image a user gave cannot be used; the message says why."""
+
+
+@dataclass
+class LoadedImage:
+    image: Image.Image  # RGB, EXIF orientation applied
+    notes: list[str]    # what was converted, in words (e.g. "alpha composited on white")
+    original_mode: str
+
+
+def load_image(source: str | Path | bytes | BinaryIO, max_pixels: int = MAX_PIXELS,
+               background: str = "white", name: str | None = None) -> LoadedImage:
+    """Open, check and convert any image to RGB.
+
+    - the pixel count is checked from the header, before decoding;
+    - EXIF orientation applied (broken EXIF ignored); animated/multi-page: frame 0;
+    - 16-bit and 32-bit modes are scaled to 8 bits (not clipped); alpha is
+      composited on ``background`` ('white' or 'black'); CMYK, P, 1, L converted.
+    """
+    label = name or (str(source) if isinstance(source, (str, Path)) else "the upload")
+    if isinstance(source, bytes):
+        source = io.BytesIO(source)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(source)
+    except FileNotFoundError:
+        raise ImageError(f"{label}: file not found") from None
+    except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        if isinstance(e, UnidentifiedImageError):
+            raise ImageError(f"{label} is not an image format Pillow can read") from None
+        raise ImageError(f"{label} is too large to open safely (over {max_pixels / 1e6:.0f} MP); downscale it first") from None
+    except OSError as e:
+        raise ImageError(f"{label} cannot be opened: {e}") from None
+    w, h = im.size
+    if w * h > max_pixels:
+        raise ImageError(f"{label} is {w}x{h} = {w * h / 1e6:.0f} MP, above the "
+                         f"{max_pixels / 1e6:.0f} MP limit; downscale it first")
+    if w == 0 or h == 0:
+        raise ImageError(f"{label} has no pixels ({w}x{h})")
+    notes: list[str] = []
+    if getattr(im, "n_frames", 1) > 1:
+        im.seek(0)
+        notes.append(f"first of {im.n_frames} frames used")
+    try:
+        im.load()
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{label} is truncated or corrupt ({e})") from None
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+        if orientation in range(2, 9):
+            im = ImageOps.exif_transpose(im)
+            notes.append(f"EXIF orientation {orientation} applied")
+    except Exception:  # broken EXIF must not lose the image
+        notes.append("broken EXIF ignored")
+    mode = im.mode
+    return LoadedImage(_to_rgb(im, background, notes), notes, mode)
+
+
+def _to_rgb(im: Image.Image, background: str, notes: list[str]) -> Image.Image:
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        arr = np.asarray(im).astype(np.float64)
+        if mode.startswith("I;16") or (mode == "I" and arr.max(initial=0) > 255 and arr.max() <= 65535
+                                       and arr.min(initial=0) >= 0):
+            arr, how = arr / 257.0, "16-bit scaled to 8-bit"
+        elif mode == "F" and arr.min(initial=0) >= 0 and arr.max(initial=0) <= 1.0:
+            arr, how = arr * 255.0, "float [0,1] scaled to 8-bit"
+        elif arr.min(initial=0) >= 0 and arr.max(initial=0) <= 255:
+            how = f"{mode} values already in 0..255"
+        else:
+            lo, hi = float(arr.min()), float(arr.max())
+            arr, how = (arr - lo) / max(hi - lo, 1e-12) * 255.0, f"{mode} range {lo:g}..{hi:g} stretched to 8-bit"
+        notes.append(how)
+        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+        if im.mode == "RGB":
+            return im
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255) if background == "white" else (0, 0, 0, 255))
+        notes.append(f"alpha composited on {background}")
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    if mode == "CMYK":
+        notes.append("CMYK converted to RGB")
+    return im.convert("RGB")
+
+
+@dataclass
+class Prediction:
+    labels: np.ndarray      # (H, W) uint8 class ids at the original size
+    confidence: np.ndarray  # (H, W) float32 max softmax probability
+    ms: float               # model time (resize + forward + softmax), milliseconds
+    work_size: tuple[int, int]
+
+
+def work_size(h: int, w: int, base: tuple[int, int]) -> tuple[int, int]:
+    """(h, w) with the pixel count of ``base`` and the aspect of the image."""
+    f = (base[0] * base[1] / (h * w)) ** 0.5
+    return max(1, round(h * f)), max(1, round(w * f))
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, cfg: ModelConfig, image: Image.Image | np.ndarray,
+            device: torch.device | str = "cpu", amp: bool = False) -> Prediction:
+    """Segment one RGB image. model: in eval mode on ``device``; amp: bf16/fp16 autocast."""
+    device = torch.device(device)
+    arr = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+    h, w = arr.shape[:2]
+    t0 = time.perf_counter()
+    x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).unsqueeze(0).to(device)
+    wh, ww = work_size(h, w, tuple(cfg.base_size))
+    if (wh, ww) != (h, w):
+        x = F.interpolate(x.float(), size=(wh, ww), mode="bilinear", antialias=(wh < h),
+                          align_corners=False).clamp(0, 255).round().to(torch.uint8)
+    logits = forward_logits(model, cfg, x, amp)
+    prob = logits.softmax(1)
+    conf, labels = prob.max(1)
+    if (wh, ww) != (h, w):
+        labels = F.interpolate(labels[None].float(), size=(h, w), mode="nearest")[0]
+        conf = F.interpolate(conf[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+    ms = (time.perf_counter() - t0) * 1000
+    return Prediction(labels[0].to(torch.uint8).cpu().numpy(), conf[0].float().cpu().numpy(), ms, (wh, ww))
+
+
+def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """(H, W) class ids -> (H, W, 3) uint8 colours; palette is ClassSet.palette()."""
+    return palette[labels]
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: float = 0.5,
+            visible: list[int] | None = None) -> np.ndarray:
+    """Blend the coloured mask over the image; classes not in ``visible`` are left unpainted."""
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"opacity must be within 0..1, got {alpha}")
+    img = np.asarray(image, np.float32)
+    col = colorize(labels, palette).astype(np.float32)
+    paint = np.ones(labels.shape, bool) if visible is None else np.isin(labels, visible)
+    out = img.copy()
+    out[paint] = (1 - alpha) * img[paint] + alpha * col[paint]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def class_share(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """(C,) fraction of pixels per class id; sums to 1 over the labelled pixels."""
+    counts = np.bincount(labels.reshape(-1), minlength=num_classes)[:num_classes].astype(np.float64)
+    return counts / max(counts.sum(), 1)
+
+
+def error_map(labels: np.ndarray, truth: np.ndarray, void: int | None) -> np.ndarray:
+    """(H, W, 3) uint8: green correct, red wrong, black void."""
+    out = np.zeros(labels.shape + (3,), np.uint8)
+    valid = truth != void if void is not None else np.ones(truth.shape, bool)
+    out[valid & (labels == truth)] = (40, 170, 60)
+    out[valid & (labels != truth)] = (220, 40, 40)
+    return out
+
+
+def label_png(labels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(labels.astype(np.uint8), "L").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def rgb_png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr, "RGB").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def iter_images(inputs: list[str | Path]) -> list[Path]:
+    """Expand folders into their image files (sorted); files are kept as given."""
+    from .data import IMAGE_EXTS
+    out: list[Path] = []
+    for p in map(Path, inputs):
+        if p.is_dir():
+            out += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_EXTS)
+        else:
+            out.append(p)
+    return out
+
+
+def load_for_inference(folder: Path, device: torch.device | str = "cpu",
+                       channels_last: bool = True) -> tuple[torch.nn.Module, ModelConfig]:
+    """A saved model, read-only: eval mode, no grads, on ``device``. Share it freely across threads."""
+    from .zoo import load_model
+    model, cfg = load_model(folder)
+    model.requires_grad_(False).to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model.eval(), cfg

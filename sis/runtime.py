@@ -1,0 +1,107 @@
+"""Devices, mixed precision and host facts, in one place for train, infer and bench."""
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+from functools import lru_cache
+
+import psutil
+import torch
+
+
+class DeviceError(ValueError):
+    """The requested device cannot be used here; the message says why."""
+
+
+def cuda_unavailable_reason() -> str | None:
+    """None when CUDA works, else one sentence why not."""
+    if not torch.cuda.is_available():
+        if torch.version.cuda is None:
+            return "this PyTorch build has no CUDA support"
+        return "no CUDA GPU is visible to PyTorch on this host"
+    return None
+
+
+def pick_device(pref: str = "auto") -> torch.device:
+    """'auto' -> cuda if available else cpu; 'cpu'; 'cuda' or 'cuda:N' (error if unavailable)."""
+    if pref == "auto":
+        return torch.device("cuda" if cuda_unavailable_reason() is None else "cpu")
+    if pref == "cpu":
+        return torch.device("cpu")
+    if pref.startswith("cuda"):
+        why = cuda_unavailable_reason()
+        if why:
+            raise DeviceError(f"device '{pref}' is unavailable: {why}")
+        return torch.device(pref)
+    raise DeviceError(f"unknown device '{pref}'; choose auto, cpu or cuda")
+
+
+@lru_cache(maxsize=None)
+def cpu_has_bf16() -> bool:
+    """True when the CPU executes bf16 natively (AVX512-BF16 or AMX), so autocast pays off."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:
+        return bool(getattr(torch.backends.mkldnn, "is_available", lambda: False)()) and \
+            platform.machine() == "arm64"
+
+
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype worth using on this device, or None for plain fp32."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu_has_bf16():
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """Autocast context for ``device`` (bf16 on capable CPUs, bf16/fp16 on CUDA) or a no-op."""
+    dtype = amp_dtype(device) if enabled else None
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def host_info() -> dict:
+    """CPU model, cores, RAM, GPU, torch version: enough to compare two benchmark runs."""
+    gpu = None
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        gpu = {"name": props.name, "memory_gb": round(props.total_memory / 2**30, 1)}
+    return {
+        "cpu": cpu_model(),
+        "cores_logical": psutil.cpu_count(logical=True),
+        "cores_physical": psutil.cpu_count(logical=False),
+        "torch_threads": torch.get_num_threads(),
+        "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "cpu_bf16": cpu_has_bf16(),
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "os": f"{platform.system()} {platform.release()}",
+        "hostname_hash": hash(platform.node()) & 0xFFFF,
+    }
+
+
+def rss_bytes() -> int:
+    return psutil.Process(os.getpid()).memory_info().rss

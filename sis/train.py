@@ -1,0 +1,344 @@
+"""Training: a config, a readable loop, checkpoints, stop and resume.
+
+Defaults follow the SIS-CNN paper: Adam at lr 2e-4, cross-entropy ignoring void,
+horizontal + vertical flips, validation after every epoch, loss / pixel accuracy /
+mIoU logged per epoch. Run data-parallel with ``torchrun --nproc_per_node N -m sis train``.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from . import zoo
+from .data import SegDataset, build_augment, class_weights, load_classes, load_split
+from .evaluate import evaluate, pad_to_stride
+from .runtime import amp_dtype, autocast, host_info, pick_device
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (diverged loss, bad resume); the message says why."""
+
+
+@dataclass
+class TrainConfig:
+    model: str = zoo.DEFAULT_MODEL       # registry name
+    data: str = ""                       # SegNet-layout folder
+    out: str = "runs/model"              # model folder written at the end (checkpoint/ inside)
+    init: str = "random"                 # random | imagenet | path of a model folder to fine-tune
+    epochs: int = 1
+    max_steps: int | None = None         # stop after this many optimizer steps (overrides epochs)
+    batch_size: int = 8
+    crop: tuple[int, int] | None = None  # random crop (h, w); None = full frames
+    scale: tuple[float, float] = (1.0, 1.0)  # random rescale range before the crop
+    flips: str = "hv"                    # paper: horizontal and vertical
+    lr: float = 2e-4
+    optimizer: str = "adam"              # adam | adamw
+    weight_decay: float = 0.0
+    schedule: str = "constant"           # constant | poly | cosine
+    warmup_steps: int = 0
+    class_weighting: str = "none"        # none | median | sqrt-median
+    freeze_encoder: bool = False
+    seed: int = 0
+    device: str = "auto"                 # auto | cpu | cuda
+    amp: bool = True                     # bf16 autocast on capable CPUs, AMP on CUDA
+    channels_last: bool = True
+    train_limit: int | None = None       # use only the first N train frames (tests, probes)
+    val_limit: int | None = None
+    val_every: int = 1                   # epochs between validations (0 = never)
+    resume: bool = True                  # continue from out/checkpoint if present
+    save_half: bool = False              # write fp16 weights (shipping)
+    threads: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Progress:
+    """What the loop reports after every step (and after each validation)."""
+    step: int
+    total_steps: int
+    epoch: int
+    epochs: int
+    loss: float
+    pixel_acc: float
+    lr: float
+    images_per_s: float
+    eta_s: float
+    val_miou: float | None = None
+    phase: str = "train"  # train | val | done | stopped
+
+
+class StopFlag(Protocol):
+    def is_set(self) -> bool: ...
+
+
+def lr_at(step: int, total: int, base: float, schedule: str, warmup: int = 0) -> float:
+    """Learning rate for optimizer step ``step`` (0-based) of ``total``: pure, so resume is exact."""
+    if warmup and step < warmup:
+        return base * (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "constant":
+        return base
+    if schedule == "poly":
+        return base * (1 - t) ** 0.9
+    if schedule == "cosine":
+        return base * 0.5 * (1 + math.cos(math.pi * t))
+    raise ValueError(f"unknown lr schedule '{schedule}'; choose constant, poly or cosine")
+
+
+# ------------------------------------------------------------------ distributed
+def _dist_env() -> tuple[int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _init_distributed(device: torch.device) -> tuple[int, int]:
+    rank, world = _dist_env()
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# ------------------------------------------------------------------ checkpoints
+def _save_checkpoint(folder: Path, model, optimizer, meta: dict) -> None:
+    """model + optimizer tensors as safetensors, the rest as JSON; written then renamed."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+              str(tmp / "model.safetensors"))
+    osd = optimizer.state_dict()
+    tensors, state_meta = {}, {}
+    for pid, st in osd["state"].items():
+        state_meta[str(pid)] = {}
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                state_meta[str(pid)][k] = v
+    tensors["rng.cpu"] = torch.get_rng_state()
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    meta = dict(meta, param_groups=osd["param_groups"], state_meta=state_meta)
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    old = folder.with_name(folder.name + ".old")
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    if old.exists():
+        for p in old.iterdir():
+            p.unlink()
+        old.rmdir()
+
+
+def _load_checkpoint(folder: Path, model, optimizer, cfg: zoo.ModelConfig) -> dict:
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        zoo.apply_state(model, zoo.load_state(folder / "model.safetensors"), cfg, str(folder))
+        tensors = load_file(str(folder / "optimizer.safetensors"))
+    except (OSError, json.JSONDecodeError, zoo.ModelError) as e:
+        raise TrainingError(f"cannot resume from {folder}: {e}; delete it to start afresh") from None
+    if meta.get("model") != cfg.name:
+        raise TrainingError(f"checkpoint {folder} is for {meta.get('model')}, not {cfg.name}")
+    state: dict = {}
+    for key, v in tensors.items():
+        if key == "rng.cpu":
+            continue
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = v
+    for pid, extra in meta["state_meta"].items():
+        state.setdefault(int(pid), {}).update(extra)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    torch.set_rng_state(tensors["rng.cpu"])
+    return meta
+
+
+# ------------------------------------------------------------------ the loop
+def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
+          stop: StopFlag | None = None, log: Callable[[str], None] = print) -> dict:
+    """Train per ``cfg``; returns {status, out, history, val}. status: done | stopped.
+
+    Writes ``cfg.out`` (a loadable model folder) at the end or when stopped, and
+    ``cfg.out/checkpoint`` after every epoch and on stop, for resume.
+    """
+    device = pick_device(cfg.device)
+    rank, world = _init_distributed(device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed + rank)
+    out = Path(cfg.out)
+    ckpt_dir = out / "checkpoint"
+
+    # data: decoded once, augmented on tensors in the loop's process
+    classes = load_classes(cfg.data)
+    train_frames = load_split(cfg.data, "train", cfg.train_limit, classes)
+    val_frames = load_split(cfg.data, "val", cfg.val_limit, classes) if cfg.val_every else None
+    fill = classes.void if classes.void is not None else 255
+    dataset = SegDataset(train_frames, build_augment(cfg.flips, cfg.crop, cfg.scale, fill))
+    if cfg.crop is None and len({tuple(i.shape) for i in train_frames.images}) > 1:
+        raise TrainingError("training frames differ in size; set a crop size (--crop HxW)")
+
+    # model: fresh (random / ImageNet encoder) or fine-tuned from a saved folder
+    if cfg.init in ("random", "imagenet"):
+        model, mcfg = zoo.create_model(cfg.model, classes, cfg.init)
+    else:
+        model, mcfg = zoo.load_model(Path(cfg.init))
+        if mcfg.class_set.num_classes != classes.num_classes:
+            zoo.reset_head(model, classes.num_classes)
+            log(f"new classifier head: {mcfg.class_set.num_classes} -> {classes.num_classes} classes")
+        mcfg.classes = classes.to_dict()
+        mcfg.init = f"finetune:{Path(cfg.init).name}"
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if cfg.freeze_encoder:
+        model.encoder.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(cfg.optimizer)
+    if opt_cls is None:
+        raise ValueError(f"unknown optimizer '{cfg.optimizer}'; choose adam or adamw")
+    optimizer = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    weights = class_weights(train_frames, cfg.class_weighting)
+    ignore = classes.void if classes.void is not None else -100
+
+    steps_per_epoch = math.ceil(len(dataset) / (cfg.batch_size * world))
+    total = cfg.max_steps or steps_per_epoch * cfg.epochs
+    epochs = math.ceil(total / steps_per_epoch)
+    step, start_epoch, history, elapsed = 0, 0, [], 0.0
+    if cfg.resume and ckpt_dir.is_dir():
+        meta = _load_checkpoint(ckpt_dir, model, optimizer, mcfg)
+        step, start_epoch, elapsed = meta["step"], meta["epoch"], meta["elapsed_s"]
+        history = [h for h in meta["history"] if not h.get("partial")]
+        if rank == 0:
+            log(f"resumed from {ckpt_dir} at step {step}, epoch {start_epoch}")
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    use_cuda_scaler = device.type == "cuda" and amp_dtype(device) == torch.float16 and cfg.amp
+    scaler = torch.amp.GradScaler("cuda", enabled=use_cuda_scaler)
+
+    def checkpoint(epoch: int) -> None:
+        if rank == 0:
+            _save_checkpoint(ckpt_dir, model, optimizer, {
+                "model": mcfg.name, "step": step, "epoch": epoch, "history": history,
+                "elapsed_s": elapsed + time.perf_counter() - t0, "config": cfg.to_dict()})
+
+    t0 = time.perf_counter()
+    status, val = "done", None
+    seen_imgs, t_window = 0, time.perf_counter()
+    net.train()
+    for epoch in range(start_epoch, epochs):
+        # the epoch's order depends only on (seed, epoch): resume replays it exactly
+        g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        order = torch.randperm(len(dataset), generator=g).tolist()
+        order = order[rank::world]
+        first = step - epoch * steps_per_epoch  # batches of this epoch done before a resume
+        run_loss, run_correct, run_pix, n_batches = 0.0, 0, 0, 0
+        b = max(first, 0) - 1
+        for b in range(max(first, 0), steps_per_epoch):
+            if step >= total:
+                break
+            if stop is not None and stop.is_set():
+                status = "stopped"
+                break
+            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            if not idx:
+                break
+            imgs, masks = zip(*(dataset[i] for i in idx))
+            imgs, masks = torch.stack(imgs).to(device), torch.stack(masks).to(device)
+            lr = lr_at(step, total, cfg.lr, cfg.schedule, cfg.warmup_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, _ = pad_to_stride(zoo.normalize(imgs, mcfg), mcfg.input_stride)
+            y, _ = pad_to_stride(masks, mcfg.input_stride, value=ignore)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(device, cfg.amp):
+                logits = net(x)
+            loss = F.cross_entropy(logits.float(), y, ignore_index=ignore,
+                                   weight=weights.to(device) if weights is not None else None)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"loss became {float(loss)} at step {step} (lr {lr:.2e}); "
+                                    f"lower the learning rate or check the labels")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            with torch.no_grad():
+                valid = y != ignore
+                correct = int(((logits.argmax(1) == y) & valid).sum())
+                pix = int(valid.sum())
+            run_loss += loss.item()
+            run_correct += correct
+            run_pix += pix
+            n_batches += 1
+            seen_imgs += len(idx)
+            now = time.perf_counter()
+            ips = seen_imgs / max(now - t_window, 1e-9)
+            if callback and rank == 0:
+                callback(Progress(step, total, epoch + 1, epochs, float(loss), correct / max(pix, 1), lr,
+                                  ips * world, (total - step) * cfg.batch_size / max(ips, 1e-9)))
+        if n_batches == 0 and status == "stopped":
+            break
+        record = {"epoch": epoch + 1, "step": step, "loss": run_loss / max(n_batches, 1),
+                  "pixel_acc": run_correct / max(run_pix, 1),
+                  "time_s": round(elapsed + time.perf_counter() - t0, 1)}
+        if status == "stopped":
+            record["partial"] = True
+        epoch_done = status != "stopped" and (b == steps_per_epoch - 1 or step >= total)
+        if val_frames is not None and rank == 0 and epoch_done and \
+                ((epoch + 1) % cfg.val_every == 0 or step >= total):
+            val = evaluate(model, mcfg, val_frames, device, cfg.amp)
+            record.update(val_loss=val["loss"], val_miou=val["miou"], val_pixel_acc=val["pixel_acc"])
+            if callback:
+                callback(Progress(step, total, epoch + 1, epochs, record["loss"], record["pixel_acc"], lr,
+                                  0.0, 0.0, val["miou"], "val"))
+        history.append(record)
+        if rank == 0:
+            log(f"epoch {epoch + 1}/{epochs} step {step}/{total} loss {record['loss']:.4f} "
+                f"pixel_acc {record['pixel_acc']:.4f}" +
+                (f" val_miou {record['val_miou']:.4f}" if "val_miou" in record else ""))
+        checkpoint(epoch + 1 if epoch_done else epoch)
+        if status == "stopped" or step >= total:
+            break
+
+    wall = elapsed + time.perf_counter() - t0
+    if world > 1:
+        dist.barrier()
+    result = {"status": status, "out": str(out), "history": history, "val": val, "steps": step,
+              "digest": weights_digest(model), "rank": rank}
+    if rank == 0:
+        card = {
+            "model": mcfg.name, "paper_pair": zoo.MODELS[mcfg.name].paper, "init": mcfg.init,
+            "classes": list(classes.names), "palette": [list(c) for c in classes.colors], "void": classes.void,
+            "status": status, "steps": step, "epochs_run": len([h for h in history if not h.get("partial")]),
+            "wall_time_s": round(wall, 1), "history": history,
+            "val": val, "recipe": cfg.to_dict(), "world_size": world,
+            "precision": str(amp_dtype(device)) if cfg.amp and amp_dtype(device) else "fp32",
+            "hardware": host_info(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "data": {"root": str(cfg.data), "train_frames": len(train_frames),
+                     "val_frames": len(val_frames) if val_frames is not None else 0},
+        }
+        zoo.save_model(model, mcfg, out, card, half=cfg.save_half)
+        if callback:
+            callback(Progress(step, total, epochs, epochs, history[-1]["loss"] if history else float("nan"),
+                              history[-1]["pixel_acc"] if history else float("nan"), 0.0, 0.0, 0.0,
+                              val["miou"] if val else None, status))
+    return result

@@ -1,0 +1,64 @@
+"""Shared fixtures: a tiny synthetic SegNet-layout dataset and a tiny trained model."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+REAL_CAMVID = Path(os.environ.get("SIS_CAMVID", ROOT.parent / "shared" / "camvid"))
+
+os.environ.setdefault("SIS_OFFLINE", "1")  # no test touches the network
+
+
+def make_frame(rng: np.random.Generator, h: int, w: int, n_classes: int = 11, void: int = 11):
+    """An image whose colour bands encode the label: learnable in a few steps."""
+    from sis.classes import CAMVID
+    lbl = np.zeros((h, w), np.uint8)
+    bands = rng.permutation(n_classes)[:4]
+    edges = np.sort(rng.integers(1, h, 3))
+    for k, (a, b) in enumerate(zip([0, *edges], [*edges, h])):
+        lbl[a:b] = bands[k]
+    lbl[: max(1, h // 16), : max(1, w // 16)] = void
+    pal = np.asarray(CAMVID.colors + ((0, 0, 0),), np.int16)
+    img = pal[lbl] + rng.integers(-20, 20, (h, w, 3))
+    return np.clip(img, 0, 255).astype(np.uint8), lbl
+
+
+def write_dataset(root: Path, n_train=6, n_val=3, h=64, w=96, seed=0) -> Path:
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("val", n_val)):
+        (root / split).mkdir(parents=True, exist_ok=True)
+        (root / f"{split}annot").mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            img, lbl = make_frame(rng, h, w)
+            Image.fromarray(img).save(root / split / f"f{i:03d}.png")
+            Image.fromarray(lbl, "L").save(root / f"{split}annot" / f"f{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("camvid_tiny"))
+
+
+@pytest.fixture
+def data_copy(tmp_path) -> Path:
+    """A fresh synthetic dataset a test may break."""
+    return write_dataset(tmp_path / "ds", n_train=3, n_val=2)
+
+
+TINY_MODEL = "pspnet-resnet18"  # the cheapest registry model to train
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_data, tmp_path_factory) -> Path:
+    """A model folder trained for 2 steps on the synthetic data."""
+    from sis.train import TrainConfig, train
+    out = tmp_path_factory.mktemp("models") / TINY_MODEL
+    train(TrainConfig(model=TINY_MODEL, data=str(tiny_data), out=str(out), max_steps=2, batch_size=2,
+                      threads=None), log=lambda m: None)
+    return out

@@ -1,0 +1,104 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sis.classes import CAMVID, ClassSet
+from sis.data import (DatasetError, SegDataset, build_augment, class_weights, list_pairs, load_classes,
+                      load_split)
+
+
+def test_loads_split(tiny_data):
+    frames = load_split(tiny_data, "train")
+    assert len(frames) == 6 and frames.images[0].shape == (3, 64, 96) and frames.images[0].dtype == torch.uint8
+    assert frames.masks[0].shape == (64, 96) and frames.classes == CAMVID
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(DatasetError, match="does not exist"):
+        list_pairs(tmp_path / "nope", "train")
+    (tmp_path / "train").mkdir()
+    with pytest.raises(DatasetError, match="no 'trainannot/' folder"):
+        list_pairs(tmp_path, "train")
+
+
+def test_image_without_label(data_copy):
+    (data_copy / "trainannot" / "f001.png").unlink()
+    with pytest.raises(DatasetError, match=r"train/f001.png has no label trainannot/f001.png"):
+        load_split(data_copy, "train")
+
+
+def test_label_out_of_range(data_copy):
+    lbl = np.zeros((64, 96), np.uint8)
+    lbl[5, 5] = 17
+    Image.fromarray(lbl, "L").save(data_copy / "trainannot" / "f002.png")
+    with pytest.raises(DatasetError, match=r"f002.png has class id 17 outside 0..10 \(void is 11\)"):
+        load_split(data_copy, "train")
+
+
+def test_size_mismatch(data_copy):
+    Image.fromarray(np.zeros((10, 12), np.uint8), "L").save(data_copy / "valannot" / "f000.png")
+    with pytest.raises(DatasetError, match=r"size mismatch: val/f000.png is 96x64 but its label is 12x10"):
+        load_split(data_copy, "val")
+
+
+def test_own_class_list(data_copy):
+    (data_copy / "classes.json").write_text(json.dumps(
+        {"names": [f"c{i}" for i in range(12)], "colors": [[i, i, i] for i in range(12)], "void": 255}))
+    frames = load_split(data_copy, "train")
+    assert frames.classes.num_classes == 12 and frames.classes.void == 255
+    (data_copy / "classes.json").write_text("{not json")
+    with pytest.raises(DatasetError, match="not valid JSON"):
+        load_classes(data_copy)
+    (data_copy / "classes.json").write_text(json.dumps({"names": ["a"], "colors": [[1, 2]]}))
+    with pytest.raises(DatasetError, match="not an RGB triple"):
+        load_classes(data_copy)
+
+
+def test_void_must_not_collide():
+    with pytest.raises(ValueError, match="collides"):
+        ClassSet(("a", "b"), ((0, 0, 0), (1, 1, 1)), void=1)
+
+
+def _coded_frames():
+    """An image whose red channel equals its label: any misalignment shows."""
+    from sis.data import Frames
+    # 4x4 blocks of one label, so resizing changes values only at block edges
+    lbl = (torch.arange(6 * 8).reshape(6, 8) % 11).repeat_interleave(4, 0).repeat_interleave(4, 1)
+    img = torch.stack([lbl.to(torch.uint8), torch.zeros_like(lbl, dtype=torch.uint8),
+                       torch.zeros_like(lbl, dtype=torch.uint8)])
+    return Frames(["a"], [img], [lbl], CAMVID)
+
+
+@pytest.mark.parametrize("flips,crop,scale", [("hv", None, (1.0, 1.0)), ("h", (16, 20), (1.0, 1.0)),
+                                              ("v", (30, 40), (1.0, 1.0)), ("hv", (16, 16), (1.5, 2.0))])
+def test_augment_keeps_image_and_mask_aligned(flips, crop, scale):
+    torch.manual_seed(0)
+    ds = SegDataset(_coded_frames(), build_augment(flips, crop, scale, fill_label=11))
+    flipped = 0
+    for _ in range(12):
+        img, mask = ds[0]
+        if crop:
+            assert tuple(mask.shape) == crop
+        inside = mask != 11  # padding is void in the mask and 0 in the image
+        agree = (img[0][inside].long() == mask[inside]).float().mean()
+        # exact without rescaling; bilinear (image) vs nearest (mask) differ only at block edges
+        assert agree == 1.0 if scale == (1.0, 1.0) else agree > 0.6  # a flip of one only: ~0.1
+        flipped += int(not torch.equal(mask[:1, :5], torch.tensor([[0, 0, 0, 0, 1]])))
+    assert flipped > 0  # random transforms actually did something
+
+
+def test_median_frequency_weights(data_copy):
+    frames = load_split(data_copy, "train")
+    w = class_weights(frames, "median")
+    from sis.data import class_frequencies
+    f = class_frequencies(frames)
+    present = f > 0
+    # weight * frequency is the same constant (the median frequency) for present classes
+    prod = (w[present].double() * f[present] / f.sum())
+    assert torch.allclose(prod, prod[0].expand_as(prod), rtol=1e-5)
+    assert torch.allclose(class_weights(frames, "sqrt-median"), w.sqrt())
+    with pytest.raises(ValueError, match="unknown class weighting"):
+        class_weights(frames, "bogus")

@@ -1,0 +1,49 @@
+import math
+
+import pytest
+import torch
+
+from sis import metrics
+
+
+def test_confusion_matrix_hand_computed():
+    target = torch.tensor([[0, 0, 1], [1, 2, 3]])  # 3 = void
+    pred = torch.tensor([[0, 1, 1], [1, 2, 0]])
+    cm = metrics.confusion_matrix(pred, target, num_classes=3, ignore_index=3)
+    assert cm.tolist() == [[1, 1, 0], [0, 2, 0], [0, 0, 1]]
+    # IoU: class0 1/(1+0+1)=0.5; class1 2/(2+1+0)=2/3; class2 1/1
+    iou = metrics.per_class_iou(cm).tolist()
+    assert iou == pytest.approx([0.5, 2 / 3, 1.0])
+    assert metrics.mean_iou(cm) == pytest.approx((0.5 + 2 / 3 + 1) / 3)
+    assert metrics.pixel_accuracy(cm) == pytest.approx(4 / 5)
+    assert metrics.mean_class_accuracy(cm) == pytest.approx((0.5 + 1 + 1) / 3)
+
+
+def test_absent_class_is_nan_and_skipped():
+    target = torch.tensor([0, 0, 1])
+    pred = torch.tensor([0, 0, 1])
+    cm = metrics.confusion_matrix(pred, target, num_classes=3)
+    iou = metrics.per_class_iou(cm)
+    assert math.isnan(iou[2])
+    assert metrics.mean_iou(cm) == 1.0
+    assert metrics.summarize(cm, ["a", "b", "c"])["per_class_iou"]["c"] is None
+
+
+def test_shape_mismatch_raises():
+    with pytest.raises(ValueError, match="shape"):
+        metrics.confusion_matrix(torch.zeros(2, 2), torch.zeros(2, 3), 3)
+
+
+def test_matches_smp_metrics_on_random_data():
+    smp_metrics = pytest.importorskip("segmentation_models_pytorch.metrics")
+    g = torch.Generator().manual_seed(0)
+    c = 11
+    target = torch.randint(0, c + 1, (4, 40, 50), generator=g)  # includes void id 11
+    pred = torch.randint(0, c, (4, 40, 50), generator=g)
+    cm = metrics.confusion_matrix(pred, target, c, ignore_index=c)
+    tp, fp, fn, tn = smp_metrics.get_stats(pred.long(), target.long(), mode="multiclass", num_classes=c,
+                                          ignore_index=c)
+    tp, fp, fn = tp.sum(0), fp.sum(0), fn.sum(0)
+    ref_iou = tp.double() / (tp + fp + fn).double()
+    assert torch.allclose(metrics.per_class_iou(cm), ref_iou, atol=1e-12)
+    assert metrics.pixel_accuracy(cm) == pytest.approx(float(tp.sum() / (target != c).sum()))
