@@ -111,6 +111,15 @@ def _init_distributed(device: torch.device) -> tuple[int, int]:
     return rank, world
 
 
+def _sync_buffers(model: torch.nn.Module, world: int) -> None:
+    """Average BatchNorm running stats across ranks: DDP syncs weights, each rank keeps its own stats."""
+    if world > 1:
+        for buf in model.buffers():
+            if buf.is_floating_point():
+                dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+                buf /= world
+
+
 def weights_digest(model: torch.nn.Module) -> str:
     h = hashlib.sha256()
     for k, v in sorted(model.state_dict().items()):
@@ -293,7 +302,7 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
             now = time.perf_counter()
             ips = seen_imgs / max(now - t_window, 1e-9)
             if callback and rank == 0:
-                callback(Progress(step, total, epoch + 1, epochs, float(loss), correct / max(pix, 1), lr,
+                callback(Progress(step, total, epoch + 1, epochs, loss.item(), correct / max(pix, 1), lr,
                                   ips * world, (total - step) * cfg.batch_size / max(ips, 1e-9)))
         if n_batches == 0 and status == "stopped":
             break
@@ -303,6 +312,7 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
         if status == "stopped":
             record["partial"] = True
         epoch_done = status != "stopped" and (b == steps_per_epoch - 1 or step >= total)
+        _sync_buffers(model, world)
         if val_frames is not None and rank == 0 and epoch_done and \
                 ((epoch + 1) % cfg.val_every == 0 or step >= total):
             val = evaluate(model, mcfg, val_frames, device, cfg.amp)

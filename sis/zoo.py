@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import time
+import threading
+import urllib.error
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -139,30 +140,30 @@ HUB_PORT = int(os.environ.get("SIS_HUB_PORT", "443"))
 
 
 def hub_reachable(host: str | None = None, port: int | None = None, timeout: float = 1.5) -> bool:
-    """True when a TCP connection to the weight hub opens within ``timeout`` seconds.
+    """True when the weight hub answers an HTTPS request within ``timeout`` seconds.
 
-    smp alone retries for ~25 s before failing offline; this answers in < 2 s.
+    smp alone retries for ~25 s before failing offline; this answers in < 2 s. A bare
+    TCP connect is not enough: sandboxes and proxies accept connections to anything.
     """
     if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True") or os.environ.get("SIS_OFFLINE") == "1":
         return False
     host, port = host or HUB_HOST, port or HUB_PORT
-    deadline = time.monotonic() + timeout
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError:
-        return False
-    for family, kind, proto, _, addr in infos:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
+    answered = threading.Event()
+
+    def probe():
         try:
-            with socket.socket(family, kind, proto) as s:
-                s.settimeout(left)
-                s.connect(addr)
-                return True
-        except OSError:
-            continue
-    return False
+            req = urllib.request.Request(f"https://{host}:{port}/", method="HEAD")
+            urllib.request.urlopen(req, timeout=timeout).close()
+            answered.set()
+        except urllib.error.HTTPError:  # an HTTP status is still an answer
+            answered.set()
+        except Exception:
+            pass
+
+    t = threading.Thread(target=probe, daemon=True)  # daemon: a stuck probe never blocks exit
+    t.start()
+    t.join(timeout)
+    return answered.is_set()
 
 
 def create_model(name_or_config: str | ModelConfig, classes: ClassSet = CAMVID,

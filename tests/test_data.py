@@ -83,9 +83,13 @@ def test_augment_keeps_image_and_mask_aligned(flips, crop, scale):
         if crop:
             assert tuple(mask.shape) == crop
         inside = mask != 11  # padding is void in the mask and 0 in the image
-        agree = (img[0][inside].long() == mask[inside]).float().mean()
-        # exact without rescaling; bilinear (image) vs nearest (mask) differ only at block edges
-        assert agree == 1.0 if scale == (1.0, 1.0) else agree > 0.6  # a flip of one only: ~0.1
+        def agree(m):
+            ok = m != 11
+            return float((img[0][ok].long() == m[ok]).float().mean())
+        if scale == (1.0, 1.0):
+            assert agree(mask) == 1.0
+        else:  # bilinear (image) vs nearest (mask) differ at block edges, far less than a misalignment
+            assert agree(mask) > max(agree(mask.flip(0)), agree(mask.flip(1))) + 0.2
         flipped += int(not torch.equal(mask[:1, :5], torch.tensor([[0, 0, 0, 0, 1]])))
     assert flipped > 0  # random transforms actually did something
 
