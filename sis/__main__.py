@@ -140,9 +140,16 @@ def cmd_eval(a) -> int:
 _EXTRA_COMMANDS: list = []
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit code 2), not the whole usage."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog.split()[-1]}: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sis", description="SIS Studio: street-scene segmentation.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="python -m sis", description="SIS Studio: street-scene segmentation.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     s = sub.add_parser("models", help="list the model registry and shipped weights")
     s.add_argument("--json", action="store_true")

@@ -197,3 +197,38 @@ def class_weights(frames: Frames, mode: str = "none") -> torch.Tensor | None:
     elif mode != "median":
         raise ValueError(f"unknown class weighting '{mode}'; choose none, median or sqrt-median")
     return w.float()
+
+
+def extract_dataset_zip(data: bytes, dest: Path, max_bytes: int = 500 * 2**20, max_files: int = 5000) -> Path:
+    """Unpack an uploaded zip in the SegNet layout into ``dest``; returns the dataset root.
+
+    Refuses archives that are too big when unpacked, hold too many files, or write
+    outside ``dest``; checks that a train/ + trainannot/ pair exists inside.
+    """
+    import io
+    import zipfile
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile:
+        raise DatasetError("the upload is not a valid zip file") from None
+    infos = [i for i in zf.infolist() if not i.is_dir()]
+    if len(infos) > max_files:
+        raise DatasetError(f"the zip holds {len(infos)} files, above the {max_files} limit")
+    total = sum(i.file_size for i in infos)
+    if total > max_bytes:
+        raise DatasetError(f"the zip unpacks to {total / 2**20:.0f} MB, above the {max_bytes / 2**20:.0f} MB limit")
+    dest = Path(dest).resolve()
+    for info in infos:
+        target = (dest / info.filename).resolve()
+        if not target.is_relative_to(dest):
+            raise DatasetError(f"the zip entry {info.filename} points outside the archive")
+    zf.extractall(dest)
+    roots = sorted({p.parent for p in dest.rglob("train") if p.is_dir()}, key=lambda p: len(p.parts))
+    if not roots:
+        raise DatasetError("the zip has no train/ folder (expected the SegNet layout: train/, trainannot/, "
+                           "val/, valannot/)")
+    root = roots[0]
+    if not (root / "trainannot").is_dir():
+        raise DatasetError("the zip has images in train/ but no labels (no trainannot/ folder)")
+    list_pairs(root, "train")  # every image has its label
+    return root

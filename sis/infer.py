@@ -58,7 +58,7 @@ def load_image(source: str | Path | bytes | BinaryIO, max_pixels: int = MAX_PIXE
             raise ImageError(f"{label} is not an image format Pillow can read") from None
         raise ImageError(f"{label} is too large to open safely (over {max_pixels / 1e6:.0f} MP); downscale it first") from None
     except OSError as e:
-        raise ImageError(f"{label} cannot be opened: {e}") from None
+        raise ImageError(f"{label} is truncated or corrupt ({e})") from None
     w, h = im.size
     if w * h > max_pixels:
         raise ImageError(f"{label} is {w}x{h} = {w * h / 1e6:.0f} MP, above the "
@@ -74,7 +74,9 @@ def load_image(source: str | Path | bytes | BinaryIO, max_pixels: int = MAX_PIXE
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{label} is truncated or corrupt ({e})") from None
     try:
-        orientation = im.getexif().get(0x0112, 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns on corrupt EXIF; we note it instead
+            orientation = im.getexif().get(0x0112, 1)
         if orientation in range(2, 9):
             im = ImageOps.exif_transpose(im)
             notes.append(f"EXIF orientation {orientation} applied")
@@ -136,7 +138,7 @@ def predict(model: torch.nn.Module, cfg: ModelConfig, image: Image.Image | np.nd
             device: torch.device | str = "cpu", amp: bool = False) -> Prediction:
     """Segment one RGB image. model: in eval mode on ``device``; amp: bf16/fp16 autocast."""
     device = torch.device(device)
-    arr = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+    arr = np.array(image.convert("RGB") if isinstance(image, Image.Image) else image, np.uint8)
     h, w = arr.shape[:2]
     t0 = time.perf_counter()
     x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).unsqueeze(0).to(device)

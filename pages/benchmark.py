@@ -1,0 +1,80 @@
+import csv
+import io
+import json
+import time
+
+import streamlit as st
+
+from sis import charts, store, zoo
+from sis.bench import bench
+from sis.runtime import cuda_unavailable_reason, host_info
+
+st.title("Benchmark")
+host = host_info()
+gpu = host["gpu"]["name"] if host["gpu"] else "none"
+st.caption(f"Host: {host['cpu']} · {host['cores_physical']} cores / {host['cores_logical']} threads · "
+           f"{host['ram_gb']} GB RAM · GPU: {gpu} · torch {host['torch']} ({host['torch_threads']} threads)")
+
+why_no_cuda = cuda_unavailable_reason()
+with st.form("bench_form"):
+    models = st.multiselect("Models", zoo.list_models(), default=[zoo.DEFAULT_MODEL])
+    c1, c2, c3, c4 = st.columns(4)
+    device = c1.radio("Device", ["cpu", "cuda"], horizontal=True,
+                      captions=["", why_no_cuda or "available"])
+    mode = c2.radio("Step", ["infer", "train"], horizontal=True,
+                    captions=["forward pass", "forward + backward + Adam"])
+    batch = c3.number_input("Batch size", 1, 32, 1)
+    size = c4.selectbox("Resolution", ["360x480", "240x320", "720x960", "128x160"])
+    d1, d2, d3 = st.columns(3)
+    warmup = d1.number_input("Warm-up steps", 0, 10, 1)
+    repeats = d2.number_input("Timed steps", 1, 50, 3)
+    amp = d3.checkbox("Mixed precision (bf16/fp16 autocast)", False)
+    run = st.form_submit_button("Run benchmark", type="primary")
+
+if run:
+    if device == "cuda" and why_no_cuda:
+        st.error(f"CUDA is unavailable: {why_no_cuda}.")
+    elif not models:
+        st.error("Pick at least one model.")
+    else:
+        h, w = (int(v) for v in size.split("x"))
+        bar = st.progress(0.0, text="warming up...")
+        results = []
+        total = len(models) * (warmup + repeats)
+        for k, name in enumerate(models):
+            def tick(i, n, k=k, name=name):
+                bar.progress((k * n + i) / total, text=f"{name}: step {i}/{n}" + (" (warm-up)" if i <= warmup else ""))
+            res = bench(name, mode, device, int(batch), (h, w), int(warmup), int(repeats), amp=amp, progress=tick)
+            store.add_bench(res)
+            results.append(res)
+        bar.progress(1.0, text="done")
+        st.session_state["bench_last"] = [{k: v for k, v in r.items() if k != "host"} for r in results]
+
+last = st.session_state.get("bench_last")
+if last:
+    st.subheader("This run")
+    table = [{"model": r["model"], "mode": r["mode"], "device": r["device"], "batch": r["batch"],
+              "size": f"{r['size'][0]}x{r['size'][1]}", "amp": r["amp"], "median ms": round(r["median_ms"], 1),
+              "p90 ms": round(r["p90_ms"], 1), "images/s": round(r["images_per_s"], 2),
+              "peak RSS MB": round(r["peak_rss_mb"]), "CUDA MB": r["cuda_max_allocated_mb"]} for r in last]
+    st.dataframe(table, hide_index=True, width="stretch")
+    st.plotly_chart(charts.bench_bars(last), width="stretch")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(table[0]))
+    writer.writeheader()
+    writer.writerows(table)
+    c1, c2 = st.columns(2)
+    c1.download_button("Download CSV", buf.getvalue(), "benchmark.csv", "text/csv")
+    c2.download_button("Download JSON", json.dumps([dict(r, host=host) for r in last], indent=1), "benchmark.json",
+                       "application/json")
+
+st.subheader("History on this host")
+hist = store.list_bench()
+if hist:
+    st.dataframe([{"when": time.strftime("%Y-%m-%d %H:%M", time.localtime(r["ts"])), "model": r["model"],
+                   "mode": r["mode"], "device": r["device"], "batch": r["batch"], "size": f"{r['height']}x{r['width']}",
+                   "amp": bool(r["amp"]), "median ms": round(r["median_ms"], 1),
+                   "images/s": round(r["images_per_s"], 2), "peak RSS MB": round(r["peak_rss_mb"])} for r in hist],
+                 hide_index=True, width="stretch")
+else:
+    st.caption("No benchmarks recorded yet.")

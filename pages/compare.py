@@ -1,0 +1,58 @@
+import streamlit as st
+
+from sis import app, catalog, charts, report
+from sis.classes import CAMVID
+
+st.title("Compare models")
+entries = catalog.available_models()
+if len(entries) < 1:
+    st.error("No trained models are available in weights/.")
+    st.stop()
+
+st.subheader("Side by side")
+keys = list(entries)
+chosen = st.multiselect("Models (2 to 4)", keys, default=keys[: min(4, len(keys))], max_selections=4,
+                        key="cmp_models")
+gallery = catalog.samples()
+c1, c2 = st.columns(2)
+sample = c1.selectbox("Sample frame", [s.name for s in gallery], key="cmp_sample")
+upload = c2.file_uploader(f"...or your own photo (jpg, png, webp; {app.MAX_UPLOAD_MB} MB)",
+                          type=["jpg", "jpeg", "png", "webp"], key="cmp_upload")
+image = None
+if upload is not None:
+    loaded, error = app.read_upload(upload)
+    if error:
+        st.error(error)
+    else:
+        image = loaded.image
+else:
+    image = app.load_image(next(s for s in gallery if s.name == sample).image).image
+
+if len(chosen) < 2:
+    st.info("Pick at least two models to compare.")
+elif image is not None:
+    loaded_models = [(k, *app.get_model(entries[k])) for k in chosen]
+    res = report.compare(loaded_models, image)
+    cols = st.columns(len(res["results"]) + 1)
+    cols[0].image(res["image"], caption="Image", width="stretch")
+    for col, r in zip(cols[1:], res["results"]):
+        col.image(r["mask"], caption=f"{r['name']} · {r['ms']:.0f} ms", width="stretch")
+    d1, d2 = st.columns([1, 2])
+    d1.image(res["disagreement"], caption="Disagreement: dark = all agree, bright = all differ", width="stretch")
+    d2.metric("Pixels where the models disagree", f"{100 * res['disagree_frac']:.1f}%")
+    app.legend(CAMVID)
+
+st.subheader("Dashboard")
+rows = report.dashboard_rows(entries)
+st.dataframe([{"model": r["model"], "val mIoU %": r["val_miou"] and round(100 * r["val_miou"], 1),
+               "pixel acc %": r["pixel_acc"] and round(100 * r["pixel_acc"], 1), "params (M)": round(r["params_m"], 1),
+               "GFLOPs": round(r["gflops"], 1), "CPU ms (360x480)": r["cpu_ms"] and round(r["cpu_ms"]),
+               "epochs": r["epochs"]} for r in rows], hide_index=True, width="stretch")
+with_iou = [r for r in rows if r["per_class_iou"]]
+if with_iou:
+    st.plotly_chart(charts.iou_heatmap(with_iou, CAMVID), width="stretch")
+with_hist = [r for r in rows if r["history"]]
+if with_hist:
+    st.plotly_chart(charts.training_curves(with_hist), width="stretch")
+    st.caption("Per-epoch curves from each model's card: training loss, pixel accuracy (solid: training batches, "
+               "dotted: validation) and validation mIoU.")

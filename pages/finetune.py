@@ -1,0 +1,125 @@
+import time
+import uuid
+from pathlib import Path
+
+import streamlit as st
+
+from sis import app, catalog, charts, jobs, store, zoo
+from sis.data import DatasetError, extract_dataset_zip, list_pairs
+
+st.title("Fine-tune")
+manager = app.startup()
+lim = manager.limits
+sid = app.session_id()
+entries = catalog.available_models()
+
+st.caption(f"Runs in a separate process on a copy of the model. Limits on this server: {lim.max_jobs} job(s) at "
+           f"once, one per session, {lim.max_epochs} epochs or {lim.max_steps} steps, "
+           f"{lim.max_train_frames} training frames, {lim.max_wall_s / 60:.0f} minutes.")
+
+with st.form("ft_form"):
+    c1, c2 = st.columns(2)
+    names = list(entries) or list(zoo.PAPER_MODELS)
+    key = c1.selectbox("Model", names, index=names.index(catalog.default_key(entries)) if entries else 0)
+    init = c2.radio("Start from", ["shipped weights", "ImageNet encoder (needs internet)", "random"],
+                    horizontal=True, index=0 if entries else 2)
+    d1, d2 = st.columns(2)
+    default_data = catalog.SAMPLES_DIR.parents[2] / "shared" / "camvid"
+    folder = d1.text_input("Dataset folder on the server (SegNet layout)",
+                           str(default_data) if default_data.is_dir() else "")
+    zipped = d2.file_uploader(f"...or a zip in that layout ({app.MAX_UPLOAD_MB} MB)", type=["zip"])
+    e1, e2, e3, e4 = st.columns(4)
+    unit = e1.radio("Length in", ["steps", "epochs"], horizontal=True)
+    length = e2.number_input("How many", 1, lim.max_steps, 20)
+    batch = e3.number_input("Batch size", 1, 16, 4)
+    lr = e4.number_input("Learning rate", 1e-6, 1e-1, 2e-4, format="%.0e")
+    f1, f2, f3, f4 = st.columns(4)
+    flips = f1.checkbox("Flips (horizontal + vertical)", True)
+    freeze = f2.checkbox("Freeze encoder", False)
+    frames = f3.number_input("Training frames", 2, lim.max_train_frames, 48)
+    crop = f4.selectbox("Crop", ["192x256", "256x320", "360x480 (full)"])
+    started = st.form_submit_button("Start", type="primary")
+
+if started:
+    try:
+        entry = entries.get(key)
+        name = zoo.read_config(entry.folder).name if entry else key
+        if init.startswith("shipped"):
+            if entry is None:
+                raise jobs.JobError("there are no shipped weights to start from; choose random")
+            init_value = str(entry.folder)
+        elif init.startswith("ImageNet"):
+            if not zoo.hub_reachable():
+                raise jobs.JobError("ImageNet weights need the internet, which this server cannot reach; "
+                                    "start from shipped weights or random")
+            init_value = "imagenet"
+        else:
+            init_value = "random"
+        if zipped is not None:
+            root = extract_dataset_zip(zipped.getvalue(), store.data_dir() / "uploads" / uuid.uuid4().hex)
+        else:
+            root = Path(folder)
+            list_pairs(root, "train")
+        has_val = (root / "val").is_dir() and (root / "valannot").is_dir()
+        cfg = dict(model=name, data=str(root), init=init_value, batch_size=int(batch), lr=float(lr),
+                   flips="hv" if flips else "", freeze_encoder=freeze, train_limit=int(frames), val_limit=20,
+                   val_every=1 if has_val else 0,
+                   crop=None if crop.startswith("360") else tuple(int(v) for v in crop.split("x")))
+        cfg.update(max_steps=int(length)) if unit == "steps" else cfg.update(epochs=int(length))
+        job = manager.start(sid, cfg)
+        st.toast(f"Started job {job.id}")
+        if not has_val:
+            st.warning("The dataset has no val/ split: the run reports training curves only.")
+    except (jobs.JobError, DatasetError) as e:
+        st.error(str(e))
+
+job = manager.for_session(sid)
+b1, b2 = st.columns([1, 5])
+if b1.button("Stop", disabled=job is None):
+    if job is not None and manager.stop(job.id):
+        st.toast("Stopping after the current batch...")
+    else:
+        st.info("No job is running.")
+
+
+@st.fragment(run_every=1.0)
+def live():
+    job = manager.for_session(sid)
+    if job is None:
+        st.info("No fine-tuning job in this session yet.")
+        return
+    snap = manager.poll(job.id)
+    last = snap["last"]
+    status = snap["status"]
+    if last:
+        frac = min(1.0, last["step"] / max(last["total_steps"], 1))
+        eta = f", about {last['eta_s']:.0f} s left" if status == "running" and last["eta_s"] else ""
+        st.progress(frac, text=f"{status}: step {last['step']}/{last['total_steps']}, epoch {last['epoch']}/"
+                               f"{last['epochs']}{eta}")
+    else:
+        st.progress(0.0, text=f"{status}: loading data and model...")
+    if snap["steps"]:
+        st.plotly_chart(charts.live_curves(snap), width="stretch", key="live_curves")
+    if status == "failed":
+        st.error(snap["message"])
+    elif status in ("done", "stopped"):
+        val = snap["history"][-1].get("val_miou") if snap["history"] else None
+        st.success(f"Run {status} after {len(snap['steps'])} steps in {snap['elapsed_s']:.0f} s"
+                   + (f", val mIoU {100 * val:.1f}%" if val is not None else "")
+                   + f". Saved as run:{Path(snap['out']).name}: pick it on the other pages.")
+        if snap["message"]:
+            st.caption(snap["message"])
+
+
+live()
+
+st.subheader("Runs on this host")
+runs = store.list_runs()
+if runs:
+    st.dataframe([{"started": time.strftime("%Y-%m-%d %H:%M", time.localtime(r["ts_start"])), "model": r["model"],
+                   "status": r["status"], "steps": r["steps"],
+                   "val mIoU %": r["val_miou"] and round(100 * r["val_miou"], 1),
+                   "saved as": Path(r["out_dir"]).name if r["out_dir"] else "", "note": r["message"] or ""}
+                  for r in runs], hide_index=True, width="stretch")
+else:
+    st.caption("No runs yet.")

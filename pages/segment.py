@@ -1,0 +1,87 @@
+import hashlib
+
+import streamlit as st
+
+from sis import app, catalog, charts, report
+from sis.infer import label_png, rgb_png
+
+st.title("Segment")
+entries = catalog.available_models()
+left, right = st.columns([2, 1])
+with right:
+    entry = app.model_picker("Model", entries, key="seg_model")
+with left:
+    source = st.radio("Image source", ["Sample frames", "Upload", "Camera"], horizontal=True, key="seg_source")
+
+image, truth, image_key, notes = None, None, None, []
+if source == "Sample frames":
+    gallery = catalog.samples()
+    name = st.selectbox("CamVid val frame (with ground truth)", [s.name for s in gallery], key="seg_sample")
+    sample = next(s for s in gallery if s.name == name)
+    loaded = app.load_image(sample.image)
+    image, truth, image_key = loaded.image, catalog.read_label(sample.label), f"sample:{name}"
+elif source == "Upload":
+    uploads = st.file_uploader(
+        f"Street photos (jpg, png, webp; up to {app.MAX_UPLOAD_FILES} files, {app.MAX_UPLOAD_MB} MB and "
+        f"{app.MAX_IMAGE_MP} megapixels each)", type=["jpg", "jpeg", "png", "webp"], accept_multiple_files=True,
+        key="seg_upload")
+    if len(uploads) > app.MAX_UPLOAD_FILES:
+        st.warning(f"{len(uploads)} files uploaded; only the first {app.MAX_UPLOAD_FILES} are used.")
+        uploads = uploads[: app.MAX_UPLOAD_FILES]
+    if uploads:
+        pick = st.selectbox("Image", range(len(uploads)), format_func=lambda i: uploads[i].name, key="seg_pick") \
+            if len(uploads) > 1 else 0
+        up = uploads[pick]
+        loaded, error = app.read_upload(up)
+        if error:
+            st.error(error)
+        else:
+            image, notes = loaded.image, loaded.notes
+            image_key = f"upload:{up.file_id}"
+else:
+    shot = st.camera_input("Take a photo", key="seg_camera")
+    if shot is not None:
+        loaded, error = app.read_upload(shot)
+        if error:
+            st.error(error)
+        else:
+            image, notes = loaded.image, loaded.notes
+            image_key = f"camera:{hashlib.sha1(shot.getvalue()).hexdigest()}"
+
+if image is None or entry is None:
+    st.info("Pick a sample frame, upload a photo or take one to see it segmented.")
+    st.stop()
+
+model, cfg = app.get_model(entry)
+classes = cfg.class_set
+res = app.segment_cached(entry, image_key, image, truth)
+if notes:
+    st.caption("Converted: " + "; ".join(notes))
+
+c1, c2 = st.columns([3, 2])
+alpha = c1.slider("Overlay opacity", 0.0, 1.0, 0.55, 0.05, key="seg_alpha")
+shown = c2.multiselect("Classes to paint", list(classes.names), default=list(classes.names), key="seg_classes")
+visible = [classes.names.index(n) for n in shown]
+
+a, b, c = st.columns(3)
+a.image(res["image"], caption=f"Original {res['image'].shape[1]}x{res['image'].shape[0]}", width="stretch")
+b.image(res["mask"], caption="Predicted classes", width="stretch")
+c.image(report.paint(res, classes, alpha, visible), caption="Overlay", width="stretch")
+app.legend(classes, res["share"])
+st.caption(f"Inference {res['ms']:.0f} ms on CPU at {res['work_size'][1]}x{res['work_size'][0]} "
+           f"with {entry.key}; mean confidence {100 * res['mean_confidence']:.1f}%")
+
+d, e = st.columns([1, 1])
+d.plotly_chart(charts.class_share_bar(res["share"], classes), width="stretch")
+e.image(res["confidence"], caption="Confidence (max softmax): dark = unsure, yellow = sure", width="stretch")
+
+if res["truth"] is not None:
+    s = res["scores"]
+    st.subheader(f"Against the ground truth: mIoU {100 * s['miou']:.1f}%, pixel accuracy {100 * s['pixel_acc']:.1f}%")
+    f, g = st.columns(2)
+    f.image(res["truth"], caption="Ground truth", width="stretch")
+    g.image(res["errors"], caption="Errors: green right, red wrong, black void", width="stretch")
+
+dl1, dl2 = st.columns(2)
+dl1.download_button("Download coloured mask (PNG)", rgb_png(res["mask"]), "mask_color.png", "image/png")
+dl2.download_button("Download label map (PNG, class ids)", label_png(res["labels"]), "mask_labels.png", "image/png")

@@ -1,0 +1,96 @@
+"""The one module that joins the library to Streamlit: caching, session identity, shared widgets."""
+from __future__ import annotations
+
+import os
+import uuid
+
+import psutil
+import streamlit as st
+import torch
+
+from . import catalog, jobs, zoo
+from .classes import ClassSet
+from .infer import ImageError, load_for_inference, load_image
+
+MAX_UPLOAD_FILES = 8
+MAX_UPLOAD_MB = 25  # also server.maxUploadSize in .streamlit/config.toml
+MAX_IMAGE_MP = 40
+
+
+@st.cache_resource
+def startup() -> jobs.JobManager:
+    """Once per server process: thread count, the job manager (which marks stale runs interrupted)."""
+    threads = int(os.environ.get("SIS_THREADS", psutil.cpu_count(logical=False) or 1))
+    torch.set_num_threads(max(1, threads))
+    return jobs.JobManager()
+
+
+@st.cache_resource(max_entries=6, show_spinner="Loading model...")
+def _load(folder: str, mtime: float):
+    return load_for_inference(folder)
+
+
+def get_model(entry: catalog.Entry):
+    """A read-only model (eval, no grads), loaded once per process and shared by every session."""
+    return _load(str(entry.folder), (entry.folder / "model.safetensors").stat().st_mtime)
+
+
+def session_id() -> str:
+    if "sid" not in st.session_state:
+        try:
+            from streamlit.runtime.scriptrunner import get_script_run_ctx
+            st.session_state.sid = get_script_run_ctx().session_id
+        except Exception:
+            st.session_state.sid = uuid.uuid4().hex
+    return st.session_state.sid
+
+
+def model_picker(label: str, entries: dict[str, catalog.Entry], key: str) -> catalog.Entry | None:
+    if not entries:
+        st.error("No trained models are available: the weights/ folder is empty. Train one with "
+                 "`python -m sis train` or on the Fine-tune page.")
+        return None
+    keys = list(entries)
+    default = catalog.default_key(entries)
+    choice = st.selectbox(label, keys, index=keys.index(default), key=key, format_func=_describe)
+    return entries[choice]
+
+
+def _describe(key: str) -> str:
+    if key.startswith("run:"):
+        return f"{key[4:]} (fine-tuned here)"
+    paper = zoo.MODELS[key].paper if key in zoo.MODELS else None
+    return f"{key}" + (f" — {paper}" if paper else "") + (" (default)" if key == zoo.DEFAULT_MODEL else "")
+
+
+def legend(classes: ClassSet, share=None) -> None:
+    chips = []
+    for i, (n, c) in enumerate(zip(classes.names, classes.colors)):
+        extra = f" {100 * share[i]:.1f}%" if share is not None else ""
+        chips.append(f"<span style='display:inline-block;margin:2px 8px 2px 0;white-space:nowrap'>"
+                     f"<span style='display:inline-block;width:14px;height:14px;border-radius:3px;"
+                     f"background:rgb{tuple(c)};vertical-align:middle;border:1px solid #8886'></span> "
+                     f"{n}{extra}</span>")
+    st.markdown("<div class='sis-legend'>" + "".join(chips) + "</div>", unsafe_allow_html=True)
+
+
+def read_upload(upload) -> tuple:
+    """(LoadedImage, None) or (None, one-sentence error) for an st.file_uploader file."""
+    if upload.size > MAX_UPLOAD_MB * 2**20:
+        return None, f"{upload.name} is {upload.size / 2**20:.0f} MB, above the {MAX_UPLOAD_MB} MB limit"
+    try:
+        return load_image(upload.getvalue(), max_pixels=MAX_IMAGE_MP * 10**6, name=upload.name), None
+    except ImageError as e:
+        return None, str(e)
+
+
+def segment_cached(entry: catalog.Entry, image_key: str, image, truth=None) -> dict:
+    """report.segment for (model, image), remembering only the latest result in the session."""
+    from . import report
+    key = (str(entry.folder), image_key)
+    last = st.session_state.get("_seg_last")
+    if last is None or last[0] != key:
+        model, cfg = get_model(entry)
+        last = (key, report.segment(model, cfg, image, truth))
+        st.session_state["_seg_last"] = last
+    return last[1]

@@ -1,0 +1,229 @@
+"""Fine-tuning jobs for the app: each in its own spawned process, polled by the page.
+
+A worker *process* (not a thread) keeps a job's memory, and an out-of-memory kill,
+away from the server every user shares. The manager enforces the caps: one job per
+session, ``max_jobs`` at once on the server, a wall-time limit, and a reaper that
+stops jobs whose page stopped polling (the tab was closed).
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import store
+
+CTX = mp.get_context("spawn")  # fork would copy the server's threads and torch state
+
+
+class JobError(ValueError):
+    """A job request the caps refuse; the message says why."""
+
+
+@dataclass
+class Limits:
+    max_jobs: int = int(os.environ.get("SIS_MAX_JOBS", "1"))   # concurrent jobs on this server
+    max_epochs: int = 20
+    max_steps: int = 2000
+    max_wall_s: float = float(os.environ.get("SIS_MAX_JOB_S", "1800"))
+    max_train_frames: int = 400
+    orphan_s: float = 120.0  # a job nobody polled for this long is stopped
+
+
+def _worker(cfg_dict: dict, events, stop_event) -> None:
+    """Child process: run train() and report every step on ``events``."""
+    import torch
+    torch.set_num_threads(max(1, int(cfg_dict.pop("_threads", 1))))
+    from .train import TrainConfig, train
+    cfg = TrainConfig(**cfg_dict)
+
+    def on_progress(p):
+        events.put(("progress", asdict(p)))
+    try:
+        res = train(cfg, callback=on_progress, stop=stop_event, log=lambda m: events.put(("log", m)))
+        events.put(("result", {"status": res["status"], "steps": res["steps"], "history": res["history"],
+                               "val": res["val"], "out": res["out"]}))
+    except Exception as e:  # reported to the page as one sentence
+        events.put(("error", f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else str(e)))
+
+
+@dataclass
+class Job:
+    id: str
+    session: str
+    cfg: dict
+    out: str
+    process: object = None
+    events: object = None
+    stop_event: object = None
+    status: str = "starting"  # starting | running | stopping | done | stopped | failed
+    progress: list = field(default_factory=list)  # Progress dicts, one per step (bounded)
+    history: list = field(default_factory=list)
+    logs: list = field(default_factory=list)
+    message: str = ""
+    started: float = field(default_factory=time.time)
+    last_seen: float = field(default_factory=time.time)
+    ended: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.status in ("starting", "running", "stopping")
+
+    def snapshot(self) -> dict:
+        """Small, plain data for a page to render."""
+        last = self.progress[-1] if self.progress else None
+        return {"id": self.id, "status": self.status, "message": self.message, "last": last,
+                "steps": [p["step"] for p in self.progress if p["phase"] == "train"],
+                "loss": [p["loss"] for p in self.progress if p["phase"] == "train"],
+                "pixel_acc": [p["pixel_acc"] for p in self.progress if p["phase"] == "train"],
+                "val": [(p["step"], p["val_miou"]) for p in self.progress if p["phase"] == "val"],
+                "history": self.history, "out": self.out, "model": self.cfg["model"],
+                "elapsed_s": (self.ended or time.time()) - self.started, "logs": self.logs[-5:]}
+
+
+class JobManager:
+    """Process-wide registry of fine-tuning jobs (one instance per server)."""
+
+    def __init__(self, limits: Limits | None = None, models_dir: Path | None = None):
+        self.limits = limits or Limits()
+        self.models_dir = models_dir or store.data_dir() / "models"
+        self.jobs: dict[str, Job] = {}
+        self.lock = threading.Lock()
+        store.mark_interrupted_runs()
+
+    def running(self) -> list[Job]:
+        return [j for j in self.jobs.values() if j.active]
+
+    def for_session(self, session: str) -> Job | None:
+        """The session's latest job (running or finished)."""
+        mine = [j for j in self.jobs.values() if j.session == session]
+        return max(mine, key=lambda j: j.started) if mine else None
+
+    def start(self, session: str, cfg: dict, name: str | None = None) -> Job:
+        """Start a job for ``session``; cfg holds TrainConfig fields. Raises JobError if a cap refuses."""
+        lim = self.limits
+        with self.lock:
+            self.poll_all()
+            mine = self.for_session(session)
+            if mine is not None and mine.active:
+                raise JobError("this session already has a fine-tuning job running; stop it first")
+            if len(self.running()) >= lim.max_jobs:
+                raise JobError(f"the server already runs {lim.max_jobs} fine-tuning job(s), its limit; "
+                               f"try again when one finishes")
+            if cfg.get("max_steps") and cfg["max_steps"] > lim.max_steps:
+                raise JobError(f"at most {lim.max_steps} steps per job here")
+            if not cfg.get("max_steps") and cfg.get("epochs", 1) > lim.max_epochs:
+                raise JobError(f"at most {lim.max_epochs} epochs per job here")
+            cfg = dict(cfg)
+            cfg["train_limit"] = min(cfg.get("train_limit") or lim.max_train_frames, lim.max_train_frames)
+            job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+            out = self.models_dir / (name or f"{cfg['model']}-ft-{job_id}")
+            cfg["out"] = str(out)
+            cfg["resume"] = False
+            job = Job(job_id, session, cfg, str(out))
+            job.events, job.stop_event = CTX.Queue(), CTX.Event()
+            job.process = CTX.Process(target=_worker, args=(dict(cfg, _threads=1), job.events, job.stop_event),
+                                      daemon=True, name=f"sis-job-{job_id}")
+            job.process.start()
+            self.jobs[job_id] = job
+        store.upsert_run(job_id, model=cfg["model"], init=cfg.get("init"), data=cfg.get("data"),
+                         status="running", config=cfg, out_dir=str(out))
+        return job
+
+    def stop(self, job_id: str) -> bool:
+        """Ask a job to stop after its current batch; False if it was not running (a second Stop is harmless)."""
+        job = self.jobs.get(job_id)
+        if job is None or not job.active:
+            return False
+        job.stop_event.set()
+        job.status = "stopping"
+        return True
+
+    def poll(self, job_id: str, touch: bool = True) -> dict | None:
+        job = self.jobs.get(job_id)
+        if job is None:
+            return None
+        if touch:
+            job.last_seen = time.time()
+        self._drain(job)
+        return job.snapshot()
+
+    def poll_all(self) -> None:
+        """Drain every job, enforce the wall-time cap and reap orphans."""
+        now = time.time()
+        for job in list(self.jobs.values()):
+            self._drain(job)
+            if not job.active:
+                continue
+            if now - job.started > self.limits.max_wall_s and job.status != "stopping":
+                job.message = f"stopped at the {self.limits.max_wall_s / 60:.0f}-minute limit"
+                self.stop(job.id)
+            if now - job.last_seen > self.limits.orphan_s and job.status != "stopping":
+                job.message = "stopped: its page was closed"
+                self.stop(job.id)
+            if job.status == "stopping" and now - job.last_seen > self.limits.orphan_s + 60:
+                job.process.terminate()  # did not stop in time: no zombie left behind
+
+    def _drain(self, job: Job) -> None:
+        if job.events is None:
+            return
+        while True:
+            try:
+                kind, payload = job.events.get_nowait()
+            except (queue.Empty, OSError, ValueError):
+                break
+            if kind == "progress":
+                if job.status == "starting":
+                    job.status = "running"
+                job.progress.append(payload)
+                if len(job.progress) > 5000:
+                    del job.progress[:1000]
+            elif kind == "log":
+                job.logs.append(payload)
+            elif kind == "result":
+                job.history = payload["history"]
+                self._finish(job, payload["status"], val=payload["val"], steps=payload["steps"])
+            elif kind == "error":
+                job.message = payload
+                self._finish(job, "failed")
+        if job.active and job.process is not None and not job.process.is_alive():
+            self._drain_after_exit(job)
+
+    def _drain_after_exit(self, job: Job) -> None:
+        code = job.process.exitcode
+        try:
+            while True:
+                kind, payload = job.events.get(timeout=0.2)
+                if kind == "result":
+                    job.history = payload["history"]
+                    self._finish(job, payload["status"], val=payload["val"], steps=payload["steps"])
+                    return
+                if kind == "error":
+                    job.message = payload
+                    self._finish(job, "failed")
+                    return
+        except (queue.Empty, OSError, ValueError):
+            pass
+        job.message = job.message or (f"the training process died (exit code {code}); "
+                                      f"it may have run out of memory")
+        self._finish(job, "failed")
+
+    def _finish(self, job: Job, status: str, val: dict | None = None, steps: int | None = None) -> None:
+        job.status, job.ended = status, time.time()
+        if job.process is not None:
+            job.process.join(timeout=5)
+        store.upsert_run(job.id, status=status, ts_end=job.ended, steps=steps,
+                         val_miou=(val or {}).get("miou"), message=job.message, history=job.history)
+
+    def shutdown(self) -> None:
+        for job in self.jobs.values():
+            if job.active:
+                job.stop_event.set()
+                job.process.join(timeout=10)
+                if job.process.is_alive():
+                    job.process.terminate()

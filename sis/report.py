@@ -1,0 +1,87 @@
+"""What the pages show, computed here: pages only lay it out."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import metrics, zoo
+from .classes import ClassSet
+from .infer import Prediction, class_share, colorize, error_map, overlay, predict
+
+# perceptually ordered colour map for confidence (viridis, 6 anchors, linearly interpolated)
+_VIRIDIS = np.array([[68, 1, 84], [65, 68, 135], [42, 120, 142], [34, 168, 132], [122, 209, 81], [253, 231, 37]],
+                    np.float32)
+
+
+def colormap(x: np.ndarray) -> np.ndarray:
+    """(H, W) floats in [0, 1] -> (H, W, 3) uint8 viridis."""
+    t = np.clip(x, 0, 1) * (len(_VIRIDIS) - 1)
+    i = np.minimum(t.astype(int), len(_VIRIDIS) - 2)
+    f = (t - i)[..., None]
+    return np.rint(_VIRIDIS[i] * (1 - f) + _VIRIDIS[i + 1] * f).astype(np.uint8)
+
+
+def image_miou(labels: np.ndarray, truth: np.ndarray, classes: ClassSet) -> dict:
+    cm = metrics.confusion_matrix(torch.from_numpy(labels.astype(np.int64)), torch.from_numpy(truth.astype(np.int64)),
+                                  classes.num_classes, classes.void)
+    return metrics.summarize(cm, classes.names)
+
+
+def segment(model, cfg: zoo.ModelConfig, image: Image.Image, truth: np.ndarray | None = None) -> dict:
+    """Everything the Segment page shows for one image and one model (overlay: see ``paint``)."""
+    classes = cfg.class_set
+    pal = classes.palette()
+    rgb = np.asarray(image.convert("RGB"))
+    pred: Prediction = predict(model, cfg, rgb)
+    out = {"image": rgb, "labels": pred.labels, "mask": colorize(pred.labels, pal),
+           "confidence": colormap(pred.confidence),
+           "mean_confidence": float(pred.confidence.mean()), "share": class_share(pred.labels, classes.num_classes),
+           "ms": pred.ms, "work_size": pred.work_size, "truth": None}
+    if truth is not None and truth.shape == pred.labels.shape:
+        out.update(truth=colorize(truth, pal), errors=error_map(pred.labels, truth, classes.void),
+                   scores=image_miou(pred.labels, truth, classes))
+    return out
+
+
+def paint(res: dict, classes: ClassSet, alpha: float, visible: list[int] | None = None) -> np.ndarray:
+    """The overlay for a ``segment`` result at opacity ``alpha``, painting only ``visible`` classes."""
+    return overlay(res["image"], res["labels"], classes.palette(), alpha, visible)
+
+
+def disagreement(label_maps: list[np.ndarray]) -> tuple[np.ndarray, float]:
+    """(H, W, 3) map of how many distinct answers the models give per pixel, and the share of pixels with >1."""
+    stack = np.stack(label_maps)
+    distinct = np.ones(stack.shape[1:], np.int32)
+    for k in range(1, len(stack)):
+        distinct += np.all(stack[k][None] != stack[:k], axis=0)
+    frac = float((distinct > 1).mean())
+    return colormap((distinct - 1) / max(len(stack) - 1, 1)), frac
+
+
+def dashboard_rows(entries: dict) -> list[dict]:
+    """One row per available model, from its card (metrics) and the registry (size)."""
+    rows = []
+    for key, e in entries.items():
+        cfg, card = zoo.read_config(e.folder), zoo.read_card(e.folder)
+        c = zoo.complexity(cfg.name, (360, 480), cfg.class_set.num_classes)
+        val = card.get("val") or {}
+        rows.append({"model": key, "arch": cfg.arch, "encoder": cfg.encoder, "paper": zoo.MODELS[cfg.name].paper,
+                     "val_miou": val.get("miou"), "pixel_acc": val.get("pixel_acc"),
+                     "per_class_iou": val.get("per_class_iou", {}), "params_m": c["params"] / 1e6,
+                     "gflops": c["gflops"], "cpu_ms": (card.get("latency") or {}).get("median_ms"),
+                     "epochs": card.get("epochs_run"), "history": card.get("history", []),
+                     "init": cfg.init})
+    return rows
+
+
+def compare(models: list[tuple[str, object, zoo.ModelConfig]], image: Image.Image) -> dict:
+    """The same image through each (name, model, cfg): masks, timings and a disagreement map."""
+    rgb = np.asarray(image.convert("RGB"))
+    results = []
+    for name, model, cfg in models:
+        pred = predict(model, cfg, rgb)
+        results.append({"name": name, "mask": colorize(pred.labels, cfg.class_set.palette()), "labels": pred.labels,
+                        "ms": pred.ms})
+    dis, frac = disagreement([r["labels"] for r in results])
+    return {"image": rgb, "results": results, "disagreement": dis, "disagree_frac": frac}

@@ -1,0 +1,84 @@
+"""The app's history: benchmark results and fine-tuning runs in an embedded SQLite file.
+
+Lives in the app's data folder (``SIS_DATA_DIR`` or ``<repo>/data``), next to the
+models that fine-tuning writes (``models/``) and extracted uploads (``uploads/``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS bench (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, model TEXT NOT NULL, mode TEXT NOT NULL,
+    device TEXT NOT NULL, batch INTEGER, height INTEGER, width INTEGER, amp INTEGER,
+    median_ms REAL, p90_ms REAL, images_per_s REAL, peak_rss_mb REAL, cuda_mb REAL, host TEXT, result TEXT);
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY, ts_start REAL NOT NULL, ts_end REAL, model TEXT NOT NULL, init TEXT, data TEXT,
+    status TEXT NOT NULL, steps INTEGER, val_miou REAL, out_dir TEXT, message TEXT, config TEXT, history TEXT);
+"""
+
+
+def data_dir() -> Path:
+    d = Path(os.environ.get("SIS_DATA_DIR", Path(__file__).resolve().parent.parent / "data"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _connect() -> sqlite3.Connection:
+    con = sqlite3.connect(data_dir() / "sis.db", timeout=10)
+    con.row_factory = sqlite3.Row
+    con.executescript(SCHEMA)
+    return con
+
+
+def add_bench(res: dict) -> int:
+    with _connect() as con:
+        cur = con.execute(
+            "INSERT INTO bench (ts, model, mode, device, batch, height, width, amp, median_ms, p90_ms, images_per_s,"
+            " peak_rss_mb, cuda_mb, host, result) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (time.time(), res["model"], res["mode"], res["device"], res["batch"], res["size"][0], res["size"][1],
+             int(res.get("amp", False)), res["median_ms"], res["p90_ms"], res["images_per_s"], res["peak_rss_mb"],
+             res.get("cuda_max_allocated_mb"), json.dumps(res.get("host", {})), json.dumps(res)))
+        return cur.lastrowid
+
+
+def list_bench(limit: int = 200) -> list[dict]:
+    with _connect() as con:
+        rows = con.execute("SELECT id, ts, model, mode, device, batch, height, width, amp, median_ms, p90_ms,"
+                           " images_per_s, peak_rss_mb, cuda_mb FROM bench ORDER BY id DESC LIMIT ?", (limit,))
+        return [dict(r) for r in rows]
+
+
+def upsert_run(run_id: str, **fields) -> None:
+    for k in ("config", "history"):
+        if k in fields and not isinstance(fields[k], str):
+            fields[k] = json.dumps(fields[k])
+    with _connect() as con:
+        exists = con.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if exists:
+            if fields:
+                con.execute(f"UPDATE runs SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?",
+                            (*fields.values(), run_id))
+        else:
+            fields.setdefault("ts_start", time.time())
+            cols = ["id", *fields]
+            con.execute(f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                        (run_id, *fields.values()))
+
+
+def list_runs(limit: int = 100) -> list[dict]:
+    with _connect() as con:
+        rows = con.execute("SELECT id, ts_start, ts_end, model, init, data, status, steps, val_miou, out_dir, message"
+                           " FROM runs ORDER BY ts_start DESC LIMIT ?", (limit,))
+        return [dict(r) for r in rows]
+
+
+def mark_interrupted_runs() -> int:
+    """Runs still 'running' from a previous server process did not finish: say so."""
+    with _connect() as con:
+        return con.execute("UPDATE runs SET status = 'interrupted', message = 'the server stopped during the run'"
+                           " WHERE status IN ('running', 'starting')").rowcount

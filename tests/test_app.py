@@ -1,0 +1,181 @@
+"""Page logic with Streamlit's AppTest (fragments don't run here: the browser test covers the live curve)."""
+import ast
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+PAGES = sorted((ROOT / "pages").glob("*.py"))
+
+
+@pytest.fixture
+def app_env(tmp_path, monkeypatch, tiny_model):
+    """An empty data folder holding one tiny fine-tuned model, so pages run in seconds."""
+    monkeypatch.setenv("SIS_DATA_DIR", str(tmp_path / "data"))
+    shutil.copytree(tiny_model, tmp_path / "data" / "models" / "tiny", ignore=shutil.ignore_patterns("checkpoint"))
+    return tmp_path / "data"
+
+
+def _app(page: str | None = None) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
+    at.run()
+    if page:
+        at.switch_page(page)
+        at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_pages_hold_no_torch_or_numpy():
+    """Pages are thin: widgets in, one sis call, render out."""
+    for page in PAGES:
+        tree = ast.parse(page.read_text())
+        imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not imported & {"torch", "numpy", "segmentation_models_pytorch", "PIL"}, page.name
+
+
+def test_every_page_registered():
+    router = (ROOT / "streamlit_app.py").read_text()
+    for page in PAGES:
+        assert f'"pages/{page.name}"' in router
+
+
+def test_home_lists_models(app_env):
+    at = _app()
+    assert at.title[0].value == "SIS Studio"
+    names = [row for df in at.dataframe for row in df.value["model"].tolist()]
+    assert "run:tiny" in names
+
+
+def _select_run(at):
+    at.selectbox(key="seg_model").set_value("run:tiny").run()
+
+
+def test_segment_sample_with_ground_truth(app_env):
+    at = _app("pages/segment.py")
+    _select_run(at)
+    assert not at.exception, at.exception
+    assert any("Against the ground truth: mIoU" in s.value for s in at.subheader)
+    assert any("Inference" in c.value and "ms" in c.value for c in at.caption)
+    at.slider(key="seg_alpha").set_value(0.2).run()
+    assert not at.exception
+
+
+def _upload(at, name, data, mime="image/png"):
+    at.radio(key="seg_source").set_value("Upload").run()
+    at.file_uploader(key="seg_upload").upload(name, data, mime).run()
+    return at
+
+
+def _png(arr, **kw):
+    buf = io.BytesIO()
+    Image.fromarray(arr, **kw).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_segment_upload_rgba(app_env):
+    at = _app("pages/segment.py")
+    _select_run(at)
+    rgba = np.zeros((40, 60, 4), np.uint8)
+    rgba[..., 3] = 128
+    _upload(at, "street.png", _png(rgba))
+    assert not at.exception and not at.error
+    assert any("alpha composited on white" in c.value for c in at.caption)
+
+
+@pytest.mark.parametrize("name,data,message", [
+    ("notes.png", b"this is text", "is not an image format Pillow can read"),
+    ("cut.jpg", None, "truncated or corrupt"),
+])
+def test_segment_bad_uploads_show_one_sentence(app_env, name, data, message):
+    if data is None:
+        buf = io.BytesIO()
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(buf, "JPEG")
+        data = buf.getvalue()[:600]
+    at = _app("pages/segment.py")
+    _select_run(at)
+    _upload(at, name, data, "image/jpeg" if name.endswith("jpg") else "image/png")
+    assert not at.exception
+    assert len(at.error) == 1 and message in at.error[0].value
+
+
+def test_segment_bomb_refused(app_env):
+    from test_infer import bomb_png
+    at = _app("pages/segment.py")
+    _select_run(at)
+    _upload(at, "huge.png", bomb_png(20000, 20000))
+    assert not at.exception and "too large" in at.error[0].value
+
+
+def test_compare_two_models(app_env, tiny_model):
+    shutil.copytree(tiny_model, app_env / "models" / "tiny2", ignore=shutil.ignore_patterns("checkpoint"))
+    at = _app("pages/compare.py")
+    at.multiselect(key="cmp_models").set_value(["run:tiny", "run:tiny2"]).run()
+    assert not at.exception
+    assert any(m.label == "Pixels where the models disagree" and m.value == "0.0%" for m in at.metric)
+
+
+def test_benchmark_runs_and_records(app_env):
+    at = _app("pages/benchmark.py")
+    at.multiselect[0].set_value(["pspnet-resnet18"])
+    at.selectbox[0].set_value("128x160")
+    at.number_input[1].set_value(0)  # warm-up
+    at.number_input[2].set_value(1)  # timed steps
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    assert at.dataframe[0].value["model"].tolist() == ["pspnet-resnet18"]
+    from sis import store
+    assert store.list_bench()[0]["model"] == "pspnet-resnet18"
+
+
+def test_benchmark_cuda_unavailable_says_why(app_env):
+    from sis.runtime import cuda_unavailable_reason
+    if cuda_unavailable_reason() is None:
+        pytest.skip("this host has CUDA")
+    at = _app("pages/benchmark.py")
+    at.radio[0].set_value("cuda")
+    at.button[0].click().run()
+    assert "CUDA is unavailable" in at.error[0].value
+
+
+def test_finetune_start_twice_and_stop_twice(app_env, tiny_data):
+    at = _app("pages/finetune.py")
+    at.selectbox[0].set_value("run:tiny")
+    at.text_input[0].set_value(str(tiny_data))
+    at.number_input[0].set_value(2)
+    at.selectbox[1].set_value("192x256")
+    at.button[0].click().run()  # Start
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    at.text_input[0].set_value(str(tiny_data))
+    at.button[0].click().run()  # Start again while running
+    assert any("already has a fine-tuning job running" in e.value for e in at.error)
+    at.button[1].click().run()  # Stop
+    at.button[1].click().run()  # Stop again
+    assert not at.exception
+    from sis import app
+    manager = app.startup()
+    import time
+    for _ in range(240):
+        job = next(iter(manager.jobs.values()))
+        manager.poll(job.id)
+        if not job.active:
+            break
+        time.sleep(0.5)
+    assert job.status in ("stopped", "done"), job.message
+    manager.jobs.clear()
+
+
+def test_finetune_missing_folder(app_env, tmp_path):
+    at = _app("pages/finetune.py")
+    at.text_input[0].set_value(str(tmp_path / "nowhere"))
+    at.button[0].click().run()
+    assert not at.exception and "does not exist" in at.error[0].value

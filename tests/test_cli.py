@@ -1,0 +1,87 @@
+"""The CLI as a user runs it: real subprocesses, exit codes, one-line errors."""
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from conftest import ROOT, TINY_MODEL
+
+
+def run(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "sis", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=timeout, env={"SIS_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+
+
+def one_line_error(r, pattern):
+    assert r.returncode == 2, r.stderr
+    lines = [l for l in r.stderr.strip().splitlines() if l]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert pattern in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("cmd", ["models", "train", "eval", "predict", "bench", "export", "download"])
+def test_help(cmd):
+    r = run(cmd, "--help")
+    assert r.returncode == 0 and "usage: python -m sis" in r.stdout
+
+
+def test_models_json_has_one_default():
+    rows = json.loads(run("models", "--json").stdout)
+    assert {"name", "arch", "encoder", "params", "shipped", "default"} <= rows[0].keys()
+    assert sum(r["default"] for r in rows) == 1
+    assert {r["name"] for r in rows} >= {"unet-resnet18", "pspnet-vgg16_bn"}
+
+
+def test_bad_arguments(tmp_path, tiny_data):
+    one_line_error(run("train", "--model", "unet-nope", "--data", tiny_data), "unknown model 'unet-nope'")
+    one_line_error(run("train", "--model", TINY_MODEL, "--data", tmp_path / "missing"), "does not exist")
+    one_line_error(run("eval", "--model", "nothing-here", "--data", tiny_data), "neither a model folder nor")
+    one_line_error(run("bench", "--model", TINY_MODEL, "--size", "big"), "size must look like 360x480")
+    one_line_error(run("train", "--model", TINY_MODEL, "--data", tiny_data, "--epochs", "0"),
+                   "expected a positive integer")
+    one_line_error(run("bench", "--model", TINY_MODEL, "--device", "cuda:0", "--repeats", "1"),
+                   "device 'cuda:0' is unavailable") if "cuda" not in run("models").stderr else None
+
+
+def test_eval_json_and_predict(tiny_model, tiny_data, tmp_path):
+    r = run("eval", "--model", tiny_model, "--data", tiny_data, "--split", "val", "--json")
+    res = json.loads(r.stdout)
+    assert {"miou", "pixel_acc", "per_class_iou"} <= res.keys() and len(res["per_class_iou"]) == 11
+    img = tiny_data / "val" / "f000.png"
+    (tmp_path / "bad.png").write_text("not an image")
+    r = run("predict", "--model", tiny_model, "--out", tmp_path / "out", img, tmp_path / "bad.png")
+    assert r.returncode == 0 and "skipped: " in r.stderr and "is not an image format" in r.stderr
+    assert Image.open(tmp_path / "out" / "f000_color.png").size == (96, 64)
+    assert Image.open(tmp_path / "out" / "f000_labels.png").mode == "L"
+    one_line_error(run("predict", "--model", tiny_model, "--out", tmp_path / "o2", tmp_path / "bad.png"),
+                   "is not an image format")
+
+
+def test_wrong_checkpoint_folder(tiny_model, tmp_path, tiny_data):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text((tiny_model / "config.json").read_text())
+    (bad / "model.safetensors").write_bytes(b"\x00" * 100)
+    one_line_error(run("eval", "--model", bad, "--data", tiny_data), "not a readable safetensors file")
+
+
+def test_bench_json(tmp_path):
+    out = tmp_path / "b.json"
+    r = run("bench", "--model", TINY_MODEL, "--mode", "train", "--batch", "2", "--size", "64x96",
+            "--warmup", "1", "--repeats", "2", "--json", "--out", out)
+    res = json.loads(r.stdout)
+    assert res == json.loads(out.read_text())
+    assert res["mode"] == "train" and len(res["times_ms"]) == 2 and res["median_ms"] > 0
+    assert res["images_per_s"] == pytest.approx(2000 / res["median_ms"])
+    assert res["host"]["cores_logical"] >= 1 and res["peak_rss_mb"] > 0
+
+
+def test_export_onnx_pspnet_parity(tiny_model, tmp_path):
+    pytest.importorskip("onnxruntime")
+    r = run("export", "--model", tiny_model, "--format", "onnx", "--out", tmp_path / "m.onnx")
+    assert r.returncode == 0, r.stderr
+    assert "input 1x3x384x480" in r.stdout  # 360x480 padded so every PSP bin divides the feature map
+    diff = float(r.stdout.split("max abs diff ")[1].split(",")[0])
+    assert diff < 1e-3
