@@ -3,17 +3,20 @@ import streamlit as st
 
 from sis import app, catalog
 
-st.set_page_config(page_title="SIS Studio", page_icon="🛣️", layout="wide")
+st.set_page_config(page_title="SIS Studio", page_icon=":material/directions_car:", layout="wide")
 app.startup()
+app.mark_routed()
 
 pages = [
-    st.Page("pages/home.py", title="Home", icon="🏠", default=True),
-    st.Page("pages/segment.py", title="Segment", icon="🖼️"),
-    st.Page("pages/compare.py", title="Compare", icon="📊"),
-    st.Page("pages/finetune.py", title="Fine-tune", icon="🏋️"),
-    st.Page("pages/benchmark.py", title="Benchmark", icon="⏱️"),
+    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("pages/segment.py", title="Segment", icon=":material/image_search:"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/compare:"),
+    st.Page("pages/finetune.py", title="Fine-tune", icon=":material/model_training:"),
+    st.Page("pages/benchmark.py", title="Benchmark", icon=":material/speed:"),
 ]
 nav = st.navigation(pages)
+app.follow_deep_link()
 with st.sidebar:
-    st.caption(f"{len(catalog.available_models())} models available · CPU/GPU inference with PyTorch")
+    n = len(catalog.available_models())
+    st.caption(f"{n} trained model{'s' if n != 1 else ''} available")
 nav.run()

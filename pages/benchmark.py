@@ -5,10 +5,11 @@ import time
 
 import streamlit as st
 
-from sis import charts, store, zoo
+from sis import app, charts, store, zoo
 from sis.bench import bench
 from sis.runtime import cuda_unavailable_reason, host_info
 
+app.ensure_router(__file__)
 st.title("Benchmark")
 host = host_info()
 gpu = host["gpu"]["name"] if host["gpu"] else "none"

@@ -3,6 +3,7 @@ import streamlit as st
 from sis import app, catalog, charts, report
 from sis.classes import CAMVID
 
+app.ensure_router(__file__)
 st.title("Compare models")
 entries = catalog.available_models()
 if len(entries) < 1:

@@ -7,6 +7,7 @@ import streamlit as st
 from sis import app, catalog, charts, jobs, store, zoo
 from sis.data import DatasetError, extract_dataset_zip, list_pairs
 
+app.ensure_router(__file__)
 st.title("Fine-tune")
 manager = app.startup()
 lim = manager.limits

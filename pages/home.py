@@ -3,6 +3,7 @@ import streamlit as st
 from sis import app, catalog, report
 from sis.classes import CAMVID
 
+app.ensure_router(__file__)
 st.title("SIS Studio")
 st.markdown(
     "Semantic segmentation of street scenes, after *Semantic Image Segmentation Using Convolutional Neural "
@@ -10,10 +11,10 @@ st.markdown(
     "decoders (**U-Net**, **PSPNet**), trained on **CamVid** (11 classes + void).")
 
 c1, c2, c3, c4 = st.columns(4)
-c1.page_link("pages/segment.py", label="Segment your photos", icon="🖼️")
-c2.page_link("pages/compare.py", label="Compare models", icon="📊")
-c3.page_link("pages/finetune.py", label="Fine-tune live", icon="🏋️")
-c4.page_link("pages/benchmark.py", label="Benchmark this host", icon="⏱️")
+c1.page_link("pages/segment.py", label="Segment your photos", icon=":material/image_search:")
+c2.page_link("pages/compare.py", label="Compare models", icon=":material/compare:")
+c3.page_link("pages/finetune.py", label="Fine-tune live", icon=":material/model_training:")
+c4.page_link("pages/benchmark.py", label="Benchmark this host", icon=":material/speed:")
 
 st.subheader("Model zoo")
 rows = report.dashboard_rows(catalog.available_models())

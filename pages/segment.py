@@ -5,6 +5,7 @@ import streamlit as st
 from sis import app, catalog, charts, report
 from sis.infer import label_png, rgb_png
 
+app.ensure_router(__file__)
 st.title("Segment")
 entries = catalog.available_models()
 left, right = st.columns([2, 1])

@@ -17,6 +17,30 @@ MAX_UPLOAD_MB = 25  # also server.maxUploadSize in .streamlit/config.toml
 MAX_IMAGE_MP = 40
 
 
+_ROUTED = False
+
+
+def mark_routed() -> None:
+    """Called by the router: from now on this server process knows the st.navigation pages."""
+    global _ROUTED
+    _ROUTED = True
+
+
+def ensure_router(page_file: str) -> None:
+    """A deep link into pages/ on a server that has not run the router yet gets Streamlit's old
+    folder-based navigation; send it through the router, which then opens the same page."""
+    if not _ROUTED:
+        st.session_state["_deep_link"] = f"pages/{os.path.basename(page_file)}"
+        st.switch_page("streamlit_app.py")
+
+
+def follow_deep_link() -> None:
+    """Router side of ``ensure_router``."""
+    target = st.session_state.pop("_deep_link", None)
+    if target:
+        st.switch_page(target)
+
+
 @st.cache_resource
 def startup() -> jobs.JobManager:
     """Once per server process: thread count, the job manager (which marks stale runs interrupted)."""

@@ -94,7 +94,8 @@ class JobManager:
         self.models_dir = models_dir or store.data_dir() / "models"
         self.jobs: dict[str, Job] = {}
         self.lock = threading.Lock()
-        store.mark_interrupted_runs()
+        import psutil
+        store.mark_interrupted_runs(before=psutil.Process().create_time())
 
     def running(self) -> list[Job]:
         return [j for j in self.jobs.values() if j.active]

@@ -77,8 +77,8 @@ def list_runs(limit: int = 100) -> list[dict]:
         return [dict(r) for r in rows]
 
 
-def mark_interrupted_runs() -> int:
-    """Runs still 'running' from a previous server process did not finish: say so."""
+def mark_interrupted_runs(before: float) -> int:
+    """Runs still 'running' that started before ``before`` (this server's start) did not finish: say so."""
     with _connect() as con:
         return con.execute("UPDATE runs SET status = 'interrupted', message = 'the server stopped during the run'"
-                           " WHERE status IN ('running', 'starting')").rowcount
+                           " WHERE status IN ('running', 'starting') AND ts_start < ?", (before,)).rowcount

@@ -348,7 +348,8 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
         }
         zoo.save_model(model, mcfg, out, card, half=cfg.save_half)
         if callback:
-            callback(Progress(step, total, epochs, epochs, history[-1]["loss"] if history else float("nan"),
+            callback(Progress(step, total, history[-1]["epoch"] if history else 0, epochs,
+                              history[-1]["loss"] if history else float("nan"),
                               history[-1]["pixel_acc"] if history else float("nan"), 0.0, 0.0, 0.0,
                               val["miou"] if val else None, status))
     return result

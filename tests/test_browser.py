@@ -1,0 +1,184 @@
+"""The app in a real browser: Debian's Chromium driven by Playwright against `streamlit run`.
+
+Screenshots of every page land in artifacts/screenshots/ (look at them).
+"""
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import REAL_CAMVID, ROOT
+
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = ROOT / "artifacts" / "screenshots"
+pytestmark = pytest.mark.browser
+
+if not CHROMIUM.exists():
+    if os.environ.get("CI"):
+        raise RuntimeError("CI needs Debian's chromium for the browser tests: apt-get install -y chromium")
+    pytest.skip("no /usr/bin/chromium", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_model):
+    data = tmp_path_factory.mktemp("appdata")
+    shutil.copytree(tiny_model, data / "models" / "tiny", ignore=shutil.ignore_patterns("checkpoint"))
+    port = _free_port()
+    env = dict(os.environ, SIS_DATA_DIR=str(data), SIS_OFFLINE="1")
+    log = open(data / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
+                             "--server.address", "127.0.0.1", "--server.headless", "true"],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("streamlit did not start: " + (data / "server.log").read_text()[-2000:])
+    os.environ["SIS_BROWSER_DATA"] = str(data)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)
+    assert proc.returncode is not None  # no zombie server left behind
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        yield b
+        b.close()
+
+
+def _page(browser, url, path=""):
+    ctx = browser.new_context(viewport={"width": 1400, "height": 2000})
+    page = ctx.new_page()
+    page.set_default_timeout(120_000)
+    page.goto(f"{url}/{path}")
+    page.wait_for_selector("[data-testid='stApp']")
+    return page
+
+
+def _idle(page):
+    """Wait until the script run finished (the status widget's 'Running' indicator is gone)."""
+    page.wait_for_timeout(500)
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=180_000)
+
+
+def _shot(page, name):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def _frame() -> Path:
+    real = REAL_CAMVID / "val" / "0016E5_07959.png"
+    return real if real.exists() else ROOT / "assets" / "samples" / "0016E5_07959.jpg"
+
+
+def test_home_and_navigation(server, browser):
+    page = _page(browser, server)
+    page.get_by_text("Model zoo").wait_for()
+    _idle(page)
+    _shot(page, "home")
+    page.get_by_role("link", name="Compare").first.click()
+    page.get_by_text("Dashboard").wait_for()
+    _idle(page)
+    _shot(page, "compare")
+
+
+def test_segment_upload_real_frame(server, browser):
+    page = _page(browser, server, "segment")
+    page.get_by_text("Upload", exact=True).click()
+    page.locator("input[type=file]").set_input_files(str(_frame()))
+    page.get_by_text("Overlay", exact=True).wait_for()
+    page.get_by_text("Pixel share per class").wait_for()
+    _idle(page)
+    legend = page.locator(".sis-legend").inner_text()
+    assert "Road" in legend and "Sky" in legend
+    assert page.locator("[data-testid='stImage'] img").count() >= 4
+    _shot(page, "segment")
+
+
+def test_segment_sample_ground_truth(server, browser):
+    page = _page(browser, server, "segment")
+    page.get_by_text("Against the ground truth").wait_for()
+    _idle(page)
+    _shot(page, "segment_sample")
+
+
+def test_benchmark_tiny(server, browser):
+    page = _page(browser, server, "benchmark")
+    page.get_by_text("Run benchmark").wait_for()
+    page.get_by_label("Timed steps").fill("1")
+    page.get_by_label("Warm-up steps").fill("0")
+    page.get_by_text("Run benchmark").click()
+    page.get_by_text("This run", exact=True).wait_for()
+    page.get_by_role("button", name="Download CSV").wait_for()
+    page.locator(".js-plotly-plot").first.wait_for()
+    _idle(page)
+    _shot(page, "benchmark")
+
+
+def _start_finetune(page, data, steps):
+    page.get_by_label("Dataset folder on the server (SegNet layout)").fill(str(data))
+    page.get_by_label("How many").fill(str(steps))
+    page.get_by_role("button", name="Start").click()
+
+
+def test_finetune_live_curve_while_another_session_segments(server, browser, tiny_data):
+    trainer = _page(browser, server, "finetune")
+    page = trainer
+    page.get_by_role("button", name="Start").wait_for()
+    _start_finetune(page, tiny_data, 30)
+    page.locator(".js-plotly-plot").first.wait_for()  # the live curve appears...
+    first = page.get_by_text(re.compile(r"running: step \d+")).inner_text()
+    page.wait_for_timeout(4000)
+    later = page.get_by_text(re.compile(r"(running|done|stopped): step \d+")).inner_text()
+    assert int(re.search(r"step (\d+)", later)[1]) > int(re.search(r"step (\d+)", first)[1])  # ...and moves
+    _shot(page, "finetune")
+
+    # a second session segments while the job trains: it stays responsive and right
+    other = _page(browser, server, "segment")
+    t0 = time.perf_counter()
+    other.get_by_text("Against the ground truth").wait_for()
+    latency = time.perf_counter() - t0
+    text = other.get_by_text("Against the ground truth").inner_text()
+    print(f"\nsecond session: segmented a sample in {latency:.1f} s while a fine-tune ran")
+    shown = float(re.search(r"mIoU ([\d.]+)%", text)[1])
+    assert latency < 90
+    from PIL import Image
+    from sis import catalog, report
+    from sis.infer import load_for_inference
+    os.environ["SIS_DATA_DIR"] = os.environ["SIS_BROWSER_DATA"]  # the server's models
+    try:
+        entries = catalog.available_models()
+        model, cfg = load_for_inference(entries[catalog.default_key(entries)].folder)
+    finally:
+        del os.environ["SIS_DATA_DIR"]
+    sample = catalog.samples()[0]  # the page's first sample
+    ref = report.segment(model, cfg, Image.open(sample.image).convert("RGB"), catalog.read_label(sample.label))
+    assert shown == pytest.approx(100 * ref["scores"]["miou"], abs=0.051)
+
+    page.get_by_role("button", name="Stop").click()
+    page.get_by_text(re.compile(r"Run (stopped|done) after")).wait_for()
+    _shot(page, "finetune_done")

@@ -1,0 +1,72 @@
+"""Turn finished training runs into shipped models: fp16 weights, fp32 val figures, CPU latency, card.
+
+    python tools/ship.py runs/ship --data ../shared/camvid
+
+For each run folder: copy config + fp16 weights into weights/<name>/, evaluate *those files*
+on val exactly as `python -m sis eval --model NAME --data DIR --split val` does (fp32),
+time a 360x480 forward on this CPU, and write everything into the card. Prints the
+README's results table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from sis import zoo  # noqa: E402
+from sis.bench import bench  # noqa: E402
+from sis.data import load_split  # noqa: E402
+from sis.evaluate import evaluate  # noqa: E402
+
+
+def ship(run: Path, data: str) -> dict:
+    model, cfg = zoo.load_model(run)
+    card = zoo.read_card(run)
+    dest = zoo.WEIGHTS_DIR / cfg.name
+    card["train_val"] = card.get("val")  # the bf16 evaluation done at the end of training
+    zoo.save_model(model, cfg, dest, card, half=True)
+    shipped, scfg = zoo.load_model(dest)
+    val = evaluate(shipped, scfg, load_split(data, "val", classes=scfg.class_set), torch.device("cpu"), amp=False)
+    lat = bench(cfg.name, "infer", "cpu", 1, (360, 480), warmup=2, repeats=7, folder=dest)
+    card.update(val=val, val_eval=f"python -m sis eval --model {cfg.name} --data {data} --split val (fp32)",
+                latency={k: lat[k] for k in ("median_ms", "p90_ms", "images_per_s", "size", "batch")} |
+                {"threads": lat["host"]["torch_threads"], "cpu": lat["host"]["cpu"], "precision": "fp32 eager"},
+                weights="fp16 safetensors (computed in fp32 after loading)",
+                encoder_init_note="random init: ImageNet weights cannot be downloaded on the training machine")
+    (dest / "card.json").write_text(json.dumps(card, indent=2))
+    return card
+
+
+def table(cards: list[dict], names) -> str:
+    head = "| model | paper pair | val mIoU | pixel acc | " + " | ".join(names) + " | params | CPU ms |"
+    sep = "|" + "---|" * (6 + len(names))
+    rows = [head, sep]
+    for c in cards:
+        v = c["val"]
+        ious = " | ".join("-" if v["per_class_iou"][n] is None else f"{100 * v['per_class_iou'][n]:.1f}" for n in names)
+        params = zoo.complexity(c["model"])["params"] / 1e6
+        rows.append(f"| {c['model']} | {c['paper_pair']} | **{100 * v['miou']:.2f}** | {100 * v['pixel_acc']:.2f} | "
+                    f"{ious} | {params:.1f}M | {c['latency']['median_ms']:.0f} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("runs", type=Path)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--only", nargs="*")
+    a = ap.parse_args()
+    cards = []
+    for run in sorted(a.runs.iterdir()):
+        if (run / "model.safetensors").is_file() and (not a.only or run.name in a.only):
+            cards.append(ship(run, a.data))
+            print(f"shipped {run.name}: val mIoU {100 * cards[-1]['val']['miou']:.2f}", file=sys.stderr)
+    if cards:
+        print(table(cards, cards[0]["classes"]))
