@@ -283,7 +283,7 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
             loss = F.cross_entropy(logits.float(), y, ignore_index=ignore,
                                    weight=weights.to(device) if weights is not None else None)
             if not torch.isfinite(loss):
-                raise TrainingError(f"loss became {float(loss)} at step {step} (lr {lr:.2e}); "
+                raise TrainingError(f"loss became {loss.item()} at step {step} (lr {lr:.2e}); "
                                     f"lower the learning rate or check the labels")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()

@@ -9,7 +9,10 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-REAL_CAMVID = Path(os.environ.get("SIS_CAMVID", ROOT.parent / "shared" / "camvid"))
+# the project's real data: $SIS_CAMVID, else ../shared/camvid beside the checkout, else the workspace copy
+_CANDIDATES = [Path(os.environ["SIS_CAMVID"])] if os.environ.get("SIS_CAMVID") else [
+    ROOT.parent / "shared" / "camvid", Path("/work/shared/camvid")]
+REAL_CAMVID = next((p for p in _CANDIDATES if (p / "train").is_dir()), _CANDIDATES[0])
 
 os.environ.setdefault("SIS_OFFLINE", "1")  # no test touches the network
 

@@ -179,3 +179,32 @@ def test_finetune_missing_folder(app_env, tmp_path):
     at.text_input[0].set_value(str(tmp_path / "nowhere"))
     at.button[0].click().run()
     assert not at.exception and "does not exist" in at.error[0].value
+
+
+def _jpeg(im, **kw):
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", **kw)
+    return buf.getvalue()
+
+
+def _exif_portrait():
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return _jpeg(Image.new("RGB", (80, 40), (90, 90, 90)), exif=exif.tobytes())
+
+
+@pytest.mark.parametrize("name,make,note,shape", [
+    ("dot.png", lambda: _png(np.zeros((1, 1, 3), np.uint8)), None, (1, 1)),
+    ("cmyk.jpg", lambda: _jpeg(Image.new("CMYK", (30, 20), (0, 50, 50, 0))), "CMYK converted to RGB", (20, 30)),
+    ("deep.png", lambda: _png(np.full((20, 30), 40000, np.uint16)), "16-bit scaled to 8-bit", (20, 30)),
+    ("phone.jpg", _exif_portrait, "EXIF orientation 6 applied", (80, 40)),
+])
+def test_segment_odd_images(app_env, name, make, note, shape):
+    at = _app("pages/segment.py")
+    _select_run(at)
+    _upload(at, name, make(), "image/jpeg" if name.endswith("jpg") else "image/png")
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    if note:
+        assert any(note in c.value for c in at.caption)
+    res = at.session_state["_seg_last"][1]
+    assert res["labels"].shape == shape == res["image"].shape[:2]  # mask lines up with what is shown

@@ -106,3 +106,29 @@ def test_median_frequency_weights(data_copy):
     assert torch.allclose(class_weights(frames, "sqrt-median"), w.sqrt())
     with pytest.raises(ValueError, match="unknown class weighting"):
         class_weights(frames, "bogus")
+
+
+def _zip(files: dict) -> bytes:
+    import io
+    import zipfile
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_zip_dataset(tmp_path, tiny_data):
+    from sis.data import extract_dataset_zip
+    files = {f"mydata/{p.relative_to(tiny_data)}": p.read_bytes() for p in tiny_data.rglob("*.png")}
+    root = extract_dataset_zip(_zip(files), tmp_path / "a")
+    assert root.name == "mydata" and len(load_split(root, "train")) == 6
+    no_labels = {k: v for k, v in files.items() if "annot" not in k}
+    with pytest.raises(DatasetError, match="has images in train/ but no labels"):
+        extract_dataset_zip(_zip(no_labels), tmp_path / "b")
+    with pytest.raises(DatasetError, match="points outside the archive"):
+        extract_dataset_zip(_zip({"../evil.txt": b"x"}), tmp_path / "c")
+    with pytest.raises(DatasetError, match="not a valid zip"):
+        extract_dataset_zip(b"PK-not-really", tmp_path / "d")
+    with pytest.raises(DatasetError, match="unpacks to .* above"):
+        extract_dataset_zip(_zip({"train/a.png": b"0" * 5000}), tmp_path / "e", max_bytes=1000)

@@ -1,0 +1,70 @@
+"""Peak RSS of the app server with every shipped model loaded and one inference on each.
+
+    python tools/app_memory.py
+
+Starts `streamlit run` on 127.0.0.1, opens the Compare page in Chromium (which runs every
+shipped model on one frame) and the Segment page, samples the server's RSS every 100 ms
+with psutil, and prints the peak.
+"""
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import os
+from pathlib import Path
+
+import psutil
+from playwright.sync_api import sync_playwright
+
+ROOT = Path(__file__).resolve().parent.parent
+
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+env = dict(os.environ, SIS_DATA_DIR=tempfile.mkdtemp(), SIS_OFFLINE="1")
+proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
+                         "--server.address", "127.0.0.1"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL)
+url = f"http://127.0.0.1:{port}"
+for _ in range(120):
+    try:
+        urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
+        break
+    except OSError:
+        time.sleep(0.5)
+peak, done = 0, False
+
+
+def sample():
+    global peak
+    p = psutil.Process(proc.pid)
+    while not done:
+        peak = max(peak, p.memory_info().rss)
+        time.sleep(0.1)
+
+
+threading.Thread(target=sample, daemon=True).start()
+idle = psutil.Process(proc.pid).memory_info().rss
+with sync_playwright() as pw:
+    b = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                           args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+    page = b.new_page()
+    page.set_default_timeout(300_000)
+    page.goto(f"{url}/compare")
+    page.get_by_text("Pixels where the models disagree").wait_for()
+    n_models = page.locator("[data-testid='stImage']").count() - 2
+    page.goto(f"{url}/segment")
+    page.get_by_text("Against the ground truth").wait_for()
+    time.sleep(2)
+    b.close()
+done = True
+time.sleep(0.2)
+proc.terminate()
+proc.wait()
+print(f"server RSS: {idle / 2**20:.0f} MB after start, peak {peak / 2**20:.0f} MB with {n_models} models "
+      f"loaded and run once each (Compare) plus one Segment inference")
