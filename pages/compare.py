@@ -32,8 +32,7 @@ else:
 if len(chosen) < 2:
     st.info("Pick at least two models to compare.")
 elif image is not None:
-    loaded_models = [(k, *app.get_model(entries[k])) for k in chosen]
-    res = report.compare(loaded_models, image)
+    res = app.compare_models([entries[k] for k in chosen], image)
     cols = st.columns(len(res["results"]) + 1)
     cols[0].image(res["image"], caption="Image", width="stretch")
     for col, r in zip(cols[1:], res["results"]):

@@ -8,7 +8,7 @@ import psutil
 import streamlit as st
 import torch
 
-from . import catalog, jobs, zoo
+from . import catalog, jobs, runtime, zoo
 from .classes import ClassSet
 from .infer import ImageError, load_for_inference, load_image
 
@@ -46,6 +46,7 @@ def startup() -> jobs.JobManager:
     """Once per server process: thread count, the job manager (which marks stale runs interrupted)."""
     threads = int(os.environ.get("SIS_THREADS", psutil.cpu_count(logical=False) or 1))
     torch.set_num_threads(max(1, threads))
+    runtime.limit_malloc_arenas(2)  # keeps the server's RSS near its working set (hosted: ~1 GB)
     return jobs.JobManager()
 
 
@@ -117,4 +118,13 @@ def segment_cached(entry: catalog.Entry, image_key: str, image, truth=None) -> d
         model, cfg = get_model(entry)
         last = (key, report.segment(model, cfg, image, truth))
         st.session_state["_seg_last"] = last
+        runtime.release_memory()
     return last[1]
+
+
+def compare_models(entries: list[catalog.Entry], image) -> dict:
+    """report.compare over cached models, then hand the activations' memory back."""
+    from . import report
+    res = report.compare([(e.key, *get_model(e)) for e in entries], image)
+    runtime.release_memory()
+    return res

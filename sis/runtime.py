@@ -105,3 +105,32 @@ def host_info() -> dict:
 
 def rss_bytes() -> int:
     return psutil.Process(os.getpid()).memory_info().rss
+
+
+def _libc():
+    import ctypes
+    import ctypes.util
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def limit_malloc_arenas(n: int = 2) -> bool:
+    """Cap glibc's per-thread malloc arenas: a threaded server (Streamlit) otherwise keeps freed
+    activation memory spread over many arenas and its RSS only grows. False where not glibc."""
+    libc = _libc()
+    try:
+        return bool(libc and libc.mallopt(-8, n))  # M_ARENA_MAX
+    except AttributeError:
+        return False
+
+
+def release_memory() -> None:
+    """Hand freed heap pages back to the OS after a large inference (glibc only; no-op elsewhere)."""
+    libc = _libc()
+    try:
+        if libc:
+            libc.malloc_trim(0)
+    except AttributeError:
+        pass

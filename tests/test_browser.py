@@ -83,6 +83,9 @@ def _idle(page):
     """Wait until the script run finished (the status widget's 'Running' indicator is gone)."""
     page.wait_for_timeout(500)
     page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=180_000)
+    # lazily loaded widgets (selects, tables, charts) show skeletons first
+    page.wait_for_function("() => !document.querySelector('[data-testid^=\"stSkeleton\"]')", timeout=60_000)
+    page.wait_for_timeout(500)
 
 
 def _shot(page, name):
