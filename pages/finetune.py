@@ -66,7 +66,10 @@ if started:
                    flips="hv" if flips else "", freeze_encoder=freeze, train_limit=int(frames), val_limit=20,
                    val_every=1 if has_val else 0,
                    crop=None if crop.startswith("360") else tuple(int(v) for v in crop.split("x")))
-        cfg.update(max_steps=int(length)) if unit == "steps" else cfg.update(epochs=int(length))
+        if unit == "steps":
+            cfg["max_steps"] = int(length)
+        else:
+            cfg["epochs"] = int(length)
         job = manager.start(sid, cfg)
         st.toast(f"Started job {job.id}")
         if not has_val:
@@ -94,7 +97,7 @@ def live():
     status = snap["status"]
     if last:
         frac = min(1.0, last["step"] / max(last["total_steps"], 1))
-        eta = f", about {last['eta_s']:.0f} s left" if status == "running" and last["eta_s"] else ""
+        eta = f", about {snap['eta_s']:.0f} s left" if status == "running" and snap["eta_s"] else ""
         st.progress(frac, text=f"{status}: step {last['step']}/{last['total_steps']}, epoch {last['epoch']}/"
                                f"{last['epochs']}{eta}")
     else:

@@ -77,10 +77,11 @@ class Job:
     def snapshot(self) -> dict:
         """Small, plain data for a page to render."""
         last = self.progress[-1] if self.progress else None
+        train = [p for p in self.progress if p["phase"] == "train"]
         return {"id": self.id, "status": self.status, "message": self.message, "last": last,
-                "steps": [p["step"] for p in self.progress if p["phase"] == "train"],
-                "loss": [p["loss"] for p in self.progress if p["phase"] == "train"],
-                "pixel_acc": [p["pixel_acc"] for p in self.progress if p["phase"] == "train"],
+                "eta_s": train[-1]["eta_s"] if train else None,
+                "steps": [p["step"] for p in train], "loss": [p["loss"] for p in train],
+                "pixel_acc": [p["pixel_acc"] for p in train],
                 "val": [(p["step"], p["val_miou"]) for p in self.progress if p["phase"] == "val"],
                 "history": self.history, "out": self.out, "model": self.cfg["model"],
                 "elapsed_s": (self.ended or time.time()) - self.started, "logs": self.logs[-5:]}
