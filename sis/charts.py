@@ -27,7 +27,7 @@ def iou_heatmap(rows: list[dict], classes: ClassSet) -> go.Figure:
                                zmin=0, zmax=100, text=[[f"{v:.0f}" for v in row] for row in z],
                                texttemplate="%{text}", colorbar=dict(title="IoU %")))
     fig.update_layout(height=120 + 40 * len(rows), margin=dict(l=10, r=10, t=30, b=10),
-                      title="Validation IoU per class")
+                      title="Validation IoU per class", yaxis=dict(autorange="reversed"))  # table order
     return fig
 
 
