@@ -21,11 +21,8 @@ upload = c2.file_uploader(f"...or your own photo (jpg, png, webp; {app.MAX_UPLOA
                           type=["jpg", "jpeg", "png", "webp"], key="cmp_upload")
 image = None
 if upload is not None:
-    loaded, error = app.read_upload(upload)
-    if error:
-        st.error(error)
-    else:
-        image = loaded.image
+    loaded = app.read_upload(upload)
+    image = loaded.image if loaded else None
 else:
     image = app.load_image(next(s for s in gallery if s.name == sample).image).image
 

@@ -3,6 +3,7 @@ import hashlib
 import streamlit as st
 
 from sis import app, catalog, charts, report
+from sis.data import read_label
 from sis.infer import label_png, rgb_png
 
 app.ensure_router(__file__)
@@ -20,7 +21,7 @@ if source == "Sample frames":
     name = st.selectbox("CamVid val frame (with ground truth)", [s.name for s in gallery], key="seg_sample")
     sample = next(s for s in gallery if s.name == name)
     loaded = app.load_image(sample.image)
-    image, truth, image_key = loaded.image, catalog.read_label(sample.label), f"sample:{name}"
+    image, truth, image_key = loaded.image, read_label(sample.label), f"sample:{name}"
 elif source == "Upload":
     uploads = st.file_uploader(
         f"Street photos (jpg, png, webp; up to {app.MAX_UPLOAD_FILES} files, {app.MAX_UPLOAD_MB} MB and "
@@ -33,19 +34,14 @@ elif source == "Upload":
         pick = st.selectbox("Image", range(len(uploads)), format_func=lambda i: uploads[i].name, key="seg_pick") \
             if len(uploads) > 1 else 0
         up = uploads[pick]
-        loaded, error = app.read_upload(up)
-        if error:
-            st.error(error)
-        else:
-            image, notes = loaded.image, loaded.notes
-            image_key = f"upload:{up.file_id}"
+        loaded = app.read_upload(up)
+        if loaded:
+            image, notes, image_key = loaded.image, loaded.notes, f"upload:{up.file_id}"
 else:
     shot = st.camera_input("Take a photo", key="seg_camera")
     if shot is not None:
-        loaded, error = app.read_upload(shot)
-        if error:
-            st.error(error)
-        else:
+        loaded = app.read_upload(shot)
+        if loaded:
             image, notes = loaded.image, loaded.notes
             image_key = f"camera:{hashlib.sha1(shot.getvalue()).hexdigest()}"
 

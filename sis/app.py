@@ -99,14 +99,17 @@ def legend(classes: ClassSet, share=None) -> None:
     st.markdown("<div class='sis-legend'>" + "".join(chips) + "</div>", unsafe_allow_html=True)
 
 
-def read_upload(upload) -> tuple:
-    """(LoadedImage, None) or (None, one-sentence error) for an st.file_uploader file."""
+def read_upload(upload):
+    """The LoadedImage of an st.file_uploader / st.camera_input file, or None after showing
+    the one-sentence reason it cannot be used."""
     if upload.size > MAX_UPLOAD_MB * 2**20:
-        return None, f"{upload.name} is {upload.size / 2**20:.0f} MB, above the {MAX_UPLOAD_MB} MB limit"
+        st.error(f"{upload.name} is {upload.size / 2**20:.0f} MB, above the {MAX_UPLOAD_MB} MB limit")
+        return None
     try:
-        return load_image(upload.getvalue(), max_pixels=MAX_IMAGE_MP * 10**6, name=upload.name), None
+        return load_image(upload.getvalue(), max_pixels=MAX_IMAGE_MP * 10**6, name=upload.name)
     except ImageError as e:
-        return None, str(e)
+        st.error(str(e))
+        return None
 
 
 def segment_cached(entry: catalog.Entry, image_key: str, image, truth=None) -> dict:

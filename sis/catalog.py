@@ -4,8 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from . import store, zoo
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "samples"
@@ -48,7 +46,3 @@ def samples() -> list[Sample]:
     return [Sample(p.stem, p, p.with_name(f"{p.stem}_label.png")) for p in sorted(SAMPLES_DIR.glob("*.jpg"))
             if p.with_name(f"{p.stem}_label.png").is_file()]
 
-
-def read_label(path: Path) -> np.ndarray:
-    from .data import read_label as _read
-    return _read(path)

@@ -26,8 +26,7 @@ def forward_logits(model: torch.nn.Module, cfg: ModelConfig, images: torch.Tenso
     """(N,3,H,W) uint8 on the model's device -> (N,C,H,W) float32 logits, any H, W."""
     device = images.device
     x, (h, w) = pad_to_stride(normalize(images, cfg), cfg.input_stride)
-    if device.type == "cpu" or device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
     with autocast(device, amp):
         out = model(x)
     return out[..., :h, :w].float()

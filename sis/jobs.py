@@ -176,44 +176,36 @@ class JobManager:
             return
         while True:
             try:
-                kind, payload = job.events.get_nowait()
+                self._handle(job, *job.events.get_nowait())
             except (queue.Empty, OSError, ValueError):
                 break
-            if kind == "progress":
-                if job.status == "starting":
-                    job.status = "running"
-                job.progress.append(payload)
-                if len(job.progress) > 5000:
-                    del job.progress[:1000]
-            elif kind == "log":
-                job.logs.append(payload)
-            elif kind == "result":
-                job.history = payload["history"]
-                self._finish(job, payload["status"], val=payload["val"], steps=payload["steps"])
-            elif kind == "error":
-                job.message = payload
-                self._finish(job, "failed")
         if job.active and job.process is not None and not job.process.is_alive():
-            self._drain_after_exit(job)
+            # the process ended: its last events may still be in flight
+            try:
+                while job.active:
+                    self._handle(job, *job.events.get(timeout=0.2))
+            except (queue.Empty, OSError, ValueError):
+                pass
+            if job.active:
+                job.message = job.message or (f"the training process died (exit code {job.process.exitcode}); "
+                                              f"it may have run out of memory")
+                self._finish(job, "failed")
 
-    def _drain_after_exit(self, job: Job) -> None:
-        code = job.process.exitcode
-        try:
-            while True:
-                kind, payload = job.events.get(timeout=0.2)
-                if kind == "result":
-                    job.history = payload["history"]
-                    self._finish(job, payload["status"], val=payload["val"], steps=payload["steps"])
-                    return
-                if kind == "error":
-                    job.message = payload
-                    self._finish(job, "failed")
-                    return
-        except (queue.Empty, OSError, ValueError):
-            pass
-        job.message = job.message or (f"the training process died (exit code {code}); "
-                                      f"it may have run out of memory")
-        self._finish(job, "failed")
+    def _handle(self, job: Job, kind: str, payload) -> None:
+        if kind == "progress":
+            if job.status == "starting":
+                job.status = "running"
+            job.progress.append(payload)
+            if len(job.progress) > 5000:
+                del job.progress[:1000]
+        elif kind == "log":
+            job.logs.append(payload)
+        elif kind == "result":
+            job.history = payload["history"]
+            self._finish(job, payload["status"], val=payload["val"], steps=payload["steps"])
+        elif kind == "error":
+            job.message = payload
+            self._finish(job, "failed")
 
     def _finish(self, job: Job, status: str, val: dict | None = None, steps: int | None = None) -> None:
         job.status, job.ended = status, time.time()

@@ -226,6 +226,7 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
         raise ValueError(f"unknown optimizer '{cfg.optimizer}'; choose adam or adamw")
     optimizer = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     weights = class_weights(train_frames, cfg.class_weighting)
+    weights = weights.to(device) if weights is not None else None
     ignore = classes.void if classes.void is not None else -100
 
     steps_per_epoch = math.ceil(len(dataset) / (cfg.batch_size * world))
@@ -281,7 +282,7 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
             with autocast(device, cfg.amp):
                 logits = net(x)
             loss = F.cross_entropy(logits.float(), y, ignore_index=ignore,
-                                   weight=weights.to(device) if weights is not None else None)
+                                   weight=weights)
             if not torch.isfinite(loss):
                 raise TrainingError(f"loss became {loss.item()} at step {step} (lr {lr:.2e}); "
                                     f"lower the learning rate or check the labels")

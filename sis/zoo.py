@@ -17,7 +17,7 @@ import os
 import threading
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -175,7 +175,7 @@ def create_model(name_or_config: str | ModelConfig, classes: ClassSet = CAMVID,
     if init == "imagenet" and not hub_reachable():
         raise OfflineError(f"ImageNet weights for {cfg.encoder} need the internet "
                            f"({HUB_HOST} is unreachable); use random init or connect and retry")
-    cfg.init = init
+    cfg = replace(cfg, init=init)
     model = smp.create_model(ARCHS[cfg.arch], encoder_name=cfg.encoder,
                              encoder_weights="imagenet" if init == "imagenet" else None,
                              classes=cfg.class_set.num_classes, **cfg.smp_kwargs)
@@ -272,13 +272,11 @@ def load_model(folder: Path) -> tuple[torch.nn.Module, ModelConfig]:
     cfg = read_config(folder)
     if cfg.name not in MODELS:
         raise ModelError(f"{folder}/config.json names unknown model '{cfg.name}'")
-    init = cfg.init
     state = load_state(folder / "model.safetensors")
     # built on the meta device and filled with the file's tensors: no throw-away random
     # init, and only one copy of the weights in memory
     with torch.device("meta"):
         model, _ = create_model(cfg, init="random")
-    cfg.init = init
     apply_state(model, state, cfg, str(folder / "model.safetensors"), assign=True)
     return model.eval(), cfg
 

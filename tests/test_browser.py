@@ -171,6 +171,7 @@ def test_finetune_live_curve_while_another_session_segments(server, browser, tin
     assert latency < 90
     from PIL import Image
     from sis import catalog, report
+    from sis.data import read_label
     from sis.infer import load_for_inference
     os.environ["SIS_DATA_DIR"] = os.environ["SIS_BROWSER_DATA"]  # the server's models
     try:
@@ -179,7 +180,7 @@ def test_finetune_live_curve_while_another_session_segments(server, browser, tin
     finally:
         del os.environ["SIS_DATA_DIR"]
     sample = catalog.samples()[0]  # the page's first sample
-    ref = report.segment(model, cfg, Image.open(sample.image).convert("RGB"), catalog.read_label(sample.label))
+    ref = report.segment(model, cfg, Image.open(sample.image).convert("RGB"), read_label(sample.label))
     assert shown == pytest.approx(100 * ref["scores"]["miou"], abs=0.051)
 
     page.get_by_role("button", name="Stop").click()
