@@ -5,8 +5,8 @@ import time
 
 import streamlit as st
 
-from sis import app, charts, store, zoo
-from sis.bench import bench
+from sis import app, catalog, charts, store, zoo
+from sis.bench import bench, compare_backends
 from sis.runtime import cuda_unavailable_reason, host_info
 
 app.ensure_router(__file__)
@@ -68,6 +68,43 @@ if last:
     c1.download_button("Download CSV", buf.getvalue(), "benchmark.csv", "text/csv")
     c2.download_button("Download JSON", json.dumps([dict(r, host=host) for r in last], indent=1), "benchmark.json",
                        "application/json")
+
+st.subheader("Inference engines")
+st.caption("PyTorch fp32 eager (the reference) against every fast path available on this host, on the same "
+           "image, round after round. Accuracy: each model's card records the val mIoU of every engine.")
+entries = catalog.available_models()
+if entries:
+    with st.form("engines_form"):
+        keys = list(entries)
+        e1, e2, e3 = st.columns(3)
+        key = e1.selectbox("Model", keys, index=keys.index(catalog.default_key(entries)))
+        esize = e2.selectbox("Resolution", ["360x480", "240x320", "720x960"], key="eng_size")
+        erepeats = e3.number_input("Timed rounds", 1, 30, 5)
+        compare = st.form_submit_button("Compare engines", type="primary")
+    if compare:
+        h, w = (int(v) for v in esize.split("x"))
+        bar = st.progress(0.0, text="building engines (once per model and size)...")
+        res = compare_backends(str(entries[key].folder), size=(h, w), warmup=1, repeats=int(erepeats),
+                               progress=lambda phase, i, n: bar.progress(min(i / n, 1.0), text=f"{phase} {i}/{n}"))
+        bar.progress(1.0, text="done")
+        for name, r in res["backends"].items():
+            store.add_bench({"model": res["model"], "mode": f"infer:{name}", "device": "cpu", "batch": 1,
+                             "size": res["size"], "amp": name == "torch-bf16", "median_ms": r["median_ms"],
+                             "p90_ms": r["p90_ms"], "images_per_s": r["images_per_s"], "peak_rss_mb": res["peak_rss_mb"],
+                             "host": res["host"], "engine": r})
+        st.session_state["engines_last"] = (key, {k: v for k, v in res.items() if k != "host"})
+    last_e = st.session_state.get("engines_last")
+    if last_e:
+        key, res = last_e
+        checks = zoo.read_card(entries[key].folder).get("fast_path", {}).get("backends", {}) if key in entries else {}
+        st.dataframe([{"engine": n, "median ms": round(r["median_ms"], 1), "p90 ms": round(r["p90_ms"], 1),
+                       "images/s": round(r["images_per_s"], 2), "vs eager": f"{r['speedup_vs_eager']:.2f}x",
+                       "val mIoU delta (card)": None if (checks.get(n) or {}).get("miou_delta") is None
+                       else round(checks[n]["miou_delta"], 2)} for n, r in res["backends"].items()],
+                     hide_index=True, width="stretch")
+        for n, why in res["unavailable"].items():
+            st.caption(f"{n}: unavailable here ({why})")
+        st.plotly_chart(charts.engine_bars(res), width="stretch")
 
 st.subheader("History on this host")
 hist = store.list_bench()

@@ -33,7 +33,7 @@ elif image is not None:
     cols = st.columns(len(res["results"]) + 1)
     cols[0].image(res["image"], caption="Image", width="stretch")
     for col, r in zip(cols[1:], res["results"]):
-        col.image(r["mask"], caption=f"{r['name']} · {r['ms']:.0f} ms", width="stretch")
+        col.image(r["mask"], caption=f"{r['name']} · {r['ms']:.0f} ms on {r['backend']}", width="stretch")
     d1, d2 = st.columns([1, 2])
     d1.image(res["disagreement"], caption="Disagreement: dark = all agree, bright = all differ", width="stretch")
     d2.metric("Pixels where the models disagree", f"{100 * res['disagree_frac']:.1f}%")
@@ -44,6 +44,7 @@ rows = report.dashboard_rows(entries)
 st.dataframe([{"model": r["model"], "val mIoU %": r["val_miou"] and round(100 * r["val_miou"], 1),
                "pixel acc %": r["pixel_acc"] and round(100 * r["pixel_acc"], 1), "params (M)": round(r["params_m"], 1),
                "GFLOPs": round(r["gflops"], 1), "CPU ms (360x480)": r["cpu_ms"] and round(r["cpu_ms"]),
+               "fast path ms": r["fast_ms"] and round(r["fast_ms"]), "fast path": r["fast_backend"],
                "epochs": r["epochs"]} for r in rows], hide_index=True, width="stretch")
 with_iou = [r for r in rows if r["per_class_iou"]]
 if with_iou:

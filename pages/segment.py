@@ -12,6 +12,7 @@ entries = catalog.available_models()
 left, right = st.columns([2, 1])
 with right:
     entry = app.model_picker("Model", entries, key="seg_model")
+    backend = app.backend_picker(entry, key="seg_backend") if entry else None
 with left:
     source = st.radio("Image source", ["Sample frames", "Upload", "Camera"], horizontal=True, key="seg_source")
 
@@ -51,7 +52,7 @@ if image is None or entry is None:
 
 model, cfg = app.get_model(entry)
 classes = cfg.class_set
-res = app.segment_cached(entry, image_key, image, truth)
+res = app.segment_cached(entry, image_key, image, truth, backend)
 if notes:
     st.caption("Converted: " + "; ".join(notes))
 
@@ -66,7 +67,7 @@ b.image(res["mask"], caption="Predicted classes", width="stretch")
 c.image(report.paint(res, classes, alpha, visible), caption="Overlay", width="stretch")
 app.legend(classes, res["share"])
 st.caption(f"Inference {res['ms']:.0f} ms on CPU at {res['work_size'][1]}x{res['work_size'][0]} "
-           f"with {entry.key}; mean confidence {100 * res['mean_confidence']:.1f}%")
+           f"with {entry.key} on {res['backend']}; mean confidence {100 * res['mean_confidence']:.1f}%")
 
 d, e = st.columns([1, 1])
 d.plotly_chart(charts.class_share_bar(res["share"], classes), width="stretch")

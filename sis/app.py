@@ -8,7 +8,7 @@ import psutil
 import streamlit as st
 import torch
 
-from . import catalog, jobs, runtime, zoo
+from . import backends, catalog, jobs, runtime, zoo
 from .classes import ClassSet
 from .infer import ImageError, load_for_inference, load_image
 
@@ -58,6 +58,47 @@ def _load(folder: str, mtime: float):
 def get_model(entry: catalog.Entry):
     """A read-only model (eval, no grads), loaded once per process and shared by every session."""
     return _load(str(entry.folder), (entry.folder / "model.safetensors").stat().st_mtime)
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _runner(folder: str, mtime: float, backend: str):
+    model, cfg = _load(folder, mtime)
+    return backends.get_runner(model, cfg, backend)
+
+
+def default_backend(entry: catalog.Entry) -> str:
+    """The model's fast path: fastest available backend that passed its recorded accuracy check."""
+    return backends.default_backend(zoo.read_card(entry.folder))
+
+
+def get_runner(entry: catalog.Entry, backend: str | None = None):
+    """The shared runner of ``entry`` on ``backend`` (default: its fast path); one per process."""
+    return _runner(str(entry.folder), (entry.folder / "model.safetensors").stat().st_mtime,
+                   backend or default_backend(entry))
+
+
+def backend_picker(entry: catalog.Entry, key: str) -> str:
+    """Select an inference engine for ``entry``; its fast path is preselected."""
+    ok = [b for b, why in backends.available().items() if why is None]
+    default = default_backend(entry)
+    checks = zoo.read_card(entry.folder).get("fast_path", {}).get("backends", {})
+
+    def label(b: str) -> str:
+        c = checks.get(b) or {}
+        extra = f" ({c['speedup_vs_eager']:.1f}x, {c['miou_delta']:+.2f} mIoU)" if c.get("miou_delta") is not None else ""
+        return b + extra + (" — fast path" if b == default else "") + (" — reference" if b == backends.REFERENCE else "")
+    return st.selectbox("Inference engine", ok, index=ok.index(default), key=key, format_func=label,
+                        help="eager = PyTorch fp32, the reference. The fast path is the fastest engine whose "
+                             "val mIoU stayed within 0.5 point of it (checked per model, in its card).")
+
+
+def _run(fn, *args):
+    """Call fn on the chosen engine; if that engine fails to build here, say so and use eager."""
+    try:
+        return fn(*args)
+    except Exception as e:  # noqa: BLE001 - any engine failure: degrade, never break the page
+        st.warning(f"The fast inference engine failed here ({type(e).__name__}: {e}); used PyTorch fp32 instead.")
+        return None
 
 
 def session_id() -> str:
@@ -112,22 +153,27 @@ def read_upload(upload):
         return None
 
 
-def segment_cached(entry: catalog.Entry, image_key: str, image, truth=None) -> dict:
-    """report.segment for (model, image), remembering only the latest result in the session."""
+def segment_cached(entry: catalog.Entry, image_key: str, image, truth=None, backend: str | None = None) -> dict:
+    """report.segment for (model, engine, image), remembering only the latest result in the session."""
     from . import report
-    key = (str(entry.folder), image_key)
+    backend = backend or default_backend(entry)
+    key = (str(entry.folder), backend, image_key)
     last = st.session_state.get("_seg_last")
     if last is None or last[0] != key:
         model, cfg = get_model(entry)
-        last = (key, report.segment(model, cfg, image, truth))
+        with st.spinner(f"Segmenting with {backend} (a new image size builds its engine once)..."):
+            res = _run(report.segment, model, cfg, image, truth, get_runner(entry, backend)) \
+                or report.segment(model, cfg, image, truth)
+        last = (key, res)
         st.session_state["_seg_last"] = last
         runtime.release_memory()
     return last[1]
 
 
 def compare_models(entries: list[catalog.Entry], image) -> dict:
-    """report.compare over cached models, then hand the activations' memory back."""
+    """report.compare over cached models on their fast paths, then hand the activations' memory back."""
     from . import report
-    res = report.compare([(e.key, *get_model(e)) for e in entries], image)
+    res = _run(report.compare, [(e.key, *get_model(e), get_runner(e)) for e in entries], image) \
+        or report.compare([(e.key, *get_model(e)) for e in entries], image)
     runtime.release_memory()
     return res

@@ -1,18 +1,21 @@
 """Per-step throughput of inference and training steps: warm-up, repeats, median/p90, memory."""
 from __future__ import annotations
 
+import copy
 import datetime as dt
+import shutil
 import statistics
+import tempfile
 import time
+from pathlib import Path
 from typing import Callable
 
-import psutil
 import torch
 import torch.nn.functional as F
 
 from . import zoo
 from .evaluate import forward_logits, pad_to_stride
-from .runtime import autocast, host_info, pick_device, rss_bytes, synchronize
+from .runtime import amp_dtype, autocast, host_info, pick_device, rss_bytes, synchronize
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -96,3 +99,148 @@ def bench(model_name: str, mode: str = "infer", device: str = "cpu", batch: int 
         "params": c["params"], "gflops": c["gflops"],
         "host": host_info(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _interleaved(fns: dict[str, Callable[[], object]], warmup: int, repeats: int,
+                 progress: Callable[[int, int], None] | None = None) -> dict[str, list[float]]:
+    """Time every fn once per round, round after round: drift in machine load hits all alike."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    total = (warmup + repeats) * len(fns)
+    done = 0
+    for r in range(warmup + repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            if r >= warmup:
+                times[k].append((time.perf_counter() - t0) * 1000)
+            done += 1
+            if progress:
+                progress(done, total)
+    return times
+
+
+def compare_backends(model: str, data: str | None = None, backends: list[str] | None = None,
+                     size: tuple[int, int] = (360, 480), warmup: int = 2, repeats: int = 10,
+                     val_limit: int | None = None, progress: Callable[[str, int, int], None] | None = None,
+                     log: Callable[[str], None] | None = None) -> dict:
+    """Eager fp32 and every available fast path on the same image, interleaved; with ``data``,
+    each one's val mIoU on the same frames and its difference to eager (points).
+
+    Returns {model, size, reference, backends: {name: {median_ms, p90_ms, images_per_s,
+    speedup_vs_eager, miou, miou_delta, build_s}}, unavailable: {name: reason}, default, host}.
+    """
+    from . import backends as B
+    from .data import load_split
+    from .evaluate import evaluate
+    from .infer import load_for_inference
+    folder = zoo.resolve(model)
+    net, cfg = load_for_inference(folder)
+    status = B.available("cpu")
+    names = [n for n in (backends or B.BACKENDS) if status.get(n, "unknown backend") is None]
+    for n in backends or []:
+        if n not in B.BACKENDS:
+            raise ValueError(B.unavailable_reason(n))
+    names = [B.REFERENCE] + [n for n in names if n != B.REFERENCE]
+    runners, build = {}, {}
+    for n in names:
+        t0 = time.perf_counter()
+        runners[n] = B.get_runner(net, cfg, n, log=log)
+        runners[n].prepare(size)
+        build[n] = time.perf_counter() - t0
+    frames = load_split(data, "val", val_limit, cfg.class_set) if data else None
+    if frames is not None and tuple(frames.images[0].shape[-2:]) == tuple(size):
+        image = frames.images[0][None]
+    else:
+        image = torch.from_numpy(B.calibration_images(size)[0]).to(torch.uint8)
+    times = _interleaved({n: (lambda r=r: r(image)) for n, r in runners.items()}, warmup, repeats,
+                         (lambda i, t: progress("timing", i, t)) if progress else None)
+    out = {}
+    ref_ms = statistics.median(times[B.REFERENCE])
+    for n in names:
+        med = statistics.median(times[n])
+        out[n] = {"median_ms": med, "p90_ms": percentile(times[n], 90), "images_per_s": 1000 / med,
+                  "speedup_vs_eager": ref_ms / med, "build_s": build[n], "miou": None, "miou_delta": None}
+    if frames is not None:
+        for i, n in enumerate(names):
+            if progress:
+                progress(f"val mIoU: {n}", i, len(names))
+            res = evaluate(net, cfg, frames, torch.device("cpu"), amp=False, logits_fn=runners[n])
+            out[n].update(miou=res["miou"], pixel_acc=res["pixel_acc"])
+        for n in names:
+            out[n]["miou_delta"] = 100 * (out[n]["miou"] - out[B.REFERENCE]["miou"])
+    card = {"fast_path": {"backends": out}}
+    return {"model": cfg.name, "folder": str(folder), "size": list(size), "reference": B.REFERENCE,
+            "repeats": repeats, "val_frames": len(frames) if frames is not None else 0,
+            "backends": out, "unavailable": {n: r for n, r in status.items() if r},
+            "default": B.default_backend(card), "max_miou_delta": B.MAX_MIOU_DELTA,
+            "peak_rss_mb": rss_bytes() / 2**20,
+            "host": host_info(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def compare_train(model: str, data: str | None = None, batch: int = 4, size: tuple[int, int] = (352, 480),
+                  warmup: int = 2, repeats: int = 5, loss_steps: int = 0, device: str = "cpu",
+                  progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """Training step: plain eager fp32 (NCHW) against the fast path (bf16/fp16 autocast +
+    channels_last), interleaved, same model, batch and size. With ``data`` and ``loss_steps``,
+    two short training runs from the same seed, one per path, and their loss curves.
+    """
+    dev = pick_device(device)
+    fast_amp = amp_dtype(dev) is not None
+    torch.manual_seed(0)
+    base, cfg = zoo.create_model(model)
+    models = {"eager": base.to(dev), "fast": copy.deepcopy(base).to(dev).to(memory_format=torch.channels_last)}
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (batch, 3, *size), dtype=torch.uint8, generator=gen).to(dev)
+    masks = torch.randint(0, cfg.class_set.num_classes, (batch, *size), generator=gen).to(dev)
+    opts = {k: torch.optim.Adam(m.parameters(), lr=1e-6) for k, m in models.items()}
+
+    def step(kind: str):
+        m, fast = models[kind], kind == "fast"
+        x, _ = pad_to_stride(zoo.normalize(images, cfg), cfg.input_stride)
+        y, _ = pad_to_stride(masks, cfg.input_stride, value=-100)
+        if fast:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(dev, fast and fast_amp):
+            out = m(x)
+        loss = F.cross_entropy(out.float(), y, ignore_index=-100)
+        opts[kind].zero_grad(set_to_none=True)
+        loss.backward()
+        opts[kind].step()
+        synchronize(dev)
+
+    for m in models.values():
+        m.train()
+    times = _interleaved({k: (lambda k=k: step(k)) for k in models}, warmup, repeats,
+                         (lambda i, t: progress("timing", i, t)) if progress else None)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    res = {"model": cfg.name, "device": str(dev), "batch": batch, "size": list(size),
+           "fast_path": f"{amp_dtype(dev) if fast_amp else 'fp32'} autocast + channels_last",
+           "eager_ms": med["eager"], "fast_ms": med["fast"], "speedup": med["eager"] / med["fast"],
+           "times_ms": times, "host": host_info(),
+           "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    if data and loss_steps:
+        from .train import TrainConfig, train
+        curves = {}
+        for kind in ("eager", "fast"):
+            losses: list[float] = []
+            cfg_t = TrainConfig(model=model, data=data, out=str(Path(tempfile.mkdtemp()) / kind),
+                                max_steps=loss_steps, batch_size=batch, crop=size, flips="h", val_every=0,
+                                amp=kind == "fast", channels_last=kind == "fast", device=str(dev), resume=False,
+                                lr=2e-4, seed=0, threads=torch.get_num_threads())
+
+            def cb(p, losses=losses, kind=kind):
+                if p.phase == "train":
+                    losses.append(p.loss)
+                    if progress:
+                        progress(f"loss curve: {kind}", p.step, p.total_steps)
+            train(cfg_t, callback=cb, log=lambda s: None)
+            shutil.rmtree(Path(cfg_t.out).parent, ignore_errors=True)
+            curves[kind] = losses
+        tail = max(1, len(curves["eager"]) // 3)
+        e, f = curves["eager"][-tail:], curves["fast"][-tail:]
+        res["loss_curves"] = curves
+        res["loss_tail_mean"] = {"eager": statistics.mean(e), "fast": statistics.mean(f)}
+        # the spread of the fp32 curve over the same window: "within noise" means the gap is smaller
+        res["loss_tail_std_eager"] = statistics.pstdev(e)
+        res["loss_tail_gap"] = abs(statistics.mean(e) - statistics.mean(f))
+    return res

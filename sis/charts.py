@@ -75,3 +75,16 @@ def bench_bars(rows: list[dict]) -> go.Figure:
                 showlegend=False)
     fig.update_layout(height=340, margin=dict(l=10, r=10, t=40, b=10))
     return fig
+
+
+def engine_bars(res: dict) -> go.Figure:
+    """compare_backends result: median ms per engine, labelled with the speed-up over eager fp32."""
+    names = list(res["backends"])
+    b = res["backends"]
+    fig = go.Figure(go.Bar(x=names, y=[b[n]["median_ms"] for n in names],
+                           text=[f"{b[n]['speedup_vs_eager']:.2f}x" for n in names], textposition="outside",
+                           marker_color=["#888" if n == res["reference"] else "#1f77b4" for n in names]))
+    fig.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10),
+                      title=f"{res['model']} at {res['size'][0]}x{res['size'][1]}: ms per image (lower is better)",
+                      yaxis_title="median ms")
+    return fig

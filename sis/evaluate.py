@@ -35,10 +35,12 @@ def forward_logits(model: torch.nn.Module, cfg: ModelConfig, images: torch.Tenso
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, cfg: ModelConfig, frames: Frames, device: torch.device,
              amp: bool = True, batch_size: int = 4,
-             progress: Callable[[int, int], None] | None = None) -> dict:
+             progress: Callable[[int, int], None] | None = None,
+             logits_fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
     """Full-resolution evaluation: miou, pixel_acc, mean_class_acc, per_class_iou, loss.
 
     Frames of the same size are batched together; void pixels are ignored.
+    ``logits_fn`` (uint8 images -> logits, e.g. a backends.Runner) replaces the model's forward.
     """
     classes = frames.classes
     c = classes.num_classes
@@ -54,7 +56,7 @@ def evaluate(model: torch.nn.Module, cfg: ModelConfig, frames: Frames, device: t
             j += 1
         imgs = torch.stack(frames.images[i:j]).to(device)
         masks = torch.stack(frames.masks[i:j]).to(device)
-        logits = forward_logits(model, cfg, imgs, amp)
+        logits = logits_fn(imgs).to(device) if logits_fn else forward_logits(model, cfg, imgs, amp)
         valid = (masks != ignore) & (masks < c)
         tgt = torch.where(valid, masks, torch.full_like(masks, ignore if ignore >= 0 else -100))
         loss_sum += float(F.cross_entropy(logits, tgt, ignore_index=ignore if ignore >= 0 else -100,

@@ -7,7 +7,6 @@ callers pad their images to that size (``onnx_input_size``) before running it.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 

@@ -135,8 +135,9 @@ def work_size(h: int, w: int, base: tuple[int, int]) -> tuple[int, int]:
 
 @torch.inference_mode()
 def predict(model: torch.nn.Module, cfg: ModelConfig, image: Image.Image | np.ndarray,
-            device: torch.device | str = "cpu", amp: bool = False) -> Prediction:
-    """Segment one RGB image. model: in eval mode on ``device``; amp: bf16/fp16 autocast."""
+            device: torch.device | str = "cpu", amp: bool = False, runner=None) -> Prediction:
+    """Segment one RGB image. model: in eval mode on ``device``; amp: bf16/fp16 autocast;
+    runner: a ``backends.Runner`` to compute the logits instead (the fast path)."""
     device = torch.device(device)
     arr = np.array(image.convert("RGB") if isinstance(image, Image.Image) else image, np.uint8)
     h, w = arr.shape[:2]
@@ -146,7 +147,7 @@ def predict(model: torch.nn.Module, cfg: ModelConfig, image: Image.Image | np.nd
     if (wh, ww) != (h, w):
         x = F.interpolate(x.float(), size=(wh, ww), mode="bilinear", antialias=(wh < h),
                           align_corners=False).clamp(0, 255).round().to(torch.uint8)
-    logits = forward_logits(model, cfg, x, amp)
+    logits = runner(x).to(device) if runner is not None else forward_logits(model, cfg, x, amp)
     prob = logits.softmax(1)
     conf, labels = prob.max(1)
     if (wh, ww) != (h, w):

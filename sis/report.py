@@ -28,16 +28,18 @@ def image_miou(labels: np.ndarray, truth: np.ndarray, classes: ClassSet) -> dict
     return metrics.summarize(cm, classes.names)
 
 
-def segment(model, cfg: zoo.ModelConfig, image: Image.Image, truth: np.ndarray | None = None) -> dict:
+def segment(model, cfg: zoo.ModelConfig, image: Image.Image, truth: np.ndarray | None = None,
+            runner=None) -> dict:
     """Everything the Segment page shows for one image and one model (overlay: see ``paint``)."""
     classes = cfg.class_set
     pal = classes.palette()
     rgb = np.asarray(image.convert("RGB"))
-    pred: Prediction = predict(model, cfg, rgb)
+    pred: Prediction = predict(model, cfg, rgb, runner=runner)
     out = {"image": rgb, "labels": pred.labels, "mask": colorize(pred.labels, pal),
            "confidence": colormap(pred.confidence),
            "mean_confidence": float(pred.confidence.mean()), "share": class_share(pred.labels, classes.num_classes),
-           "ms": pred.ms, "work_size": pred.work_size, "truth": None}
+           "ms": pred.ms, "work_size": pred.work_size, "truth": None,
+           "backend": runner.name if runner is not None else "eager"}
     if truth is not None and truth.shape == pred.labels.shape:
         out.update(truth=colorize(truth, pal), errors=error_map(pred.labels, truth, classes.void),
                    scores=image_miou(pred.labels, truth, classes))
@@ -66,22 +68,25 @@ def dashboard_rows(entries: dict) -> list[dict]:
         cfg, card = zoo.read_config(e.folder), zoo.read_card(e.folder)
         c = zoo.complexity(cfg.name, (360, 480), cfg.class_set.num_classes)
         val = card.get("val") or {}
+        fast = card.get("fast_path") or {}
+        fast_b = (fast.get("backends") or {}).get(fast.get("default"), {})
         rows.append({"model": key, "arch": cfg.arch, "encoder": cfg.encoder, "paper": zoo.MODELS[cfg.name].paper,
                      "val_miou": val.get("miou"), "pixel_acc": val.get("pixel_acc"),
                      "per_class_iou": val.get("per_class_iou", {}), "params_m": c["params"] / 1e6,
                      "gflops": c["gflops"], "cpu_ms": (card.get("latency") or {}).get("median_ms"),
                      "epochs": card.get("epochs_run"), "history": card.get("history", []),
-                     "init": cfg.init})
+                     "init": cfg.init, "fast_backend": fast.get("default"), "fast_ms": fast_b.get("median_ms")})
     return rows
 
 
-def compare(models: list[tuple[str, object, zoo.ModelConfig]], image: Image.Image) -> dict:
-    """The same image through each (name, model, cfg): masks, timings and a disagreement map."""
+def compare(models: list[tuple], image: Image.Image) -> dict:
+    """The same image through each (name, model, cfg[, runner]): masks, timings and a disagreement map."""
     rgb = np.asarray(image.convert("RGB"))
     results = []
-    for name, model, cfg in models:
-        pred = predict(model, cfg, rgb)
+    for name, model, cfg, *rest in models:
+        runner = rest[0] if rest else None
+        pred = predict(model, cfg, rgb, runner=runner)
         results.append({"name": name, "mask": colorize(pred.labels, cfg.class_set.palette()), "labels": pred.labels,
-                        "ms": pred.ms})
+                        "ms": pred.ms, "backend": runner.name if runner is not None else "eager"})
     dis, frac = disagreement([r["labels"] for r in results])
     return {"image": rgb, "results": results, "disagreement": dis, "disagree_frac": frac}

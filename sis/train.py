@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -210,6 +210,15 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
         model, mcfg = zoo.create_model(cfg.model, classes, cfg.init)
     else:
         model, mcfg = zoo.load_model(Path(cfg.init))
+        current = zoo.make_config(mcfg.name, mcfg.class_set) if mcfg.name in zoo.MODELS else mcfg
+        if current.smp_kwargs != mcfg.smp_kwargs:
+            # the registry's architecture for this name changed since the folder was saved:
+            # build the current one and carry over every tensor that still fits
+            fresh, mcfg = zoo.create_model(current, mcfg.class_set)
+            copied, reinit = zoo.transplant(fresh, model.state_dict())
+            model = fresh
+            log(f"{cfg.init} was saved with an older {mcfg.name} architecture: carried over "
+                f"{len(copied)} tensors, {len(reinit)} start fresh ({', '.join(sorted({k.rsplit('.', 2)[0] for k in reinit})[:6])})")
         if mcfg.class_set.num_classes != classes.num_classes:
             zoo.reset_head(model, classes.num_classes)
             log(f"new classifier head: {mcfg.class_set.num_classes} -> {classes.num_classes} classes")

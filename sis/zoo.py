@@ -59,6 +59,12 @@ class ModelSpec:
             if self.encoder.startswith("resnet"):
                 return {"encoder_depth": 5, "output_stride": 16, "upsampling": 16}
             return {"encoder_depth": 5, "upsampling": 32}
+        if self.encoder.startswith("vgg"):
+            # smp adds a 4.7M-parameter "center" block (two 3x3 512->512 convs) after a VGG
+            # encoder; U-Net decodes straight from the encoder's last stage, and without it
+            # (and with 128 channels in the first decoder block) the four shipped models fit
+            # in 100 MB. Keys that smp does not take are handled in _build.
+            return {"center_block": False, "decoder_channels": [128, 128, 64, 32, 16]}
         return {}
 
     @property
@@ -176,10 +182,28 @@ def create_model(name_or_config: str | ModelConfig, classes: ClassSet = CAMVID,
         raise OfflineError(f"ImageNet weights for {cfg.encoder} need the internet "
                            f"({HUB_HOST} is unreachable); use random init or connect and retry")
     cfg = replace(cfg, init=init)
-    model = smp.create_model(ARCHS[cfg.arch], encoder_name=cfg.encoder,
-                             encoder_weights="imagenet" if init == "imagenet" else None,
-                             classes=cfg.class_set.num_classes, **cfg.smp_kwargs)
+    model = _build(cfg.arch, cfg.encoder, cfg.class_set.num_classes, cfg.smp_kwargs,
+                   "imagenet" if init == "imagenet" else None)
     return model, cfg
+
+
+def _build(arch: str, encoder: str, num_classes: int, kwargs: dict, weights: str | None = None) -> torch.nn.Module:
+    """smp.create_model plus the architecture options smp has no argument for."""
+    kwargs = dict(kwargs)
+    center = kwargs.pop("center_block", True)
+    model = smp.create_model(ARCHS[arch], encoder_name=encoder, encoder_weights=weights,
+                             classes=num_classes, **kwargs)
+    if not center and hasattr(model.decoder, "center"):
+        model.decoder.center = torch.nn.Identity()
+    return model
+
+
+def transplant(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    """Copy every tensor of ``state`` whose name and shape fit ``model``; returns (copied, left as initialised)."""
+    own = model.state_dict()
+    fits = {k: v.to(own[k].dtype) for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(fits, strict=False)
+    return sorted(fits), sorted(own.keys() - fits.keys())
 
 
 @lru_cache(maxsize=None)
@@ -187,8 +211,7 @@ def complexity(name: str, size: tuple[int, int] = (360, 480), num_classes: int =
     """Parameter count and forward GFLOPs at ``size`` (padded to the stride), on the meta device."""
     spec = get_spec(name)
     with torch.device("meta"):
-        model = smp.create_model(ARCHS[spec.arch], encoder_name=spec.encoder, encoder_weights=None,
-                                 classes=num_classes, **spec.smp_kwargs)
+        model = _build(spec.arch, spec.encoder, num_classes, spec.smp_kwargs)
     params = sum(p.numel() for p in model.parameters())
     s = spec.input_stride
     h, w = (-(-size[0] // s) * s, -(-size[1] // s) * s)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ _CANDIDATES = [Path(os.environ["SIS_CAMVID"])] if os.environ.get("SIS_CAMVID") e
 REAL_CAMVID = next((p for p in _CANDIDATES if (p / "train").is_dir()), _CANDIDATES[0])
 
 os.environ.setdefault("SIS_OFFLINE", "1")  # no test touches the network
+# ONNX / int8 graphs the fast path builds go to a throw-away folder, not the checkout's data/
+os.environ.setdefault("SIS_CACHE_DIR", tempfile.mkdtemp(prefix="sis-test-cache-"))
 
 
 def make_frame(rng: np.random.Generator, h: int, w: int, n_classes: int = 11, void: int = 11):

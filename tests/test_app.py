@@ -208,3 +208,39 @@ def test_segment_odd_images(app_env, name, make, note, shape):
         assert any(note in c.value for c in at.caption)
     res = at.session_state["_seg_last"][1]
     assert res["labels"].shape == shape == res["image"].shape[:2]  # mask lines up with what is shown
+
+
+def test_segment_uses_the_fast_path_and_lets_you_pick_eager(app_env):
+    at = _app("pages/segment.py")
+    _select_run(at)
+    assert at.selectbox(key="seg_backend").value == "onnxruntime-int8"
+    assert any("on onnxruntime-int8" in c.value for c in at.caption)
+    fast_miou = next(s.value for s in at.subheader if "mIoU" in s.value)
+    at.selectbox(key="seg_backend").set_value("eager").run()
+    assert not at.exception and any("on eager" in c.value for c in at.caption)
+    assert next(s.value for s in at.subheader if "mIoU" in s.value)  # a result on the reference too
+    assert fast_miou
+
+
+def test_segment_falls_back_to_eager_when_the_engine_fails(app_env, monkeypatch):
+    from sis import backends
+
+    def broken(self, size):
+        raise RuntimeError("no ONNX for you")
+    monkeypatch.setattr(backends.GraphRunner, "prepare", broken)
+    at = _app("pages/segment.py")
+    _select_run(at)
+    assert not at.exception
+    assert any("no ONNX for you" in w.value and "PyTorch fp32" in w.value for w in at.warning)
+    assert any("on eager" in c.value for c in at.caption)
+
+
+def test_benchmark_compares_engines(app_env):
+    at = _app("pages/benchmark.py")
+    at.selectbox(key="eng_size").set_value("240x320")
+    next(b for b in at.button if b.label == "Compare engines").click().run()
+    assert not at.exception, at.exception
+    engines = at.dataframe[0].value["engine"].tolist()
+    assert engines[0] == "eager" and "onnxruntime-int8" in engines
+    from sis import store
+    assert any(r["mode"] == "infer:onnxruntime-int8" for r in store.list_bench())

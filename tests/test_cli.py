@@ -1,5 +1,6 @@
 """The CLI as a user runs it: real subprocesses, exit codes, one-line errors."""
 import json
+import os
 import subprocess
 import sys
 
@@ -11,7 +12,8 @@ from conftest import ROOT, TINY_MODEL
 
 def run(*args, timeout=300):
     return subprocess.run([sys.executable, "-m", "sis", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=timeout, env={"SIS_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+                          cwd=ROOT, timeout=timeout,
+                          env={"SIS_OFFLINE": "1", "PATH": "/usr/bin:/bin", "SIS_CACHE_DIR": os.environ["SIS_CACHE_DIR"]})
 
 
 def one_line_error(r, pattern):

@@ -1,6 +1,10 @@
-"""Turn finished training runs into shipped models: fp16 weights, fp32 val figures, CPU latency, card.
+"""Turn finished training runs into shipped models: fp16 weights, fp32 val figures, CPU latency,
+the fast path's accuracy check, card.
 
-    python tools/ship.py runs/ship --data ../shared/camvid
+    python tools/ship.py runs/ship2/pspnet-resnet18 runs/ship2/unet-resnet18 ... --data ../shared/camvid
+
+A run that continued another (``--init`` a model folder) gets the whole lineage in its card:
+``stages`` (recipe, epochs, wall time of each) and one ``history`` over all epochs.
 
 For each run folder: copy config + fp16 weights into weights/<name>/, evaluate *those files*
 on val exactly as `python -m sis eval --model NAME --data DIR --split val` does (fp32),
@@ -11,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -21,14 +24,37 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from sis import zoo  # noqa: E402
-from sis.bench import bench  # noqa: E402
+from sis.bench import bench, compare_backends  # noqa: E402
 from sis.data import load_split  # noqa: E402
 from sis.evaluate import evaluate  # noqa: E402
 
 
+def _stage(card: dict) -> dict:
+    return {"init": card.get("init"), "recipe": card.get("recipe"), "epochs": card.get("epochs_run"),
+            "steps": card.get("steps"), "wall_time_s": card.get("wall_time_s"), "date": card.get("date"),
+            "precision": card.get("precision"), "train_val_miou": (card.get("val") or {}).get("miou")}
+
+
+def lineage(card: dict) -> dict:
+    """Fold the card of the run this one continued from (recipe.init) into stages + one history."""
+    parent_dir = Path((card.get("recipe") or {}).get("init") or "")
+    if card.get("stages") or not (parent_dir / "card.json").is_file():
+        return card
+    parent = lineage(zoo.read_card(parent_dir))
+    stages = parent.get("stages") or [_stage(parent)]
+    ep0, step0 = parent.get("epochs_run") or 0, parent.get("steps") or 0
+    history = [dict(h, stage=h.get("stage", 1)) for h in parent.get("history", [])]
+    history += [dict(h, epoch=h["epoch"] + ep0, step=h["step"] + step0, stage=len(stages) + 1,
+                     time_s=h["time_s"] + (parent.get("wall_time_s") or 0)) for h in card.get("history", [])]
+    return dict(card, stages=stages + [_stage(card)], history=history,
+                epochs_run=ep0 + (card.get("epochs_run") or 0), steps=step0 + (card.get("steps") or 0),
+                wall_time_s=round((parent.get("wall_time_s") or 0) + (card.get("wall_time_s") or 0), 1),
+                init=parent.get("init", "random"))
+
+
 def ship(run: Path, data: str) -> dict:
     model, cfg = zoo.load_model(run)
-    card = zoo.read_card(run)
+    card = lineage(zoo.read_card(run))
     dest = zoo.WEIGHTS_DIR / cfg.name
     card["train_val"] = card.get("val")  # the bf16 evaluation done at the end of training
     zoo.save_model(model, cfg, dest, card, half=True)
@@ -40,6 +66,10 @@ def ship(run: Path, data: str) -> dict:
                 {"threads": lat["host"]["torch_threads"], "cpu": lat["host"]["cpu"], "precision": "fp32 eager"},
                 weights="fp16 safetensors (computed in fp32 after loading)",
                 encoder_init_note="random init: ImageNet weights cannot be downloaded on the training machine")
+    fast = compare_backends(cfg.name, data, repeats=10)
+    card["fast_path"] = {"default": fast["default"], "backends": fast["backends"], "val_frames": fast["val_frames"],
+                         "size": fast["size"], "threads": fast["host"]["torch_threads"], "cpu": fast["host"]["cpu"],
+                         "command": f"python -m sis bench --compare-backends --model {cfg.name} --data {data}"}
     (dest / "card.json").write_text(json.dumps(card, indent=2))
     return card
 
@@ -59,14 +89,13 @@ def table(cards: list[dict], names) -> str:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("runs", type=Path)
+    ap.add_argument("runs", type=Path, nargs="+", help="finished run folders")
     ap.add_argument("--data", required=True)
-    ap.add_argument("--only", nargs="*")
     a = ap.parse_args()
     cards = []
-    for run in sorted(a.runs.iterdir()):
-        if (run / "model.safetensors").is_file() and (not a.only or run.name in a.only):
-            cards.append(ship(run, a.data))
-            print(f"shipped {run.name}: val mIoU {100 * cards[-1]['val']['miou']:.2f}", file=sys.stderr)
+    for run in a.runs:
+        cards.append(ship(run, a.data))
+        print(f"shipped {run.name}: val mIoU {100 * cards[-1]['val']['miou']:.2f}, fast path "
+              f"{cards[-1]['fast_path']['default']}", file=sys.stderr)
     if cards:
         print(table(cards, cards[0]["classes"]))

@@ -1,15 +1,28 @@
 #!/bin/bash
 # Shipped-weights recipe: two streams of one thread each on this 2-core CPU.
+#   bash tools/ship_runs.sh stage1   # from random init (session 1)
+#   bash tools/ship_runs.sh stage2a  # continue the ResNet pairs from stage 1
+#   bash tools/ship_runs.sh stage2b  # continue the VGG pairs from stage 1
+# then: python tools/ship.py runs/ship2 --data ../shared/camvid
 cd "$(dirname "$0")/.."
-COMMON="--data ../shared/camvid --crop 256x320 --scale 0.75,1.5 --flips h --optimizer adamw --lr 2e-3 --weight-decay 1e-4 --schedule poly --warmup 50 --class-weighting sqrt-median --batch-size 8 --val-every 2 --half --threads 1"
-stream_a() {
-  .venv/bin/python -m sis train --model unet-resnet18 --epochs 20 --out runs/ship/unet-resnet18 $COMMON
-  .venv/bin/python -m sis train --model pspnet-resnet18 --epochs 20 --out runs/ship/pspnet-resnet18 $COMMON
-}
-stream_b() {
-  .venv/bin/python -m sis train --model pspnet-vgg11_bn --epochs 8 --out runs/ship/pspnet-vgg11_bn $COMMON
-  .venv/bin/python -m sis train --model unet-vgg11_bn --epochs 8 --out runs/ship/unet-vgg11_bn $COMMON
-}
-stream_a > runs/ship_a.log 2>&1 &
-stream_b > runs/ship_b.log 2>&1 &
-wait
+COMMON="--data ../shared/camvid --scale 0.75,1.5 --flips h --optimizer adamw --weight-decay 1e-4 --schedule poly --warmup 50 --class-weighting sqrt-median --batch-size 8 --val-every 2 --half --threads 1"
+S1="$COMMON --crop 256x320 --lr 2e-3"
+S2="$COMMON --crop 288x384 --lr 1e-3"
+py() { .venv/bin/python -m sis train "$@"; }
+case "$1" in
+stage1)
+  (py --model unet-resnet18 --epochs 20 --out runs/ship/unet-resnet18 $S1
+   py --model pspnet-resnet18 --epochs 20 --out runs/ship/pspnet-resnet18 $S1) > runs/ship_a.log 2>&1 &
+  (py --model pspnet-vgg11_bn --epochs 8 --out runs/ship/pspnet-vgg11_bn $S1
+   py --model unet-vgg11_bn --epochs 8 --out runs/ship/unet-vgg11_bn $S1) > runs/ship_b.log 2>&1 &
+  wait ;;
+stage2a)
+  py --model pspnet-resnet18 --epochs 36 --init runs/ship/pspnet-resnet18 --out runs/ship2/pspnet-resnet18 $S2
+  py --model unet-resnet18 --epochs 14 --init runs/ship/unet-resnet18 --out runs/ship2/unet-resnet18 $S2 ;;
+stage2b)
+  # unet-vgg11_bn: the registry dropped smp's 4.7M-parameter VGG center block and narrowed
+  # the first two decoder blocks (weights/ must stay under 100 MB); what still fits is carried over
+  # (pspnet-vgg11_bn kept its stage-1 weights: no time left in session 2)
+  py --model unet-vgg11_bn --epochs 12 --init runs/ship/unet-vgg11_bn --out runs/ship2/unet-vgg11_bn $S2 ;;
+*) echo "usage: $0 stage1|stage2a|stage2b" >&2; exit 2 ;;
+esac

@@ -1,0 +1,115 @@
+"""The inference fast path: exact export, int8 engine, accuracy gate, comparison command."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import REAL_CAMVID, ROOT
+from sis import backends, zoo
+from sis.bench import compare_backends, compare_train
+from sis.data import load_split
+from sis.evaluate import evaluate
+from sis.infer import load_for_inference, predict
+
+
+@pytest.mark.parametrize("n,bins", [(23, 6), (30, 3), (7, 2), (5, 6), (1, 1)])
+def test_pool_matrix_is_adaptive_avg_pool(n, bins):
+    x = torch.randn(2, 3, n, n + 4)
+    ref = F.adaptive_avg_pool2d(x, bins)
+    got = backends._pool_matrix(n, bins) @ x @ backends._pool_matrix(n + 4, bins).t()
+    assert torch.allclose(got, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["pspnet-resnet18", "unet-vgg11_bn"])
+def test_onnx_graph_matches_eager_at_odd_size(name):
+    """Normalise, zero padding to the stride, PSP pooling at a size the bins do not divide, crop: all as eager."""
+    torch.manual_seed(0)
+    model, cfg = zoo.create_model(name)
+    model.eval().requires_grad_(False)
+    x = torch.randint(0, 256, (2, 3, 75, 101), dtype=torch.uint8)
+    ref = backends.Runner(model, cfg)(x)
+    got = backends.get_runner(model, cfg, "onnxruntime")(x)
+    assert got.shape == ref.shape == (2, 11, 75, 101)
+    assert (got - ref).abs().max() < 1e-3
+
+
+def test_int8_runner_builds_once_and_predicts(tiny_model):
+    model, cfg = load_for_inference(tiny_model)
+    runner = backends.get_runner(model, cfg, "onnxruntime-int8")
+    img = np.random.default_rng(0).integers(0, 255, (90, 130, 3), np.uint8)
+    pred = predict(model, cfg, img, runner=runner)
+    assert pred.labels.shape == (90, 130) and pred.labels.max() < 11
+    path = runner.graph_path(pred.work_size)
+    assert path.name.endswith(".int8.onnx") and path.is_file()
+    stamp = path.stat().st_mtime_ns
+    again = backends.get_runner(model, cfg, "onnxruntime-int8")  # a new process would find the same file
+    again(torch.from_numpy(img.transpose(2, 0, 1).copy())[None])
+    assert again.graph_path(pred.work_size).stat().st_mtime_ns == stamp
+
+
+def test_default_backend_respects_the_accuracy_gate():
+    fastest = backends.default_backend({})
+    assert fastest == "onnxruntime-int8"  # onnxruntime is a requirement
+    failed = {"fast_path": {"backends": {"onnxruntime-int8": {"miou_delta": -0.8}}}}
+    assert backends.default_backend(failed) in ("torch-bf16", "eager")
+    assert backends.default_backend(failed) != "onnxruntime-int8"
+    passed = {"fast_path": {"backends": {"onnxruntime-int8": {"miou_delta": -0.3}}}}
+    assert backends.default_backend(passed) == "onnxruntime-int8"
+    assert backends.default_backend({}, device="cuda") in ("torch-bf16", "eager")
+
+
+def test_unknown_and_unavailable_backends_say_why():
+    with pytest.raises(backends.BackendError, match="unknown backend 'tensorrt'"):
+        backends.get_runner(torch.nn.Identity(), zoo.make_config("unet-resnet18"), "tensorrt")
+    assert "CPU only" in backends.unavailable_reason("onnxruntime-int8", "cuda")
+
+
+def test_compare_backends_command_json(tiny_model, tiny_data):
+    out = subprocess.run([sys.executable, "-m", "sis", "bench", "--compare-backends", "--model", str(tiny_model),
+                          "--data", str(tiny_data), "--size", "64x96", "--repeats", "2", "--json"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert res["reference"] == "eager" and set(res["backends"]) >= {"eager", "onnxruntime", "onnxruntime-int8"}
+    for name, b in res["backends"].items():
+        assert set(b) >= {"median_ms", "images_per_s", "speedup_vs_eager", "miou_delta"}
+        assert b["median_ms"] > 0 and b["images_per_s"] == pytest.approx(1000 / b["median_ms"])
+    assert res["backends"]["eager"]["speedup_vs_eager"] == 1.0 and res["backends"]["eager"]["miou_delta"] == 0.0
+    # fp32 ONNX is the same function as eager: same val mIoU on the same frames
+    assert abs(res["backends"]["onnxruntime"]["miou_delta"]) < 0.05
+
+
+def test_compare_train_reports_both_paths_and_loss_curves(tiny_data):
+    res = compare_train("pspnet-resnet18", str(tiny_data), batch=2, size=(64, 96), warmup=1, repeats=1,
+                        loss_steps=3)
+    assert res["eager_ms"] > 0 and res["fast_ms"] > 0 and res["speedup"] == res["eager_ms"] / res["fast_ms"]
+    assert len(res["loss_curves"]["eager"]) == len(res["loss_curves"]["fast"]) == 3
+    assert all(np.isfinite(res["loss_curves"]["fast"]))
+
+
+@pytest.mark.parametrize("name", zoo.PAPER_MODELS)
+def test_fast_path_keeps_val_miou_on_real_frames(name):
+    """Each shipped model on its default fast path: within 0.5 point of eager fp32 on real val frames."""
+    if name not in zoo.shipped_models():
+        pytest.fail(f"{name} is not shipped in weights/")
+    folder = zoo.shipped_models()[name]
+    model, cfg = load_for_inference(folder)
+    backend = backends.default_backend(zoo.read_card(folder))
+    assert backend != "eager"
+    frames = load_split(str(REAL_CAMVID), "val", 8, cfg.class_set)
+    ref = evaluate(model, cfg, frames, torch.device("cpu"), amp=False)["miou"]
+    got = evaluate(model, cfg, frames, torch.device("cpu"), amp=False,
+                   logits_fn=backends.get_runner(model, cfg, backend))["miou"]
+    assert abs(100 * (got - ref)) <= backends.MAX_MIOU_DELTA, (backend, ref, got)
+
+
+def test_compare_backends_on_shipped_default_records_speed(tmp_path):
+    res = compare_backends(zoo.DEFAULT_MODEL, None, ["onnxruntime-int8"], (120, 160), warmup=1, repeats=2)
+    assert list(res["backends"]) == ["eager", "onnxruntime-int8"] and res["val_frames"] == 0
+    assert res["backends"]["onnxruntime-int8"]["miou"] is None
