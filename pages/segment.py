@@ -50,7 +50,7 @@ if image is None or entry is None:
     st.info("Pick a sample frame, upload a photo or take one to see it segmented.")
     st.stop()
 
-model, cfg = app.get_model(entry)
+cfg = app.get_config(entry)
 classes = cfg.class_set
 res = app.segment_cached(entry, image_key, image, truth, backend)
 if notes:

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 
-import psutil
+import pandas  # noqa: F401 - imported up front: plotly peeks at a half-imported pandas when another
+import psutil  # session's thread is importing it (st.dataframe), and a chart then fails with AttributeError
 import streamlit as st
 import torch
 
@@ -62,8 +64,14 @@ def get_model(entry: catalog.Entry):
 
 @st.cache_resource(max_entries=8, show_spinner=False)
 def _runner(folder: str, mtime: float, backend: str):
+    if backends.is_graph(backend):  # no PyTorch weights resident: loaded only to build a new graph
+        return backends.get_runner(None, zoo.read_config(Path(folder)), backend, folder=Path(folder))
     model, cfg = _load(folder, mtime)
     return backends.get_runner(model, cfg, backend)
+
+
+def get_config(entry: catalog.Entry) -> zoo.ModelConfig:
+    return zoo.read_config(entry.folder)
 
 
 def default_backend(entry: catalog.Entry) -> str:
@@ -160,10 +168,10 @@ def segment_cached(entry: catalog.Entry, image_key: str, image, truth=None, back
     key = (str(entry.folder), backend, image_key)
     last = st.session_state.get("_seg_last")
     if last is None or last[0] != key:
-        model, cfg = get_model(entry)
+        cfg = get_config(entry)
         with st.spinner(f"Segmenting with {backend} (a new image size builds its engine once)..."):
-            res = _run(report.segment, model, cfg, image, truth, get_runner(entry, backend)) \
-                or report.segment(model, cfg, image, truth)
+            res = _run(report.segment, None, cfg, image, truth, get_runner(entry, backend)) \
+                or report.segment(*get_model(entry), image, truth)
         last = (key, res)
         st.session_state["_seg_last"] = last
         runtime.release_memory()
@@ -173,7 +181,7 @@ def segment_cached(entry: catalog.Entry, image_key: str, image, truth=None, back
 def compare_models(entries: list[catalog.Entry], image) -> dict:
     """report.compare over cached models on their fast paths, then hand the activations' memory back."""
     from . import report
-    res = _run(report.compare, [(e.key, *get_model(e), get_runner(e)) for e in entries], image) \
+    res = _run(report.compare, [(e.key, None, get_config(e), get_runner(e)) for e in entries], image) \
         or report.compare([(e.key, *get_model(e)) for e in entries], image)
     runtime.release_memory()
     return res

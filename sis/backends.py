@@ -21,6 +21,7 @@ Runtime int8 here, 180 MB installed, and a larger accuracy loss on the same int8
 from __future__ import annotations
 
 import copy
+import gc
 import hashlib
 import importlib.util
 import math
@@ -35,7 +36,8 @@ import torch
 import torch.nn.functional as F
 
 from .evaluate import forward_logits
-from .runtime import amp_dtype
+from . import zoo
+from .runtime import amp_dtype, release_memory
 from .zoo import ModelConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,12 +94,22 @@ def cache_dir() -> Path:
 
 
 def weights_key(model: torch.nn.Module) -> str:
-    """A short digest of the weights (what a cached graph was built from)."""
+    """A short digest of in-memory weights (what a cached graph was built from)."""
     h = hashlib.sha1()
     for k, v in sorted(model.state_dict().items()):
         h.update(k.encode())
         h.update(v.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def file_key(folder: Path) -> str:
+    """A short digest of a model folder's weights file and config: no model needs loading."""
+    h = hashlib.sha1()
+    for name in ("config.json", "model.safetensors"):
+        with open(Path(folder) / name, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+    return "f" + h.hexdigest()[:15]
 
 
 # ------------------------------------------------------------------ ONNX graph
@@ -182,11 +194,18 @@ def calibration_images(size: tuple[int, int], folder: Path = CALIBRATION_DIR) ->
     return out
 
 
-def quantize_graph(src: Path, dst: Path, size: tuple[int, int]) -> Path:
+RANGES_FILE = "int8_ranges.json"  # shipped beside a model's weights: its calibrated activation ranges
+
+
+def quantize_graph(src: Path, dst: Path, size: tuple[int, int], ranges: Path | None = None) -> Path:
     """Static int8 (QDQ, per-channel int8 weights, uint8 activations, min/max calibration).
 
     The first conv, the last conv (classifier) and MatMuls (PSPNet's exact pooling) stay
     fp32: quantising them cost 0.5 point of val mIoU on pspnet-resnet18 for ~5% of speed.
+
+    ``ranges``: ONNX Runtime's calibration cache (JSON). When the file exists, no calibration
+    runs (calibrating needs every activation of a frame at once: over 1 GB for U-Net-VGG at
+    360x480); when it does not, the calibration frames are run and the ranges written there.
     """
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
@@ -195,8 +214,17 @@ def quantize_graph(src: Path, dst: Path, size: tuple[int, int]) -> Path:
     frames = calibration_images(size)
 
     class Reader(CalibrationDataReader):
+        """Frames one stride at a time (CalibStridedMinMax): each stride's activations are folded
+        into the running min/max and dropped, so calibration holds one frame's activations."""
+
         def __init__(self):
             self.it = iter(frames)
+
+        def __len__(self):
+            return len(frames)
+
+        def set_range(self, start_index: int, end_index: int):
+            self.it = iter(frames[start_index:end_index])
 
         def get_next(self):
             x = next(self.it, None)
@@ -211,7 +239,9 @@ def quantize_graph(src: Path, dst: Path, size: tuple[int, int]) -> Path:
         keep_fp32 = convs[:1] + convs[-1:] + [n.name for n in nodes if n.op_type == "MatMul"]
         quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=keep_fp32)
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=keep_fp32,
+                        extra_options={"CalibStridedMinMax": 1},  # one frame's activations at a time
+                        calibration_cache_path=str(ranges) if ranges else None)
         os.replace(tmp, dst)
     finally:
         for p in (pre, tmp, Path(str(pre) + ".data")):
@@ -249,13 +279,16 @@ class GraphRunner(Runner):
     """ONNX Runtime over cached per-size graphs (batch 1; a batch is run image by image)."""
 
     def __init__(self, model, cfg, name: str, threads: int | None = None,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, folder: Path | None = None):
+        """``model`` may be None with a ``folder``: then PyTorch weights are loaded only to
+        build a graph that is not cached yet, and dropped afterwards (the app's memory)."""
         super().__init__(model, cfg)
         self.name = name
         self.int8 = name.endswith("int8")
         self.threads = threads or torch.get_num_threads()
         self.log = log
-        self._key = None
+        self.folder = folder
+        self._key = file_key(folder) if folder is not None else None
         self._sessions: dict[tuple[int, int], object] = {}
         self._lock = threading.Lock()
 
@@ -267,15 +300,24 @@ class GraphRunner(Runner):
         if not fp32.is_file():
             if self.log:
                 self.log(f"exporting {self.cfg.name} to ONNX at {size[0]}x{size[1]} (once)")
-            export_graph(self.model, self.cfg, size, fp32)
+            model = self.model if self.model is not None else zoo.load_model(self.folder)[0]
+            export_graph(model, self.cfg, size, fp32)
         if not self.int8:
             return fp32
         q = cache_dir() / f"{stem}.int8.onnx"
         if not q.is_file():
             if self.log:
                 self.log(f"quantising {self.cfg.name} to int8 at {size[0]}x{size[1]} (once)")
-            quantize_graph(fp32, q, size)
+            quantize_graph(fp32, q, size, self.ranges_path())
         return q
+
+    def ranges_path(self) -> Path:
+        """The shipped calibration ranges, else this model's cached ones (computed on first use)."""
+        if self.folder is not None and (Path(self.folder) / RANGES_FILE).is_file():
+            return Path(self.folder) / RANGES_FILE
+        if self._key is None:
+            self._key = weights_key(self.model)
+        return cache_dir() / f"{self.cfg.name}-{self._key}.{RANGES_FILE}"
 
     def prepare(self, size):
         size = tuple(size)
@@ -285,10 +327,15 @@ class GraphRunner(Runner):
                 so = ort.SessionOptions()
                 so.intra_op_num_threads, so.inter_op_num_threads = self.threads, 1
                 so.log_severity_level = 3
+                so.enable_cpu_mem_arena = False  # hand activations back after each run: ~40 MB a model, not ~150
                 # no busy-waiting between calls: it steals the cores from whatever runs next
                 so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+                built = not (cache_dir() / f"{self.cfg.name}-{self._key}-{size[0]}x{size[1]}.onnx").is_file()
                 self._sessions[size] = ort.InferenceSession(str(self.graph_path(size)), so,
                                                             providers=["CPUExecutionProvider"])
+                if built:  # exporting and quantising leave ~200 MB of freed heap behind
+                    gc.collect()
+                    release_memory()
             return self._sessions[size]
 
     def __call__(self, images):
@@ -298,14 +345,22 @@ class GraphRunner(Runner):
         return torch.from_numpy(np.concatenate(outs).astype(np.float32, copy=False))
 
 
-def get_runner(model: torch.nn.Module, cfg: ModelConfig, backend: str = REFERENCE, device: str = "cpu",
-               log: Callable[[str], None] | None = None) -> Runner:
-    """A runner for a read-only model (eval mode, on ``device``); raises BackendError if unusable."""
+def get_runner(model: torch.nn.Module | None, cfg: ModelConfig, backend: str = REFERENCE, device: str = "cpu",
+               log: Callable[[str], None] | None = None, folder: Path | None = None) -> Runner:
+    """A runner for a read-only model (eval mode, on ``device``); raises BackendError if unusable.
+
+    Graph backends also take ``model=None`` with the model's ``folder`` (see GraphRunner).
+    """
     why = unavailable_reason(backend, device)
     if why:
         raise BackendError(f"backend {backend} is unavailable: {why}")
-    if backend == "eager":
-        return Runner(model, cfg)
-    if backend == "torch-bf16":
-        return TorchBf16Runner(model, cfg)
-    return GraphRunner(model, cfg, backend, log=log)
+    if backend in ("eager", "torch-bf16"):
+        if model is None:
+            raise BackendError(f"backend {backend} needs the PyTorch model")
+        return Runner(model, cfg) if backend == "eager" else TorchBf16Runner(model, cfg)
+    return GraphRunner(model, cfg, backend, log=log, folder=folder)
+
+
+def is_graph(backend: str) -> bool:
+    """True for backends that run an exported graph (no PyTorch weights needed once it is built)."""
+    return backend.startswith("onnxruntime")

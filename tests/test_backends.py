@@ -113,3 +113,17 @@ def test_compare_backends_on_shipped_default_records_speed(tmp_path):
     res = compare_backends(zoo.DEFAULT_MODEL, None, ["onnxruntime-int8"], (120, 160), warmup=1, repeats=2)
     assert list(res["backends"]) == ["eager", "onnxruntime-int8"] and res["val_frames"] == 0
     assert res["backends"]["onnxruntime-int8"]["miou"] is None
+
+
+def test_int8_reuses_calibrated_ranges_for_new_sizes(tiny_model, monkeypatch):
+    """Calibration runs once per model; another image size (or a shipped int8_ranges.json) skips it."""
+    model, cfg = load_for_inference(tiny_model)
+    runner = backends.get_runner(None, cfg, "onnxruntime-int8", folder=tiny_model)
+    runner.prepare((64, 96))
+    assert runner.ranges_path().is_file() and runner.model is None
+
+    def no_frames(size, folder=None):
+        raise AssertionError("calibration ran again")
+    monkeypatch.setattr(backends, "calibration_images", no_frames)
+    out = runner(torch.zeros(1, 3, 96, 64, dtype=torch.uint8))
+    assert out.shape == (1, 11, 96, 64)

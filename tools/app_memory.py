@@ -4,7 +4,8 @@
 
 Starts `streamlit run` on 127.0.0.1, opens the Compare page in Chromium (which runs every
 shipped model on one frame) and the Segment page, samples the server's RSS every 100 ms
-with psutil, and prints the peak.
+with psutil, and prints the peak: RSS, and its anonymous part (RSS minus file-backed pages such
+as torch's shared libraries, which the kernel can drop and re-read under a memory limit).
 """
 from __future__ import annotations
 
@@ -26,10 +27,11 @@ ROOT = Path(__file__).resolve().parent.parent
 with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
+LOG = Path(tempfile.gettempdir()) / "sis_app_memory.log"  # the server's output, if a page fails
 env = dict(os.environ, SIS_DATA_DIR=tempfile.mkdtemp(), SIS_OFFLINE="1")
 proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
-                         "--server.address", "127.0.0.1"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL)
+                         "--server.address", "127.0.0.1"], cwd=ROOT, env=env, stdout=open(LOG, "w"),
+                        stderr=subprocess.STDOUT)
 url = f"http://127.0.0.1:{port}"
 for _ in range(120):
     try:
@@ -37,19 +39,21 @@ for _ in range(120):
         break
     except OSError:
         time.sleep(0.5)
-peak, done = 0, False
+peak, peak_anon, done = 0, 0, False
 
 
 def sample():
-    global peak
+    global peak, peak_anon
     p = psutil.Process(proc.pid)
     while not done:
-        peak = max(peak, p.memory_info().rss)
+        m = p.memory_info()
+        peak, peak_anon = max(peak, m.rss), max(peak_anon, m.rss - m.shared)
         time.sleep(0.1)
 
 
 threading.Thread(target=sample, daemon=True).start()
-idle = psutil.Process(proc.pid).memory_info().rss
+m0 = psutil.Process(proc.pid).memory_info()
+idle, idle_anon = m0.rss, m0.rss - m0.shared
 with sync_playwright() as pw:
     b = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
                            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
@@ -59,12 +63,17 @@ with sync_playwright() as pw:
     page.get_by_text("Pixels where the models disagree").wait_for()
     n_models = page.locator("[data-testid='stImage']").count() - 2
     page.goto(f"{url}/segment")
-    page.get_by_text("Against the ground truth").wait_for()
+    try:
+        page.get_by_text("Against the ground truth").wait_for()
+    except Exception:
+        page.screenshot(path=str(LOG.with_suffix(".png")), full_page=True)
+        raise
     time.sleep(2)
     b.close()
 done = True
 time.sleep(0.2)
 proc.terminate()
 proc.wait()
-print(f"server RSS: {idle / 2**20:.0f} MB after start, peak {peak / 2**20:.0f} MB with {n_models} models "
-      f"loaded and run once each (Compare) plus one Segment inference")
+print(f"server RSS: {idle / 2**20:.0f} MB after start (anonymous {idle_anon / 2**20:.0f} MB), peak "
+      f"{peak / 2**20:.0f} MB (anonymous {peak_anon / 2**20:.0f} MB) with {n_models} models loaded and run "
+      f"once each (Compare) plus one Segment inference")
