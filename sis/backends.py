@@ -211,7 +211,8 @@ def quantize_graph(src: Path, dst: Path, size: tuple[int, int], ranges: Path | N
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
-    frames = calibration_images(size)
+    cached = ranges is not None and Path(ranges).is_file()
+    frames = [] if cached else calibration_images(size)
 
     class Reader(CalibrationDataReader):
         """Frames one stride at a time (CalibStridedMinMax): each stride's activations are folded
@@ -237,7 +238,7 @@ def quantize_graph(src: Path, dst: Path, size: tuple[int, int], ranges: Path | N
         nodes = onnx.load(str(pre), load_external_data=False).graph.node
         convs = [n.name for n in nodes if n.op_type == "Conv"]
         keep_fp32 = convs[:1] + convs[-1:] + [n.name for n in nodes if n.op_type == "MatMul"]
-        quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+        quantize_static(str(pre), str(tmp), None if cached else Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=keep_fp32,
                         extra_options={"CalibStridedMinMax": 1},  # one frame's activations at a time

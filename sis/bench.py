@@ -144,7 +144,7 @@ def compare_backends(model: str, data: str | None = None, backends: list[str] | 
     runners, build = {}, {}
     for n in names:
         t0 = time.perf_counter()
-        runners[n] = B.get_runner(net, cfg, n, log=log)
+        runners[n] = B.get_runner(net, cfg, n, log=log, folder=folder)  # folder: its shipped int8 ranges
         runners[n].prepare(size)
         build[n] = time.perf_counter() - t0
     frames = load_split(data, "val", val_limit, cfg.class_set) if data else None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -23,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from sis import zoo  # noqa: E402
+from sis import backends, zoo  # noqa: E402
 from sis.bench import bench, compare_backends  # noqa: E402
 from sis.data import load_split  # noqa: E402
 from sis.evaluate import evaluate  # noqa: E402
@@ -66,6 +67,11 @@ def ship(run: Path, data: str) -> dict:
                 {"threads": lat["host"]["torch_threads"], "cpu": lat["host"]["cpu"], "precision": "fp32 eager"},
                 weights="fp16 safetensors (computed in fp32 after loading)",
                 encoder_init_note="random init: ImageNet weights cannot be downloaded on the training machine")
+    # int8 activation ranges, calibrated once on the 16 shipped train frames, ship with the weights
+    (dest / backends.RANGES_FILE).unlink(missing_ok=True)
+    runner = backends.get_runner(None, scfg, "onnxruntime-int8", folder=dest)
+    runner.prepare(tuple(scfg.base_size))
+    shutil.copy(runner.ranges_path(), dest / backends.RANGES_FILE)
     fast = compare_backends(cfg.name, data, repeats=10)
     card["fast_path"] = {"default": fast["default"], "backends": fast["backends"], "val_frames": fast["val_frames"],
                          "size": fast["size"], "threads": fast["host"]["torch_threads"], "cpu": fast["host"]["cpu"],
