@@ -154,7 +154,8 @@ class _Graph(torch.nn.Module):
         return self.model(x)[..., :self.size[0], :self.size[1]]
 
 
-def export_graph(model: torch.nn.Module, cfg: ModelConfig, size: tuple[int, int], path: Path) -> Path:
+def export_graph(model: torch.nn.Module, cfg: ModelConfig, size: tuple[int, int], path: Path,
+                 opset: int = 17) -> Path:
     """Write the fp32 ONNX graph of ``model`` for inputs of ``size`` (any batch)."""
     from segmentation_models_pytorch.decoders.pspnet.decoder import PSPModule
     net = copy.deepcopy(model).float().eval().to(memory_format=torch.contiguous_format)
@@ -171,12 +172,13 @@ def export_graph(model: torch.nn.Module, cfg: ModelConfig, size: tuple[int, int]
         if isinstance(m, PSPModule):
             fh, fw = shapes[id(m)]
             m.blocks = torch.nn.ModuleList(_FixedPSPBlock(b, fh, fw) for b in m.blocks)
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + f".{os.getpid()}.tmp.onnx")
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's notes on constant folding
         torch.onnx.export(graph, (x,), str(tmp), input_names=["image"], output_names=["logits"],
-                          opset_version=17, dynamo=False)
+                          opset_version=opset, dynamo=False)
     os.replace(tmp, path)
     return path
 

@@ -118,6 +118,7 @@ def test_segment_upload_real_frame(server, browser):
     _idle(page)
     legend = page.locator(".sis-legend").inner_text()
     assert "Road" in legend and "Sky" in legend
+    page.get_by_text("on onnxruntime-int8").wait_for()  # the fast path is the default engine
     assert page.locator("[data-testid='stImage'] img").count() >= 4
     _shot(page, "segment")
 
@@ -138,6 +139,9 @@ def test_benchmark_tiny(server, browser):
     page.get_by_text("This run", exact=True).wait_for()
     page.get_by_role("button", name="Download CSV").wait_for()
     page.locator(".js-plotly-plot").first.wait_for()
+    page.get_by_label("Timed rounds").fill("2")
+    page.get_by_role("button", name="Compare engines").click()
+    page.get_by_text("ms per image (lower is better)").wait_for()
     _idle(page)
     _shot(page, "benchmark")
 
@@ -176,11 +180,14 @@ def test_finetune_live_curve_while_another_session_segments(server, browser, tin
     os.environ["SIS_DATA_DIR"] = os.environ["SIS_BROWSER_DATA"]  # the server's models
     try:
         entries = catalog.available_models()
-        model, cfg = load_for_inference(entries[catalog.default_key(entries)].folder)
+        folder = entries[catalog.default_key(entries)].folder
+        model, cfg = load_for_inference(folder)
     finally:
         del os.environ["SIS_DATA_DIR"]
-    sample = catalog.samples()[0]  # the page's first sample
-    ref = report.segment(model, cfg, Image.open(sample.image).convert("RGB"), read_label(sample.label))
+    from sis import backends, zoo
+    runner = backends.get_runner(model, cfg, backends.default_backend(zoo.read_card(folder)), folder=folder)
+    sample = catalog.samples()[0]  # the page's first sample, on the page's default engine
+    ref = report.segment(model, cfg, Image.open(sample.image).convert("RGB"), read_label(sample.label), runner)
     assert shown == pytest.approx(100 * ref["scores"]["miou"], abs=0.051)
 
     page.get_by_role("button", name="Stop").click()
