@@ -244,3 +244,19 @@ def test_benchmark_compares_engines(app_env):
     assert engines[0] == "eager" and "onnxruntime-int8" in engines
     from sis import store
     assert any(r["mode"] == "infer:onnxruntime-int8" for r in store.list_bench())
+
+
+def test_finetune_zip_without_labels_says_so(app_env, tiny_data):
+    import zipfile
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for p in sorted((tiny_data / "train").iterdir()):
+            z.write(p, f"train/{p.name}")
+    at = _app("pages/finetune.py")
+    at.file_uploader[0].upload("street.zip", buf.getvalue(), "application/zip")
+    at.button[0].click().run()
+    assert not at.exception
+    assert len(at.error) == 1 and "no labels (no trainannot/ folder)" in at.error[0].value
+    at.file_uploader[0].upload("notes.zip", b"not a zip", "application/zip")
+    at.button[0].click().run()
+    assert "not a valid zip file" in at.error[0].value
