@@ -4,7 +4,6 @@ import streamlit as st
 
 from sis import app, catalog, charts, report
 from sis.data import read_label
-from sis.infer import label_png, rgb_png
 
 app.ensure_router(__file__)
 st.title("Segment")
@@ -62,7 +61,7 @@ shown = c2.multiselect("Classes to paint", list(classes.names), default=list(cla
 visible = [classes.names.index(n) for n in shown]
 
 a, b, c = st.columns(3)
-a.image(res["image"], caption=f"Original {res['image'].shape[1]}x{res['image'].shape[0]}", width="stretch")
+a.image(res["image"], caption=f"Original {res['size'][1]}x{res['size'][0]}", width="stretch")
 b.image(res["mask"], caption="Predicted classes", width="stretch")
 c.image(report.paint(res, classes, alpha, visible), caption="Overlay", width="stretch")
 app.legend(classes, res["share"])
@@ -81,5 +80,5 @@ if res["truth"] is not None:
     g.image(res["errors"], caption="Errors: green right, red wrong, black void", width="stretch")
 
 dl1, dl2 = st.columns(2)
-dl1.download_button("Download coloured mask (PNG)", rgb_png(res["mask"]), "mask_color.png", "image/png")
-dl2.download_button("Download label map (PNG, class ids)", label_png(res["labels"]), "mask_labels.png", "image/png")
+dl1.download_button("Download coloured mask (PNG)", res["mask_png"], "mask_color.png", "image/png")
+dl2.download_button("Download label map (PNG, class ids)", res["label_png"], "mask_labels.png", "image/png")

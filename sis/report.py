@@ -7,7 +7,7 @@ from PIL import Image
 
 from . import metrics, zoo
 from .classes import ClassSet
-from .infer import Prediction, class_share, colorize, error_map, overlay, predict
+from .infer import Prediction, class_share, colorize, error_map, label_png, overlay, predict, rgb_png
 
 # perceptually ordered colour map for confidence (viridis, 6 anchors, linearly interpolated)
 _VIRIDIS = np.array([[68, 1, 84], [65, 68, 135], [42, 120, 142], [34, 168, 132], [122, 209, 81], [253, 231, 37]],
@@ -28,20 +28,40 @@ def image_miou(labels: np.ndarray, truth: np.ndarray, classes: ClassSet) -> dict
     return metrics.summarize(cm, classes.names)
 
 
+DISPLAY_MAX = 1600  # longest side of the arrays a result keeps for display (session state stays small)
+
+
+def _shrink(arr: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarray:
+    if arr.shape[:2] == size:
+        return arr
+    im = Image.fromarray(arr)
+    return np.asarray(im.resize((size[1], size[0]), Image.NEAREST if nearest else Image.BILINEAR))
+
+
 def segment(model, cfg: zoo.ModelConfig, image: Image.Image, truth: np.ndarray | None = None,
-            runner=None) -> dict:
-    """Everything the Segment page shows for one image and one model (overlay: see ``paint``)."""
+            runner=None, display_max: int = DISPLAY_MAX) -> dict:
+    """Everything the Segment page shows for one image and one model (overlay: see ``paint``).
+
+    Scores and the two PNG downloads are computed at the image's own size; the arrays kept
+    for display are at most ``display_max`` pixels on the longest side.
+    """
     classes = cfg.class_set
     pal = classes.palette()
     rgb = np.asarray(image.convert("RGB"))
     pred: Prediction = predict(model, cfg, rgb, runner=runner)
-    out = {"image": rgb, "labels": pred.labels, "mask": colorize(pred.labels, pal),
-           "confidence": colormap(pred.confidence),
+    h, w = pred.labels.shape
+    f = min(1.0, display_max / max(h, w))
+    disp = (max(1, round(h * f)), max(1, round(w * f)))
+    labels = _shrink(pred.labels, disp, nearest=True)
+    out = {"image": _shrink(rgb, disp, nearest=False), "labels": labels, "mask": colorize(labels, pal),
+           "confidence": colormap(_shrink(pred.confidence, disp, nearest=False)), "size": (h, w),
            "mean_confidence": float(pred.confidence.mean()), "share": class_share(pred.labels, classes.num_classes),
            "ms": pred.ms, "work_size": pred.work_size, "truth": None,
-           "backend": runner.name if runner is not None else "eager"}
+           "backend": runner.name if runner is not None else "eager",
+           "mask_png": rgb_png(colorize(pred.labels, pal)), "label_png": label_png(pred.labels)}
     if truth is not None and truth.shape == pred.labels.shape:
-        out.update(truth=colorize(truth, pal), errors=error_map(pred.labels, truth, classes.void),
+        t = _shrink(truth, disp, nearest=True)
+        out.update(truth=colorize(t, pal), errors=error_map(labels, t, classes.void),
                    scores=image_miou(pred.labels, truth, classes))
     return out
 

@@ -260,3 +260,16 @@ def test_finetune_zip_without_labels_says_so(app_env, tiny_data):
     at.file_uploader[0].upload("notes.zip", b"not a zip", "application/zip")
     at.button[0].click().run()
     assert "not a valid zip file" in at.error[0].value
+
+
+def test_segment_result_keeps_display_size_arrays_and_full_size_downloads(tiny_model):
+    """A big photo: the session keeps <= 1600 px arrays; the label PNG download is full size."""
+    from sis import report
+    from sis.infer import load_for_inference
+    model, cfg = load_for_inference(tiny_model)
+    big = Image.fromarray(np.random.default_rng(0).integers(0, 255, (2400, 3200, 3), np.uint8))
+    res = report.segment(model, cfg, big)
+    assert res["image"].shape == (1200, 1600, 3) and res["labels"].shape == res["confidence"].shape[:2] == (1200, 1600)
+    assert res["size"] == (2400, 3200)
+    assert Image.open(io.BytesIO(res["label_png"])).size == (3200, 2400)
+    assert Image.open(io.BytesIO(res["mask_png"])).size == (3200, 2400)
