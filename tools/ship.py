@@ -93,15 +93,31 @@ def table(cards: list[dict], names) -> str:
     return "\n".join(rows)
 
 
+def fast_table(cards: list[dict]) -> str:
+    """Per model: every engine's median ms, speed-up over eager fp32 and val mIoU difference."""
+    names = list(cards[0]["fast_path"]["backends"])
+    rows = ["| model | " + " | ".join(names) + " | default |", "|" + "---|" * (len(names) + 2)]
+    for c in cards:
+        b = c["fast_path"]["backends"]
+        cells = [f"{b[n]['median_ms']:.0f} ms, {b[n]['speedup_vs_eager']:.2f}x, {b[n]['miou_delta']:+.2f}" for n in names]
+        rows.append(f"| {c['model']} | " + " | ".join(cells) + f" | {c['fast_path']['default']} |")
+    return "\n".join(rows)
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("runs", type=Path, nargs="+", help="finished run folders")
-    ap.add_argument("--data", required=True)
+    ap.add_argument("runs", type=Path, nargs="*", help="finished run folders (none: just print the tables)")
+    ap.add_argument("--data", default="../shared/camvid")
     a = ap.parse_args()
     cards = []
     for run in a.runs:
         cards.append(ship(run, a.data))
         print(f"shipped {run.name}: val mIoU {100 * cards[-1]['val']['miou']:.2f}, fast path "
               f"{cards[-1]['fast_path']['default']}", file=sys.stderr)
+    # the tables cover every shipped model, whichever were shipped just now
+    cards = [zoo.read_card(f) for f in zoo.shipped_models().values()]
+    cards = [c for c in cards if c.get("fast_path")]
     if cards:
         print(table(cards, cards[0]["classes"]))
+        print()
+        print(fast_table(cards))

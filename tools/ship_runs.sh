@@ -22,7 +22,7 @@ stage2a)
 stage2b)
   # unet-vgg11_bn: the registry dropped smp's 4.7M-parameter VGG center block and narrowed
   # the first two decoder blocks (weights/ must stay under 100 MB); what still fits is carried over
-  # (pspnet-vgg11_bn kept its stage-1 weights: no time left in session 2)
-  py --model unet-vgg11_bn --epochs 12 --init runs/ship/unet-vgg11_bn --out runs/ship2/unet-vgg11_bn $S2 ;;
+  py --model unet-vgg11_bn --epochs 12 --init runs/ship/unet-vgg11_bn --out runs/ship2/unet-vgg11_bn $S2
+  py --model pspnet-vgg11_bn --epochs 6 --init runs/ship/pspnet-vgg11_bn --out runs/ship2/pspnet-vgg11_bn $S2 ;;
 *) echo "usage: $0 stage1|stage2a|stage2b" >&2; exit 2 ;;
 esac
