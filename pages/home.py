@@ -23,7 +23,9 @@ if rows:
         [{"model": r["model"], "paper pair": r["paper"] or "", "val mIoU %": None if r["val_miou"] is None
           else round(100 * r["val_miou"], 1), "pixel acc %": None if r["pixel_acc"] is None
           else round(100 * r["pixel_acc"], 1), "params (M)": round(r["params_m"], 1),
-          "GFLOPs @360x480": round(r["gflops"], 1), "epochs": r["epochs"], "encoder init": r["init"]}
+          "GFLOPs @360x480": round(r["gflops"], 1),
+          "CPU ms (fast path)": None if r["fast_ms"] is None else round(r["fast_ms"]),
+          "fast path": r["fast_backend"], "epochs": r["epochs"], "encoder init": r["init"]}
          for r in rows], hide_index=True, width="stretch")
     st.caption("Validation figures on CamVid val (101 frames, void ignored). The test split is held out; "
                "expect test mIoU several points lower.")

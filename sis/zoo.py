@@ -207,11 +207,16 @@ def transplant(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple[
 
 
 @lru_cache(maxsize=None)
-def complexity(name: str, size: tuple[int, int] = (360, 480), num_classes: int = 11) -> dict:
-    """Parameter count and forward GFLOPs at ``size`` (padded to the stride), on the meta device."""
+def complexity(name: str, size: tuple[int, int] = (360, 480), num_classes: int = 11,
+               smp_kwargs: str | None = None) -> dict:
+    """Parameter count and forward GFLOPs at ``size`` (padded to the stride), on the meta device.
+
+    ``smp_kwargs``: a saved config's architecture arguments as JSON (default: the registry's).
+    """
     spec = get_spec(name)
+    kwargs = json.loads(smp_kwargs) if smp_kwargs is not None else spec.smp_kwargs
     with torch.device("meta"):
-        model = _build(spec.arch, spec.encoder, num_classes, spec.smp_kwargs)
+        model = _build(spec.arch, spec.encoder, num_classes, kwargs)
     params = sum(p.numel() for p in model.parameters())
     s = spec.input_stride
     h, w = (-(-size[0] // s) * s, -(-size[1] // s) * s)
