@@ -30,6 +30,8 @@ if len(chosen) < 2:
     st.info("Pick at least two models to compare.")
 elif image is not None:
     res = app.compare_models([entries[k] for k in chosen], image)
+    if res.get("note"):
+        st.warning(res["note"])
     cols = st.columns(len(res["results"]) + 1)
     cols[0].image(res["image"], caption="Image", width="stretch")
     for col, r in zip(cols[1:], res["results"]):

@@ -54,6 +54,8 @@ classes = cfg.class_set
 res = app.segment_cached(entry, image_key, image, truth, backend)
 if notes:
     st.caption("Converted: " + "; ".join(notes))
+if res.get("note"):
+    st.warning(res["note"])
 
 c1, c2 = st.columns([3, 2])
 alpha = c1.slider("Overlay opacity", 0.0, 1.0, 0.55, 0.05, key="seg_alpha")

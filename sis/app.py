@@ -100,13 +100,15 @@ def backend_picker(entry: catalog.Entry, key: str) -> str:
                              "val mIoU stayed within 0.5 point of it (checked per model, in its card).")
 
 
-def _run(fn, *args):
-    """Call fn on the chosen engine; if that engine fails to build here, say so and use eager."""
+def _run(fast, fallback) -> dict:
+    """fast() on the chosen engine; if that engine fails here, fallback() on PyTorch fp32, with a
+    note in the result that says so (shown on every rerun, not only the one that failed)."""
     try:
-        return fn(*args)
+        return fast()
     except Exception as e:  # noqa: BLE001 - any engine failure: degrade, never break the page
-        st.warning(f"The fast inference engine failed here ({type(e).__name__}: {e}); used PyTorch fp32 instead.")
-        return None
+        res = fallback()
+        res["note"] = f"The fast inference engine failed here ({type(e).__name__}: {e}); used PyTorch fp32 instead."
+        return res
 
 
 def session_id() -> str:
@@ -170,8 +172,8 @@ def segment_cached(entry: catalog.Entry, image_key: str, image, truth=None, back
     if last is None or last[0] != key:
         cfg = get_config(entry)
         with st.spinner(f"Segmenting with {backend} (a new image size builds its engine once)..."):
-            res = _run(report.segment, None, cfg, image, truth, get_runner(entry, backend)) \
-                or report.segment(*get_model(entry), image, truth)
+            res = _run(lambda: report.segment(None, cfg, image, truth, get_runner(entry, backend)),
+                       lambda: report.segment(*get_model(entry), image, truth))
         last = (key, res)
         st.session_state["_seg_last"] = last
         runtime.release_memory()
@@ -181,7 +183,7 @@ def segment_cached(entry: catalog.Entry, image_key: str, image, truth=None, back
 def compare_models(entries: list[catalog.Entry], image) -> dict:
     """report.compare over cached models on their fast paths, then hand the activations' memory back."""
     from . import report
-    res = _run(report.compare, [(e.key, None, get_config(e), get_runner(e)) for e in entries], image) \
-        or report.compare([(e.key, *get_model(e)) for e in entries], image)
+    res = _run(lambda: report.compare([(e.key, None, get_config(e), get_runner(e)) for e in entries], image),
+               lambda: report.compare([(e.key, *get_model(e)) for e in entries], image))
     runtime.release_memory()
     return res

@@ -77,11 +77,17 @@ def available(device: str = "cpu") -> dict[str, str | None]:
 
 
 def default_backend(card: dict | None = None, device: str = "cpu") -> str:
-    """The fastest available backend whose recorded accuracy check (card['fast_path']) passed."""
+    """The fastest available backend whose recorded accuracy check (card['fast_path']) passed.
+
+    int8 needs a passed check (a model without one, e.g. a fresh fine-tune, gets bf16 at most);
+    bf16 autocast computes the same function in lower precision and needs only not to have failed.
+    """
     checks = (card or {}).get("fast_path", {}).get("backends", {})
     for name in FAST_ORDER:
         if unavailable_reason(name, device) is None:
             delta = (checks.get(name) or {}).get("miou_delta")
+            if delta is None and name.endswith("int8"):
+                continue
             if delta is None or abs(delta) <= MAX_MIOU_DELTA:
                 return name
     return REFERENCE

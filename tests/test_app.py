@@ -211,6 +211,11 @@ def test_segment_odd_images(app_env, name, make, note, shape):
 
 
 def test_segment_uses_the_fast_path_and_lets_you_pick_eager(app_env):
+    import json
+    card = app_env / "models" / "tiny" / "card.json"  # as if the fine-tune had checked its int8 accuracy
+    c = json.loads(card.read_text())
+    c["fast_path"] = {"backends": {"onnxruntime-int8": {"miou_delta": -0.1, "speedup_vs_eager": 3.0}}}
+    card.write_text(json.dumps(c))
     at = _app("pages/segment.py")
     _select_run(at)
     assert at.selectbox(key="seg_backend").value == "onnxruntime-int8"
@@ -230,6 +235,7 @@ def test_segment_falls_back_to_eager_when_the_engine_fails(app_env, monkeypatch)
     monkeypatch.setattr(backends.GraphRunner, "prepare", broken)
     at = _app("pages/segment.py")
     _select_run(at)
+    at.selectbox(key="seg_backend").set_value("onnxruntime-int8").run()
     assert not at.exception
     assert any("no ONNX for you" in w.value and "PyTorch fp32" in w.value for w in at.warning)
     assert any("on eager" in c.value for c in at.caption)

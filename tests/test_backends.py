@@ -54,8 +54,7 @@ def test_int8_runner_builds_once_and_predicts(tiny_model):
 
 
 def test_default_backend_respects_the_accuracy_gate():
-    fastest = backends.default_backend({})
-    assert fastest == "onnxruntime-int8"  # onnxruntime is a requirement
+    assert backends.default_backend({}) != "onnxruntime-int8"  # int8 only after a passed check
     failed = {"fast_path": {"backends": {"onnxruntime-int8": {"miou_delta": -0.8}}}}
     assert backends.default_backend(failed) in ("torch-bf16", "eager")
     assert backends.default_backend(failed) != "onnxruntime-int8"
