@@ -72,8 +72,18 @@ with sync_playwright() as pw:
     b.close()
 done = True
 time.sleep(0.2)
+cuda_kb = 0  # resident pages of CUDA libraries, which a CPU-only torch wheel does not load
+with open(f"/proc/{proc.pid}/smaps") as f:
+    path = ""
+    for line in f:
+        head = line.split()
+        if head and "-" in head[0] and len(head) >= 5:
+            path = head[5] if len(head) > 5 else ""
+        elif head and head[0] == "Rss:" and any(k in path for k in ("cuda", "nvidia", "cudnn", "cublas", "nccl")):
+            cuda_kb += int(head[1])
 proc.terminate()
 proc.wait()
 print(f"server RSS: {idle / 2**20:.0f} MB after start (anonymous {idle_anon / 2**20:.0f} MB), peak "
       f"{peak / 2**20:.0f} MB (anonymous {peak_anon / 2**20:.0f} MB) with {n_models} models loaded and run "
-      f"once each (Compare) plus one Segment inference")
+      f"once each (Compare) plus one Segment inference; at the end {cuda_kb / 1024:.0f} MB of the RSS were "
+      f"pages of CUDA libraries")
