@@ -94,18 +94,11 @@ def default_backend(card: dict | None = None, device: str = "cpu") -> str:
 
 
 def cache_dir() -> Path:
-    d = Path(os.environ.get("SIS_CACHE_DIR") or Path(os.environ.get("SIS_DATA_DIR", ROOT / "data")) / "cache")
+    """SIS_CACHE_DIR, else cache/ in the app's data folder."""
+    from .store import data_dir
+    d = Path(os.environ["SIS_CACHE_DIR"]) if os.environ.get("SIS_CACHE_DIR") else data_dir() / "cache"
     d.mkdir(parents=True, exist_ok=True)
     return d
-
-
-def weights_key(model: torch.nn.Module) -> str:
-    """A short digest of in-memory weights (what a cached graph was built from)."""
-    h = hashlib.sha1()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def file_key(folder: Path) -> str:
@@ -301,11 +294,13 @@ class GraphRunner(Runner):
         self._sessions: dict[tuple[int, int], object] = {}
         self._lock = threading.Lock()
 
-    def graph_path(self, size: tuple[int, int]) -> Path:
+    def _fp32_path(self, size: tuple[int, int]) -> Path:
         if self._key is None:
-            self._key = weights_key(self.model)
-        stem = f"{self.cfg.name}-{self._key}-{size[0]}x{size[1]}"
-        fp32 = cache_dir() / f"{stem}.onnx"
+            self._key = zoo.weights_digest(self.model)
+        return cache_dir() / f"{self.cfg.name}-{self._key}-{size[0]}x{size[1]}.onnx"
+
+    def graph_path(self, size: tuple[int, int]) -> Path:
+        fp32 = self._fp32_path(size)
         if not fp32.is_file():
             if self.log:
                 self.log(f"exporting {self.cfg.name} to ONNX at {size[0]}x{size[1]} (once)")
@@ -313,7 +308,7 @@ class GraphRunner(Runner):
             export_graph(model, self.cfg, size, fp32)
         if not self.int8:
             return fp32
-        q = cache_dir() / f"{stem}.int8.onnx"
+        q = fp32.with_suffix(".int8.onnx")
         if not q.is_file():
             if self.log:
                 self.log(f"quantising {self.cfg.name} to int8 at {size[0]}x{size[1]} (once)")
@@ -325,7 +320,7 @@ class GraphRunner(Runner):
         if self.folder is not None and (Path(self.folder) / RANGES_FILE).is_file():
             return Path(self.folder) / RANGES_FILE
         if self._key is None:
-            self._key = weights_key(self.model)
+            self._key = zoo.weights_digest(self.model)
         return cache_dir() / f"{self.cfg.name}-{self._key}.{RANGES_FILE}"
 
     def prepare(self, size):
@@ -339,7 +334,7 @@ class GraphRunner(Runner):
                 so.enable_cpu_mem_arena = False  # hand activations back after each run: ~40 MB a model, not ~150
                 # no busy-waiting between calls: it steals the cores from whatever runs next
                 so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-                built = not (cache_dir() / f"{self.cfg.name}-{self._key}-{size[0]}x{size[1]}.onnx").is_file()
+                built = not self._fp32_path(size).is_file()
                 self._sessions[size] = ort.InferenceSession(str(self.graph_path(size)), so,
                                                             providers=["CPUExecutionProvider"])
                 if built:  # exporting and quantising leave ~200 MB of freed heap behind

@@ -7,7 +7,6 @@ mIoU logged per epoch. Run data-parallel with ``torchrun --nproc_per_node N -m s
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import math
 import os
@@ -119,13 +118,6 @@ def _sync_buffers(model: torch.nn.Module, world: int) -> None:
                 dist.all_reduce(buf, op=dist.ReduceOp.SUM)
                 buf /= world
 
-
-def weights_digest(model: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 # ------------------------------------------------------------------ checkpoints
@@ -343,7 +335,7 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
     if world > 1:
         dist.barrier()
     result = {"status": status, "out": str(out), "history": history, "val": val, "steps": step,
-              "digest": weights_digest(model), "rank": rank}
+              "digest": zoo.weights_digest(model), "rank": rank}
     if rank == 0:
         card = {
             "model": mcfg.name, "paper_pair": zoo.MODELS[mcfg.name].paper, "init": mcfg.init,

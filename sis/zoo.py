@@ -12,6 +12,7 @@ A saved model is a folder (smp's save_pretrained layout plus a card)::
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -307,6 +308,15 @@ def load_model(folder: Path) -> tuple[torch.nn.Module, ModelConfig]:
         model, _ = create_model(cfg, init="random")
     apply_state(model, state, cfg, str(folder / "model.safetensors"), assign=True)
     return model.eval(), cfg
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """A short digest of in-memory weights (equal weights <-> equal digest)."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def shipped_models() -> dict[str, Path]:
