@@ -29,6 +29,20 @@ def percentile(values: list[float], q: float) -> float:
     return v[lo] + (v[hi] - v[lo]) * (k - lo)
 
 
+def _train_step(model, cfg, images, masks, opt, dev, amp: bool, channels_last: bool) -> None:
+    """One forward + backward + optimizer step on fixed images (the timed unit of a training step)."""
+    x, _ = pad_to_stride(zoo.normalize(images, cfg), cfg.input_stride)
+    y, _ = pad_to_stride(masks, cfg.input_stride, value=-100)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast(dev, amp):
+        out = model(x)
+    loss = F.cross_entropy(out.float(), y, ignore_index=-100)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
 def bench(model_name: str, mode: str = "infer", device: str = "cpu", batch: int = 1,
           size: tuple[int, int] = (360, 480), warmup: int = 2, repeats: int = 5, amp: bool = False,
           channels_last: bool = True, folder=None,
@@ -59,16 +73,7 @@ def bench(model_name: str, mode: str = "infer", device: str = "cpu", batch: int 
             with torch.inference_mode():
                 forward_logits(model, cfg, images, amp)
         else:
-            x, _ = pad_to_stride(zoo.normalize(images, cfg), cfg.input_stride)
-            y, _ = pad_to_stride(masks, cfg.input_stride, value=-100)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(dev, amp):
-                out = model(x)
-            loss = F.cross_entropy(out.float(), y, ignore_index=-100)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            _train_step(model, cfg, images, masks, opt, dev, amp, channels_last)
 
     model.train(mode == "train")
     if dev.type == "cuda":
@@ -136,11 +141,10 @@ def compare_backends(model: str, data: str | None = None, backends: list[str] | 
     folder = zoo.resolve(model)
     net, cfg = load_for_inference(folder)
     status = B.available("cpu")
-    names = [n for n in (backends or B.BACKENDS) if status.get(n, "unknown backend") is None]
     for n in backends or []:
         if n not in B.BACKENDS:
-            raise ValueError(B.unavailable_reason(n))
-    names = [B.REFERENCE] + [n for n in names if n != B.REFERENCE]
+            raise B.BackendError(B.unavailable_reason(n))
+    names = [B.REFERENCE] + [n for n in (backends or B.BACKENDS) if n != B.REFERENCE and status[n] is None]
     runners, build = {}, {}
     for n in names:
         t0 = time.perf_counter()
@@ -195,17 +199,8 @@ def compare_train(model: str, data: str | None = None, batch: int = 4, size: tup
     opts = {k: torch.optim.Adam(m.parameters(), lr=1e-6) for k, m in models.items()}
 
     def step(kind: str):
-        m, fast = models[kind], kind == "fast"
-        x, _ = pad_to_stride(zoo.normalize(images, cfg), cfg.input_stride)
-        y, _ = pad_to_stride(masks, cfg.input_stride, value=-100)
-        if fast:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(dev, fast and fast_amp):
-            out = m(x)
-        loss = F.cross_entropy(out.float(), y, ignore_index=-100)
-        opts[kind].zero_grad(set_to_none=True)
-        loss.backward()
-        opts[kind].step()
+        fast = kind == "fast"
+        _train_step(models[kind], cfg, images, masks, opts[kind], dev, fast and fast_amp, fast)
         synchronize(dev)
 
     for m in models.values():
