@@ -1,8 +1,6 @@
 """What the pages show, computed here: pages only lay it out."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import torch
 from PIL import Image
@@ -88,7 +86,7 @@ def dashboard_rows(entries: dict) -> list[dict]:
     rows = []
     for key, e in entries.items():
         cfg, card = zoo.read_config(e.folder), zoo.read_card(e.folder)
-        c = zoo.complexity(cfg.name, (360, 480), cfg.class_set.num_classes, json.dumps(cfg.smp_kwargs, sort_keys=True))
+        c = card.get("complexity") or zoo.config_complexity(cfg)  # the card's: no model build (smp import)
         val = card.get("val") or {}
         fast = card.get("fast_path") or {}
         fast_b = (fast.get("backends") or {}).get(fast.get("default"), {})

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from . import zoo
-from .data import SegDataset, build_augment, class_weights, load_classes, load_split
+from .augment import SegDataset, build_augment
+from .data import class_weights, load_classes, load_split
 from .evaluate import evaluate, pad_to_stride
 from .runtime import amp_dtype, autocast, host_info, pick_device
 
@@ -342,7 +343,7 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
             "classes": list(classes.names), "palette": [list(c) for c in classes.colors], "void": classes.void,
             "status": status, "steps": step, "epochs_run": len([h for h in history if not h.get("partial")]),
             "wall_time_s": round(wall, 1), "history": history,
-            "val": val, "recipe": cfg.to_dict(), "world_size": world,
+            "val": val, "recipe": cfg.to_dict(), "world_size": world, "complexity": zoo.config_complexity(mcfg),
             "precision": str(amp_dtype(device)) if cfg.amp and amp_dtype(device) else "fp32",
             "hardware": host_info(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "data": {"root": str(cfg.data), "train_frames": len(train_frames),

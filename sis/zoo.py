@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
-import segmentation_models_pytorch as smp
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -33,6 +32,17 @@ WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 ARCHS = {"unet": "Unet", "pspnet": "PSPNet"}
+# smp's VGG and ResNet encoders (tests/test_zoo.py checks this against smp's own list). Spelled
+# out so that importing the zoo does not import smp: smp pulls in timm and torchvision, ~200 MB
+# of RSS that a server running only exported graphs never needs (see _smp()).
+ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg11", "vgg11_bn", "vgg13",
+            "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
+
+
+def _smp():
+    """segmentation_models_pytorch, imported on the first model build."""
+    import segmentation_models_pytorch as smp
+    return smp
 
 
 class ModelError(ValueError):
@@ -79,9 +89,8 @@ class ModelSpec:
 def _build_registry() -> dict[str, ModelSpec]:
     paper = {"unet-vgg11_bn": "VGG_U-Net", "pspnet-vgg11_bn": "VGG_PSPNet",
              "unet-resnet18": "ResNet_U-Net", "pspnet-resnet18": "ResNet_PSPNet"}
-    encoders = [e for e in smp.encoders.get_encoder_names() if e.startswith(("vgg", "resnet"))]
     return {f"{a}-{e}": ModelSpec(f"{a}-{e}", a, e, paper.get(f"{a}-{e}"))
-            for a in ARCHS for e in encoders}
+            for a in ARCHS for e in ENCODERS}
 
 
 MODELS: dict[str, ModelSpec] = _build_registry()
@@ -192,7 +201,7 @@ def _build(arch: str, encoder: str, num_classes: int, kwargs: dict, weights: str
     """smp.create_model plus the architecture options smp has no argument for."""
     kwargs = dict(kwargs)
     center = kwargs.pop("center_block", True)
-    model = smp.create_model(ARCHS[arch], encoder_name=encoder, encoder_weights=weights,
+    model = _smp().create_model(ARCHS[arch], encoder_name=encoder, encoder_weights=weights,
                              classes=num_classes, **kwargs)
     if not center and hasattr(model.decoder, "center"):
         model.decoder.center = torch.nn.Identity()
@@ -225,6 +234,11 @@ def complexity(name: str, size: tuple[int, int] = (360, 480), num_classes: int =
     with FlopCounterMode(display=False) as fc, torch.no_grad():
         model(torch.empty(1, 3, h, w, device="meta"))
     return {"params": params, "gflops": fc.get_total_flops() / 2e9, "padded_size": [h, w]}
+
+
+def config_complexity(cfg: ModelConfig, size: tuple[int, int] = (360, 480)) -> dict:
+    """``complexity`` of a saved model's own architecture (what cards record under "complexity")."""
+    return complexity(cfg.name, size, cfg.class_set.num_classes, json.dumps(cfg.smp_kwargs, sort_keys=True))
 
 
 # ---------------------------------------------------------------- save / load

@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 from sis.classes import CAMVID, ClassSet
-from sis.data import (DatasetError, SegDataset, build_augment, class_weights, list_pairs, load_classes,
-                      load_split)
+from sis.augment import SegDataset, build_augment
+from sis.data import DatasetError, class_weights, list_pairs, load_classes, load_split
 
 
 def test_loads_split(tiny_data):

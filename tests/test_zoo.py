@@ -24,6 +24,22 @@ def test_paper_pairs_and_default():
     assert zoo.DEFAULT_MODEL in zoo.MODELS
 
 
+def test_encoder_list_is_smps():
+    import segmentation_models_pytorch as smp
+    assert set(zoo.ENCODERS) == {e for e in smp.encoders.get_encoder_names() if e.startswith(("vgg", "resnet"))}
+
+
+def test_serving_imports_no_smp_or_torchvision():
+    """The app's server runs exported graphs: smp, timm and torchvision (~200 MB) load only
+    when a PyTorch model is built (eager engine, first graph build, training)."""
+    import subprocess
+    import sys
+    code = ("import sys, sis.app, sis.report, sis.backends, sis.bench, sis.catalog, sis.charts, sis.jobs;"
+            "print(sorted(m for m in ('segmentation_models_pytorch', 'timm', 'torchvision') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_unknown_name_lists_valid_ones():
     with pytest.raises(zoo.ModelError, match="unknown model 'unet-foo'; valid names: unet-resnet18"):
         zoo.get_spec("unet-foo")

@@ -40,6 +40,7 @@ for _ in range(120):
     except OSError:
         time.sleep(0.5)
 peak, peak_anon, done = 0, 0, False
+timeline: list[tuple[float, int]] = []  # (s since start, RSS MB), written beside the log
 
 
 def sample():
@@ -48,9 +49,11 @@ def sample():
     while not done:
         m = p.memory_info()
         peak, peak_anon = max(peak, m.rss), max(peak_anon, m.rss - m.shared)
+        timeline.append((round(time.time() - t_start, 2), m.rss >> 20))
         time.sleep(0.1)
 
 
+t_start = time.time()
 threading.Thread(target=sample, daemon=True).start()
 m0 = psutil.Process(proc.pid).memory_info()
 idle, idle_anon = m0.rss, m0.rss - m0.shared
@@ -83,6 +86,7 @@ with open(f"/proc/{proc.pid}/smaps") as f:
             cuda_kb += int(head[1])
 proc.terminate()
 proc.wait()
+LOG.with_suffix(".timeline.csv").write_text("s,rss_mb\n" + "".join(f"{t},{r}\n" for t, r in timeline))
 print(f"server RSS: {idle / 2**20:.0f} MB after start (anonymous {idle_anon / 2**20:.0f} MB), peak "
       f"{peak / 2**20:.0f} MB (anonymous {peak_anon / 2**20:.0f} MB) with {n_models} models loaded and run "
       f"once each (Compare) plus one Segment inference; at the end {cuda_kb / 1024:.0f} MB of the RSS were "

@@ -1,0 +1,65 @@
+"""Joint image+mask augmentation for training (torchvision v2), and the training dataset.
+
+Kept apart from sis.data so that reading frames does not import torchvision: the app's
+server runs exported graphs and never trains in-process (fine-tunes run in a worker).
+"""
+from __future__ import annotations
+
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from .data import Frames
+
+
+def build_augment(flips: str = "hv", crop: tuple[int, int] | None = None,
+                  scale: tuple[float, float] = (1.0, 1.0), fill_label: int = 255) -> v2.Transform:
+    """Joint image+mask augmentation (torchvision v2 keeps them aligned).
+
+    flips: "" | "h" | "v" | "hv" (the SIS-CNN paper uses both); scale: random
+    resize factor range; crop: (h, w) random crop, padded with label ``fill_label``.
+    """
+    ops: list[v2.Transform] = []
+    if scale != (1.0, 1.0):
+        ops.append(_RandomScale(scale))
+    if crop is not None:
+        ops.append(v2.RandomCrop(crop, pad_if_needed=True,
+                                 fill={tv_tensors.Image: 0, tv_tensors.Mask: fill_label}))
+    if "h" in flips:
+        ops.append(v2.RandomHorizontalFlip())
+    if "v" in flips:
+        ops.append(v2.RandomVerticalFlip())
+    return v2.Compose(ops) if ops else v2.Identity()
+
+
+class _RandomScale(v2.Transform):
+    """Resize by a factor drawn uniformly from ``scale`` (nearest for masks, via v2)."""
+
+    def __init__(self, scale: tuple[float, float]):
+        super().__init__()
+        self.scale = scale
+
+    def make_params(self, flat_inputs):
+        h, w = v2.query_size(flat_inputs)
+        f = float(torch.empty(1).uniform_(*self.scale))
+        return {"size": [max(1, round(h * f)), max(1, round(w * f))]}
+
+    def transform(self, inpt, params):
+        return v2.functional.resize(inpt, params["size"], antialias=True)
+
+
+class SegDataset(torch.utils.data.Dataset):
+    """Frames + a joint transform -> (image (3,h,w) uint8, mask (h,w) int64)."""
+
+    def __init__(self, frames: Frames, transform: v2.Transform | None = None):
+        self.frames, self.transform = frames, transform
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, i):
+        img = tv_tensors.Image(self.frames.images[i])
+        mask = tv_tensors.Mask(self.frames.masks[i])
+        if self.transform is not None:
+            img, mask = self.transform(img, mask)
+        return img.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
