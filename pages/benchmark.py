@@ -70,8 +70,9 @@ if last:
                        "application/json")
 
 st.subheader("Inference engines")
-st.caption("PyTorch fp32 eager (the reference) against every fast path available on this host, on the same "
-           "image, round after round. Accuracy: each model's card records the val mIoU of every engine.")
+st.caption("PyTorch fp32 eager as plain smp runs it (NCHW, the reference) against every fast path available "
+           "on this host, on the same image, round after round. Accuracy: each model's card records the val "
+           "mIoU of every engine.")
 entries = catalog.available_models()
 if entries:
     with st.form("engines_form"):
@@ -104,6 +105,10 @@ if entries:
                      hide_index=True, width="stretch")
         for n, why in res["unavailable"].items():
             st.caption(f"{n}: unavailable here ({why})")
+        cl = res.get("channels_last_fp32")
+        if cl:
+            st.caption(f"Yardstick, same rounds: eager fp32 with channels_last took {cl['median_ms']:.1f} ms "
+                       f"({cl['speedup_vs_eager']:.2f}x the reference).")
         st.plotly_chart(charts.engine_bars(res), width="stretch")
 
 st.subheader("History on this host")

@@ -286,6 +286,9 @@ def _bench_backends(a) -> int:
             print(f"{n:18s} {b['median_ms']:10.1f} {b['images_per_s']:7.2f} {b['speedup_vs_eager']:8.2f}x {acc}")
         for n, why in res["unavailable"].items():
             print(f"{n:18s} unavailable: {why}")
+        cl = res["channels_last_fp32"]
+        print(f"eager is plain smp fp32 (NCHW); with channels_last it took {cl['median_ms']:.1f} ms "
+              f"({cl['speedup_vs_eager']:.2f}x) in the same rounds")
         print(f"default fast path here: {res['default']} (accuracy gate: within {res['max_miou_delta']} point)")
     return 0
 

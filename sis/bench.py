@@ -124,6 +124,9 @@ def _interleaved(fns: dict[str, Callable[[], object]], warmup: int, repeats: int
     return times
 
 
+CL_VARIANT = "eager+channels_last"
+
+
 def compare_backends(model: str, data: str | None = None, backends: list[str] | None = None,
                      size: tuple[int, int] = (360, 480), warmup: int = 2, repeats: int = 10,
                      val_limit: int | None = None, progress: Callable[[str, int, int], None] | None = None,
@@ -139,7 +142,8 @@ def compare_backends(model: str, data: str | None = None, backends: list[str] | 
     from .evaluate import evaluate
     from .infer import load_for_inference
     folder = zoo.resolve(model)
-    net, cfg = load_for_inference(folder)
+    net, cfg = load_for_inference(folder)  # channels_last: what the torch fast path runs on
+    plain = load_for_inference(folder, channels_last=False)[0]  # the reference: plain smp, NCHW
     status = B.available("cpu")
     for n in backends or []:
         if n not in B.BACKENDS:
@@ -148,7 +152,8 @@ def compare_backends(model: str, data: str | None = None, backends: list[str] | 
     runners, build = {}, {}
     for n in names:
         t0 = time.perf_counter()
-        runners[n] = B.get_runner(net, cfg, n, log=log, folder=folder)  # folder: its shipped int8 ranges
+        runners[n] = B.get_runner(plain if n == B.REFERENCE else net, cfg, n, log=log,
+                                  folder=folder)  # folder: its shipped int8 ranges
         runners[n].prepare(size)
         build[n] = time.perf_counter() - t0
     frames = load_split(data, "val", val_limit, cfg.class_set) if data else None
@@ -156,10 +161,13 @@ def compare_backends(model: str, data: str | None = None, backends: list[str] | 
         image = frames.images[0][None]
     else:
         image = torch.from_numpy(B.calibration_images(size)[0]).to(torch.uint8)
-    times = _interleaved({n: (lambda r=r: r(image)) for n, r in runners.items()}, warmup, repeats,
-                         (lambda i, t: progress("timing", i, t)) if progress else None)
+    # also timed, as a yardstick: the reference with channels_last (same fp32 numerics; ~1.2x on CPUs)
+    fns = {n: (lambda r=r: r(image)) for n, r in runners.items()}
+    fns[CL_VARIANT] = lambda: forward_logits(net, cfg, image, amp=False)
+    times = _interleaved(fns, warmup, repeats, (lambda i, t: progress("timing", i, t)) if progress else None)
     out = {}
     ref_ms = statistics.median(times[B.REFERENCE])
+    cl_ms = statistics.median(times[CL_VARIANT])
     for n in names:
         med = statistics.median(times[n])
         out[n] = {"median_ms": med, "p90_ms": percentile(times[n], 90), "images_per_s": 1000 / med,
@@ -176,6 +184,8 @@ def compare_backends(model: str, data: str | None = None, backends: list[str] | 
     return {"model": cfg.name, "folder": str(folder), "size": list(size), "reference": B.REFERENCE,
             "repeats": repeats, "val_frames": len(frames) if frames is not None else 0,
             "backends": out, "unavailable": {n: r for n, r in status.items() if r},
+            "channels_last_fp32": {"median_ms": cl_ms, "speedup_vs_eager": ref_ms / cl_ms,
+                                   "note": "eager fp32 with channels_last: a yardstick, not a backend"},
             "default": B.default_backend(card), "max_miou_delta": B.MAX_MIOU_DELTA,
             "peak_rss_mb": rss_bytes() / 2**20,
             "host": host_info(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}

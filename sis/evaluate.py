@@ -22,11 +22,15 @@ def pad_to_stride(x: torch.Tensor, stride: int, value: float = 0.0) -> tuple[tor
 
 
 def forward_logits(model: torch.nn.Module, cfg: ModelConfig, images: torch.Tensor,
-                   amp: bool = True) -> torch.Tensor:
-    """(N,3,H,W) uint8 on the model's device -> (N,C,H,W) float32 logits, any H, W."""
+                   amp: bool = True, channels_last: bool = True) -> torch.Tensor:
+    """(N,3,H,W) uint8 on the model's device -> (N,C,H,W) float32 logits, any H, W.
+
+    ``channels_last=False`` feeds plain NCHW (a model whose weights are NCHW then runs as
+    plain smp does: the benchmarks' eager fp32 reference)."""
     device = images.device
     x, (h, w) = pad_to_stride(normalize(images, cfg), cfg.input_stride)
-    x = x.contiguous(memory_format=torch.channels_last)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     with autocast(device, amp):
         out = model(x)
     return out[..., :h, :w].float()

@@ -54,12 +54,18 @@ def test_int8_runner_builds_once_and_predicts(tiny_model):
 
 
 def test_default_backend_respects_the_accuracy_gate():
-    assert backends.default_backend({}) != "onnxruntime-int8"  # int8 only after a passed check
-    failed = {"fast_path": {"backends": {"onnxruntime-int8": {"miou_delta": -0.8}}}}
-    assert backends.default_backend(failed) in ("torch-bf16", "eager")
-    assert backends.default_backend(failed) != "onnxruntime-int8"
-    passed = {"fast_path": {"backends": {"onnxruntime-int8": {"miou_delta": -0.3}}}}
+    assert backends.default_backend({}) == "eager"  # on a CPU, a fast path only after a passed check
+    failed = {"fast_path": {"backends": {"onnxruntime-int8": {"miou_delta": -0.8, "speedup_vs_eager": 3.0}}}}
+    assert backends.default_backend(failed) == "eager"
+    passed = {"fast_path": {"backends": {"onnxruntime-int8": {"miou_delta": -0.3, "speedup_vs_eager": 3.0},
+                                         "torch-bf16": {"miou_delta": 0.0, "speedup_vs_eager": 1.8}}}}
     assert backends.default_backend(passed) == "onnxruntime-int8"
+    # the fastest passing one wins; a passing engine that was slower than eager is never the default
+    slow_int8 = {"fast_path": {"backends": {"onnxruntime-int8": {"miou_delta": 0.1, "speedup_vs_eager": 1.5},
+                                            "torch-bf16": {"miou_delta": 0.0, "speedup_vs_eager": 1.8}}}}
+    assert backends.default_backend(slow_int8) == "torch-bf16"
+    slower = {"fast_path": {"backends": {"torch-bf16": {"miou_delta": 0.0, "speedup_vs_eager": 0.64}}}}
+    assert backends.default_backend(slower) == "eager"
     assert backends.default_backend({}, device="cuda") in ("torch-bf16", "eager")
 
 
@@ -80,6 +86,9 @@ def test_compare_backends_command_json(tiny_model, tiny_data):
         assert set(b) >= {"median_ms", "images_per_s", "speedup_vs_eager", "miou_delta"}
         assert b["median_ms"] > 0 and b["images_per_s"] == pytest.approx(1000 / b["median_ms"])
     assert res["backends"]["eager"]["speedup_vs_eager"] == 1.0 and res["backends"]["eager"]["miou_delta"] == 0.0
+    cl = res["channels_last_fp32"]  # the yardstick timed in the same rounds as the reference
+    assert cl["median_ms"] > 0 and cl["speedup_vs_eager"] == pytest.approx(res["backends"]["eager"]["median_ms"]
+                                                                        / cl["median_ms"])
     # fp32 ONNX is the same function as eager: same val mIoU on the same frames
     assert abs(res["backends"]["onnxruntime"]["miou_delta"]) < 0.05
 

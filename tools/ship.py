@@ -57,7 +57,8 @@ def ship(run: Path, data: str) -> dict:
     model, cfg = zoo.load_model(run)
     card = lineage(zoo.read_card(run))
     dest = zoo.WEIGHTS_DIR / cfg.name
-    card["train_val"] = card.get("val")  # the bf16 evaluation done at the end of training
+    if "train_val" not in card:  # re-shipping a shipped folder keeps its training-time figure
+        card["train_val"] = card.get("val")  # the evaluation done at the end of training
     zoo.save_model(model, cfg, dest, card, half=True)
     shipped, scfg = zoo.load_model(dest)
     val = evaluate(shipped, scfg, load_split(data, "val", classes=scfg.class_set), torch.device("cpu"), amp=False)
@@ -65,15 +66,16 @@ def ship(run: Path, data: str) -> dict:
     card.update(val=val, val_eval=f"python -m sis eval --model {cfg.name} --data {data} --split val (fp32)",
                 latency={k: lat[k] for k in ("median_ms", "p90_ms", "images_per_s", "size", "batch")} |
                 {"threads": lat["host"]["torch_threads"], "cpu": lat["host"]["cpu"], "precision": "fp32 eager"},
-                weights="fp16 safetensors (computed in fp32 after loading)",
+                weights="fp16 safetensors (computed in fp32 after loading)", complexity=zoo.config_complexity(scfg),
                 encoder_init_note="random init: ImageNet weights cannot be downloaded on the training machine")
     # int8 activation ranges, calibrated once on the 16 shipped train frames, ship with the weights
     (dest / backends.RANGES_FILE).unlink(missing_ok=True)
     runner = backends.get_runner(None, scfg, "onnxruntime-int8", folder=dest)
     runner.prepare(tuple(scfg.base_size))
     shutil.copy(runner.ranges_path(), dest / backends.RANGES_FILE)
-    fast = compare_backends(cfg.name, data, repeats=10)
+    fast = compare_backends(cfg.name, data, repeats=20)
     card["fast_path"] = {"default": fast["default"], "backends": fast["backends"], "val_frames": fast["val_frames"],
+                         "reference": "eager fp32, plain smp (NCHW)", "channels_last_fp32": fast["channels_last_fp32"],
                          "size": fast["size"], "threads": fast["host"]["torch_threads"], "cpu": fast["host"]["cpu"],
                          "command": f"python -m sis bench --compare-backends --model {cfg.name} --data {data}"}
     (dest / "card.json").write_text(json.dumps(card, indent=2))
@@ -87,7 +89,7 @@ def table(cards: list[dict], names) -> str:
     for c in cards:
         v = c["val"]
         ious = " | ".join("-" if v["per_class_iou"][n] is None else f"{100 * v['per_class_iou'][n]:.1f}" for n in names)
-        params = zoo.complexity(c["model"])["params"] / 1e6
+        params = (c.get("complexity") or zoo.complexity(c["model"]))["params"] / 1e6
         rows.append(f"| {c['model']} | {c['paper_pair']} | **{100 * v['miou']:.2f}** | {100 * v['pixel_acc']:.2f} | "
                     f"{ious} | {params:.1f}M | {c['latency']['median_ms']:.0f} |")
     return "\n".join(rows)
@@ -96,10 +98,12 @@ def table(cards: list[dict], names) -> str:
 def fast_table(cards: list[dict]) -> str:
     """Per model: every engine's median ms, speed-up over eager fp32 and val mIoU difference."""
     names = list(cards[0]["fast_path"]["backends"])
-    rows = ["| model | " + " | ".join(names) + " | default |", "|" + "---|" * (len(names) + 2)]
+    rows = ["| model | " + " | ".join(names) + " | eager + channels_last | default |", "|" + "---|" * (len(names) + 3)]
     for c in cards:
         b = c["fast_path"]["backends"]
         cells = [f"{b[n]['median_ms']:.0f} ms, {b[n]['speedup_vs_eager']:.2f}x, {b[n]['miou_delta']:+.2f}" for n in names]
+        cl = c["fast_path"].get("channels_last_fp32")
+        cells.append(f"{cl['median_ms']:.0f} ms, {cl['speedup_vs_eager']:.2f}x" if cl else "-")
         rows.append(f"| {c['model']} | " + " | ".join(cells) + f" | {c['fast_path']['default']} |")
     return "\n".join(rows)
 
