@@ -53,7 +53,8 @@ def test_int8_runner_builds_once_and_predicts(tiny_model):
     assert again.graph_path(pred.work_size).stat().st_mtime_ns == stamp
 
 
-def test_default_backend_respects_the_accuracy_gate():
+def test_default_backend_respects_the_accuracy_gate(monkeypatch):
+    monkeypatch.setattr(backends, "unavailable_reason", lambda name, device="cpu": None)  # any host
     assert backends.default_backend({}) == "eager"  # on a CPU, a fast path only after a passed check
     failed = {"fast_path": {"backends": {"onnxruntime-int8": {"miou_delta": -0.8, "speedup_vs_eager": 3.0}}}}
     assert backends.default_backend(failed) == "eager"
@@ -66,7 +67,29 @@ def test_default_backend_respects_the_accuracy_gate():
     assert backends.default_backend(slow_int8) == "torch-bf16"
     slower = {"fast_path": {"backends": {"torch-bf16": {"miou_delta": 0.0, "speedup_vs_eager": 0.64}}}}
     assert backends.default_backend(slower) == "eager"
-    assert backends.default_backend({}, device="cuda") in ("torch-bf16", "eager")
+    assert backends.default_backend({}, device="cuda") == "torch-bf16"
+
+
+@pytest.mark.parametrize("forced", ["0", "1"])
+def test_cpu_bf16_only_where_measured_faster(monkeypatch, forced):
+    from sis import runtime
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+    monkeypatch.setenv("SIS_CPU_BF16", forced)
+    runtime.cpu_bf16_speedup.cache_clear()
+    try:
+        on = runtime.amp_dtype(torch.device("cpu")) == torch.bfloat16
+        assert on == (forced == "1")
+        why = backends.unavailable_reason("torch-bf16")
+        assert (why is None) if on else ("measured 0.00x of fp32" in why)
+    finally:
+        monkeypatch.delenv("SIS_CPU_BF16")
+        runtime.cpu_bf16_speedup.cache_clear()
+
+
+def test_cpu_bf16_probe_measures():
+    from sis import runtime
+    speed = runtime.cpu_bf16_speedup()
+    assert speed is None or speed > 0  # a ratio of two measured times (None: no bf16 instructions)
 
 
 def test_unknown_and_unavailable_backends_say_why():
