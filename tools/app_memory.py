@@ -9,6 +9,7 @@ as torch's shared libraries, which the kernel can drop and re-read under a memor
 """
 from __future__ import annotations
 
+import atexit
 import socket
 import subprocess
 import sys
@@ -32,6 +33,7 @@ env = dict(os.environ, SIS_DATA_DIR=tempfile.mkdtemp(), SIS_OFFLINE="1")
 proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
                          "--server.address", "127.0.0.1"], cwd=ROOT, env=env, stdout=open(LOG, "w"),
                         stderr=subprocess.STDOUT)
+atexit.register(proc.terminate)  # also when the browser or a page fails: no server left behind
 url = f"http://127.0.0.1:{port}"
 for _ in range(120):
     try:
