@@ -89,18 +89,16 @@ def default_backend(card: dict | None = None, device: str = "cpu") -> str:
     AMX). On CUDA, bf16 autocast is the default unless its check failed.
     """
     checks = (card or {}).get("fast_path", {}).get("backends", {})
+    usable = [n for n in FAST_ORDER if n != REFERENCE and unavailable_reason(n, device) is None]
     best, best_speed = REFERENCE, 1.0
-    for name in FAST_ORDER:
+    for name in usable:
         c = checks.get(name) or {}
         delta, speed = c.get("miou_delta"), c.get("speedup_vs_eager")
-        if name == REFERENCE or unavailable_reason(name, device) is not None:
-            continue
-        if delta is None:
-            if device.startswith("cuda") and name == "torch-bf16" and best == REFERENCE:
-                best, best_speed = name, 1.0 + 1e-9
-            continue
-        if abs(delta) <= MAX_MIOU_DELTA and speed is not None and speed > best_speed:
+        if delta is not None and abs(delta) <= MAX_MIOU_DELTA and speed is not None and speed > best_speed:
             best, best_speed = name, speed
+    if best == REFERENCE and device.startswith("cuda") and "torch-bf16" in usable \
+            and (checks.get("torch-bf16") or {}).get("miou_delta") is None:
+        return "torch-bf16"
     return best
 
 
@@ -308,10 +306,14 @@ class GraphRunner(Runner):
         self._sessions: dict[tuple[int, int], object] = {}
         self._lock = threading.Lock()
 
-    def _fp32_path(self, size: tuple[int, int]) -> Path:
+    def _weights_key(self) -> str:
+        """The folder's file digest, else the in-memory weights' digest (computed once)."""
         if self._key is None:
             self._key = zoo.weights_digest(self.model)
-        return cache_dir() / f"{self.cfg.name}-{self._key}-{size[0]}x{size[1]}.onnx"
+        return self._key
+
+    def _fp32_path(self, size: tuple[int, int]) -> Path:
+        return cache_dir() / f"{self.cfg.name}-{self._weights_key()}-{size[0]}x{size[1]}.onnx"
 
     def graph_path(self, size: tuple[int, int]) -> Path:
         fp32 = self._fp32_path(size)
@@ -337,9 +339,7 @@ class GraphRunner(Runner):
         """The shipped calibration ranges, else this model's cached ones (computed on first use)."""
         if self.folder is not None and (Path(self.folder) / RANGES_FILE).is_file():
             return Path(self.folder) / RANGES_FILE
-        if self._key is None:
-            self._key = zoo.weights_digest(self.model)
-        return cache_dir() / f"{self.cfg.name}-{self._key}.{RANGES_FILE}"
+        return cache_dir() / f"{self.cfg.name}-{self._weights_key()}.{RANGES_FILE}"
 
     def prepare(self, size):
         size = tuple(size)

@@ -143,7 +143,7 @@ def compare_backends(model: str, data: str | None = None, backends: list[str] | 
     from .infer import load_for_inference
     folder = zoo.resolve(model)
     net, cfg = load_for_inference(folder)  # channels_last: what the torch fast path runs on
-    plain = load_for_inference(folder, channels_last=False)[0]  # the reference: plain smp, NCHW
+    plain = copy.deepcopy(net).to(memory_format=torch.contiguous_format)  # the reference: plain smp, NCHW
     status = B.available("cpu")
     for n in backends or []:
         if n not in B.BACKENDS:

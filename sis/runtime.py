@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import time
 from functools import lru_cache
 
 import psutil
@@ -66,7 +67,6 @@ def cpu_bf16_speedup() -> float | None:
     forced = os.environ.get("SIS_CPU_BF16")
     if forced in ("0", "1"):
         return 2.0 if forced == "1" else 0.0
-    import time
     conv = torch.nn.Conv2d(64, 64, 3, padding=1).eval().to(memory_format=torch.channels_last)
     x = torch.randn(1, 64, 96, 128).contiguous(memory_format=torch.channels_last)
     best = {False: float("inf"), True: float("inf")}

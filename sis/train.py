@@ -120,7 +120,6 @@ def _sync_buffers(model: torch.nn.Module, world: int) -> None:
                 buf /= world
 
 
-
 # ------------------------------------------------------------------ checkpoints
 def _save_checkpoint(folder: Path, model, optimizer, meta: dict) -> None:
     """model + optimizer tensors as safetensors, the rest as JSON; written then renamed."""

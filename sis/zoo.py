@@ -202,7 +202,7 @@ def _build(arch: str, encoder: str, num_classes: int, kwargs: dict, weights: str
     kwargs = dict(kwargs)
     center = kwargs.pop("center_block", True)
     model = _smp().create_model(ARCHS[arch], encoder_name=encoder, encoder_weights=weights,
-                             classes=num_classes, **kwargs)
+                                classes=num_classes, **kwargs)
     if not center and hasattr(model.decoder, "center"):
         model.decoder.center = torch.nn.Identity()
     return model
