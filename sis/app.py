@@ -128,15 +128,25 @@ def model_picker(label: str, entries: dict[str, catalog.Entry], key: str) -> cat
         return None
     keys = list(entries)
     default = catalog.default_key(entries)
-    choice = st.selectbox(label, keys, index=keys.index(default), key=key, format_func=_describe)
+    labels = {k: _describe(k, entries[k]) for k in keys}
+    choice = st.selectbox(label, keys, index=keys.index(default), key=key, format_func=labels.__getitem__)
     return entries[choice]
 
 
-def _describe(key: str) -> str:
+def _describe(key: str, entry: catalog.Entry | None = None) -> str:
+    """Picker label: name, paper pair, the card's val mIoU (so the most accurate is easy to find)."""
+    miou = None
+    if entry is not None:
+        try:
+            miou = (zoo.read_card(entry.folder).get("val") or {}).get("miou")
+        except (OSError, ValueError):
+            miou = None
+    score = f" · val mIoU {100 * miou:.1f}" if isinstance(miou, (int, float)) else ""
     if key.startswith("run:"):
-        return f"{key[4:]} (fine-tuned here)"
+        return f"{key[4:]} (fine-tuned here){score}"
     paper = zoo.MODELS[key].paper if key in zoo.MODELS else None
-    return f"{key}" + (f" — {paper}" if paper else "") + (" (default)" if key == zoo.DEFAULT_MODEL else "")
+    return (f"{key}" + (f" — {paper}" if paper else "") + score +
+            (" (default)" if key == zoo.DEFAULT_MODEL else ""))
 
 
 def legend(classes: ClassSet, share=None) -> None:

@@ -279,3 +279,14 @@ def test_segment_result_keeps_display_size_arrays_and_full_size_downloads(tiny_m
     assert res["size"] == (2400, 3200)
     assert Image.open(io.BytesIO(res["label_png"])).size == (3200, 2400)
     assert Image.open(io.BytesIO(res["mask_png"])).size == (3200, 2400)
+
+
+def test_model_picker_labels_carry_val_miou(app_env):
+    """The picker names each model's val mIoU from its card, so the most accurate is easy to find."""
+    from sis import zoo
+    at = _app("pages/segment.py")
+    labels = at.selectbox(key="seg_model").options
+    for name, folder in zoo.shipped_models().items():
+        miou = zoo.read_card(folder)["val"]["miou"]
+        assert any(o.startswith(name) and f"val mIoU {100 * miou:.1f}" in o for o in labels), (name, labels)
+    assert any(o.startswith("tiny (fine-tuned here) · val mIoU") for o in labels), labels
