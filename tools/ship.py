@@ -53,9 +53,11 @@ def lineage(card: dict) -> dict:
                 init=parent.get("init", "random"))
 
 
-def ship(run: Path, data: str) -> dict:
+def ship(run: Path, data: str, train_note: str | None = None) -> dict:
     model, cfg = zoo.load_model(run)
     card = lineage(zoo.read_card(run))
+    if train_note:
+        card["training_note"] = train_note
     dest = zoo.WEIGHTS_DIR / cfg.name
     if "train_val" not in card:  # re-shipping a shipped folder keeps its training-time figure
         card["train_val"] = card.get("val")  # the evaluation done at the end of training
@@ -112,10 +114,11 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("runs", type=Path, nargs="*", help="finished run folders (none: just print the tables)")
     ap.add_argument("--data", default="../shared/camvid")
+    ap.add_argument("--train-note", help="how the runs were made, for the cards (e.g. where they trained)")
     a = ap.parse_args()
     cards = []
     for run in a.runs:
-        cards.append(ship(run, a.data))
+        cards.append(ship(run, a.data, a.train_note))
         print(f"shipped {run.name}: val mIoU {100 * cards[-1]['val']['miou']:.2f}, fast path "
               f"{cards[-1]['fast_path']['default']}", file=sys.stderr)
     # the tables cover every shipped model, whichever were shipped just now
