@@ -65,17 +65,23 @@ def cmd_models(a) -> int:
     return 0
 
 
+def train_config(a):
+    """`train`'s arguments -> TrainConfig (sis.train.train_command is the inverse)."""
+    from .train import TrainConfig
+    return TrainConfig(model=a.model, data=a.data, out=a.out or f"runs/{a.model}", init=a.init,
+                       epochs=a.epochs, max_steps=a.max_steps, batch_size=a.batch_size, crop=a.crop,
+                       scale=a.scale, flips=a.flips, lr=a.lr, optimizer=a.optimizer,
+                       weight_decay=a.weight_decay, schedule=a.schedule, warmup_steps=a.warmup,
+                       class_weighting=a.class_weighting, freeze_encoder=a.freeze_encoder, seed=a.seed,
+                       device=a.device, amp=not a.no_amp, channels_last=not a.no_channels_last,
+                       train_limit=a.train_limit, val_limit=a.val_limit, val_every=a.val_every,
+                       resume=not a.no_resume, save_half=a.half, threads=a.threads)
+
+
 def cmd_train(a) -> int:
     from tqdm import tqdm
-    from .train import TrainConfig, train
-    cfg = TrainConfig(model=a.model, data=a.data, out=a.out or f"runs/{a.model}", init=a.init,
-                      epochs=a.epochs, max_steps=a.max_steps, batch_size=a.batch_size, crop=a.crop,
-                      scale=a.scale, flips=a.flips, lr=a.lr, optimizer=a.optimizer,
-                      weight_decay=a.weight_decay, schedule=a.schedule, warmup_steps=a.warmup,
-                      class_weighting=a.class_weighting, freeze_encoder=a.freeze_encoder, seed=a.seed,
-                      device=a.device, amp=not a.no_amp, channels_last=not a.no_channels_last,
-                      train_limit=a.train_limit, val_limit=a.val_limit, val_every=a.val_every,
-                      resume=not a.no_resume, save_half=a.half, threads=a.threads)
+    from .train import train
+    cfg = train_config(a)
     from . import zoo
     zoo.get_spec(cfg.model)
     bar = None

@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import math
 import os
+import shlex
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -63,6 +64,35 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# TrainConfig field -> `python -m sis train` option; switches: (field, value that sets the flag, flag)
+_OPTIONS = [("init", "--init"), ("epochs", "--epochs"), ("max_steps", "--max-steps"),
+            ("batch_size", "--batch-size"), ("crop", "--crop"), ("scale", "--scale"), ("flips", "--flips"),
+            ("lr", "--lr"), ("optimizer", "--optimizer"), ("weight_decay", "--weight-decay"),
+            ("schedule", "--schedule"), ("warmup_steps", "--warmup"), ("class_weighting", "--class-weighting"),
+            ("seed", "--seed"), ("device", "--device"), ("train_limit", "--train-limit"),
+            ("val_limit", "--val-limit"), ("val_every", "--val-every"), ("threads", "--threads")]
+_SWITCHES = [("freeze_encoder", True, "--freeze-encoder"), ("amp", False, "--no-amp"),
+             ("channels_last", False, "--no-channels-last"), ("resume", False, "--no-resume"),
+             ("save_half", True, "--half")]
+
+
+def train_command(cfg: TrainConfig | dict) -> str:
+    """The `python -m sis train` command line that runs ``cfg`` (a card's recipe works too)."""
+    if isinstance(cfg, dict):
+        cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
+    default = TrainConfig()
+    parts = ["python -m sis train", f"--model {cfg.model}", f"--data {shlex.quote(str(cfg.data))}",
+             f"--out {shlex.quote(str(cfg.out))}"]
+    for field, flag in _OPTIONS:
+        v = getattr(cfg, field)
+        if v is None or v == getattr(default, field):
+            continue
+        text = f"{v[0]}x{v[1]}" if field == "crop" else f"{v[0]},{v[1]}" if field == "scale" else str(v)
+        parts.append(f"{flag} {shlex.quote(text)}")
+    parts += [flag for field, value, flag in _SWITCHES if getattr(cfg, field) == value != getattr(default, field)]
+    return " ".join(parts)
 
 
 @dataclass
@@ -349,7 +379,7 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
             "classes": list(classes.names), "palette": [list(c) for c in classes.colors], "void": classes.void,
             "status": status, "steps": step, "epochs_run": len([h for h in history if not h.get("partial")]),
             "wall_time_s": round(wall, 1), "history": history,
-            "val": val, "recipe": cfg.to_dict(), "world_size": world, "complexity": zoo.config_complexity(mcfg),
+            "val": val, "recipe": cfg.to_dict(), "command": train_command(cfg), "world_size": world, "complexity": zoo.config_complexity(mcfg),
             "precision": str(amp_dtype(device)) if cfg.amp and amp_dtype(device) else "fp32",
             "hardware": host_info(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "data": {"root": str(cfg.data), "train_frames": len(train_frames),

@@ -87,3 +87,24 @@ def test_export_onnx_pspnet_parity(tiny_model, tmp_path):
     assert "input 1x3x360x480" in r.stdout  # exactly the work size: PSP pooling exported as exact matrices
     diff = float(r.stdout.split("max abs diff ")[1].split(",")[0])
     assert diff < 1e-3
+
+
+def test_train_command_round_trips_through_the_parser():
+    """Cards record `command`: parsing it back gives the same TrainConfig."""
+    import shlex
+    from sis.__main__ import build_parser, train_config
+    from sis.train import TrainConfig, train_command
+    cfgs = [TrainConfig(model="unet-resnet18", data="/data/cam vid", out="runs/x"),
+            TrainConfig(model="pspnet-vgg11_bn", data="d", out="o", init="weights/pspnet-vgg11_bn", epochs=7,
+                        max_steps=100, batch_size=4, crop=(352, 480), scale=(0.75, 1.5), flips="", lr=2e-3,
+                        optimizer="adamw", weight_decay=1e-4, schedule="poly", warmup_steps=200,
+                        class_weighting="sqrt-median", freeze_encoder=True, seed=3, device="cpu", amp=False,
+                        channels_last=False, train_limit=5, val_limit=2, val_every=2, resume=False,
+                        save_half=True, threads=3)]
+    for cfg in cfgs:
+        cmd = train_command(cfg)
+        assert cmd.startswith("python -m sis train ")
+        back = train_config(build_parser().parse_args(shlex.split(cmd)[3:]))
+        assert back == cfg, cmd
+        assert train_command(cfg.to_dict() | {"crop": list(cfg.crop) if cfg.crop else None,
+                                              "scale": list(cfg.scale)}) == cmd  # a card's JSON recipe

@@ -28,12 +28,18 @@ from sis import backends, zoo  # noqa: E402
 from sis.bench import bench, compare_backends  # noqa: E402
 from sis.data import load_split  # noqa: E402
 from sis.evaluate import evaluate  # noqa: E402
+from sis.train import train_command  # noqa: E402
 
 
 def _stage(card: dict) -> dict:
-    return {"init": card.get("init"), "recipe": card.get("recipe"), "epochs": card.get("epochs_run"),
+    return {"init": card.get("init"), "recipe": card.get("recipe"), "command": _command(card),
+            "epochs": card.get("epochs_run"),
             "steps": card.get("steps"), "wall_time_s": card.get("wall_time_s"), "date": card.get("date"),
             "precision": card.get("precision"), "train_val_miou": (card.get("val") or {}).get("miou")}
+
+
+def _command(card: dict) -> str | None:
+    return card.get("command") or (train_command(card["recipe"]) if card.get("recipe") else None)
 
 
 def lineage(card: dict) -> dict:
@@ -58,6 +64,8 @@ def ship(run: Path, data: str, train_note: str | None = None) -> dict:
     card = lineage(zoo.read_card(run))
     if train_note:
         card["training_note"] = train_note
+    if len(card.get("stages") or []) <= 1:  # one run: its command reproduces the model
+        card["command"] = _command(card)
     dest = zoo.WEIGHTS_DIR / cfg.name
     if "train_val" not in card:  # re-shipping a shipped folder keeps its training-time figure
         card["train_val"] = card.get("val")  # the evaluation done at the end of training
