@@ -145,7 +145,8 @@ def _describe(key: str, entry: catalog.Entry | None = None) -> str:
     if key.startswith("run:"):
         return f"{key[4:]} (fine-tuned here){score}"
     paper = zoo.MODELS[key].paper if key in zoo.MODELS else None
-    return (f"{key}" + (f" — {paper}" if paper else "") + score +
+    # the score right after the name: narrow columns cut the end of the label
+    return (f"{key}" + score + (f" — {paper}" if paper else "") +
             (" (default)" if key == zoo.DEFAULT_MODEL else ""))
 
 
