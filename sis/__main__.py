@@ -220,7 +220,8 @@ def cmd_predict(a) -> int:
     if backend == "auto":
         backend = "torch-bf16" if device.type == "cuda" and a.amp else \
             backends.default_backend(zoo.read_card(folder), device.type)
-    runner = backends.get_runner(model, cfg, backend, device.type, log=lambda s: print(s, file=sys.stderr))
+    runner = backends.get_runner(model, cfg, backend, device.type, log=lambda s: print(s, file=sys.stderr),
+                                 folder=folder)  # its shipped int8 ranges and graph template
     print(f"{cfg.name} on {backend}")
     palette = cfg.class_set.palette()
     out = Path(a.out)

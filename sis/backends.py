@@ -188,10 +188,69 @@ def export_graph(model: torch.nn.Module, cfg: ModelConfig, size: tuple[int, int]
     tmp = path.with_name(path.stem + f".{os.getpid()}.tmp.onnx")
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's notes on constant folding
+        # no constant folding: initializers keep the weights' own names (and values), which is
+        # what lets a shipped template be filled from the safetensors alone; ONNX Runtime folds
+        # (BatchNorm into Conv and the rest) when it loads the graph
         torch.onnx.export(graph, (x,), str(tmp), input_names=["image"], output_names=["logits"],
-                          opset_version=opset, dynamo=False)
+                          opset_version=opset, dynamo=False, do_constant_folding=False)
     os.replace(tmp, path)
     return path
+
+
+GRAPH_FORMAT = "g2"  # in cached graph names: g2 = exported without constant folding
+
+
+def template_path(folder: Path, size: tuple[int, int]) -> Path:
+    return Path(folder) / f"graph-{size[0]}x{size[1]}.onnx"
+
+
+def write_template(graph: Path, folder: Path, size: tuple[int, int]) -> Path:
+    """Ship ``graph`` (exported from ``folder``'s weights) without the tensors that the folder's
+    model.safetensors holds: ~1 MB instead of ~45. The server rebuilds the graph from the two
+    with onnx and numpy only, so a first start never imports smp, timm or torchvision."""
+    import onnx
+    from onnx import numpy_helper
+    from safetensors.numpy import load_file
+    weights = load_file(str(Path(folder) / "model.safetensors"))
+    model = onnx.load(str(graph))
+    keep, filled = [], []
+    for init in model.graph.initializer:
+        w = weights.get(init.name.removeprefix("model."))
+        if w is not None and np.array_equal(numpy_helper.to_array(init), w.astype(np.float32)):
+            filled.append(init.name)
+        else:
+            keep.append(init)
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    for k, v in (("sis_weights_key", file_key(folder)), ("sis_filled", ",".join(filled))):
+        model.metadata_props.add(key=k, value=v)
+    out = template_path(folder, size)
+    onnx.save(model, str(out))
+    return out
+
+
+def fill_template(folder: Path, size: tuple[int, int], dst: Path) -> bool:
+    """Rebuild the fp32 graph of ``size`` from the folder's template and weights into ``dst``;
+    False (nothing written) when there is no template or it was made for other weights."""
+    src = template_path(folder, size)
+    if not src.is_file():
+        return False
+    import onnx
+    from onnx import numpy_helper
+    from safetensors.numpy import load_file
+    model = onnx.load(str(src))
+    meta = {p.key: p.value for p in model.metadata_props}
+    if meta.get("sis_weights_key") != file_key(folder):
+        return False
+    weights = load_file(str(Path(folder) / "model.safetensors"))
+    names = [n for n in meta.get("sis_filled", "").split(",") if n]
+    model.graph.initializer.extend(
+        numpy_helper.from_array(weights[n.removeprefix("model.")].astype(np.float32), n) for n in names)
+    del model.metadata_props[:]
+    tmp = dst.with_name(dst.stem + f".{os.getpid()}.tmp.onnx")
+    onnx.save(model, str(tmp))
+    os.replace(tmp, dst)
+    return True
 
 
 def calibration_images(size: tuple[int, int], folder: Path = CALIBRATION_DIR) -> list[np.ndarray]:
@@ -312,12 +371,13 @@ class GraphRunner(Runner):
             self._key = zoo.weights_digest(self.model)
         return self._key
 
-    def _fp32_path(self, size: tuple[int, int]) -> Path:
-        return cache_dir() / f"{self.cfg.name}-{self._weights_key()}-{size[0]}x{size[1]}.onnx"
+    def fp32_path(self, size: tuple[int, int]) -> Path:
+        return cache_dir() / f"{self.cfg.name}-{self._weights_key()}-{GRAPH_FORMAT}-{size[0]}x{size[1]}.onnx"
 
     def graph_path(self, size: tuple[int, int]) -> Path:
-        fp32 = self._fp32_path(size)
-        if not fp32.is_file():
+        fp32 = self.fp32_path(size)
+        # the shipped template + the weights first: no PyTorch model is built, smp is not imported
+        if not fp32.is_file() and not (self.folder is not None and fill_template(self.folder, size, fp32)):
             if self.log:
                 self.log(f"exporting {self.cfg.name} to ONNX at {size[0]}x{size[1]} (once)")
             if self.model is not None:
@@ -339,7 +399,7 @@ class GraphRunner(Runner):
         """The shipped calibration ranges, else this model's cached ones (computed on first use)."""
         if self.folder is not None and (Path(self.folder) / RANGES_FILE).is_file():
             return Path(self.folder) / RANGES_FILE
-        return cache_dir() / f"{self.cfg.name}-{self._weights_key()}.{RANGES_FILE}"
+        return cache_dir() / f"{self.cfg.name}-{self._weights_key()}-{GRAPH_FORMAT}.{RANGES_FILE}"
 
     def prepare(self, size):
         size = tuple(size)
@@ -352,7 +412,7 @@ class GraphRunner(Runner):
                 so.enable_cpu_mem_arena = False  # hand activations back after each run: ~40 MB a model, not ~150
                 # no busy-waiting between calls: it steals the cores from whatever runs next
                 so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-                built = not self._fp32_path(size).is_file()
+                built = not self.fp32_path(size).is_file()
                 self._sessions[size] = ort.InferenceSession(str(self.graph_path(size)), so,
                                                             providers=["CPUExecutionProvider"])
                 if built:  # exporting and quantising leave ~200 MB of freed heap behind

@@ -167,3 +167,44 @@ def test_int8_reuses_calibrated_ranges_for_new_sizes(tiny_model, monkeypatch):
     monkeypatch.setattr(backends, "calibration_images", no_frames)
     out = runner(torch.zeros(1, 3, 96, 64, dtype=torch.uint8))
     assert out.shape == (1, 11, 96, 64)
+
+
+def test_template_rebuilds_the_exported_graph_and_refuses_other_weights(tiny_model, tmp_path, monkeypatch):
+    """A shipped template + the folder's weights give the exported graph back, exactly; a template
+    made for other weights is not used."""
+    import shutil
+
+    import onnxruntime as ort
+    monkeypatch.setenv("SIS_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model, folder, ignore=shutil.ignore_patterns("checkpoint"))
+    model, cfg = zoo.load_model(folder)
+    size = (64, 96)
+    graph = backends.export_graph(model, cfg, size, tmp_path / "g.onnx")
+    tpl = backends.write_template(graph, folder, size)
+    assert tpl.stat().st_size < graph.stat().st_size / 4  # the weights stay in model.safetensors
+    assert backends.fill_template(folder, size, tmp_path / "filled.onnx")
+    x = np.random.default_rng(0).uniform(0, 255, (1, 3, *size)).astype(np.float32)
+    a, b = (ort.InferenceSession(str(p)).run(None, {"image": x})[0] for p in (graph, tmp_path / "filled.onnx"))
+    assert np.array_equal(a, b)
+    assert not backends.fill_template(folder, (32, 32), tmp_path / "none.onnx")  # no template for that size
+    (folder / "config.json").write_text((folder / "config.json").read_text() + " ")  # other weights/config
+    assert not backends.fill_template(folder, size, tmp_path / "stale.onnx")
+    assert not (tmp_path / "stale.onnx").exists()
+
+
+def test_shipped_models_build_their_graphs_without_smp(tmp_path):
+    """A first start on the shipped models: the int8 graphs come from the shipped templates, so
+    smp, timm and torchvision (~200 MB) are never imported."""
+    code = ("import sys; from pathlib import Path; from sis import backends, zoo\n"
+            "for name, folder in zoo.shipped_models().items():\n"
+            "    cfg = zoo.read_config(folder)\n"
+            "    backends.get_runner(None, cfg, 'onnxruntime-int8', folder=folder).prepare(tuple(cfg.base_size))\n"
+            "print(sorted(m for m in ('segmentation_models_pytorch', 'timm', 'torchvision') if m in sys.modules))\n"
+            "print(len(list(backends.cache_dir().glob('*.int8.onnx'))))")
+    env = dict(__import__("os").environ, SIS_CACHE_DIR=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    imported, graphs = out.stdout.strip().splitlines()[-2:]
+    assert imported == "[]" and int(graphs) == len(zoo.shipped_models())

@@ -80,9 +80,14 @@ def ship(run: Path, data: str, train_note: str | None = None) -> dict:
                 encoder_init_note="random init: ImageNet weights cannot be downloaded on the training machine")
     # int8 activation ranges, calibrated once on the 16 shipped train frames, ship with the weights
     (dest / backends.RANGES_FILE).unlink(missing_ok=True)
+    for old in dest.glob("graph-*.onnx"):
+        old.unlink()
+    size = tuple(scfg.base_size)
     runner = backends.get_runner(None, scfg, "onnxruntime-int8", folder=dest)
-    runner.prepare(tuple(scfg.base_size))
+    runner.prepare(size)
     shutil.copy(runner.ranges_path(), dest / backends.RANGES_FILE)
+    # the fp32 graph at the base size without its weights: first starts build from it (no smp)
+    backends.write_template(runner.fp32_path(size), dest, size)
     fast = compare_backends(cfg.name, data, repeats=20)
     card["fast_path"] = {"default": fast["default"], "backends": fast["backends"], "val_frames": fast["val_frames"],
                          "reference": "eager fp32, plain smp (NCHW)", "channels_last_fp32": fast["channels_last_fp32"],
