@@ -134,13 +134,8 @@ def model_picker(label: str, entries: dict[str, catalog.Entry], key: str) -> cat
 
 
 def _describe(key: str, entry: catalog.Entry | None = None) -> str:
-    """Picker label: name, paper pair, the card's val mIoU (so the most accurate is easy to find)."""
-    miou = None
-    if entry is not None:
-        try:
-            miou = (zoo.read_card(entry.folder).get("val") or {}).get("miou")
-        except (OSError, ValueError):
-            miou = None
+    """Picker label: name, the card's val mIoU (so the most accurate is easy to find), paper pair."""
+    miou = (zoo.read_card(entry.folder).get("val") or {}).get("miou") if entry is not None else None
     score = f" · val mIoU {100 * miou:.1f}" if isinstance(miou, (int, float)) else ""
     if key.startswith("run:"):
         return f"{key[4:]} (fine-tuned here){score}"

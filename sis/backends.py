@@ -238,14 +238,17 @@ def fill_template(folder: Path, size: tuple[int, int], dst: Path) -> bool:
     import onnx
     from onnx import numpy_helper
     from safetensors.numpy import load_file
-    model = onnx.load(str(src))
-    meta = {p.key: p.value for p in model.metadata_props}
-    if meta.get("sis_weights_key") != file_key(folder):
+    try:
+        model = onnx.load(str(src))
+        meta = {p.key: p.value for p in model.metadata_props}
+        if meta.get("sis_weights_key") != file_key(folder):
+            return False
+        weights = load_file(str(Path(folder) / "model.safetensors"))
+        names = [n for n in meta.get("sis_filled", "").split(",") if n]
+        model.graph.initializer.extend(
+            numpy_helper.from_array(weights[n.removeprefix("model.")].astype(np.float32), n) for n in names)
+    except Exception:  # an unreadable template or weights without a tensor it names: export instead
         return False
-    weights = load_file(str(Path(folder) / "model.safetensors"))
-    names = [n for n in meta.get("sis_filled", "").split(",") if n]
-    model.graph.initializer.extend(
-        numpy_helper.from_array(weights[n.removeprefix("model.")].astype(np.float32), n) for n in names)
     del model.metadata_props[:]
     tmp = dst.with_name(dst.stem + f".{os.getpid()}.tmp.onnx")
     onnx.save(model, str(tmp))

@@ -191,6 +191,8 @@ def test_template_rebuilds_the_exported_graph_and_refuses_other_weights(tiny_mod
     (folder / "config.json").write_text((folder / "config.json").read_text() + " ")  # other weights/config
     assert not backends.fill_template(folder, size, tmp_path / "stale.onnx")
     assert not (tmp_path / "stale.onnx").exists()
+    tpl.write_bytes(b"not an onnx file")  # a damaged template: the runner exports instead
+    assert not backends.fill_template(folder, size, tmp_path / "damaged.onnx")
 
 
 def test_shipped_models_build_their_graphs_without_smp(tmp_path):
