@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from .evaluate import forward_logits
 from . import zoo
-from .runtime import amp_dtype, cpu_bf16_speedup, release_memory
+from .runtime import amp_dtype, cpu_bf16_forced, cpu_bf16_speedup, release_memory
 from .zoo import ModelConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,6 +63,8 @@ def unavailable_reason(name: str, device: str = "cpu") -> str | None:
     if name == "torch-bf16":
         if amp_dtype(torch.device(device)) is None:
             speed = cpu_bf16_speedup()
+            if cpu_bf16_forced() is False:
+                return "bf16 autocast is switched off on this host (SIS_CPU_BF16=0)"
             if speed is None:
                 return "this CPU has no native bf16 (AVX512-BF16 or AMX), so autocast would be slower"
             return f"bf16 autocast measured {speed:.2f}x of fp32 on this CPU (a probe conv), so it is not used"

@@ -60,13 +60,10 @@ def cpu_bf16_speedup() -> float | None:
 
     The flags alone do not tell: on one host with AVX512-BF16 (an AMD EPYC) a training step ran
     2.5x faster in bf16, on another (an Intel Xeon without AMX exposed) 0.92x, inference 0.64x.
-    ``SIS_CPU_BF16=1`` / ``=0`` skips the probe and forces bf16 autocast on / off.
+    Always a measurement (host_info records it); ``SIS_CPU_BF16`` overrides the decision, not this.
     """
     if not cpu_has_bf16():
         return None
-    forced = os.environ.get("SIS_CPU_BF16")
-    if forced in ("0", "1"):
-        return 2.0 if forced == "1" else 0.0
     conv = torch.nn.Conv2d(64, 64, 3, padding=1).eval().to(memory_format=torch.channels_last)
     x = torch.randn(1, 64, 96, 128).contiguous(memory_format=torch.channels_last)
     best = {False: float("inf"), True: float("inf")}
@@ -81,13 +78,21 @@ def cpu_bf16_speedup() -> float | None:
     return best[False] / best[True]
 
 
+def cpu_bf16_forced() -> bool | None:
+    """``SIS_CPU_BF16=1`` / ``=0``: bf16 autocast on the CPU forced on / off; None: measured."""
+    return {"1": True, "0": False}.get(os.environ.get("SIS_CPU_BF16", ""))
+
+
 def amp_dtype(device: torch.device) -> torch.dtype | None:
     """The autocast dtype worth using on this device, or None for plain fp32."""
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and (cpu_bf16_speedup() or 0.0) >= BF16_MIN_SPEEDUP:
-        return torch.bfloat16
-    return None
+    if device.type != "cpu":
+        return None
+    forced = cpu_bf16_forced()
+    if forced is not None:
+        return torch.bfloat16 if forced else None
+    return torch.bfloat16 if (cpu_bf16_speedup() or 0.0) >= BF16_MIN_SPEEDUP else None
 
 
 def autocast(device: torch.device, enabled: bool = True):
