@@ -3,7 +3,9 @@
 # in one call of at most 10 minutes. Here, first:
 #   python tools/gpu_stage.py ../shared/camvid .gpu/camvid      # frames as JPEG q97: the 64 MiB limit
 #   pip download --no-deps ... -d .whl segmentation-models-pytorch==0.6.0   # the GPU image lacks smp
-# There (repo root):  bash tools/gpu_train.sh BUDGET_S MODEL [MODEL...]  [-- bench]
+#   weights/ (99 MB, tracked) would not fit the transfer either: for the calls, untrack it with
+#   `git rm -r -q --cached weights` + `/weights/` in .git/info/exclude; `git reset -q -- weights` after
+# There (repo root, carry .gpu and .whl):  bash tools/gpu_train.sh BUDGET_S MODEL [MODEL...]  [-- bench]
 # Each model: 4 epochs (inside the lr warm-up, so they are the first 4 of any run of this recipe),
 # then the epoch count that fits the budget at the measured epoch time, resumed from the checkpoint.
 # Out: $OUT/MODEL.log, $OUT/runs.tar.NN (run folders without checkpoints, split for the transfer);
