@@ -62,9 +62,9 @@ def unavailable_reason(name: str, device: str = "cpu") -> str | None:
         return None
     if name == "torch-bf16":
         if amp_dtype(torch.device(device)) is None:
-            speed = cpu_bf16_speedup()
-            if cpu_bf16_forced() is False:
+            if cpu_bf16_forced() is False:  # said before the probe: no need to time it
                 return "bf16 autocast is switched off on this host (SIS_CPU_BF16=0)"
+            speed = cpu_bf16_speedup()
             if speed is None:
                 return "this CPU has no native bf16 (AVX512-BF16 or AMX), so autocast would be slower"
             return f"bf16 autocast measured {speed:.2f}x of fp32 on this CPU (a probe conv), so it is not used"
@@ -202,6 +202,11 @@ def export_graph(model: torch.nn.Module, cfg: ModelConfig, size: tuple[int, int]
 GRAPH_FORMAT = "g2"  # in cached graph names: g2 = exported without constant folding
 
 
+def _weight_name(initializer: str) -> str:
+    """The state-dict key of a graph initializer: _Graph holds the network as ``model``."""
+    return initializer.removeprefix("model.")
+
+
 def template_path(folder: Path, size: tuple[int, int]) -> Path:
     return Path(folder) / f"graph-{size[0]}x{size[1]}.onnx"
 
@@ -217,7 +222,7 @@ def write_template(graph: Path, folder: Path, size: tuple[int, int]) -> Path:
     model = onnx.load(str(graph))
     keep, filled = [], []
     for init in model.graph.initializer:
-        w = weights.get(init.name.removeprefix("model."))
+        w = weights.get(_weight_name(init.name))
         if w is not None and np.array_equal(numpy_helper.to_array(init), w.astype(np.float32)):
             filled.append(init.name)
         else:
@@ -231,9 +236,10 @@ def write_template(graph: Path, folder: Path, size: tuple[int, int]) -> Path:
     return out
 
 
-def fill_template(folder: Path, size: tuple[int, int], dst: Path) -> bool:
+def fill_template(folder: Path, size: tuple[int, int], dst: Path, key: str | None = None) -> bool:
     """Rebuild the fp32 graph of ``size`` from the folder's template and weights into ``dst``;
-    False (nothing written) when there is no template or it was made for other weights."""
+    False (nothing written) when there is no template or it was made for other weights.
+    ``key``: the folder's ``file_key`` when the caller has it (it reads the whole weights file)."""
     src = template_path(folder, size)
     if not src.is_file():
         return False
@@ -243,12 +249,12 @@ def fill_template(folder: Path, size: tuple[int, int], dst: Path) -> bool:
     try:
         model = onnx.load(str(src))
         meta = {p.key: p.value for p in model.metadata_props}
-        if meta.get("sis_weights_key") != file_key(folder):
+        if meta.get("sis_weights_key") != (key or file_key(folder)):
             return False
         weights = load_file(str(Path(folder) / "model.safetensors"))
         names = [n for n in meta.get("sis_filled", "").split(",") if n]
         model.graph.initializer.extend(
-            numpy_helper.from_array(weights[n.removeprefix("model.")].astype(np.float32), n) for n in names)
+            numpy_helper.from_array(weights[_weight_name(n)].astype(np.float32), n) for n in names)
     except Exception:  # an unreadable template or weights without a tensor it names: export instead
         return False
     del model.metadata_props[:]
@@ -382,7 +388,8 @@ class GraphRunner(Runner):
     def graph_path(self, size: tuple[int, int]) -> Path:
         fp32 = self.fp32_path(size)
         # the shipped template + the weights first: no PyTorch model is built, smp is not imported
-        if not fp32.is_file() and not (self.folder is not None and fill_template(self.folder, size, fp32)):
+        if not fp32.is_file() and not (self.folder is not None and
+                                       fill_template(self.folder, size, fp32, self._weights_key())):
             if self.log:
                 self.log(f"exporting {self.cfg.name} to ONNX at {size[0]}x{size[1]} (once)")
             if self.model is not None:

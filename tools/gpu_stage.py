@@ -1,7 +1,8 @@
 """Stage CamVid for a lent GPU machine (the `device` tool sends at most 64 MiB).
 
 The train and val PNGs (119 MB) do not fit, so the frames travel as JPEG at quality 97
-without chroma subsampling (39 MB, 46 dB PSNR against the PNGs); labels travel unchanged.
+without chroma subsampling (51 MiB with the labels, 46 dB PSNR against the PNGs); labels travel
+unchanged.
 Models trained on the staged copy are evaluated on the original PNGs (tools/ship.py).
 
     python tools/gpu_stage.py ../shared/camvid .gpu/camvid
