@@ -110,9 +110,11 @@ def cmd_train(a) -> int:
         stop.set()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
-    res = train(cfg, callback=on_progress, stop=stop, log=log)
-    if bar is not None:
-        bar.close()
+    try:
+        res = train(cfg, callback=on_progress, stop=stop, log=log)
+    finally:  # the bar's line ends before any error is printed
+        if bar is not None:
+            bar.close()
     if res["rank"] == 0:
         v = res["val"]
         print(f"{res['status']}: {res['steps']} steps -> {res['out']}" +
@@ -389,12 +391,16 @@ def main(argv: list[str] | None = None) -> int:
     from .zoo import ModelError
     from .infer import ImageError
     from .backends import BackendError
+    from .files import DiskFullError
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
     except (DatasetError, ModelError, DeviceError, TrainingError, ImageError, BackendError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except DiskFullError as e:  # the last checkpoint is whole: the same command resumes once there is room
+        print(f"error: {e}; the same command resumes from the last checkpoint", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
         return 130

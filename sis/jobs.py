@@ -39,6 +39,7 @@ def _worker(cfg_dict: dict, events, stop_event) -> None:
     """Child process: run train() and report every step on ``events``."""
     import torch
     torch.set_num_threads(max(1, int(cfg_dict.pop("_threads", 1))))
+    from .files import DiskFullError
     from .train import TrainConfig, train
     cfg = TrainConfig(**cfg_dict)
 
@@ -49,7 +50,7 @@ def _worker(cfg_dict: dict, events, stop_event) -> None:
         events.put(("result", {"status": res["status"], "steps": res["steps"], "history": res["history"],
                                "val": res["val"], "out": res["out"]}))
     except Exception as e:  # reported to the page as one sentence
-        events.put(("error", f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else str(e)))
+        events.put(("error", str(e) if isinstance(e, (ValueError, DiskFullError)) else f"{type(e).__name__}: {e}"))
 
 
 @dataclass

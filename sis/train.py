@@ -25,6 +25,7 @@ from . import zoo
 from .augment import SegDataset, build_augment
 from .data import class_weights, load_classes, load_split
 from .evaluate import evaluate, pad_to_stride
+from .files import partial
 from .runtime import amp_dtype, autocast, host_info, pick_device
 
 
@@ -154,22 +155,23 @@ def _sync_buffers(model: torch.nn.Module, world: int) -> None:
 def _save_checkpoint(folder: Path, model, optimizer, meta: dict) -> None:
     """model + optimizer tensors as safetensors, the rest as JSON; written then renamed."""
     tmp = folder.with_name(folder.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-              str(tmp / "model.safetensors"))
-    osd = optimizer.state_dict()
-    tensors, state_meta = {}, {}
-    for pid, st in osd["state"].items():
-        state_meta[str(pid)] = {}
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous()
-            else:
-                state_meta[str(pid)][k] = v
-    tensors["rng.cpu"] = torch.get_rng_state()
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    meta = dict(meta, param_groups=osd["param_groups"], state_meta=state_meta)
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    with partial(tmp, folder):  # a failed write (full disk) leaves the last checkpoint as it was
+        tmp.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                  str(tmp / "model.safetensors"))
+        osd = optimizer.state_dict()
+        tensors, state_meta = {}, {}
+        for pid, st in osd["state"].items():
+            state_meta[str(pid)] = {}
+            for k, v in st.items():
+                if torch.is_tensor(v):
+                    tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous()
+                else:
+                    state_meta[str(pid)][k] = v
+        tensors["rng.cpu"] = torch.get_rng_state()
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        meta = dict(meta, param_groups=osd["param_groups"], state_meta=state_meta)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     old = folder.with_name(folder.name + ".old")
     if folder.exists():
         os.replace(folder, old)

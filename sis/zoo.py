@@ -27,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .classes import CAMVID, ClassSet
+from .files import atomic_write
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -249,17 +250,11 @@ def save_model(model: torch.nn.Module, cfg: ModelConfig, folder: Path, card: dic
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
              for k, v in model.state_dict().items()}
-    _atomic(folder / "model.safetensors", lambda p: save_file(state, str(p), metadata={"sis": cfg.name}))
-    _atomic(folder / "config.json", lambda p: p.write_text(cfg.to_json()))
+    atomic_write(folder / "model.safetensors", lambda p: save_file(state, str(p), metadata={"sis": cfg.name}))
+    atomic_write(folder / "config.json", lambda p: p.write_text(cfg.to_json()))
     if card is not None:
-        _atomic(folder / "card.json", lambda p: p.write_text(json.dumps(card, indent=2)))
+        atomic_write(folder / "card.json", lambda p: p.write_text(json.dumps(card, indent=2)))
     return folder
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def read_config(folder: Path) -> ModelConfig:

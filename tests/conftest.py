@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -17,7 +18,21 @@ REAL_CAMVID = next((p for p in _CANDIDATES if (p / "train").is_dir()), _CANDIDAT
 
 os.environ.setdefault("SIS_OFFLINE", "1")  # no test touches the network
 # ONNX / int8 graphs the fast path builds go to a throw-away folder, not the checkout's data/
-os.environ.setdefault("SIS_CACHE_DIR", tempfile.mkdtemp(prefix="sis-test-cache-"))
+_OWN_CACHE = None if os.environ.get("SIS_CACHE_DIR") else tempfile.mkdtemp(prefix="sis-test-cache-")
+if _OWN_CACHE:
+    os.environ["SIS_CACHE_DIR"] = _OWN_CACHE
+
+
+def pytest_report_header(config):
+    """Free disk where the suite writes: a full disk fails tests in ways that hide the cause."""
+    from sis.files import free_mb
+    return f"free disk: {free_mb(Path(tempfile.gettempdir())):.0f} MB in {tempfile.gettempdir()}, " \
+           f"{free_mb(ROOT):.0f} MB in {ROOT}"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _OWN_CACHE:
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 def make_frame(rng: np.random.Generator, h: int, w: int, n_classes: int = 11, void: int = 11):

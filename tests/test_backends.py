@@ -212,3 +212,42 @@ def test_shipped_models_build_their_graphs_without_smp(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     imported, graphs = out.stdout.strip().splitlines()[-2:]
     assert imported == "[]" and int(graphs) == len(zoo.shipped_models())
+
+
+def test_cache_bound_removes_least_recently_used_graphs(tmp_path, monkeypatch):
+    import os
+    monkeypatch.setenv("SIS_CACHE_DIR", str(tmp_path))
+    for i, name in enumerate(["a.onnx", "b.onnx", "c.int8.onnx", "d.onnx"]):
+        (tmp_path / name).write_bytes(b"x" * 2**20)  # 1 MiB each, last used in this order
+        os.utime(tmp_path / name, (1000 + i, 1000 + i))
+    (tmp_path / "m.int8_ranges.json").write_text("{}")
+    (tmp_path / "e.123.tmp.onnx").write_bytes(b"x")  # another process's build in flight: left alone
+    (tmp_path / "f.9.pre.onnx").write_bytes(b"x")
+    os.utime(tmp_path / "f.9.pre.onnx", (1, 1))  # ... and one of a process that died long ago
+    removed = backends.prune_cache(keep=[tmp_path / "a.onnx"], limit_mb=3)
+    assert sorted(p.name for p in removed) == ["b.onnx", "f.9.pre.onnx"]  # oldest first, a is in use
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.onnx", "c.int8.onnx", "d.onnx", "e.123.tmp.onnx",
+                                                          "m.int8_ranges.json"]
+    monkeypatch.setenv("SIS_CACHE_MAX_MB", "0")
+    assert sorted(p.name for p in backends.prune_cache()) == ["a.onnx", "c.int8.onnx", "d.onnx"]
+
+
+def test_graph_runner_keeps_few_sizes_loaded_and_the_cache_bounded(tiny_model, tmp_path, monkeypatch):
+    """Each upload aspect ratio builds a graph; memory holds SIS_GRAPH_SESSIONS of them and the disk
+    cache its bound, and an evicted size comes back right."""
+    monkeypatch.setenv("SIS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("SIS_GRAPH_SESSIONS", "2")
+    monkeypatch.setenv("SIS_CACHE_MAX_MB", "0")  # keep only what is loaded
+    model, cfg = load_for_inference(tiny_model)
+    runner = backends.get_runner(model, cfg, "onnxruntime")
+    sizes = [(64, 96), (96, 64), (64, 64)]
+    x = {s: torch.randint(0, 256, (1, 3, *s), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+         for s in sizes}
+    first = runner(x[sizes[0]])
+    for s in sizes[1:]:
+        runner(x[s])
+    assert list(runner._sessions) == sizes[1:]
+    assert sorted(p.name for p in tmp_path.glob("*.onnx")) == sorted(runner.cached_path(s).name for s in sizes[1:])
+    again = runner(x[sizes[0]])  # evicted from memory and disk: built again, same logits
+    assert torch.equal(again, first)
+    assert list(runner._sessions) == [sizes[2], sizes[0]]
