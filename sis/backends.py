@@ -27,6 +27,7 @@ import hashlib
 import importlib.util
 import math
 import os
+import re
 import threading
 import time
 import warnings
@@ -54,6 +55,9 @@ MAX_MIOU_DELTA = 0.5  # points of val mIoU a fast path may lose against eager fp
 CACHE_MAX_MB = 1024  # the graph cache's bound on disk (SIS_CACHE_MAX_MB): the 4 shipped models' 360x480 graphs take ~260 MB
 SESSIONS_PER_RUNNER = 3  # image sizes a graph runner keeps loaded (SIS_GRAPH_SESSIONS); older ones reload from disk
 STALE_TMP_S = 3600  # a half-written graph this old belongs to a process that died
+# photo shapes (h:w) whose graphs ship with each model (weights/NAME/graph-HxW.onnx): 4:3, 16:9, 3:2,
+# landscape and portrait; a first start builds their graphs without PyTorch models (no smp import)
+TEMPLATE_ASPECTS = ((3, 4), (4, 3), (9, 16), (16, 9), (2, 3), (3, 2))
 
 
 class BackendError(RuntimeError):
@@ -174,7 +178,7 @@ class _FixedPSPBlock(torch.nn.Module):
 
     def __init__(self, block: torch.nn.Module, h: int, w: int):
         super().__init__()
-        self.conv = block.pool[1]
+        self.conv = block.pool[1]  # conv-BN-ReLU; pool[0], the adaptive pooling, becomes the matmuls
         self.size = (h, w)
         self.register_buffer("ph", _pool_matrix(h, block.pool_size))
         self.register_buffer("pwt", _pool_matrix(w, block.pool_size).t().contiguous())
@@ -243,17 +247,37 @@ GRAPH_FORMAT = "g2"  # in cached graph names: g2 = exported without constant fol
 
 
 def _weight_name(initializer: str) -> str:
-    """The state-dict key of a graph initializer: _Graph holds the network as ``model``."""
-    return initializer.removeprefix("model.")
+    """The state-dict key of a graph initializer: _Graph holds the network as ``model``, and a
+    _FixedPSPBlock holds smp's ``pool.1`` as ``conv`` (renaming the module would rename the
+    graph's nodes, which the shipped int8 ranges are keyed by)."""
+    return re.sub(r"(\.psp\.blocks\.\d+)\.conv\.", r"\1.pool.1.", initializer.removeprefix("model."))
 
 
 def template_path(folder: Path, size: tuple[int, int]) -> Path:
     return Path(folder) / f"graph-{size[0]}x{size[1]}.onnx"
 
 
+def template_sizes(cfg: ModelConfig) -> list[tuple[int, int]]:
+    """The work sizes whose graphs ship as templates: photos of TEMPLATE_ASPECTS (CamVid's 4:3
+    first) at the model's pixel count, e.g. 360x480, 480x360, 312x554, 554x312, 339x509, 509x339."""
+    from .infer import work_size
+    return [work_size(1000 * ah, 1000 * aw, tuple(cfg.base_size)) for ah, aw in TEMPLATE_ASPECTS]
+
+
+def write_templates(model: torch.nn.Module, cfg: ModelConfig, folder: Path) -> list[Path]:
+    """Export ``model`` (the weights in ``folder``) at every ``template_sizes`` and keep each
+    graph's template in ``folder``, replacing the ones there."""
+    import tempfile
+    for old in Path(folder).glob("graph-*.onnx"):
+        old.unlink()
+    with tempfile.TemporaryDirectory() as d:
+        return [write_template(export_graph(model, cfg, size, Path(d) / "g.onnx"), folder, size)
+                for size in template_sizes(cfg)]
+
+
 def write_template(graph: Path, folder: Path, size: tuple[int, int]) -> Path:
     """Ship ``graph`` (exported from ``folder``'s weights) without the tensors that the folder's
-    model.safetensors holds: ~1 MB instead of ~45. The server rebuilds the graph from the two
+    model.safetensors holds: ~50 KB instead of ~45 MB. The server rebuilds the graph from the two
     with onnx and numpy only, so a first start never imports smp, timm or torchvision."""
     import onnx
     from onnx import numpy_helper

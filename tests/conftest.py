@@ -30,6 +30,15 @@ def pytest_report_header(config):
            f"{free_mb(ROOT):.0f} MB in {ROOT}"
 
 
+@pytest.fixture(autouse=True)
+def _same_thread_count():
+    """A test that runs the CLI in-process (``--threads 1``) must not change later tests' numerics."""
+    import torch
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 def pytest_sessionfinish(session, exitstatus):
     if _OWN_CACHE:
         shutil.rmtree(_OWN_CACHE, ignore_errors=True)

@@ -198,12 +198,13 @@ def test_template_rebuilds_the_exported_graph_and_refuses_other_weights(tiny_mod
 
 
 def test_shipped_models_build_their_graphs_without_smp(tmp_path):
-    """A first start on the shipped models: the int8 graphs come from the shipped templates, so
-    smp, timm and torchvision (~200 MB) are never imported."""
+    """A first start on the shipped models, a landscape and a portrait photo: the int8 graphs come
+    from the shipped templates, so smp, timm and torchvision (~200 MB) are never imported."""
     code = ("import sys; from pathlib import Path; from sis import backends, zoo\n"
             "for name, folder in zoo.shipped_models().items():\n"
             "    cfg = zoo.read_config(folder)\n"
-            "    backends.get_runner(None, cfg, 'onnxruntime-int8', folder=folder).prepare(tuple(cfg.base_size))\n"
+            "    runner = backends.get_runner(None, cfg, 'onnxruntime-int8', folder=folder)\n"
+            "    runner.prepare((360, 480)); runner.prepare((480, 360))\n"
             "print(sorted(m for m in ('segmentation_models_pytorch', 'timm', 'torchvision') if m in sys.modules))\n"
             "print(len(list(backends.cache_dir().glob('*.int8.onnx'))))")
     env = dict(__import__("os").environ, SIS_CACHE_DIR=str(tmp_path))
@@ -211,7 +212,28 @@ def test_shipped_models_build_their_graphs_without_smp(tmp_path):
                          timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     imported, graphs = out.stdout.strip().splitlines()[-2:]
-    assert imported == "[]" and int(graphs) == len(zoo.shipped_models())
+    assert imported == "[]" and int(graphs) == 2 * len(zoo.shipped_models())
+
+
+@pytest.mark.parametrize("name", sorted(zoo.shipped_models()))
+def test_shipped_templates_cover_common_photo_shapes(name):
+    """Every shipped model carries a small template for 4:3, 16:9 and 3:2 photos both ways, made
+    for its current weights, holding none of the tensors model.safetensors has."""
+    import onnx
+    from safetensors import safe_open
+    folder = zoo.shipped_models()[name]
+    cfg = zoo.read_config(folder)
+    sizes = backends.template_sizes(cfg)
+    assert sizes[:2] == [(360, 480), (480, 360)] and (312, 554) in sizes and (509, 339) in sizes
+    assert sorted(p.name for p in folder.glob("graph-*.onnx")) == sorted(f"graph-{h}x{w}.onnx" for h, w in sizes)
+    with safe_open(str(folder / "model.safetensors"), "np") as f:
+        weights = set(f.keys())
+    for size in sizes:
+        t = onnx.load(str(backends.template_path(folder, size)))
+        meta = {p.key: p.value for p in t.metadata_props}
+        assert meta["sis_weights_key"] == backends.file_key(folder)
+        assert not {backends._weight_name(i.name) for i in t.graph.initializer} & weights
+        assert backends.template_path(folder, size).stat().st_size < 100_000
 
 
 def test_cache_bound_removes_least_recently_used_graphs(tmp_path, monkeypatch):

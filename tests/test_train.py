@@ -49,10 +49,13 @@ def test_train_writes_loadable_model_and_history(tiny_data, tmp_path):
 
 def test_learns_synthetic_data(tiny_data, tmp_path):
     # U-Net: its BatchNorm running stats settle within a few steps (the dilated PSPNet's lag behind)
-    res = train(_cfg(tiny_data, tmp_path / "m", max_steps=24, lr=1e-3, val_every=0, model="unet-resnet18"),
+    # lr 3e-4: at 1e-3 the 24-step result swung with the thread count and precision (val loss
+    # 1.7 to 8.2); at 3e-4 it measured 1.70-1.79 val loss, 0.44-0.49 pixel acc, train loss
+    # 2.62 -> 1.87-1.90, for 1 and 2 threads, fp32 and bf16
+    res = train(_cfg(tiny_data, tmp_path / "m", max_steps=24, lr=3e-4, val_every=0, model="unet-resnet18"),
                 log=lambda m: None)
     first, last = res["history"][0], res["history"][-1]
-    assert last["loss"] < 0.75 * first["loss"]
+    assert last["loss"] < 0.8 * first["loss"]
     from sis.data import load_split
     from sis.evaluate import evaluate
     model, cfg = zoo.load_model(tmp_path / "m")
@@ -60,7 +63,7 @@ def test_learns_synthetic_data(tiny_data, tmp_path):
     val = evaluate(model, cfg, frames, torch.device("cpu"))
     torch.manual_seed(3)
     untrained = evaluate(zoo.create_model("unet-resnet18")[0], cfg, frames, torch.device("cpu"))
-    # measured: pixel acc 0.31 vs 0.14 untrained, loss 2.23 vs 2.51
+    # untrained: pixel acc 0.14, loss 2.51
     assert val["loss"] < untrained["loss"] and val["pixel_acc"] > 2 * untrained["pixel_acc"]
 
 

@@ -86,8 +86,8 @@ def ship(run: Path, data: str, train_note: str | None = None) -> dict:
     runner = backends.get_runner(None, scfg, "onnxruntime-int8", folder=dest)
     runner.prepare(size)
     shutil.copy(runner.ranges_path(), dest / backends.RANGES_FILE)
-    # the fp32 graph at the base size without its weights: first starts build from it (no smp)
-    backends.write_template(runner.fp32_path(size), dest, size)
+    # the fp32 graphs of common photo shapes without their weights: first starts build from them (no smp)
+    backends.write_templates(shipped, scfg, dest)
     fast = compare_backends(cfg.name, data, repeats=20)
     card["fast_path"] = {"default": fast["default"], "backends": fast["backends"], "val_frames": fast["val_frames"],
                          "reference": "eager fp32, plain smp (NCHW)", "channels_last_fp32": fast["channels_last_fp32"],
@@ -128,7 +128,15 @@ if __name__ == "__main__":
     ap.add_argument("runs", type=Path, nargs="*", help="finished run folders (none: just print the tables)")
     ap.add_argument("--data", default="../shared/camvid")
     ap.add_argument("--train-note", help="how the runs were made, for the cards (e.g. where they trained)")
+    ap.add_argument("--templates", action="store_true",
+                    help="only rewrite every shipped model's graph templates (weights and cards unchanged)")
     a = ap.parse_args()
+    if a.templates:
+        for name, folder in zoo.shipped_models().items():
+            written = backends.write_templates(*zoo.load_model(folder), folder)
+            print(f"{name}: " + ", ".join(f"{p.name} {p.stat().st_size / 1e3:.0f} KB" for p in written),
+                  file=sys.stderr)
+        sys.exit(0)
     cards = []
     for run in a.runs:
         cards.append(ship(run, a.data, a.train_note))
