@@ -15,7 +15,8 @@ zeros, crop back), so their predictions can be compared pixel for pixel.
 
 ONNX graphs have a fixed shape (batch 1, one H x W; PSPNet's pyramid pooling is exported
 as exact averaging matrices for that size), one per work size, built once and cached on
-disk under ``SIS_CACHE_DIR`` (default ``data/cache``) keyed by the weights' digest.
+disk under ``SIS_CACHE_DIR`` (default ``data/cache``) keyed by the weights' digest, least
+recently used first out past ``SIS_CACHE_MAX_MB``.
 OpenVINO was measured too (README, performance) and not added: no faster than ONNX
 Runtime int8 here, 180 MB installed, and a larger accuracy loss on the same int8 graph.
 """
@@ -52,7 +53,7 @@ BACKENDS = ("eager", "torch-bf16", "onnxruntime", "onnxruntime-int8")
 # the default fast path: the first of these that is available and passed its accuracy check
 FAST_ORDER = ("onnxruntime-int8", "torch-bf16", "eager")
 MAX_MIOU_DELTA = 0.5  # points of val mIoU a fast path may lose against eager fp32
-CACHE_MAX_MB = 1024  # the graph cache's bound on disk (SIS_CACHE_MAX_MB): the 4 shipped models' 360x480 graphs take ~260 MB
+CACHE_MAX_MB = 1024  # the graph cache's bound on disk (SIS_CACHE_MAX_MB): the 4 shipped models' 360x480 graphs take 231 MB
 SESSIONS_PER_RUNNER = 3  # image sizes a graph runner keeps loaded (SIS_GRAPH_SESSIONS); older ones reload from disk
 STALE_TMP_S = 3600  # a half-written graph this old belongs to a process that died
 # photo shapes (h:w) whose graphs ship with each model (weights/NAME/graph-HxW.onnx): 4:3, 16:9, 3:2,
