@@ -216,12 +216,13 @@ def cmd_predict(a) -> int:
     from .runtime import pick_device
     device = pick_device(a.device)
     from . import backends
+    from .bench import measured_engines
     folder = zoo.resolve(a.model or zoo.DEFAULT_MODEL)
     model, cfg = load_for_inference(folder, device)
     backend = a.backend
     if backend == "auto":
-        backend = "torch-bf16" if device.type == "cuda" and a.amp else \
-            backends.default_backend(zoo.read_card(folder), device.type)
+        backend = "torch-bf16" if device.type == "cuda" and a.amp else backends.default_backend(
+            zoo.read_card(folder), device.type, measured_engines(folder) if device.type == "cpu" else None)
     runner = backends.get_runner(model, cfg, backend, device.type, log=lambda s: print(s, file=sys.stderr),
                                  folder=folder)  # its shipped int8 ranges and graph template
     print(f"{cfg.name} on {backend}")
@@ -280,11 +281,12 @@ def _emit(a, res: dict) -> bool:
 
 
 def _bench_backends(a) -> int:
-    from .bench import compare_backends
+    from .bench import compare_backends, record_engines
     a.size = a.size or (360, 480)
     res = compare_backends(a.model, a.data, a.backends.split(",") if a.backends else None, a.size,
                            a.warmup, a.repeats or 10, a.val_limit,
                            log=lambda s: print(s, file=sys.stderr))
+    res["kept_for_this_host"] = record_engines(res)
     if _emit(a, res):
         h = res["host"]
         print(f"{res['model']} at {a.size[0]}x{a.size[1]}, batch 1, {h['torch_threads']} threads, {h['cpu']}; "
@@ -298,7 +300,9 @@ def _bench_backends(a) -> int:
         cl = res["channels_last_fp32"]
         print(f"eager is plain smp fp32 (NCHW); with channels_last it took {cl['median_ms']:.1f} ms "
               f"({cl['speedup_vs_eager']:.2f}x) in the same rounds")
-        print(f"default fast path here: {res['default']} (accuracy gate: within {res['max_miou_delta']} point)")
+        print(f"default fast path here: {res['default']} (accuracy gate: within {res['max_miou_delta']} point)" +
+              (": kept, the app and `predict` use it on this host" if res["kept_for_this_host"] else
+               " (not kept: only a comparison of every engine at the model's base size picks the default)"))
     return 0
 
 

@@ -75,8 +75,10 @@ def get_config(entry: catalog.Entry) -> zoo.ModelConfig:
 
 
 def default_backend(entry: catalog.Entry) -> str:
-    """The model's fast path: fastest available backend that passed its recorded accuracy check."""
-    return backends.default_backend(zoo.read_card(entry.folder))
+    """The model's fast path: the fastest available backend that passed its accuracy check, by
+    this host's own engine comparison where the Benchmark page (or the CLI) kept one, else by the card."""
+    from .bench import measured_engines
+    return backends.default_backend(zoo.read_card(entry.folder), measured=measured_engines(entry.folder))
 
 
 def get_runner(entry: catalog.Entry, backend: str | None = None):

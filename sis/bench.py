@@ -180,15 +180,38 @@ def compare_backends(model: str, data: str | None = None, backends: list[str] | 
             out[n].update(miou=res["miou"], pixel_acc=res["pixel_acc"])
         for n in names:
             out[n]["miou_delta"] = 100 * (out[n]["miou"] - out[B.REFERENCE]["miou"])
-    card = {"fast_path": {"backends": out}}
     return {"model": cfg.name, "folder": str(folder), "size": list(size), "reference": B.REFERENCE,
             "repeats": repeats, "val_frames": len(frames) if frames is not None else 0,
             "backends": out, "unavailable": {n: r for n, r in status.items() if r},
             "channels_last_fp32": {"median_ms": cl_ms, "speedup_vs_eager": ref_ms / cl_ms,
                                    "note": "eager fp32 with channels_last: a yardstick, not a backend"},
-            "default": B.default_backend(card), "max_miou_delta": B.MAX_MIOU_DELTA,
+            # what the app and `predict` pick once this run is kept (record_engines): these speeds,
+            # this run's val mIoU deltas, else the card's
+            "default": B.default_backend(zoo.read_card(folder), measured=out), "max_miou_delta": B.MAX_MIOU_DELTA,
             "peak_rss_mb": rss_bytes() / 2**20,
             "host": host_info(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def record_engines(res: dict) -> bool:
+    """Keep a ``compare_backends`` result as this host's engine timing for the model's weights
+    (SQLite, the app's data folder); ``default_backend`` then prefers it to the card's. Only a
+    comparison at the model's base size counts (every CamVid frame, every 4:3 photo), with
+    every engine available here timed; returns whether it was kept."""
+    from . import backends as B, store
+    folder = Path(res["folder"])
+    if list(res["size"]) != list(zoo.read_config(folder).base_size) or \
+            set(res["backends"]) != {n for n, why in B.available("cpu").items() if why is None}:
+        return False
+    store.put_engines(res["host"]["host_key"], B.file_key(folder), res["model"], res["backends"])
+    return True
+
+
+def measured_engines(folder: Path) -> dict | None:
+    """This host's kept engine comparison for ``folder``'s weights (its "backends"), or None."""
+    from . import backends as B, store
+    from .runtime import host_key
+    got = store.get_engines(host_key(), B.file_key(folder))
+    return got["backends"] if got else None
 
 
 def compare_train(model: str, data: str | None = None, batch: int = 4, size: tuple[int, int] = (352, 480),

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import platform
 import time
+import zlib
 from functools import lru_cache
 
 import psutil
@@ -137,8 +139,17 @@ def host_info() -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "os": f"{platform.system()} {platform.release()}",
-        "hostname_hash": hash(platform.node()) & 0xFFFF,
+        "hostname_hash": zlib.crc32(platform.node().encode()) & 0xFFFF,  # hash() differs per process
+        "host_key": host_key(),
     }
+
+
+def host_key() -> str:
+    """Names this machine for timings that pick an engine: hostname, CPU model, logical cores,
+    bf16 support and torch's thread count now. The same in every process on the machine."""
+    raw = "|".join(map(str, (platform.node(), cpu_model(), psutil.cpu_count(logical=True), cpu_has_bf16(),
+                             torch.get_num_threads())))
+    return hashlib.sha1(raw.encode()).hexdigest()[:12]
 
 
 def rss_bytes() -> int:

@@ -16,6 +16,9 @@ CREATE TABLE IF NOT EXISTS bench (
     id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, model TEXT NOT NULL, mode TEXT NOT NULL,
     device TEXT NOT NULL, batch INTEGER, height INTEGER, width INTEGER, amp INTEGER,
     median_ms REAL, p90_ms REAL, images_per_s REAL, peak_rss_mb REAL, cuda_mb REAL, host TEXT, result TEXT);
+CREATE TABLE IF NOT EXISTS engines (
+    host TEXT NOT NULL, weights TEXT NOT NULL, model TEXT NOT NULL, ts REAL NOT NULL, backends TEXT NOT NULL,
+    PRIMARY KEY (host, weights));
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, ts_start REAL NOT NULL, ts_end REAL, model TEXT NOT NULL, init TEXT, data TEXT,
     status TEXT NOT NULL, steps INTEGER, val_miou REAL, out_dir TEXT, message TEXT, config TEXT, history TEXT);
@@ -51,6 +54,20 @@ def list_bench(limit: int = 200) -> list[dict]:
         rows = con.execute("SELECT id, ts, model, mode, device, batch, height, width, amp, median_ms, p90_ms,"
                            " images_per_s, peak_rss_mb, cuda_mb FROM bench ORDER BY id DESC LIMIT ?", (limit,))
         return [dict(r) for r in rows]
+
+
+def put_engines(host: str, weights: str, model: str, backends: dict) -> None:
+    """This host's latest engine comparison for one model's weights (replaces the previous one)."""
+    with _connect() as con:
+        con.execute("INSERT OR REPLACE INTO engines (host, weights, model, ts, backends) VALUES (?,?,?,?,?)",
+                    (host, weights, model, time.time(), json.dumps(backends)))
+
+
+def get_engines(host: str, weights: str) -> dict | None:
+    """{"ts", "backends"} of the latest comparison ``put_engines`` stored, or None."""
+    with _connect() as con:
+        row = con.execute("SELECT ts, backends FROM engines WHERE host = ? AND weights = ?", (host, weights)).fetchone()
+    return None if row is None else {"ts": row["ts"], "backends": json.loads(row["backends"])}
 
 
 def upsert_run(run_id: str, **fields) -> None:

@@ -1,6 +1,7 @@
 """The inference fast path: exact export, int8 engine, accuracy gate, comparison command."""
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -273,3 +274,86 @@ def test_graph_runner_keeps_few_sizes_loaded_and_the_cache_bounded(tiny_model, t
     again = runner(x[sizes[0]])  # evicted from memory and disk: built again, same logits
     assert torch.equal(again, first)
     assert list(runner._sessions) == [sizes[2], sizes[0]]
+
+
+def test_this_hosts_measurement_picks_the_default(monkeypatch):
+    """The card's speeds were timed where the model shipped; a comparison kept on this host wins."""
+    monkeypatch.setattr(backends, "unavailable_reason", lambda name, device="cpu": None)
+    card = {"fast_path": {"backends": {"onnxruntime-int8": {"miou_delta": -0.01, "speedup_vs_eager": 3.6},
+                                       "torch-bf16": {"miou_delta": 0.01, "speedup_vs_eager": 2.0}}}}
+    assert backends.default_backend(card) == "onnxruntime-int8"
+    here = {"eager": {"speedup_vs_eager": 1.0, "miou_delta": None},
+            "onnxruntime-int8": {"speedup_vs_eager": 2.9, "miou_delta": None},  # no val frames: the card's delta
+            "torch-bf16": {"speedup_vs_eager": 3.4, "miou_delta": None}}
+    assert backends.default_backend(card, measured=here) == "torch-bf16"
+    here["torch-bf16"]["miou_delta"] = -0.7  # this host's own val check failed: not the default
+    assert backends.default_backend(card, measured=here) == "onnxruntime-int8"
+    assert backends.default_backend({}, measured=here) == "eager"  # no accuracy check anywhere
+    assert backends.default_backend(card, measured={"eager": {"speedup_vs_eager": 1.0}}) == "eager"
+
+
+def test_record_engines_keeps_full_base_size_comparisons(tiny_model, tmp_path, monkeypatch):
+    from sis import runtime
+    from sis.bench import measured_engines, record_engines
+    monkeypatch.setenv("SIS_DATA_DIR", str(tmp_path))
+    here = [n for n, why in backends.available().items() if why is None]
+    timed = {n: {"median_ms": 10.0 + i, "speedup_vs_eager": 1.0 + i, "miou_delta": 0.0} for i, n in enumerate(here)}
+    res = {"folder": str(tiny_model), "model": "pspnet-resnet18", "size": [360, 480], "backends": timed,
+           "host": {"host_key": runtime.host_key()}}
+    assert measured_engines(tiny_model) is None
+    assert not record_engines(dict(res, size=[240, 320]))  # another size: its ranking may differ
+    assert not record_engines(dict(res, backends={"eager": timed["eager"]}))  # not every engine timed
+    assert measured_engines(tiny_model) is None
+    assert record_engines(res) and measured_engines(tiny_model) == timed
+    assert backends.default_backend({}, measured=measured_engines(tiny_model)) == (here[-1] if len(here) > 1 else "eager")
+
+
+def test_host_key_is_the_same_in_every_process():
+    code = "from sis import runtime; print(runtime.host_key(), runtime.host_info()['hostname_hash'])"
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                           env=dict(__import__("os").environ, PYTHONHASHSEED=str(seed))).stdout for seed in (1, 2)}
+    assert len(outs) == 1 and len(outs.pop().split()[0]) == 12
+
+
+@pytest.mark.parametrize("name", ["pspnet-resnet18", "unet-vgg11_bn"])
+def test_fold_batchnorm_is_exact_in_fp32(name):
+    torch.manual_seed(0)
+    model, cfg = zoo.create_model(name)
+    for m in model.modules():  # BatchNorm statistics that are not the identity
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(0.5, 1.5)
+    model.eval()
+    folded = backends.fold_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+    x = torch.randint(0, 256, (1, 3, 64, 96), dtype=torch.uint8)
+    with torch.inference_mode():
+        ref, got = backends.Runner(model, cfg)(x), backends.Runner(folded, cfg)(x)
+    assert (got - ref).abs().max() <= 1e-4 * ref.abs().max()
+
+
+def test_bf16_runner_falls_back_to_autocast_when_the_fold_is_wrong(monkeypatch):
+    model, cfg = zoo.create_model("pspnet-resnet18")
+    model.eval()
+
+    def broken(m):
+        bad = copy.deepcopy(m)
+        next(bad.parameters()).data.add_(1.0)
+        return bad
+    monkeypatch.setattr(backends, "fold_batchnorm", broken)
+    runner = backends.TorchBf16Runner(model, cfg)
+    assert runner._bf16_net() is None  # autocast over the shared model instead
+
+
+@pytest.mark.parametrize("name", zoo.PAPER_MODELS)
+def test_bf16_path_keeps_val_miou_on_real_frames(name, val_spread):
+    """Folded pure-bf16 inference, where this CPU has it: within 0.5 point of eager fp32 on real val frames."""
+    why = backends.unavailable_reason("torch-bf16")
+    if why:
+        pytest.skip(why)
+    model, cfg = load_for_inference(zoo.shipped_models()[name])
+    runner = backends.get_runner(model, cfg, "torch-bf16")
+    assert runner._bf16_net() is not None
+    ref = evaluate(model, cfg, val_spread, torch.device("cpu"), amp=False)["miou"]
+    got = evaluate(model, cfg, val_spread, torch.device("cpu"), amp=False, logits_fn=runner)["miou"]
+    assert abs(100 * (got - ref)) <= backends.MAX_MIOU_DELTA, (ref, got)
