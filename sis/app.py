@@ -88,7 +88,8 @@ def get_runner(entry: catalog.Entry, backend: str | None = None):
 
 
 def backend_picker(entry: catalog.Entry, key: str) -> str:
-    """Select an inference engine for ``entry``; its fast path is preselected."""
+    """Select an inference engine for ``entry``; its fast path is preselected. The widget is keyed
+    per model (``key:model``): another model starts on its own fast path, not on the last choice."""
     ok = [b for b, why in backends.available().items() if why is None]
     default = default_backend(entry)
     checks = zoo.read_card(entry.folder).get("fast_path", {}).get("backends", {})
@@ -97,7 +98,7 @@ def backend_picker(entry: catalog.Entry, key: str) -> str:
         c = checks.get(b) or {}
         extra = f" ({c['speedup_vs_eager']:.1f}x, {c['miou_delta']:+.2f} mIoU)" if c.get("miou_delta") is not None else ""
         return b + extra + (" — fast path" if b == default else "") + (" — reference" if b == backends.REFERENCE else "")
-    return st.selectbox("Inference engine", ok, index=ok.index(default), key=key, format_func=label,
+    return st.selectbox("Inference engine", ok, index=ok.index(default), key=f"{key}:{entry.key}", format_func=label,
                         help="eager = PyTorch fp32, the reference. The fast path is the fastest engine whose "
                              "val mIoU stayed within 0.5 point of it (checked per model, in its card).")
 

@@ -145,10 +145,9 @@ def host_info() -> dict:
 
 
 def host_key() -> str:
-    """Names this machine for timings that pick an engine: hostname, CPU model, logical cores,
-    bf16 support and torch's thread count now. The same in every process on the machine."""
-    raw = "|".join(map(str, (platform.node(), cpu_model(), psutil.cpu_count(logical=True), cpu_has_bf16(),
-                             torch.get_num_threads())))
+    """Names this machine for timings that pick an engine: hostname, CPU model, logical cores and
+    bf16 support. The same in every process on the machine (the app and the CLI share it)."""
+    raw = "|".join(map(str, (platform.node(), cpu_model(), psutil.cpu_count(logical=True), cpu_has_bf16())))
     return hashlib.sha1(raw.encode()).hexdigest()[:12]
 
 

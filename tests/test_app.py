@@ -218,13 +218,31 @@ def test_segment_uses_the_fast_path_and_lets_you_pick_eager(app_env):
     card.write_text(json.dumps(c))
     at = _app("pages/segment.py")
     _select_run(at)
-    assert at.selectbox(key="seg_backend").value == "onnxruntime-int8"
+    assert at.selectbox(key="seg_backend:run:tiny").value == "onnxruntime-int8"
     assert any("on onnxruntime-int8" in c.value for c in at.caption)
     fast_miou = next(s.value for s in at.subheader if "mIoU" in s.value)
-    at.selectbox(key="seg_backend").set_value("eager").run()
+    at.selectbox(key="seg_backend:run:tiny").set_value("eager").run()
     assert not at.exception and any("on eager" in c.value for c in at.caption)
     assert next(s.value for s in at.subheader if "mIoU" in s.value)  # a result on the reference too
     assert fast_miou
+
+
+def test_segment_follows_this_hosts_engine_comparison(app_env):
+    """A comparison kept on this host outranks the card: here it timed int8 slower than eager."""
+    import json
+
+    from sis import backends, runtime, store
+    folder = app_env / "models" / "tiny"
+    c = json.loads((folder / "card.json").read_text())
+    c["fast_path"] = {"backends": {"onnxruntime-int8": {"miou_delta": -0.1, "speedup_vs_eager": 3.0}}}
+    (folder / "card.json").write_text(json.dumps(c))
+    here = {n: {"speedup_vs_eager": 0.8, "miou_delta": None} for n, why in backends.available().items() if why is None}
+    here["eager"]["speedup_vs_eager"] = 1.0
+    store.put_engines(runtime.host_key(), backends.file_key(folder), "pspnet-resnet18", here)
+    at = _app("pages/segment.py")
+    _select_run(at)
+    assert at.selectbox(key="seg_backend:run:tiny").value == "eager"
+    assert any("on eager" in c.value for c in at.caption)
 
 
 def test_segment_falls_back_to_eager_when_the_engine_fails(app_env, monkeypatch):
@@ -235,7 +253,7 @@ def test_segment_falls_back_to_eager_when_the_engine_fails(app_env, monkeypatch)
     monkeypatch.setattr(backends.GraphRunner, "prepare", broken)
     at = _app("pages/segment.py")
     _select_run(at)
-    at.selectbox(key="seg_backend").set_value("onnxruntime-int8").run()
+    at.selectbox(key="seg_backend:run:tiny").set_value("onnxruntime-int8").run()
     assert not at.exception
     assert any("no ONNX for you" in w.value and "PyTorch fp32" in w.value for w in at.warning)
     assert any("on eager" in c.value for c in at.caption)

@@ -177,15 +177,18 @@ def test_finetune_live_curve_while_another_session_segments(server, browser, tin
     from sis import catalog, report
     from sis.data import read_label
     from sis.infer import load_for_inference
-    os.environ["SIS_DATA_DIR"] = os.environ["SIS_BROWSER_DATA"]  # the server's models
+    from sis import backends, zoo
+    from sis.bench import measured_engines
+    os.environ["SIS_DATA_DIR"] = os.environ["SIS_BROWSER_DATA"]  # the server's models and engine timings
     try:
         entries = catalog.available_models()
         folder = entries[catalog.default_key(entries)].folder
         model, cfg = load_for_inference(folder)
+        # the page's engine: the card's fast path, or the one the Benchmark test's comparison kept
+        engine = backends.default_backend(zoo.read_card(folder), measured=measured_engines(folder))
     finally:
         del os.environ["SIS_DATA_DIR"]
-    from sis import backends, zoo
-    runner = backends.get_runner(model, cfg, backends.default_backend(zoo.read_card(folder)), folder=folder)
+    runner = backends.get_runner(model, cfg, engine, folder=folder)
     sample = catalog.samples()[0]  # the page's first sample, on the page's default engine
     ref = report.segment(model, cfg, Image.open(sample.image).convert("RGB"), read_label(sample.label), runner)
     assert shown == pytest.approx(100 * ref["scores"]["miou"], abs=0.051)
