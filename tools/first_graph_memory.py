@@ -11,7 +11,9 @@ sampled every 10 ms with psutil; the graph cache is an empty temporary folder.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -28,6 +30,7 @@ if __name__ == "__main__":
     ap.add_argument("--weights", type=Path, default=ROOT / "weights")
     a = ap.parse_args()
     os.environ["SIS_CACHE_DIR"] = tempfile.mkdtemp(prefix="sis-first-graph-")
+    atexit.register(shutil.rmtree, os.environ["SIS_CACHE_DIR"], True)  # the graphs are throw-away
     import psutil
     import torch
     from sis import backends, runtime, zoo
