@@ -113,6 +113,9 @@ def live():
                    + f". Saved as run:{Path(snap['out']).name}: pick it on the other pages.")
         if snap["message"]:
             st.caption(snap["message"])
+    if status in ("done", "stopped", "failed") and st.session_state.get("_ft_end_seen") != job.id:
+        st.session_state["_ft_end_seen"] = job.id
+        st.rerun()  # once, the whole page: the runs table below shows how the run ended
 
 
 live()

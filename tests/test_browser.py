@@ -195,4 +195,5 @@ def test_finetune_live_curve_while_another_session_segments(server, browser, tin
 
     page.get_by_role("button", name="Stop").click()
     page.get_by_text(re.compile(r"Run (stopped|done) after")).wait_for()
+    _idle(page)  # the page reruns once when the run ends: the runs table shows how it ended
     _shot(page, "finetune_done")
