@@ -66,6 +66,8 @@ def get_model(entry: catalog.Entry):
 def _runner(folder: str, mtime: float, backend: str):
     if backends.is_graph(backend):  # no PyTorch weights resident: loaded only to build a new graph
         return backends.get_runner(None, zoo.read_config(Path(folder)), backend, folder=Path(folder))
+    if backend == "torch-bf16":  # its own bf16 copy, the fp32 weights it was made from not kept
+        return backends.TorchBf16Runner(*load_for_inference(folder), keep_model=False)
     model, cfg = _load(folder, mtime)
     return backends.get_runner(model, cfg, backend)
 
@@ -74,11 +76,25 @@ def get_config(entry: catalog.Entry) -> zoo.ModelConfig:
     return zoo.read_config(entry.folder)
 
 
+# below this much memory the server keeps to graph engines: torch-bf16 on all four shipped models
+# peaked at 1211 MB (CUDA build, tools/app_memory.py) against 945 MB on their int8 graphs
+SMALL_HOST_MB = 2048
+
+
+def measured_engines(entry: catalog.Entry) -> dict:
+    """This host's kept engine comparison for ``entry`` ({} if none). On a small host (under
+    SMALL_HOST_MB, e.g. a hosted instance's 1 GB) only engines that need no PyTorch model compete."""
+    from .bench import measured_engines as kept
+    here = kept(entry.folder) or {}
+    if here and runtime.memory_limit_bytes() < SMALL_HOST_MB * 2**20:
+        here = {n: r for n, r in here.items() if n == backends.REFERENCE or backends.is_graph(n)}
+    return here
+
+
 def default_backend(entry: catalog.Entry) -> str:
     """The model's fast path: the fastest available backend that passed its accuracy check, by
     this host's own engine comparison where the Benchmark page (or the CLI) kept one, else by the card."""
-    from .bench import measured_engines
-    return backends.default_backend(zoo.read_card(entry.folder), measured=measured_engines(entry.folder))
+    return backends.default_backend(zoo.read_card(entry.folder), measured=measured_engines(entry))
 
 
 def get_runner(entry: catalog.Entry, backend: str | None = None):
@@ -91,12 +107,16 @@ def backend_picker(entry: catalog.Entry, key: str) -> str:
     """Select an inference engine for ``entry``; its fast path is preselected. The widget is keyed
     per model (``key:model``): another model starts on its own fast path, not on the last choice."""
     ok = [b for b, why in backends.available().items() if why is None]
-    default = default_backend(entry)
-    checks = zoo.read_card(entry.folder).get("fast_path", {}).get("backends", {})
+    card, here = zoo.read_card(entry.folder), measured_engines(entry)
+    default = backends.default_backend(card, measured=here)
+    checks = card.get("fast_path", {}).get("backends", {})
 
     def label(b: str) -> str:
-        c = checks.get(b) or {}
-        extra = f" ({c['speedup_vs_eager']:.1f}x, {c['miou_delta']:+.2f} mIoU)" if c.get("miou_delta") is not None else ""
+        c, m = checks.get(b) or {}, here.get(b) or {}
+        speed = f"{m['speedup_vs_eager']:.1f}x here" if m else \
+            f"{c['speedup_vs_eager']:.1f}x" if c.get("speedup_vs_eager") is not None else None
+        delta = m.get("miou_delta") if m.get("miou_delta") is not None else c.get("miou_delta")
+        extra = f" ({speed}, {delta:+.2f} mIoU)" if speed and delta is not None else ""
         return b + extra + (" — fast path" if b == default else "") + (" — reference" if b == backends.REFERENCE else "")
     return st.selectbox("Inference engine", ok, index=ok.index(default), key=f"{key}:{entry.key}", format_func=label,
                         help="eager = PyTorch fp32, the reference. The fast path is the fastest engine whose "

@@ -459,15 +459,19 @@ class TorchBf16Runner(Runner):
     On CUDA: AMP autocast over the shared model."""
     name = "torch-bf16"
 
-    def __init__(self, model: torch.nn.Module, cfg: ModelConfig):
+    def __init__(self, model: torch.nn.Module, cfg: ModelConfig, keep_model: bool = True):
+        """``keep_model=False``: the runner owns ``model`` and drops it once its bf16 copy is
+        built (the app: half the weights' memory)."""
         super().__init__(model, cfg)
+        self._cpu = next(model.parameters()).device.type == "cpu"
+        self._keep = keep_model
         self._net: torch.nn.Module | None = None
         self._lock = threading.Lock()
 
     def _bf16_net(self) -> torch.nn.Module | None:
         """The folded bf16 copy (built once), or None to use autocast (CUDA, or a model whose
         folded copy does not match the original in fp32)."""
-        if next(self.model.parameters()).device.type != "cpu":
+        if not self._cpu:
             return None
         with self._lock:
             if self._net is None:
@@ -476,8 +480,12 @@ class TorchBf16Runner(Runner):
                 with torch.inference_mode():
                     ref = forward_logits(self.model, self.cfg, x, amp=False)
                     got = forward_logits(folded, self.cfg, x, amp=False)
-                ok = (got - ref).abs().max() <= 1e-3 * max(1.0, float(ref.abs().max()))
-                self._net = folded.to(torch.bfloat16).to(memory_format=torch.channels_last) if ok else self.model
+                if (got - ref).abs().max() <= 1e-3 * max(1.0, float(ref.abs().max())):
+                    self._net = folded.to(torch.bfloat16).to(memory_format=torch.channels_last)
+                    if not self._keep:
+                        self.model = None
+                else:
+                    self._net = self.model
         return None if self._net is self.model else self._net
 
     def prepare(self, size):

@@ -151,6 +151,23 @@ def host_key() -> str:
     return hashlib.sha1(raw.encode()).hexdigest()[:12]
 
 
+def memory_limit_bytes() -> int:
+    """The memory this process may use: the machine's RAM, or a smaller cgroup limit (a container
+    or a hosted instance, which psutil's total does not show). ``SIS_MEMORY_LIMIT_MB`` overrides."""
+    if os.environ.get("SIS_MEMORY_LIMIT_MB"):
+        return int(float(os.environ["SIS_MEMORY_LIMIT_MB"]) * 2**20)
+    limit = psutil.virtual_memory().total
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            limit = min(limit, int(text))
+    return limit
+
+
 def rss_bytes() -> int:
     return psutil.Process(os.getpid()).memory_info().rss
 

@@ -1,6 +1,7 @@
 """Page logic with Streamlit's AppTest (fragments don't run here: the browser test covers the live curve)."""
 import ast
 import io
+import json
 import shutil
 from pathlib import Path
 
@@ -243,6 +244,26 @@ def test_segment_follows_this_hosts_engine_comparison(app_env):
     _select_run(at)
     assert at.selectbox(key="seg_backend:run:tiny").value == "eager"
     assert any("on eager" in c.value for c in at.caption)
+    labels = at.selectbox(key="seg_backend:run:tiny").options  # the speeds shown are this host's
+    assert "onnxruntime-int8 (0.8x here, -0.10 mIoU)" in labels and "eager — fast path — reference" in labels
+
+
+def test_small_hosts_keep_to_graph_engines(app_env, monkeypatch):
+    """A kept comparison where torch-bf16 won does not make a 1 GB server load PyTorch models."""
+    from sis import app, backends, catalog, runtime, store
+    entry = catalog.available_models()["run:tiny"]
+    c = json.loads((entry.folder / "card.json").read_text())
+    c["fast_path"] = {"backends": {n: {"miou_delta": 0.0, "speedup_vs_eager": 1.5} for n in backends.BACKENDS}}
+    (entry.folder / "card.json").write_text(json.dumps(c))
+    here = {n: {"speedup_vs_eager": s, "miou_delta": None}
+            for n, s in (("eager", 1.0), ("torch-bf16", 5.0), ("onnxruntime", 1.2), ("onnxruntime-int8", 2.0))}
+    store.put_engines(runtime.host_key(), backends.file_key(entry.folder), "pspnet-resnet18", here)
+    monkeypatch.setattr(backends, "unavailable_reason", lambda name, device="cpu": None)  # any host
+    monkeypatch.setenv("SIS_MEMORY_LIMIT_MB", "1024")
+    assert set(app.measured_engines(entry)) == {"eager", "onnxruntime", "onnxruntime-int8"}
+    assert app.default_backend(entry) == "onnxruntime-int8"
+    monkeypatch.setenv("SIS_MEMORY_LIMIT_MB", "16384")
+    assert app.default_backend(entry) == "torch-bf16"
 
 
 def test_segment_falls_back_to_eager_when_the_engine_fails(app_env, monkeypatch):

@@ -357,3 +357,16 @@ def test_bf16_path_keeps_val_miou_on_real_frames(name, val_spread):
     ref = evaluate(model, cfg, val_spread, torch.device("cpu"), amp=False)["miou"]
     got = evaluate(model, cfg, val_spread, torch.device("cpu"), amp=False, logits_fn=runner)["miou"]
     assert abs(100 * (got - ref)) <= backends.MAX_MIOU_DELTA, (ref, got)
+
+
+def test_bf16_runner_can_own_and_drop_the_fp32_model():
+    """The app's bf16 runner keeps only its folded bf16 copy: same logits, no fp32 weights held."""
+    torch.manual_seed(0)
+    model, cfg = zoo.create_model("pspnet-resnet18")
+    model.eval()
+    x = torch.randint(0, 256, (1, 3, 64, 96), dtype=torch.uint8)
+    shared = backends.TorchBf16Runner(model, cfg)
+    owner = backends.TorchBf16Runner(copy.deepcopy(model), cfg, keep_model=False)
+    a, b = shared(x), owner(x)
+    assert owner.model is None and shared.model is model
+    assert torch.equal(a, b) and a.dtype == torch.float32 and a.shape == (1, 11, 64, 96)

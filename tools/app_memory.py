@@ -1,6 +1,9 @@
 """Peak RSS of the app server with every shipped model loaded and one inference on each.
 
-    python tools/app_memory.py
+    python tools/app_memory.py [DATA_DIR]
+
+DATA_DIR: the app's data folder to start on (default: a fresh one, as on a first start); e.g. a
+copy of one holding this host's engine comparisons, to measure the engines they pick.
 
 Starts `streamlit run` on 127.0.0.1, opens the Compare page in Chromium (which runs every
 shipped model on one frame) and the Segment page, samples the server's RSS every 100 ms
@@ -29,7 +32,7 @@ with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
 LOG = Path(tempfile.gettempdir()) / "sis_app_memory.log"  # the server's output, if a page fails
-env = dict(os.environ, SIS_DATA_DIR=tempfile.mkdtemp(), SIS_OFFLINE="1")
+env = dict(os.environ, SIS_DATA_DIR=sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(), SIS_OFFLINE="1")
 proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
                          "--server.address", "127.0.0.1"], cwd=ROOT, env=env, stdout=open(LOG, "w"),
                         stderr=subprocess.STDOUT)
