@@ -6,7 +6,7 @@ import time
 import streamlit as st
 
 from sis import app, catalog, charts, store, zoo
-from sis.bench import bench, compare_backends, record_engines
+from sis.bench import KEEP_MIN_ROUNDS, bench, compare_backends, record_engines
 from sis.runtime import cuda_unavailable_reason, host_info
 
 app.ensure_router(__file__)
@@ -110,8 +110,8 @@ if entries:
             st.success(f"Kept for this host: {res['model']} now runs on **{res['default']}** by default here "
                        "(the fastest engine within 0.5 point of eager's val mIoU on its card).")
         else:
-            st.caption("Not kept: only a comparison at the model's base size (360x480 for the shipped models) "
-                       "picks this host's default engine.")
+            st.caption(f"Not kept: only a comparison at the model's base size (360x480 for the shipped models) "
+                       f"over at least {KEEP_MIN_ROUNDS} rounds picks this host's default engine.")
         cl = res.get("channels_last_fp32")
         if cl:
             st.caption(f"Yardstick, same rounds: eager fp32 with channels_last took {cl['median_ms']:.1f} ms "

@@ -281,7 +281,7 @@ def _emit(a, res: dict) -> bool:
 
 
 def _bench_backends(a) -> int:
-    from .bench import compare_backends, record_engines
+    from .bench import KEEP_MIN_ROUNDS, compare_backends, record_engines
     a.size = a.size or (360, 480)
     res = compare_backends(a.model, a.data, a.backends.split(",") if a.backends else None, a.size,
                            a.warmup, a.repeats or 10, a.val_limit,
@@ -302,7 +302,8 @@ def _bench_backends(a) -> int:
               f"({cl['speedup_vs_eager']:.2f}x) in the same rounds")
         print(f"default fast path here: {res['default']} (accuracy gate: within {res['max_miou_delta']} point)" +
               (": kept, the app and `predict` use it on this host" if res["kept_for_this_host"] else
-               " (not kept: only a comparison of every engine at the model's base size picks the default)"))
+               " (not kept: only a comparison of every engine at the model's base size, over at least "
+               f"{KEEP_MIN_ROUNDS} rounds, picks the default)"))
     return 0
 
 

@@ -192,14 +192,18 @@ def compare_backends(model: str, data: str | None = None, backends: list[str] | 
             "host": host_info(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
 
+KEEP_MIN_ROUNDS = 5  # a comparison of fewer rounds is too noisy to pick a host's default engine
+
+
 def record_engines(res: dict) -> bool:
     """Keep a ``compare_backends`` result as this host's engine timing for the model's weights
     (SQLite, the app's data folder); ``default_backend`` then prefers it to the card's. Only a
     comparison at the model's base size counts (every CamVid frame, every 4:3 photo), with
-    every engine available here timed; returns whether it was kept."""
+    every engine available here timed over at least KEEP_MIN_ROUNDS rounds (two rounds on a busy
+    machine ranked int8 first where twenty ranked bf16 first); returns whether it was kept."""
     from . import backends as B, store
     folder = Path(res["folder"])
-    if list(res["size"]) != list(zoo.read_config(folder).base_size) or \
+    if list(res["size"]) != list(zoo.read_config(folder).base_size) or res["repeats"] < KEEP_MIN_ROUNDS or \
             set(res["backends"]) != {n for n, why in B.available("cpu").items() if why is None}:
         return False
     store.put_engines(res["host"]["host_key"], B.file_key(folder), res["model"], res["backends"])

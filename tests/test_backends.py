@@ -299,9 +299,10 @@ def test_record_engines_keeps_full_base_size_comparisons(tiny_model, tmp_path, m
     here = [n for n, why in backends.available().items() if why is None]
     timed = {n: {"median_ms": 10.0 + i, "speedup_vs_eager": 1.0 + i, "miou_delta": 0.0} for i, n in enumerate(here)}
     res = {"folder": str(tiny_model), "model": "pspnet-resnet18", "size": [360, 480], "backends": timed,
-           "host": {"host_key": runtime.host_key()}}
+           "repeats": 5, "host": {"host_key": runtime.host_key()}}
     assert measured_engines(tiny_model) is None
     assert not record_engines(dict(res, size=[240, 320]))  # another size: its ranking may differ
+    assert not record_engines(dict(res, repeats=2))  # too few rounds to rank engines
     assert not record_engines(dict(res, backends={"eager": timed["eager"]}))  # not every engine timed
     assert measured_engines(tiny_model) is None
     assert record_engines(res) and measured_engines(tiny_model) == timed
