@@ -1,6 +1,6 @@
 import streamlit as st
 
-from sis import app, catalog, charts, report
+from sis import app, catalog, charts
 from sis.classes import CAMVID
 
 app.ensure_router(__file__)
@@ -42,12 +42,12 @@ elif image is not None:
     app.legend(CAMVID)
 
 st.subheader("Dashboard")
-rows = report.dashboard_rows(entries)
+rows = app.dashboard_rows(entries)
 st.dataframe([{"model": r["model"], "val mIoU %": r["val_miou"] and round(100 * r["val_miou"], 1),
                "pixel acc %": r["pixel_acc"] and round(100 * r["pixel_acc"], 1), "params (M)": round(r["params_m"], 1),
                "GFLOPs": round(r["gflops"], 1), "CPU ms (360x480)": r["cpu_ms"] and round(r["cpu_ms"]),
                "fast path ms": r["fast_ms"] and round(r["fast_ms"]), "fast path": r["fast_backend"],
-               "epochs": r["epochs"]} for r in rows], hide_index=True, width="stretch")
+               "timed": r["fast_timed"], "epochs": r["epochs"]} for r in rows], hide_index=True, width="stretch")
 with_iou = [r for r in rows if r["per_class_iou"]]
 if with_iou:
     st.plotly_chart(charts.iou_heatmap(with_iou, CAMVID), width="stretch")

@@ -1,6 +1,6 @@
 import streamlit as st
 
-from sis import app, catalog, report
+from sis import app, catalog
 from sis.classes import CAMVID
 
 app.ensure_router(__file__)
@@ -17,7 +17,7 @@ c3.page_link("pages/finetune.py", label="Fine-tune live", icon=":material/model_
 c4.page_link("pages/benchmark.py", label="Benchmark this host", icon=":material/speed:")
 
 st.subheader("Model zoo")
-rows = report.dashboard_rows(catalog.available_models())
+rows = app.dashboard_rows(catalog.available_models())
 if rows:
     st.dataframe(
         [{"model": r["model"], "paper pair": r["paper"] or "", "val mIoU %": None if r["val_miou"] is None
@@ -25,7 +25,8 @@ if rows:
           else round(100 * r["pixel_acc"], 1), "params (M)": round(r["params_m"], 1),
           "GFLOPs @360x480": round(r["gflops"], 1),
           "CPU ms (fast path)": None if r["fast_ms"] is None else round(r["fast_ms"]),
-          "fast path": r["fast_backend"], "epochs": r["epochs"], "encoder init": r["init"]}
+          "fast path": r["fast_backend"], "timed": r["fast_timed"], "epochs": r["epochs"],
+          "encoder init": r["init"]}
          for r in rows], hide_index=True, width="stretch")
     st.caption("Validation figures on CamVid val (101 frames, void ignored). The test split is held out; "
                "expect test mIoU several points lower.")

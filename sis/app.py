@@ -91,6 +91,12 @@ def measured_engines(entry: catalog.Entry) -> dict:
     return here
 
 
+def dashboard_rows(entries: dict[str, catalog.Entry]) -> list[dict]:
+    """report.dashboard_rows with this host's kept engine comparisons."""
+    from . import report
+    return report.dashboard_rows(entries, {k: measured_engines(e) for k, e in entries.items()})
+
+
 def default_backend(entry: catalog.Entry) -> str:
     """The model's fast path: the fastest available backend that passed its accuracy check, by
     this host's own engine comparison where the Benchmark page (or the CLI) kept one, else by the card."""

@@ -81,21 +81,28 @@ def disagreement(label_maps: list[np.ndarray]) -> tuple[np.ndarray, float]:
     return colormap((distinct - 1) / max(len(stack) - 1, 1)), frac
 
 
-def dashboard_rows(entries: dict) -> list[dict]:
-    """One row per available model, from its card (metrics) and the registry (size)."""
+def dashboard_rows(entries: dict, measured: dict[str, dict] | None = None) -> list[dict]:
+    """One row per available model, from its card (metrics) and the registry (size).
+
+    ``measured``: key -> this host's kept engine comparison (app.measured_engines); where there is
+    one, the fast path and its time are this host's ("fast_timed": "this host"), else the card's."""
+    from .backends import default_backend
     rows = []
     for key, e in entries.items():
         cfg, card = zoo.read_config(e.folder), zoo.read_card(e.folder)
         c = card.get("complexity") or zoo.config_complexity(cfg)  # the card's: no model build (smp import)
         val = card.get("val") or {}
-        fast = card.get("fast_path") or {}
+        here = (measured or {}).get(key)
+        fast = {"default": default_backend(card, measured=here), "backends": here} if here else \
+            card.get("fast_path") or {}
         fast_b = (fast.get("backends") or {}).get(fast.get("default"), {})
         rows.append({"model": key, "arch": cfg.arch, "encoder": cfg.encoder, "paper": zoo.MODELS[cfg.name].paper,
                      "val_miou": val.get("miou"), "pixel_acc": val.get("pixel_acc"),
                      "per_class_iou": val.get("per_class_iou", {}), "params_m": c["params"] / 1e6,
                      "gflops": c["gflops"], "cpu_ms": (card.get("latency") or {}).get("median_ms"),
                      "epochs": card.get("epochs_run"), "history": card.get("history", []),
-                     "init": cfg.init, "fast_backend": fast.get("default"), "fast_ms": fast_b.get("median_ms")})
+                     "init": cfg.init, "fast_backend": fast.get("default"), "fast_ms": fast_b.get("median_ms"),
+                     "fast_timed": "this host" if here else "when shipped" if fast else None})
     return rows
 
 

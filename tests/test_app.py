@@ -248,6 +248,25 @@ def test_segment_follows_this_hosts_engine_comparison(app_env):
     assert "onnxruntime-int8 (0.8x here, -0.10 mIoU)" in labels and "eager — fast path — reference" in labels
 
 
+def test_zoo_table_shows_this_hosts_fast_path(app_env):
+    from sis import backends, runtime, store
+    folder = app_env / "models" / "tiny"
+    c = json.loads((folder / "card.json").read_text())
+    c["fast_path"] = {"default": "onnxruntime-int8",
+                      "backends": {"onnxruntime-int8": {"miou_delta": -0.1, "speedup_vs_eager": 3.0, "median_ms": 30.0}}}
+    (folder / "card.json").write_text(json.dumps(c))
+    at = _app()
+    row = at.dataframe[0].value.set_index("model").loc["run:tiny"]
+    assert row["fast path"] == "onnxruntime-int8" and row["CPU ms (fast path)"] == 30 and row["timed"] == "when shipped"
+    here = {n: {"speedup_vs_eager": 0.5, "median_ms": 200.0, "miou_delta": None}
+            for n, why in backends.available().items() if why is None}
+    here["eager"] = {"speedup_vs_eager": 1.0, "median_ms": 100.0, "miou_delta": 0.0}
+    store.put_engines(runtime.host_key(), backends.file_key(folder), "pspnet-resnet18", here)
+    at = _app()
+    row = at.dataframe[0].value.set_index("model").loc["run:tiny"]
+    assert row["fast path"] == "eager" and row["CPU ms (fast path)"] == 100 and row["timed"] == "this host"
+
+
 def test_small_hosts_keep_to_graph_engines(app_env, monkeypatch):
     """A kept comparison where torch-bf16 won does not make a 1 GB server load PyTorch models."""
     from sis import app, backends, catalog, runtime, store
