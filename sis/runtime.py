@@ -144,9 +144,11 @@ def host_info() -> dict:
     }
 
 
+@lru_cache(maxsize=1)
 def host_key() -> str:
     """Names this machine for timings that pick an engine: hostname, CPU model, logical cores and
-    bf16 support. The same in every process on the machine (the app and the CLI share it)."""
+    bf16 support. The same in every process on the machine (the app and the CLI share it);
+    computed once per process (the app asks on every rerun)."""
     raw = "|".join(map(str, (platform.node(), cpu_model(), psutil.cpu_count(logical=True), cpu_has_bf16())))
     return hashlib.sha1(raw.encode()).hexdigest()[:12]
 
