@@ -115,14 +115,11 @@ def backend_picker(entry: catalog.Entry, key: str) -> str:
     ok = [b for b, why in backends.available().items() if why is None]
     card, here = zoo.read_card(entry.folder), measured_engines(entry)
     default = backends.default_backend(card, measured=here)
-    checks = card.get("fast_path", {}).get("backends", {})
 
     def label(b: str) -> str:
-        c, m = checks.get(b) or {}, here.get(b) or {}
-        speed = f"{m['speedup_vs_eager']:.1f}x here" if m else \
-            f"{c['speedup_vs_eager']:.1f}x" if c.get("speedup_vs_eager") is not None else None
-        delta = m.get("miou_delta") if m.get("miou_delta") is not None else c.get("miou_delta")
-        extra = f" ({speed}, {delta:+.2f} mIoU)" if speed and delta is not None else ""
+        speed, delta, timed_here = backends.engine_figures(card, here, b)
+        extra = f" ({speed:.1f}x{' here' if timed_here else ''}, {delta:+.2f} mIoU)" \
+            if speed is not None and delta is not None else ""
         return b + extra + (" — fast path" if b == default else "") + (" — reference" if b == backends.REFERENCE else "")
     return st.selectbox("Inference engine", ok, index=ok.index(default), key=f"{key}:{entry.key}", format_func=label,
                         help="eager = PyTorch fp32, the reference. The fast path is the fastest engine whose "

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .evaluate import forward_logits, pad_to_stride
+from .evaluate import forward_logits
 from .files import atomic_write, partial, remove
 from . import zoo
 from .runtime import amp_dtype, cpu_bf16_forced, cpu_bf16_speedup, release_memory
@@ -109,21 +109,28 @@ def default_backend(card: dict | None = None, device: str = "cpu", measured: dic
     not faster on every CPU that has bf16 instructions (0.64x at inference on one here without
     AMX). On CUDA, bf16 autocast is the default unless its check failed.
     """
-    checks = (card or {}).get("fast_path", {}).get("backends", {})
     usable = [n for n in FAST_ORDER if n != REFERENCE and unavailable_reason(n, device) is None]
     if measured:
         usable = [n for n in usable if n in measured]
     best, best_speed = REFERENCE, 1.0
     for name in usable:
-        c, m = checks.get(name) or {}, (measured or {}).get(name) or {}
-        delta = m["miou_delta"] if m.get("miou_delta") is not None else c.get("miou_delta")
-        speed = (m if measured else c).get("speedup_vs_eager")
+        speed, delta, _ = engine_figures(card, measured, name)
         if delta is not None and abs(delta) <= MAX_MIOU_DELTA and speed is not None and speed > best_speed:
             best, best_speed = name, speed
     if best == REFERENCE and device.startswith("cuda") and "torch-bf16" in usable \
-            and (checks.get("torch-bf16") or {}).get("miou_delta") is None:
+            and engine_figures(card, None, "torch-bf16")[1] is None:
         return "torch-bf16"
     return best
+
+
+def engine_figures(card: dict | None, measured: dict | None, name: str) -> tuple[float | None, float | None, bool]:
+    """(speed-up over eager, val mIoU delta, timed here) of engine ``name``: the speed from this
+    host's comparison (``measured``) where it timed the engine, else the card's; the delta from
+    this host's run where it had val frames, else the card's."""
+    c = ((card or {}).get("fast_path", {}).get("backends", {})).get(name) or {}
+    m = (measured or {}).get(name) or {}
+    delta = m["miou_delta"] if m.get("miou_delta") is not None else c.get("miou_delta")
+    return (m or c).get("speedup_vs_eager"), delta, bool(m)
 
 
 def cache_dir() -> Path:
@@ -452,6 +459,17 @@ def fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
     return net
 
 
+class _Bf16Input(torch.nn.Module):
+    """``net`` (bf16 weights) on its input cast to bf16: forward_logits can run it as any model."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x.to(torch.bfloat16))
+
+
 class TorchBf16Runner(Runner):
     """bf16 inference. On a CPU: a copy of the model with BatchNorm folded into the convs,
     weights and activations in bf16, channels_last: no autocast casts around every op and no
@@ -465,6 +483,7 @@ class TorchBf16Runner(Runner):
         super().__init__(model, cfg)
         self._cpu = next(model.parameters()).device.type == "cpu"
         self._keep = keep_model
+        self._checked = False  # the fold has been built and checked (on a CPU)
         self._net: torch.nn.Module | None = None
         self._lock = threading.Lock()
 
@@ -474,31 +493,26 @@ class TorchBf16Runner(Runner):
         if not self._cpu:
             return None
         with self._lock:
-            if self._net is None:
+            if not self._checked:
                 folded = fold_batchnorm(self.model)
                 x = torch.randint(0, 256, (1, 3, 64, 96), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
                 with torch.inference_mode():
                     ref = forward_logits(self.model, self.cfg, x, amp=False)
                     got = forward_logits(folded, self.cfg, x, amp=False)
                 if (got - ref).abs().max() <= 1e-3 * max(1.0, float(ref.abs().max())):
-                    self._net = folded.to(torch.bfloat16).to(memory_format=torch.channels_last)
+                    self._net = _Bf16Input(folded.to(torch.bfloat16).to(memory_format=torch.channels_last))
                     if not self._keep:
                         self.model = None
-                else:
-                    self._net = self.model
-        return None if self._net is self.model else self._net
+                self._checked = True
+        return self._net
 
     def prepare(self, size):
         self._bf16_net()
 
     def __call__(self, images):
         net = self._bf16_net()
-        with torch.inference_mode():
-            if net is None:
-                return forward_logits(self.model, self.cfg, images, amp=True)
-            x, (h, w) = pad_to_stride(zoo.normalize(images, self.cfg), self.cfg.input_stride)
-            out = net(x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last))
-            return out[..., :h, :w].float()
+        with torch.inference_mode():  # normalise, pad, channels_last and crop as every runner does
+            return forward_logits(self.model if net is None else net, self.cfg, images, amp=net is None)
 
 
 class GraphRunner(Runner):

@@ -25,7 +25,7 @@ from . import zoo
 from .augment import SegDataset, build_augment
 from .data import class_weights, load_classes, load_split
 from .evaluate import evaluate, pad_to_stride
-from .files import partial
+from .files import partial, remove
 from .runtime import amp_dtype, autocast, host_info, pick_device
 
 
@@ -176,10 +176,7 @@ def _save_checkpoint(folder: Path, model, optimizer, meta: dict) -> None:
     if folder.exists():
         os.replace(folder, old)
     os.replace(tmp, folder)
-    if old.exists():
-        for p in old.iterdir():
-            p.unlink()
-        old.rmdir()
+    remove(old)
 
 
 def _load_checkpoint(folder: Path, model, optimizer, cfg: zoo.ModelConfig) -> dict:

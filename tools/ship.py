@@ -80,8 +80,6 @@ def ship(run: Path, data: str, train_note: str | None = None) -> dict:
                 encoder_init_note="random init: ImageNet weights cannot be downloaded on the training machine")
     # int8 activation ranges, calibrated once on the 16 shipped train frames, ship with the weights
     (dest / backends.RANGES_FILE).unlink(missing_ok=True)
-    for old in dest.glob("graph-*.onnx"):
-        old.unlink()
     size = tuple(scfg.base_size)
     runner = backends.get_runner(None, scfg, "onnxruntime-int8", folder=dest)
     runner.prepare(size)
