@@ -30,28 +30,29 @@ if len(chosen) < 2:
     st.info("Pick at least two models to compare.")
 elif image is not None:
     res = app.compare_models([entries[k] for k in chosen], image)
-    if res.get("note"):
-        st.warning(res["note"])
-    cols = st.columns(len(res["results"]) + 1)
-    cols[0].image(res["image"], caption="Image", width="stretch")
-    for col, r in zip(cols[1:], res["results"]):
-        col.image(r["mask"], caption=f"{r['name']} · {r['ms']:.0f} ms on {r['backend']}", width="stretch")
+    if res.note:
+        st.warning(res.note)
+    cols = st.columns(len(res.results) + 1)
+    cols[0].image(res.image, caption="Image", width="stretch")
+    for col, r in zip(cols[1:], res.results):
+        col.image(r.mask, caption=f"{r.name} · {r.ms:.0f} ms on {r.engine}", width="stretch")
     d1, d2 = st.columns([1, 2])
-    d1.image(res["disagreement"], caption="Disagreement: dark = all agree, bright = all differ", width="stretch")
-    d2.metric("Pixels where the models disagree", f"{100 * res['disagree_frac']:.1f}%")
+    d1.image(res.disagreement, caption="Disagreement: dark = all agree, bright = all differ", width="stretch")
+    d2.metric("Pixels where the models disagree", f"{100 * res.disagree_frac:.1f}%")
     app.legend(CAMVID)
 
 st.subheader("Dashboard")
 rows = app.dashboard_rows(entries)
-st.dataframe([{"model": r["model"], "val mIoU %": r["val_miou"] and round(100 * r["val_miou"], 1),
-               "pixel acc %": r["pixel_acc"] and round(100 * r["pixel_acc"], 1), "params (M)": round(r["params_m"], 1),
-               "GFLOPs": round(r["gflops"], 1), "CPU ms (360x480)": r["cpu_ms"] and round(r["cpu_ms"]),
-               "fast path ms": r["fast_ms"] and round(r["fast_ms"]), "fast path": r["fast_backend"],
-               "timed": r["fast_timed"], "epochs": r["epochs"]} for r in rows], hide_index=True, width="stretch")
-with_iou = [r for r in rows if r["per_class_iou"]]
+st.dataframe([{"model": r.model, "val mIoU %": r.val_miou and round(100 * r.val_miou, 1),
+               "pixel acc %": r.pixel_acc and round(100 * r.pixel_acc, 1),
+               "params (M)": r.params_m and round(r.params_m, 1), "GFLOPs": r.gflops and round(r.gflops, 1),
+               "eager fp32 ms (360x480)": r.cpu_ms and round(r.cpu_ms), "engine": r.engine,
+               "engine ms": r.engine_ms and round(r.engine_ms), "timed": r.engine_timed, "epochs": r.epochs}
+              for r in rows], hide_index=True, width="stretch")
+with_iou = [r for r in rows if r.per_class_iou]
 if with_iou:
     st.plotly_chart(charts.iou_heatmap(with_iou, CAMVID), width="stretch")
-with_hist = [r for r in rows if r["history"]]
+with_hist = [r for r in rows if r.history]
 if with_hist:
     st.plotly_chart(charts.training_curves(with_hist), width="stretch")
     st.caption("Per-epoch curves from each model's card: training loss, pixel accuracy (solid: training batches, "

@@ -21,25 +21,26 @@ st.caption(f"Runs in a separate process on a copy of the model. Limits on this s
 with st.form("ft_form"):
     c1, c2 = st.columns(2)
     names = list(entries) or list(zoo.PAPER_MODELS)
-    key = c1.selectbox("Model", names, index=names.index(catalog.default_key(entries)) if entries else 0)
+    key = c1.selectbox("Model", names, index=names.index(catalog.default_key(entries)) if entries else 0,
+                       key="ft_model")
     init = c2.radio("Start from", ["shipped weights", "ImageNet encoder (needs internet)", "random"],
                     horizontal=True, index=0 if entries else 2)
     d1, d2 = st.columns(2)
     default_data = catalog.SAMPLES_DIR.parents[2] / "shared" / "camvid"
     folder = d1.text_input("Dataset folder on the server (SegNet layout)",
-                           str(default_data) if default_data.is_dir() else "")
-    zipped = d2.file_uploader(f"...or a zip in that layout ({app.MAX_UPLOAD_MB} MB)", type=["zip"])
+                           str(default_data) if default_data.is_dir() else "", key="ft_folder")
+    zipped = d2.file_uploader(f"...or a zip in that layout ({app.MAX_UPLOAD_MB} MB)", type=["zip"], key="ft_zip")
     e1, e2, e3, e4 = st.columns(4)
     unit = e1.radio("Length in", ["steps", "epochs"], horizontal=True)
-    length = e2.number_input("How many", 1, lim.max_steps, 20)
+    length = e2.number_input("How many", 1, lim.max_steps, 20, key="ft_length")
     batch = e3.number_input("Batch size", 1, 16, 4)
     lr = e4.number_input("Learning rate", 1e-6, 1e-1, 2e-4, format="%.0e")
     f1, f2, f3, f4 = st.columns(4)
     flips = f1.checkbox("Flips (horizontal + vertical)", True)
     freeze = f2.checkbox("Freeze encoder", False)
     frames = f3.number_input("Training frames", 2, lim.max_train_frames, 48)
-    crop = f4.selectbox("Crop", ["192x256", "256x320", "360x480 (full)"])
-    started = st.form_submit_button("Start", type="primary")
+    crop = f4.selectbox("Crop", ["192x256", "256x320", "360x480 (full)"], key="ft_crop")
+    started = st.form_submit_button("Start", type="primary", key="ft_start")
 
 if started:
     try:
@@ -77,9 +78,9 @@ if started:
     except (jobs.JobError, DatasetError) as e:
         st.error(str(e))
 
-job = manager.for_session(sid)
+job = manager.for_session(sid, "train")
 b1, b2 = st.columns([1, 5])
-if b1.button("Stop", disabled=job is None):
+if b1.button("Stop", disabled=job is None, key="ft_stop"):
     if job is not None and manager.stop(job.id):
         st.toast("Stopping after the current batch...")
     else:
@@ -88,7 +89,7 @@ if b1.button("Stop", disabled=job is None):
 
 @st.fragment(run_every=1.0)
 def live():
-    job = manager.for_session(sid)
+    job = manager.for_session(sid, "train")
     if job is None:
         st.info("No fine-tuning job in this session yet.")
         return

@@ -1,6 +1,6 @@
 import streamlit as st
 
-from sis import app, catalog
+from sis import app, catalog, report
 from sis.classes import CAMVID
 
 app.ensure_router(__file__)
@@ -16,20 +16,40 @@ c2.page_link("pages/compare.py", label="Compare models", icon=":material/compare
 c3.page_link("pages/finetune.py", label="Fine-tune live", icon=":material/model_training:")
 c4.page_link("pages/benchmark.py", label="Benchmark this host", icon=":material/speed:")
 
+entries = catalog.available_models()
+gallery = catalog.samples()
+key = catalog.default_key(entries)
+if key and gallery:
+    entry, sample = entries[key], gallery[0]
+    res = app.segment_cached(entry, f"sample:{sample.name}", app.load_image(sample.image).image, slot="home")
+    a, b = st.columns(2)
+    a.image(res.image, caption="A CamVid val frame", width="stretch")
+    b.image(report.paint(res, CAMVID, 0.55), width="stretch",
+            caption=f"{key}, the default model, on {res.engine}: {res.ms:.0f} ms on this host")
+    app.legend(CAMVID, res.share)
+
+rows = app.dashboard_rows(entries)
+paper = [r for r in rows if r.paper and entries[r.model].shipped]
+if paper:
+    st.subheader("The paper's four pairs")
+    for col, r in zip(st.columns(len(paper)), paper):
+        col.metric(r.paper, "-" if r.val_miou is None else f"{100 * r.val_miou:.1f}% mIoU",
+                   help=f"{r.model}: CamVid val, 101 frames, void ignored")
+        col.caption(f"{r.model} · {r.engine}" + (f" {r.engine_ms:.0f} ms" if r.engine_ms else ""))
+
 st.subheader("Model zoo")
-rows = app.dashboard_rows(catalog.available_models())
 if rows:
     st.dataframe(
-        [{"model": r["model"], "paper pair": r["paper"] or "", "val mIoU %": None if r["val_miou"] is None
-          else round(100 * r["val_miou"], 1), "pixel acc %": None if r["pixel_acc"] is None
-          else round(100 * r["pixel_acc"], 1), "params (M)": round(r["params_m"], 1),
-          "GFLOPs @360x480": round(r["gflops"], 1),
-          "CPU ms (fast path)": None if r["fast_ms"] is None else round(r["fast_ms"]),
-          "fast path": r["fast_backend"], "timed": r["fast_timed"], "epochs": r["epochs"],
-          "encoder init": r["init"]}
+        [{"model": r.model, "paper pair": r.paper or "", "val mIoU %": None if r.val_miou is None
+          else round(100 * r.val_miou, 1), "pixel acc %": None if r.pixel_acc is None
+          else round(100 * r.pixel_acc, 1), "params (M)": r.params_m and round(r.params_m, 1),
+          "GFLOPs @360x480": r.gflops and round(r.gflops, 1), "engine here": r.engine,
+          "engine ms": None if r.engine_ms is None else round(r.engine_ms), "timed": r.engine_timed,
+          "epochs": r.epochs, "encoder init": r.init}
          for r in rows], hide_index=True, width="stretch")
     st.caption("Validation figures on CamVid val (101 frames, void ignored). The test split is held out; "
-               "expect test mIoU several points lower.")
+               "expect test mIoU several points lower. 'engine here' is the engine this host runs each model "
+               "on: the fastest that kept val mIoU within 0.5 point of PyTorch fp32.")
 else:
     st.warning("No trained models found in weights/.")
 

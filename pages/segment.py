@@ -11,7 +11,7 @@ entries = catalog.available_models()
 left, right = st.columns([2, 1])
 with right:
     entry = app.model_picker("Model", entries, key="seg_model")
-    backend = app.backend_picker(entry, key="seg_backend") if entry else None
+    engine = app.engine_picker(entry, key="seg_engine") if entry else None
 with left:
     source = st.radio("Image source", ["Sample frames", "Upload", "Camera"], horizontal=True, key="seg_source")
 
@@ -51,11 +51,11 @@ if image is None or entry is None:
 
 cfg = app.get_config(entry)
 classes = cfg.class_set
-res = app.segment_cached(entry, image_key, image, truth, backend)
+res = app.segment_cached(entry, image_key, image, truth, engine)
 if notes:
     st.caption("Converted: " + "; ".join(notes))
-if res.get("note"):
-    st.warning(res["note"])
+if res.note:
+    st.warning(res.note)
 
 c1, c2 = st.columns([3, 2])
 alpha = c1.slider("Overlay opacity", 0.0, 1.0, 0.55, 0.05, key="seg_alpha")
@@ -63,24 +63,24 @@ shown = c2.multiselect("Classes to paint", list(classes.names), default=list(cla
 visible = [classes.names.index(n) for n in shown]
 
 a, b, c = st.columns(3)
-a.image(res["image"], caption=f"Original {res['size'][1]}x{res['size'][0]}", width="stretch")
-b.image(res["mask"], caption="Predicted classes", width="stretch")
+a.image(res.image, caption=f"Original {res.size[1]}x{res.size[0]}", width="stretch")
+b.image(res.mask, caption="Predicted classes", width="stretch")
 c.image(report.paint(res, classes, alpha, visible), caption="Overlay", width="stretch")
-app.legend(classes, res["share"])
-st.caption(f"Inference {res['ms']:.0f} ms on CPU at {res['work_size'][1]}x{res['work_size'][0]} "
-           f"with {entry.key} on {res['backend']}; mean confidence {100 * res['mean_confidence']:.1f}%")
+app.legend(classes, res.share)
+st.caption(f"Inference {res.ms:.0f} ms on CPU at {res.work_size[1]}x{res.work_size[0]} "
+           f"with {entry.key} on {res.engine}; mean confidence {100 * res.mean_confidence:.1f}%")
 
 d, e = st.columns([1, 1])
-d.plotly_chart(charts.class_share_bar(res["share"], classes), width="stretch")
-e.image(res["confidence"], caption="Confidence (max softmax): dark = unsure, yellow = sure", width="stretch")
+d.plotly_chart(charts.class_share_bar(res.share, classes), width="stretch")
+e.image(res.confidence, caption="Confidence (max softmax): dark = unsure, yellow = sure", width="stretch")
 
-if res["truth"] is not None:
-    s = res["scores"]
+if res.truth is not None:
+    s = res.scores
     st.subheader(f"Against the ground truth: mIoU {100 * s['miou']:.1f}%, pixel accuracy {100 * s['pixel_acc']:.1f}%")
     f, g = st.columns(2)
-    f.image(res["truth"], caption="Ground truth", width="stretch")
-    g.image(res["errors"], caption="Errors: green right, red wrong, black void", width="stretch")
+    f.image(res.truth, caption="Ground truth", width="stretch")
+    g.image(res.errors, caption="Errors: green right, red wrong, black void", width="stretch")
 
 dl1, dl2 = st.columns(2)
-dl1.download_button("Download coloured mask (PNG)", res["mask_png"], "mask_color.png", "image/png")
-dl2.download_button("Download label map (PNG, class ids)", res["label_png"], "mask_labels.png", "image/png")
+dl1.download_button("Download coloured mask (PNG)", res.mask_png, "mask_color.png", "image/png")
+dl2.download_button("Download label map (PNG, class ids)", res.label_png, "mask_labels.png", "image/png")

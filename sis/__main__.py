@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import signal
 import sys
 import threading
 from pathlib import Path
-
-USER_ERRORS: tuple[type[BaseException], ...] = ()
-
 
 def _size(text: str) -> tuple[int, int]:
     try:
@@ -42,17 +40,17 @@ def _positive(text: str) -> int:
 
 
 def cmd_models(a) -> int:
-    from . import zoo
+    from . import models, zoo
     shipped = zoo.shipped_models()
     rows = []
     for name, spec in zoo.MODELS.items():
-        c = zoo.complexity(name)
-        card = zoo.read_card(shipped[name]) if name in shipped else {}
+        c = models.complexity(name)
+        card = zoo.read_card(shipped[name]) if name in shipped else zoo.ModelCard()
         rows.append({"name": name, "arch": spec.arch, "encoder": spec.encoder, "paper": spec.paper,
                      "params": c["params"], "gflops_360x480": round(c["gflops"], 2),
                      "input_stride": spec.input_stride, "shipped": name in shipped,
                      "default": name == zoo.DEFAULT_MODEL,
-                     "val_miou": (card.get("val") or {}).get("miou")})
+                     "val_miou": card.val_miou})
     if a.json:
         print(json.dumps(rows, indent=1))
         return 0
@@ -124,13 +122,13 @@ def cmd_train(a) -> int:
 
 
 def cmd_eval(a) -> int:
-    from . import zoo
+    from . import models, zoo
     from .data import load_split
     from .evaluate import evaluate
     from .runtime import pick_device
     device = pick_device(a.device)
     folder = zoo.resolve(a.model)
-    model, cfg = zoo.load_model(folder)
+    model, cfg = models.load_model(folder)
     frames = load_split(a.data, a.split, a.limit, cfg.class_set)
     res = evaluate(model.to(device), cfg, frames, device, amp=a.amp, batch_size=a.batch_size)
     res.update(model=cfg.name, folder=str(folder), split=a.split, amp=a.amp)
@@ -211,21 +209,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_predict(a) -> int:
     from PIL import Image
-    from . import zoo
-    from .infer import ImageError, colorize, iter_images, load_for_inference, load_image, predict
-    from .runtime import pick_device
-    device = pick_device(a.device)
-    from . import backends
-    from .bench import measured_engines
+    from . import engines, zoo
+    from .host import nvidia_gpu_visible
+    from .infer import ImageError, colorize, iter_images, load_image, predict
+    device = a.device
+    if device == "auto":  # CUDA only where a CUDA build of torch sees a GPU; asking needs torch
+        device = "cpu"
+        if importlib.util.find_spec("torch") is not None and nvidia_gpu_visible():
+            from .runtime import pick_device
+            device = pick_device("auto").type
+    elif device != "cpu":
+        from .runtime import pick_device
+        device = str(pick_device(device))
     folder = zoo.resolve(a.model or zoo.DEFAULT_MODEL)
-    model, cfg = load_for_inference(folder, device)
-    backend = a.backend
-    if backend == "auto":
-        backend = "torch-bf16" if device.type == "cuda" and a.amp else backends.default_backend(
-            zoo.read_card(folder), device.type, measured_engines(folder) if device.type == "cpu" else None)
-    runner = backends.get_runner(model, cfg, backend, device.type, log=lambda s: print(s, file=sys.stderr),
-                                 folder=folder)  # its shipped int8 ranges and graph template
-    print(f"{cfg.name} on {backend}")
+    choice = engines.choose_engine(folder, device) if a.engine == "auto" else None
+    engine = engines.load_engine(folder, choice.name if choice else a.engine, device,
+                                 log=lambda s: print(s, file=sys.stderr))
+    cfg = engine.cfg
+    print(f"{cfg.name} on {choice.reason() if choice else engine.name + ' (asked for)'}")
     palette = cfg.class_set.palette()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -240,7 +241,7 @@ def cmd_predict(a) -> int:
             print(f"skipped: {e}", file=sys.stderr)
             failed += 1
             continue
-        pred = predict(model, cfg, img.image, device, runner=runner)
+        pred = predict(engine, img.image)
         Image.fromarray(colorize(pred.labels, palette)).save(out / f"{path.stem}_color.png")
         Image.fromarray(pred.labels, "L").save(out / f"{path.stem}_labels.png")
         print(f"{path} -> {out / (path.stem + '_color.png')} ({pred.ms:.0f} ms"
@@ -252,8 +253,8 @@ def cmd_predict(a) -> int:
 
 def cmd_bench(a) -> int:
     from . import zoo
-    if a.compare_backends:
-        return _bench_backends(a)
+    if a.compare_engines:
+        return _bench_engines(a)
     if a.compare_train:
         return _bench_train(a)
     from .bench import bench
@@ -280,19 +281,19 @@ def _emit(a, res: dict) -> bool:
     return not a.json
 
 
-def _bench_backends(a) -> int:
-    from .bench import KEEP_MIN_ROUNDS, compare_backends, record_engines
+def _bench_engines(a) -> int:
+    from .bench import compare_engines
+    from .engines.policy import KEEP_MIN_ROUNDS, keep_comparison
     a.size = a.size or (360, 480)
-    res = compare_backends(a.model, a.data, a.backends.split(",") if a.backends else None, a.size,
-                           a.warmup, a.repeats or 10, a.val_limit,
-                           log=lambda s: print(s, file=sys.stderr))
-    res["kept_for_this_host"] = record_engines(res)
+    res = compare_engines(a.model, a.data, a.engines.split(",") if a.engines else None, a.size,
+                          a.warmup, a.repeats or 10, a.val_limit, log=lambda s: print(s, file=sys.stderr))
+    res["kept_for_this_host"] = keep_comparison(res)
     if _emit(a, res):
         h = res["host"]
         print(f"{res['model']} at {a.size[0]}x{a.size[1]}, batch 1, {h['torch_threads']} threads, {h['cpu']}; "
               f"val mIoU on {res['val_frames']} frames" if res["val_frames"] else "(no --data: no accuracy check)")
-        print(f"{'backend':18s} {'median ms':>10s} {'img/s':>7s} {'vs eager':>9s} {'val mIoU':>9s} {'delta':>7s}")
-        for n, b in res["backends"].items():
+        print(f"{'engine':18s} {'median ms':>10s} {'img/s':>7s} {'vs eager':>9s} {'val mIoU':>9s} {'delta':>7s}")
+        for n, b in res["engines"].items():
             acc = f"{100 * b['miou']:9.2f} {b['miou_delta']:+7.2f}" if b["miou"] is not None else f"{'-':>9s} {'-':>7s}"
             print(f"{n:18s} {b['median_ms']:10.1f} {b['images_per_s']:7.2f} {b['speedup_vs_eager']:8.2f}x {acc}")
         for n, why in res["unavailable"].items():
@@ -300,10 +301,10 @@ def _bench_backends(a) -> int:
         cl = res["channels_last_fp32"]
         print(f"eager is plain smp fp32 (NCHW); with channels_last it took {cl['median_ms']:.1f} ms "
               f"({cl['speedup_vs_eager']:.2f}x) in the same rounds")
-        print(f"default fast path here: {res['default']} (accuracy gate: within {res['max_miou_delta']} point)" +
+        print(f"engine chosen here: {res['default']} (accuracy gate: within {res['max_miou_delta']} point)" +
               (": kept, the app and `predict` use it on this host" if res["kept_for_this_host"] else
                " (not kept: only a comparison of every engine at the model's base size, over at least "
-               f"{KEEP_MIN_ROUNDS} rounds, picks the default)"))
+               f"{KEEP_MIN_ROUNDS} rounds, picks the engine)"))
     return 0
 
 
@@ -324,7 +325,7 @@ def _bench_train(a) -> int:
 
 def cmd_export(a) -> int:
     from . import zoo
-    from .export import export_onnx
+    from .engines.export import export_onnx
     res = export_onnx(zoo.resolve(a.model), Path(a.out), a.size)
     print(f"wrote {res['file']} (input 1x3x{res['input_size'][0]}x{res['input_size'][1]}, opset {res['opset']}); "
           f"parity vs PyTorch: max abs diff {res['max_abs_diff']:.2e}, argmax agreement "
@@ -346,9 +347,9 @@ def _add_extra(sub) -> None:
                    "(default: the app's default model)")
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--device", default="auto")
-    s.add_argument("--amp", action="store_true", help="on CUDA: fp16/bf16 autocast")
-    s.add_argument("--backend", default="auto", help="auto (the model's checked fast path) | eager | "
-                   "torch-bf16 | onnxruntime | onnxruntime-int8")
+    s.add_argument("--engine", "--backend", default="auto", dest="engine",
+                   help="auto (the engine chosen for this model on this host; it says why) | eager | "
+                        "torch-bf16 | onnxruntime | onnxruntime-int8")
     s.add_argument("images", nargs="+", help="image files or folders")
     s.set_defaults(fn=cmd_predict)
 
@@ -359,13 +360,14 @@ def _add_extra(sub) -> None:
     s.add_argument("--batch", type=_positive, help="default 1 (4 with --compare-train)")
     s.add_argument("--size", type=_size, help="HxW (default 360x480; 352x480 with --compare-train)")
     s.add_argument("--warmup", type=int, default=2)
-    s.add_argument("--repeats", type=_positive, help="timed steps (default 5; 10 with --compare-backends)")
+    s.add_argument("--repeats", type=_positive, help="timed steps (default 5; 10 with --compare-engines)")
     s.add_argument("--amp", action="store_true", help="bf16/fp16 autocast")
     s.add_argument("--json", action="store_true", help="print the JSON result")
     s.add_argument("--out", help="also write the JSON here")
-    s.add_argument("--compare-backends", action="store_true",
-                   help="eager fp32 against every available fast path, interleaved, plus val mIoU with --data")
-    s.add_argument("--backends", help="comma-separated subset for --compare-backends")
+    s.add_argument("--compare-engines", "--compare-backends", action="store_true", dest="compare_engines",
+                   help="eager fp32 against every engine available here, interleaved, plus val mIoU with --data; "
+                        "a full comparison at the base size is kept and picks this host's engine")
+    s.add_argument("--engines", "--backends", dest="engines", help="comma-separated subset for --compare-engines")
     s.add_argument("--compare-train", action="store_true",
                    help="training step: eager fp32 against bf16 autocast + channels_last; loss curves with --data")
     s.add_argument("--loss-steps", type=_positive, default=30, help="steps per loss curve (--compare-train)")
@@ -391,21 +393,28 @@ _EXTRA_COMMANDS.append(_add_extra)
 
 def main(argv: list[str] | None = None) -> int:
     from .data import DatasetError
-    from .runtime import DeviceError
-    from .train import TrainingError
     from .zoo import ModelError
     from .infer import ImageError
-    from .backends import BackendError
+    from .engines import EngineError
     from .files import DiskFullError
     args = build_parser().parse_args(argv)
+
+    def user_errors() -> tuple[type[BaseException], ...]:
+        """Errors a user can cause; the torch modules' own only where the command imported them
+        (importing them here would load torch for `predict` on a graph engine)."""
+        extra = [getattr(sys.modules[m], n) for m, n in (("sis.runtime", "DeviceError"), ("sis.train", "TrainingError"))
+                 if m in sys.modules]
+        return (DatasetError, ModelError, ImageError, EngineError, FileNotFoundError, *extra)
     try:
         return args.fn(args)
-    except (DatasetError, ModelError, DeviceError, TrainingError, ImageError, BackendError, FileNotFoundError) as e:
+    except Exception as e:
+        if isinstance(e, DiskFullError):  # the last checkpoint is whole: the same command resumes
+            print(f"error: {e}; the same command resumes from the last checkpoint", file=sys.stderr)
+            return 1
+        if not isinstance(e, user_errors()):
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except DiskFullError as e:  # the last checkpoint is whole: the same command resumes once there is room
-        print(f"error: {e}; the same command resumes from the last checkpoint", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
         return 130

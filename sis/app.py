@@ -1,18 +1,21 @@
-"""The one module that joins the library to Streamlit: caching, session identity, shared widgets."""
+"""The one module that joins the library to Streamlit: caching, session identity, shared widgets.
+
+It imports no torch: on a graph engine the server never loads PyTorch (a hosted instance has
+about 1 GB); the torch engines import it on first use.
+"""
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from pathlib import Path
 
 import pandas  # noqa: F401 - imported up front: plotly peeks at a half-imported pandas when another
-import psutil  # session's thread is importing it (st.dataframe), and a chart then fails with AttributeError
-import streamlit as st
-import torch
+import streamlit as st  # session's thread is importing it (st.dataframe), and a chart then fails with AttributeError
 
-from . import backends, catalog, jobs, runtime, zoo
+from . import catalog, engines, host, jobs, report, zoo
 from .classes import ClassSet
-from .infer import ImageError, load_for_inference, load_image
+from .infer import ImageError, load_image
 
 MAX_UPLOAD_FILES = 8
 MAX_UPLOAD_MB = 25  # also server.maxUploadSize in .streamlit/config.toml
@@ -45,96 +48,73 @@ def follow_deep_link() -> None:
 
 @st.cache_resource
 def startup() -> jobs.JobManager:
-    """Once per server process: thread count, the job manager (which marks stale runs interrupted)."""
-    threads = int(os.environ.get("SIS_THREADS", psutil.cpu_count(logical=False) or 1))
-    torch.set_num_threads(max(1, threads))
-    runtime.limit_malloc_arenas(2)  # keeps the server's RSS near its working set (hosted: ~1 GB)
+    """Once per server process: malloc arenas, the job manager (which marks stale runs interrupted
+    and reaps orphaned jobs on its own thread)."""
+    host.limit_malloc_arenas(2)  # keeps the server's RSS near its working set (hosted: ~1 GB)
     return jobs.JobManager()
 
 
-@st.cache_resource(max_entries=6, show_spinner="Loading model...")
-def _load(folder: str, mtime: float):
-    return load_for_inference(folder)
+@st.cache_resource
+def _inference_gate() -> threading.Semaphore:
+    """At most SIS_INFERENCE_SLOTS inferences at once in the server (default 2): an engine already
+    uses every core, so more at once add only memory (each holds its own activations)."""
+    return threading.BoundedSemaphore(max(1, int(os.environ.get("SIS_INFERENCE_SLOTS", "2"))))
 
 
-def get_model(entry: catalog.Entry):
-    """A read-only model (eval, no grads), loaded once per process and shared by every session."""
-    return _load(str(entry.folder), (entry.folder / "model.safetensors").stat().st_mtime)
+def _mtime(entry: catalog.Entry) -> float:
+    return (entry.folder / "model.safetensors").stat().st_mtime
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
-def _runner(folder: str, mtime: float, backend: str):
-    if backends.is_graph(backend):  # no PyTorch weights resident: loaded only to build a new graph
-        return backends.get_runner(None, zoo.read_config(Path(folder)), backend, folder=Path(folder))
-    if backend == "torch-bf16":  # its own bf16 copy, the fp32 weights it was made from not kept
-        return backends.TorchBf16Runner(*load_for_inference(folder), keep_model=False)
-    model, cfg = _load(folder, mtime)
-    return backends.get_runner(model, cfg, backend)
+def _engine(folder: str, mtime: float, name: str):
+    return engines.load_engine(Path(folder), name)
 
 
 def get_config(entry: catalog.Entry) -> zoo.ModelConfig:
     return zoo.read_config(entry.folder)
 
 
-# below this much memory the server keeps to graph engines: torch-bf16 on all four shipped models
-# peaked at 1211 MB (CUDA build, tools/app_memory.py) against 945 MB on their int8 graphs
-SMALL_HOST_MB = 2048
+def engine_choice(entry: catalog.Entry) -> engines.EngineChoice:
+    """``engines.choose_engine`` for ``entry`` on this host (the CLI asks the same function)."""
+    return engines.choose_engine(entry.folder)
 
 
-def measured_engines(entry: catalog.Entry) -> dict:
-    """This host's kept engine comparison for ``entry`` ({} if none). On a small host (under
-    SMALL_HOST_MB, e.g. a hosted instance's 1 GB) only engines that need no PyTorch model compete."""
-    from .bench import measured_engines as kept
-    here = kept(entry.folder) or {}
-    if here and runtime.memory_limit_bytes() < SMALL_HOST_MB * 2**20:
-        here = {n: r for n, r in here.items() if n == backends.REFERENCE or backends.is_graph(n)}
-    return here
+def get_engine(entry: catalog.Entry, name: str | None = None):
+    """The shared engine of ``entry`` (default: the policy's choice); one per process, every session."""
+    return _engine(str(entry.folder), _mtime(entry), name or engine_choice(entry).name)
 
 
-def dashboard_rows(entries: dict[str, catalog.Entry]) -> list[dict]:
-    """report.dashboard_rows with this host's kept engine comparisons."""
-    from . import report
-    return report.dashboard_rows(entries, {k: measured_engines(e) for k, e in entries.items()})
+def engine_picker(entry: catalog.Entry, key: str) -> str:
+    """Select an engine for ``entry``; the policy's choice is preselected. The widget is keyed per
+    model (``key:model``): another model starts on its own choice, not on the last one."""
+    choice = engine_choice(entry)
+
+    def label(n: str) -> str:
+        f = choice.figures.get(n)
+        extra = f" ({f.speedup:.1f}x{' here' if f.timed_here else ''}, {f.miou_delta:+.2f} mIoU)" \
+            if f is not None and f.speedup is not None and f.miou_delta is not None else ""
+        return n + extra + (" — chosen here" if n == choice.name else "") + \
+            (" — reference" if n == engines.REFERENCE else "")
+    options = choice.runnable
+    return st.selectbox("Inference engine", options, index=0, key=f"{key}:{entry.key}", format_func=label,
+                        help="eager = PyTorch fp32, the reference. Chosen here: the fastest engine whose val "
+                             f"mIoU stayed within {engines.MAX_MIOU_DELTA} point of it, timed on this host where "
+                             "the Benchmark page kept a comparison, else on the machine that shipped the model.")
 
 
-def default_backend(entry: catalog.Entry) -> str:
-    """The model's fast path: the fastest available backend that passed its accuracy check, by
-    this host's own engine comparison where the Benchmark page (or the CLI) kept one, else by the card."""
-    return backends.default_backend(zoo.read_card(entry.folder), measured=measured_engines(entry))
-
-
-def get_runner(entry: catalog.Entry, backend: str | None = None):
-    """The shared runner of ``entry`` on ``backend`` (default: its fast path); one per process."""
-    return _runner(str(entry.folder), (entry.folder / "model.safetensors").stat().st_mtime,
-                   backend or default_backend(entry))
-
-
-def backend_picker(entry: catalog.Entry, key: str) -> str:
-    """Select an inference engine for ``entry``; its fast path is preselected. The widget is keyed
-    per model (``key:model``): another model starts on its own fast path, not on the last choice."""
-    ok = [b for b, why in backends.available().items() if why is None]
-    card, here = zoo.read_card(entry.folder), measured_engines(entry)
-    default = backends.default_backend(card, measured=here)
-
-    def label(b: str) -> str:
-        speed, delta, timed_here = backends.engine_figures(card, here, b)
-        extra = f" ({speed:.1f}x{' here' if timed_here else ''}, {delta:+.2f} mIoU)" \
-            if speed is not None and delta is not None else ""
-        return b + extra + (" — fast path" if b == default else "") + (" — reference" if b == backends.REFERENCE else "")
-    return st.selectbox("Inference engine", ok, index=ok.index(default), key=f"{key}:{entry.key}", format_func=label,
-                        help="eager = PyTorch fp32, the reference. The fast path is the fastest engine whose "
-                             "val mIoU stayed within 0.5 point of it (checked per model, in its card).")
-
-
-def _run(fast, fallback) -> dict:
+def _run(fast, fallback):
     """fast() on the chosen engine; if that engine fails here, fallback() on PyTorch fp32, with a
     note in the result that says so (shown on every rerun, not only the one that failed)."""
     try:
         return fast()
     except Exception as e:  # noqa: BLE001 - any engine failure: degrade, never break the page
         res = fallback()
-        res["note"] = f"The fast inference engine failed here ({type(e).__name__}: {e}); used PyTorch fp32 instead."
+        res.note = f"The inference engine failed here ({type(e).__name__}: {e}); used PyTorch fp32 instead."
         return res
+
+
+def dashboard_rows(entries: dict[str, catalog.Entry]) -> list[report.DashboardRow]:
+    return [report.dashboard_row(k, e.folder, engine_choice(e)) for k, e in entries.items()]
 
 
 def session_id() -> str:
@@ -161,7 +141,7 @@ def model_picker(label: str, entries: dict[str, catalog.Entry], key: str) -> cat
 
 def _describe(key: str, entry: catalog.Entry | None = None) -> str:
     """Picker label: name, the card's val mIoU (so the most accurate is easy to find), paper pair."""
-    miou = (zoo.read_card(entry.folder).get("val") or {}).get("miou") if entry is not None else None
+    miou = zoo.read_card(entry.folder).val_miou if entry is not None else None
     score = f" · val mIoU {100 * miou:.1f}" if isinstance(miou, (int, float)) else ""
     if key.startswith("run:"):
         return f"{key[4:]} (fine-tuned here){score}"
@@ -195,27 +175,27 @@ def read_upload(upload):
         return None
 
 
-def segment_cached(entry: catalog.Entry, image_key: str, image, truth=None, backend: str | None = None) -> dict:
-    """report.segment for (model, engine, image), remembering only the latest result in the session."""
-    from . import report
-    backend = backend or default_backend(entry)
-    key = (str(entry.folder), backend, image_key)
-    last = st.session_state.get("_seg_last")
+def segment_cached(entry: catalog.Entry, image_key: str, image, truth=None,
+                   engine: str | None = None, slot: str = "segment") -> report.Segmentation:
+    """report.segment for (model, engine, image), remembering only the latest result per ``slot``
+    (a page) in the session."""
+    engine = engine or engine_choice(entry).name
+    key = (str(entry.folder), engine, image_key)
+    last = st.session_state.get(f"_seg_last:{slot}")
     if last is None or last[0] != key:
-        cfg = get_config(entry)
-        with st.spinner(f"Segmenting with {backend} (a new image size builds its engine once)..."):
-            res = _run(lambda: report.segment(None, cfg, image, truth, get_runner(entry, backend)),
-                       lambda: report.segment(*get_model(entry), image, truth))
+        with st.spinner(f"Segmenting with {engine} (a new image size builds its graph once)..."), _inference_gate():
+            res = _run(lambda: report.segment(get_engine(entry, engine), image, truth),
+                       lambda: report.segment(get_engine(entry, engines.REFERENCE), image, truth))
         last = (key, res)
-        st.session_state["_seg_last"] = last
-        runtime.release_memory()
+        st.session_state[f"_seg_last:{slot}"] = last
+        host.release_memory()
     return last[1]
 
 
-def compare_models(entries: list[catalog.Entry], image) -> dict:
-    """report.compare over cached models on their fast paths, then hand the activations' memory back."""
-    from . import report
-    res = _run(lambda: report.compare([(e.key, None, get_config(e), get_runner(e)) for e in entries], image),
-               lambda: report.compare([(e.key, *get_model(e)) for e in entries], image))
-    runtime.release_memory()
+def compare_models(entries: list[catalog.Entry], image) -> report.Comparison:
+    """report.compare over the shared engines, then hand the activations' memory back."""
+    with _inference_gate():
+        res = _run(lambda: report.compare([(e.key, get_engine(e)) for e in entries], image),
+                   lambda: report.compare([(e.key, get_engine(e, engines.REFERENCE)) for e in entries], image))
+    host.release_memory()
     return res

@@ -13,9 +13,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from . import zoo
-from .evaluate import forward_logits, pad_to_stride
-from .runtime import amp_dtype, autocast, host_info, pick_device, rss_bytes, synchronize
+from . import models
+from .host import rss_bytes
+from .preprocess import forward_logits, model_input, pad_to_stride
+from .runtime import amp_dtype, autocast, host_info, pick_device, synchronize
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -31,10 +32,8 @@ def percentile(values: list[float], q: float) -> float:
 
 def _train_step(model, cfg, images, masks, opt, dev, amp: bool, channels_last: bool) -> None:
     """One forward + backward + optimizer step on fixed images (the timed unit of a training step)."""
-    x, _ = pad_to_stride(zoo.normalize(images, cfg), cfg.input_stride)
+    x, _ = model_input(images, cfg, channels_last)
     y, _ = pad_to_stride(masks, cfg.input_stride, value=-100)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
     with autocast(dev, amp):
         out = model(x)
     loss = F.cross_entropy(out.float(), y, ignore_index=-100)
@@ -56,9 +55,9 @@ def bench(model_name: str, mode: str = "infer", device: str = "cpu", batch: int 
         raise ValueError(f"unknown mode '{mode}'; choose infer or train")
     dev = pick_device(device)
     if folder is not None:
-        model, cfg = zoo.load_model(folder)
+        model, cfg = models.load_model(folder)
     else:
-        model, cfg = zoo.create_model(model_name)
+        model, cfg = models.create_model(model_name)
     model.to(dev)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -93,7 +92,7 @@ def bench(model_name: str, mode: str = "infer", device: str = "cpu", batch: int 
         if progress:
             progress(i + 1, warmup + repeats)
     med = statistics.median(times)
-    c = zoo.complexity(cfg.name, size, cfg.class_set.num_classes)
+    c = models.complexity(cfg.name, size, cfg.class_set.num_classes)
     return {
         "model": cfg.name, "mode": mode, "device": str(dev), "batch": batch, "size": [h, w],
         "amp": amp, "channels_last": channels_last, "warmup": warmup, "repeats": repeats,
@@ -127,46 +126,52 @@ def _interleaved(fns: dict[str, Callable[[], object]], warmup: int, repeats: int
 CL_VARIANT = "eager+channels_last"
 
 
-def compare_backends(model: str, data: str | None = None, backends: list[str] | None = None,
-                     size: tuple[int, int] = (360, 480), warmup: int = 2, repeats: int = 10,
-                     val_limit: int | None = None, progress: Callable[[str, int, int], None] | None = None,
-                     log: Callable[[str], None] | None = None) -> dict:
-    """Eager fp32 and every available fast path on the same image, interleaved; with ``data``,
-    each one's val mIoU on the same frames and its difference to eager (points).
+def compare_engines(model: str, data: str | None = None, engines: list[str] | None = None,
+                    size: tuple[int, int] = (360, 480), warmup: int = 2, repeats: int = 10,
+                    val_limit: int | None = None, progress: Callable[[str, int, int], None] | None = None,
+                    log: Callable[[str], None] | None = None) -> dict:
+    """Eager fp32 and every other engine available here on the same image, interleaved; with
+    ``data``, each one's val mIoU on the same frames and its difference to eager (points).
 
-    Returns {model, size, reference, backends: {name: {median_ms, p90_ms, images_per_s,
-    speedup_vs_eager, miou, miou_delta, build_s}}, unavailable: {name: reason}, default, host}.
+    Returns {model, size, reference, engines: {name: {median_ms, p90_ms, images_per_s,
+    speedup_vs_eager, miou, miou_delta, build_s}}, unavailable: {name: reason}, default, host};
+    ``engines.policy.keep_comparison`` keeps it as this host's timing.
     """
-    from . import backends as B
+    import numpy as np
+    from . import engines as E, zoo
     from .data import load_split
+    from .engines.int8 import calibration_images
+    from .engines.policy import decide
     from .evaluate import evaluate
-    from .infer import load_for_inference
+    from .host import is_small
     folder = zoo.resolve(model)
-    net, cfg = load_for_inference(folder)  # channels_last: what the torch fast path runs on
+    net, cfg = models.load_for_inference(folder)  # channels_last: what the bf16 engine folds
     plain = copy.deepcopy(net).to(memory_format=torch.contiguous_format)  # the reference: plain smp, NCHW
-    status = B.available("cpu")
-    for n in backends or []:
-        if n not in B.BACKENDS:
-            raise B.BackendError(B.unavailable_reason(n))
-    names = [B.REFERENCE] + [n for n in (backends or B.BACKENDS) if n != B.REFERENCE and status[n] is None]
-    runners, build = {}, {}
+    status = E.available("cpu")
+    for n in engines or []:
+        if n not in E.ENGINES:
+            raise E.EngineError(E.unavailable_reason(n))
+    names = [E.REFERENCE] + [n for n in (engines or E.ENGINES) if n != E.REFERENCE and status[n] is None]
+    built, build = {}, {}
     for n in names:
         t0 = time.perf_counter()
-        runners[n] = B.get_runner(plain if n == B.REFERENCE else net, cfg, n, log=log,
-                                  folder=folder)  # folder: its shipped int8 ranges
-        runners[n].prepare(size)
+        built[n] = E.create_engine(n, plain if n == E.REFERENCE else net, cfg, log=log,
+                                   folder=folder)  # folder: its shipped int8 ranges and templates
+        built[n].prepare(size)
         build[n] = time.perf_counter() - t0
     frames = load_split(data, "val", val_limit, cfg.class_set) if data else None
     if frames is not None and tuple(frames.images[0].shape[-2:]) == tuple(size):
-        image = frames.images[0][None]
+        image = frames.images[0][None].numpy()
     else:
-        image = torch.from_numpy(B.calibration_images(size)[0]).to(torch.uint8)
+        image = calibration_images(size)[0].astype(np.uint8)
     # also timed, as a yardstick: the reference with channels_last (same fp32 numerics; ~1.2x on CPUs)
-    fns = {n: (lambda r=r: r(image)) for n, r in runners.items()}
-    fns[CL_VARIANT] = lambda: forward_logits(net, cfg, image, amp=False)
-    times = _interleaved(fns, warmup, repeats, (lambda i, t: progress("timing", i, t)) if progress else None)
+    fns = {n: (lambda e=e: e(image)) for n, e in built.items()}
+    timg = torch.from_numpy(image)
+    fns[CL_VARIANT] = lambda: forward_logits(net, cfg, timg, amp=False)
+    with torch.inference_mode():
+        times = _interleaved(fns, warmup, repeats, (lambda i, t: progress("timing", i, t)) if progress else None)
     out = {}
-    ref_ms = statistics.median(times[B.REFERENCE])
+    ref_ms = statistics.median(times[E.REFERENCE])
     cl_ms = statistics.median(times[CL_VARIANT])
     for n in names:
         med = statistics.median(times[n])
@@ -176,46 +181,20 @@ def compare_backends(model: str, data: str | None = None, backends: list[str] | 
         for i, n in enumerate(names):
             if progress:
                 progress(f"val mIoU: {n}", i, len(names))
-            res = evaluate(net, cfg, frames, torch.device("cpu"), amp=False, logits_fn=runners[n])
+            res = evaluate(None, cfg, frames, torch.device("cpu"), amp=False, engine=built[n])
             out[n].update(miou=res["miou"], pixel_acc=res["pixel_acc"])
         for n in names:
-            out[n]["miou_delta"] = 100 * (out[n]["miou"] - out[B.REFERENCE]["miou"])
-    return {"model": cfg.name, "folder": str(folder), "size": list(size), "reference": B.REFERENCE,
+            out[n]["miou_delta"] = 100 * (out[n]["miou"] - out[E.REFERENCE]["miou"])
+    here = {n: zoo.EngineRecord.from_dict(r) for n, r in out.items()}
+    return {"model": cfg.name, "folder": str(folder), "size": list(size), "reference": E.REFERENCE,
             "repeats": repeats, "val_frames": len(frames) if frames is not None else 0,
-            "backends": out, "unavailable": {n: r for n, r in status.items() if r},
+            "engines": out, "unavailable": {n: r for n, r in status.items() if r},
             "channels_last_fp32": {"median_ms": cl_ms, "speedup_vs_eager": ref_ms / cl_ms,
-                                   "note": "eager fp32 with channels_last: a yardstick, not a backend"},
-            # what the app and `predict` pick once this run is kept (record_engines): these speeds,
-            # this run's val mIoU deltas, else the card's
-            "default": B.default_backend(zoo.read_card(folder), measured=out), "max_miou_delta": B.MAX_MIOU_DELTA,
-            "peak_rss_mb": rss_bytes() / 2**20,
+                                   "note": "eager fp32 with channels_last: a yardstick, not an engine"},
+            # what the app and `predict` run once this comparison is kept
+            "default": decide(zoo.read_card(folder), here, "cpu", is_small()).name,
+            "max_miou_delta": E.MAX_MIOU_DELTA, "peak_rss_mb": rss_bytes() / 2**20,
             "host": host_info(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-
-
-KEEP_MIN_ROUNDS = 5  # a comparison of fewer rounds is too noisy to pick a host's default engine
-
-
-def record_engines(res: dict) -> bool:
-    """Keep a ``compare_backends`` result as this host's engine timing for the model's weights
-    (SQLite, the app's data folder); ``default_backend`` then prefers it to the card's. Only a
-    comparison at the model's base size counts (every CamVid frame, every 4:3 photo), with
-    every engine available here timed over at least KEEP_MIN_ROUNDS rounds (two rounds on a busy
-    machine ranked int8 first where twenty ranked bf16 first); returns whether it was kept."""
-    from . import backends as B, store
-    folder = Path(res["folder"])
-    if list(res["size"]) != list(zoo.read_config(folder).base_size) or res["repeats"] < KEEP_MIN_ROUNDS or \
-            set(res["backends"]) != {n for n, why in B.available("cpu").items() if why is None}:
-        return False
-    store.put_engines(res["host"]["host_key"], B.file_key(folder), res["model"], res["backends"])
-    return True
-
-
-def measured_engines(folder: Path) -> dict | None:
-    """This host's kept engine comparison for ``folder``'s weights (its "backends"), or None."""
-    from . import backends as B, store
-    from .runtime import host_key
-    got = store.get_engines(host_key(), B.file_key(folder))
-    return got["backends"] if got else None
 
 
 def compare_train(model: str, data: str | None = None, batch: int = 4, size: tuple[int, int] = (352, 480),
@@ -228,21 +207,21 @@ def compare_train(model: str, data: str | None = None, batch: int = 4, size: tup
     dev = pick_device(device)
     fast_amp = amp_dtype(dev) is not None
     torch.manual_seed(0)
-    base, cfg = zoo.create_model(model)
-    models = {"eager": base.to(dev), "fast": copy.deepcopy(base).to(dev).to(memory_format=torch.channels_last)}
+    base, cfg = models.create_model(model)
+    nets = {"eager": base.to(dev), "fast": copy.deepcopy(base).to(dev).to(memory_format=torch.channels_last)}
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (batch, 3, *size), dtype=torch.uint8, generator=gen).to(dev)
     masks = torch.randint(0, cfg.class_set.num_classes, (batch, *size), generator=gen).to(dev)
-    opts = {k: torch.optim.Adam(m.parameters(), lr=1e-6) for k, m in models.items()}
+    opts = {k: torch.optim.Adam(m.parameters(), lr=1e-6) for k, m in nets.items()}
 
     def step(kind: str):
         fast = kind == "fast"
-        _train_step(models[kind], cfg, images, masks, opts[kind], dev, fast and fast_amp, fast)
+        _train_step(nets[kind], cfg, images, masks, opts[kind], dev, fast and fast_amp, fast)
         synchronize(dev)
 
-    for m in models.values():
+    for m in nets.values():
         m.train()
-    times = _interleaved({k: (lambda k=k: step(k)) for k in models}, warmup, repeats,
+    times = _interleaved({k: (lambda k=k: step(k)) for k in nets}, warmup, repeats,
                          (lambda i, t: progress("timing", i, t)) if progress else None)
     med = {k: statistics.median(v) for k, v in times.items()}
     res = {"model": cfg.name, "device": str(dev), "batch": batch, "size": list(size),

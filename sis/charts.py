@@ -21,9 +21,9 @@ def class_share_bar(share, classes: ClassSet) -> go.Figure:
     return fig
 
 
-def iou_heatmap(rows: list[dict], classes: ClassSet) -> go.Figure:
-    z = [[(r["per_class_iou"].get(n) or 0) * 100 for n in classes.names] for r in rows]
-    fig = go.Figure(go.Heatmap(z=z, x=list(classes.names), y=[r["model"] for r in rows], colorscale="Viridis",
+def iou_heatmap(rows: list, classes: ClassSet) -> go.Figure:
+    z = [[(r.per_class_iou.get(n) or 0) * 100 for n in classes.names] for r in rows]
+    fig = go.Figure(go.Heatmap(z=z, x=list(classes.names), y=[r.model for r in rows], colorscale="Viridis",
                                zmin=0, zmax=100, text=[[f"{v:.0f}" for v in row] for row in z],
                                texttemplate="%{text}", colorbar=dict(title="IoU %")))
     fig.update_layout(height=120 + 40 * len(rows), margin=dict(l=10, r=10, t=30, b=10),
@@ -31,22 +31,22 @@ def iou_heatmap(rows: list[dict], classes: ClassSet) -> go.Figure:
     return fig
 
 
-def training_curves(rows: list[dict]) -> go.Figure:
+def training_curves(rows: list) -> go.Figure:
     """The paper's per-epoch curves: loss, pixel accuracy and val mIoU for each model."""
     fig = make_subplots(rows=1, cols=3, subplot_titles=("Training loss", "Pixel accuracy", "Validation mIoU"))
     for i, r in enumerate(rows):
-        h = r["history"]
+        h = r.history
         color = f"hsl({(i * 67) % 360},70%,45%)"
         ep = [x["epoch"] for x in h]
-        fig.add_scatter(x=ep, y=[x["loss"] for x in h], name=r["model"], legendgroup=r["model"], row=1, col=1,
+        fig.add_scatter(x=ep, y=[x["loss"] for x in h], name=r.model, legendgroup=r.model, row=1, col=1,
                         line_color=color)
-        fig.add_scatter(x=ep, y=[100 * x["pixel_acc"] for x in h], name=r["model"], legendgroup=r["model"],
+        fig.add_scatter(x=ep, y=[100 * x["pixel_acc"] for x in h], name=r.model, legendgroup=r.model,
                         showlegend=False, row=1, col=2, line_color=color)
-        fig.add_scatter(x=ep, y=[100 * x.get("val_pixel_acc", float("nan")) for x in h], name=r["model"],
-                        legendgroup=r["model"], showlegend=False, row=1, col=2, line=dict(color=color, dash="dot"))
+        fig.add_scatter(x=ep, y=[100 * x.get("val_pixel_acc", float("nan")) for x in h], name=r.model,
+                        legendgroup=r.model, showlegend=False, row=1, col=2, line=dict(color=color, dash="dot"))
         v = [x for x in h if "val_miou" in x]
-        fig.add_scatter(x=[x["epoch"] for x in v], y=[100 * x["val_miou"] for x in v], name=r["model"],
-                        legendgroup=r["model"], showlegend=False, row=1, col=3, line_color=color, mode="lines+markers")
+        fig.add_scatter(x=[x["epoch"] for x in v], y=[100 * x["val_miou"] for x in v], name=r.model,
+                        legendgroup=r.model, showlegend=False, row=1, col=3, line_color=color, mode="lines+markers")
     fig.update_xaxes(title_text="epoch")
     fig.update_layout(height=340, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25))
     return fig
@@ -78,9 +78,9 @@ def bench_bars(rows: list[dict]) -> go.Figure:
 
 
 def engine_bars(res: dict) -> go.Figure:
-    """compare_backends result: median ms per engine, labelled with the speed-up over eager fp32."""
-    names = list(res["backends"])
-    b = res["backends"]
+    """bench.compare_engines result: median ms per engine, labelled with the speed-up over eager fp32."""
+    names = list(res["engines"])
+    b = res["engines"]
     fig = go.Figure(go.Bar(x=names, y=[b[n]["median_ms"] for n in names],
                            text=[f"{b[n]['speedup_vs_eager']:.2f}x" for n in names], textposition="outside",
                            marker_color=["#888" if n == res["reference"] else "#1f77b4" for n in names]))

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 
 from .classes import CAMVID, ClassSet
+
+if TYPE_CHECKING:
+    import torch
 
 SPLITS = ("train", "val", "test")
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
@@ -99,6 +102,7 @@ class Frames:
 def load_split(root: Path, split: str, limit: int | None = None,
                classes: ClassSet | None = None) -> Frames:
     """Decode a split into memory, checking sizes and label values frame by frame."""
+    import torch  # frames are tensors for training and evaluation; reading labels needs no torch
     classes = classes or load_classes(root)
     pairs = list_pairs(root, split)[:limit]
     names, images, masks = [], [], []
@@ -121,6 +125,7 @@ def load_split(root: Path, split: str, limit: int | None = None,
 
 def class_frequencies(frames: Frames) -> torch.Tensor:
     """(C,) pixel count per class over the split (void excluded)."""
+    import torch
     c = frames.classes.num_classes
     counts = torch.zeros(c, dtype=torch.float64)
     for m in frames.masks:
@@ -135,7 +140,7 @@ def class_weights(frames: Frames, mode: str = "none") -> torch.Tensor | None:
     freq = class_frequencies(frames)
     freq = freq / freq.sum()
     present = freq > 0
-    w = torch.zeros_like(freq)
+    w = freq.new_zeros(freq.shape)
     w[present] = freq[present].median() / freq[present]
     if mode == "sqrt-median":
         w = w.sqrt()

@@ -1,8 +1,9 @@
 """Inference: any image Pillow reads -> label map + confidence -> coloured mask / overlay.
 
-The model works at about its training resolution: an image is resized (aspect
-kept) to the pixel count of ``cfg.base_size``, padded to the stride, predicted,
-unpadded and mapped back to the original size.
+The model works at about its training resolution: an image is resized (aspect kept) to the
+pixel count of ``cfg.base_size``, run on an engine (``sis.engines``: padding to the stride and
+normalising happen there) and its answer mapped back to the original size. numpy and Pillow
+only: serving on a graph engine never imports torch.
 """
 from __future__ import annotations
 
@@ -14,12 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
-
-from .evaluate import forward_logits
-from .zoo import ModelConfig
 
 MAX_PIXELS = 40_000_000  # refuse larger images before decoding them (decompression bombs)
 
@@ -123,7 +119,7 @@ def _to_rgb(im: Image.Image, background: str, notes: list[str]) -> Image.Image:
 class Prediction:
     labels: np.ndarray      # (H, W) uint8 class ids at the original size
     confidence: np.ndarray  # (H, W) float32 max softmax probability
-    ms: float               # model time (resize + forward + softmax), milliseconds
+    ms: float               # resize + engine + softmax + resize back, milliseconds (a graph build excluded)
     work_size: tuple[int, int]
 
 
@@ -133,28 +129,37 @@ def work_size(h: int, w: int, base: tuple[int, int]) -> tuple[int, int]:
     return max(1, round(h * f)), max(1, round(w * f))
 
 
-@torch.inference_mode()
-def predict(model: torch.nn.Module, cfg: ModelConfig, image: Image.Image | np.ndarray,
-            device: torch.device | str = "cpu", amp: bool = False, runner=None) -> Prediction:
-    """Segment one RGB image. model: in eval mode on ``device``; amp: bf16/fp16 autocast;
-    runner: a ``backends.Runner`` to compute the logits instead (the fast path)."""
-    device = torch.device(device)
-    arr = np.array(image.convert("RGB") if isinstance(image, Image.Image) else image, np.uint8)
+def labels_and_confidence(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(C, H, W) logits -> (H, W) uint8 argmax and (H, W) float32 max softmax probability."""
+    top = logits.max(0)
+    # the top class's softmax is 1 / sum(exp(l - l_top)): no (C, H, W) probability array is kept
+    conf = 1.0 / np.exp(logits - top).sum(0)
+    return logits.argmax(0).astype(np.uint8), conf.astype(np.float32)
+
+
+def resize_rgb(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) uint8 -> ``size`` (h, w), bilinear (Pillow filters over the whole footprint when shrinking)."""
+    if arr.shape[:2] == tuple(size):
+        return arr
+    return np.asarray(Image.fromarray(arr).resize((size[1], size[0]), Image.BILINEAR))
+
+
+def predict(engine, image: Image.Image | np.ndarray) -> Prediction:
+    """Segment one RGB image with an ``engines`` engine: resized (aspect kept) to the model's pixel
+    count, logits, argmax and confidence, mapped back to the image's size. numpy and Pillow only."""
+    arr = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, np.uint8)
     h, w = arr.shape[:2]
+    wh, ww = work_size(h, w, tuple(engine.cfg.base_size))
+    engine.prepare((wh, ww))  # a new size builds its graph once: not part of the model's time
     t0 = time.perf_counter()
-    x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).unsqueeze(0).to(device)
-    wh, ww = work_size(h, w, tuple(cfg.base_size))
+    x = resize_rgb(arr, (wh, ww))
+    logits = engine(np.ascontiguousarray(x.transpose(2, 0, 1))[None])[0]
+    labels, conf = labels_and_confidence(logits)
     if (wh, ww) != (h, w):
-        x = F.interpolate(x.float(), size=(wh, ww), mode="bilinear", antialias=(wh < h),
-                          align_corners=False).clamp(0, 255).round().to(torch.uint8)
-    logits = runner(x).to(device) if runner is not None else forward_logits(model, cfg, x, amp)
-    prob = logits.softmax(1)
-    conf, labels = prob.max(1)
-    if (wh, ww) != (h, w):
-        labels = F.interpolate(labels[None].float(), size=(h, w), mode="nearest")[0]
-        conf = F.interpolate(conf[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+        labels = np.asarray(Image.fromarray(labels, "L").resize((w, h), Image.NEAREST))
+        conf = np.asarray(Image.fromarray(conf, "F").resize((w, h), Image.BILINEAR))
     ms = (time.perf_counter() - t0) * 1000
-    return Prediction(labels[0].to(torch.uint8).cpu().numpy(), conf[0].float().cpu().numpy(), ms, (wh, ww))
+    return Prediction(labels, conf, ms, (wh, ww))
 
 
 def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
@@ -212,14 +217,3 @@ def iter_images(inputs: list[str | Path]) -> list[Path]:
         else:
             out.append(p)
     return out
-
-
-def load_for_inference(folder: Path, device: torch.device | str = "cpu",
-                       channels_last: bool = True) -> tuple[torch.nn.Module, ModelConfig]:
-    """A saved model, read-only: eval mode, no grads, on ``device``. Share it freely across threads."""
-    from .zoo import load_model
-    model, cfg = load_model(folder)
-    model.requires_grad_(False).to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    return model.eval(), cfg

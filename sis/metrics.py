@@ -1,64 +1,80 @@
 """Pure segmentation metrics: a confusion matrix first, reductions after.
 
-All functions take and return tensors/floats and keep no state, so a running
-evaluation is just ``cm += confusion_matrix(...)`` per batch.
+Label maps may be numpy arrays or torch tensors (on any device: the counting then runs there);
+the confusion matrix and everything after it are numpy, and no function keeps state, so a
+running evaluation is just ``cm += confusion_matrix(...)`` per batch. Serving imports this
+without torch.
 """
 from __future__ import annotations
 
-import torch
+import numpy as np
 
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
-                     ignore_index: int | None = None) -> torch.Tensor:
+def confusion_matrix(pred, target, num_classes: int, ignore_index: int | None = None) -> np.ndarray:
     """(num_classes, num_classes) int64 counts; rows = true class, cols = predicted.
 
-    pred, target: integer label maps of the same shape (any shape). Pixels whose
-    target is ``ignore_index`` or outside ``[0, num_classes)`` are not counted.
+    pred, target: integer label maps of the same shape (any shape), both numpy or both torch.
+    Pixels whose target is ``ignore_index`` or outside ``[0, num_classes)`` are not counted.
     """
-    if pred.shape != target.shape:
+    if tuple(pred.shape) != tuple(target.shape):
         raise ValueError(f"pred shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
-    t = target.reshape(-1).long()
-    p = pred.reshape(-1).long()
+    if isinstance(pred, np.ndarray):
+        t, p = target.reshape(-1).astype(np.int64), pred.reshape(-1).astype(np.int64)
+    else:  # a torch tensor: count where it lives (the GPU during training), hand back numpy
+        t, p = target.reshape(-1).long(), pred.reshape(-1).long()
     keep = (t >= 0) & (t < num_classes)
     if ignore_index is not None:
         keep &= t != ignore_index
-    t, p = t[keep], p[keep].clamp(0, num_classes - 1)
-    return torch.bincount(t * num_classes + p, minlength=num_classes ** 2).reshape(num_classes, num_classes).cpu()
+    t, p = t[keep], p[keep].clip(0, num_classes - 1)
+    flat = t * num_classes + p
+    if isinstance(flat, np.ndarray):
+        counts = np.bincount(flat, minlength=num_classes ** 2)
+    else:
+        import torch
+        counts = torch.bincount(flat, minlength=num_classes ** 2).cpu().numpy()
+    return counts.reshape(num_classes, num_classes).astype(np.int64)
 
 
-def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     """num/den with NaN where den == 0 (class absent: excluded from means)."""
-    num, den = num.double(), den.double()
-    return torch.where(den > 0, num / den.clamp(min=1), torch.full_like(num, float("nan")))
+    num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
+    return np.divide(num, den, out=np.full_like(num, np.nan), where=den > 0)
 
 
-def per_class_iou(cm: torch.Tensor) -> torch.Tensor:
+def per_class_iou(cm: np.ndarray) -> np.ndarray:
     """IoU_c = TP / (TP + FP + FN); NaN for a class absent from both target and prediction."""
-    tp = cm.diag()
+    cm = np.asarray(cm)
+    tp = np.diag(cm)
     return _ratio(tp, cm.sum(0) + cm.sum(1) - tp)
 
 
-def mean_iou(cm: torch.Tensor) -> float:
+def _nanmean(x: np.ndarray) -> float:
+    return float(np.nanmean(x)) if np.isfinite(x).any() else float("nan")
+
+
+def mean_iou(cm: np.ndarray) -> float:
     """Mean of per-class IoU over classes that occur (NaN classes skipped)."""
-    return float(torch.nanmean(per_class_iou(cm)))
+    return _nanmean(per_class_iou(cm))
 
 
-def pixel_accuracy(cm: torch.Tensor) -> float:
+def pixel_accuracy(cm: np.ndarray) -> float:
     """Global accuracy: correctly labelled pixels / all counted pixels."""
+    cm = np.asarray(cm)
     total = cm.sum()
-    return float(cm.diag().sum() / total) if total > 0 else float("nan")
+    return float(np.diag(cm).sum() / total) if total > 0 else float("nan")
 
 
-def per_class_accuracy(cm: torch.Tensor) -> torch.Tensor:
+def per_class_accuracy(cm: np.ndarray) -> np.ndarray:
     """Recall per class: TP / pixels of that class; NaN where the class is absent."""
-    return _ratio(cm.diag(), cm.sum(1))
+    cm = np.asarray(cm)
+    return _ratio(np.diag(cm), cm.sum(1))
 
 
-def mean_class_accuracy(cm: torch.Tensor) -> float:
-    return float(torch.nanmean(per_class_accuracy(cm)))
+def mean_class_accuracy(cm: np.ndarray) -> float:
+    return _nanmean(per_class_accuracy(cm))
 
 
-def summarize(cm: torch.Tensor, names: tuple[str, ...] | list[str]) -> dict:
+def summarize(cm: np.ndarray, names: tuple[str, ...] | list[str]) -> dict:
     """JSON-ready report: miou, pixel_acc, mean_class_acc, per_class_iou {name: iou|None}."""
     iou = per_class_iou(cm).tolist()
     return {
@@ -66,5 +82,5 @@ def summarize(cm: torch.Tensor, names: tuple[str, ...] | list[str]) -> dict:
         "pixel_acc": pixel_accuracy(cm),
         "mean_class_acc": mean_class_accuracy(cm),
         "per_class_iou": {n: (None if v != v else v) for n, v in zip(names, iou)},
-        "pixels": int(cm.sum()),
+        "pixels": int(np.asarray(cm).sum()),
     }

@@ -1,17 +1,20 @@
-"""What the pages show, computed here: pages only lay it out."""
+"""What the pages show, computed here as typed results: pages only lay them out. No torch."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
-import torch
 from PIL import Image
 
 from . import metrics, zoo
 from .classes import ClassSet
-from .infer import Prediction, class_share, colorize, error_map, label_png, overlay, predict, rgb_png
+from .engines import EngineChoice, choose_engine
+from .infer import class_share, colorize, error_map, label_png, overlay, predict, rgb_png
 
 # perceptually ordered colour map for confidence (viridis, 6 anchors, linearly interpolated)
 _VIRIDIS = np.array([[68, 1, 84], [65, 68, 135], [42, 120, 142], [34, 168, 132], [122, 209, 81], [253, 231, 37]],
                     np.float32)
+DISPLAY_MAX = 1600  # longest side of the arrays a result keeps for display (session state stays small)
 
 
 def colormap(x: np.ndarray) -> np.ndarray:
@@ -23,12 +26,8 @@ def colormap(x: np.ndarray) -> np.ndarray:
 
 
 def image_miou(labels: np.ndarray, truth: np.ndarray, classes: ClassSet) -> dict:
-    cm = metrics.confusion_matrix(torch.from_numpy(labels.astype(np.int64)), torch.from_numpy(truth.astype(np.int64)),
-                                  classes.num_classes, classes.void)
-    return metrics.summarize(cm, classes.names)
-
-
-DISPLAY_MAX = 1600  # longest side of the arrays a result keeps for display (session state stays small)
+    """metrics.summarize of one label map against its ground truth (void ignored)."""
+    return metrics.summarize(metrics.confusion_matrix(labels, truth, classes.num_classes, classes.void), classes.names)
 
 
 def _shrink(arr: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarray:
@@ -38,37 +37,54 @@ def _shrink(arr: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarray
     return np.asarray(im.resize((size[1], size[0]), Image.NEAREST if nearest else Image.BILINEAR))
 
 
-def segment(model, cfg: zoo.ModelConfig, image: Image.Image, truth: np.ndarray | None = None,
-            runner=None, display_max: int = DISPLAY_MAX) -> dict:
-    """Everything the Segment page shows for one image and one model (overlay: see ``paint``).
+@dataclass
+class Segmentation:
+    """One image through one model, as the Segment page shows it. Display arrays are at most
+    DISPLAY_MAX on the longest side; the PNG downloads and scores are at the image's own size."""
+    image: np.ndarray         # (h, w, 3) uint8, display size
+    labels: np.ndarray        # (h, w) uint8 class ids, display size
+    mask: np.ndarray          # (h, w, 3) the labels in the palette
+    confidence: np.ndarray    # (h, w, 3) viridis of the max softmax probability
+    size: tuple[int, int]     # the image's (H, W)
+    work_size: tuple[int, int]
+    mean_confidence: float
+    share: np.ndarray         # (C,) pixel share per class
+    ms: float
+    engine: str
+    mask_png: bytes
+    label_png: bytes
+    truth: np.ndarray | None = None   # ground truth in the palette, display size
+    errors: np.ndarray | None = None  # green right, red wrong, black void
+    scores: dict | None = None        # metrics.summarize against the ground truth
+    note: str | None = None           # said to the user (e.g. the engine fell back to eager)
 
-    Scores and the two PNG downloads are computed at the image's own size; the arrays kept
-    for display are at most ``display_max`` pixels on the longest side.
-    """
-    classes = cfg.class_set
+
+def segment(engine, image: Image.Image, truth: np.ndarray | None = None,
+            display_max: int = DISPLAY_MAX) -> Segmentation:
+    """Everything the Segment page shows for one image on one engine (overlay: see ``paint``)."""
+    classes = engine.cfg.class_set
     pal = classes.palette()
     rgb = np.asarray(image.convert("RGB"))
-    pred: Prediction = predict(model, cfg, rgb, runner=runner)
+    pred = predict(engine, rgb)
     h, w = pred.labels.shape
     f = min(1.0, display_max / max(h, w))
     disp = (max(1, round(h * f)), max(1, round(w * f)))
     labels = _shrink(pred.labels, disp, nearest=True)
-    out = {"image": _shrink(rgb, disp, nearest=False), "labels": labels, "mask": colorize(labels, pal),
-           "confidence": colormap(_shrink(pred.confidence, disp, nearest=False)), "size": (h, w),
-           "mean_confidence": float(pred.confidence.mean()), "share": class_share(pred.labels, classes.num_classes),
-           "ms": pred.ms, "work_size": pred.work_size, "truth": None,
-           "backend": runner.name if runner is not None else "eager",
-           "mask_png": rgb_png(colorize(pred.labels, pal)), "label_png": label_png(pred.labels)}
+    res = Segmentation(image=_shrink(rgb, disp, nearest=False), labels=labels, mask=colorize(labels, pal),
+                       confidence=colormap(_shrink(pred.confidence, disp, nearest=False)), size=(h, w),
+                       work_size=pred.work_size, mean_confidence=float(pred.confidence.mean()),
+                       share=class_share(pred.labels, classes.num_classes), ms=pred.ms, engine=engine.name,
+                       mask_png=rgb_png(colorize(pred.labels, pal)), label_png=label_png(pred.labels))
     if truth is not None and truth.shape == pred.labels.shape:
         t = _shrink(truth, disp, nearest=True)
-        out.update(truth=colorize(t, pal), errors=error_map(labels, t, classes.void),
-                   scores=image_miou(pred.labels, truth, classes))
-    return out
+        res.truth, res.errors = colorize(t, pal), error_map(labels, t, classes.void)
+        res.scores = image_miou(pred.labels, truth, classes)
+    return res
 
 
-def paint(res: dict, classes: ClassSet, alpha: float, visible: list[int] | None = None) -> np.ndarray:
+def paint(res: Segmentation, classes: ClassSet, alpha: float, visible: list[int] | None = None) -> np.ndarray:
     """The overlay for a ``segment`` result at opacity ``alpha``, painting only ``visible`` classes."""
-    return overlay(res["image"], res["labels"], classes.palette(), alpha, visible)
+    return overlay(res.image, res.labels, classes.palette(), alpha, visible)
 
 
 def disagreement(label_maps: list[np.ndarray]) -> tuple[np.ndarray, float]:
@@ -81,39 +97,66 @@ def disagreement(label_maps: list[np.ndarray]) -> tuple[np.ndarray, float]:
     return colormap((distinct - 1) / max(len(stack) - 1, 1)), frac
 
 
-def dashboard_rows(entries: dict, measured: dict[str, dict] | None = None) -> list[dict]:
-    """One row per available model, from its card (metrics) and the registry (size).
-
-    ``measured``: key -> this host's kept engine comparison (app.measured_engines); where there is
-    one, the fast path and its time are this host's ("fast_timed": "this host"), else the card's."""
-    from .backends import default_backend
-    rows = []
-    for key, e in entries.items():
-        cfg, card = zoo.read_config(e.folder), zoo.read_card(e.folder)
-        c = card.get("complexity") or zoo.config_complexity(cfg)  # the card's: no model build (smp import)
-        val = card.get("val") or {}
-        here = (measured or {}).get(key)
-        fast = {"default": default_backend(card, measured=here), "backends": here} if here else \
-            card.get("fast_path") or {}
-        fast_b = (fast.get("backends") or {}).get(fast.get("default"), {})
-        rows.append({"model": key, "arch": cfg.arch, "encoder": cfg.encoder, "paper": zoo.MODELS[cfg.name].paper,
-                     "val_miou": val.get("miou"), "pixel_acc": val.get("pixel_acc"),
-                     "per_class_iou": val.get("per_class_iou", {}), "params_m": c["params"] / 1e6,
-                     "gflops": c["gflops"], "cpu_ms": (card.get("latency") or {}).get("median_ms"),
-                     "epochs": card.get("epochs_run"), "history": card.get("history", []),
-                     "init": cfg.init, "fast_backend": fast.get("default"), "fast_ms": fast_b.get("median_ms"),
-                     "fast_timed": "this host" if here else "when shipped" if fast else None})
-    return rows
+@dataclass
+class ModelAnswer:
+    name: str
+    labels: np.ndarray  # (H, W) uint8
+    mask: np.ndarray    # (H, W, 3) in the palette
+    ms: float
+    engine: str
 
 
-def compare(models: list[tuple], image: Image.Image) -> dict:
-    """The same image through each (name, model, cfg[, runner]): masks, timings and a disagreement map."""
+@dataclass
+class Comparison:
+    image: np.ndarray
+    results: list[ModelAnswer]
+    disagreement: np.ndarray  # (H, W, 3) colour map
+    disagree_frac: float
+    note: str | None = None
+
+
+def compare(engines: list[tuple[str, object]], image: Image.Image) -> Comparison:
+    """The same image through each (name, engine): masks, timings and a disagreement map."""
     rgb = np.asarray(image.convert("RGB"))
     results = []
-    for name, model, cfg, *rest in models:
-        runner = rest[0] if rest else None
-        pred = predict(model, cfg, rgb, runner=runner)
-        results.append({"name": name, "mask": colorize(pred.labels, cfg.class_set.palette()), "labels": pred.labels,
-                        "ms": pred.ms, "backend": runner.name if runner is not None else "eager"})
-    dis, frac = disagreement([r["labels"] for r in results])
-    return {"image": rgb, "results": results, "disagreement": dis, "disagree_frac": frac}
+    for name, engine in engines:
+        pred = predict(engine, rgb)
+        results.append(ModelAnswer(name, pred.labels, colorize(pred.labels, engine.cfg.class_set.palette()),
+                                   pred.ms, engine.name))
+    dis, frac = disagreement([r.labels for r in results])
+    return Comparison(rgb, results, dis, frac)
+
+
+@dataclass
+class DashboardRow:
+    """One model on the dashboard: its card's figures and the engine it runs on here."""
+    model: str
+    arch: str
+    encoder: str
+    paper: str | None
+    init: str
+    val_miou: float | None
+    pixel_acc: float | None
+    per_class_iou: dict
+    params_m: float | None
+    gflops: float | None
+    cpu_ms: float | None          # eager fp32 on the machine that shipped it
+    epochs: int | None
+    history: list = field(default_factory=list)
+    engine: str = "eager"
+    engine_ms: float | None = None
+    engine_timed: str | None = None  # "this host" | "when shipped" | None (no figure)
+
+
+def dashboard_row(key: str, folder, choice: EngineChoice | None = None) -> DashboardRow:
+    """``key``'s row: figures from its card (no model is built) and the engine ``choose_engine`` gives."""
+    cfg, card = zoo.read_config(folder), zoo.read_card(folder)
+    choice = choice or choose_engine(folder)
+    fig = choice.figure
+    return DashboardRow(model=key, arch=cfg.arch, encoder=cfg.encoder, paper=zoo.MODELS[cfg.name].paper,
+                        init=cfg.init, val_miou=card.val_miou, pixel_acc=card.val_pixel_acc,
+                        per_class_iou=card.per_class_iou, params_m=card.params and card.params / 1e6,
+                        gflops=card.gflops, cpu_ms=card.latency_ms, epochs=card.epochs_run, history=card.history,
+                        engine=choice.name, engine_ms=fig.median_ms if fig else None,
+                        engine_timed=None if fig is None or fig.median_ms is None else
+                        "this host" if fig.timed_here else "when shipped")

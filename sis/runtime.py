@@ -1,9 +1,9 @@
-"""Devices, mixed precision and host facts, in one place for train, infer and bench."""
+"""Devices and mixed precision (PyTorch): one place for training, the torch engines and the benchmark.
+
+Facts about the machine that need no torch live in ``host``."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import os
 import platform
 import time
 import zlib
@@ -11,6 +11,8 @@ from functools import lru_cache
 
 import psutil
 import torch
+
+from .host import cpu_bf16_forced, cpu_has_bf16, cpu_model, host_key
 
 
 class DeviceError(ValueError):
@@ -38,18 +40,6 @@ def pick_device(pref: str = "auto") -> torch.device:
             raise DeviceError(f"device '{pref}' is unavailable: {why}")
         return torch.device(pref)
     raise DeviceError(f"unknown device '{pref}'; choose auto, cpu or cuda")
-
-
-@lru_cache(maxsize=None)
-def cpu_has_bf16() -> bool:
-    """True when the CPU executes bf16 natively (AVX512-BF16 or AMX), so autocast pays off."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-    except OSError:
-        return bool(getattr(torch.backends.mkldnn, "is_available", lambda: False)()) and \
-            platform.machine() == "arm64"
 
 
 BF16_MIN_SPEEDUP = 1.15  # bf16 autocast is used on a CPU only where it measured at least this much faster
@@ -80,11 +70,6 @@ def cpu_bf16_speedup() -> float | None:
     return best[False] / best[True]
 
 
-def cpu_bf16_forced() -> bool | None:
-    """``SIS_CPU_BF16=1`` / ``=0``: bf16 autocast on the CPU forced on / off; None: measured."""
-    return {"1": True, "0": False}.get(os.environ.get("SIS_CPU_BF16", ""))
-
-
 def amp_dtype(device: torch.device) -> torch.dtype | None:
     """The autocast dtype worth using on this device, or None for plain fp32."""
     if device.type == "cuda":
@@ -110,17 +95,6 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def host_info() -> dict:
     """CPU model, cores, RAM, GPU, torch version: enough to compare two benchmark runs."""
     gpu = None
@@ -142,62 +116,3 @@ def host_info() -> dict:
         "hostname_hash": zlib.crc32(platform.node().encode()) & 0xFFFF,  # hash() differs per process
         "host_key": host_key(),
     }
-
-
-@lru_cache(maxsize=1)
-def host_key() -> str:
-    """Names this machine for timings that pick an engine: hostname, CPU model, logical cores and
-    bf16 support. The same in every process on the machine (the app and the CLI share it);
-    computed once per process (the app asks on every rerun)."""
-    raw = "|".join(map(str, (platform.node(), cpu_model(), psutil.cpu_count(logical=True), cpu_has_bf16())))
-    return hashlib.sha1(raw.encode()).hexdigest()[:12]
-
-
-def memory_limit_bytes() -> int:
-    """The memory this process may use: the machine's RAM, or a smaller cgroup limit (a container
-    or a hosted instance, which psutil's total does not show). ``SIS_MEMORY_LIMIT_MB`` overrides."""
-    if os.environ.get("SIS_MEMORY_LIMIT_MB"):
-        return int(float(os.environ["SIS_MEMORY_LIMIT_MB"]) * 2**20)
-    limit = psutil.virtual_memory().total
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            with open(path) as f:
-                text = f.read().strip()
-        except OSError:
-            continue
-        if text.isdigit():
-            limit = min(limit, int(text))
-    return limit
-
-
-def rss_bytes() -> int:
-    return psutil.Process(os.getpid()).memory_info().rss
-
-
-def _libc():
-    import ctypes
-    import ctypes.util
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return None
-
-
-def limit_malloc_arenas(n: int = 2) -> bool:
-    """Cap glibc's per-thread malloc arenas: a threaded server (Streamlit) otherwise keeps freed
-    activation memory spread over many arenas and its RSS only grows. False where not glibc."""
-    libc = _libc()
-    try:
-        return bool(libc and libc.mallopt(-8, n))  # M_ARENA_MAX
-    except AttributeError:
-        return False
-
-
-def release_memory() -> None:
-    """Hand freed heap pages back to the OS after a large inference (glibc only; no-op elsewhere)."""
-    libc = _libc()
-    try:
-        if libc:
-            libc.malloc_trim(0)
-    except AttributeError:
-        pass

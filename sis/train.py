@@ -21,10 +21,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from . import zoo
+from . import models, zoo
 from .augment import SegDataset, build_augment
 from .data import class_weights, load_classes, load_split
-from .evaluate import evaluate, pad_to_stride
+from .evaluate import evaluate
+from .preprocess import model_input, pad_to_stride
 from .files import partial, remove
 from .runtime import amp_dtype, autocast, host_info, pick_device
 
@@ -182,7 +183,7 @@ def _save_checkpoint(folder: Path, model, optimizer, meta: dict) -> None:
 def _load_checkpoint(folder: Path, model, optimizer, cfg: zoo.ModelConfig) -> dict:
     try:
         meta = json.loads((folder / "meta.json").read_text())
-        zoo.apply_state(model, zoo.load_state(folder / "model.safetensors"), cfg, str(folder))
+        models.apply_state(model, models.load_state(folder / "model.safetensors"), cfg, str(folder))
         tensors = load_file(str(folder / "optimizer.safetensors"))
     except (OSError, json.JSONDecodeError, zoo.ModelError) as e:
         raise TrainingError(f"cannot resume from {folder}: {e}; delete it to start afresh") from None
@@ -228,20 +229,20 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
 
     # model: fresh (random / ImageNet encoder) or fine-tuned from a saved folder
     if cfg.init in ("random", "imagenet"):
-        model, mcfg = zoo.create_model(cfg.model, classes, cfg.init)
+        model, mcfg = models.create_model(cfg.model, classes, cfg.init)
     else:
-        model, mcfg = zoo.load_model(Path(cfg.init))
+        model, mcfg = models.load_model(Path(cfg.init))
         current = zoo.make_config(mcfg.name, mcfg.class_set) if mcfg.name in zoo.MODELS else mcfg
         if current.smp_kwargs != mcfg.smp_kwargs:
             # the registry's architecture for this name changed since the folder was saved:
             # build the current one and carry over every tensor that still fits
-            fresh, mcfg = zoo.create_model(current, mcfg.class_set)
-            copied, reinit = zoo.transplant(fresh, model.state_dict())
+            fresh, mcfg = models.create_model(current, mcfg.class_set)
+            copied, reinit = models.transplant(fresh, model.state_dict())
             model = fresh
             log(f"{cfg.init} was saved with an older {mcfg.name} architecture: carried over "
                 f"{len(copied)} tensors, {len(reinit)} start fresh ({', '.join(sorted({k.rsplit('.', 2)[0] for k in reinit})[:6])})")
         if mcfg.class_set.num_classes != classes.num_classes:
-            zoo.reset_head(model, classes.num_classes)
+            models.reset_head(model, classes.num_classes)
             log(f"new classifier head: {mcfg.class_set.num_classes} -> {classes.num_classes} classes")
         mcfg.classes = classes.to_dict()
         mcfg.init = f"finetune:{Path(cfg.init).name}"
@@ -312,10 +313,8 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
             lr = lr_at(step, total, cfg.lr, cfg.schedule, cfg.warmup_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x, _ = pad_to_stride(zoo.normalize(imgs, mcfg), mcfg.input_stride)
+            x, _ = model_input(imgs, mcfg, cfg.channels_last)
             y, _ = pad_to_stride(masks, mcfg.input_stride, value=ignore)
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device, cfg.amp):
                 logits = net(x)
             loss = F.cross_entropy(logits.float(), y, ignore_index=ignore,
@@ -371,7 +370,7 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
     if world > 1:
         dist.barrier()
     result = {"status": status, "out": str(out), "history": history, "val": val, "steps": step,
-              "digest": zoo.weights_digest(model), "rank": rank}
+              "digest": models.weights_digest(model), "rank": rank}
     if rank == 0:
         card = {
             "model": mcfg.name, "paper_pair": zoo.MODELS[mcfg.name].paper, "init": mcfg.init,
@@ -379,13 +378,13 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
             "status": status, "steps": step, "epochs_run": len([h for h in history if not h.get("partial")]),
             "wall_time_s": round(wall, 1), "history": history,
             "val": val, "recipe": cfg.to_dict(), "command": train_command(cfg), "world_size": world,
-            "complexity": zoo.config_complexity(mcfg),
+            "complexity": models.config_complexity(mcfg),
             "precision": str(amp_dtype(device)) if cfg.amp and amp_dtype(device) else "fp32",
             "hardware": host_info(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "data": {"root": str(cfg.data), "train_frames": len(train_frames),
                      "val_frames": len(val_frames) if val_frames is not None else 0},
         }
-        zoo.save_model(model, mcfg, out, card, half=cfg.save_half)
+        models.save_model(model, mcfg, out, card, half=cfg.save_half)
         if callback:
             callback(Progress(step, total, history[-1]["epoch"] if history else 0, epochs,
                               history[-1]["loss"] if history else float("nan"),

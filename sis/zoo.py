@@ -1,4 +1,4 @@
-"""The model zoo: one registry of encoder x decoder pairs, built with smp.
+"""The model zoo: one registry of encoder x decoder pairs, their configs and cards (no torch).
 
 Names are ``<arch>-<encoder>``: arch in {unet, pspnet}, encoder any VGG or ResNet
 that smp offers (``unet-resnet34``, ``pspnet-vgg16_bn``). The SIS-CNN paper's
@@ -6,28 +6,24 @@ four pairs are the ``PAPER_MODELS``; ``DEFAULT_MODEL`` is what the app opens on.
 
 A saved model is a folder (smp's save_pretrained layout plus a card)::
 
-    config.json        ModelConfig: name, arch kwargs, classes, preprocessing
+    config.json        smp's hub config (smp.from_pretrained reads it) + ModelConfig under "_sis"
     model.safetensors  weights (fp32 or fp16)
     card.json          metrics, per-epoch history, recipe, hardware, date
+
+Building, loading and saving PyTorch models is ``models``'s job; everything here is read
+by the serving path too, which never imports torch.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass, replace
-from functools import lru_cache
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-
 from .classes import CAMVID, ClassSet
-from .files import atomic_write
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -35,15 +31,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 ARCHS = {"unet": "Unet", "pspnet": "PSPNet"}
 # smp's VGG and ResNet encoders (tests/test_zoo.py checks this against smp's own list). Spelled
 # out so that importing the zoo does not import smp: smp pulls in timm and torchvision, ~200 MB
-# of RSS that a server running only exported graphs never needs (see _smp()).
+# of RSS that a server running only exported graphs never needs (models._smp imports it).
 ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg11", "vgg11_bn", "vgg13",
             "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
-
-
-def _smp():
-    """segmentation_models_pytorch, imported on the first model build."""
-    import segmentation_models_pytorch as smp
-    return smp
 
 
 class ModelError(ValueError):
@@ -123,17 +113,30 @@ class ModelConfig:
     std: tuple = IMAGENET_STD
     init: str = "random"  # how the encoder started: random | imagenet
     base_size: tuple = (360, 480)  # (h, w) the model works at; inputs are resized to it
-    format_version: int = 1
+    format_version: int = 2  # 2: smp's hub keys at the top of config.json, these under "_sis"
 
     @property
     def class_set(self) -> ClassSet:
         return ClassSet.from_dict(self.classes)
 
+    def smp_config(self) -> dict:
+        """The keys ``smp.from_pretrained`` reads: the model class and its constructor's arguments.
+        smp cannot express the VGG U-Nets' decoder without its center block (``center_block`` is
+        ours), so smp builds those with the block and refuses our weights (docs/decisions.md)."""
+        kwargs = {k: v for k, v in self.smp_kwargs.items() if k != "center_block"}
+        return {"_model_class": ARCHS[self.arch], "encoder_name": self.encoder, "encoder_weights": None,
+                "in_channels": 3, "classes": self.class_set.num_classes, **kwargs}
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
+        """config.json: smp's hub layout (its keys at the top, so ``smp.from_pretrained(folder)``
+        builds the model) with ours under ``_sis`` (smp ignores keys that start with '_')."""
+        return json.dumps({**self.smp_config(), "_sis": asdict(self)}, indent=2)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
+        """Either layout: smp's keys + ``_sis`` (format 2), or ours alone at the top (format 1)."""
+        if isinstance(d.get("_sis"), dict):
+            d = d["_sis"]
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         missing = {"name", "arch", "encoder", "smp_kwargs", "classes", "input_stride"} - known.keys()
         if missing:
@@ -183,80 +186,7 @@ def hub_reachable(host: str | None = None, port: int | None = None, timeout: flo
     return answered.is_set()
 
 
-def create_model(name_or_config: str | ModelConfig, classes: ClassSet = CAMVID,
-                 init: str = "random") -> tuple[torch.nn.Module, ModelConfig]:
-    """A new model and its config. init: 'random' or 'imagenet' (raises OfflineError offline)."""
-    cfg = name_or_config if isinstance(name_or_config, ModelConfig) else make_config(name_or_config, classes, init)
-    if init not in ("random", "imagenet"):
-        raise ModelError(f"unknown init '{init}'; choose random or imagenet")
-    if init == "imagenet" and not hub_reachable():
-        raise OfflineError(f"ImageNet weights for {cfg.encoder} need the internet "
-                           f"({HUB_HOST} is unreachable); use random init or connect and retry")
-    cfg = replace(cfg, init=init)
-    model = _build(cfg.arch, cfg.encoder, cfg.class_set.num_classes, cfg.smp_kwargs,
-                   "imagenet" if init == "imagenet" else None)
-    return model, cfg
-
-
-def _build(arch: str, encoder: str, num_classes: int, kwargs: dict, weights: str | None = None) -> torch.nn.Module:
-    """smp.create_model plus the architecture options smp has no argument for."""
-    kwargs = dict(kwargs)
-    center = kwargs.pop("center_block", True)
-    model = _smp().create_model(ARCHS[arch], encoder_name=encoder, encoder_weights=weights,
-                                classes=num_classes, **kwargs)
-    if not center and hasattr(model.decoder, "center"):
-        model.decoder.center = torch.nn.Identity()
-    return model
-
-
-def transplant(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
-    """Copy every tensor of ``state`` whose name and shape fit ``model``; returns (copied, left as initialised)."""
-    own = model.state_dict()
-    fits = {k: v.to(own[k].dtype) for k, v in state.items() if k in own and own[k].shape == v.shape}
-    model.load_state_dict(fits, strict=False)
-    return sorted(fits), sorted(own.keys() - fits.keys())
-
-
-@lru_cache(maxsize=None)
-def complexity(name: str, size: tuple[int, int] = (360, 480), num_classes: int = 11,
-               smp_kwargs: str | None = None) -> dict:
-    """Parameter count and forward GFLOPs at ``size`` (padded to the stride), on the meta device.
-
-    ``smp_kwargs``: a saved config's architecture arguments as JSON (default: the registry's).
-    """
-    spec = get_spec(name)
-    kwargs = json.loads(smp_kwargs) if smp_kwargs is not None else spec.smp_kwargs
-    with torch.device("meta"):
-        model = _build(spec.arch, spec.encoder, num_classes, kwargs)
-    params = sum(p.numel() for p in model.parameters())
-    s = spec.input_stride
-    h, w = (-(-size[0] // s) * s, -(-size[1] // s) * s)
-    from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as fc, torch.no_grad():
-        model(torch.empty(1, 3, h, w, device="meta"))
-    return {"params": params, "gflops": fc.get_total_flops() / 2e9, "padded_size": [h, w]}
-
-
-def config_complexity(cfg: ModelConfig, size: tuple[int, int] = (360, 480)) -> dict:
-    """``complexity`` of a saved model's own architecture (what cards record under "complexity")."""
-    return complexity(cfg.name, size, cfg.class_set.num_classes, json.dumps(cfg.smp_kwargs, sort_keys=True))
-
-
-# ---------------------------------------------------------------- save / load
-def save_model(model: torch.nn.Module, cfg: ModelConfig, folder: Path, card: dict | None = None,
-               half: bool = False) -> Path:
-    """Write config.json, model.safetensors (fp16 if ``half``) and card.json, atomically per file."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
-             for k, v in model.state_dict().items()}
-    atomic_write(folder / "model.safetensors", lambda p: save_file(state, str(p), metadata={"sis": cfg.name}))
-    atomic_write(folder / "config.json", lambda p: p.write_text(cfg.to_json()))
-    if card is not None:
-        atomic_write(folder / "card.json", lambda p: p.write_text(json.dumps(card, indent=2)))
-    return folder
-
-
+# ---------------------------------------------------------------- folders
 def read_config(folder: Path) -> ModelConfig:
     folder = Path(folder)
     path = folder / "config.json"
@@ -268,64 +198,51 @@ def read_config(folder: Path) -> ModelConfig:
         raise ModelError(f"{path} is not a valid model config: {e}") from None
 
 
-def read_card(folder: Path) -> dict:
+@dataclass(frozen=True)
+class EngineRecord:
+    """One engine's figures from an engine comparison (a card's, or this host's kept one)."""
+    median_ms: float | None = None
+    speedup: float | None = None      # eager fp32 time / this engine's time, same rounds
+    miou_delta: float | None = None   # val mIoU points against eager fp32, None where unchecked
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EngineRecord":
+        return cls(d.get("median_ms"), d.get("speedup_vs_eager"), d.get("miou_delta"))
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """card.json, read once: the figures the studio shows, typed; ``raw`` keeps every key as written
+    (recipes, per-stage notes, whatever a later version adds)."""
+    val_miou: float | None = None
+    val_pixel_acc: float | None = None
+    per_class_iou: dict = field(default_factory=dict)   # class name -> IoU or None
+    history: list = field(default_factory=list)         # per-epoch dicts (train.py)
+    epochs_run: int | None = None
+    params: int | None = None
+    gflops: float | None = None                        # at the base size
+    latency_ms: float | None = None                    # eager fp32 on the machine that shipped it
+    engines: dict = field(default_factory=dict)        # engine name -> EngineRecord (the shipping machine's)
+    raw: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelCard":
+        val, cx = d.get("val") or {}, d.get("complexity") or {}
+        eng = (d.get("fast_path") or {}).get("backends") or {}
+        return cls(val_miou=val.get("miou"), val_pixel_acc=val.get("pixel_acc"),
+                   per_class_iou=val.get("per_class_iou") or {}, history=d.get("history") or [],
+                   epochs_run=d.get("epochs_run"), params=cx.get("params"), gflops=cx.get("gflops"),
+                   latency_ms=(d.get("latency") or {}).get("median_ms"),
+                   engines={n: EngineRecord.from_dict(r or {}) for n, r in eng.items()}, raw=d)
+
+
+def read_card(folder: Path) -> ModelCard:
+    """The folder's card (an empty one where there is none or it is unreadable: a card is optional)."""
     path = Path(folder) / "card.json"
     try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except json.JSONDecodeError:
-        return {}
-
-
-def load_state(path: Path) -> dict[str, torch.Tensor]:
-    if not Path(path).is_file():
-        raise ModelError(f"weights file {path} is missing")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ModelError(f"{path} is not a readable safetensors file ({e})") from None
-
-
-def apply_state(model: torch.nn.Module, state: dict[str, torch.Tensor], cfg: ModelConfig, source: str,
-                assign: bool = False) -> None:
-    """Load ``state`` into ``model`` with errors that name the mismatch."""
-    own = model.state_dict()
-    missing, unexpected = own.keys() - state.keys(), state.keys() - own.keys()
-    if missing or unexpected:
-        raise ModelError(f"{source} does not match {cfg.name}: {len(missing)} missing and "
-                         f"{len(unexpected)} unexpected tensors (e.g. "
-                         f"{next(iter(sorted(missing or unexpected)))}); it was saved from another architecture")
-    for k, v in own.items():
-        if v.shape != state[k].shape:
-            if k.startswith("segmentation_head") and v.shape[0] != state[k].shape[0]:
-                raise ModelError(f"{source} predicts {state[k].shape[0]} classes but the config says "
-                                 f"{v.shape[0]}; it belongs to another class list")
-            raise ModelError(f"{source}: tensor {k} has shape {tuple(state[k].shape)}, "
-                             f"{cfg.name} expects {tuple(v.shape)}")
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, assign=assign)
-
-
-def load_model(folder: Path) -> tuple[torch.nn.Module, ModelConfig]:
-    """Rebuild a saved model (fp32, eval mode) from its folder."""
-    folder = Path(folder)
-    cfg = read_config(folder)
-    if cfg.name not in MODELS:
-        raise ModelError(f"{folder}/config.json names unknown model '{cfg.name}'")
-    state = load_state(folder / "model.safetensors")
-    # built on the meta device and filled with the file's tensors: no throw-away random
-    # init, and only one copy of the weights in memory
-    with torch.device("meta"):
-        model, _ = create_model(cfg, init="random")
-    apply_state(model, state, cfg, str(folder / "model.safetensors"), assign=True)
-    return model.eval(), cfg
-
-
-def weights_digest(model: torch.nn.Module) -> str:
-    """A short digest of in-memory weights (equal weights <-> equal digest)."""
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
+        return ModelCard.from_dict(json.loads(path.read_text()) if path.is_file() else {})
+    except (json.JSONDecodeError, AttributeError, TypeError):
+        return ModelCard()
 
 
 def shipped_models() -> dict[str, Path]:
@@ -351,16 +268,3 @@ def resolve(name_or_dir: str | Path) -> Path:
     raise ModelError(f"'{name}' is neither a model folder nor a model name; valid names: {', '.join(MODELS)}")
 
 
-def normalize(x: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
-    """(N,3,H,W) uint8 or float in [0,1] -> float normalized with the config's mean/std."""
-    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-    mean = torch.tensor(cfg.mean, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(cfg.std, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
-def reset_head(model: torch.nn.Module, num_classes: int) -> None:
-    """Replace the final classifier for a new class count (fine-tuning on another class list)."""
-    conv = model.segmentation_head[0]
-    model.segmentation_head[0] = torch.nn.Conv2d(conv.in_channels, num_classes, conv.kernel_size,
-                                                 padding=conv.padding)

@@ -3,7 +3,6 @@ import ast
 import io
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -55,6 +54,21 @@ def test_home_lists_models(app_env):
     assert at.title[0].value == "SIS Studio"
     names = [row for df in at.dataframe for row in df.value["model"].tolist()]
     assert "run:tiny" in names
+
+
+def test_home_shows_a_segmented_sample_first(app_env):
+    """Home shows before it tells: a sample frame and its overlay from the default model, then the
+    paper's four pairs with their val scores."""
+    from sis import zoo
+    at = _app()
+    res = at.session_state["_seg_last:home"][1]
+    assert res.image.shape[:2] == res.labels.shape == (360, 480) and res.engine == "onnxruntime-int8"
+    assert res.scores is None and 0 < res.mean_confidence <= 1 and abs(res.share.sum() - 1) < 1e-6
+    shipped = zoo.shipped_models()
+    for m in at.metric:
+        model = next(n for n in shipped if zoo.MODELS[n].paper == m.label)
+        assert m.value == f"{100 * zoo.read_card(shipped[model]).val_miou:.1f}% mIoU"
+    assert sorted(m.label for m in at.metric) == sorted(zoo.MODELS[n].paper for n in shipped if zoo.MODELS[n].paper)
 
 
 def _select_run(at):
@@ -125,60 +139,96 @@ def test_compare_two_models(app_env, tiny_model):
     assert any(m.label == "Pixels where the models disagree" and m.value == "0.0%" for m in at.metric)
 
 
-def test_benchmark_runs_and_records(app_env):
+def _wait_for_jobs(timeout=240):
+    import time
+
+    from sis import app
+    manager = app.startup()
+    t = time.time()
+    while any(j.active for j in manager.jobs.values()) and time.time() - t < timeout:
+        for j in list(manager.jobs.values()):
+            manager.poll(j.id)
+        time.sleep(0.3)
+    return manager
+
+
+@pytest.mark.slow
+def test_benchmark_runs_in_a_worker_and_records(app_env):
+    import os
     at = _app("pages/benchmark.py")
-    at.multiselect[0].set_value(["pspnet-resnet18"])
-    at.selectbox[0].set_value("128x160")
-    at.number_input[1].set_value(0)  # warm-up
-    at.number_input[2].set_value(1)  # timed steps
-    at.button[0].click().run()
+    at.multiselect(key="bench_models").set_value(["pspnet-resnet18"])
+    at.radio(key="bench_mode").set_value("train")
+    at.selectbox(key="bench_size").set_value("128x160")
+    at.number_input(key="bench_warmup").set_value(0)
+    at.number_input(key="bench_repeats").set_value(1)
+    at.button(key="bench_run").click().run()
     assert not at.exception, at.exception
-    assert at.dataframe[0].value["model"].tolist() == ["pspnet-resnet18"]
+    manager = _wait_for_jobs()
+    (job,) = manager.jobs.values()
+    assert job.kind == "bench" and job.process.pid != os.getpid() and job.status == "done", job.message
+    at.run()  # the page's next poll shows the result
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert table["model"].tolist() == ["pspnet-resnet18"] and table["mode"].tolist() == ["train"]
     from sis import store
     assert store.list_bench()[0]["model"] == "pspnet-resnet18"
+    manager.jobs.clear()
+
+
+@pytest.mark.slow
+def test_benchmark_says_when_the_servers_cap_is_reached(app_env, tiny_data):
+    from sis import app
+    manager = app.startup()
+    manager.start("another-session", dict(model="pspnet-resnet18", data=str(tiny_data), max_steps=200,
+                                          batch_size=2, val_every=0))
+    try:
+        at = _app("pages/benchmark.py")
+        at.selectbox(key="bench_size").set_value("128x160")
+        at.button(key="bench_run").click().run()
+        assert not at.exception
+        assert any("Not started: the server already runs 1 job(s)" in e.value for e in at.error)
+    finally:
+        for j in list(manager.jobs.values()):
+            manager.stop(j.id)
+        _wait_for_jobs()
+        manager.jobs.clear()
 
 
 def test_benchmark_cuda_unavailable_says_why(app_env):
-    from sis.runtime import cuda_unavailable_reason
-    if cuda_unavailable_reason() is None:
-        pytest.skip("this host has CUDA")
+    from sis import host
+    if host.nvidia_gpu_visible():
+        pytest.skip("this host has an NVIDIA GPU")
     at = _app("pages/benchmark.py")
-    at.radio[0].set_value("cuda")
-    at.button[0].click().run()
-    assert "CUDA is unavailable" in at.error[0].value
+    at.radio(key="bench_device").set_value("cuda")
+    at.button(key="bench_run").click().run()
+    assert at.error[0].value == "CUDA is unavailable: no NVIDIA GPU on this host."
 
 
+@pytest.mark.slow
 def test_finetune_start_twice_and_stop_twice(app_env, tiny_data):
     at = _app("pages/finetune.py")
-    at.selectbox[0].set_value("run:tiny")
-    at.text_input[0].set_value(str(tiny_data))
-    at.number_input[0].set_value(2)
-    at.selectbox[1].set_value("192x256")
-    at.button[0].click().run()  # Start
+    at.selectbox(key="ft_model").set_value("run:tiny")
+    at.text_input(key="ft_folder").set_value(str(tiny_data))
+    at.number_input(key="ft_length").set_value(2)
+    at.selectbox(key="ft_crop").set_value("192x256")
+    at.button(key="ft_start").click().run()  # Start
     assert not at.exception and not at.error, [e.value for e in at.error]
-    at.text_input[0].set_value(str(tiny_data))
-    at.button[0].click().run()  # Start again while running
+    at.text_input(key="ft_folder").set_value(str(tiny_data))
+    at.button(key="ft_start").click().run()  # Start again while running
     assert any("already has a fine-tuning job running" in e.value for e in at.error)
-    at.button[1].click().run()  # Stop
-    at.button[1].click().run()  # Stop again
+    at.button(key="ft_stop").click().run()  # Stop
+    at.button(key="ft_stop").click().run()  # Stop again
     assert not at.exception
-    from sis import app
-    manager = app.startup()
-    import time
-    for _ in range(240):
-        job = next(iter(manager.jobs.values()))
-        manager.poll(job.id)
-        if not job.active:
-            break
-        time.sleep(0.5)
+    manager = _wait_for_jobs()
+    job = next(iter(manager.jobs.values()))
     assert job.status in ("stopped", "done"), job.message
     manager.jobs.clear()
 
 
 def test_finetune_missing_folder(app_env, tmp_path):
     at = _app("pages/finetune.py")
-    at.text_input[0].set_value(str(tmp_path / "nowhere"))
-    at.button[0].click().run()
+    at.text_input(key="ft_folder").set_value(str(tmp_path / "nowhere"))
+    at.button(key="ft_start").click().run()
     assert not at.exception and "does not exist" in at.error[0].value
 
 
@@ -207,11 +257,11 @@ def test_segment_odd_images(app_env, name, make, note, shape):
     assert not at.exception and not at.error, [e.value for e in at.error]
     if note:
         assert any(note in c.value for c in at.caption)
-    res = at.session_state["_seg_last"][1]
-    assert res["labels"].shape == shape == res["image"].shape[:2]  # mask lines up with what is shown
+    res = at.session_state["_seg_last:segment"][1]
+    assert res.labels.shape == shape == res.image.shape[:2]  # mask lines up with what is shown
 
 
-def test_segment_uses_the_fast_path_and_lets_you_pick_eager(app_env):
+def test_segment_uses_the_chosen_engine_and_lets_you_pick_eager(app_env):
     import json
     card = app_env / "models" / "tiny" / "card.json"  # as if the fine-tune had checked its int8 accuracy
     c = json.loads(card.read_text())
@@ -219,37 +269,40 @@ def test_segment_uses_the_fast_path_and_lets_you_pick_eager(app_env):
     card.write_text(json.dumps(c))
     at = _app("pages/segment.py")
     _select_run(at)
-    assert at.selectbox(key="seg_backend:run:tiny").value == "onnxruntime-int8"
+    assert at.selectbox(key="seg_engine:run:tiny").value == "onnxruntime-int8"
     assert any("on onnxruntime-int8" in c.value for c in at.caption)
     fast_miou = next(s.value for s in at.subheader if "mIoU" in s.value)
-    at.selectbox(key="seg_backend:run:tiny").set_value("eager").run()
+    at.selectbox(key="seg_engine:run:tiny").set_value("eager").run()
     assert not at.exception and any("on eager" in c.value for c in at.caption)
-    assert next(s.value for s in at.subheader if "mIoU" in s.value)  # a result on the reference too
-    assert fast_miou
+    eager_miou = next(s.value for s in at.subheader if "mIoU" in s.value)  # a result on the reference too
+    assert fast_miou.startswith("Against the ground truth: mIoU") and eager_miou.startswith(
+        "Against the ground truth: mIoU")
 
 
 def test_segment_follows_this_hosts_engine_comparison(app_env):
     """A comparison kept on this host outranks the card: here it timed int8 slower than eager."""
     import json
 
-    from sis import backends, runtime, store
+    from sis import engines, host, store
+    from sis.engines.cache import file_key
     folder = app_env / "models" / "tiny"
     c = json.loads((folder / "card.json").read_text())
     c["fast_path"] = {"backends": {"onnxruntime-int8": {"miou_delta": -0.1, "speedup_vs_eager": 3.0}}}
     (folder / "card.json").write_text(json.dumps(c))
-    here = {n: {"speedup_vs_eager": 0.8, "miou_delta": None} for n, why in backends.available().items() if why is None}
+    here = {n: {"speedup_vs_eager": 0.8, "miou_delta": None} for n, why in engines.available().items() if why is None}
     here["eager"]["speedup_vs_eager"] = 1.0
-    store.put_engines(runtime.host_key(), backends.file_key(folder), "pspnet-resnet18", here)
+    store.put_engines(host.host_key(), file_key(folder), "pspnet-resnet18", here)
     at = _app("pages/segment.py")
     _select_run(at)
-    assert at.selectbox(key="seg_backend:run:tiny").value == "eager"
+    assert at.selectbox(key="seg_engine:run:tiny").value == "eager"
     assert any("on eager" in c.value for c in at.caption)
-    labels = at.selectbox(key="seg_backend:run:tiny").options  # the speeds shown are this host's
-    assert "onnxruntime-int8 (0.8x here, -0.10 mIoU)" in labels and "eager — fast path — reference" in labels
+    labels = at.selectbox(key="seg_engine:run:tiny").options  # the speeds shown are this host's
+    assert "onnxruntime-int8 (0.8x here, -0.10 mIoU)" in labels and "eager — chosen here — reference" in labels
 
 
-def test_zoo_table_shows_this_hosts_fast_path(app_env):
-    from sis import backends, runtime, store
+def test_zoo_table_shows_this_hosts_engine(app_env):
+    from sis import engines, host, store
+    from sis.engines.cache import file_key
     folder = app_env / "models" / "tiny"
     c = json.loads((folder / "card.json").read_text())
     c["fast_path"] = {"default": "onnxruntime-int8",
@@ -257,55 +310,48 @@ def test_zoo_table_shows_this_hosts_fast_path(app_env):
     (folder / "card.json").write_text(json.dumps(c))
     at = _app()
     row = at.dataframe[0].value.set_index("model").loc["run:tiny"]
-    assert row["fast path"] == "onnxruntime-int8" and row["CPU ms (fast path)"] == 30 and row["timed"] == "when shipped"
+    assert row["engine here"] == "onnxruntime-int8" and row["engine ms"] == 30 and row["timed"] == "when shipped"
     here = {n: {"speedup_vs_eager": 0.5, "median_ms": 200.0, "miou_delta": None}
-            for n, why in backends.available().items() if why is None}
+            for n, why in engines.available().items() if why is None}
     here["eager"] = {"speedup_vs_eager": 1.0, "median_ms": 100.0, "miou_delta": 0.0}
-    store.put_engines(runtime.host_key(), backends.file_key(folder), "pspnet-resnet18", here)
+    store.put_engines(host.host_key(), file_key(folder), "pspnet-resnet18", here)
     at = _app()
     row = at.dataframe[0].value.set_index("model").loc["run:tiny"]
-    assert row["fast path"] == "eager" and row["CPU ms (fast path)"] == 100 and row["timed"] == "this host"
-
-
-def test_small_hosts_keep_to_graph_engines(app_env, monkeypatch):
-    """A kept comparison where torch-bf16 won does not make a 1 GB server load PyTorch models."""
-    from sis import app, backends, catalog, runtime, store
-    entry = catalog.available_models()["run:tiny"]
-    c = json.loads((entry.folder / "card.json").read_text())
-    c["fast_path"] = {"backends": {n: {"miou_delta": 0.0, "speedup_vs_eager": 1.5} for n in backends.BACKENDS}}
-    (entry.folder / "card.json").write_text(json.dumps(c))
-    here = {n: {"speedup_vs_eager": s, "miou_delta": None}
-            for n, s in (("eager", 1.0), ("torch-bf16", 5.0), ("onnxruntime", 1.2), ("onnxruntime-int8", 2.0))}
-    store.put_engines(runtime.host_key(), backends.file_key(entry.folder), "pspnet-resnet18", here)
-    monkeypatch.setattr(backends, "unavailable_reason", lambda name, device="cpu": None)  # any host
-    monkeypatch.setenv("SIS_MEMORY_LIMIT_MB", "1024")
-    assert set(app.measured_engines(entry)) == {"eager", "onnxruntime", "onnxruntime-int8"}
-    assert app.default_backend(entry) == "onnxruntime-int8"
-    monkeypatch.setenv("SIS_MEMORY_LIMIT_MB", "16384")
-    assert app.default_backend(entry) == "torch-bf16"
+    assert row["engine here"] == "eager" and row["engine ms"] == 100 and row["timed"] == "this host"
 
 
 def test_segment_falls_back_to_eager_when_the_engine_fails(app_env, monkeypatch):
-    from sis import backends
+    from sis.engines.onnx_engine import GraphEngine
 
     def broken(self, size):
         raise RuntimeError("no ONNX for you")
-    monkeypatch.setattr(backends.GraphRunner, "prepare", broken)
+    monkeypatch.setattr(GraphEngine, "prepare", broken)
     at = _app("pages/segment.py")
     _select_run(at)
-    at.selectbox(key="seg_backend:run:tiny").set_value("onnxruntime-int8").run()
+    at.selectbox(key="seg_engine:run:tiny").set_value("onnxruntime-int8").run()
     assert not at.exception
     assert any("no ONNX for you" in w.value and "PyTorch fp32" in w.value for w in at.warning)
     assert any("on eager" in c.value for c in at.caption)
 
 
-def test_benchmark_compares_engines(app_env):
+@pytest.mark.slow
+def test_benchmark_compares_engines_in_a_worker(app_env):
+    import os
     at = _app("pages/benchmark.py")
+    at.selectbox(key="eng_model").set_value("run:tiny")
     at.selectbox(key="eng_size").set_value("240x320")
-    next(b for b in at.button if b.label == "Compare engines").click().run()
+    at.number_input(key="eng_rounds").set_value(2)
+    at.button(key="eng_run").click().run()
+    assert not at.exception, at.exception
+    manager = _wait_for_jobs()
+    (job,) = manager.jobs.values()
+    assert job.kind == "engines" and job.process.pid != os.getpid() and job.status == "done", job.message
+    at.run()
     assert not at.exception, at.exception
     engines = at.dataframe[0].value["engine"].tolist()
     assert engines[0] == "eager" and "onnxruntime-int8" in engines
+    assert any("Not kept: only a comparison at the model's base size" in c.value for c in at.caption)
+    manager.jobs.clear()
     from sis import store
     assert any(r["mode"] == "infer:onnxruntime-int8" for r in store.list_bench())
 
@@ -317,26 +363,24 @@ def test_finetune_zip_without_labels_says_so(app_env, tiny_data):
         for p in sorted((tiny_data / "train").iterdir()):
             z.write(p, f"train/{p.name}")
     at = _app("pages/finetune.py")
-    at.file_uploader[0].upload("street.zip", buf.getvalue(), "application/zip")
-    at.button[0].click().run()
+    at.file_uploader(key="ft_zip").upload("street.zip", buf.getvalue(), "application/zip")
+    at.button(key="ft_start").click().run()
     assert not at.exception
     assert len(at.error) == 1 and "no labels (no trainannot/ folder)" in at.error[0].value
-    at.file_uploader[0].upload("notes.zip", b"not a zip", "application/zip")
-    at.button[0].click().run()
+    at.file_uploader(key="ft_zip").upload("notes.zip", b"not a zip", "application/zip")
+    at.button(key="ft_start").click().run()
     assert "not a valid zip file" in at.error[0].value
 
 
 def test_segment_result_keeps_display_size_arrays_and_full_size_downloads(tiny_model):
     """A big photo: the session keeps <= 1600 px arrays; the label PNG download is full size."""
-    from sis import report
-    from sis.infer import load_for_inference
-    model, cfg = load_for_inference(tiny_model)
+    from sis import engines, report
     big = Image.fromarray(np.random.default_rng(0).integers(0, 255, (2400, 3200, 3), np.uint8))
-    res = report.segment(model, cfg, big)
-    assert res["image"].shape == (1200, 1600, 3) and res["labels"].shape == res["confidence"].shape[:2] == (1200, 1600)
-    assert res["size"] == (2400, 3200)
-    assert Image.open(io.BytesIO(res["label_png"])).size == (3200, 2400)
-    assert Image.open(io.BytesIO(res["mask_png"])).size == (3200, 2400)
+    res = report.segment(engines.load_engine(tiny_model, "eager"), big)
+    assert res.image.shape == (1200, 1600, 3) and res.labels.shape == res.confidence.shape[:2] == (1200, 1600)
+    assert res.size == (2400, 3200)
+    assert Image.open(io.BytesIO(res.label_png)).size == (3200, 2400)
+    assert Image.open(io.BytesIO(res.mask_png)).size == (3200, 2400)
 
 
 def test_model_picker_labels_carry_val_miou(app_env):
@@ -345,6 +389,70 @@ def test_model_picker_labels_carry_val_miou(app_env):
     at = _app("pages/segment.py")
     labels = at.selectbox(key="seg_model").options
     for name, folder in zoo.shipped_models().items():
-        miou = zoo.read_card(folder)["val"]["miou"]
+        miou = zoo.read_card(folder).val_miou
         assert any(o.startswith(name) and f"val mIoU {100 * miou:.1f}" in o for o in labels), (name, labels)
     assert any(o.startswith("tiny (fine-tuned here) · val mIoU") for o in labels), labels
+
+
+def test_serving_an_upload_imports_no_torch(tmp_path):
+    """A fresh interpreter runs the app's own pages, Segment with an upload and Compare on the default
+    engine: torch (and smp, timm, torchvision) never load in the server. The graphs come from the shipped
+    templates; fine-tuning and benchmarks import torch in their worker processes."""
+    import subprocess
+    import sys
+    code = f"""
+import io, sys
+import numpy as np
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+at = AppTest.from_file({str(ROOT / "streamlit_app.py")!r}, default_timeout=300)
+at.run()
+at.switch_page("pages/segment.py").run()
+at.radio(key="seg_source").set_value("Upload").run()
+buf = io.BytesIO()
+Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 400, 3), np.uint8)).save(buf, "PNG")
+at.file_uploader(key="seg_upload").upload("street.png", buf.getvalue(), "image/png").run()
+res = at.session_state["_seg_last:segment"][1]
+assert not at.exception and res.size == (300, 400), at.exception
+at.switch_page("pages/compare.py").run()
+assert not at.exception and at.metric, at.exception
+for page in ("pages/home.py", "pages/finetune.py", "pages/benchmark.py"):  # every page's own imports too
+    at.switch_page(page).run()
+    assert not at.exception, (page, at.exception)
+print(res.engine, sorted(m for m in ("torch", "segmentation_models_pytorch", "timm", "torchvision") if m in sys.modules))
+"""
+    env = dict(__import__("os").environ, SIS_DATA_DIR=str(tmp_path / "data"), SIS_CACHE_DIR=str(tmp_path / "cache"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "onnxruntime-int8 []"
+
+
+@pytest.mark.parametrize("memory_mb,expected", [(700, "onnxruntime-int8"), (16384, "torch-bf16")])
+def test_cli_and_app_choose_the_same_engine(app_env, monkeypatch, tmp_path, memory_mb, expected):
+    """One policy: on a simulated small host and a big one, `predict` and the Segment page run the same
+    engine. This host's kept comparison timed torch-bf16 fastest; a small host keeps to graph engines."""
+    import subprocess
+    import sys
+
+    from sis import host, store
+    from sis.engines.cache import file_key
+    folder = app_env / "models" / "tiny"
+    c = json.loads((folder / "card.json").read_text())
+    c["fast_path"] = {"backends": {n: {"miou_delta": 0.0, "speedup_vs_eager": 1.5}
+                                   for n in ("eager", "torch-bf16", "onnxruntime", "onnxruntime-int8")}}
+    (folder / "card.json").write_text(json.dumps(c))
+    here = {n: {"speedup_vs_eager": s, "miou_delta": None}
+            for n, s in (("eager", 1.0), ("torch-bf16", 5.0), ("onnxruntime", 1.2), ("onnxruntime-int8", 2.0))}
+    store.put_engines(host.host_key(), file_key(folder), "pspnet-resnet18", here)
+    monkeypatch.setenv("SIS_CPU_BF16", "1")  # bf16 runs on any CPU here: the memory rule alone differs
+    monkeypatch.setenv("SIS_MEMORY_LIMIT_MB", str(memory_mb))
+    img = tmp_path / "street.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 80, 3), np.uint8)).save(img)
+    out = subprocess.run([sys.executable, "-m", "sis", "predict", "--model", str(folder), "--out", str(tmp_path / "o"),
+                          str(img)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0].startswith(f"pspnet-resnet18 on {expected} (")
+    at = _app("pages/segment.py")
+    _select_run(at)
+    assert at.selectbox(key="seg_engine:run:tiny").value == expected
+    assert any(f"on {expected};" in c.value for c in at.caption)

@@ -18,7 +18,7 @@ from conftest import REAL_CAMVID, ROOT
 
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = ROOT / "artifacts" / "screenshots"
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 if not CHROMIUM.exists():
     if os.environ.get("CI"):
@@ -56,8 +56,7 @@ def server(tmp_path_factory, tiny_model):
     os.environ["SIS_BROWSER_DATA"] = str(data)
     yield url
     proc.terminate()
-    proc.wait(timeout=20)
-    assert proc.returncode is not None  # no zombie server left behind
+    assert proc.wait(timeout=20) in (0, -15), (data / "server.log").read_text()[-2000:]  # it stopped on SIGTERM
 
 
 @pytest.fixture(scope="module")
@@ -174,24 +173,19 @@ def test_finetune_live_curve_while_another_session_segments(server, browser, tin
     shown = float(re.search(r"mIoU ([\d.]+)%", text)[1])
     assert latency < 90
     from PIL import Image
-    from sis import catalog, report
+    from sis import catalog, engines, report
     from sis.data import read_label
-    from sis.infer import load_for_inference
-    from sis import backends, zoo
-    from sis.bench import measured_engines
     os.environ["SIS_DATA_DIR"] = os.environ["SIS_BROWSER_DATA"]  # the server's models and engine timings
     try:
         entries = catalog.available_models()
         folder = entries[catalog.default_key(entries)].folder
-        model, cfg = load_for_inference(folder)
-        # the page's engine: the card's fast path, or the one the Benchmark test's comparison kept
-        engine = backends.default_backend(zoo.read_card(folder), measured=measured_engines(folder))
+        # the page's engine: the policy's, which reads the comparison the Benchmark test may have kept
+        engine = engines.load_engine(folder)
     finally:
         del os.environ["SIS_DATA_DIR"]
-    runner = backends.get_runner(model, cfg, engine, folder=folder)
-    sample = catalog.samples()[0]  # the page's first sample, on the page's default engine
-    ref = report.segment(model, cfg, Image.open(sample.image).convert("RGB"), read_label(sample.label), runner)
-    assert shown == pytest.approx(100 * ref["scores"]["miou"], abs=0.051)
+    sample = catalog.samples()[0]  # the page's first sample, on the page's engine
+    ref = report.segment(engine, Image.open(sample.image).convert("RGB"), read_label(sample.label))
+    assert shown == pytest.approx(100 * ref.scores["miou"], abs=0.051)
 
     page.get_by_role("button", name="Stop").click()
     page.get_by_text(re.compile(r"Run (stopped|done) after")).wait_for()

@@ -36,6 +36,7 @@ def test_models_json_has_one_default():
     assert {r["name"] for r in rows} >= {"unet-resnet18", "pspnet-vgg16_bn"}
 
 
+@pytest.mark.slow
 def test_bad_arguments(tmp_path, tiny_data):
     one_line_error(run("train", "--model", "unet-nope", "--data", tiny_data), "unknown model 'unet-nope'")
     one_line_error(run("train", "--model", TINY_MODEL, "--data", tmp_path / "missing"), "does not exist")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import TINY_MODEL, write_dataset
-from sis import zoo
+from sis import models, zoo
 from sis.files import DiskFullError, atomic_write, is_disk_full
 from sis.__main__ import main
 
@@ -55,16 +55,16 @@ def test_disk_full_recognised_in_library_messages():
 
 
 def test_model_save_on_a_full_disk_keeps_the_saved_model(tmp_path):
-    model, cfg = zoo.create_model(TINY_MODEL)
+    model, cfg = models.create_model(TINY_MODEL)
     with small_disk(tmp_path / "disk", 64) as disk:  # fp16 weights (23 MB) fit, fp32 (45 MB) next to them do not
-        zoo.save_model(model, cfg, disk / "m", card={"v": 1}, half=True)
+        models.save_model(model, cfg, disk / "m", card={"v": 1}, half=True)
         with torch.no_grad():
             next(model.parameters()).add_(1.0)
         with pytest.raises(DiskFullError, match="model.safetensors"):
-            zoo.save_model(model, cfg, disk / "m", card={"v": 2})
+            models.save_model(model, cfg, disk / "m", card={"v": 2})
         assert sorted(p.name for p in (disk / "m").iterdir()) == ["card.json", "config.json", "model.safetensors"]
-        assert zoo.read_card(disk / "m") == {"v": 1}
-        loaded, _ = zoo.load_model(disk / "m")  # the first save, whole
+        assert zoo.read_card(disk / "m").raw == {"v": 1}
+        loaded, _ = models.load_model(disk / "m")  # the first save, whole
         assert next(loaded.parameters()).dtype == torch.float32
 
 

@@ -7,8 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sis import zoo
-from sis.infer import (ImageError, class_share, colorize, error_map, iter_images, load_for_inference, load_image,
+from sis.infer import (ImageError, class_share, colorize, error_map, iter_images, labels_and_confidence, load_image,
                        overlay, predict, work_size)
 
 
@@ -131,27 +130,43 @@ def test_work_size_keeps_aspect_and_area():
 
 @pytest.fixture(scope="module")
 def model(tiny_model):
+    from sis.models import load_for_inference
     return load_for_inference(tiny_model)
 
 
+@pytest.fixture(scope="module")
+def eager(tiny_model):
+    from sis import engines
+    return engines.load_engine(tiny_model, "eager")
+
+
 @pytest.mark.parametrize("size", [(1, 1), (37, 51), (360, 480), (600, 300)])
-def test_predict_returns_original_size(model, size):
-    m, cfg = model
+def test_predict_returns_original_size(eager, size):
     img = Image.new("RGB", (size[1], size[0]), (120, 60, 200))
-    pred = predict(m, cfg, img)
+    pred = predict(eager, img)
     assert pred.labels.shape == size and pred.confidence.shape == size and pred.labels.dtype == np.uint8
     assert pred.labels.max() < 11 and 0 < pred.confidence.min() <= pred.confidence.max() <= 1.0 + 1e-6
 
 
-def test_predict_matches_full_res_forward(model, tiny_data):
+def test_predict_matches_full_res_forward(model, eager):
     """At the working size no resize happens: labels equal the argmax of a plain forward."""
-    from sis.evaluate import forward_logits
+    from sis.preprocess import forward_logits
     m, cfg = model
     img = np.random.default_rng(0).integers(0, 255, (360, 480, 3), np.uint8)
-    pred = predict(m, cfg, img)
+    pred = predict(eager, img)
     with torch.inference_mode():
         ref = forward_logits(m, cfg, torch.from_numpy(img.transpose(2, 0, 1)).unsqueeze(0), amp=False)
     assert (pred.labels == ref.argmax(1)[0].numpy()).mean() == 1.0
+    soft = ref.softmax(1).max(1).values[0].numpy()
+    np.testing.assert_allclose(pred.confidence, soft, rtol=1e-5, atol=1e-6)
+
+
+def test_labels_and_confidence_by_hand():
+    logits = np.array([[[0.0, 2.0]], [[0.0, 0.0]], [[np.log(2.0), -1.0]]], np.float32)  # (3 classes, 1, 2)
+    labels, conf = labels_and_confidence(logits)
+    assert labels.tolist() == [[2, 0]]
+    # pixel 0: exp(0, 0, ln2) = (1, 1, 2) -> 2/4; pixel 1: exp(2, 0, -1)
+    np.testing.assert_allclose(conf[0], [0.5, np.exp(2) / (np.exp(2) + 1 + np.exp(-1))], rtol=1e-6)
 
 
 def test_model_is_read_only(model):

@@ -5,6 +5,8 @@ import pytest
 
 from sis import jobs, store
 
+pytestmark = pytest.mark.slow  # worker processes that train
+
 
 @pytest.fixture
 def manager(tmp_path, monkeypatch):
@@ -28,7 +30,7 @@ def test_job_runs_to_done_and_is_recorded(manager, tiny_data, tiny_model):
     job = manager.start("s1", cfg)
     with pytest.raises(jobs.JobError, match="already has a fine-tuning job"):
         manager.start("s1", cfg)
-    with pytest.raises(jobs.JobError, match="already runs 1 fine-tuning job"):
+    with pytest.raises(jobs.JobError, match=r"already runs 1 job\(s\)"):
         manager.start("s2", cfg)
     snap = _wait(manager, job)
     assert snap["status"] == "done", snap["message"]
@@ -47,3 +49,44 @@ def test_failed_job_reports_one_sentence(manager, tmp_path):
     job = manager.start("s", dict(model="pspnet-resnet18", data=str(tmp_path / "missing"), max_steps=1))
     snap = _wait(manager, job)
     assert snap["status"] == "failed" and "does not exist" in snap["message"]
+
+
+def _unwatched_long_job(tmp_path, monkeypatch, tiny_data, tiny_model, **limits) -> jobs.Job:
+    """A 2000-step job that nobody polls or stops: only the manager's watch thread acts on it."""
+    monkeypatch.setenv("SIS_DATA_DIR", str(tmp_path))
+    m = jobs.JobManager(jobs.Limits(max_jobs=1, max_steps=2000, watch_s=0.2, **limits))
+    try:
+        job = m.start("s", dict(model="pspnet-resnet18", data=str(tiny_data), init=str(tiny_model), max_steps=2000,
+                                batch_size=2, val_every=0))
+        t = time.time()
+        while job.active and time.time() - t < 120:
+            time.sleep(0.5)  # no poll(), no start()
+        return job
+    finally:
+        m.shutdown()
+
+
+def test_wall_time_cap_runs_without_anyone_polling(tmp_path, monkeypatch, tiny_data, tiny_model):
+    job = _unwatched_long_job(tmp_path, monkeypatch, tiny_data, tiny_model, max_wall_s=3.0)
+    assert job.status == "stopped" and job.message == "stopped at the 3-second limit"
+    assert job.progress[-1]["step"] < 2000
+
+
+def test_orphaned_job_is_reaped(tmp_path, monkeypatch, tiny_data, tiny_model):
+    job = _unwatched_long_job(tmp_path, monkeypatch, tiny_data, tiny_model, orphan_s=2.0)
+    assert job.status == "stopped" and job.message == "stopped: its page was closed"
+
+
+def test_benchmark_runs_in_a_worker_under_the_same_caps(manager, tiny_data, tiny_model):
+    job = manager.start_bench("s1", ["pspnet-resnet18"], mode="train", batch=1, size=(64, 96), warmup=0, repeats=2)
+    assert job.process.pid != __import__("os").getpid() and job.kind == "bench"
+    with pytest.raises(jobs.JobError, match="already has a benchmark job"):
+        manager.start_bench("s1", ["pspnet-resnet18"], mode="infer")
+    with pytest.raises(jobs.JobError, match=r"already runs 1 job\(s\)"):
+        manager.start("s2", dict(model="pspnet-resnet18", data=str(tiny_data), max_steps=1))
+    snap = _wait(manager, job)
+    assert snap["status"] == "done", snap["message"]
+    (res,) = snap["result"]
+    assert res["mode"] == "train" and res["size"] == [64, 96] and len(res["times_ms"]) == 2
+    assert store.list_bench()[0]["model"] == "pspnet-resnet18"  # recorded in the history
+    assert store.list_runs() == []  # not a fine-tuning run

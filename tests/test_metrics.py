@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,6 +18,15 @@ def test_confusion_matrix_hand_computed():
     assert metrics.mean_iou(cm) == pytest.approx((0.5 + 2 / 3 + 1) / 3)
     assert metrics.pixel_accuracy(cm) == pytest.approx(4 / 5)
     assert metrics.mean_class_accuracy(cm) == pytest.approx((0.5 + 1 + 1) / 3)
+
+
+def test_numpy_label_maps_count_as_torch_ones():
+    """Serving scores numpy label maps (no torch); evaluation counts tensors: the same matrix."""
+    g = np.random.default_rng(0)
+    target, pred = g.integers(0, 12, (3, 20, 30)), g.integers(0, 11, (3, 20, 30))
+    cm_np = metrics.confusion_matrix(pred.astype(np.uint8), target.astype(np.uint8), 11, ignore_index=11)
+    cm_t = metrics.confusion_matrix(torch.from_numpy(pred), torch.from_numpy(target), 11, ignore_index=11)
+    assert cm_np.tolist() == cm_t.tolist() and cm_np.sum() == (target != 11).sum()
 
 
 def test_absent_class_is_nan_and_skipped():
@@ -45,5 +55,5 @@ def test_matches_smp_metrics_on_random_data():
                                           ignore_index=c)
     tp, fp, fn = tp.sum(0), fp.sum(0), fn.sum(0)
     ref_iou = tp.double() / (tp + fp + fn).double()
-    assert torch.allclose(metrics.per_class_iou(cm), ref_iou, atol=1e-12)
+    np.testing.assert_allclose(metrics.per_class_iou(cm), ref_iou.numpy(), atol=1e-12)
     assert metrics.pixel_accuracy(cm) == pytest.approx(float(tp.sum() / (target != c).sum()))

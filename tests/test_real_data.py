@@ -7,7 +7,8 @@ import pytest
 
 from conftest import REAL_CAMVID, ROOT
 
-pytestmark = pytest.mark.skipif(not (REAL_CAMVID / "train").is_dir(), reason=f"no CamVid at {REAL_CAMVID}")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not (REAL_CAMVID / "train").is_dir(), reason=f"no CamVid at {REAL_CAMVID}")]
 
 
 def test_real_camvid_layout_is_valid():

@@ -89,10 +89,11 @@ with open(f"/proc/{proc.pid}/smaps") as f:
             path = head[5] if len(head) > 5 else ""
         elif head and head[0] == "Rss:" and any(k in path for k in ("cuda", "nvidia", "cudnn", "cublas", "nccl")):
             cuda_kb += int(head[1])
+torch_mapped = "libtorch" in Path(f"/proc/{proc.pid}/maps").read_text()
 proc.terminate()
 proc.wait()
 LOG.with_suffix(".timeline.csv").write_text("s,rss_mb\n" + "".join(f"{t},{r}\n" for t, r in timeline))
 print(f"server RSS: {idle / 2**20:.0f} MB after start (anonymous {idle_anon / 2**20:.0f} MB), peak "
       f"{peak / 2**20:.0f} MB (anonymous {peak_anon / 2**20:.0f} MB) with {n_models} models loaded and run "
       f"once each (Compare) plus one Segment inference; at the end {cuda_kb / 1024:.0f} MB of the RSS were "
-      f"pages of CUDA libraries")
+      f"pages of CUDA libraries; libtorch mapped into the server: {torch_mapped}")

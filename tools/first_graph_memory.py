@@ -32,10 +32,10 @@ if __name__ == "__main__":
     os.environ["SIS_CACHE_DIR"] = tempfile.mkdtemp(prefix="sis-first-graph-")
     atexit.register(shutil.rmtree, os.environ["SIS_CACHE_DIR"], True)  # the graphs are throw-away
     import psutil
-    import torch
-    from sis import backends, runtime, zoo
-    torch.set_num_threads(2)
-    runtime.limit_malloc_arenas(2)  # as the app does at start-up
+    from sis import engines, host
+    from sis.engines.templates import template_path
+    os.environ.setdefault("SIS_THREADS", "2")
+    host.limit_malloc_arenas(2)  # as the app does at start-up
     proc, peak = psutil.Process(), [0]
 
     def sample():
@@ -45,12 +45,12 @@ if __name__ == "__main__":
     threading.Thread(target=sample, daemon=True).start()
     runners = {}
     for folder in sorted(p for p in a.weights.iterdir() if (p / "config.json").is_file()):
-        runners[folder.name] = backends.get_runner(None, zoo.read_config(folder), "onnxruntime-int8", folder=folder)
+        runners[folder.name] = engines.load_engine(folder, "onnxruntime-int8")
         runners[folder.name].prepare((360, 480))
     time.sleep(0.1)
     base = peak[0] = proc.memory_info().rss
     size = tuple(int(v) for v in a.size.split("x"))
-    template = backends.template_path(a.weights / a.model, size).is_file()
+    template = template_path(a.weights / a.model, size).is_file()
     t = time.perf_counter()
     runners[a.model].prepare(size)
     took = time.perf_counter() - t
@@ -58,4 +58,4 @@ if __name__ == "__main__":
     print(f"{a.model} {a.size} ({'from its template' if template else 'exported'}): {len(runners)} sessions at "
           f"360x480 {base / 2**20:.0f} MB; first graph peak {peak[0] / 2**20:.0f} MB, then "
           f"{proc.memory_info().rss / 2**20:.0f} MB; {took:.1f} s; smp imported: "
-          f"{'segmentation_models_pytorch' in sys.modules}")
+          f"{'segmentation_models_pytorch' in sys.modules}, torch imported: {'torch' in sys.modules}")

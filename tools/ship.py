@@ -24,8 +24,10 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from sis import backends, zoo  # noqa: E402
-from sis.bench import bench, compare_backends  # noqa: E402
+from sis import engines, models, zoo  # noqa: E402
+from sis.bench import bench, compare_engines  # noqa: E402
+from sis.engines.int8 import RANGES_FILE  # noqa: E402
+from sis.engines.templates import write_templates  # noqa: E402
 from sis.data import load_split  # noqa: E402
 from sis.evaluate import evaluate  # noqa: E402
 from sis.train import train_command  # noqa: E402
@@ -47,7 +49,7 @@ def lineage(card: dict) -> dict:
     parent_dir = Path((card.get("recipe") or {}).get("init") or "")
     if card.get("stages") or not (parent_dir / "card.json").is_file():
         return card
-    parent = lineage(zoo.read_card(parent_dir))
+    parent = lineage(zoo.read_card(parent_dir).raw)
     stages = parent.get("stages") or [_stage(parent)]
     ep0, step0 = parent.get("epochs_run") or 0, parent.get("steps") or 0
     history = [dict(h, stage=h.get("stage", 1)) for h in parent.get("history", [])]
@@ -60,8 +62,8 @@ def lineage(card: dict) -> dict:
 
 
 def ship(run: Path, data: str, train_note: str | None = None) -> dict:
-    model, cfg = zoo.load_model(run)
-    card = lineage(zoo.read_card(run))
+    model, cfg = models.load_model(run)
+    card = lineage(zoo.read_card(run).raw)
     if train_note:
         card["training_note"] = train_note
     if len(card.get("stages") or []) <= 1:  # one run: its command reproduces the model
@@ -69,28 +71,29 @@ def ship(run: Path, data: str, train_note: str | None = None) -> dict:
     dest = zoo.WEIGHTS_DIR / cfg.name
     if "train_val" not in card:  # re-shipping a shipped folder keeps its training-time figure
         card["train_val"] = card.get("val")  # the evaluation done at the end of training
-    zoo.save_model(model, cfg, dest, card, half=True)
-    shipped, scfg = zoo.load_model(dest)
+    models.save_model(model, cfg, dest, card, half=True)
+    shipped, scfg = models.load_model(dest)
     val = evaluate(shipped, scfg, load_split(data, "val", classes=scfg.class_set), torch.device("cpu"), amp=False)
     lat = bench(cfg.name, "infer", "cpu", 1, (360, 480), warmup=2, repeats=7, folder=dest)
     card.update(val=val, val_eval=f"python -m sis eval --model {cfg.name} --data {data} --split val (fp32)",
                 latency={k: lat[k] for k in ("median_ms", "p90_ms", "images_per_s", "size", "batch")} |
                 {"threads": lat["host"]["torch_threads"], "cpu": lat["host"]["cpu"], "precision": "fp32 eager"},
-                weights="fp16 safetensors (computed in fp32 after loading)", complexity=zoo.config_complexity(scfg),
+                weights="fp16 safetensors (computed in fp32 after loading)", complexity=models.config_complexity(scfg),
                 encoder_init_note="random init: ImageNet weights cannot be downloaded on the training machine")
     # int8 activation ranges, calibrated once on the 16 shipped train frames, ship with the weights
-    (dest / backends.RANGES_FILE).unlink(missing_ok=True)
+    (dest / RANGES_FILE).unlink(missing_ok=True)
     size = tuple(scfg.base_size)
-    runner = backends.get_runner(None, scfg, "onnxruntime-int8", folder=dest)
-    runner.prepare(size)
-    shutil.copy(runner.ranges_path(), dest / backends.RANGES_FILE)
+    int8 = engines.load_engine(dest, "onnxruntime-int8")
+    int8.prepare(size)
+    shutil.copy(int8.ranges_path(), dest / RANGES_FILE)
     # the fp32 graphs of common photo shapes without their weights: first starts build from them (no smp)
-    backends.write_templates(shipped, scfg, dest)
-    fast = compare_backends(cfg.name, data, repeats=20)
-    card["fast_path"] = {"default": fast["default"], "backends": fast["backends"], "val_frames": fast["val_frames"],
+    write_templates(shipped, scfg, dest)
+    fast = compare_engines(cfg.name, data, repeats=20)
+    # the card keeps its key "backends" (engine name -> figures): zoo.ModelCard reads it
+    card["fast_path"] = {"default": fast["default"], "backends": fast["engines"], "val_frames": fast["val_frames"],
                          "reference": "eager fp32, plain smp (NCHW)", "channels_last_fp32": fast["channels_last_fp32"],
                          "size": fast["size"], "threads": fast["host"]["torch_threads"], "cpu": fast["host"]["cpu"],
-                         "command": f"python -m sis bench --compare-backends --model {cfg.name} --data {data}"}
+                         "command": f"python -m sis bench --compare-engines --model {cfg.name} --data {data}"}
     (dest / "card.json").write_text(json.dumps(card, indent=2))
     return card
 
@@ -102,7 +105,7 @@ def table(cards: list[dict], names) -> str:
     for c in cards:
         v = c["val"]
         ious = " | ".join("-" if v["per_class_iou"][n] is None else f"{100 * v['per_class_iou'][n]:.1f}" for n in names)
-        params = (c.get("complexity") or zoo.complexity(c["model"]))["params"] / 1e6
+        params = (c.get("complexity") or models.complexity(c["model"]))["params"] / 1e6
         rows.append(f"| {c['model']} | {c['paper_pair']} | **{100 * v['miou']:.2f}** | {100 * v['pixel_acc']:.2f} | "
                     f"{ious} | {params:.1f}M | {c['latency']['median_ms']:.0f} |")
     return "\n".join(rows)
@@ -131,7 +134,7 @@ if __name__ == "__main__":
     a = ap.parse_args()
     if a.templates:
         for name, folder in zoo.shipped_models().items():
-            written = backends.write_templates(*zoo.load_model(folder), folder)
+            written = write_templates(*models.load_model(folder), folder)
             print(f"{name}: " + ", ".join(f"{p.name} {p.stat().st_size / 1e3:.0f} KB" for p in written),
                   file=sys.stderr)
         sys.exit(0)
@@ -141,7 +144,7 @@ if __name__ == "__main__":
         print(f"shipped {run.name}: val mIoU {100 * cards[-1]['val']['miou']:.2f}, fast path "
               f"{cards[-1]['fast_path']['default']}", file=sys.stderr)
     # the tables cover every shipped model, whichever were shipped just now
-    cards = [zoo.read_card(f) for f in zoo.shipped_models().values()]
+    cards = [zoo.read_card(f).raw for f in zoo.shipped_models().values()]
     cards = [c for c in cards if c.get("fast_path")]
     if cards:
         print(table(cards, cards[0]["classes"]))

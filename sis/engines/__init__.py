@@ -1,0 +1,69 @@
+"""How a model runs here: the engines, the one policy that picks among them, and their parts.
+
+    names         engine names, and whether each can run here
+    policy        choose_engine: the engine for a model on this host, and why not the others
+    torch_engines eager fp32 (the reference) and bf16
+    onnx_engine   ONNX Runtime over per-size graphs (no PyTorch)
+    export        the model and its preprocessing as an ONNX graph
+    templates     weight-free graphs shipped with each model
+    int8          static int8 quantisation and its calibration
+    cache         the bounded graph cache on disk
+
+Every engine is called the same way: (N,3,H,W) uint8 numpy -> (N,C,H,W) float32 numpy logits,
+with ``.name``, ``.cfg`` and ``.prepare(size)``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+
+from .. import host
+from ..zoo import ModelConfig, read_config
+from .names import ENGINES, REFERENCE, EngineError, available, is_graph, unavailable_reason
+from .policy import MAX_MIOU_DELTA, EngineChoice, choose_engine
+
+__all__ = ["ENGINES", "REFERENCE", "MAX_MIOU_DELTA", "Engine", "EngineChoice", "EngineError", "available",
+           "choose_engine", "create_engine", "is_graph", "load_engine", "unavailable_reason"]
+
+
+class Engine(Protocol):
+    name: str
+    cfg: ModelConfig
+
+    def __call__(self, images: np.ndarray) -> np.ndarray: ...
+
+    def prepare(self, size: tuple[int, int]) -> None: ...
+
+
+def create_engine(name: str, model, cfg: ModelConfig, device: str = "cpu", folder: Path | None = None,
+                  log: Callable[[str], None] | None = None, keep_model: bool = True) -> Engine:
+    """Engine ``name`` over an in-memory PyTorch ``model`` (eval mode, on ``device``; read-only).
+    Graph engines also take ``model=None`` with the model's ``folder``: no PyTorch weights are then
+    loaded unless a graph must be exported. Raises EngineError if ``name`` cannot run here."""
+    why = unavailable_reason(name, device)
+    if why:
+        raise EngineError(f"engine {name} is unavailable: {why}")
+    if is_graph(name):
+        from .onnx_engine import GraphEngine
+        return GraphEngine(model, cfg, name, log=log, folder=folder)
+    if model is None:
+        raise EngineError(f"engine {name} needs the PyTorch model")
+    from .torch_engines import Bf16Engine, EagerEngine
+    return EagerEngine(model, cfg) if name == REFERENCE else Bf16Engine(model, cfg, keep_model=keep_model)
+
+
+def load_engine(folder: Path, name: str | None = None, device: str = "cpu",
+                log: Callable[[str], None] | None = None) -> Engine:
+    """The engine for the saved model in ``folder``: ``name``, else ``choose_engine``'s. Graph engines
+    load no PyTorch model (torch is not even imported when the graph is cached or templated)."""
+    folder = Path(folder)
+    name = name or choose_engine(folder, device).name
+    if is_graph(name):
+        return create_engine(name, None, read_config(folder), device, folder, log)
+    import torch
+    from ..models import load_for_inference
+    torch.set_num_threads(host.threads())  # as the graph engines: SIS_THREADS, else the physical cores
+    model, cfg = load_for_inference(folder, device)
+    return create_engine(name, model, cfg, device, folder, log, keep_model=False)

@@ -1,0 +1,122 @@
+"""The ONNX Runtime engine: a model's exported graph per work size, fp32 or int8, no PyTorch.
+
+A graph comes from the cache, else from the model's shipped template and weights (numpy and
+onnx only), else from exporting the PyTorch model (the one time torch and smp are imported).
+"""
+from __future__ import annotations
+
+import gc
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..host import release_memory, threads as host_threads
+from .cache import GRAPH_FORMAT, cache_dir, file_key, prune_cache
+from .int8 import RANGES_FILE, quantize_graph
+from .templates import fill_template
+
+SESSIONS_PER_ENGINE = 3  # image sizes an engine keeps loaded (SIS_GRAPH_SESSIONS); older ones reload from disk
+
+
+class GraphEngine:
+    """ONNX Runtime over cached per-size graphs (batch 1; a batch is run image by image)."""
+
+    def __init__(self, model, cfg, name: str, threads: int | None = None,
+                 log: Callable[[str], None] | None = None, folder: Path | None = None):
+        """``model`` may be None with a ``folder``: then PyTorch weights are loaded only to
+        build a graph that is not cached yet, and dropped afterwards (the app's memory)."""
+        self.model, self.cfg = model, cfg
+        self.name = name
+        self.int8 = name.endswith("int8")
+        self.threads = threads or host_threads()
+        self.log = log
+        self.folder = folder
+        self._key = file_key(folder) if folder is not None else None
+        self._sessions: OrderedDict[tuple[int, int], object] = OrderedDict()  # least recently used first
+        self.max_sessions = max(1, int(os.environ.get("SIS_GRAPH_SESSIONS", SESSIONS_PER_ENGINE)))
+        self._lock = threading.Lock()
+
+    def _weights_key(self) -> str:
+        """The folder's file digest, else the in-memory weights' digest (computed once)."""
+        if self._key is None:
+            from ..models import weights_digest
+            self._key = weights_digest(self.model)
+        return self._key
+
+    def fp32_path(self, size: tuple[int, int]) -> Path:
+        return cache_dir() / f"{self.cfg.name}-{self._weights_key()}-{GRAPH_FORMAT}-{size[0]}x{size[1]}.onnx"
+
+    def cached_path(self, size: tuple[int, int]) -> Path:
+        """Where this engine's graph of ``size`` is cached (it may not be built yet)."""
+        fp32 = self.fp32_path(size)
+        return fp32.with_suffix(".int8.onnx") if self.int8 else fp32
+
+    def graph_path(self, size: tuple[int, int]) -> Path:
+        """The cached graph of ``size``, built first if it is not there."""
+        if self.cached_path(size).is_file():
+            return self.cached_path(size)
+        fp32 = self.fp32_path(size)
+        # the shipped template + the weights first: no PyTorch model is built, smp is not imported
+        if not fp32.is_file() and not (self.folder is not None and
+                                       fill_template(self.folder, size, fp32, self._weights_key())):
+            if self.log:
+                self.log(f"exporting {self.cfg.name} to ONNX at {size[0]}x{size[1]} (once)")
+            from ..models import load_model
+            from .export import export_graph
+            if self.model is not None:
+                export_graph(self.model, self.cfg, size, fp32)
+            else:  # weights loaded for this export only: no second copy
+                export_graph(load_model(self.folder)[0], self.cfg, size, fp32, inplace=True)
+            gc.collect()  # the exporter's garbage goes back before quantisation allocates its own
+            release_memory()
+        if not self.int8:
+            return fp32
+        q = self.cached_path(size)
+        if self.log:
+            self.log(f"quantising {self.cfg.name} to int8 at {size[0]}x{size[1]} (once)")
+        quantize_graph(fp32, q, size, self.ranges_path())
+        return q
+
+    def ranges_path(self) -> Path:
+        """The shipped calibration ranges, else this model's cached ones (computed on first use)."""
+        if self.folder is not None and (Path(self.folder) / RANGES_FILE).is_file():
+            return Path(self.folder) / RANGES_FILE
+        return cache_dir() / f"{self.cfg.name}-{self._weights_key()}-{GRAPH_FORMAT}.{RANGES_FILE}"
+
+    def prepare(self, size):
+        """The ONNX Runtime session for ``size``: loaded from the cache, or built and cached first.
+        At most ``max_sessions`` sizes stay loaded (least recently used goes), and the cache on
+        disk stays under its bound (``prune_cache``)."""
+        size = tuple(size)
+        with self._lock:  # one build per size, even with many sessions asking at once
+            if size not in self._sessions:
+                import onnxruntime as ort
+                so = ort.SessionOptions()
+                so.intra_op_num_threads, so.inter_op_num_threads = self.threads, 1
+                so.log_severity_level = 3
+                so.enable_cpu_mem_arena = False  # hand activations back after each run: ~40 MB a model, not ~150
+                # no busy-waiting between calls: it steals the cores from whatever runs next
+                so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+                built = not self.cached_path(size).is_file()
+                path = self.graph_path(size)
+                self._sessions[size] = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+                while len(self._sessions) > self.max_sessions:
+                    self._sessions.popitem(last=False)  # a run still using it holds its own reference
+                os.utime(path)  # its mtime is its last use: the cache bound removes the oldest first
+                prune_cache(keep=[self.cached_path(s) for s in self._sessions])
+                if built:  # exporting and quantising leave ~200 MB of freed heap behind
+                    gc.collect()
+                    release_memory()
+            self._sessions.move_to_end(size)
+            return self._sessions[size]
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """(N,3,H,W) uint8 -> (N,C,H,W) float32 logits."""
+        sess = self.prepare(tuple(images.shape[-2:]))  # InferenceSession.run is thread-safe
+        x = np.asarray(images, np.float32)
+        outs = [sess.run(None, {"image": x[i:i + 1]})[0] for i in range(len(x))]
+        return outs[0] if len(outs) == 1 else np.concatenate(outs)

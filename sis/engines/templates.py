@@ -1,0 +1,98 @@
+"""Weight-free graph templates: each shipped model carries its exported graphs without the
+tensors its model.safetensors holds (~50 KB instead of ~45 MB each), and the server fills them
+in with onnx and numpy alone, so a first start never imports torch or smp.
+"""
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..files import atomic_write
+from ..zoo import ModelConfig
+from .cache import file_key, tmp_onnx
+
+# photo shapes (h:w) whose graphs ship with each model (weights/NAME/graph-HxW.onnx): 4:3, 16:9, 3:2,
+# landscape and portrait
+TEMPLATE_ASPECTS = ((3, 4), (4, 3), (9, 16), (16, 9), (2, 3), (3, 2))
+
+
+def weight_name(initializer: str) -> str:
+    """The state-dict key of a graph initializer: PreprocessedModel holds the network as ``model``, and a
+    FixedPSPBlock holds smp's ``pool.1`` as ``conv`` (renaming the module would rename the
+    graph's nodes, which the shipped int8 ranges are keyed by)."""
+    return re.sub(r"(\.psp\.blocks\.\d+)\.conv\.", r"\1.pool.1.", initializer.removeprefix("model."))
+
+
+def template_path(folder: Path, size: tuple[int, int]) -> Path:
+    return Path(folder) / f"graph-{size[0]}x{size[1]}.onnx"
+
+
+def template_sizes(cfg: ModelConfig) -> list[tuple[int, int]]:
+    """The work sizes whose graphs ship as templates: photos of TEMPLATE_ASPECTS (CamVid's 4:3
+    first) at the model's pixel count, e.g. 360x480, 480x360, 312x554, 554x312, 339x509, 509x339."""
+    from ..infer import work_size
+    return [work_size(1000 * ah, 1000 * aw, tuple(cfg.base_size)) for ah, aw in TEMPLATE_ASPECTS]
+
+
+def write_templates(model, cfg: ModelConfig, folder: Path) -> list[Path]:
+    """Export ``model`` (the weights in ``folder``) at every ``template_sizes`` and keep each
+    graph's template in ``folder``, replacing the ones there."""
+    from .export import export_graph
+    for old in Path(folder).glob("graph-*.onnx"):
+        old.unlink()
+    with tempfile.TemporaryDirectory() as d:
+        return [write_template(export_graph(model, cfg, size, Path(d) / "g.onnx"), folder, size)
+                for size in template_sizes(cfg)]
+
+
+def write_template(graph: Path, folder: Path, size: tuple[int, int]) -> Path:
+    """Ship ``graph`` (exported from ``folder``'s weights) without the tensors that the folder's
+    model.safetensors holds: ~50 KB instead of ~45 MB. The server rebuilds the graph from the two
+    with onnx and numpy only, so a first start never imports smp, timm or torchvision."""
+    import onnx
+    from onnx import numpy_helper
+    from safetensors.numpy import load_file
+    weights = load_file(str(Path(folder) / "model.safetensors"))
+    model = onnx.load(str(graph))
+    keep, filled = [], []
+    for init in model.graph.initializer:
+        w = weights.get(weight_name(init.name))
+        if w is not None and np.array_equal(numpy_helper.to_array(init), w.astype(np.float32)):
+            filled.append(init.name)
+        else:
+            keep.append(init)
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    for k, v in (("sis_weights_key", file_key(folder)), ("sis_filled", ",".join(filled))):
+        model.metadata_props.add(key=k, value=v)
+    out = template_path(folder, size)
+    return atomic_write(out, lambda t: onnx.save(model, str(t)), tmp_onnx(out))
+
+
+def fill_template(folder: Path, size: tuple[int, int], dst: Path, key: str | None = None) -> bool:
+    """Rebuild the fp32 graph of ``size`` from the folder's template and weights into ``dst``;
+    False (nothing written) when there is no template or it was made for other weights.
+    ``key``: the folder's ``file_key`` when the caller has it (it reads the whole weights file)."""
+    src = template_path(folder, size)
+    if not src.is_file():
+        return False
+    import onnx
+    from onnx import numpy_helper
+    from safetensors.numpy import load_file
+    try:
+        model = onnx.load(str(src))
+        meta = {p.key: p.value for p in model.metadata_props}
+        if meta.get("sis_weights_key") != (key or file_key(folder)):
+            return False
+        weights = load_file(str(Path(folder) / "model.safetensors"))
+        names = [n for n in meta.get("sis_filled", "").split(",") if n]
+        model.graph.initializer.extend(
+            numpy_helper.from_array(weights[weight_name(n)].astype(np.float32), n) for n in names)
+    except Exception:  # an unreadable template or weights without a tensor it names: export instead
+        return False
+    del model.metadata_props[:]
+    atomic_write(dst, lambda t: onnx.save(model, str(t)), tmp_onnx(dst))
+    return True
