@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import zlib
 from functools import lru_cache
 
 import psutil
@@ -46,6 +47,11 @@ def cpu_bf16_forced() -> bool | None:
 def threads() -> int:
     """Threads an engine uses: ``SIS_THREADS``, else the physical cores (hyperthreads only contend)."""
     return max(1, int(os.environ.get("SIS_THREADS") or psutil.cpu_count(logical=False) or 1))
+
+
+def hostname_hash() -> int:
+    """16 bits of the hostname, the same in every process (Python's hash() is salted per process)."""
+    return zlib.crc32(platform.node().encode()) & 0xFFFF
 
 
 @lru_cache(maxsize=1)

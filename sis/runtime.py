@@ -6,13 +6,12 @@ from __future__ import annotations
 import contextlib
 import platform
 import time
-import zlib
 from functools import lru_cache
 
 import psutil
 import torch
 
-from .host import cpu_bf16_forced, cpu_has_bf16, cpu_model, host_key
+from .host import cpu_bf16_forced, cpu_has_bf16, cpu_model, host_key, hostname_hash
 
 
 class DeviceError(ValueError):
@@ -113,6 +112,6 @@ def host_info() -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "os": f"{platform.system()} {platform.release()}",
-        "hostname_hash": zlib.crc32(platform.node().encode()) & 0xFFFF,  # hash() differs per process
+        "hostname_hash": hostname_hash(),
         "host_key": host_key(),
     }

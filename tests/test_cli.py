@@ -29,6 +29,7 @@ def test_help(cmd):
     assert r.returncode == 0 and "usage: python -m sis" in r.stdout
 
 
+@pytest.mark.slow
 def test_models_json_has_one_default():
     rows = json.loads(run("models", "--json").stdout)
     assert {"name", "arch", "encoder", "params", "shipped", "default"} <= rows[0].keys()
@@ -70,6 +71,7 @@ def test_wrong_checkpoint_folder(tiny_model, tmp_path, tiny_data):
     one_line_error(run("eval", "--model", bad, "--data", tiny_data), "not a readable safetensors file")
 
 
+@pytest.mark.slow
 def test_bench_json(tmp_path):
     out = tmp_path / "b.json"
     r = run("bench", "--model", TINY_MODEL, "--mode", "train", "--batch", "2", "--size", "64x96",
@@ -81,6 +83,7 @@ def test_bench_json(tmp_path):
     assert res["host"]["cores_logical"] >= 1 and res["peak_rss_mb"] > 0
 
 
+@pytest.mark.slow
 def test_export_onnx_pspnet_parity(tiny_model, tmp_path):
     pytest.importorskip("onnxruntime")
     r = run("export", "--model", tiny_model, "--format", "onnx", "--out", tmp_path / "m.onnx")

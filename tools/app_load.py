@@ -186,6 +186,8 @@ async def run(a) -> dict:
             res["answered"] = sum(r["ok"] for r in runs)
             res["exceptions"] = sum(bool(r.get("exception")) for r in runs)
             res["upload_s"] = sorted(r["s"] for r in runs if r["ok"])
+            for r in runs:  # the ten sessions end (tabs closed) before the warm uploads are timed
+                await r["ctx"].close()
             # warm: the graphs are built; a new session uploads a photo, one after another
             warm = []
             for p in pics[a.sessions + 1:a.sessions + 2] + pics[1:3]:
