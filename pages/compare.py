@@ -1,6 +1,6 @@
 import streamlit as st
 
-from sis import app, catalog, charts
+from sis import app, catalog, charts, report
 from sis.classes import CAMVID
 
 app.ensure_router(__file__)
@@ -29,7 +29,9 @@ else:
 if len(chosen) < 2:
     st.info("Pick at least two models to compare.")
 elif image is not None:
-    res = app.compare_models([entries[k] for k in chosen], image)
+    mode = st.radio("Mode", app.MODES, horizontal=True, key="cmp_mode",
+                    help="Accurate: multi-scale + flip test-time augmentation, about ten times slower.")
+    res = app.compare_models([entries[k] for k in chosen], image, mode)
     if res.note:
         st.warning(res.note)
     cols = st.columns(len(res.results) + 1)
@@ -49,6 +51,23 @@ st.dataframe([{"model": r.model, "val mIoU %": r.val_miou and round(100 * r.val_
                "eager fp32 ms (360x480)": r.cpu_ms and round(r.cpu_ms), "engine": r.engine,
                "engine ms": r.engine_ms and round(r.engine_ms), "timed": r.engine_timed, "epochs": r.epochs}
               for r in rows], hide_index=True, width="stretch")
+accurate = [r for r in rows if r.accurate and r.accurate.miou is not None]
+if accurate:
+    st.caption("Accurate mode (multi-scale 0.75-1.5 + flip, the same engines): val mIoU and time against the fast "
+               "mode, measured with tools/accuracy_modes.py on all 101 val frames.")
+    st.dataframe([{"model": r.model, "fast val mIoU %": r.val_miou and round(100 * r.val_miou, 1),
+                   "accurate val mIoU %": round(100 * r.accurate.miou, 1),
+                   "time x fast": r.accurate.latency_x and round(r.accurate.latency_x, 1)} for r in accurate],
+                 hide_index=True, width="stretch", key="cmp_accurate")
+notes = report.ensemble_notes()
+if notes:
+    st.caption("Ensembles (class probabilities of several models averaged), val mIoU against their best member in "
+               "the same mode; the pickers offer only an ensemble that beats it:")
+    st.dataframe([{"ensemble": n.name, "models": " + ".join(n.members), "mode": n.mode,
+                   "val mIoU %": round(100 * n.miou, 2), "best member": n.best_member,
+                   "its val mIoU %": round(100 * n.best_member_miou, 2),
+                   "offered": "yes" if n.offered else "no: below its best member"} for n in notes],
+                 hide_index=True, width="stretch", key="cmp_ensembles")
 with_iou = [r for r in rows if r.per_class_iou]
 if with_iou:
     st.plotly_chart(charts.iou_heatmap(with_iou, CAMVID), width="stretch")

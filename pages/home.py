@@ -18,7 +18,8 @@ c4.page_link("pages/benchmark.py", label="Benchmark this host", icon=":material/
 
 entries = catalog.available_models()
 gallery = catalog.samples()
-key = catalog.default_key(entries)
+default = catalog.default_choice(entries)
+key = default.key
 if key and gallery:
     entry, sample = entries[key], gallery[0]
     res = app.segment_cached(entry, f"sample:{sample.name}", app.load_image(sample.image).image, slot="home")
@@ -27,6 +28,7 @@ if key and gallery:
     b.image(report.paint(res, CAMVID, 0.55), width="stretch",
             caption=f"{key}, the default model, on {res.engine}: {res.ms:.0f} ms on this host")
     app.legend(CAMVID, res.share)
+    st.caption(f"Default model: {default.reason}.")
 
 rows = app.dashboard_rows(entries)
 paper = [r for r in rows if r.paper and entries[r.model].shipped]

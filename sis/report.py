@@ -9,6 +9,7 @@ from PIL import Image
 from . import metrics, zoo
 from .classes import ClassSet
 from .engines import EngineChoice, choose_engine
+from .engines.accurate import ACCURATE_MODE
 from .infer import class_share, colorize, error_map, label_png, overlay, predict, rgb_png
 
 # perceptually ordered colour map for confidence (viridis, 6 anchors, linearly interpolated)
@@ -146,6 +147,7 @@ class DashboardRow:
     engine: str = "eager"
     engine_ms: float | None = None
     engine_timed: str | None = None  # "this host" | "when shipped" | None (no figure)
+    accurate: zoo.ModeRecord | None = None  # the accurate mode's val figures, where measured
 
 
 def dashboard_row(key: str, folder, choice: EngineChoice | None = None) -> DashboardRow:
@@ -159,4 +161,33 @@ def dashboard_row(key: str, folder, choice: EngineChoice | None = None) -> Dashb
                         gflops=card.gflops, cpu_ms=card.latency_ms, epochs=card.epochs_run, history=card.history,
                         engine=choice.name, engine_ms=fig.median_ms if fig else None,
                         engine_timed=None if fig is None or fig.median_ms is None else
-                        "this host" if fig.timed_here else "when shipped")
+                        "this host" if fig.timed_here else "when shipped",
+                        accurate=card.modes.get(ACCURATE_MODE))
+
+
+@dataclass(frozen=True)
+class EnsembleNote:
+    """One measured ensemble in one mode, against its best member in the same mode (weights/ensembles.json)."""
+    name: str
+    members: tuple[str, ...]
+    mode: str
+    miou: float
+    best_member: str
+    best_member_miou: float
+
+    @property
+    def offered(self) -> bool:
+        """An ensemble is worth its cost only where it beats its best member."""
+        return self.miou > self.best_member_miou
+
+
+def ensemble_notes(path=None) -> list[EnsembleNote]:
+    """The ensembles tools/accuracy_modes.py measured on val, every mode ([] where none was measured)."""
+    import json
+    path = path or zoo.WEIGHTS_DIR / "ensembles.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    return [EnsembleNote(name, tuple(e["members"]), mode, r["miou"], r["best_member"], r["best_member_miou"])
+            for name, e in data.get("ensembles", {}).items() for mode, r in e["modes"].items()]

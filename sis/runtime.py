@@ -49,8 +49,7 @@ def cpu_bf16_speedup() -> float | None:
     """fp32 time / bf16-autocast time of a 3x3 conv (64 channels, 96x128, channels_last) on this
     CPU, measured once per process (~0.3 s); None when the CPU has no bf16 instructions.
 
-    The flags alone do not tell: on one host with AVX512-BF16 (an AMD EPYC) a training step ran
-    2.5x faster in bf16, on another (an Intel Xeon without AMX exposed) 0.92x, inference 0.64x.
+    The flags alone do not tell: some CPUs with AVX512-BF16 run bf16 slower than fp32 (docs/training.md).
     Always a measurement (host_info records it); ``SIS_CPU_BF16`` overrides the decision, not this.
     """
     if not cpu_has_bf16():

@@ -30,8 +30,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 ARCHS = {"unet": "Unet", "pspnet": "PSPNet"}
 # smp's VGG and ResNet encoders (tests/test_zoo.py checks this against smp's own list). Spelled
-# out so that importing the zoo does not import smp: smp pulls in timm and torchvision, ~200 MB
-# of RSS that a server running only exported graphs never needs (models._smp imports it).
+# out so that importing the zoo does not import smp: smp pulls in timm and torchvision, RSS
+# that a server running only exported graphs never needs (models._smp imports it).
 ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg11", "vgg11_bn", "vgg13",
             "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
 
@@ -86,7 +86,7 @@ def _build_registry() -> dict[str, ModelSpec]:
 
 MODELS: dict[str, ModelSpec] = _build_registry()
 PAPER_MODELS = tuple(n for n, s in MODELS.items() if s.paper)
-DEFAULT_MODEL = "pspnet-resnet18"  # the paper's pick and the fastest on CPU; unet-vgg11_bn is the most accurate
+DEFAULT_MODEL = "pspnet-resnet18"  # the paper's pick: training's default; the app's is catalog.default_choice
 
 
 def list_models() -> list[str]:
@@ -211,6 +211,19 @@ class EngineRecord:
 
 
 @dataclass(frozen=True)
+class ModeRecord:
+    """One inference mode's figures (tools/accuracy_modes.py): val mIoU and time against the fast mode."""
+    miou: float | None = None
+    per_class_iou: dict = field(default_factory=dict)
+    median_ms: float | None = None   # predict on a 360x480 frame on the model's engine, where measured
+    latency_x: float | None = None   # this mode's time / the fast mode's, same machine
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModeRecord":
+        return cls(d.get("miou"), d.get("per_class_iou") or {}, d.get("median_ms"), d.get("latency_x"))
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """card.json, read once: the figures the studio shows, typed; ``raw`` keeps every key as written
     (recipes, per-stage notes, whatever a later version adds)."""
@@ -223,6 +236,7 @@ class ModelCard:
     gflops: float | None = None                        # at the base size
     latency_ms: float | None = None                    # eager fp32 on the machine that shipped it
     engines: dict = field(default_factory=dict)        # engine name -> EngineRecord (the shipping machine's)
+    modes: dict = field(default_factory=dict)          # "none" | "flip" | "ms" -> ModeRecord (accurate mode)
     raw: dict = field(default_factory=dict)
 
     @classmethod
@@ -233,7 +247,9 @@ class ModelCard:
                    per_class_iou=val.get("per_class_iou") or {}, history=d.get("history") or [],
                    epochs_run=d.get("epochs_run"), params=cx.get("params"), gflops=cx.get("gflops"),
                    latency_ms=(d.get("latency") or {}).get("median_ms"),
-                   engines={n: EngineRecord.from_dict(r or {}) for n, r in eng.items()}, raw=d)
+                   engines={n: EngineRecord.from_dict(r or {}) for n, r in eng.items()},
+                   modes={m: ModeRecord.from_dict(r or {}) for m, r in ((d.get("accurate") or {}).get("modes") or {}).items()},
+                   raw=d)
 
 
 def read_card(folder: Path) -> ModelCard:

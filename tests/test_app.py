@@ -456,3 +456,53 @@ def test_cli_and_app_choose_the_same_engine(app_env, monkeypatch, tmp_path, memo
     _select_run(at)
     assert at.selectbox(key="seg_engine:run:tiny").value == expected
     assert any(f"on {expected};" in c.value for c in at.caption)
+
+
+def test_segment_and_compare_offer_an_accurate_mode(app_env, tiny_model):
+    """Accurate = the same engine with multi-scale + flip: a result for the same image, labelled as such;
+    shipped models show their measured val mIoU for both modes."""
+    from sis import zoo
+    at = _app("pages/segment.py")
+    _select_run(at)
+    fast = at.session_state["_seg_last:segment"][1]
+    at.radio(key="seg_mode:run:tiny").set_value("Accurate").run()
+    assert not at.exception, at.exception
+    acc = at.session_state["_seg_last:segment"][1]
+    assert acc.engine.endswith("+ms+flip@0.75,1,1.25,1.5") and acc.labels.shape == fast.labels.shape
+    assert any("+ms+flip" in c.value for c in at.caption)
+    assert any("Against the ground truth: mIoU" in s.value for s in at.subheader)
+    at.selectbox(key="seg_model").set_value("unet-vgg11_bn").run()
+    card = zoo.read_card(zoo.shipped_models()["unet-vgg11_bn"])
+    radio = at.radio(key="seg_mode:unet-vgg11_bn")
+    assert radio.options == ["Fast", "Accurate"]
+    assert f"val mIoU {100 * card.modes['ms'].miou:.1f}, about" in str(radio.proto)
+    assert f"val mIoU {100 * card.val_miou:.1f}" in str(radio.proto)
+    shutil.copytree(tiny_model, app_env / "models" / "tiny2", ignore=shutil.ignore_patterns("checkpoint"))
+    at = _app("pages/compare.py")
+    at.multiselect(key="cmp_models").set_value(["run:tiny", "run:tiny2"]).run()
+    at.radio(key="cmp_mode").set_value("Accurate").run()
+    assert not at.exception, at.exception
+    assert any(m.label == "Pixels where the models disagree" and m.value == "0.0%" for m in at.metric)
+
+
+def test_default_model_is_the_most_accurate_that_answers_in_time(app_env):
+    """The rule in catalog.default_choice: the most accurate shipped model whose engine answers a frame
+    within INTERACTIVE_MS here. The cards' timings make it unet-vgg11_bn; a comparison kept on this host
+    that times it slower than the bound moves the default to the next most accurate, unet-resnet18."""
+    from sis import catalog, engines, host, store, zoo
+    from sis.engines.cache import file_key
+    entries = catalog.available_models()
+    choice = catalog.default_choice(entries)
+    cards = {k: zoo.read_card(e.folder) for k, e in entries.items() if e.shipped}
+    fast_enough = [k for k in cards if engines.choose_engine(entries[k].folder).figure.median_ms
+                   <= catalog.INTERACTIVE_MS]
+    assert choice.key == max(fast_enough, key=lambda k: cards[k].val_miou) == "unet-vgg11_bn"
+    assert "within 150 ms" in choice.reason
+    folder = entries["unet-vgg11_bn"].folder
+    slow = {n: {"speedup_vs_eager": 1.0 + i, "median_ms": 1000.0 / (1.0 + i), "miou_delta": None}
+            for i, (n, why) in enumerate(engines.available().items()) if why is None}
+    store.put_engines(host.host_key(), file_key(folder), "unet-vgg11_bn", slow)
+    assert engines.choose_engine(folder).figure.median_ms > catalog.INTERACTIVE_MS
+    assert catalog.default_key(catalog.available_models()) == "unet-resnet18"
+    at = _app()
+    assert any("Default model: unet-resnet18: the most accurate shipped model" in c.value for c in at.caption)

@@ -294,6 +294,7 @@ def test_shipped_templates_cover_common_photo_shapes(name):
     cfg = zoo.read_config(folder)
     sizes = templates.template_sizes(cfg)
     assert sizes[:2] == [(360, 480), (480, 360)] and (312, 554) in sizes and (509, 339) in sizes
+    assert {(270, 360), (450, 600), (540, 720)} <= set(sizes)  # the accurate mode's scales of 360x480
     assert sorted(p.name for p in folder.glob("graph-*.onnx")) == sorted(f"graph-{h}x{w}.onnx" for h, w in sizes)
     with safe_open(str(folder / "model.safetensors"), "np") as f:
         weights = set(f.keys())

@@ -133,6 +133,13 @@ class Server:
         return alive
 
 
+async def idle(page, timeout_s: float) -> None:
+    """Until the script run has finished (Streamlit's 'Running' indicator is gone)."""
+    await page.wait_for_timeout(300)
+    await page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')",
+                                 timeout=timeout_s * 1000)
+
+
 async def upload(browser, url: str, photo: Path, timeout_s: float) -> dict:
     """One session: open Segment, upload ``photo``, wait for its result. Times the upload to the result."""
     ctx = await browser.new_context(viewport={"width": 1400, "height": 1800})
@@ -141,7 +148,10 @@ async def upload(browser, url: str, photo: Path, timeout_s: float) -> dict:
     out = {"photo": photo.name, "ok": False}
     try:
         await page.goto(f"{url}/segment")
+        await page.get_by_text("Against the ground truth").wait_for()  # the page's own sample is shown
         await page.get_by_text("Upload", exact=True).click()
+        await page.locator("input[type=file]").wait_for(state="attached")
+        await idle(page, timeout_s)  # as a person would: the page has settled before they pick a photo
         t = time.perf_counter()
         await page.locator("input[type=file]").set_input_files(str(photo))
         w, h = Image.open(photo).size

@@ -8,6 +8,7 @@
     templates     weight-free graphs shipped with each model
     int8          static int8 quantisation and its calibration
     cache         the bounded graph cache on disk
+    accurate      the accurate mode: flip / multi-scale test-time augmentation and ensembles
 
 Every engine is called the same way: (N,3,H,W) uint8 numpy -> (N,C,H,W) float32 numpy logits,
 with ``.name``, ``.cfg`` and ``.prepare(size)``.
@@ -21,11 +22,13 @@ import numpy as np
 
 from .. import host
 from ..zoo import ModelConfig, read_config
+from .accurate import TTA, AccurateEngine
 from .names import ENGINES, REFERENCE, EngineError, available, is_graph, unavailable_reason
 from .policy import MAX_MIOU_DELTA, EngineChoice, choose_engine
 
-__all__ = ["ENGINES", "REFERENCE", "MAX_MIOU_DELTA", "Engine", "EngineChoice", "EngineError", "available",
-           "choose_engine", "create_engine", "is_graph", "load_engine", "unavailable_reason"]
+__all__ = ["ENGINES", "REFERENCE", "MAX_MIOU_DELTA", "TTA", "AccurateEngine", "Engine", "EngineChoice", "EngineError",
+           "available", "choose_engine", "create_engine", "is_graph", "load_accurate", "load_engine",
+           "unavailable_reason"]
 
 
 class Engine(Protocol):
@@ -67,3 +70,14 @@ def load_engine(folder: Path, name: str | None = None, device: str = "cpu",
     torch.set_num_threads(host.threads())  # as the graph engines: SIS_THREADS, else the physical cores
     model, cfg = load_for_inference(folder, device)
     return create_engine(name, model, cfg, device, folder, log, keep_model=False)
+
+
+def load_accurate(folders: list[Path], tta: TTA = TTA(), name: str | None = None, device: str = "cpu",
+                  weights: list[float] | None = None, log: Callable[[str], None] | None = None) -> Engine:
+    """The accurate mode over the models in ``folders``: each on engine ``name`` (else the one
+    ``choose_engine`` gives it), with test-time augmentation ``tta``, probabilities averaged
+    (``weights``: one per model). One model with no augmentation is that model's own engine."""
+    members = [load_engine(Path(f), name, device, log) for f in folders]
+    if len(members) == 1 and tta == TTA() and weights is None:
+        return members[0]
+    return AccurateEngine(members, tta, weights, [Path(f).name for f in folders])

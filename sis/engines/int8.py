@@ -36,7 +36,7 @@ def quantize_graph(src: Path, dst: Path, size: tuple[int, int], ranges: Path | N
     """Static int8 (QDQ, per-channel int8 weights, uint8 activations, min/max calibration).
 
     The first conv, the last conv (classifier) and MatMuls (PSPNet's exact pooling) stay
-    fp32: quantising them cost 0.5 point of val mIoU on pspnet-resnet18 for ~5% of speed.
+    fp32: quantising them cost accuracy for little speed (docs/performance.md).
 
     ``ranges``: ONNX Runtime's calibration cache (JSON). When the file exists, no calibration
     runs (calibrating needs every activation of a frame at once: over 1 GB for U-Net-VGG at

@@ -98,7 +98,7 @@ class GraphEngine:
                 so = ort.SessionOptions()
                 so.intra_op_num_threads, so.inter_op_num_threads = self.threads, 1
                 so.log_severity_level = 3
-                so.enable_cpu_mem_arena = False  # hand activations back after each run: ~40 MB a model, not ~150
+                so.enable_cpu_mem_arena = False  # hand activations back after each run (docs/decisions.md)
                 # no busy-waiting between calls: it steals the cores from whatever runs next
                 so.add_session_config_entry("session.intra_op.allow_spinning", "0")
                 built = not self.cached_path(size).is_file()
@@ -108,7 +108,7 @@ class GraphEngine:
                     self._sessions.popitem(last=False)  # a run still using it holds its own reference
                 os.utime(path)  # its mtime is its last use: the cache bound removes the oldest first
                 prune_cache(keep=[self.cached_path(s) for s in self._sessions])
-                if built:  # exporting and quantising leave ~200 MB of freed heap behind
+                if built:  # exporting and quantising leave freed heap behind
                     gc.collect()
                     release_memory()
             self._sessions.move_to_end(size)

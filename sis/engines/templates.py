@@ -1,5 +1,5 @@
 """Weight-free graph templates: each shipped model carries its exported graphs without the
-tensors its model.safetensors holds (~50 KB instead of ~45 MB each), and the server fills them
+tensors its model.safetensors holds (tens of KB instead of tens of MB), and the server fills them
 in with onnx and numpy alone, so a first start never imports torch or smp.
 """
 from __future__ import annotations
@@ -32,9 +32,12 @@ def template_path(folder: Path, size: tuple[int, int]) -> Path:
 
 def template_sizes(cfg: ModelConfig) -> list[tuple[int, int]]:
     """The work sizes whose graphs ship as templates: photos of TEMPLATE_ASPECTS (CamVid's 4:3
-    first) at the model's pixel count, e.g. 360x480, 480x360, 312x554, 554x312, 339x509, 509x339."""
+    first) at the model's pixel count, e.g. 360x480, 480x360, 312x554, 554x312, 339x509, 509x339;
+    then the base size at the accurate mode's other default scales (270x360, 450x600, 540x720)."""
     from ..infer import work_size
-    return [work_size(1000 * ah, 1000 * aw, tuple(cfg.base_size)) for ah, aw in TEMPLATE_ASPECTS]
+    from .accurate import DEFAULT_SCALES, scaled_size
+    photos = [work_size(1000 * ah, 1000 * aw, tuple(cfg.base_size)) for ah, aw in TEMPLATE_ASPECTS]
+    return photos + [scaled_size(tuple(cfg.base_size), s) for s in DEFAULT_SCALES if s != 1.0]
 
 
 def write_templates(model, cfg: ModelConfig, folder: Path) -> list[Path]:
@@ -50,7 +53,7 @@ def write_templates(model, cfg: ModelConfig, folder: Path) -> list[Path]:
 
 def write_template(graph: Path, folder: Path, size: tuple[int, int]) -> Path:
     """Ship ``graph`` (exported from ``folder``'s weights) without the tensors that the folder's
-    model.safetensors holds: ~50 KB instead of ~45 MB. The server rebuilds the graph from the two
+    model.safetensors holds. The server rebuilds the graph from the two
     with onnx and numpy only, so a first start never imports smp, timm or torchvision."""
     import onnx
     from onnx import numpy_helper

@@ -1,0 +1,129 @@
+"""The accurate mode: test-time augmentation (flip, multi-scale) and ensembles, as one engine.
+
+``AccurateEngine`` runs each member engine on the image at every scale (and mirrored, with
+flip), turns each answer into class probabilities, resizes them back to the input's size,
+and averages them (weighted per member). It returns log-probabilities, so that everything
+that takes an engine (``infer.predict``, ``evaluate``, the benchmark) takes it unchanged:
+their softmax of log p is p again. numpy and Pillow only: on graph engines it needs no torch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+TTA_MODES = ("none", "flip", "ms")
+ACCURATE_MODE = "ms"  # what the app's "Accurate" runs: multi-scale + flip gained most on val (docs/accuracy.md)
+DEFAULT_SCALES = (0.75, 1.0, 1.25, 1.5)  # mmsegmentation's usual set, around CamVid's 360x480 (docs/accuracy.md)
+
+
+@dataclass(frozen=True)
+class TTA:
+    """Which passes each member runs: every scale, each also mirrored when ``flip``."""
+    flip: bool = False
+    scales: tuple[float, ...] = (1.0,)
+
+    @classmethod
+    def from_mode(cls, mode: str, scales: tuple[float, ...] | None = None) -> "TTA":
+        """'none' (one pass), 'flip' (plus its mirror), 'ms' (multi-scale + flip, ``scales`` or DEFAULT_SCALES)."""
+        if mode not in TTA_MODES:
+            raise ValueError(f"unknown test-time augmentation '{mode}'; choose {', '.join(TTA_MODES)}")
+        if scales is not None and (not scales or min(scales) <= 0):
+            raise ValueError(f"scales must be positive, got {scales}")
+        if mode == "ms":
+            return cls(True, tuple(scales or DEFAULT_SCALES))
+        return cls(mode == "flip", tuple(scales or (1.0,)) if mode == "flip" else (1.0,))
+
+    @property
+    def passes(self) -> int:
+        return len(self.scales) * (2 if self.flip else 1)
+
+    @property
+    def label(self) -> str:
+        if self.scales == (1.0,):
+            return "flip" if self.flip else "none"
+        return ("ms+flip" if self.flip else "ms") + "@" + ",".join(f"{s:g}" for s in self.scales)
+
+
+def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis, keepdims=True))
+    return e / e.sum(axis, keepdims=True)
+
+
+def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(N,3,H,W) uint8 -> (N,3,h,w), bilinear (Pillow filters over the footprint when shrinking)."""
+    if images.shape[-2:] == tuple(size):
+        return images
+    out = [np.asarray(Image.fromarray(np.ascontiguousarray(im.transpose(1, 2, 0))).resize(
+        (size[1], size[0]), Image.BILINEAR)).transpose(2, 0, 1) for im in images]
+    return np.ascontiguousarray(np.stack(out))
+
+
+def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(N,C,H,W) float32 -> (N,C,h,w), bilinear per channel (probabilities stay a distribution up to
+    rounding: a bilinear resize is a convex combination)."""
+    if maps.shape[-2:] == tuple(size):
+        return maps
+    n, c = maps.shape[:2]
+    out = np.empty((n, c, *size), np.float32)
+    for i in range(n):
+        for k in range(c):
+            out[i, k] = np.asarray(Image.fromarray(maps[i, k], "F").resize((size[1], size[0]), Image.BILINEAR))
+    return out
+
+
+def scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+class AccurateEngine:
+    """Members' class probabilities averaged over the TTA passes and the members (weighted).
+
+    ``members``: engines (``sis.engines``) of models with the same class list; ``weights``: one per
+    member (default equal). Called like any engine: (N,3,H,W) uint8 -> (N,C,H,W) float32 log-probabilities.
+    """
+
+    def __init__(self, members: list, tta: TTA = TTA(), weights: list[float] | None = None, names: list[str] | None = None):
+        if not members:
+            raise ValueError("an ensemble needs at least one model")
+        classes = {tuple(m.cfg.class_set.names) for m in members}
+        if len(classes) > 1:
+            raise ValueError("the models of an ensemble must predict the same classes")
+        w = np.asarray(weights if weights is not None else [1.0] * len(members), np.float64)
+        if len(w) != len(members) or (w < 0).any() or w.sum() <= 0:
+            raise ValueError(f"ensemble weights must be {len(members)} non-negative numbers, not all zero")
+        self.members, self.tta, self.weights = list(members), tta, w / w.sum()
+        for m in self.members:  # a graph engine keeps every scale's session loaded, plus the photo's own size
+            if hasattr(m, "max_sessions"):
+                m.max_sessions = max(m.max_sessions, len(tta.scales) + 1)
+        self.cfg = members[0].cfg
+        self.member_names = names or [m.cfg.name for m in members]
+        base = members[0].name if len({m.name for m in members}) == 1 else "mixed engines"
+        self.name = base + ("" if tta.label == "none" else f" +{tta.label}") + \
+            ("" if len(members) == 1 else f" ({len(members)}-model ensemble)")
+
+    def prepare(self, size: tuple[int, int]) -> None:
+        """Build every member's engine for every scaled size ahead of a first call."""
+        for m in self.members:
+            for s in self.tta.scales:
+                m.prepare(scaled_size(tuple(size), s))
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """(N,3,H,W) uint8 -> (N,C,H,W) float32 averaged class probabilities at (H, W)."""
+        size = tuple(images.shape[-2:])
+        total = None
+        for member, w in zip(self.members, self.weights):
+            for s in self.tta.scales:
+                x = resize_images(images, scaled_size(size, s))
+                for flipped in ((False, True) if self.tta.flip else (False,)):
+                    xi = np.ascontiguousarray(x[..., ::-1]) if flipped else x
+                    p = softmax(np.asarray(member(xi), np.float32))
+                    if flipped:
+                        p = p[..., ::-1]
+                    p = resize_maps(np.ascontiguousarray(p, np.float32), size)
+                    total = p * (w / self.tta.passes) if total is None else total + p * (w / self.tta.passes)
+        return total
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return np.log(np.maximum(self.probabilities(images), 1e-12)).astype(np.float32)
