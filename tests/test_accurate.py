@@ -105,6 +105,7 @@ def test_ensemble_refuses_other_class_lists_and_bad_weights():
         TTA.from_mode("zoom")
 
 
+@pytest.mark.slow
 def test_eval_tta_and_ensemble_keep_the_json_keys(tiny_model, tiny_data):
     r = subprocess.run([sys.executable, "-m", "sis", "eval", "--model", f"{tiny_model},{tiny_model}", "--data",
                         str(tiny_data), "--tta", "ms", "--scales", "0.5,1", "--engine", "eager", "--json"],

@@ -458,6 +458,7 @@ def test_cli_and_app_choose_the_same_engine(app_env, monkeypatch, tmp_path, memo
     assert any(f"on {expected};" in c.value for c in at.caption)
 
 
+@pytest.mark.slow
 def test_segment_and_compare_offer_an_accurate_mode(app_env, tiny_model):
     """Accurate = the same engine with multi-scale + flip: a result for the same image, labelled as such;
     shipped models show their measured val mIoU for both modes."""

@@ -23,7 +23,7 @@ def one_line_error(r, pattern):
     assert pattern in lines[0], lines[0]
 
 
-@pytest.mark.parametrize("cmd", ["models", "train", "eval", "predict", "bench", "export", "download"])
+@pytest.mark.parametrize("cmd", ["models", "train", "eval", "predict", "bench", "export", "download", "video"])
 def test_help(cmd):
     r = run(cmd, "--help")
     assert r.returncode == 0 and "usage: python -m sis" in r.stdout
@@ -49,6 +49,7 @@ def test_bad_arguments(tmp_path, tiny_data):
                    "device 'cuda:0' is unavailable") if "cuda" not in run("models").stderr else None
 
 
+@pytest.mark.slow
 def test_eval_json_and_predict(tiny_model, tiny_data, tmp_path):
     r = run("eval", "--model", tiny_model, "--data", tiny_data, "--split", "val", "--json")
     res = json.loads(r.stdout)

@@ -1,0 +1,184 @@
+"""Street video (sis/video.py) on tiny clips that PyAV writes in the test."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT
+from sis import engines, zoo
+from sis.infer import predict
+from sis.video import VideoError, iter_frames, probe, segment_video
+
+av = pytest.importorskip("av")
+
+
+def write_clip(path: Path, frames: list[np.ndarray], fps: int = 10, codec: str = "libx264") -> Path:
+    with av.open(str(path), "w") as c:
+        s = c.add_stream(codec, rate=Fraction(fps))
+        s.width, s.height, s.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        s.options = {"crf": "0"} if codec == "libx264" else {}  # lossless: decoded frames equal the written ones
+        for f in frames:
+            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+class Const:
+    """An engine answering fixed logits: class ``k`` everywhere, or classes alternating per call."""
+    name = "const"
+
+    def __init__(self, seq: list[int]):
+        self.seq, self.n, self.cfg = seq, 0, zoo.make_config("pspnet-resnet18")
+
+    def prepare(self, size):
+        pass
+
+    def __call__(self, images):
+        k = self.seq[self.n % len(self.seq)]
+        self.n += 1
+        out = np.zeros((len(images), 11, *images.shape[-2:]), np.float32)
+        out[:, k] = 5.0
+        return out
+
+
+def _frames(n=6, h=48, w=64, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (h, w, 3), np.uint8) for _ in range(n)]
+
+
+def test_frame_count_rate_and_stride(tmp_path):
+    clip = write_clip(tmp_path / "c.mp4", _frames(9), fps=10)
+    info = probe(clip)
+    assert (info.width, info.height, info.fps, info.frames) == (64, 48, 10.0, 9)
+    assert [i for i, _ in iter_frames(clip, stride=3)] == [0, 3, 6]
+    res = segment_video(Const([0]), clip, tmp_path / "o.mp4", stride=3, labels_dir=tmp_path / "l")
+    assert res.frames == 3 and res.fps_in == 10 and res.fps_out == pytest.approx(10 / 3) and res.indices == [0, 3, 6]
+    out = probe(tmp_path / "o.mp4")
+    assert out.frames == 3 and out.fps == pytest.approx(10 / 3, rel=0.01)
+    with av.open(str(tmp_path / "o.mp4")) as c:
+        assert c.streams.video[0].codec_context.name == "h264" and c.streams.video[0].codec_context.pix_fmt == "yuv420p"
+    assert sorted(p.name for p in (tmp_path / "l").iterdir()) == ["000000.png", "000003.png", "000006.png"]
+
+
+def test_labels_equal_the_photo_path_for_the_same_frames(tmp_path, tiny_model):
+    engine = engines.load_engine(tiny_model, "eager")
+    clip = write_clip(tmp_path / "c.mp4", _frames(4, 64, 96, seed=1))
+    segment_video(engine, clip, None, labels_dir=tmp_path / "l")
+    for i, rgb in iter_frames(clip):
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "l" / f"{i:06d}.png")), predict(engine, rgb).labels)
+
+
+def test_smoothing_off_is_unsmoothed_and_flicker_is_counted_by_hand(tmp_path):
+    clip = write_clip(tmp_path / "c.mp4", _frames(5))
+    steady = segment_video(Const([3]), clip)
+    assert steady.flicker == 0.0 and steady.flicker_raw is None  # a constant answer never flickers
+    flip = segment_video(Const([3, 4]), clip)
+    assert flip.flicker == 1.0 and flip.flicker_per_class["Road"] == 1.0  # every pixel changes every frame
+    half = segment_video(Const([3, 3, 4, 4]), clip)  # 3 3 4 4 3: changes at 2 of 4 transitions
+    assert half.flicker == pytest.approx(0.5)
+    smooth = segment_video(Const([3, 4]), clip, smooth=0.9)  # EMA: class 3 (first) keeps the lead
+    assert smooth.flicker_raw == 1.0 and smooth.flicker == 0.0
+
+
+def test_stable_flicker_counts_only_where_the_truth_stays(tmp_path):
+    frames = tmp_path / "frames"
+    truth = tmp_path / "truth"
+    frames.mkdir(), truth.mkdir()
+    for i, f in enumerate(_frames(3, 36, 48)):
+        Image.fromarray(f).save(frames / f"f{i}.png")
+        lbl = np.full((36, 48), 3, np.uint8)
+        lbl[:18] = 3 if i < 2 else 5  # the top half's truth changes at the second transition
+        Image.fromarray(lbl, "L").save(truth / f"f{i}.png")
+    res = segment_video(Const([3, 4]), frames, truth_dir=truth)
+    # transition 1: truth all same, all pixels change (1.0); transition 2: bottom half same, changes: 1.0
+    assert res.stable_flicker == 1.0 and res.miou is not None
+    res = segment_video(Const([3, 3, 4]), frames, truth_dir=truth)
+    # transition 1: no change on 1728 same pixels; transition 2: 864 same pixels, all change
+    assert res.stable_flicker == pytest.approx(864 / (1728 + 864))
+
+
+@pytest.mark.parametrize("name,make,message", [
+    ("photo.mp4", lambda p: Image.new("RGB", (8, 8)).save(p, "JPEG"), "is a still image, not a video"),
+    ("notes.mp4", lambda p: p.write_text("hello"), "is not a video file FFmpeg can read"),
+    ("missing.mp4", None, "file not found"),
+])
+def test_bad_inputs_say_why(tmp_path, name, make, message):
+    path = tmp_path / name
+    if make:
+        make(path)
+    with pytest.raises(VideoError, match=message):
+        segment_video(Const([0]), path)
+
+
+def test_truncated_and_audio_only_clips(tmp_path):
+    clip = write_clip(tmp_path / "c.mp4", _frames(20))
+    data = clip.read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 3])
+    with pytest.raises(VideoError):
+        segment_video(Const([0]), tmp_path / "cut.mp4")
+    with av.open(str(tmp_path / "a.m4a"), "w") as c:
+        s = c.add_stream("aac", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 8000
+        for p in s.encode(frame):
+            c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    with pytest.raises(VideoError, match="has no video stream"):
+        segment_video(Const([0]), tmp_path / "a.m4a")
+
+
+def test_odd_sizes_encode(tmp_path):
+    clip = write_clip(tmp_path / "c.mp4", _frames(3, 48, 64))
+    frames = tmp_path / "odd"
+    frames.mkdir()
+    for i, f in enumerate(_frames(3, 37, 51)):
+        Image.fromarray(f).save(frames / f"{i}.png")
+    res = segment_video(Const([1]), frames, tmp_path / "o.mp4")
+    assert res.frames == 3 and (probe(tmp_path / "o.mp4").width, probe(tmp_path / "o.mp4").height) == (50, 36)
+    assert probe(clip).frames == 3
+
+
+@pytest.mark.slow
+def test_cli_video_json(tmp_path, tiny_model):
+    clip = write_clip(tmp_path / "c.mp4", _frames(4, 64, 96))
+    r = subprocess.run([sys.executable, "-m", "sis", "video", str(clip), "--model", str(tiny_model), "--out",
+                        str(tmp_path / "o.mp4"), "--smooth", "0.5", "--json"], capture_output=True, text=True,
+                       cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert {"frames", "fps_in", "fps_out", "seconds", "frames_per_s", "flicker", "flicker_raw"} <= res.keys()
+    assert res["frames"] == 4 and 0 <= res["flicker"] <= 1 and res["frames_per_s"] > 0
+    bad = subprocess.run([sys.executable, "-m", "sis", "video", str(tmp_path / "nope.mp4"), "--model", str(tiny_model)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: nope.mp4: file not found"
+
+
+def test_the_shipped_sample_clip():
+    """assets/samples/0016E5_val.mp4: CamVid's val sequence at 15 fps, small enough to ship."""
+    clip = ROOT / "assets" / "samples" / "0016E5_val.mp4"
+    info = probe(clip)
+    assert (info.width, info.height, info.frames, info.fps) == (480, 360, 101, 15.0) and clip.stat().st_size < 2e6
+    res = segment_video(engines.load_engine(zoo.shipped_models()["pspnet-resnet18"]), clip, stride=25)
+    assert res.frames == 5 and res.indices == [0, 25, 50, 75, 100] and 0 < res.flicker < 0.5
+
+
+def test_motion_gate_keeps_the_new_answer_where_the_picture_changed(tmp_path):
+    """Alternating frames (every pixel changes) with alternating answers: the gate lets no smoothing through."""
+    a, b = np.zeros((48, 64, 3), np.uint8), np.full((48, 64, 3), 200, np.uint8)
+    clip = tmp_path / "ab"
+    clip.mkdir()
+    for i in range(4):
+        Image.fromarray(a if i % 2 == 0 else b).save(clip / f"{i}.png")
+    smoothed = segment_video(Const([3, 4]), clip, smooth=0.9)
+    gated = segment_video(Const([3, 4]), clip, smooth=0.9, motion_gate=10)
+    assert smoothed.flicker == 0.0 and gated.flicker == 1.0 == gated.flicker_raw
