@@ -66,7 +66,7 @@ if notes:
     st.dataframe([{"ensemble": n.name, "models": " + ".join(n.members), "mode": n.mode,
                    "val mIoU %": round(100 * n.miou, 2), "best member": n.best_member,
                    "its val mIoU %": round(100 * n.best_member_miou, 2),
-                   "offered": "yes" if n.offered else "no: below its best member"} for n in notes],
+                   "offered": "yes" if n.offered else "no"} for n in notes],
                  hide_index=True, width="stretch", key="cmp_ensembles")
 with_iou = [r for r in rows if r.per_class_iou]
 if with_iou:

@@ -81,6 +81,42 @@ def _engines_worker(args: dict, events, stop_event) -> None:
         events.put(("error", str(e) if isinstance(e, (ValueError, DiskFullError)) else f"{type(e).__name__}: {e}"))
 
 
+def _video_worker(args: dict, events, stop_event) -> None:
+    """Child process: segment a clip (``video.segment_video``) into the job's folder: overlay.mp4, one
+    class-id PNG per processed frame in labels/, and labels.zip of them."""
+    import zipfile
+    from dataclasses import asdict as _asdict
+    from .engines import TTA, load_accurate
+    from .files import DiskFullError, atomic_write
+    from .host import threads
+    from .video import segment_video
+    os.environ["SIS_THREADS"] = str(max(1, int(args.pop("_threads", 1))))
+    try:
+        out = Path(args["out"])
+        engine = load_accurate([Path(args["folder"])], TTA.from_mode(args.get("tta", "none")), args.get("engine"))
+        t0 = time.time()
+
+        def tick(i, n):
+            eta = (time.time() - t0) / i * (n - i) if n else None
+            events.put(("progress", {"phase": "video", "model": engine.cfg.name, "step": i, "total_steps": n or 0,
+                                     "eta_s": eta}))
+        res = segment_video(engine, Path(args["src"]), out / "overlay.mp4", args.get("stride", 1),
+                            args.get("max_seconds"), args.get("smooth", 0.0), labels_dir=out / "labels",
+                            progress=tick, stop=stop_event.is_set)
+
+        def write_zip(tmp):
+            with zipfile.ZipFile(tmp, "w") as z:
+                for png in sorted((out / "labels").glob("*.png")):
+                    z.write(png, f"labels/{png.name}")
+        atomic_write(out / "labels.zip", write_zip)
+        summary = {k: v for k, v in _asdict(res).items()}
+        summary.update(share=[list(map(float, s)) for s in res.share], engine=engine.name, threads=threads())
+        events.put(("result", {"status": "stopped" if res.cut == "stopped" else "done", "steps": res.frames,
+                               "history": [], "val": None, "out": str(out), "video": summary}))
+    except Exception as e:  # reported to the page as one sentence
+        events.put(("error", str(e) if isinstance(e, (ValueError, DiskFullError)) else f"{type(e).__name__}: {e}"))
+
+
 def _bench_worker(args: dict, events, stop_event) -> None:
     """Child process: time training (or inference) steps of each model with ``bench.bench``; each
     result is recorded in the app's history and reported on ``events``."""
@@ -116,7 +152,7 @@ class Job:
     process: object = None
     events: object = None
     stop_event: object = None
-    kind: str = "train"  # train | bench (step times) | engines (an engine comparison)
+    kind: str = "train"  # train | bench (step times) | engines (an engine comparison) | video
     status: str = "starting"  # starting | running | stopping | done | stopped | failed
     progress: list = field(default_factory=list)  # Progress dicts, one per step (bounded)
     history: list = field(default_factory=list)
@@ -126,7 +162,7 @@ class Job:
     last_seen: float = field(default_factory=time.time)
     ended: float | None = None
     stop_asked: float = 0.0
-    result: list | None = None  # a benchmark job's results
+    result: list | dict | None = None  # a benchmark's results, a clip's summary
 
     @property
     def active(self) -> bool:
@@ -137,7 +173,7 @@ class Job:
         last = self.progress[-1] if self.progress else None
         train = [p for p in self.progress if p["phase"] == "train"]
         return {"id": self.id, "status": self.status, "message": self.message, "last": last,
-                "eta_s": train[-1]["eta_s"] if train else None,
+                "eta_s": train[-1]["eta_s"] if train else (last or {}).get("eta_s"),
                 "steps": [p["step"] for p in train], "loss": [p["loss"] for p in train],
                 "pixel_acc": [p["pixel_acc"] for p in train],
                 "val": [(p["step"], p["val_miou"]) for p in self.progress if p["phase"] == "val"],
@@ -182,7 +218,8 @@ class JobManager:
         self.poll_all()
         mine = self.for_session(session)
         if mine is not None and mine.active:
-            what = {"train": "fine-tuning", "bench": "benchmark", "engines": "engine comparison"}[mine.kind]
+            what = {"train": "fine-tuning", "bench": "benchmark", "engines": "engine comparison",
+                    "video": "video"}[mine.kind]
             raise JobError(f"this session already has a {what} job running; stop it first")
         if len(self.running()) >= self.limits.max_jobs:
             raise JobError(f"the server already runs {self.limits.max_jobs} job(s) (fine-tuning or benchmark), "
@@ -235,6 +272,19 @@ class JobManager:
             job = Job(job_id, session, {"model": str(folder), "size": list(size)}, "", kind="engines")
             return self._spawn(job, _engines_worker, {"folder": str(folder), "size": list(size), "repeats": repeats},
                                threads=host.threads())
+
+    def start_video(self, session: str, src: Path, folder: Path, stride: int = 1, smooth: float = 0.0,
+                    max_seconds: float | None = 60.0, engine: str | None = None, tta: str = "none") -> Job:
+        """Segment the clip ``src`` with the model in ``folder`` in a worker process, under the same caps;
+        the overlay, the label PNGs and their zip go to data/videos/<job id>/ (the job's ``out``)."""
+        with self.lock:
+            self._admit(session)
+            job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+            out = store.data_dir() / "videos" / job_id
+            args = {"src": str(src), "folder": str(folder), "stride": stride, "smooth": smooth,
+                    "max_seconds": max_seconds, "engine": engine, "tta": tta, "out": str(out)}
+            job = Job(job_id, session, {"model": Path(folder).name, **args}, str(out), kind="video")
+            return self._spawn(job, _video_worker, args, threads=host.threads())
 
     def stop(self, job_id: str) -> bool:
         """Ask a job to stop after its current batch; False if it was not running (a second Stop is harmless)."""
@@ -304,7 +354,7 @@ class JobManager:
         elif kind == "log":
             job.logs.append(payload)
         elif kind == "result":
-            job.history, job.result = payload["history"], payload.get("bench")
+            job.history, job.result = payload["history"], payload.get("bench", payload.get("video"))
             self._finish(job, payload["status"], val=payload["val"], steps=payload["steps"])
         elif kind == "error":
             job.message = payload

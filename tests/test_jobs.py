@@ -1,5 +1,6 @@
-"""The fine-tune job manager without Streamlit: caps, stop, result, history in SQLite."""
+"""The job manager without Streamlit (fine-tuning, benchmarks, clips): caps, stop, result, history in SQLite."""
 import time
+from pathlib import Path
 
 import pytest
 
@@ -90,3 +91,35 @@ def test_benchmark_runs_in_a_worker_under_the_same_caps(manager, tiny_data, tiny
     assert res["mode"] == "train" and res["size"] == [64, 96] and len(res["times_ms"]) == 2
     assert store.list_bench()[0]["model"] == "pspnet-resnet18"  # recorded in the history
     assert store.list_runs() == []  # not a fine-tuning run
+
+
+def test_a_clip_is_segmented_in_a_worker(manager, tiny_model, tmp_path):
+    """The Video page's job: overlay mp4, label PNGs and their zip in the job's folder, a summary with flicker."""
+    import zipfile
+
+    import numpy as np
+    from test_video import write_clip
+
+    from sis.video import probe
+    clip = write_clip(tmp_path / "c.mp4", [np.random.default_rng(i).integers(0, 256, (48, 64, 3), np.uint8)
+                                           for i in range(6)], fps=10)
+    job = manager.start_video("s", clip, tiny_model, stride=2, smooth=0.5, engine="eager")
+    with pytest.raises(jobs.JobError, match="already has a video job running"):
+        manager.start_video("s", clip, tiny_model)
+    snap = _wait(manager, job)
+    assert snap["status"] == "done" and snap["kind"] == "video", snap["message"]
+    res = snap["result"]
+    assert res["frames"] == 3 and res["indices"] == [0, 2, 4] and 0 <= res["flicker"] <= 1
+    assert res["flicker_raw"] is not None and len(res["share"]) == 3 and abs(sum(res["share"][0]) - 1) < 1e-6
+    out = Path(snap["out"])
+    assert probe(out / "overlay.mp4").frames == 3
+    with zipfile.ZipFile(out / "labels.zip") as z:
+        assert z.namelist() == ["labels/000000.png", "labels/000002.png", "labels/000004.png"]
+    assert store.list_runs() == []  # not a fine-tuning run
+
+
+def test_a_bad_clip_fails_in_one_sentence(manager, tiny_model, tmp_path):
+    (tmp_path / "notes.mp4").write_text("not a video")
+    job = manager.start_video("s", tmp_path / "notes.mp4", tiny_model)
+    snap = _wait(manager, job)
+    assert snap["status"] == "failed" and snap["message"] == "notes.mp4 is not a video file FFmpeg can read"
