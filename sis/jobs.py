@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import host, store
+from .files import DiskFullError
 
 CTX = mp.get_context("spawn")  # fork would copy the server's threads and torch state
 
@@ -38,11 +39,19 @@ class Limits:
     stop_grace_s: float = 60.0  # a job still running this long after Stop is terminated  # how often the watch thread enforces the wall-time cap and reaps orphans
 
 
+def _sentence(e: Exception) -> str:
+    """A worker's failure as the page shows it: a user's error as it reads, anything else with its type."""
+    return str(e) if isinstance(e, (ValueError, DiskFullError)) else f"{type(e).__name__}: {e}"
+
+
+def _new_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
 def _worker(cfg_dict: dict, events, stop_event) -> None:
     """Child process: run train() and report every step on ``events``."""
     import torch
     torch.set_num_threads(max(1, int(cfg_dict.pop("_threads", 1))))
-    from .files import DiskFullError
     from .train import TrainConfig, train
     cfg = TrainConfig(**cfg_dict)
 
@@ -53,7 +62,7 @@ def _worker(cfg_dict: dict, events, stop_event) -> None:
         events.put(("result", {"status": res["status"], "steps": res["steps"], "history": res["history"],
                                "val": res["val"], "out": res["out"]}))
     except Exception as e:  # reported to the page as one sentence
-        events.put(("error", str(e) if isinstance(e, (ValueError, DiskFullError)) else f"{type(e).__name__}: {e}"))
+        events.put(("error", _sentence(e)))
 
 
 def _engines_worker(args: dict, events, stop_event) -> None:
@@ -63,7 +72,6 @@ def _engines_worker(args: dict, events, stop_event) -> None:
     torch.set_num_threads(max(1, int(args.pop("_threads", 1))))
     from .bench import compare_engines
     from .engines.policy import keep_comparison
-    from .files import DiskFullError
     try:
         def tick(phase, i, n):
             events.put(("progress", {"phase": "engines", "model": phase, "step": i, "total_steps": n}))
@@ -78,7 +86,7 @@ def _engines_worker(args: dict, events, stop_event) -> None:
         events.put(("result", {"status": "done", "steps": len(res["engines"]), "history": [], "val": None,
                                "out": "", "bench": [{k: v for k, v in res.items() if k != "host"}]}))
     except Exception as e:  # reported to the page as one sentence
-        events.put(("error", str(e) if isinstance(e, (ValueError, DiskFullError)) else f"{type(e).__name__}: {e}"))
+        events.put(("error", _sentence(e)))
 
 
 def _video_worker(args: dict, events, stop_event) -> None:
@@ -87,7 +95,7 @@ def _video_worker(args: dict, events, stop_event) -> None:
     import zipfile
     from dataclasses import asdict as _asdict
     from .engines import TTA, load_accurate
-    from .files import DiskFullError, atomic_write
+    from .files import atomic_write
     from .host import threads
     from .video import segment_video
     os.environ["SIS_THREADS"] = str(max(1, int(args.pop("_threads", 1))))
@@ -114,7 +122,7 @@ def _video_worker(args: dict, events, stop_event) -> None:
         events.put(("result", {"status": "stopped" if res.cut == "stopped" else "done", "steps": res.frames,
                                "history": [], "val": None, "out": str(out), "video": summary}))
     except Exception as e:  # reported to the page as one sentence
-        events.put(("error", str(e) if isinstance(e, (ValueError, DiskFullError)) else f"{type(e).__name__}: {e}"))
+        events.put(("error", _sentence(e)))
 
 
 def _bench_worker(args: dict, events, stop_event) -> None:
@@ -123,7 +131,6 @@ def _bench_worker(args: dict, events, stop_event) -> None:
     import torch
     torch.set_num_threads(max(1, int(args.pop("_threads", 1))))
     from .bench import bench
-    from .files import DiskFullError
     names = args.pop("models")
     try:
         results = []
@@ -140,7 +147,7 @@ def _bench_worker(args: dict, events, stop_event) -> None:
         events.put(("result", {"status": "stopped" if len(results) < len(names) else "done",
                                "steps": len(results), "history": [], "val": None, "out": "", "bench": results}))
     except Exception as e:  # reported to the page as one sentence
-        events.put(("error", str(e) if isinstance(e, (ValueError, DiskFullError)) else f"{type(e).__name__}: {e}"))
+        events.put(("error", _sentence(e)))
 
 
 @dataclass
@@ -222,7 +229,7 @@ class JobManager:
                     "video": "video"}[mine.kind]
             raise JobError(f"this session already has a {what} job running; stop it first")
         if len(self.running()) >= self.limits.max_jobs:
-            raise JobError(f"the server already runs {self.limits.max_jobs} job(s) (fine-tuning or benchmark), "
+            raise JobError(f"the server already runs {self.limits.max_jobs} job(s) (fine-tuning, benchmark or clip), "
                            "its limit; try again when one finishes")
 
     def _spawn(self, job: Job, target, payload: dict, threads: int = 1) -> Job:
@@ -244,7 +251,7 @@ class JobManager:
                 raise JobError(f"at most {lim.max_epochs} epochs per job here")
             cfg = dict(cfg)
             cfg["train_limit"] = min(cfg.get("train_limit") or lim.max_train_frames, lim.max_train_frames)
-            job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+            job_id = _new_id()
             out = self.models_dir / (name or f"{cfg['model']}-ft-{job_id}")
             cfg["out"] = str(out)
             cfg["resume"] = False
@@ -258,7 +265,7 @@ class JobManager:
         repeats, amp) in a worker process, under the same caps as fine-tuning."""
         with self.lock:
             self._admit(session)
-            job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+            job_id = _new_id()
             job = Job(job_id, session, {"model": ", ".join(models), **args}, "", kind="bench")
             # timed with the threads an engine uses here (fine-tuning takes one: the server stays responsive)
             return self._spawn(job, _bench_worker, dict(args, models=list(models)), threads=host.threads())
@@ -268,7 +275,7 @@ class JobManager:
         the same caps; the comparison is kept for this host when it qualifies."""
         with self.lock:
             self._admit(session)
-            job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+            job_id = _new_id()
             job = Job(job_id, session, {"model": str(folder), "size": list(size)}, "", kind="engines")
             return self._spawn(job, _engines_worker, {"folder": str(folder), "size": list(size), "repeats": repeats},
                                threads=host.threads())
@@ -279,7 +286,7 @@ class JobManager:
         the overlay, the label PNGs and their zip go to data/videos/<job id>/ (the job's ``out``)."""
         with self.lock:
             self._admit(session)
-            job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+            job_id = _new_id()
             out = store.data_dir() / "videos" / job_id
             args = {"src": str(src), "folder": str(folder), "stride": stride, "smooth": smooth,
                     "max_seconds": max_seconds, "engine": engine, "tta": tta, "out": str(out)}

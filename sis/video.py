@@ -183,6 +183,7 @@ def segment_video(engine, src: Path, out: Path | None = None, stride: int = 1, m
     label PNGs of the clip's frames in name order (a CamVid sequence), for mIoU and stable flicker.
     """
     from . import metrics
+    from .data import read_label
     if not 0 <= smooth < 1:
         raise VideoError(f"smoothing must be within 0 (off) and 1 (exclusive), got {smooth}")
     if stride < 1:
@@ -194,7 +195,7 @@ def segment_video(engine, src: Path, out: Path | None = None, stride: int = 1, m
     max_frames = None if not max_seconds else max(1, int(round(max_seconds * info.fps)))
     truths = sorted(Path(truth_dir).glob("*.png")) if truth_dir else None
     classes = engine.cfg.class_set
-    c = classes.num_classes
+    c, palette = classes.num_classes, classes.palette()
     flick, raw_flick = _Flicker(c), _Flicker(c)
     cm = np.zeros((c, c), np.int64) if truths else None
     if labels_dir:
@@ -213,21 +214,20 @@ def segment_video(engine, src: Path, out: Path | None = None, stride: int = 1, m
             x = np.ascontiguousarray(resize_rgb(rgb, (wh, ww)).transpose(2, 0, 1))[None]
             p = softmax(np.asarray(engine(x), np.float32))[0]
             raw = p.argmax(0).astype(np.uint8)
+            grey = x[0].astype(np.int16).mean(0) if motion_gate else None
             if state is None or smooth == 0:
                 state = p
             else:
                 keep = smooth
                 if motion_gate:  # where the picture itself changed, the new frame's answer wins: no lag on motion
-                    grey = x[0].astype(np.int16).mean(0)
                     keep = np.where(np.abs(grey - prev_grey) > motion_gate, 0.0, smooth)[None]
                 state = keep * state + (1 - keep) * p
-            prev_grey = x[0].astype(np.int16).mean(0) if motion_gate else None
+            prev_grey = grey
             labels = state.argmax(0).astype(np.uint8) if smooth else raw
             truth = None
             if truths is not None:
                 if idx >= len(truths):
                     raise VideoError(f"{truth_dir} has {len(truths)} labels, fewer than the clip's frames")
-                from .data import read_label
                 truth = np.asarray(Image.fromarray(read_label(truths[idx])).resize((ww, wh), Image.NEAREST))
                 cm += metrics.confusion_matrix(labels, truth, c, classes.void)
             flick.add(labels, truth, classes.void)
@@ -238,7 +238,7 @@ def segment_video(engine, src: Path, out: Path | None = None, stride: int = 1, m
             res.share.append(class_share(labels, c))
             res.indices.append(idx)
             if writer:
-                writer.write(overlay(rgb, full, classes.palette(), alpha))
+                writer.write(overlay(rgb, full, palette, alpha))
             if labels_dir:
                 Image.fromarray(full, "L").save(Path(labels_dir) / f"{idx:06d}.png")
             res.frames += 1

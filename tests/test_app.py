@@ -152,22 +152,29 @@ def _wait_for_jobs(timeout=240):
     return manager
 
 
+def _run_job_from_page(at, button: str, kind: str):
+    """Press ``button``; the job of ``kind`` it starts runs in a worker process to its end; the page's next
+    run shows the result. Returns the job manager."""
+    import os
+    at.button(key=button).click().run()
+    assert not at.exception, at.exception
+    manager = _wait_for_jobs()
+    (job,) = manager.jobs.values()
+    assert job.kind == kind and job.process.pid != os.getpid() and job.status == "done", job.message
+    at.run()  # the page's next poll shows the result
+    assert not at.exception, at.exception
+    return manager
+
+
 @pytest.mark.slow
 def test_benchmark_runs_in_a_worker_and_records(app_env):
-    import os
     at = _app("pages/benchmark.py")
     at.multiselect(key="bench_models").set_value(["pspnet-resnet18"])
     at.radio(key="bench_mode").set_value("train")
     at.selectbox(key="bench_size").set_value("128x160")
     at.number_input(key="bench_warmup").set_value(0)
     at.number_input(key="bench_repeats").set_value(1)
-    at.button(key="bench_run").click().run()
-    assert not at.exception, at.exception
-    manager = _wait_for_jobs()
-    (job,) = manager.jobs.values()
-    assert job.kind == "bench" and job.process.pid != os.getpid() and job.status == "done", job.message
-    at.run()  # the page's next poll shows the result
-    assert not at.exception, at.exception
+    manager = _run_job_from_page(at, "bench_run", "bench")
     table = at.dataframe[0].value
     assert table["model"].tolist() == ["pspnet-resnet18"] and table["mode"].tolist() == ["train"]
     from sis import store
@@ -336,18 +343,11 @@ def test_segment_falls_back_to_eager_when_the_engine_fails(app_env, monkeypatch)
 
 @pytest.mark.slow
 def test_benchmark_compares_engines_in_a_worker(app_env):
-    import os
     at = _app("pages/benchmark.py")
     at.selectbox(key="eng_model").set_value("run:tiny")
     at.selectbox(key="eng_size").set_value("240x320")
     at.number_input(key="eng_rounds").set_value(2)
-    at.button(key="eng_run").click().run()
-    assert not at.exception, at.exception
-    manager = _wait_for_jobs()
-    (job,) = manager.jobs.values()
-    assert job.kind == "engines" and job.process.pid != os.getpid() and job.status == "done", job.message
-    at.run()
-    assert not at.exception, at.exception
+    manager = _run_job_from_page(at, "eng_run", "engines")
     engines = at.dataframe[0].value["engine"].tolist()
     assert engines[0] == "eager" and "onnxruntime-int8" in engines
     assert any("Not kept: only a comparison at the model's base size" in c.value for c in at.caption)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from ..infer import resize_rgb
+
 TTA_MODES = ("none", "flip", "ms")
 ACCURATE_MODE = "ms"  # what the app's "Accurate" runs: multi-scale + flip gained most on val (docs/accuracy.md)
 DEFAULT_SCALES = (0.75, 1.0, 1.25, 1.5)  # mmsegmentation's usual set, around CamVid's 360x480 (docs/accuracy.md)
@@ -55,9 +57,8 @@ def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(N,3,H,W) uint8 -> (N,3,h,w), bilinear (Pillow filters over the footprint when shrinking)."""
     if images.shape[-2:] == tuple(size):
         return images
-    out = [np.asarray(Image.fromarray(np.ascontiguousarray(im.transpose(1, 2, 0))).resize(
-        (size[1], size[0]), Image.BILINEAR)).transpose(2, 0, 1) for im in images]
-    return np.ascontiguousarray(np.stack(out))
+    return np.ascontiguousarray(np.stack([resize_rgb(im.transpose(1, 2, 0), size).transpose(2, 0, 1)
+                                          for im in images]))
 
 
 def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
