@@ -48,28 +48,9 @@ if run:
             st.error(f"Not started: {e}.")
 
 
-@st.fragment(run_every=1.0)
-def live(kind: str, slot: str):
-    """This session's running job of ``kind``: progress and Stop; when it ends, its result into ``slot``."""
-    job = manager.for_session(sid, kind)
-    if job is None or st.session_state.get(f"_shown:{kind}") == job.id:
-        return
-    snap = manager.poll(job.id)
-    last, status = snap["last"], snap["status"]
-    if status in ("starting", "running", "stopping"):
-        frac = last["step"] / max(last["total_steps"], 1) if last else 0.0
-        st.progress(min(frac, 1.0), text=f"{status}: {last['model']} {last['step']}/{last['total_steps']}"
-                    if last else f"{status}: starting the worker...")
-        if st.button("Stop", key=f"{kind}_stop"):
-            manager.stop(job.id)
-        return
-    st.session_state[f"_shown:{kind}"] = job.id
-    st.session_state[slot] = (snap["result"] or [], snap["message"] if status != "done" else "")
-    st.rerun()  # once, the whole page: the tables below show the run
-
-
-live("bench", "bench_last")
-last, note = st.session_state.get("bench_last") or ([], "")
+app.follow_job("bench", "bench_last")
+last, _, note = st.session_state.get("bench_last") or ([], "", "")
+last = last or []
 if note:
     st.error(note)
 if last:
@@ -108,8 +89,9 @@ if entries:
             manager.start_engines(sid, str(entries[key].folder), (h, w), int(erepeats))
         except jobs.JobError as e:
             st.error(f"Not started: {e}.")
-    live("engines", "engines_last")
-    done, note = st.session_state.get("engines_last") or ([], "")
+    app.follow_job("engines", "engines_last")
+    done, _, note = st.session_state.get("engines_last") or ([], "", "")
+    done = done or []
     if note:
         st.error(note)
     if done:

@@ -418,7 +418,7 @@ def cmd_video(a) -> int:
     engine = _accurate(a, "cpu") or _accurate_single(a)
     res = segment_video(engine, Path(a.input), Path(a.out) if a.out else None, a.stride, a.max_seconds, a.smooth,
                         Path(a.labels) if a.labels else None, Path(a.truth) if a.truth else None, fps=a.fps,
-                        motion_gate=a.motion_gate,
+                        flow=not a.no_flow,
                         progress=lambda i, n: print(f"\r{i}/{n or '?'} frames", end="", file=sys.stderr))
     print(file=sys.stderr)
     out = {k: v for k, v in res.__dict__.items() if k not in ("share", "indices")}
@@ -487,9 +487,10 @@ def _add_extra(sub) -> None:
     s.add_argument("--model", default=None, help="registry name, folder, or several joined by commas")
     s.add_argument("--stride", type=_positive, default=1, help="segment every N-th frame")
     s.add_argument("--max-seconds", type=float, default=60.0, help="process at most this much of the clip (0: all)")
-    s.add_argument("--smooth", type=float, default=0.0, help="EMA of the class probabilities over frames, 0 = off")
-    s.add_argument("--motion-gate", type=float, default=0.0, help="with --smooth: no smoothing where a pixel's grey "
-                   "level changed by more than this (0-255) since the last frame; 0 = smooth everywhere")
+    s.add_argument("--smooth", type=float, default=0.0, help="average of the class probabilities over frames, carried "
+                   "along the optical flow: the weight A of the past (0 = off; 0.7 is measured in docs/video.md)")
+    s.add_argument("--no-flow", action="store_true", help="with --smooth: the plain average, without following "
+                   "the motion (for comparison: it lags behind anything that moves)")
     s.add_argument("--labels", help="folder for one class-id PNG per processed frame")
     s.add_argument("--truth", help="folder of ground-truth label PNGs of the frames, in name order")
     s.add_argument("--fps", type=float, help="frame rate of a folder of frames (default 15)")

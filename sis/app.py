@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas  # noqa: F401 - imported up front: plotly peeks at a half-imported pandas when another
 import streamlit as st  # session's thread is importing it (st.dataframe), and a chart then fails with AttributeError
 
-from . import catalog, engines, host, jobs, report, zoo
+from . import catalog, engines, files, host, jobs, report, store, video, zoo
 from .classes import ClassSet
 from .engines.accurate import ACCURATE_MODE
 from .infer import ImageError, load_image
@@ -21,6 +21,8 @@ from .infer import ImageError, load_image
 MAX_UPLOAD_FILES = 8
 MAX_UPLOAD_MB = 25  # also server.maxUploadSize in .streamlit/config.toml
 MAX_IMAGE_MP = 40
+MAX_VIDEO_MB = 200  # server.maxUploadSize in .streamlit/config.toml; photos are held to MAX_UPLOAD_MB here
+KEEP_CLIPS_H = 24   # uploaded clips and their results are deleted this many hours after they were written
 
 
 _ROUTED = False
@@ -52,6 +54,8 @@ def startup() -> jobs.JobManager:
     """Once per server process: malloc arenas, the job manager (which marks stale runs interrupted
     and reaps orphaned jobs on its own thread)."""
     host.limit_malloc_arenas(2)  # keeps the server's RSS near its working set (docs/memory.md)
+    for folder in ("uploads", "videos"):
+        files.prune_older(store.data_dir() / folder, KEEP_CLIPS_H * 3600)
     return jobs.JobManager()
 
 
@@ -107,31 +111,58 @@ def engine_picker(entry: catalog.Entry, key: str) -> str:
 MODES = ("Fast", "Accurate")
 
 
+def offered_ensembles(entry: catalog.Entry) -> list[report.EnsembleNote]:
+    """Measured ensembles holding ``entry``'s model that beat their best member on val, in the mode
+    measured, whose members are all here (weights/ensembles.json; report.EnsembleNote.offered)."""
+    here = catalog.available_models()
+    return [n for n in report.ensemble_notes()
+            if n.offered and entry.key in n.members and all(m in here for m in n.members)]
+
+
+def _ensemble_label(note: report.EnsembleNote) -> str:
+    return f"Ensemble: {note.name}" + ("" if note.mode == "none" else f" ({note.mode})")
+
+
 def mode_picker(entry: catalog.Entry, key: str) -> str:
-    """Fast (one pass on the model's engine) or Accurate (multi-scale + flip test-time augmentation),
-    each with its val mIoU from the card and, for Accurate, its time against Fast on the machine that measured it."""
+    """Fast (one pass on the model's engine), Accurate (multi-scale + flip test-time augmentation) and
+    any offered ensemble holding the model, each with its val mIoU from the card (the ensemble's from
+    its measurement) and, for Accurate, its time against Fast on the machine that measured it."""
     card = zoo.read_card(entry.folder)
     acc = card.modes.get(ACCURATE_MODE)
     fig = engine_choice(entry).figure
     ms = fig.median_ms if fig is not None else None
     where = "" if ms is None else " here" if fig.timed_here else " when shipped"
+    ensembles = {_ensemble_label(n): n for n in offered_ensembles(entry)}
 
     def caption(mode: str) -> str:
         if mode == "Fast":
             return (f"val mIoU {100 * card.val_miou:.1f}" if card.val_miou is not None else "one pass") + \
                 (f" · {ms:.0f} ms{where}" if ms else "")
+        if mode in ensembles:
+            n = ensembles[mode]
+            return f"val mIoU {100 * n.miou:.1f} ({len(n.members)} models; best alone {100 * n.best_member_miou:.1f})"
         if acc is None or acc.miou is None:
             return "multi-scale + flip (not measured for this model)"
         return f"val mIoU {100 * acc.miou:.1f}, about {acc.latency_x:.0f}x the time" + \
             (f" (~{ms * acc.latency_x:.0f} ms{where})" if ms else "")
-    return st.radio("Mode", MODES, horizontal=True, key=f"{key}:{entry.key}", captions=[caption(m) for m in MODES],
+    options = [*MODES, *ensembles]
+    return st.radio("Mode", options, horizontal=True, key=f"{key}:{entry.key}", captions=[caption(m) for m in options],
                     help="Accurate averages the model's class probabilities over four scales (0.75-1.5) and their "
-                         "mirror images: better on thin and small objects, about ten times slower.")
+                         "mirror images: better on thin and small objects, about ten times slower. An ensemble "
+                         "averages several models and is offered only where it beat its best member on val.")
 
 
 def _mode_engine(entry: catalog.Entry, engine: str | None, mode: str):
     base = get_engine(entry, engine)
-    return base if mode == "Fast" else engines.AccurateEngine([base], engines.TTA.from_mode(ACCURATE_MODE))
+    if mode == "Fast":
+        return base
+    if mode == "Accurate":
+        return engines.AccurateEngine([base], engines.TTA.from_mode(ACCURATE_MODE))
+    note = next(n for n in offered_ensembles(entry) if _ensemble_label(n) == mode)
+    here = catalog.available_models()
+    members = [base if m == entry.key else get_engine(here[m], None if engine != engines.REFERENCE else engine)
+               for m in note.members]
+    return engines.AccurateEngine(members, engines.TTA.from_mode(note.mode), names=list(note.members))
 
 
 def _run(fast, fallback):
@@ -205,6 +236,66 @@ def read_upload(upload):
     except ImageError as e:
         st.error(str(e))
         return None
+
+
+@st.fragment(run_every=1.0)
+def follow_job(kind: str, slot: str) -> None:
+    """This session's running job of ``kind``: a progress bar (with the time left where the job
+    knows it) and Stop, refreshed every second; when the job ends, (result, message) go into
+    ``st.session_state[slot]`` and the whole page reruns once to show them."""
+    manager, sid = startup(), session_id()
+    job = manager.for_session(sid, kind)
+    if job is None or st.session_state.get(f"_shown:{kind}") == job.id:
+        return
+    snap = manager.poll(job.id)
+    last, status = snap["last"], snap["status"]
+    if status in ("starting", "running", "stopping"):
+        if last:
+            frac = last["step"] / max(last["total_steps"], 1) if last["total_steps"] else 0.0
+            eta = last.get("eta_s")
+            text = f"{status}: {last['model']}, {last['step']}/{last['total_steps'] or '?'} {last.get('unit', '')}" + \
+                (f", about {eta:.0f} s left" if eta is not None else "")
+        else:
+            frac, text = 0.0, f"{status}: starting the worker..."
+        st.progress(min(frac, 1.0), text=text)
+        if st.button("Stop", key=f"{kind}_stop"):
+            manager.stop(job.id)
+        return
+    st.session_state[f"_shown:{kind}"] = job.id
+    st.session_state[slot] = (snap["result"], snap["out"], snap["message"] if status != "done" else "")
+    st.rerun()  # once, the whole page: what follows the progress bar shows the result
+
+
+def _copy(upload, target: Path) -> None:
+    """The upload's bytes to ``target`` in 1 MB pieces (getvalue() would hold a second copy of a clip)."""
+    import shutil
+    upload.seek(0)
+    with open(target, "wb") as f:
+        shutil.copyfileobj(upload, f, 2**20)
+
+
+def stash_clip(upload) -> tuple[Path, video.VideoInfo] | None:
+    """Write an st.file_uploader clip to the data folder once (a worker process reads it from there)
+    and probe it; None after showing the one-sentence reason it cannot be used."""
+    if upload.size > MAX_VIDEO_MB * 2**20:
+        st.error(f"{upload.name} is {upload.size / 2**20:.0f} MB, above the {MAX_VIDEO_MB} MB limit for clips")
+        return None
+    key = f"_clip:{upload.file_id}"
+    if key not in st.session_state:
+        suffix = Path(upload.name).suffix.lower()
+        path = store.data_dir() / "uploads" / f"{upload.file_id}{suffix}"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            files.atomic_write(path, lambda tmp: _copy(upload, tmp))
+            st.session_state[key] = (path, video.probe(path))
+        except (video.VideoError, files.DiskFullError) as e:
+            files.remove(path)
+            st.session_state[key] = str(e)
+    got = st.session_state[key]
+    if isinstance(got, str):
+        st.error(got.replace(f"{upload.file_id}{Path(upload.name).suffix.lower()}", upload.name))
+        return None
+    return got
 
 
 def segment_cached(entry: catalog.Entry, image_key: str, image, truth=None,

@@ -88,3 +88,19 @@ def engine_bars(res: dict) -> go.Figure:
                       title=f"{res['model']} at {res['size'][0]}x{res['size'][1]}: ms per image (lower is better)",
                       yaxis_title="median ms")
     return fig
+
+
+def class_share_over_time(seconds, share, classes: ClassSet) -> go.Figure:
+    """Stacked area: each class's % of the pixels per processed frame (``share`` (frames, C)) against time."""
+    fig = go.Figure()
+    for i, name in enumerate(classes.names[:classes.num_classes]):
+        ys = [100 * float(s[i]) for s in share]
+        if max(ys, default=0) <= 0:
+            continue  # a class never seen would only crowd the legend
+        fig.add_trace(go.Scatter(x=list(seconds), y=ys, name=name, stackgroup="share", mode="lines",
+                                 line=dict(width=0.5, color=_rgb(classes.colors[i])),
+                                 hovertemplate=f"{name}: %{{y:.1f}}% at %{{x:.2f}} s<extra></extra>"))
+    fig.update_layout(height=340, margin=dict(l=10, r=10, t=30, b=10), title="Pixel share per class over time",
+                      xaxis_title="seconds into the clip", yaxis=dict(title="% of pixels", range=[0, 100]),
+                      legend=dict(orientation="h", y=-0.25))
+    return fig

@@ -44,6 +44,21 @@ def remove(path: Path) -> None:
             path.unlink()
 
 
+def prune_older(folder: Path, max_age_s: float) -> int:
+    """Delete the entries of ``folder`` last written more than ``max_age_s`` ago; how many went."""
+    import time
+    gone, now = 0, time.time()
+    for p in Path(folder).glob("*") if Path(folder).is_dir() else []:
+        try:
+            old = now - p.stat().st_mtime > max_age_s
+        except OSError:
+            continue  # removed meanwhile by another process
+        if old:
+            remove(p)
+            gone += 1
+    return gone
+
+
 @contextlib.contextmanager
 def partial(tmp: Path, target: Path) -> Iterator[Path]:
     """Run the block that writes ``tmp`` (meant to become ``target``); if it fails, ``tmp`` is

@@ -107,10 +107,10 @@ def _video_worker(args: dict, events, stop_event) -> None:
         def tick(i, n):
             eta = (time.time() - t0) / i * (n - i) if n else None
             events.put(("progress", {"phase": "video", "model": engine.cfg.name, "step": i, "total_steps": n or 0,
-                                     "eta_s": eta}))
+                                     "eta_s": eta, "unit": "frames"}))
         res = segment_video(engine, Path(args["src"]), out / "overlay.mp4", args.get("stride", 1),
                             args.get("max_seconds"), args.get("smooth", 0.0), labels_dir=out / "labels",
-                            progress=tick, stop=stop_event.is_set)
+                            preview=out / "preview.mp4", progress=tick, stop=stop_event.is_set)
 
         def write_zip(tmp):
             with zipfile.ZipFile(tmp, "w") as z:
@@ -118,7 +118,8 @@ def _video_worker(args: dict, events, stop_event) -> None:
                     z.write(png, f"labels/{png.name}")
         atomic_write(out / "labels.zip", write_zip)
         summary = {k: v for k, v in _asdict(res).items()}
-        summary.update(share=[list(map(float, s)) for s in res.share], engine=engine.name, threads=threads())
+        summary.update(share=[list(map(float, s)) for s in res.share], engine=engine.name, threads=threads(),
+                       folder=args["folder"])
         events.put(("result", {"status": "stopped" if res.cut == "stopped" else "done", "steps": res.frames,
                                "history": [], "val": None, "out": str(out), "video": summary}))
     except Exception as e:  # reported to the page as one sentence
@@ -140,7 +141,7 @@ def _bench_worker(args: dict, events, stop_event) -> None:
 
             def tick(i, n, k=k, name=name):
                 events.put(("progress", {"phase": "bench", "model": name, "step": k * n + i,
-                                         "total_steps": len(names) * n}))
+                                         "total_steps": len(names) * n, "unit": "steps"}))
             res = bench(name, progress=tick, **args)
             store.add_bench(res)
             results.append({k2: v for k2, v in res.items() if k2 != "host"})
@@ -283,7 +284,7 @@ class JobManager:
     def start_video(self, session: str, src: Path, folder: Path, stride: int = 1, smooth: float = 0.0,
                     max_seconds: float | None = 60.0, engine: str | None = None, tta: str = "none") -> Job:
         """Segment the clip ``src`` with the model in ``folder`` in a worker process, under the same caps;
-        the overlay, the label PNGs and their zip go to data/videos/<job id>/ (the job's ``out``)."""
+        the overlay, its preview, the label PNGs and their zip go to data/videos/<job id>/ (the job's ``out``)."""
         with self.lock:
             self._admit(session)
             job_id = _new_id()

@@ -416,10 +416,10 @@ res = at.session_state["_seg_last:segment"][1]
 assert not at.exception and res.size == (300, 400), at.exception
 at.switch_page("pages/compare.py").run()
 assert not at.exception and at.metric, at.exception
-for page in ("pages/home.py", "pages/finetune.py", "pages/benchmark.py"):  # every page's own imports too
+for page in ("pages/home.py", "pages/video.py", "pages/finetune.py", "pages/benchmark.py"):  # every page's own imports
     at.switch_page(page).run()
     assert not at.exception, (page, at.exception)
-print(res.engine, sorted(m for m in ("torch", "segmentation_models_pytorch", "timm", "torchvision") if m in sys.modules))
+print(res.engine, sorted(m for m in ("torch", "segmentation_models_pytorch", "timm", "torchvision", "cv2") if m in sys.modules))
 """
     env = dict(__import__("os").environ, SIS_DATA_DIR=str(tmp_path / "data"), SIS_CACHE_DIR=str(tmp_path / "cache"))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
@@ -507,3 +507,77 @@ def test_default_model_is_the_most_accurate_that_answers_in_time(app_env):
     assert catalog.default_key(catalog.available_models()) == "unet-resnet18"
     at = _app()
     assert any("Default model: unet-resnet18: the most accurate shipped model" in c.value for c in at.caption)
+
+
+@pytest.mark.slow
+def test_video_page_segments_the_sample_clip_in_a_worker(app_env):
+    """Sample clip, 1 frame in 25: the plan is said before the run; the result shows the overlay, the
+    frame count, flicker, the class shares over time and both downloads."""
+    import zipfile
+    from pathlib import Path
+    at = _app("pages/video.py")
+    at.selectbox(key="vid_model").set_value("run:tiny").run()
+    at.number_input(key="vid_stride").set_value(25).run()
+    assert at.info[0].value.startswith("480x360 at 15 fps, 6.7 s (101 frames). Segmenting 1 frame in 25: 5 frames")
+    manager = _run_job_from_page(at, "vid_run", "video")
+    assert at.metric[0].label == "Frames segmented" and at.metric[0].value == "5"
+    assert at.metric[2].label == "Flicker" and at.metric[2].value.endswith("%")
+    assert len(at.get("video")) == 1 and len(at.get("plotly_chart")) == 1 and len(at.get("download_button")) == 2
+    out = Path(at.session_state["vid_last"][1])
+    with zipfile.ZipFile(out / "labels.zip") as z:
+        assert [n for n in z.namelist()] == [f"labels/{i:06d}.png" for i in (0, 25, 50, 75, 100)]
+    manager.jobs.clear()
+
+
+def _clip_bytes(kind: str) -> bytes:
+    import tempfile
+    from pathlib import Path
+
+    import av
+    from test_video import _frames, write_clip
+    with tempfile.TemporaryDirectory() as d:
+        if kind == "audio":
+            with av.open(str(Path(d) / "a.mp4"), "w") as c:
+                s = c.add_stream("aac", rate=8000)
+                frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+                frame.sample_rate = 8000
+                for p in [*s.encode(frame), *s.encode()]:
+                    c.mux(p)
+            return (Path(d) / "a.mp4").read_bytes()
+        data = write_clip(Path(d) / "c.mp4", _frames(20)).read_bytes()
+        return data[: len(data) // 3]  # truncated
+
+
+@pytest.mark.parametrize("name,make,message", [
+    ("photo.mp4", lambda: _png(np.zeros((8, 8, 3), np.uint8)), "photo.mp4 is a still image, not a video"),
+    ("notes.mov", lambda: b"hello, not a clip", "notes.mov is not a video file FFmpeg can read"),
+    ("song.mp4", lambda: _clip_bytes("audio"), "song.mp4 has no video stream"),
+    ("cut.mp4", lambda: _clip_bytes("cut"), "cut.mp4 is not a video file FFmpeg can read"),
+])
+def test_video_bad_uploads_show_one_sentence(app_env, name, make, message):
+    at = _app("pages/video.py")
+    at.radio(key="vid_source").set_value("Upload").run()
+    at.file_uploader(key="vid_upload").upload(name, make(), "video/mp4").run()
+    assert not at.exception
+    assert len(at.error) == 1 and at.error[0].value.startswith(message), [e.value for e in at.error]
+    assert not at.button and not list((app_env / "uploads").glob("*"))  # nothing to start, nothing kept
+
+
+def test_an_ensemble_is_offered_only_where_it_beat_its_best_member(app_env, monkeypatch):
+    """The shipped measurement offers none (no ensemble beat unet-vgg11_bn); a measured pair that beat its
+    best member appears as a mode of each member's picker and runs both models."""
+    from sis import report
+    at = _app("pages/segment.py")
+    at.selectbox(key="seg_model").set_value("pspnet-resnet18").run()
+    assert at.radio(key="seg_mode:pspnet-resnet18").options == ["Fast", "Accurate"]
+    better = report.EnsembleNote("pair", ("pspnet-resnet18", "unet-resnet18"), "none", 0.70, "unet-resnet18", 0.68)
+    worse = report.EnsembleNote("worse pair", ("pspnet-resnet18", "unet-resnet18"), "ms", 0.66, "unet-resnet18", 0.69)
+    monkeypatch.setattr(report, "ensemble_notes", lambda path=None: [better, worse])
+    at.run()
+    radio = at.radio(key="seg_mode:pspnet-resnet18")
+    assert radio.options == ["Fast", "Accurate", "Ensemble: pair"]
+    assert "val mIoU 70.0 (2 models; best alone 68.0)" in str(radio.proto)
+    radio.set_value("Ensemble: pair").run()
+    assert not at.exception, at.exception
+    res = at.session_state["_seg_last:segment"][1]
+    assert res.engine.endswith("(2-model ensemble)") and res.labels.shape == (360, 480)

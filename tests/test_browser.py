@@ -191,3 +191,28 @@ def test_finetune_live_curve_while_another_session_segments(server, browser, tin
     page.get_by_text(re.compile(r"Run (stopped|done) after")).wait_for()
     _idle(page)  # the page reruns once when the run ends: the runs table shows how it ended
     _shot(page, "finetune_done")
+
+
+def test_video_sample_clip_plays(server, browser):
+    """The Video page on the shipped clip (1 frame in 10, the tiny model): progress, then the overlay
+    plays in Chromium (H.264 decodes, time advances), the class-share chart and both downloads show."""
+    page = _page(browser, server, "video")
+    page.get_by_role("button", name="Segment the clip").wait_for()
+    page.get_by_role("spinbutton", name="Segment every N-th frame").fill("10")
+    page.get_by_role("spinbutton", name="Segment every N-th frame").press("Enter")
+    page.get_by_text("Segmenting 1 frame in 10: 11 frames").wait_for()
+    _idle(page)
+    page.get_by_role("button", name="Segment the clip").click()
+    page.locator("video").wait_for(timeout=240_000)
+    state = page.evaluate("""async () => {
+        const v = document.querySelector('video'); v.muted = true;
+        for (let i = 0; i < 100 && v.readyState < 2; i++) await new Promise(r => setTimeout(r, 100));
+        await v.play();
+        await new Promise(r => setTimeout(r, 1000));
+        return {t: v.currentTime, w: v.videoWidth, h: v.videoHeight, err: v.error && v.error.code}; }""")
+    assert state["err"] is None and state["t"] > 0 and (state["w"], state["h"]) == (480, 360), state
+    page.get_by_text("Pixel share per class over time").wait_for()
+    page.get_by_role("button", name="Overlay (mp4)").wait_for()
+    page.get_by_role("button", name="Label PNGs (zip)").wait_for()
+    _idle(page)
+    _shot(page, "video")

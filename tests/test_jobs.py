@@ -112,7 +112,7 @@ def test_a_clip_is_segmented_in_a_worker(manager, tiny_model, tmp_path):
     assert res["frames"] == 3 and res["indices"] == [0, 2, 4] and 0 <= res["flicker"] <= 1
     assert res["flicker_raw"] is not None and len(res["share"]) == 3 and abs(sum(res["share"][0]) - 1) < 1e-6
     out = Path(snap["out"])
-    assert probe(out / "overlay.mp4").frames == 3
+    assert probe(out / "overlay.mp4").frames == 3 == probe(out / "preview.mp4").frames
     with zipfile.ZipFile(out / "labels.zip") as z:
         assert z.namelist() == ["labels/000000.png", "labels/000002.png", "labels/000004.png"]
     assert store.list_runs() == []  # not a fine-tuning run

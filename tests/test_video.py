@@ -14,7 +14,7 @@ from PIL import Image
 from conftest import ROOT
 from sis import engines, zoo
 from sis.infer import predict
-from sis.video import VideoError, iter_frames, probe, segment_video
+from sis.video import VideoError, iter_frames, plan, probe, segment_video
 
 av = pytest.importorskip("av")
 
@@ -104,6 +104,7 @@ def test_stable_flicker_counts_only_where_the_truth_stays(tmp_path):
     res = segment_video(Const([3, 3, 4]), frames, truth_dir=truth)
     # transition 1: no change on 1728 same pixels; transition 2: 864 same pixels, all change
     assert res.stable_flicker == pytest.approx(864 / (1728 + 864))
+    assert res.truth_flicker == pytest.approx(864 / (2 * 1728))  # the truth's own change: the top half, once
 
 
 @pytest.mark.parametrize("name,make,message", [
@@ -172,13 +173,94 @@ def test_the_shipped_sample_clip():
     assert res.frames == 5 and res.indices == [0, 25, 50, 75, 100] and 0 < res.flicker < 0.5
 
 
-def test_motion_gate_keeps_the_new_answer_where_the_picture_changed(tmp_path):
-    """Alternating frames (every pixel changes) with alternating answers: the gate lets no smoothing through."""
-    a, b = np.zeros((48, 64, 3), np.uint8), np.full((48, 64, 3), 200, np.uint8)
-    clip = tmp_path / "ab"
+class ByColour(Const):
+    """An engine that reads the picture: class 1 where the red channel is bright, else class 0."""
+
+    def __call__(self, images):
+        out = np.zeros((len(images), 11, *images.shape[-2:]), np.float32)
+        bright = images[:, 0] > 127
+        out[:, 1], out[:, 0] = 5.0 * bright, 5.0 * ~bright
+        return out
+
+
+def test_smoothing_follows_the_motion(tmp_path):
+    """A textured picture sliding 3 px a frame: the flow-guided average stays on the picture (its labels
+    match each frame's own answer), the plain average trails behind it."""
+    rng = np.random.default_rng(0)
+    base = np.kron(rng.integers(0, 256, (12, 24, 3)), np.ones((8, 8, 1))).astype(np.uint8)  # 96x192, 8-px blocks
+    clip = tmp_path / "slide"
     clip.mkdir()
-    for i in range(4):
-        Image.fromarray(a if i % 2 == 0 else b).save(clip / f"{i}.png")
-    smoothed = segment_video(Const([3, 4]), clip, smooth=0.9)
-    gated = segment_video(Const([3, 4]), clip, smooth=0.9, motion_gate=10)
-    assert smoothed.flicker == 0.0 and gated.flicker == 1.0 == gated.flicker_raw
+    for i in range(8):
+        Image.fromarray(np.ascontiguousarray(base[:, 40 - 3 * i: 168 - 3 * i])).save(clip / f"{i:02d}.png")
+
+    def labels(name, **kw):
+        segment_video(ByColour([0]), clip, labels_dir=tmp_path / name, **kw)
+        return [np.asarray(Image.open(f)) for f in sorted((tmp_path / name).glob("*.png"))]
+    raw, plain, flow = labels("raw"), labels("plain", smooth=0.8, flow=False), labels("flow", smooth=0.8)
+    agree = {name: float(np.mean([(a == r)[:, 8:-8].mean() for a, r in zip(got[1:], raw[1:])]))
+             for name, got in (("plain", plain), ("flow", flow))}
+    assert agree["flow"] > 0.95 and agree["plain"] < 0.8, agree
+
+
+def _write_rotated(path: Path, degrees: int) -> Path:
+    """A landscape 64x48 clip whose top quarter is red, tagged to be shown turned by ``degrees`` (a phone clip)."""
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=Fraction(10))
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        s.set_display_rotation(degrees)
+        for _ in range(3):
+            f = np.zeros((48, 64, 3), np.uint8)
+            f[:12] = (255, 0, 0)
+            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def test_a_phone_clip_is_turned_upright_and_its_mask_lines_up(tmp_path):
+    """FFmpeg's display matrix turns the picture counterclockwise by its angle: the red top edge of the
+    coded frame is the left edge of the upright one, and so is the predicted class."""
+    clip = _write_rotated(tmp_path / "phone.mp4", 90)
+    info = probe(clip)
+    assert info.rotation == 90 and (info.width, info.height) == (64, 48)
+    pl = plan(info, 1, None, (360, 480))
+    assert pl.upright == (64, 48) and "48x64 at 10 fps" in pl.sentence() and "turned 90 degrees" in pl.sentence()
+    idx, rgb = next(iter_frames(clip))
+    assert rgb.shape == (64, 48, 3) and rgb[:, :10, 0].min() > 200 and rgb[:, 14:, 0].max() < 60
+    segment_video(ByColour([0]), clip, tmp_path / "o.mp4", labels_dir=tmp_path / "labels")
+    labels = np.asarray(Image.open(tmp_path / "labels" / "000000.png"))
+    assert labels.shape == (64, 48) and (labels[:, :10] == 1).all() and (labels[:, 14:] == 0).all()
+    assert (probe(tmp_path / "o.mp4").width, probe(tmp_path / "o.mp4").height) == (48, 64)
+
+
+def test_a_clip_without_frames_and_a_variable_frame_rate(tmp_path):
+    with av.open(str(tmp_path / "empty.mp4"), "w") as c:  # a header and no frame
+        s = c.add_stream("libx264", rate=Fraction(10))
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        c.start_encoding()
+    with pytest.raises(VideoError, match=r"empty.mp4 has no video stream \(an audio-only or empty file\)"):
+        probe(tmp_path / "empty.mp4")
+    with av.open(str(tmp_path / "vfr.mp4"), "w") as c:  # frames 40-300 ms apart
+        s = c.add_stream("libx264", rate=Fraction(25))
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        s.codec_context.time_base = Fraction(1, 1000)
+        for f, t in zip(_frames(6), [0, 40, 80, 380, 420, 720]):
+            frame = av.VideoFrame.from_ndarray(f, format="rgb24")
+            frame.pts, frame.time_base = t, Fraction(1, 1000)
+            for p in s.encode(frame):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    res = segment_video(Const([2]), tmp_path / "vfr.mp4", tmp_path / "o.mp4")
+    assert res.frames == 6 and res.fps_in > 0 and probe(tmp_path / "o.mp4").frames == 6
+
+
+def test_the_plan_of_a_4k_clip_caps_work_output_and_length():
+    from sis.video import VideoInfo
+    pl = plan(VideoInfo(30.0, 3840, 2160, 30 * 120, 120.0), 2, 60.0, (360, 480))
+    assert pl.read == 1800 and pl.frames == 900 and pl.cut and pl.out == (720, 1280)
+    assert pl.work[0] * pl.work[1] == pytest.approx(360 * 480, rel=0.01)
+    assert pl.sentence() == ("3840x2160 at 30 fps, 120.0 s (3600 frames). Only the first 60 s are processed (the cap). "
+                             f"Segmenting 1 frame in 2: 900 frames, each at {pl.work[1]}x{pl.work[0]}; "
+                             "the overlay is written at 1280x720.")
