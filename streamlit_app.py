@@ -11,6 +11,7 @@ pages = [
     st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
     st.Page("pages/segment.py", title="Segment", icon=":material/image_search:"),
     st.Page("pages/video.py", title="Video", icon=":material/movie:"),
+    st.Page("pages/correct.py", title="Correct", icon=":material/brush:"),
     st.Page("pages/compare.py", title="Compare", icon=":material/compare:"),
     st.Page("pages/finetune.py", title="Fine-tune", icon=":material/model_training:"),
     st.Page("pages/benchmark.py", title="Benchmark", icon=":material/speed:"),

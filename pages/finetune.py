@@ -4,8 +4,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from sis import app, catalog, charts, jobs, store, zoo
-from sis.data import DatasetError, extract_dataset_zip, list_pairs
+from sis import app, catalog, charts, jobs, store, userdata, zoo
+from sis.data import DatasetError, extract_dataset_zip, list_pairs, validation_plan
 
 app.ensure_router(__file__)
 st.title("Fine-tune")
@@ -25,21 +25,33 @@ with st.form("ft_form"):
                        key="ft_model")
     init = c2.radio("Start from", ["shipped weights", "ImageNet encoder (needs internet)", "random"],
                     horizontal=True, index=0 if entries else 2)
-    d1, d2 = st.columns(2)
-    default_data = catalog.SAMPLES_DIR.parents[2] / "shared" / "camvid"
-    folder = d1.text_input("Dataset folder on the server (SegNet layout)",
-                           str(default_data) if default_data.is_dir() else "", key="ft_folder")
-    zipped = d2.file_uploader(f"...or a zip in that layout ({app.MAX_UPLOAD_MB} MB)", type=["zip"], key="ft_zip")
+    d1, d2, d3 = st.columns(3)
+    camvid = catalog.camvid_dir()
+    folder = d1.text_input("Dataset folder on the server (SegNet layout)", str(camvid or ""), key="ft_folder")
+    mine = d2.selectbox("...or one of my datasets (from the Correct page)",
+                        ["(none)", *[f"{d.name} ({len(d.frames)} frames)" for d in userdata.list_datasets()]],
+                        key="ft_mine")
+    zipped = d3.file_uploader(f"...or a zip in that layout ({app.MAX_UPLOAD_MB} MB)", type=["zip"], key="ft_zip")
+    r1, r2 = st.columns([2, 1])
+    replay = r1.checkbox("Mix CamVid's train frames into every batch (replay), so that a few frames of your own "
+                         "teach the model without it forgetting the rest", camvid is not None,
+                         disabled=camvid is None, key="ft_replay",
+                         help="Not offered when CamVid is not on the server; ignored when the dataset is CamVid.")
+    ratio = r2.slider("Share of each batch from CamVid", 0.1, 0.9, 0.5, 0.1, key="ft_ratio")
     e1, e2, e3, e4 = st.columns(4)
     unit = e1.radio("Length in", ["steps", "epochs"], horizontal=True)
     length = e2.number_input("How many", 1, lim.max_steps, 20, key="ft_length")
     batch = e3.number_input("Batch size", 1, 16, 4)
     lr = e4.number_input("Learning rate", 1e-6, 1e-1, 2e-4, format="%.0e")
     f1, f2, f3, f4 = st.columns(4)
-    flips = f1.checkbox("Flips (horizontal + vertical)", True)
+    as_trained = "as the model was trained"
+    flips = f1.selectbox("Flips", [as_trained, "horizontal", "horizontal + vertical", "none"], key="ft_flips",
+                         help="As trained: the flips, crops, scale range and class weights of the model's own recipe "
+                              "(its card), so that fine-tuning does not change what it learned; from random or "
+                              "ImageNet: the paper's flips on full frames.")
     freeze = f2.checkbox("Freeze encoder", False)
     frames = f3.number_input("Training frames", 2, lim.max_train_frames, 48)
-    crop = f4.selectbox("Crop", ["192x256", "256x320", "360x480 (full)"], key="ft_crop")
+    crop = f4.selectbox("Crop", [as_trained, "352x480", "192x256", "256x320", "full frames"], key="ft_crop")
     started = st.form_submit_button("Start", type="primary", key="ft_start")
 
 if started:
@@ -57,24 +69,30 @@ if started:
             init_value = "imagenet"
         else:
             init_value = "random"
-        if zipped is not None:
+        if mine != "(none)":
+            root = userdata.get_dataset(mine.rsplit(" (", 1)[0]).root
+        elif zipped is not None:
             root = extract_dataset_zip(zipped.getvalue(), store.data_dir() / "uploads" / uuid.uuid4().hex)
         else:
             root = Path(folder)
-            list_pairs(root, "train")
-        has_val = (root / "val").is_dir() and (root / "valannot").is_dir()
+        n = len(list_pairs(root, "train")[: int(frames)])
+        recipe = zoo.recipe_defaults(init_value)
         cfg = dict(model=name, data=str(root), init=init_value, batch_size=int(batch), lr=float(lr),
-                   flips="hv" if flips else "", freeze_encoder=freeze, train_limit=int(frames), val_limit=20,
-                   val_every=1 if has_val else 0,
-                   crop=None if crop.startswith("360") else tuple(int(v) for v in crop.split("x")))
+                   freeze_encoder=freeze, train_limit=int(frames), val_limit=20, val_every=1, **recipe)
+        if flips != as_trained:
+            cfg["flips"] = {"horizontal": "h", "horizontal + vertical": "hv", "none": ""}[flips]
+        if crop != as_trained:
+            cfg["crop"] = None if crop == "full frames" else tuple(int(v) for v in crop.split("x"))
+        if replay and camvid is not None and root.resolve() != camvid.resolve():
+            cfg.update(replay=str(camvid), replay_ratio=float(ratio))
         if unit == "steps":
             cfg["max_steps"] = int(length)
         else:
             cfg["epochs"] = int(length)
         job = manager.start(sid, cfg)
         st.toast(f"Started job {job.id}")
-        if not has_val:
-            st.warning("The dataset has no val/ split: the run reports training curves only.")
+        st.info(f"Validation: {validation_plan(root, n)}." + (f" Replay: {100 * ratio:.0f}% of each batch from "
+                                                               "CamVid's train frames." if cfg.get("replay") else ""))
     except (jobs.JobError, DatasetError) as e:
         st.error(str(e))
 

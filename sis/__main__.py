@@ -9,7 +9,9 @@ import sys
 import threading
 from pathlib import Path
 
-def _size(text: str) -> tuple[int, int]:
+def _size(text: str) -> tuple[int, int] | str:
+    if text.lower() in ("none", "full"):
+        return "full"  # whole frames, also where a fine-tuned model's recipe had a crop
     try:
         h, w = (int(v) for v in text.lower().split("x"))
         if h <= 0 or w <= 0:
@@ -66,15 +68,31 @@ def cmd_models(a) -> int:
 
 
 def train_config(a):
-    """`train`'s arguments -> TrainConfig (sis.train.train_command is the inverse)."""
-    from .train import TrainConfig
-    return TrainConfig(model=a.model, data=a.data, out=a.out or f"runs/{a.model}", init=a.init,
-                       epochs=a.epochs, max_steps=a.max_steps, batch_size=a.batch_size, crop=a.crop,
-                       scale=a.scale, flips=a.flips, lr=a.lr, optimizer=a.optimizer,
+    """`train`'s arguments -> TrainConfig (sis.train.train_command is the inverse). Fine-tuning a model
+    folder (``--init DIR``): the model is the folder's, and the augmentation options not given keep
+    the folder's recipe (sis.train.recipe_defaults)."""
+    from . import zoo
+    from .train import TrainConfig, recipe_defaults
+    model = a.model
+    if a.init not in ("random", "imagenet"):
+        folder_model = zoo.read_config(Path(a.init)).name  # a ModelError says what is wrong with the folder
+        if model and model != folder_model:
+            raise zoo.ModelError(f"--init {a.init} holds {folder_model}, not {model}")
+        model = folder_model
+    elif not model:
+        raise zoo.ModelError("--model is needed unless --init is a model folder")
+    base, default = recipe_defaults(a.init), TrainConfig()
+    aug = {k: getattr(a, k) if getattr(a, k) is not None else base.get(k, getattr(default, k))
+           for k in ("flips", "crop", "scale", "class_weighting")}
+    aug["crop"] = None if aug["crop"] == "full" else aug["crop"]
+    return TrainConfig(model=model, data=a.data, out=a.out or f"runs/{model}", init=a.init,
+                       epochs=a.epochs, max_steps=a.max_steps, batch_size=a.batch_size, **aug,
+                       lr=a.lr, optimizer=a.optimizer,
                        weight_decay=a.weight_decay, schedule=a.schedule, warmup_steps=a.warmup,
-                       class_weighting=a.class_weighting, freeze_encoder=a.freeze_encoder, seed=a.seed,
+                       freeze_encoder=a.freeze_encoder, seed=a.seed,
                        device=a.device, amp=not a.no_amp, channels_last=not a.no_channels_last,
                        train_limit=a.train_limit, val_limit=a.val_limit, val_every=a.val_every,
+                       replay=a.replay or "", replay_ratio=a.replay_ratio, replay_limit=a.replay_limit,
                        resume=not a.no_resume, save_half=a.half, threads=a.threads)
 
 
@@ -225,22 +243,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_models)
 
     s = sub.add_parser("train", help="train a model on a SegNet-layout dataset")
-    s.add_argument("--model", required=True, help="registry name, e.g. unet-resnet18")
-    s.add_argument("--data", required=True, help="dataset folder (train/ trainannot/ val/ valannot/)")
+    s.add_argument("--model", help="registry name, e.g. unet-resnet18 (default with --init DIR: the folder's)")
+    s.add_argument("--data", required=True, help="dataset folder (train/ trainannot/, and val/ valannot/ if it has "
+                   "them; without val/, every 5th frame is held out from 10 frames on, else there is no validation)")
     s.add_argument("--out", help="output model folder (default runs/MODEL)")
     s.add_argument("--init", default="random", help="random | imagenet | a model folder to fine-tune")
     s.add_argument("--epochs", type=_positive, default=1)
     s.add_argument("--max-steps", type=_positive)
     s.add_argument("--batch-size", type=_positive, default=8)
-    s.add_argument("--crop", type=_size, help="random crop HxW")
-    s.add_argument("--scale", type=_range, default=(1.0, 1.0), help="random rescale range, e.g. 0.75,1.5")
-    s.add_argument("--flips", default="hv", choices=["", "h", "v", "hv"])
+    s.add_argument("--crop", type=_size, help="random crop HxW, or 'full' (default: full frames; with --init DIR "
+                   "the augmentation options default to that model's recipe)")
+    s.add_argument("--scale", type=_range, help="random rescale range, e.g. 0.75,1.5 (default 1,1)")
+    s.add_argument("--flips", choices=["", "h", "v", "hv"], help="default hv (the paper's)")
     s.add_argument("--lr", type=float, default=2e-4)
     s.add_argument("--optimizer", default="adam", choices=["adam", "adamw"])
     s.add_argument("--weight-decay", type=float, default=0.0)
     s.add_argument("--schedule", default="constant", choices=["constant", "poly", "cosine"])
     s.add_argument("--warmup", type=int, default=0, help="linear warm-up steps")
-    s.add_argument("--class-weighting", default="none", choices=["none", "median", "sqrt-median"])
+    s.add_argument("--class-weighting", choices=["none", "median", "sqrt-median"], help="default none")
     s.add_argument("--freeze-encoder", action="store_true")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
@@ -249,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--train-limit", type=_positive)
     s.add_argument("--val-limit", type=_positive)
     s.add_argument("--val-every", type=int, default=1)
+    s.add_argument("--replay", help="a base dataset (e.g. CamVid) whose train frames are mixed into every batch, "
+                   "so that fine-tuning on a few frames does not forget it")
+    s.add_argument("--replay-ratio", type=float, default=0.5, help="share of each batch from --replay")
+    s.add_argument("--replay-limit", type=_positive, default=120, help="replay frames held in memory")
     s.add_argument("--no-resume", action="store_true", help="ignore OUT/checkpoint")
     s.add_argument("--half", action="store_true", help="write fp16 weights")
     s.add_argument("--threads", type=_positive)

@@ -10,10 +10,11 @@ import threading
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pandas  # noqa: F401 - imported up front: plotly peeks at a half-imported pandas when another
 import streamlit as st  # session's thread is importing it (st.dataframe), and a chart then fails with AttributeError
 
-from . import catalog, engines, files, host, jobs, report, store, video, zoo
+from . import catalog, correct, engines, files, host, jobs, report, store, uncertainty, video, zoo
 from .classes import ClassSet
 from .engines.accurate import ACCURATE_MODE
 from .infer import ImageError, load_image
@@ -322,3 +323,51 @@ def compare_models(entries: list[catalog.Entry], image, mode: str = "Fast") -> r
                    lambda: report.compare([(e.key, _mode_engine(e, engines.REFERENCE, mode)) for e in entries], image))
     host.release_memory()
     return res
+
+
+class _Gated:
+    """An engine that takes the server's inference gate for each call, so that a long ranking lets
+    other sessions' photos through between its frames."""
+
+    def __init__(self, engine):
+        self.engine, self.cfg, self.name = engine, engine.cfg, engine.name
+
+    def prepare(self, size):
+        self.engine.prepare(size)
+
+    def __call__(self, x):
+        with _inference_gate():
+            return self.engine(x)
+
+
+def correction_draft(entry: catalog.Entry, image_key: str, rgb) -> correct.Draft:
+    """The session's draft for (model, image): the model's answer at its working size and the corrections
+    so far; a new image (or model) starts a new draft."""
+    key = (str(entry.folder), image_key)
+    last = st.session_state.get("_draft")
+    if last is None or last[0] != key:
+        with st.spinner("Segmenting..."):
+            last = (key, correct.start(_Gated(get_engine(entry)), rgb))
+        st.session_state["_draft"] = last
+    return last[1]
+
+
+def rank_photos(entry: catalog.Entry, uploads) -> list[uncertainty.Uncertainty]:
+    """Uploaded photos, least sure first (by mean entropy), each with its confidence map; photos that
+    cannot be read are said once and left out."""
+    key = ("photos", str(entry.folder), tuple(u.file_id for u in uploads))
+    if st.session_state.get("_ranked", (None,))[0] != key:
+        loaded = [(u.name, read_upload(u)) for u in uploads]
+        images = [(name, np.asarray(got.image)) for name, got in loaded if got]
+        with st.spinner(f"Ranking {len(images)} photos by the model's uncertainty..."):
+            st.session_state["_ranked"] = (key, uncertainty.rank(_Gated(get_engine(entry)), images))
+    return st.session_state["_ranked"][1]
+
+
+def rank_clip(entry: catalog.Entry, path: Path, stride: int, top: int = 6) -> list[uncertainty.Uncertainty]:
+    """The ``top`` least sure of every ``stride``-th frame of a clip (at most video.MAX_SECONDS of it)."""
+    key = ("clip", str(entry.folder), str(path), stride)
+    if st.session_state.get("_ranked", (None,))[0] != key:
+        with st.spinner("Ranking the clip's frames by the model's uncertainty..."):
+            st.session_state["_ranked"] = (key, uncertainty.rank_clip(_Gated(get_engine(entry)), path, stride, top))
+    return st.session_state["_ranked"][1]

@@ -75,3 +75,13 @@ def samples() -> list[Sample]:
     return [Sample(p.stem, p, p.with_name(f"{p.stem}_label.png")) for p in sorted(SAMPLES_DIR.glob("*.jpg"))
             if p.with_name(f"{p.stem}_label.png").is_file()]
 
+
+
+def camvid_dir() -> Path | None:
+    """CamVid in the SegNet layout beside the checkout ($SIS_CAMVID, else ../shared/camvid), if present."""
+    import os
+    for p in ([Path(os.environ["SIS_CAMVID"])] if os.environ.get("SIS_CAMVID") else []) + \
+            [SAMPLES_DIR.parents[2] / "shared" / "camvid"]:
+        if (p / "train").is_dir() and (p / "trainannot").is_dir():
+            return p
+    return None

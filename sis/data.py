@@ -26,6 +26,10 @@ SPLITS = ("train", "val", "test")
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
 
+HOLDOUT_MIN = 10  # without a val/ split, a run holds out every HOLDOUT_EVERY-th frame from this many on
+HOLDOUT_EVERY = 5
+
+
 class DatasetError(ValueError):
     """A dataset folder a user pointed at is not usable; the message says why."""
 
@@ -61,6 +65,20 @@ def list_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
             raise DatasetError(f"image {split}/{img.name} has no label {split}annot/{img.stem}.png")
         pairs.append((img, labels[img.stem]))
     return pairs
+
+
+def validation_plan(root: Path, n_train: int) -> str:
+    """How a training run on ``root`` (with ``n_train`` frames) validates, in words (sis.train follows it):
+    on its val/ split, else on every HOLDOUT_EVERY-th frame from HOLDOUT_MIN frames on, else not at all."""
+    root = Path(root)
+    if (root / "val").is_dir():
+        return f"on the dataset's val/ split ({len(list_pairs(root, 'val'))} frames)"
+    if n_train < HOLDOUT_MIN:
+        return f"none: the dataset has no val/ split and {n_train} frames, fewer than the {HOLDOUT_MIN} " \
+               "from which a share is held out"
+    held = len(range(HOLDOUT_EVERY - 1, n_train, HOLDOUT_EVERY))
+    return f"on {held} of the dataset's {n_train} frames held out from training (every {HOLDOUT_EVERY}th; " \
+           "the dataset has no val/ split)"
 
 
 def read_rgb(path: Path) -> np.ndarray:

@@ -22,8 +22,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from . import models, zoo
+from .zoo import RECIPE_KEYS, recipe_defaults
 from .augment import SegDataset, build_augment
-from .data import class_weights, load_classes, load_split
+from .data import HOLDOUT_EVERY, HOLDOUT_MIN, Frames, class_weights, load_classes, load_split, validation_plan
 from .evaluate import evaluate
 from .preprocess import model_input, pad_to_stride
 from .files import partial, remove
@@ -60,6 +61,9 @@ class TrainConfig:
     train_limit: int | None = None       # use only the first N train frames (tests, probes)
     val_limit: int | None = None
     val_every: int = 1                   # epochs between validations (0 = never)
+    replay: str = ""                     # a base dataset whose train frames are mixed into every batch
+    replay_ratio: float = 0.5            # the share of each batch drawn from ``replay``
+    replay_limit: int | None = 120       # replay frames held in memory, spread evenly over the base set
     resume: bool = True                  # continue from out/checkpoint if present
     save_half: bool = False              # write fp16 weights (shipping)
     threads: int | None = None
@@ -74,7 +78,8 @@ _OPTIONS = [("init", "--init"), ("epochs", "--epochs"), ("max_steps", "--max-ste
             ("lr", "--lr"), ("optimizer", "--optimizer"), ("weight_decay", "--weight-decay"),
             ("schedule", "--schedule"), ("warmup_steps", "--warmup"), ("class_weighting", "--class-weighting"),
             ("seed", "--seed"), ("device", "--device"), ("train_limit", "--train-limit"),
-            ("val_limit", "--val-limit"), ("val_every", "--val-every"), ("threads", "--threads")]
+            ("val_limit", "--val-limit"), ("val_every", "--val-every"), ("replay", "--replay"),
+            ("replay_ratio", "--replay-ratio"), ("replay_limit", "--replay-limit"), ("threads", "--threads")]
 _SWITCHES = [("freeze_encoder", True, "--freeze-encoder"), ("amp", False, "--no-amp"),
              ("channels_last", False, "--no-channels-last"), ("resume", False, "--no-resume"),
              ("save_half", True, "--half")]
@@ -87,9 +92,14 @@ def train_command(cfg: TrainConfig | dict) -> str:
     default = TrainConfig()
     parts = ["python -m sis train", f"--model {cfg.model}", f"--data {shlex.quote(str(cfg.data))}",
              f"--out {shlex.quote(str(cfg.out))}"]
+    from_folder = cfg.init not in ("random", "imagenet")
     for field, flag in _OPTIONS:
         v = getattr(cfg, field)
-        if v is None or v == getattr(default, field):
+        if field in RECIPE_KEYS and from_folder:  # spelled out: left out, they would follow the folder's recipe
+            if v is None:
+                parts.append(f"{flag} full")
+                continue
+        elif v is None or v == getattr(default, field):
             continue
         text = f"{v[0]}x{v[1]}" if field == "crop" else f"{v[0]},{v[1]}" if field == "scale" else str(v)
         parts.append(f"{flag} {shlex.quote(text)}")
@@ -111,6 +121,40 @@ class Progress:
     eta_s: float
     val_miou: float | None = None
     phase: str = "train"  # train | val | done | stopped
+
+
+def validation_frames(root: Path, train: Frames, limit: int | None, classes) -> tuple[Frames, Frames | None, str]:
+    """(train frames, val frames or None, how the run validates in words): the dataset's val/ split
+    where it has one, else every HOLDOUT_EVERY-th of its train frames once it has HOLDOUT_MIN, else none."""
+    said = validation_plan(root, len(train))
+    if (Path(root) / "val").is_dir():
+        val = load_split(root, "val", limit, classes)
+        return train, val, said
+    n = len(train)
+    if n < HOLDOUT_MIN:
+        return train, None, said
+    held = set(range(HOLDOUT_EVERY - 1, n, HOLDOUT_EVERY))
+
+    def pick(keep):
+        idx = [i for i in range(n) if (i in held) == keep]
+        return Frames([train.names[i] for i in idx], [train.images[i] for i in idx],
+                      [train.masks[i] for i in idx], train.classes)
+    return pick(False), pick(True), said
+
+
+def load_replay(root: str, limit: int | None, classes) -> Frames:
+    """The train frames of a base dataset to mix into every batch: ``limit`` of them, spread evenly,
+    masks kept as uint8 (a quarter of the memory; widened per batch)."""
+    import torch
+    if load_classes(root).names != classes.names:
+        raise TrainingError(f"the replay dataset {root} has other classes than the training data")
+    frames = load_split(root, "train", None, classes)
+    if limit and len(frames) > limit:
+        keep = [round(i * (len(frames) - 1) / (limit - 1)) for i in range(limit)] if limit > 1 else [0]
+        frames = Frames([frames.names[i] for i in keep], [frames.images[i] for i in keep],
+                        [frames.masks[i] for i in keep], classes)
+    frames.masks = [m.to(torch.uint8) for m in frames.masks]
+    return frames
 
 
 class StopFlag(Protocol):
@@ -221,11 +265,24 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
     # data: decoded once, augmented on tensors in the loop's process
     classes = load_classes(cfg.data)
     train_frames = load_split(cfg.data, "train", cfg.train_limit, classes)
-    val_frames = load_split(cfg.data, "val", cfg.val_limit, classes) if cfg.val_every else None
+    val_frames, validation = None, "none (--val-every 0)"
+    if cfg.val_every:
+        train_frames, val_frames, validation = validation_frames(cfg.data, train_frames, cfg.val_limit, classes)
+    if rank == 0:
+        log(f"validation: {validation}")
     fill = classes.void if classes.void is not None else 255
-    dataset = SegDataset(train_frames, build_augment(cfg.flips, cfg.crop, cfg.scale, fill))
-    if cfg.crop is None and len({tuple(i.shape) for i in train_frames.images}) > 1:
-        raise TrainingError("training frames differ in size; set a crop size (--crop HxW)")
+    augment = build_augment(cfg.flips, cfg.crop, cfg.scale, fill)
+    dataset = SegDataset(train_frames, augment)
+    replay = SegDataset(load_replay(cfg.replay, cfg.replay_limit, classes), augment) if cfg.replay else None
+    if not 0 <= cfg.replay_ratio < 1:
+        raise TrainingError(f"the replay ratio is a share of each batch, within 0 and 1 (exclusive), "
+                            f"not {cfg.replay_ratio}")
+    n_replay = min(cfg.batch_size - 1, round(cfg.batch_size * cfg.replay_ratio)) if replay else 0
+    per_batch = cfg.batch_size - n_replay  # frames of the training data in each batch
+    sizes = {tuple(i.shape) for i in train_frames.images + (replay.frames.images if replay else [])}
+    if cfg.crop is None and len(sizes) > 1:
+        raise TrainingError("training frames differ in size" + (" (with the replay frames)" if replay else "") +
+                            "; set a crop size (--crop HxW)")
 
     # model: fresh (random / ImageNet encoder) or fine-tuned from a saved folder
     if cfg.init in ("random", "imagenet"):
@@ -267,7 +324,7 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
         train_frames.masks = [m.to(device) for m in train_frames.masks]
         torch.backends.cudnn.benchmark = True
 
-    steps_per_epoch = math.ceil(len(dataset) / (cfg.batch_size * world))
+    steps_per_epoch = math.ceil(len(dataset) / (per_batch * world))
     total = cfg.max_steps or steps_per_epoch * cfg.epochs
     epochs = math.ceil(total / steps_per_epoch)
     step, start_epoch, history, elapsed = 0, 0, [], 0.0
@@ -305,11 +362,15 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
             if stop is not None and stop.is_set():
                 status = "stopped"
                 break
-            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            idx = order[b * per_batch:(b + 1) * per_batch]
             if not idx:
                 break
-            imgs, masks = zip(*(dataset[i] for i in idx))
-            imgs, masks = torch.stack(imgs).to(device), torch.stack(masks).to(device)
+            pairs = [dataset[i] for i in idx]
+            if replay is not None:  # drawn by (seed, step): a resumed run draws the same frames
+                g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+                pairs += [replay[int(i)] for i in torch.randint(len(replay), (n_replay,), generator=g)]
+            imgs, masks = zip(*pairs)
+            imgs, masks = torch.stack(imgs).to(device), torch.stack(masks).to(device).long()
             lr = lr_at(step, total, cfg.lr, cfg.schedule, cfg.warmup_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -335,7 +396,7 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
             run_correct += correct
             run_pix += pix
             n_batches += 1
-            seen_imgs += len(idx)
+            seen_imgs += len(pairs)
             now = time.perf_counter()
             ips = seen_imgs / max(now - t_window, 1e-9)
             if callback and rank == 0:
@@ -382,7 +443,9 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
             "precision": str(amp_dtype(device)) if cfg.amp and amp_dtype(device) else "fp32",
             "hardware": host_info(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "data": {"root": str(cfg.data), "train_frames": len(train_frames),
-                     "val_frames": len(val_frames) if val_frames is not None else 0},
+                     "val_frames": len(val_frames) if val_frames is not None else 0, "validation": validation,
+                     "replay": {"root": str(cfg.replay), "frames": len(replay), "per_batch": n_replay}
+                     if replay else None},
         }
         models.save_model(model, mcfg, out, card, half=cfg.save_half)
         if callback:

@@ -284,3 +284,20 @@ def resolve(name_or_dir: str | Path) -> Path:
     raise ModelError(f"'{name}' is neither a model folder nor a model name; valid names: {', '.join(MODELS)}")
 
 
+RECIPE_KEYS = ("flips", "crop", "scale", "class_weighting")
+
+
+def recipe_defaults(init: str) -> dict:
+    """What a fine-tune from the model folder ``init`` keeps of the recipe that trained it: the
+    augmentation and class weighting, i.e. the orientation, scale and class balance the model
+    learned (a model trained with horizontal flips only does not expect the sky under the road).
+    The learning rate and schedule are not kept: they were for training from scratch. {} where
+    ``init`` is random, imagenet or a folder whose card has no recipe."""
+    if init in ("random", "imagenet") or not (Path(init) / "card.json").is_file():
+        return {}
+    recipe = read_card(init).raw.get("recipe") or {}
+    out = {k: recipe[k] for k in RECIPE_KEYS if k in recipe}
+    for k in ("crop", "scale"):
+        if out.get(k) is not None:
+            out[k] = tuple(out[k])
+    return out

@@ -581,3 +581,84 @@ def test_an_ensemble_is_offered_only_where_it_beat_its_best_member(app_env, monk
     assert not at.exception, at.exception
     res = at.session_state["_seg_last:segment"][1]
     assert res.engine.endswith("(2-model ensemble)") and res.labels.shape == (360, 480)
+
+
+def test_correct_page_saves_the_models_answer_and_a_fill_then_undo(app_env):
+    """The page's logic without a browser (the canvas draws nothing here): a sample frame's draft at the
+    model's working size, a saved label equal to the model's answer, datasets listed, and Undo."""
+    from sis import userdata
+    at = _app("pages/correct.py")
+    at.selectbox(key="cor_model").set_value("run:tiny").run()
+    assert not at.exception, at.exception
+    draft = at.session_state["_draft"][1]
+    assert draft.image.shape[:2] == draft.prediction.shape == (360, 480) and not draft.history
+    assert any("0.0% of the pixels changed" in c.value for c in at.caption)
+    at.text_input(key="cor_dataset").set_value("mine").run()
+    at.button(key="cor_save").click().run()
+    assert not at.exception and "in 'mine' (1 frames)" in at.success[0].value
+    (frame,) = userdata.get_dataset("mine").frames
+    img, lbl = userdata.read_frame("mine", frame)
+    assert (lbl == draft.prediction).all() and (img == draft.image).all()
+    # a region filled (as a click on the canvas does), then undone
+    import numpy as np
+    from sis.correct import fill_region
+    draft.commit(fill_region(draft.labels, (10, 10), (360, 480), 8))
+    at.run()
+    assert draft.version == 1 and not any("0.0% of the pixels changed" in c.value for c in at.caption)
+    at.button(key="cor_undo").click().run()
+    assert draft.version == 0 and (draft.labels == draft.prediction).all() and np.all(lbl == draft.labels)
+    at.text_input(key="cor_dataset").set_value("../bad").run()
+    at.button(key="cor_save").click().run()
+    assert "cannot name a dataset" in at.error[0].value
+
+
+def test_correct_page_ranks_uploaded_photos_least_sure_first(app_env):
+    at = _app("pages/correct.py")
+    at.selectbox(key="cor_model").set_value("run:tiny").run()
+    at.radio(key="cor_source").set_value("Photos").run()
+    rng = np.random.default_rng(0)
+    for i, name in enumerate(["a.png", "b.png", "c.png"]):
+        at.file_uploader(key="cor_photos").upload(name, _png(rng.integers(0, 255, (48 + 8 * i, 64, 3), np.uint8)),
+                                                  "image/png")
+    at.run()
+    assert not at.exception, at.exception
+    ranked = at.session_state["_ranked"][1]
+    assert sorted(u.name for u in ranked) == ["a.png", "b.png", "c.png"]
+    assert [u.mean_entropy for u in ranked] == sorted((u.mean_entropy for u in ranked), reverse=True)
+    assert at.selectbox(key="cor_pick").value == 0 and at.session_state["_draft"][1].image.shape[2] == 3
+
+
+@pytest.mark.slow
+def test_finetune_on_my_dataset_with_replay(app_env, tiny_data, monkeypatch):
+    """Five saved frames and no val/: the page says there is no validation, mixes in the base set's frames
+    (CamVid's place taken by the tiny dataset here), and the run ends with a model."""
+    from sis import catalog, userdata
+    from sis.data import list_pairs, read_label, read_rgb
+    for img, lbl in list_pairs(tiny_data, "train")[:5]:
+        userdata.save_frame("mine", read_rgb(img), read_label(lbl), userdata.load_classes(tiny_data))
+    monkeypatch.setattr(catalog, "camvid_dir", lambda: tiny_data)
+    at = _app("pages/finetune.py")
+    at.selectbox(key="ft_model").set_value("run:tiny")
+    at.selectbox(key="ft_mine").set_value("mine (5 frames)")
+    at.number_input(key="ft_length").set_value(2)
+    at.button(key="ft_start").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert any("Validation: none: the dataset has no val/ split and 5 frames" in i.value and
+               "Replay: 50% of each batch" in i.value for i in at.info), [i.value for i in at.info]
+    manager = _wait_for_jobs()
+    (job,) = manager.jobs.values()
+    assert job.status == "done", job.message
+    assert job.cfg["replay"] == str(tiny_data) and job.cfg["data"].endswith("datasets/mine")
+    manager.jobs.clear()
+
+
+@pytest.mark.slow
+def test_correct_page_ranks_the_frames_of_a_clip(app_env):
+    at = _app("pages/correct.py")
+    at.selectbox(key="cor_model").set_value("run:tiny").run()
+    at.radio(key="cor_source").set_value("Frames of a clip").run()
+    at.number_input(key="cor_stride").set_value(25).run()
+    assert not at.exception, at.exception
+    ranked = at.session_state["_ranked"][1]
+    assert sorted(u.index for u in ranked) == [0, 25, 50, 75, 100] and ranked[0].image.shape == (360, 480, 3)
+    assert at.session_state["_draft"][1].prediction.shape == (360, 480)

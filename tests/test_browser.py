@@ -216,3 +216,40 @@ def test_video_sample_clip_plays(server, browser):
     page.get_by_role("button", name="Label PNGs (zip)").wait_for()
     _idle(page)
     _shot(page, "video")
+
+
+def test_correct_a_mask_by_hand_and_save_it(server, browser):
+    """The canvas in Chromium: a brush stroke changes pixels, a click fills a whole region, Undo steps back,
+    and Save writes the corrected label into a dataset on the server."""
+    page = _page(browser, server, "correct")
+    page.get_by_role("button", name="Save to my dataset").wait_for()
+    _idle(page)
+    changed = page.get_by_text("of the pixels changed")
+    assert changed.inner_text().startswith("0.0%")
+    box = page.locator("canvas").last.bounding_box()
+    page.mouse.move(box["x"] + 300, box["y"] + 380)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 500, box["y"] + 400, steps=15)
+    page.mouse.up()
+    page.wait_for_function("() => !document.body.innerText.includes('0.0% of the pixels changed')")
+    stroke = float(changed.inner_text().split("%")[0])
+    assert 0 < stroke < 5
+    page.get_by_text("Fill a region").click()
+    _idle(page)
+    page.get_by_role("combobox", name="Class").click()
+    page.get_by_role("option", name="Car", exact=True).click()
+    _idle(page)
+    box = page.locator("canvas").last.bounding_box()
+    page.mouse.click(box["x"] + 200, box["y"] + 500)  # the road, near the bottom left
+    page.wait_for_function(f"() => !document.body.innerText.includes('{changed.inner_text().split('%')[0]}% of')")
+    _idle(page)
+    filled = float(changed.inner_text().split("%")[0])
+    assert filled > stroke + 5, (stroke, filled)
+    _shot(page, "correct")
+    page.get_by_role("button", name="Undo last step").click()
+    _idle(page)
+    assert float(changed.inner_text().split("%")[0]) == pytest.approx(stroke, abs=0.05)
+    page.get_by_role("button", name="Save to my dataset").click()
+    page.get_by_text("Saved as").wait_for()
+    data = Path(os.environ["SIS_BROWSER_DATA"]) / "datasets" / "my-street"
+    assert len(list((data / "train").glob("*.png"))) == 1 == len(list((data / "trainannot").glob("*.png")))

@@ -105,7 +105,11 @@ def test_train_command_round_trips_through_the_parser():
                         optimizer="adamw", weight_decay=1e-4, schedule="poly", warmup_steps=200,
                         class_weighting="sqrt-median", freeze_encoder=True, seed=3, device="cpu", amp=False,
                         channels_last=False, train_limit=5, val_limit=2, val_every=2, resume=False,
-                        save_half=True, threads=3)]
+                        save_half=True, threads=3),
+            # fine-tuning a folder: augmentation left at TrainConfig's defaults (full frames, paper flips)
+            # must not turn into the folder's recipe when the command is run again
+            TrainConfig(model="pspnet-resnet18", data="mine", out="o", init="weights/pspnet-resnet18", max_steps=200,
+                        replay="../shared/camvid", replay_ratio=0.25, replay_limit=40)]
     for cfg in cfgs:
         cmd = train_command(cfg)
         assert cmd.startswith("python -m sis train ")
@@ -113,3 +117,4 @@ def test_train_command_round_trips_through_the_parser():
         assert back == cfg, cmd
         assert train_command(cfg.to_dict() | {"crop": list(cfg.crop) if cfg.crop else None,
                                               "scale": list(cfg.scale)}) == cmd  # a card's JSON recipe
+    assert "--crop full --scale 1.0,1.0 --flips hv" in train_command(cfgs[2])

@@ -148,3 +148,87 @@ def test_torchrun_two_cpu_ranks_identical_weights(tiny_data, tmp_path):
     digests = dict(re.findall(r"rank (\d) weights (\w+)", r.stderr))
     assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]
     assert zoo.read_card(tmp_path / "d").raw["world_size"] == 2
+
+
+def _user_dataset(src, dest, n):
+    """``n`` frames of ``src``'s train split in a folder with train/ + trainannot/ only, as users save them."""
+    import shutil
+    for sub in ("train", "trainannot"):
+        (dest / sub).mkdir(parents=True)
+        for f in sorted((src / sub).glob("*.png"))[:n]:
+            shutil.copy(f, dest / sub / f.name)
+    return dest
+
+
+def test_a_few_frames_without_val_fine_tune_with_replay(tiny_data, tiny_model, tmp_path):
+    """Five frames and no val/: no validation (said in the card), every batch mixes in replay frames."""
+    from sis.data import load_split
+    from sis.train import load_replay
+    user = _user_dataset(tiny_data, tmp_path / "mine", 5)
+    logs = []
+    res = train(_cfg(user, tmp_path / "m", init=str(tiny_model), batch_size=4, max_steps=3, replay=str(tiny_data),
+                     replay_ratio=0.5), log=logs.append)
+    card = zoo.read_card(tmp_path / "m").raw
+    assert res["status"] == "done" and res["steps"] == 3 and res["val"] is None
+    assert card["data"]["validation"].startswith("none: the dataset has no val/ split and 5 frames")
+    assert card["data"]["replay"] == {"root": str(tiny_data), "frames": 6, "per_batch": 2}
+    assert any(m.startswith("validation: none") for m in logs)
+    models.load_model(tmp_path / "m")
+    replay = load_replay(str(tiny_data), 4, load_split(tiny_data, "train").classes)
+    assert replay.names == ["f000", "f002", "f003", "f005"] and replay.masks[0].dtype == torch.uint8
+
+
+def test_ten_frames_without_val_hold_out_every_fifth(tiny_data, tmp_path):
+    from conftest import write_dataset
+    from sis.data import load_split
+    from sis.train import validation_frames
+    root = write_dataset(tmp_path / "ten", n_train=10, n_val=0)
+    import shutil
+    shutil.rmtree(root / "val"), shutil.rmtree(root / "valannot")
+    frames = load_split(root, "train")
+    train_f, val_f, said = validation_frames(root, frames, None, frames.classes)
+    assert val_f.names == ["f004", "f009"] and len(train_f) == 8 and not set(val_f.names) & set(train_f.names)
+    assert said == "on 2 of the dataset's 10 frames held out from training (every 5th; the dataset has no val/ split)"
+    train_f, val_f, said = validation_frames(tiny_data, load_split(tiny_data, "train"), None, frames.classes)
+    assert len(train_f) == 6 and len(val_f) == 3 and said == "on the dataset's val/ split (3 frames)"
+
+
+def test_replay_needs_the_same_classes_and_a_sane_ratio(tiny_data, tmp_path):
+    import json
+    other = _user_dataset(tiny_data, tmp_path / "other", 3)
+    (other / "classes.json").write_text(json.dumps({"names": ["a", "b"], "colors": [[0, 0, 0], [9, 9, 9]]}))
+    with pytest.raises(TrainingError, match="has other classes"):
+        train(_cfg(tiny_data, tmp_path / "m", max_steps=1, replay=str(other)), log=lambda m: None)
+    with pytest.raises(TrainingError, match="replay ratio"):
+        train(_cfg(tiny_data, tmp_path / "m2", max_steps=1, replay=str(tiny_data), replay_ratio=1.0),
+              log=lambda m: None)
+
+
+def test_fine_tuning_keeps_the_recipe_the_model_was_trained_with():
+    """The shipped pspnet-resnet18 learned with horizontal flips only, 352x480 crops at 0.75-1.5x and
+    sqrt-median class weights: a fine-tune from it keeps those, not the paper's vertical flips."""
+    from sis.train import recipe_defaults
+    folder = zoo.shipped_models()["pspnet-resnet18"]
+    assert recipe_defaults(str(folder)) == {"flips": "h", "crop": (352, 480), "scale": (0.75, 1.5),
+                                            "class_weighting": "sqrt-median"}
+    assert recipe_defaults("random") == {} == recipe_defaults("imagenet")
+
+
+@pytest.mark.slow
+def test_cli_fine_tunes_a_shipped_model_on_five_frames_with_replay(tiny_data, tmp_path):
+    """The issue's command, on five frames with train/ + trainannot/ only; the result loads in eval and predict."""
+    user = _user_dataset(tiny_data, tmp_path / "mine", 5)
+    out = tmp_path / "adapted"
+    r = subprocess.run([sys.executable, "-m", "sis", "train", "--init", "weights/pspnet-resnet18", "--data", str(user),
+                        "--replay", str(tiny_data), "--max-steps", "2", "--batch-size", "2", "--out", str(out)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    card = zoo.read_card(out).raw
+    assert card["recipe"]["flips"] == "h" and card["recipe"]["crop"] == [352, 480] and card["model"] == "pspnet-resnet18"
+    cmd = card["command"]
+    assert all(part in cmd for part in ("--crop 352x480", "--scale 0.75,1.5", "--flips h", f"--replay {tiny_data}"))
+    for cmd in (["eval", "--model", str(out), "--data", str(tiny_data), "--json"],
+                ["predict", "--model", str(out), "--out", str(tmp_path / "pred"), str(user / "train")]):
+        r = subprocess.run([sys.executable, "-m", "sis", *cmd], capture_output=True, text=True, cwd=ROOT, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+    assert len(list((tmp_path / "pred").glob("*"))) >= 5

@@ -1,0 +1,138 @@
+import streamlit as st
+from streamlit_drawable_canvas import st_canvas
+
+from sis import app, catalog, correct, report, userdata, video
+from sis.data import DatasetError
+
+app.ensure_router(__file__)
+st.title("Correct")
+st.caption("Fix the model's mask by hand where it is wrong, keep the result as a label in a dataset of your own, "
+           "and teach the model with a few of them on the Fine-tune page. Photos and clip frames are ranked by "
+           "how unsure the model is, so that your effort goes where it helps most.")
+entries = catalog.available_models()
+left, right = st.columns([2, 1])
+with right:
+    entry = app.model_picker("Model", entries, key="cor_model")
+with left:
+    source = st.radio("Image", ["Sample frames", "Photos", "Frames of a clip"], horizontal=True, key="cor_source")
+if entry is None:
+    st.stop()
+classes = app.get_config(entry).class_set
+
+image, image_key = None, None
+if source == "Sample frames":
+    gallery = catalog.samples()
+    name = st.selectbox("CamVid val frame", [s.name for s in gallery], key="cor_sample")
+    image, image_key = app.load_image(next(s for s in gallery if s.name == name).image).image, f"sample:{name}"
+else:
+    if source == "Photos":
+        ups = st.file_uploader(f"Street photos (jpg, png, webp; up to {app.MAX_UPLOAD_FILES})", key="cor_photos",
+                               type=["jpg", "jpeg", "png", "webp"], accept_multiple_files=True)
+        ranked = app.rank_photos(entry, ups[: app.MAX_UPLOAD_FILES]) if ups else []
+    else:
+        c1, c2 = st.columns([2, 1])
+        up = c1.file_uploader(f"A clip ({', '.join(video.EXTENSIONS)}; empty: the sample clip)", key="cor_clip",
+                              type=list(video.EXTENSIONS))
+        stride = c2.number_input("Look at 1 frame in", 1, 300, 15, key="cor_stride")
+        clip = app.stash_clip(up) if up is not None else (video.SAMPLE_CLIP, None)
+        ranked = app.rank_clip(entry, clip[0], int(stride)) if clip else []
+    if ranked:
+        st.caption("Least sure first (mean entropy of the class probabilities; dark = unsure):")
+        cols = st.columns(min(len(ranked), 4))
+        for i, u in enumerate(ranked[:4]):
+            cols[i].image(report.colormap(u.confidence), width="stretch",
+                          caption=f"{u.name}: {100 * u.unsure_share:.0f}% unsure")
+        pick = st.selectbox("Correct", range(len(ranked)), key="cor_pick",
+                            format_func=lambda i: f"{ranked[i].name} (entropy {ranked[i].mean_entropy:.3f})")
+        image, image_key = ranked[pick].image, f"{source}:{ranked[pick].name}:{id(ranked[pick].image)}"
+
+if image is None:
+    st.info("Pick a sample frame, upload photos or pick a clip to correct the model's answer.")
+    st.stop()
+
+draft = app.correction_draft(entry, image_key, image)
+t1, t2, t3, t4 = st.columns([2, 2, 1, 1])
+tool = t1.radio("Tool", ["Brush", "Fill a region"], horizontal=True, key="cor_tool",
+                help="Brush paints what you draw; Fill a region gives the whole connected region under a click "
+                     "to the chosen class in one go.")
+brush = t2.selectbox("Class", [*classes.names, "void", "eraser"], key="cor_brush",
+                     format_func=lambda b: {"void": "not sure (void: training ignores it)",
+                                            "eraser": "eraser (back to the model's answer)"}.get(b, b))
+size = t3.slider("Brush size", 2, 60, 16, key="cor_size")
+alpha = t4.slider("Opacity", 0.0, 1.0, 0.55, 0.05, key="cor_alpha")
+
+display = correct.display_size(*draft.labels.shape)
+switched = st.session_state.get("_cor_last_tool", tool) != tool
+st.session_state["_cor_last_tool"] = tool
+nonce = st.session_state.setdefault("_cor_nonce", 0)  # a new canvas once its marks are baked in
+canvas = st_canvas(stroke_width=size, stroke_color=correct.brush_hex(classes, brush),
+                   background_image=correct.canvas_background(draft, draft.labels, classes, alpha, display),
+                   height=display[0], width=display[1], drawing_mode="freedraw" if tool == "Brush" else "point",
+                   point_display_radius=4, return_image_data=True,
+                   key=f"cor_canvas:{image_key}:{draft.version}:{nonce}")
+app.legend(classes)
+
+
+def fresh_canvas():
+    st.session_state["_cor_nonce"] = nonce + 1
+    st.rerun()
+
+
+if tool == "Brush":
+    labels = correct.apply_strokes(draft.labels, draft.prediction, canvas.image_data, classes)
+elif switched:  # the strokes drawn before the switch are kept; the canvas starts afresh for clicks
+    draft.commit(correct.apply_strokes(draft.labels, draft.prediction, canvas.image_data, classes))
+    fresh_canvas()
+else:
+    labels, points = draft.labels, correct.clicks(canvas.json_data)
+    fill = classes.names.index(brush) if brush in classes.names else classes.void
+    for xy in points if brush != "eraser" else []:
+        labels = correct.fill_region(labels, xy, display, fill)
+    if points:
+        draft.commit(labels)
+        fresh_canvas()
+    if brush == "eraser":
+        st.caption("Fill a region gives a region a class: pick a class (or void), or paint with the eraser.")
+
+b1, b2, b3 = st.columns([1, 1, 3])
+if b1.button("Keep strokes", key="cor_keep", help="Bake the strokes in: Undo last step then steps back over them"):
+    if draft.commit(labels):
+        fresh_canvas()
+if b2.button("Undo last step", key="cor_undo", disabled=not draft.history):
+    draft.undo()
+    st.rerun()
+b3.caption(f"{100 * correct.changed_share(labels, draft.prediction):.1f}% of the pixels changed from the "
+           f"model's answer; the label is kept at {labels.shape[1]}x{labels.shape[0]}, the model's working size.")
+
+st.subheader("Save to my dataset")
+sets = [d.name for d in userdata.list_datasets()]
+s1, s2 = st.columns([2, 1])
+name = s1.text_input("Dataset name", sets[0] if sets else "my-street", key="cor_dataset",
+                     help="Letters, digits, '-', '_' and '.'; a new name makes a new dataset")
+if s2.button("Save to my dataset", type="primary", key="cor_save"):
+    try:
+        frame = userdata.save_frame(name, draft.image, labels, classes, source=image_key.split(":")[1])
+        st.success(f"Saved as {frame} in '{name}' ({len(userdata.get_dataset(name).frames)} frames).")
+    except DatasetError as e:
+        st.error(str(e))
+
+with st.expander("My datasets"):
+    for ds in userdata.list_datasets():
+        d1, d2 = st.columns([3, 1])
+        d1.markdown(f"**{ds.name}**: {len(ds.frames)} frames, `{ds.root}`")
+        d2.download_button("Download (zip)", lambda n=ds.name: userdata.to_zip(n), f"{ds.name}.zip",
+                           "application/zip", key=f"cor_zip:{ds.name}")
+        if ds.frames:
+            r1, r2 = st.columns([3, 1])
+            gone = r1.selectbox("Frame", ds.frames, key=f"cor_frames:{ds.name}", label_visibility="collapsed")
+            if r2.button("Remove frame", key=f"cor_rm:{ds.name}"):
+                userdata.remove_frame(ds.name, gone)
+                st.rerun()
+    z1, z2 = st.columns([3, 1])
+    back = z1.file_uploader("Add the frames of a zip (SegNet layout: train/, trainannot/)", type=["zip"],
+                            key="cor_import")
+    if back is not None and z2.button("Add to the dataset above", key="cor_import_go"):
+        try:
+            st.success(f"'{name}' now has {len(userdata.import_zip(back.getvalue(), name).frames)} frames.")
+        except DatasetError as e:
+            st.error(str(e))

@@ -1,0 +1,124 @@
+"""User datasets built from corrected masks (sis/userdata.py), and the uncertainty ranking (sis/uncertainty.py)."""
+from __future__ import annotations
+
+import threading
+import zipfile
+
+import numpy as np
+import pytest
+
+from sis import userdata
+from sis.classes import CAMVID
+from sis.data import DatasetError, list_pairs, load_split
+
+
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("SIS_DATA_DIR", str(tmp_path / "data"))
+    return tmp_path / "data"
+
+
+def _frame(seed=0, h=36, w=48):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (h, w, 3), np.uint8), rng.integers(0, 11, (h, w)).astype(np.uint8)
+
+
+def test_saved_frames_form_a_dataset_the_trainer_reads():
+    img, lbl = _frame()
+    lbl[0, 0] = CAMVID.void  # "not sure" is allowed
+    stem = userdata.save_frame("my-street", img, lbl, CAMVID, source="upload photo.jpg")
+    ds = userdata.get_dataset("my-street")
+    assert ds.frames == (stem,) and stem.endswith("-upload-photo") and ds.classes.names == CAMVID.names
+    frames = load_split(ds.root, "train")
+    assert (frames.images[0].permute(1, 2, 0).numpy() == img).all() and (frames.masks[0].numpy() == lbl).all()
+    back_img, back_lbl = userdata.read_frame("my-street", stem)
+    assert (back_img == img).all() and (back_lbl == lbl).all()
+    assert [d.name for d in userdata.list_datasets()] == ["my-street"]
+
+
+@pytest.mark.parametrize("name,labels,message", [
+    ("../evil", None, "cannot name a dataset"),
+    ("ok", np.full((36, 48), 40, np.uint8), "class id 40, outside 0..10"),
+    ("ok", np.zeros((10, 10), np.uint8), "the label is 10x10 but the image is 48x36"),
+])
+def test_bad_frames_say_why_and_write_nothing(data_dir, name, labels, message):
+    img, lbl = _frame()
+    with pytest.raises(DatasetError, match=message):
+        userdata.save_frame(name, img, lbl if labels is None else labels, CAMVID)
+    assert not list((data_dir / "datasets").rglob("*.png")) if (data_dir / "datasets").exists() else True
+
+
+def test_two_sessions_saving_into_one_dataset_lose_nothing():
+    errors = []
+
+    def save(k):
+        try:
+            for i in range(5):
+                userdata.save_frame("shared", *_frame(10 * k + i), CAMVID, source=f"s{k}")
+        except Exception as e:  # noqa: BLE001 - collected for the assertion
+            errors.append(e)
+    threads = [threading.Thread(target=save, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ds = userdata.get_dataset("shared")
+    assert not errors and len(ds.frames) == 20 and len(list_pairs(ds.root, "train")) == 20
+    assert not list(ds.root.rglob("*.tmp"))
+
+
+def test_zip_round_trip_remove_and_delete():
+    stems = [userdata.save_frame("a", *_frame(i), CAMVID) for i in range(3)]
+    data = userdata.to_zip("a")
+    with zipfile.ZipFile(__import__("io").BytesIO(data)) as z:
+        assert sorted(z.namelist()) == sorted([f"a/train/{s}.png" for s in stems] +
+                                              [f"a/trainannot/{s}.png" for s in stems] + ["a/classes.json"])
+    b = userdata.import_zip(data, "b")
+    assert len(b.frames) == 3
+    userdata.remove_frame("a", stems[1])
+    assert userdata.get_dataset("a").frames == (stems[0], stems[2])
+    with pytest.raises(DatasetError, match="has no frame"):
+        userdata.remove_frame("a", stems[1])
+    userdata.delete_dataset("a")
+    assert [d.name for d in userdata.list_datasets()] == ["b"]
+    with pytest.raises(DatasetError, match="the upload is not a valid zip file"):
+        userdata.import_zip(b"not a zip", "c")
+
+
+def test_entropy_and_scores_by_hand():
+    from sis.uncertainty import entropy, score
+    sure = np.zeros((4, 2, 2), np.float32)
+    sure[0] = 1.0
+    even = np.full((4, 2, 2), 0.25, np.float32)
+    assert np.allclose(entropy(sure), 0, atol=1e-6) and np.allclose(entropy(even), 1.0)
+    mixed = np.concatenate([sure[:, :1], even[:, :1]], axis=1)  # top row sure, bottom row uniform
+    s = score(mixed)
+    assert s.mean_entropy == pytest.approx(0.5, abs=1e-5) and s.unsure_share == 0.5
+    assert s.confidence.tolist() == [[1.0, 1.0], [0.25, 0.25]]
+
+
+class Peaked:
+    """An engine whose answer is sure on bright images and unsure on dark ones."""
+    name = "peaked"
+
+    def __init__(self):
+        from sis import zoo
+        self.cfg = zoo.make_config("pspnet-resnet18")
+
+    def prepare(self, size):
+        pass
+
+    def __call__(self, x):
+        sharp = x.astype(np.float32).mean(axis=(1, 2, 3)) / 255 * 20  # brightness -> logit margin
+        out = np.zeros((len(x), 11, *x.shape[-2:]), np.float32)
+        out[:, 0] = sharp[:, None, None]
+        return out
+
+
+def test_rank_puts_the_least_sure_first_and_keeps_only_the_top():
+    from sis.uncertainty import rank
+    images = [(f"img{v}", np.full((36, 48, 3), v, np.uint8)) for v in (250, 10, 120, 60)]
+    got = rank(Peaked(), images, top=2)
+    assert [u.name for u in got] == ["img10", "img60"] and got[0].mean_entropy > got[1].mean_entropy
+    assert got[0].image.shape == (36, 48, 3) and got[0].confidence.shape == (360, 480)
+    assert [u.name for u in rank(Peaked(), images)] == ["img10", "img60", "img120", "img250"]
