@@ -18,7 +18,8 @@ gallery = catalog.samples()
 c1, c2 = st.columns(2)
 sample = c1.selectbox("Sample frame", [s.name for s in gallery], key="cmp_sample")
 upload = c2.file_uploader(f"...or your own photo (jpg, png, webp; {app.MAX_UPLOAD_MB} MB)",
-                          type=["jpg", "jpeg", "png", "webp"], key="cmp_upload")
+                          type=["jpg", "jpeg", "png", "webp"], key="cmp_upload",
+                          max_upload_size=app.MAX_UPLOAD_MB)
 image = None
 if upload is not None:
     loaded = app.read_upload(upload)

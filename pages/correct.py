@@ -14,7 +14,8 @@ left, right = st.columns([2, 1])
 with right:
     entry = app.model_picker("Model", entries, key="cor_model")
 with left:
-    source = st.radio("Image", ["Sample frames", "Photos", "Frames of a clip"], horizontal=True, key="cor_source")
+    source = st.radio("Image", ["Sample frames", "Photos", "Frames of a clip", "Camera"], horizontal=True,
+                      key="cor_source")
 if entry is None:
     st.stop()
 classes = app.get_config(entry).class_set
@@ -24,15 +25,21 @@ if source == "Sample frames":
     gallery = catalog.samples()
     name = st.selectbox("CamVid val frame", [s.name for s in gallery], key="cor_sample")
     image, image_key = app.load_image(next(s for s in gallery if s.name == name).image).image, f"sample:{name}"
+elif source == "Camera":
+    shot = st.camera_input("Take a photo", key="cor_camera")
+    loaded = app.read_upload(shot) if shot is not None else None
+    if loaded:
+        image, image_key = loaded.image, f"camera:{shot.file_id}"
 else:
     if source == "Photos":
         ups = st.file_uploader(f"Street photos (jpg, png, webp; up to {app.MAX_UPLOAD_FILES})", key="cor_photos",
-                               type=["jpg", "jpeg", "png", "webp"], accept_multiple_files=True)
+                               type=["jpg", "jpeg", "png", "webp"], accept_multiple_files=True,
+                               max_upload_size=app.MAX_UPLOAD_MB)
         ranked = app.rank_photos(entry, ups[: app.MAX_UPLOAD_FILES]) if ups else []
     else:
         c1, c2 = st.columns([2, 1])
         up = c1.file_uploader(f"A clip ({', '.join(video.EXTENSIONS)}; empty: the sample clip)", key="cor_clip",
-                              type=list(video.EXTENSIONS))
+                              type=list(video.EXTENSIONS), max_upload_size=app.MAX_VIDEO_MB)
         stride = c2.number_input("Look at 1 frame in", 1, 300, 15, key="cor_stride")
         clip = app.stash_clip(up) if up is not None else (video.SAMPLE_CLIP, None)
         ranked = app.rank_clip(entry, clip[0], int(stride)) if clip else []
@@ -130,7 +137,7 @@ with st.expander("My datasets"):
                 st.rerun()
     z1, z2 = st.columns([3, 1])
     back = z1.file_uploader("Add the frames of a zip (SegNet layout: train/, trainannot/)", type=["zip"],
-                            key="cor_import")
+                            key="cor_import", max_upload_size=app.MAX_UPLOAD_MB)
     if back is not None and z2.button("Add to the dataset above", key="cor_import_go"):
         try:
             st.success(f"'{name}' now has {len(userdata.import_zip(back.getvalue(), name).frames)} frames.")

@@ -31,7 +31,8 @@ with st.form("ft_form"):
     mine = d2.selectbox("...or one of my datasets (from the Correct page)",
                         ["(none)", *[f"{d.name} ({len(d.frames)} frames)" for d in userdata.list_datasets()]],
                         key="ft_mine")
-    zipped = d3.file_uploader(f"...or a zip in that layout ({app.MAX_UPLOAD_MB} MB)", type=["zip"], key="ft_zip")
+    zipped = d3.file_uploader(f"...or a zip in that layout ({app.MAX_UPLOAD_MB} MB)", type=["zip"], key="ft_zip",
+                           max_upload_size=app.MAX_UPLOAD_MB)
     r1, r2 = st.columns([2, 1])
     replay = r1.checkbox("Mix CamVid's train frames into every batch (replay), so that a few frames of your own "
                          "teach the model without it forgetting the rest", camvid is not None,

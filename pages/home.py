@@ -10,11 +10,14 @@ st.markdown(
     "Networks* (Tahir, Xiao, Shaker): ImageNet-style encoders (**VGG**, **ResNet**) paired with segmentation "
     "decoders (**U-Net**, **PSPNet**), trained on **CamVid** (11 classes + void).")
 
-c1, c2, c3, c4 = st.columns(4)
+c1, c2, c3 = st.columns(3)
+c4, c5, c6 = st.columns(3)
 c1.page_link("pages/segment.py", label="Segment your photos", icon=":material/image_search:")
-c2.page_link("pages/compare.py", label="Compare models", icon=":material/compare:")
-c3.page_link("pages/finetune.py", label="Fine-tune live", icon=":material/model_training:")
-c4.page_link("pages/benchmark.py", label="Benchmark this host", icon=":material/speed:")
+c2.page_link("pages/video.py", label="Segment a clip", icon=":material/movie:")
+c3.page_link("pages/correct.py", label="Correct the model", icon=":material/brush:")
+c4.page_link("pages/compare.py", label="Compare models", icon=":material/compare:")
+c5.page_link("pages/finetune.py", label="Fine-tune live", icon=":material/model_training:")
+c6.page_link("pages/benchmark.py", label="Benchmark this host", icon=":material/speed:")
 
 entries = catalog.available_models()
 gallery = catalog.samples()

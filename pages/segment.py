@@ -27,7 +27,7 @@ elif source == "Upload":
     uploads = st.file_uploader(
         f"Street photos (jpg, png, webp; up to {app.MAX_UPLOAD_FILES} files, {app.MAX_UPLOAD_MB} MB and "
         f"{app.MAX_IMAGE_MP} megapixels each)", type=["jpg", "jpeg", "png", "webp"], accept_multiple_files=True,
-        key="seg_upload")
+        key="seg_upload", max_upload_size=app.MAX_UPLOAD_MB)
     if len(uploads) > app.MAX_UPLOAD_FILES:
         st.warning(f"{len(uploads)} files uploaded; only the first {app.MAX_UPLOAD_FILES} are used.")
         uploads = uploads[: app.MAX_UPLOAD_FILES]

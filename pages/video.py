@@ -25,7 +25,7 @@ with left:
         clip = (video.SAMPLE_CLIP, video.probe(video.SAMPLE_CLIP))
     else:
         up = st.file_uploader(f"A street clip ({', '.join(video.EXTENSIONS)}; up to {app.MAX_VIDEO_MB} MB)",
-                              type=list(video.EXTENSIONS), key="vid_upload")
+                              type=list(video.EXTENSIONS), key="vid_upload", max_upload_size=app.MAX_VIDEO_MB)
         clip = app.stash_clip(up) if up is not None else None
 
 c1, c2, c3 = st.columns(3)
@@ -78,4 +78,6 @@ st.plotly_chart(charts.class_share_over_time([i / res.fps_in for i in res.indice
 with st.expander("Flicker per class"):
     st.dataframe([{"class": n, "flicker %": None if f is None else round(100 * f, 2)}
                   for n, f in res.flicker_per_class.items()], hide_index=True)
+st.page_link("pages/correct.py", label="Correct the frames the model is least sure of (Correct, Frames of a clip)",
+             icon=":material/brush:")
 host.release_memory()  # the result's transient copies go back to the OS, not to this server's heap
