@@ -21,6 +21,8 @@ if entry is None:
 classes = app.get_config(entry).class_set
 
 image, image_key = None, None
+if "_last_clip" in st.session_state and source == "Sample frames":
+    st.caption("The clip you opened on the Video page is under *Frames of a clip*.")
 if source == "Sample frames":
     gallery = catalog.samples()
     name = st.selectbox("CamVid val frame", [s.name for s in gallery], key="cor_sample")
@@ -38,10 +40,11 @@ else:
         ranked = app.rank_photos(entry, ups[: app.MAX_UPLOAD_FILES]) if ups else []
     else:
         c1, c2 = st.columns([2, 1])
-        up = c1.file_uploader(f"A clip ({', '.join(video.EXTENSIONS)}; empty: the sample clip)", key="cor_clip",
+        last = st.session_state.get("_last_clip", video.SAMPLE_CLIP)  # the clip last opened on the Video page
+        up = c1.file_uploader(f"A clip ({', '.join(video.EXTENSIONS)}; empty: {last.name})", key="cor_clip",
                               type=list(video.EXTENSIONS), max_upload_size=app.MAX_VIDEO_MB)
         stride = c2.number_input("Look at 1 frame in", 1, 300, 15, key="cor_stride")
-        clip = app.stash_clip(up) if up is not None else (video.SAMPLE_CLIP, None)
+        clip = app.stash_clip(up) if up is not None else (last, None)
         ranked = app.rank_clip(entry, clip[0], int(stride)) if clip else []
     if ranked:
         st.caption("Least sure first (mean entropy of the class probabilities; dark = unsure):")

@@ -43,6 +43,8 @@ if clip is None or entry is None:
     st.stop()
 
 path, info = clip
+if source == "Upload":
+    st.session_state["_last_clip"] = path  # the Correct page offers this clip's frames next
 plan = video.plan(info, int(stride), float(seconds), app.get_config(entry).base_size)
 st.info(plan.sentence())
 job = manager.for_session(sid, "video")
@@ -78,6 +80,6 @@ st.plotly_chart(charts.class_share_over_time([i / res.fps_in for i in res.indice
 with st.expander("Flicker per class"):
     st.dataframe([{"class": n, "flicker %": None if f is None else round(100 * f, 2)}
                   for n, f in res.flicker_per_class.items()], hide_index=True)
-st.page_link("pages/correct.py", label="Correct the frames the model is least sure of (Correct, Frames of a clip)",
+st.page_link("pages/correct.py", label="Correct the frames of this clip the model is least sure of",
              icon=":material/brush:")
 host.release_memory()  # the result's transient copies go back to the OS, not to this server's heap

@@ -662,3 +662,19 @@ def test_correct_page_ranks_the_frames_of_a_clip(app_env):
     ranked = at.session_state["_ranked"][1]
     assert sorted(u.index for u in ranked) == [0, 25, 50, 75, 100] and ranked[0].image.shape == (360, 480, 3)
     assert at.session_state["_draft"][1].prediction.shape == (360, 480)
+
+
+def test_a_clip_uploaded_on_video_is_offered_on_correct(app_env, tmp_path):
+    from test_video import _frames, write_clip
+    clip = write_clip(tmp_path / "drive.mp4", _frames(6, 48, 64))
+    at = _app("pages/video.py")
+    at.radio(key="vid_source").set_value("Upload").run()
+    at.file_uploader(key="vid_upload").upload("drive.mp4", clip.read_bytes(), "video/mp4").run()
+    assert not at.exception and at.info[0].value.startswith("64x48 at 10 fps"), [i.value for i in at.info]
+    at.switch_page("pages/correct.py").run()
+    at.selectbox(key="cor_model").set_value("run:tiny").run()
+    assert any("opened on the Video page" in c.value for c in at.caption)
+    at.radio(key="cor_source").set_value("Frames of a clip").run()
+    at.number_input(key="cor_stride").set_value(2).run()
+    assert not at.exception, at.exception
+    assert sorted(u.index for u in at.session_state["_ranked"][1]) == [0, 2, 4]
