@@ -88,21 +88,12 @@ def fresh_canvas():
     st.rerun()
 
 
-if tool == "Brush":
-    labels = correct.apply_strokes(draft.labels, draft.prediction, canvas.image_data, classes)
-elif switched:  # the strokes drawn before the switch are kept; the canvas starts afresh for clicks
-    draft.commit(correct.apply_strokes(draft.labels, draft.prediction, canvas.image_data, classes))
+labels, fresh = correct.apply_canvas(draft, tool, brush, canvas.image_data, canvas.json_data, display, classes,
+                                     switched)
+if fresh:
     fresh_canvas()
-else:
-    labels, points = draft.labels, correct.clicks(canvas.json_data)
-    fill = classes.names.index(brush) if brush in classes.names else classes.void
-    for xy in points if brush != "eraser" else []:
-        labels = correct.fill_region(labels, xy, display, fill)
-    if points:
-        draft.commit(labels)
-        fresh_canvas()
-    if brush == "eraser":
-        st.caption("Fill a region gives a region a class: pick a class (or void), or paint with the eraser.")
+if tool != "Brush" and brush == "eraser":
+    st.caption("Fill a region gives a region a class: pick a class (or void), or paint with the eraser.")
 
 b1, b2, b3 = st.columns([1, 1, 3])
 if b1.button("Keep strokes", key="cor_keep", help="Bake the strokes in: Undo last step then steps back over them"):

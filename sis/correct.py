@@ -149,3 +149,24 @@ def clicks(drawing: dict | None) -> list[tuple[float, float]]:
         y = float(o.get("top", 0)) + (r if o.get("originY", "top") == "top" else 0.0)
         out.append((x, y))
     return out
+
+
+def apply_canvas(draft: Draft, tool: str, brush: str, strokes: np.ndarray | None, drawing: dict | None,
+                 display: tuple[int, int], classes: ClassSet, switched: bool = False) -> tuple[np.ndarray, bool]:
+    """(the labels the canvas shows now, whether the canvas must start afresh because its marks were
+    committed to ``draft``). ``tool``: 'Brush' (strokes are live until kept) or 'Fill a region' (each
+    click fills its region with ``brush``'s class and is committed at once); ``switched``: the tool just
+    changed to filling, so the strokes drawn so far are committed first."""
+    if tool == "Brush":
+        return apply_strokes(draft.labels, draft.prediction, strokes, classes), False
+    if switched:
+        draft.commit(apply_strokes(draft.labels, draft.prediction, strokes, classes))
+        return draft.labels, True
+    points = clicks(drawing)
+    if brush != "eraser":  # the eraser has no class to fill with
+        cls = classes.names.index(brush) if brush in classes.names else classes.void
+        labels = draft.labels
+        for xy in points:
+            labels = fill_region(labels, xy, display, cls)
+        draft.commit(labels)
+    return draft.labels, bool(points)

@@ -54,3 +54,24 @@ def test_brush_colours_are_the_palette_and_unknown_brushes_say_so():
     assert brush_hex(CAMVID, "eraser") == "#ff00ff" and brush_hex(CAMVID, "void") == "#000000"
     with pytest.raises(ValueError, match="unknown brush 'Tram'"):
         brush_hex(CAMVID, "Tram")
+
+
+def test_the_canvas_state_machine():
+    """Brush strokes stay live; switching to Fill commits them; each click fills and commits; Undo steps back."""
+    from sis.correct import Draft, apply_canvas
+    pred = np.zeros((4, 6), np.uint8)
+    pred[:, 3:] = 2
+    d = Draft(np.zeros((4, 6, 3), np.uint8), pred, np.ones((4, 6), np.float32))
+    layer = _layer(4, 6)
+    layer[0, 0] = (*CAMVID.colors[8], 255)
+    labels, fresh = apply_canvas(d, "Brush", "Car", layer, None, (4, 6), CAMVID)
+    assert labels[0, 0] == 8 and not fresh and d.version == 0
+    labels, fresh = apply_canvas(d, "Fill a region", "Car", layer, None, (4, 6), CAMVID, switched=True)
+    assert fresh and d.version == 1 and d.labels[0, 0] == 8
+    click = {"objects": [{"type": "circle", "left": 4.0, "top": 1.0, "radius": 0.5, "originX": "left", "originY": "top"}]}
+    labels, fresh = apply_canvas(d, "Fill a region", "Sky", None, click, (4, 6), CAMVID)
+    assert fresh and d.version == 2 and (labels[:, 3:] == 0).all() and labels[0, 0] == 8
+    labels, fresh = apply_canvas(d, "Fill a region", "eraser", None, click, (4, 6), CAMVID)
+    assert fresh and d.version == 2  # nothing to fill with
+    d.undo()
+    assert (d.labels[:, 3:] == 2).all() and d.labels[0, 0] == 8
