@@ -394,6 +394,7 @@ def test_model_picker_labels_carry_val_miou(app_env):
     assert any(o.startswith("tiny (fine-tuned here) · val mIoU") for o in labels), labels
 
 
+@pytest.mark.slow
 def test_serving_an_upload_imports_no_torch(tmp_path):
     """A fresh interpreter runs the app's own pages, Segment with an upload and Compare on the default
     engine: torch (and smp, timm, torchvision) never load in the server. The graphs come from the shipped
@@ -427,6 +428,7 @@ print(res.engine, sorted(m for m in ("torch", "segmentation_models_pytorch", "ti
     assert out.stdout.strip().splitlines()[-1] == "onnxruntime-int8 []"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("memory_mb,expected", [(700, "onnxruntime-int8"), (16384, "torch-bf16")])
 def test_cli_and_app_choose_the_same_engine(app_env, monkeypatch, tmp_path, memory_mb, expected):
     """One policy: on a simulated small host and a big one, `predict` and the Segment page run the same
