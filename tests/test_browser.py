@@ -247,6 +247,7 @@ def test_correct_a_mask_by_hand_and_save_it(server, browser):
     assert filled > stroke + 5, (stroke, filled)
     _shot(page, "correct")
     page.get_by_role("button", name="Undo last step").click()
+    page.wait_for_function(f"() => !document.body.innerText.includes('{changed.inner_text().split('%')[0]}% of')")
     _idle(page)
     assert float(changed.inner_text().split("%")[0]) == pytest.approx(stroke, abs=0.05)
     page.get_by_role("button", name="Save to my dataset").click()
