@@ -4,7 +4,7 @@ second session is served meanwhile.
     python tools/video_memory.py --make-clip clip.mp4      # 60 s of 1280x720 at 30 fps from CamVid frames
     python tools/video_memory.py --clip clip.mp4 [--stride 1] [--json]
 
-Starts `streamlit run` on 127.0.0.1 with a fresh data folder, opens the Video page in Chromium and
+Starts `streamlit run` on 127.0.0.1 with a fresh data folder (app_load.Server), opens the Video page in Chromium and
 notes the server's RSS (psutil, every 200 ms) before the upload; uploads the clip, starts it
 with the page's defaults, and samples the server's RSS (the worker process separately) until the
 overlay plays. Meanwhile a second browser session opens the Segment page on a sample frame, again
@@ -15,15 +15,11 @@ from __future__ import annotations
 import argparse
 import atexit
 import json
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from fractions import Fraction
 from pathlib import Path
 
@@ -50,12 +46,6 @@ def make_clip(out: Path, seconds: int = 60, fps: int = 30, size=(720, 1280)) -> 
         for p in s.encode():
             c.mux(p)
     print(f"wrote {out}: {seconds} s of {size[1]}x{size[0]} at {fps} fps, {out.stat().st_size / 2**20:.1f} MB")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def segment_once(browser, url: str) -> float:
@@ -86,21 +76,12 @@ def main() -> int:
     import psutil
     from playwright.sync_api import sync_playwright
     clip = Path(a.clip)
-    port = free_port()
-    log = Path(tempfile.gettempdir()) / "sis_video_memory.log"
-    env = dict(os.environ, SIS_DATA_DIR=tempfile.mkdtemp(), SIS_OFFLINE="1")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
-                             "--server.address", "127.0.0.1"], cwd=ROOT, env=env, stdout=open(log, "w"),
-                            stderr=subprocess.STDOUT)
-    atexit.register(proc.terminate)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(120):
-        try:
-            urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.5)
-    server = psutil.Process(proc.pid)
+    from app_load import Server  # the same server start and health wait as the load test
+    app = Server(Path(tempfile.mkdtemp()), memory_mb=None)
+    atexit.register(app.close)
+    app.wait_healthy()
+    url, log = app.url, app.log
+    server = psutil.Process(app.proc.pid)
     peak = {"server": 0, "worker": 0}
     sampling = threading.Event()
     timeline, t_start = [], time.time()  # (s, server RSS MB, what happened then), written beside the log
@@ -163,8 +144,7 @@ def main() -> int:
         sampling.clear()
         frames = page.locator("[data-testid='stMetricValue']").first.inner_text()
         b.close()
-    proc.terminate()
-    proc.wait()
+    app.close()
     log.with_suffix(".timeline.csv").write_text("s,server_rss_mb,event\n" + "".join(f"{t},{r},{e}\n" for t, r, e in timeline))
     out = {"clip": clip.name, "clip_mb": round(clip.stat().st_size / 2**20, 1), "stride": a.stride,
            "server_rss_before_upload_mb": round(before / 2**20), "server_peak_mb": round(peak["server"] / 2**20),
