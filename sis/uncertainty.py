@@ -66,10 +66,8 @@ def rank(engine, images: Iterable[tuple[str, np.ndarray]], top: int | None = Non
 def rank_clip(engine, clip: Path, stride: int = 15, top: int = 5, max_seconds: float | None = None,
               progress: Callable[[int], None] | None = None) -> list[Uncertainty]:
     """The ``top`` least sure of every ``stride``-th frame of a clip, each with its frame index."""
-    from .video import MAX_SECONDS, iter_frames, probe
-    info = probe(clip)
-    seconds = max_seconds or MAX_SECONDS
-    frames = iter_frames(clip, stride, max(1, int(round(seconds * info.fps))))
+    from .video import MAX_SECONDS, frame_cap, iter_frames, probe
+    frames = iter_frames(clip, stride, frame_cap(probe(clip), max_seconds or MAX_SECONDS))
     picked = rank(engine, ((f"frame {i}", rgb) for i, rgb in frames), top, progress)
     for u in picked:
         u.index = int(u.name.split()[-1])

@@ -109,23 +109,25 @@ def save_frame(name: str, image: np.ndarray, labels: np.ndarray, classes: ClassS
     return stem
 
 
+def _image(ds: UserDataset, frame: str) -> Path:
+    """The image file of one frame (its label is trainannot/<frame>.png)."""
+    img = next((p for p in (ds.root / "train").iterdir() if p.stem == frame), None)
+    if img is None:
+        raise DatasetError(f"dataset '{ds.name}' has no frame '{frame}'")
+    return img
+
+
 def remove_frame(name: str, frame: str) -> None:
     """Delete one frame (image first, so that no image is ever left without its label)."""
     ds = get_dataset(name)
-    if frame not in ds.frames:
-        raise DatasetError(f"dataset '{name}' has no frame '{frame}'")
-    img = next(p for p in (ds.root / "train").iterdir() if p.stem == frame)
-    remove(img)
+    remove(_image(ds, frame))
     remove(ds.root / "trainannot" / f"{frame}.png")
 
 
 def read_frame(name: str, frame: str) -> tuple[np.ndarray, np.ndarray]:
     """(image (H, W, 3) uint8, labels (H, W) uint8) of one frame."""
     ds = get_dataset(name)
-    img = next((p for p in (ds.root / "train").iterdir() if p.stem == frame), None)
-    if img is None:
-        raise DatasetError(f"dataset '{name}' has no frame '{frame}'")
-    return read_rgb(img), read_label(ds.root / "trainannot" / f"{frame}.png")
+    return read_rgb(_image(ds, frame)), read_label(ds.root / "trainannot" / f"{frame}.png")
 
 
 def to_zip(name: str) -> bytes:

@@ -124,11 +124,16 @@ class VideoPlan:
         return (i.width, i.height) if i.rotation in (90, 270) else (i.height, i.width)
 
 
+def frame_cap(info: VideoInfo, max_seconds: float | None) -> int | None:
+    """How many frames of input ``max_seconds`` allows (None: no cap)."""
+    return max(1, int(round(max_seconds * info.fps))) if max_seconds else None
+
+
 def plan(info: VideoInfo, stride: int, max_seconds: float | None, base: tuple[int, int]) -> VideoPlan:
     """The frames, work size and output size of a run over ``info`` (``base``: the model's base size)."""
     pl = VideoPlan(info, stride, max_seconds, None, None, (0, 0), (0, 0))
     h, w = pl.upright
-    cap = max(1, int(round(max_seconds * info.fps))) if max_seconds else None
+    cap = frame_cap(info, max_seconds)
     pl.read = min(info.frames, cap) if info.frames and cap else (info.frames or cap)
     pl.frames = -(-pl.read // stride) if info.frames and pl.read else None
     pl.work, pl.out = work_size(h, w, tuple(base)), out_size(h, w)
@@ -268,7 +273,7 @@ def segment_video(engine, src: Path, out: Path | None = None, stride: int = 1, m
     info = probe(src)
     if fps:
         info.fps = float(fps)
-    max_frames = None if not max_seconds else max(1, int(round(max_seconds * info.fps)))
+    max_frames = frame_cap(info, max_seconds)
     total = plan(info, stride, max_seconds, engine.cfg.base_size).frames
     truths = sorted(Path(truth_dir).glob("*.png")) if truth_dir else None
     classes = engine.cfg.class_set
