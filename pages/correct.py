@@ -60,7 +60,10 @@ if image is None:
     st.info("Pick a sample frame, upload photos or pick a clip to correct the model's answer.")
     st.stop()
 
-draft = app.correction_draft(entry, image_key, image)
+draft, pending = app.correction_draft(entry, image_key, image)
+if pending:
+    st.caption("Unsaved corrections are kept for this session on " + ", ".join(k.split(":")[1] for k in pending) +
+               f": pick them again to go on (the last {app.KEEP_DRAFTS} images are kept).")
 t1, t2, t3, t4 = st.columns([2, 2, 1, 1])
 tool = t1.radio("Tool", ["Brush", "Fill a region"], horizontal=True, key="cor_tool",
                 help="Brush paints what you draw; Fill a region gives the whole connected region under a click "
@@ -92,6 +95,7 @@ labels, fresh = correct.apply_canvas(draft, tool, brush, canvas.image_data, canv
                                      switched)
 if fresh:
     fresh_canvas()
+draft.live = labels if tool == "Brush" else None
 if tool != "Brush" and brush == "eraser":
     st.caption("Fill a region gives a region a class: pick a class (or void), or paint with the eraser.")
 
@@ -106,34 +110,39 @@ b3.caption(f"{100 * correct.changed_share(labels, draft.prediction):.1f}% of the
            f"model's answer; the label is kept at {labels.shape[1]}x{labels.shape[0]}, the model's working size.")
 
 st.subheader("Save to my dataset")
-sets = [d.name for d in userdata.list_datasets()]
+home = app.datasets_home()
+sets = [d.name for d in userdata.list_datasets(home)]
 s1, s2 = st.columns([2, 1])
 name = s1.text_input("Dataset name", sets[0] if sets else "my-street", key="cor_dataset",
                      help="Letters, digits, '-', '_' and '.'; a new name makes a new dataset")
 if s2.button("Save to my dataset", type="primary", key="cor_save"):
     try:
-        frame = userdata.save_frame(name, draft.image, labels, classes, source=image_key.split(":")[1])
-        st.success(f"Saved as {frame} in '{name}' ({len(userdata.get_dataset(name).frames)} frames).")
+        frame = userdata.save_frame(name, draft.image, labels, classes, source=image_key.split(":")[1], home=home)
+        draft.saved = labels
+        st.success(f"Saved as {frame} in '{name}' ({len(userdata.get_dataset(name, home).frames)} frames).")
     except DatasetError as e:
         st.error(str(e))
 
 with st.expander("My datasets"):
-    for ds in userdata.list_datasets():
+    for ds in userdata.list_datasets(home):
         d1, d2 = st.columns([3, 1])
-        d1.markdown(f"**{ds.name}**: {len(ds.frames)} frames, `{ds.root}`")
-        d2.download_button("Download (zip)", lambda n=ds.name: userdata.to_zip(n), f"{ds.name}.zip",
+        d1.markdown(f"**{ds.name}**: {len(ds.frames)} frames" + ("" if app.access().shared else f", `{ds.root}`"))
+        d2.download_button("Download (zip)", lambda n=ds.name: userdata.to_zip(n, home), f"{ds.name}.zip",
                            "application/zip", key=f"cor_zip:{ds.name}")
         if ds.frames:
             r1, r2 = st.columns([3, 1])
             gone = r1.selectbox("Frame", ds.frames, key=f"cor_frames:{ds.name}", label_visibility="collapsed")
             if r2.button("Remove frame", key=f"cor_rm:{ds.name}"):
-                userdata.remove_frame(ds.name, gone)
-                st.rerun()
+                try:
+                    userdata.remove_frame(ds.name, gone, home)
+                    st.rerun()
+                except DatasetError as e:  # removed meanwhile by another session
+                    st.error(str(e))
     z1, z2 = st.columns([3, 1])
     back = z1.file_uploader("Add the frames of a zip (SegNet layout: train/, trainannot/)", type=["zip"],
                             key="cor_import", max_upload_size=app.MAX_UPLOAD_MB)
     if back is not None and z2.button("Add to the dataset above", key="cor_import_go"):
         try:
-            st.success(f"'{name}' now has {len(userdata.import_zip(back.getvalue(), name).frames)} frames.")
+            st.success(f"'{name}' now has {len(userdata.import_zip(back.getvalue(), name, home).frames)} frames.")
         except DatasetError as e:
             st.error(str(e))

@@ -1,11 +1,10 @@
 import time
-import uuid
 from pathlib import Path
 
 import streamlit as st
 
-from sis import app, catalog, charts, jobs, store, userdata, zoo
-from sis.data import DatasetError, extract_dataset_zip, list_pairs, validation_plan
+from sis import adapt, app, catalog, charts, jobs, store, zoo
+from sis.data import DatasetError, list_pairs, validation_plan
 
 app.ensure_router(__file__)
 st.title("Fine-tune")
@@ -25,14 +24,18 @@ with st.form("ft_form"):
                        key="ft_model")
     init = c2.radio("Start from", ["shipped weights", "ImageNet encoder (needs internet)", "random"],
                     horizontal=True, index=0 if entries else 2)
-    d1, d2, d3 = st.columns(3)
+    d1, d2 = st.columns(2)
     camvid = catalog.camvid_dir()
-    folder = d1.text_input("Dataset folder on the server (SegNet layout)", str(camvid or ""), key="ft_folder")
-    mine = d2.selectbox("...or one of my datasets (from the Correct page)",
-                        ["(none)", *[f"{d.name} ({len(d.frames)} frames)" for d in userdata.list_datasets()]],
-                        key="ft_mine")
-    zipped = d3.file_uploader(f"...or a zip in that layout ({app.MAX_UPLOAD_MB} MB)", type=["zip"], key="ft_zip",
-                           max_upload_size=app.MAX_UPLOAD_MB)
+    sources = app.training_sources(camvid)
+    picked = d1.selectbox("Dataset", list(sources), key="ft_dataset",
+                          help="CamVid when it is on this server, the datasets you saved on the Correct page, "
+                               "and the zips uploaded in this session.")
+    zipped = d2.file_uploader(f"...or upload a zip in the SegNet layout: train/, trainannot/, optional val/ "
+                              f"({app.MAX_UPLOAD_MB} MB; used instead of the list when attached)", type=["zip"],
+                              key="ft_zip", max_upload_size=app.MAX_UPLOAD_MB)
+    folder = d1.text_input("Folder on this server (SegNet layout)", "", key="ft_folder",
+                           placeholder="/path/to/dataset", help="Used when the list says so.") \
+        if app.access().server_paths else ""
     r1, r2 = st.columns([2, 1])
     replay = r1.checkbox("Mix CamVid's train frames into every batch (replay), so that a few frames of your own "
                          "teach the model without it forgetting the rest", camvid is not None,
@@ -70,12 +73,14 @@ if started:
             init_value = "imagenet"
         else:
             init_value = "random"
-        if mine != "(none)":
-            root = userdata.get_dataset(mine.rsplit(" (", 1)[0]).root
-        elif zipped is not None:
-            root = extract_dataset_zip(zipped.getvalue(), store.data_dir() / "uploads" / uuid.uuid4().hex)
+        if zipped is not None:
+            root = app.stash_dataset_zip(zipped)
+        elif sources.get(picked) is not None:
+            root = sources[picked]
+        elif not folder.strip():
+            raise DatasetError("type the dataset's folder on this server, or pick a dataset from the list")
         else:
-            root = Path(folder)
+            root = Path(folder.strip())
         n = len(list_pairs(root, "train")[: int(frames)])
         recipe = zoo.recipe_defaults(init_value)
         cfg = dict(model=name, data=str(root), init=init_value, batch_size=int(batch), lr=float(lr),
@@ -86,6 +91,8 @@ if started:
             cfg["crop"] = None if crop == "full frames" else tuple(int(v) for v in crop.split("x"))
         if replay and camvid is not None and root.resolve() != camvid.resolve():
             cfg.update(replay=str(camvid), replay_ratio=float(ratio))
+        if init_value == str(entry and entry.folder):  # scored before and after, also on CamVid val when present
+            cfg["_before_after"] = str(camvid or "")
         if unit == "steps":
             cfg["max_steps"] = int(length)
         else:
@@ -115,7 +122,11 @@ def live():
     snap = manager.poll(job.id)
     last = snap["last"]
     status = snap["status"]
-    if last:
+    if last and last["phase"] == "compare":
+        st.progress(min(1.0, last["step"] / max(last["total_steps"], 1)),
+                    text=f"{status}: trained; scoring the model before and after, {last['step']}/"
+                         f"{last['total_steps']} frames")
+    elif last:
         frac = min(1.0, last["step"] / max(last["total_steps"], 1))
         eta = f", about {snap['eta_s']:.0f} s left" if status == "running" and snap["eta_s"] else ""
         st.progress(frac, text=f"{status}: step {last['step']}/{last['total_steps']}, epoch {last['epoch']}/"
@@ -139,6 +150,21 @@ def live():
 
 
 live()
+
+if job is not None and not job.active and (compared := adapt.BeforeAfter.load(Path(job.out))) is not None:
+    st.subheader("Before and after")
+    for sc in compared.scores:
+        st.markdown(f"**{sc.name}** ({sc.frames} frames): mIoU {100 * sc.before['miou']:.1f}% before, "
+                    f"{100 * sc.after['miou']:.1f}% after ({100 * sc.gain:+.1f} points)")
+    if compared.scores:
+        st.dataframe(compared.table(), hide_index=True, width="stretch")
+    else:
+        st.caption("No frames to score: the dataset is too small to hold any out, and CamVid is not on this server.")
+    st.caption("Training frames: your label, the model before, the model after.")
+    for pair in compared.masks:
+        cols = st.columns(3)
+        for col, (what, png) in zip(cols, (("label", pair.truth), ("before", pair.before), ("after", pair.after))):
+            col.image(str(Path(job.out) / adapt.FOLDER / png), caption=f"{pair.frame}: {what}", width="stretch")
 
 st.subheader("Runs on this host")
 runs = store.list_runs()

@@ -14,9 +14,10 @@ import numpy as np
 import pandas  # noqa: F401 - imported up front: plotly peeks at a half-imported pandas when another
 import streamlit as st  # session's thread is importing it (st.dataframe), and a chart then fails with AttributeError
 
-from . import catalog, correct, engines, files, host, jobs, report, store, uncertainty, video, zoo
+from . import catalog, correct, engines, files, host, jobs, report, store, uncertainty, userdata, video, zoo
 from .classes import ClassSet
 from .engines.accurate import ACCURATE_MODE
+from .data import extract_dataset_zip, list_pairs
 from .infer import ImageError, load_image
 
 MAX_UPLOAD_FILES = 8
@@ -55,7 +56,7 @@ def startup() -> jobs.JobManager:
     """Once per server process: malloc arenas, the job manager (which marks stale runs interrupted
     and reaps orphaned jobs on its own thread)."""
     host.limit_malloc_arenas(2)  # keeps the server's RSS near its working set (docs/memory.md)
-    for folder in ("uploads", "videos"):
+    for folder in ("uploads", "videos", "sessions"):  # sessions: visitors' datasets on a shared server
         files.prune_older(store.data_dir() / folder, KEEP_CLIPS_H * 3600)
     return jobs.JobManager()
 
@@ -189,6 +190,45 @@ def session_id() -> str:
         except Exception:
             st.session_state.sid = uuid.uuid4().hex
     return st.session_state.sid
+
+
+def access() -> userdata.Access:
+    return userdata.Access.from_env()
+
+
+def datasets_home() -> Path:
+    """The datasets folder this session sees: every dataset, or on a shared server its own (userdata.Access)."""
+    return access().home(session_id())
+
+
+SERVER_FOLDER = "a folder on this server (typed below)"
+
+
+def training_sources(camvid: Path | None) -> dict[str, Path | None]:
+    """What the Fine-tune page may train on, by label: CamVid when present, the datasets this session sees,
+    the zips it uploaded, and (None) a typed server folder where the operator allows it (userdata.Access)."""
+    out: dict[str, Path | None] = {}
+    if camvid is not None:
+        val = len(list_pairs(camvid, "val")) if (camvid / "val").is_dir() else 0
+        out[f"CamVid ({len(list_pairs(camvid, 'train'))} train frames, {val} val)"] = camvid
+    for ds in userdata.list_datasets(datasets_home()):
+        out[f"{ds.name} ({len(ds.frames)} frames, from the Correct page)"] = ds.root
+    for name, root in st.session_state.get("_ft_zips", {}).items():
+        if Path(root).is_dir():  # uploads are pruned after KEEP_CLIPS_H hours
+            out[f"{name} (uploaded zip)"] = Path(root)
+    if access().server_paths:
+        out[SERVER_FOLDER] = None
+    return out
+
+
+def stash_dataset_zip(upload) -> Path:
+    """Extract an uploaded SegNet-layout zip under data/uploads/ once per upload; it is then listed for
+    this session (training_sources). Raises DatasetError for a zip that is not a dataset."""
+    zips = st.session_state.setdefault("_ft_zips", {})
+    key = f"{upload.name} #{upload.file_id[:6]}"
+    if key not in zips or not Path(zips[key]).is_dir():
+        zips[key] = str(extract_dataset_zip(upload.getvalue(), store.data_dir() / "uploads" / uuid.uuid4().hex))
+    return Path(zips[key])
 
 
 def model_picker(label: str, entries: dict[str, catalog.Entry], key: str) -> catalog.Entry | None:
@@ -340,16 +380,25 @@ class _Gated:
             return self.engine(x)
 
 
-def correction_draft(entry: catalog.Entry, image_key: str, rgb) -> correct.Draft:
+KEEP_DRAFTS = 4  # images whose corrections a session keeps while it moves between them
+
+
+def correction_draft(entry: catalog.Entry, image_key: str, rgb) -> tuple[correct.Draft, list[str]]:
     """The session's draft for (model, image): the model's answer at its working size and the corrections
-    so far; a new image (or model) starts a new draft."""
+    so far, and the other images (by key) whose corrections are kept unsaved. Moving to another image keeps
+    a draft (the KEEP_DRAFTS most recent), so that coming back finds its corrections."""
+    drafts: dict = st.session_state.setdefault("_drafts", {})
     key = (str(entry.folder), image_key)
-    last = st.session_state.get("_draft")
-    if last is None or last[0] != key:
+    if drafts and next(reversed(drafts)) != key:
+        drafts[next(reversed(drafts))].settle()  # leaving an image: its strokes on the canvas become a step
+    draft = drafts.pop(key, None)
+    if draft is None:
         with st.spinner("Segmenting..."):
-            last = (key, correct.start(_Gated(get_engine(entry)), rgb))
-        st.session_state["_draft"] = last
-    return last[1]
+            draft = correct.start(_Gated(get_engine(entry)), rgb)
+    drafts[key] = draft  # the most recent last
+    while len(drafts) > KEEP_DRAFTS:
+        drafts.pop(next(iter(drafts)))
+    return draft, [k[1] for k, d in drafts.items() if k != key and d.unsaved]
 
 
 def rank_photos(entry: catalog.Entry, uploads) -> list[uncertainty.Uncertainty]:

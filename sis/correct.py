@@ -97,6 +97,20 @@ class Draft:
     prediction: np.ndarray            # (h, w) uint8 class ids
     confidence: np.ndarray            # (h, w) float32 top-class probability
     history: list = field(default_factory=list)
+    saved: np.ndarray | None = None   # the labels last saved to a dataset
+    live: np.ndarray | None = None    # the labels with the strokes on the canvas not kept yet
+
+    @property
+    def unsaved(self) -> bool:
+        """Corrections made and not saved as they stand."""
+        now = self.live if self.live is not None else self.labels
+        return not np.array_equal(now, self.prediction) and (self.saved is None or not np.array_equal(self.saved, now))
+
+    def settle(self) -> None:
+        """Keep the canvas's live strokes as a step (the canvas is left: its strokes would be lost)."""
+        if self.live is not None:
+            self.commit(self.live)
+            self.live = None
 
     @property
     def labels(self) -> np.ndarray:

@@ -81,11 +81,29 @@ def validation_plan(root: Path, n_train: int) -> str:
            "the dataset has no val/ split)"
 
 
+MAX_FRAME_PIXELS = 40_000_000  # a dataset frame above this is refused before it is decoded (a PNG bomb)
+
+
+def _open(path: Path, what: str) -> Image.Image:
+    try:
+        im = Image.open(path)
+    except Image.DecompressionBombError:
+        raise DatasetError(f"{what} {Path(path).name} is far above the {MAX_FRAME_PIXELS / 1e6:.0f} MP a dataset "
+                           "frame may have") from None
+    if im.width * im.height > MAX_FRAME_PIXELS:
+        im.close()
+        raise DatasetError(f"{what} {Path(path).name} is {im.width}x{im.height}, above the "
+                           f"{MAX_FRAME_PIXELS / 1e6:.0f} MP a dataset frame may have")
+    return im
+
+
 def read_rgb(path: Path) -> np.ndarray:
     """(H, W, 3) uint8 of a dataset frame."""
     try:
-        with Image.open(path) as im:
+        with _open(path, "image") as im:
             return np.asarray(im.convert("RGB"))
+    except DatasetError:
+        raise
     except (OSError, SyntaxError, ValueError) as e:
         raise DatasetError(f"cannot read image {path}: {e}") from None
 
@@ -93,7 +111,7 @@ def read_rgb(path: Path) -> np.ndarray:
 def read_label(path: Path) -> np.ndarray:
     """(H, W) uint8 label map; palette PNGs give their indices, not colours."""
     try:
-        with Image.open(path) as im:
+        with _open(path, "label") as im:
             if im.mode not in ("L", "P", "I", "I;16"):
                 raise DatasetError(f"label {path} has mode {im.mode}; expected a single-channel "
                                    f"PNG of class ids")

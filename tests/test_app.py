@@ -13,6 +13,8 @@ from conftest import ROOT
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from sis import app  # noqa: E402
+
 PAGES = sorted((ROOT / "pages").glob("*.py"))
 
 
@@ -142,7 +144,6 @@ def test_compare_two_models(app_env, tiny_model):
 def _wait_for_jobs(timeout=240):
     import time
 
-    from sis import app
     manager = app.startup()
     t = time.time()
     while any(j.active for j in manager.jobs.values()) and time.time() - t < timeout:
@@ -184,7 +185,6 @@ def test_benchmark_runs_in_a_worker_and_records(app_env):
 
 @pytest.mark.slow
 def test_benchmark_says_when_the_servers_cap_is_reached(app_env, tiny_data):
-    from sis import app
     manager = app.startup()
     manager.start("another-session", dict(model="pspnet-resnet18", data=str(tiny_data), max_steps=200,
                                           batch_size=2, val_every=0))
@@ -215,6 +215,7 @@ def test_benchmark_cuda_unavailable_says_why(app_env):
 def test_finetune_start_twice_and_stop_twice(app_env, tiny_data):
     at = _app("pages/finetune.py")
     at.selectbox(key="ft_model").set_value("run:tiny")
+    at.selectbox(key="ft_dataset").set_value(app.SERVER_FOLDER)
     at.text_input(key="ft_folder").set_value(str(tiny_data))
     at.number_input(key="ft_length").set_value(2)
     at.selectbox(key="ft_crop").set_value("192x256")
@@ -232,8 +233,33 @@ def test_finetune_start_twice_and_stop_twice(app_env, tiny_data):
     manager.jobs.clear()
 
 
+def test_finetune_on_a_shared_server_lists_only_this_sessions_datasets(app_env, tiny_data, monkeypatch):
+    """SIS_SHARED=1: no typed server folder, and a visitor's list holds CamVid (when present) and the
+    datasets made in their own session, never another session's."""
+    from sis import userdata
+    from sis.data import list_pairs, read_label, read_rgb
+    monkeypatch.setenv("SIS_SHARED", "1")
+    at = _app("pages/finetune.py")
+    access = userdata.Access.from_env()
+    assert access.shared and not access.server_paths
+    (img, lbl), classes = list_pairs(tiny_data, "train")[0], userdata.load_classes(tiny_data)
+    userdata.save_frame("mine", read_rgb(img), read_label(lbl), classes, home=access.home(at.session_state["sid"]))
+    userdata.save_frame("theirs", read_rgb(img), read_label(lbl), classes, home=access.home("another-session"))
+    userdata.save_frame("server-wide", read_rgb(img), read_label(lbl), classes)
+    at.run()
+    options = at.selectbox(key="ft_dataset").options
+    assert "mine (1 frames, from the Correct page)" in options
+    assert not any(o.startswith(("theirs", "server-wide")) for o in options) and app.SERVER_FOLDER not in options
+    assert not [t for t in at.text_input if t.key == "ft_folder"]  # no typed path on a shared server
+    monkeypatch.setenv("SIS_SHARED", "0")
+    at.run()  # a local server: every dataset, and a typed folder
+    options = at.selectbox(key="ft_dataset").options
+    assert any(o.startswith("server-wide") for o in options) and app.SERVER_FOLDER in options
+
+
 def test_finetune_missing_folder(app_env, tmp_path):
     at = _app("pages/finetune.py")
+    at.selectbox(key="ft_dataset").set_value(app.SERVER_FOLDER)
     at.text_input(key="ft_folder").set_value(str(tmp_path / "nowhere"))
     at.button(key="ft_start").click().run()
     assert not at.exception and "does not exist" in at.error[0].value
@@ -585,6 +611,11 @@ def test_an_ensemble_is_offered_only_where_it_beat_its_best_member(app_env, monk
     assert res.engine.endswith("(2-model ensemble)") and res.labels.shape == (360, 480)
 
 
+def _draft(at):
+    """The draft the Correct page shows (the session's most recent)."""
+    return list(at.session_state["_drafts"].values())[-1]
+
+
 def test_correct_page_saves_the_models_answer_and_a_fill_then_undo(app_env):
     """The page's logic without a browser (the canvas draws nothing here): a sample frame's draft at the
     model's working size, a saved label equal to the model's answer, datasets listed, and Undo."""
@@ -592,7 +623,7 @@ def test_correct_page_saves_the_models_answer_and_a_fill_then_undo(app_env):
     at = _app("pages/correct.py")
     at.selectbox(key="cor_model").set_value("run:tiny").run()
     assert not at.exception, at.exception
-    draft = at.session_state["_draft"][1]
+    draft = _draft(at)
     assert draft.image.shape[:2] == draft.prediction.shape == (360, 480) and not draft.history
     assert any("0.0% of the pixels changed" in c.value for c in at.caption)
     at.text_input(key="cor_dataset").set_value("mine").run()
@@ -627,7 +658,7 @@ def test_correct_page_ranks_uploaded_photos_least_sure_first(app_env):
     ranked = at.session_state["_ranked"][1]
     assert sorted(u.name for u in ranked) == ["a.png", "b.png", "c.png"]
     assert [u.mean_entropy for u in ranked] == sorted((u.mean_entropy for u in ranked), reverse=True)
-    assert at.selectbox(key="cor_pick").value == 0 and at.session_state["_draft"][1].image.shape[2] == 3
+    assert at.selectbox(key="cor_pick").value == 0 and _draft(at).image.shape[2] == 3
 
 
 @pytest.mark.slow
@@ -641,7 +672,7 @@ def test_finetune_on_my_dataset_with_replay(app_env, tiny_data, monkeypatch):
     monkeypatch.setattr(catalog, "camvid_dir", lambda: tiny_data)
     at = _app("pages/finetune.py")
     at.selectbox(key="ft_model").set_value("run:tiny")
-    at.selectbox(key="ft_mine").set_value("mine (5 frames)")
+    at.selectbox(key="ft_dataset").set_value("mine (5 frames, from the Correct page)")
     at.number_input(key="ft_length").set_value(2)
     at.button(key="ft_start").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
@@ -651,6 +682,11 @@ def test_finetune_on_my_dataset_with_replay(app_env, tiny_data, monkeypatch):
     (job,) = manager.jobs.values()
     assert job.status == "done", job.message
     assert job.cfg["replay"] == str(tiny_data) and job.cfg["data"].endswith("datasets/mine")
+    at.run()  # the run ended: before and after, on the base set's val frames (no frame of 5 is held out)
+    assert not at.exception
+    assert any(m.value.startswith("**camvid_tiny0 val (what the model may forget)** (3 frames): mIoU")
+               for m in at.markdown), [m.value for m in at.markdown]
+    assert len(at.dataframe[0].value) == 12 and len(at.get("image")) == 12  # 11 classes + the mean; label, before, after of 4 frames
     manager.jobs.clear()
 
 
@@ -663,7 +699,7 @@ def test_correct_page_ranks_the_frames_of_a_clip(app_env):
     assert not at.exception, at.exception
     ranked = at.session_state["_ranked"][1]
     assert sorted(u.index for u in ranked) == [0, 25, 50, 75, 100] and ranked[0].image.shape == (360, 480, 3)
-    assert at.session_state["_draft"][1].prediction.shape == (360, 480)
+    assert _draft(at).prediction.shape == (360, 480)
 
 
 def test_a_clip_uploaded_on_video_is_offered_on_correct(app_env, tmp_path):

@@ -146,7 +146,9 @@ def test_benchmark_tiny(server, browser):
 
 
 def _start_finetune(page, data, steps):
-    page.get_by_label("Dataset folder on the server (SegNet layout)").fill(str(data))
+    page.get_by_role("combobox", name="Dataset").click()
+    page.get_by_role("option", name="a folder on this server (typed below)").click()
+    page.get_by_label("Folder on this server (SegNet layout)").fill(str(data))
     page.get_by_label("How many").fill(str(steps))
     page.get_by_role("button", name="Start").click()
 

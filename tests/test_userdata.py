@@ -6,6 +6,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from sis import userdata
 from sis.classes import CAMVID
@@ -122,3 +123,58 @@ def test_rank_puts_the_least_sure_first_and_keeps_only_the_top():
     assert [u.name for u in got] == ["img10", "img60"] and got[0].mean_entropy > got[1].mean_entropy
     assert got[0].image.shape == (36, 48, 3) and got[0].confidence.shape == (360, 480)
     assert [u.name for u in rank(Peaked(), images)] == ["img10", "img60", "img120", "img250"]
+
+
+def test_access_policy_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("SIS_DATA_DIR", str(tmp_path))
+    for shared, paths, want in [("", "", (False, True)), ("1", "", (True, False)), ("1", "1", (True, True)),
+                                ("0", "0", (False, False))]:
+        monkeypatch.setenv("SIS_SHARED", shared)
+        monkeypatch.setenv("SIS_SERVER_PATHS", paths)
+        access = userdata.Access.from_env()
+        assert (access.shared, access.server_paths) == want
+    assert userdata.Access(False, True).home("abc") == userdata.datasets_dir()
+    shared = userdata.Access(True, False)
+    homes = {s: shared.home(s) for s in ("abc", "test session id", "../x", "a/b", "x" * 500)}
+    assert len(set(homes.values())) == 5 and shared.home("abc") == homes["abc"]  # one folder per session
+    assert all(h.parent.parent == tmp_path / "sessions" and h.name == "datasets" for h in homes.values())
+
+
+def test_a_bad_zip_adds_nothing_and_a_removed_dataset_is_made_anew(data_dir):
+    import io
+    import zipfile
+    img, lbl = _frame(0)
+    stems = [userdata.save_frame("a", *_frame(i), CAMVID) for i in range(2)]
+    good = userdata.to_zip("a")
+    with zipfile.ZipFile(io.BytesIO(good)) as z:  # the second frame's label gets a class id out of range
+        names = z.namelist()
+        parts = {n: z.read(n) for n in names}
+    bad_label = io.BytesIO()
+    Image.fromarray(np.full(lbl.shape, 40, np.uint8), "L").save(bad_label, "PNG")
+    parts[f"a/trainannot/{stems[1]}.png"] = bad_label.getvalue()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for n, b in parts.items():
+            z.writestr(n, b)
+    with pytest.raises(DatasetError, match="class id 40, outside 0..10"):
+        userdata.import_zip(buf.getvalue(), "b")
+    assert [d.name for d in userdata.list_datasets()] == ["a"]
+    userdata.delete_dataset("a")  # another session removed it: a save makes it anew, nothing lost
+    stem = userdata.save_frame("a", img, lbl, CAMVID)
+    assert userdata.get_dataset("a").frames == (stem,)
+
+
+def test_a_png_bomb_in_a_dataset_zip_is_refused_before_it_is_decoded(data_dir):
+    import io
+    from test_infer import bomb_png
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("d/train/a.png", bomb_png(7000, 7000))
+        z.writestr("d/trainannot/a.png", bomb_png(7000, 7000))
+        z.writestr("d/train/b.png", bomb_png(20000, 20000))  # beyond Pillow's own bomb limit
+        z.writestr("d/trainannot/b.png", bomb_png(20000, 20000))
+    with pytest.raises(DatasetError, match="image a.png is 7000x7000, above the 40 MP a dataset frame may have"):
+        userdata.import_zip(buf.getvalue(), "b")
+    with pytest.raises(DatasetError, match="image b.png is far above the 40 MP"):
+        userdata.import_zip(buf.getvalue().replace(b"a.png", b"c.png"), "b")  # b first now
+    assert userdata.list_datasets() == []

@@ -1,0 +1,125 @@
+"""The correct-and-adapt protocol, with ground truth standing in for a user's corrections.
+
+Five frames of CamVid's val clip (0016E5; every 20th in name order) become a user dataset
+(train/ + trainannot/ only); each shipped model is fine-tuned on them with the Fine-tune page's
+defaults (its recipe's augmentation, batch 4, lr 2e-4, the page's step count), with replay of
+CamVid train (half of each batch) and without. Scored (PyTorch fp32, full frames):
+
+- near: the val frames at least --gap frames away from every picked frame (the rest of the street);
+- other: the CamVid train frames of the other sequences that the replay never drew (forgetting).
+
+    python tools/adapt_protocol.py --camvid ../shared/camvid --out /tmp/adapt [--models a,b] [--steps 20] [--json]
+
+Runs are kept in --out and skipped when their model is already there (a stopped run resumes).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sis import zoo  # noqa: E402
+from sis.data import Frames, list_pairs, load_classes, load_split  # noqa: E402
+
+SHIPPED = ("pspnet-resnet18", "pspnet-vgg11_bn", "unet-resnet18", "unet-vgg11_bn")
+
+
+def _subset(frames: Frames, keep: list[int]) -> Frames:
+    return Frames([frames.names[i] for i in keep], [frames.images[i] for i in keep],
+                  [frames.masks[i] for i in keep], frames.classes)
+
+
+def user_dataset(camvid: Path, out: Path, every: int, n: int) -> list[int]:
+    """The picked val frames (indices in name order) copied into out/train + out/trainannot."""
+    pairs = list_pairs(camvid, "val")
+    picked = list(range(0, len(pairs), every))[:n]
+    for sub in ("train", "trainannot"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    for i in picked:
+        img, lbl = pairs[i]
+        shutil.copy(img, out / "train" / img.name)
+        shutil.copy(lbl, out / "trainannot" / lbl.name)
+    if (camvid / "classes.json").exists():
+        shutil.copy(camvid / "classes.json", out / "classes.json")
+    return picked
+
+
+def replay_names(camvid: Path, limit: int) -> set[str]:
+    """The train frames the replay holds (train.load_replay's even spread), by name."""
+    names = [img.stem for img, _ in list_pairs(camvid, "train")]
+    if len(names) <= limit:
+        return set(names)
+    return {names[round(i * (len(names) - 1) / (limit - 1))] for i in range(limit)}
+
+
+def score(folder: Path, sets: dict[str, Frames]) -> dict[str, dict]:
+    import torch
+
+    from sis.evaluate import evaluate
+    from sis.models import load_model
+    model, cfg = load_model(folder)
+    return {k: evaluate(model, cfg, f, torch.device("cpu"), amp=False, batch_size=4) for k, f in sets.items()}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--camvid", type=Path, default=ROOT.parent / "shared" / "camvid")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--models", default=",".join(SHIPPED))
+    ap.add_argument("--every", type=int, default=20)
+    ap.add_argument("--frames", type=int, default=5)
+    ap.add_argument("--gap", type=int, default=4, help="near frames are at least this many frames from a picked one")
+    ap.add_argument("--steps", type=int, default=20, help="the Fine-tune page's default")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args(argv)
+    from sis.train import TrainConfig, recipe_defaults, train
+    user = a.out / "user"
+    picked = user_dataset(a.camvid, user, a.every, a.frames)
+    classes = load_classes(a.camvid)
+    val = load_split(a.camvid, "val", None, classes)
+    near = _subset(val, [i for i in range(len(val)) if min(abs(i - p) for p in picked) >= a.gap])
+    drawn = replay_names(a.camvid, TrainConfig.replay_limit)
+    train_frames = load_split(a.camvid, "train", None, classes)
+    other = _subset(train_frames, [i for i, n in enumerate(train_frames.names)
+                                   if not n.startswith(val.names[0].split("_")[0]) and n not in drawn])
+    sets = {"near": near, "other": other}
+    rows = []
+    for name in a.models.split(","):
+        base = zoo.shipped_models()[name]
+        row = {"model": name, "picked": [val.names[i] for i in picked], "near_frames": len(near),
+               "other_frames": len(other), "shipped": {k: v["miou"] for k, v in score(base, sets).items()}}
+        for replay in (True, False):
+            out = a.out / f"{name}-{'replay' if replay else 'plain'}"
+            cfg = TrainConfig(model=name, data=str(user), init=str(base), out=str(out), batch_size=4, lr=2e-4,
+                              max_steps=a.steps, train_limit=48, val_limit=20, val_every=1,
+                              replay=str(a.camvid) if replay else "", replay_ratio=0.5, **recipe_defaults(str(base)))
+            wall = None
+            if not (out / "card.json").exists() or json.loads((out / "card.json").read_text()).get("status") != "done":
+                t0 = time.perf_counter()
+                train(cfg, log=lambda m: None)
+                wall = time.perf_counter() - t0
+            scores = score(out, sets)
+            row["replay" if replay else "plain"] = {"wall_s": wall, **{k: v["miou"] for k, v in scores.items()}}
+        rows.append(row)
+        if not a.json:
+            s = row["shipped"]
+            print(f"{name}: near {100 * s['near']:.2f} other {100 * s['other']:.2f}", flush=True)
+            for k in ("replay", "plain"):
+                r = row[k]
+                took = "kept from an earlier run" if r["wall_s"] is None else f"{r['wall_s']:.0f} s"
+                print(f"  {k:6} near {100 * r['near']:.2f} ({100 * (r['near'] - s['near']):+.2f})  other "
+                      f"{100 * r['other']:.2f} ({100 * (r['other'] - s['other']):+.2f})  training {took}", flush=True)
+    from sis.runtime import host_info
+    if a.json:
+        print(json.dumps({"host": host_info(), "steps": a.steps, "rows": rows}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
