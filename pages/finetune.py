@@ -99,7 +99,8 @@ if started:
             cfg["epochs"] = int(length)
         job = manager.start(sid, cfg)
         st.toast(f"Started job {job.id}")
-        st.info(f"Validation: {validation_plan(root, n)}." + (f" Replay: {100 * ratio:.0f}% of each batch from "
+        plan = st.session_state.setdefault("_ft_plans", {})[job.id] = validation_plan(root, n)
+        st.info(f"Validation: {plan}." + (f" Replay: {100 * ratio:.0f}% of each batch from "
                                                                "CamVid's train frames." if cfg.get("replay") else ""))
     except (jobs.JobError, DatasetError) as e:
         st.error(str(e))
@@ -124,8 +125,9 @@ def live():
     status = snap["status"]
     if last and last["phase"] == "compare":
         st.progress(min(1.0, last["step"] / max(last["total_steps"], 1)),
-                    text=f"{status}: trained; scoring the model before and after, {last['step']}/"
-                         f"{last['total_steps']} frames")
+                    text=f"{status}: trained; scored the model before and after" if status == "done" else
+                    f"{status}: trained; scoring the model before and after, {last['step']}/{last['total_steps']} "
+                    "frames")
     elif last:
         frac = min(1.0, last["step"] / max(last["total_steps"], 1))
         eta = f", about {snap['eta_s']:.0f} s left" if status == "running" and snap["eta_s"] else ""
@@ -134,7 +136,8 @@ def live():
     else:
         st.progress(0.0, text=f"{status}: loading data and model...")
     if snap["steps"]:
-        st.plotly_chart(charts.live_curves(snap), width="stretch", key="live_curves")
+        validates = bool(snap["val"]) or not st.session_state.get("_ft_plans", {}).get(job.id, "").startswith("none")
+        st.plotly_chart(charts.live_curves(snap, validates), width="stretch", key="live_curves")
     if status == "failed":
         st.error(snap["message"])
     elif status in ("done", "stopped"):
@@ -164,7 +167,7 @@ if job is not None and not job.active and (compared := adapt.BeforeAfter.load(Pa
     for pair in compared.masks:
         cols = st.columns(3)
         for col, (what, png) in zip(cols, (("label", pair.truth), ("before", pair.before), ("after", pair.after))):
-            col.image(str(Path(job.out) / adapt.FOLDER / png), caption=f"{pair.frame}: {what}", width="stretch")
+            col.image(str(Path(job.out) / adapt.FOLDER / png), caption=f"{pair.title}: {what}", width="stretch")
 
 st.subheader("Runs on this host")
 runs = store.list_runs()

@@ -43,6 +43,11 @@ class MaskPair:
     before: str
     after: str
 
+    @property
+    def title(self) -> str:
+        """The frame's name without the time and random parts a saved frame's name starts with."""
+        return self.frame.split("-", 3)[-1]
+
 
 @dataclass(frozen=True)
 class BeforeAfter:

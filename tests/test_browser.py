@@ -64,13 +64,14 @@ def browser():
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
             "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+            "--disable-component-update", "--disable-sync",
+            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"])  # a test pattern as the camera
         yield b
         b.close()
 
 
-def _page(browser, url, path=""):
-    ctx = browser.new_context(viewport={"width": 1400, "height": 2000})
+def _page(browser, url, path="", height=2000):
+    ctx = browser.new_context(viewport={"width": 1400, "height": height})  # the app scrolls inside: tall enough
     page = ctx.new_page()
     page.set_default_timeout(120_000)
     page.goto(f"{url}/{path}")
@@ -265,3 +266,62 @@ def test_correct_a_mask_by_hand_and_save_it(server, browser):
     page.get_by_text("Saved as").wait_for()
     data = Path(os.environ["SIS_BROWSER_DATA"]) / "datasets" / "my-street"
     assert len(list((data / "train").glob("*.png"))) == 1 == len(list((data / "trainannot").glob("*.png")))
+
+
+def test_correct_a_camera_shot(server, browser):
+    """The Camera source on Correct in Chromium, whose fake camera films a test pattern: a shot is taken,
+    segmented, and shown on the canvas ready to correct."""
+    page = _page(browser, server, "correct")
+    page.get_by_role("button", name="Save to my dataset").wait_for()
+    _idle(page)
+    page.get_by_text("Camera", exact=True).click()
+    page.get_by_role("button", name="Take Photo").wait_for()
+    # the shot is taken from the live stream: wait until the camera plays
+    page.wait_for_function("() => { const v = document.querySelector('video'); return v && v.readyState >= 2; }")
+    page.get_by_role("button", name="Take Photo").click()
+    page.get_by_text("of the pixels changed").wait_for()
+    _idle(page)
+    assert page.get_by_text("of the pixels changed").inner_text().startswith("0.0%")
+    assert page.locator("canvas").count() >= 1
+    _shot(page, "correct_camera")
+
+
+def test_adapt_a_model_on_my_frames_and_see_before_and_after(server, browser):
+    """The loop's end in Chromium: three corrected frames in a dataset of the user's, a fine-tune from a
+    model on them (replay of CamVid when the server has it), the before/after figures and masks, and the
+    new model in Segment's picker."""
+    from PIL import Image
+    import numpy as np
+    from sis import catalog, userdata
+    from sis.classes import CAMVID
+    from sis.data import read_label
+    os.environ["SIS_DATA_DIR"] = os.environ["SIS_BROWSER_DATA"]
+    try:
+        for sample in catalog.samples()[:3]:
+            userdata.save_frame("street-3", np.asarray(Image.open(sample.image).convert("RGB")), read_label(sample.label),
+                                CAMVID, source=sample.name)
+    finally:
+        del os.environ["SIS_DATA_DIR"]
+    page = _page(browser, server, "finetune", height=3400)
+    page.get_by_role("button", name="Start").wait_for()
+    _idle(page)
+    page.get_by_role("combobox", name="Model").click()
+    page.get_by_role("option", name="run:tiny").click()
+    page.get_by_role("combobox", name="Dataset").click()
+    page.get_by_role("option", name="street-3 (3 frames, from the Correct page)").click()
+    page.get_by_label("How many").fill("2")
+    page.get_by_role("button", name="Start").click()
+    page.get_by_text("Validation: none: the dataset has no val/ split and 3 frames").wait_for()
+    page.get_by_text("Before and after").wait_for(timeout=300_000)
+    _idle(page)
+    if catalog.camvid_dir() is not None:
+        forget = page.locator("p", has_text="val (what the model may forget)").inner_text()
+        assert re.search(r"\(20 frames\): mIoU [\d.]+% before, [\d.]+% after \([+-][\d.]+ points\)", forget), forget
+    assert page.get_by_text("Training frames: your label, the model before, the model after.").count() == 1
+    assert page.locator("[data-testid='stImage'] img").count() >= 9  # 3 frames x (label, before, after)
+    _shot(page, "finetune_before_after")
+    segment = _page(browser, server, "segment")
+    segment.get_by_text("Against the ground truth").wait_for()
+    _idle(segment)
+    segment.get_by_role("combobox", name="Model").first.click()
+    assert segment.get_by_role("option", name=re.compile(r"^pspnet-resnet18-ft-.* \(fine-tuned here\)")).count() >= 1
