@@ -53,7 +53,9 @@ with st.form("ft_form"):
                          help="As trained: the flips, crops, scale range and class weights of the model's own recipe "
                               "(its card), so that fine-tuning does not change what it learned; from random or "
                               "ImageNet: the paper's flips on full frames.")
-    freeze = f2.checkbox("Freeze encoder", False)
+    encoder = f2.selectbox("Encoder", ["the model's default", "fine-tune it", "freeze it"], key="ft_encoder",
+                           help="The default fine-tunes the whole model, except where the model's card measured "
+                                "that a frozen encoder forgets less of other streets (unet-resnet18).")
     frames = f3.number_input("Training frames", 2, lim.max_train_frames, 48)
     crop = f4.selectbox("Crop", [as_trained, "352x480", "192x256", "256x320", "full frames"], key="ft_crop")
     started = st.form_submit_button("Start", type="primary", key="ft_start")
@@ -84,7 +86,9 @@ if started:
         n = len(list_pairs(root, "train")[: int(frames)])
         recipe = zoo.recipe_defaults(init_value)
         cfg = dict(model=name, data=str(root), init=init_value, batch_size=int(batch), lr=float(lr),
-                   freeze_encoder=freeze, train_limit=int(frames), val_limit=20, val_every=1, **recipe)
+                   train_limit=int(frames), val_limit=20, val_every=1, **recipe)
+        if encoder != "the model's default":
+            cfg["freeze_encoder"] = encoder == "freeze it"
         if flips != as_trained:
             cfg["flips"] = {"horizontal": "h", "horizontal + vertical": "hv", "none": ""}[flips]
         if crop != as_trained:

@@ -89,7 +89,8 @@ def train_config(a):
                        epochs=a.epochs, max_steps=a.max_steps, batch_size=a.batch_size, **aug,
                        lr=a.lr, optimizer=a.optimizer,
                        weight_decay=a.weight_decay, schedule=a.schedule, warmup_steps=a.warmup,
-                       freeze_encoder=a.freeze_encoder, seed=a.seed,
+                       freeze_encoder=base.get("freeze_encoder", False) if a.freeze_encoder is None else a.freeze_encoder,
+                       seed=a.seed,
                        device=a.device, amp=not a.no_amp, channels_last=not a.no_channels_last,
                        train_limit=a.train_limit, val_limit=a.val_limit, val_every=a.val_every,
                        replay=a.replay or "", replay_ratio=a.replay_ratio, replay_limit=a.replay_limit,
@@ -261,7 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--schedule", default="constant", choices=["constant", "poly", "cosine"])
     s.add_argument("--warmup", type=int, default=0, help="linear warm-up steps")
     s.add_argument("--class-weighting", choices=["none", "median", "sqrt-median"], help="default none")
-    s.add_argument("--freeze-encoder", action="store_true")
+    s.add_argument("--freeze-encoder", action="store_true", default=None,
+                   help="train the decoder only (default: off, or what the --init folder's card measured)")
+    s.add_argument("--train-encoder", dest="freeze_encoder", action="store_false",
+                   help="train the encoder too, also where the --init folder's card would freeze it")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
     s.add_argument("--no-amp", action="store_true", help="plain fp32 (no bf16/fp16 autocast)")

@@ -104,6 +104,8 @@ def train_command(cfg: TrainConfig | dict) -> str:
         text = f"{v[0]}x{v[1]}" if field == "crop" else f"{v[0]},{v[1]}" if field == "scale" else str(v)
         parts.append(f"{flag} {shlex.quote(text)}")
     parts += [flag for field, value, flag in _SWITCHES if getattr(cfg, field) == value != getattr(default, field)]
+    if from_folder and not cfg.freeze_encoder:  # spelled out: left out, it would follow the folder's card
+        parts.append("--train-encoder")
     return " ".join(parts)
 
 

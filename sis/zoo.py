@@ -285,18 +285,22 @@ def resolve(name_or_dir: str | Path) -> Path:
 
 
 RECIPE_KEYS = ("flips", "crop", "scale", "class_weighting")
+ADAPTATION_KEYS = ("freeze_encoder",)  # a card's "adaptation": how a fine-tune on a few frames starts, measured
 
 
 def recipe_defaults(init: str) -> dict:
     """What a fine-tune from the model folder ``init`` keeps of the recipe that trained it: the
     augmentation and class weighting, i.e. the orientation, scale and class balance the model
     learned (a model trained with horizontal flips only does not expect the sky under the road).
-    The learning rate and schedule are not kept: they were for training from scratch. {} where
-    ``init`` is random, imagenet or a folder whose card has no recipe."""
+    The learning rate and schedule are not kept: they were for training from scratch. A card's
+    ``adaptation`` adds what was measured to work better for this model on a few frames (e.g. a frozen
+    encoder). {} where ``init`` is random, imagenet or a folder whose card has no recipe."""
     if init in ("random", "imagenet") or not (Path(init) / "card.json").is_file():
         return {}
-    recipe = read_card(init).raw.get("recipe") or {}
+    card = read_card(init).raw
+    recipe = card.get("recipe") or {}
     out = {k: recipe[k] for k in RECIPE_KEYS if k in recipe}
+    out.update({k: v for k, v in (card.get("adaptation") or {}).items() if k in ADAPTATION_KEYS})
     for k in ("crop", "scale"):
         if out.get(k) is not None:
             out[k] = tuple(out[k])

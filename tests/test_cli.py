@@ -118,3 +118,18 @@ def test_train_command_round_trips_through_the_parser():
         assert train_command(cfg.to_dict() | {"crop": list(cfg.crop) if cfg.crop else None,
                                               "scale": list(cfg.scale)}) == cmd  # a card's JSON recipe
     assert "--crop full --scale 1.0,1.0 --flips hv" in train_command(cfgs[2])
+    assert train_command(cfgs[2]).endswith("--train-encoder")  # spelled out for a folder, whose card may freeze it
+
+
+def test_fine_tuning_unet_resnet18_freezes_its_encoder_unless_told():
+    """Its card measured that a few frames teach it more, and it forgets other streets less, with the encoder
+    frozen (docs/correct.md); the other shipped models train their encoder."""
+    from sis.__main__ import build_parser, train_config
+    args = "train --init weights/{} --data d --max-steps 5".split()
+    for name, frozen in [("unet-resnet18", True), ("pspnet-resnet18", False), ("unet-vgg11_bn", False)]:
+        a = build_parser().parse_args([x.format(name) for x in args])
+        assert train_config(a).freeze_encoder is frozen, name
+    a = build_parser().parse_args([x.format("unet-resnet18") for x in args] + ["--train-encoder"])
+    assert train_config(a).freeze_encoder is False
+    a = build_parser().parse_args([x.format("pspnet-resnet18") for x in args] + ["--freeze-encoder"])
+    assert train_config(a).freeze_encoder is True
