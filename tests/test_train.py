@@ -178,6 +178,29 @@ def test_a_few_frames_without_val_fine_tune_with_replay(tiny_data, tiny_model, t
     assert replay.names == ["f000", "f002", "f003", "f005"] and replay.masks[0].dtype == torch.uint8
 
 
+def test_one_frame_trains_and_stop_keeps_the_model_so_far_and_the_dataset_as_it_was(tiny_data, tiny_model, tmp_path):
+    import hashlib
+    user = _user_dataset(tiny_data, tmp_path / "one", 1)
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in user.rglob("*") if p.is_file()}
+    res = train(_cfg(user, tmp_path / "m1", init=str(tiny_model), batch_size=4, max_steps=2), log=lambda m: None)
+    assert res["status"] == "done" and res["steps"] == 2  # one image a step
+    models.load_model(tmp_path / "m1")
+
+    class StopAfterFirst:
+        def __init__(self):
+            self.steps = 0
+
+        def is_set(self):
+            self.steps += 1
+            return self.steps > 1
+    res = train(_cfg(user, tmp_path / "m2", init=str(tiny_model), batch_size=4, max_steps=50, replay=str(tiny_data)),
+                stop=StopAfterFirst(), log=lambda m: None)
+    assert res["status"] == "stopped" and res["steps"] == 1
+    model, _ = models.load_model(tmp_path / "m2")  # the model so far is saved and loads
+    assert zoo.read_card(tmp_path / "m2").raw["status"] == "stopped"
+    assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in user.rglob("*") if p.is_file()} == before
+
+
 def test_ten_frames_without_val_hold_out_every_fifth(tiny_data, tmp_path):
     from conftest import write_dataset
     from sis.data import load_split

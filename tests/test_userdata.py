@@ -158,6 +158,15 @@ def test_a_bad_zip_adds_nothing_and_a_removed_dataset_is_made_anew(data_dir):
             z.writestr(n, b)
     with pytest.raises(DatasetError, match="class id 40, outside 0..10"):
         userdata.import_zip(buf.getvalue(), "b")
+    small = io.BytesIO()  # a label of another size
+    Image.fromarray(np.zeros((10, 12), np.uint8), "L").save(small, "PNG")
+    parts[f"a/trainannot/{stems[1]}.png"] = small.getvalue()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for n, b in parts.items():
+            z.writestr(n, b)
+    with pytest.raises(DatasetError, match="the label is 12x10 but the image is 48x36"):
+        userdata.import_zip(buf.getvalue(), "b")
     assert [d.name for d in userdata.list_datasets()] == ["a"]
     userdata.delete_dataset("a")  # another session removed it: a save makes it anew, nothing lost
     stem = userdata.save_frame("a", img, lbl, CAMVID)
