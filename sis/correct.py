@@ -122,6 +122,7 @@ class Draft:
 
     def commit(self, labels: np.ndarray) -> bool:
         """Keep ``labels`` as the next step (False, and nothing kept, when nothing changed)."""
+        self.live = None  # the canvas's strokes were drawn over the labels before this step
         if (labels == self.labels).all():
             return False
         self.history.append(labels)
@@ -129,6 +130,7 @@ class Draft:
         return True
 
     def undo(self) -> bool:
+        self.live = None
         if not self.history:
             return False
         self.history.pop()

@@ -645,6 +645,21 @@ def test_correct_page_saves_the_models_answer_and_a_fill_then_undo(app_env):
     assert "cannot name a dataset" in at.error[0].value
 
 
+def test_correct_page_keeps_the_corrections_of_an_image_left_for_another(app_env):
+    from sis.correct import fill_region
+    at = _app("pages/correct.py")
+    at.selectbox(key="cor_model").set_value("run:tiny").run()
+    first = at.selectbox(key="cor_sample").value
+    draft = _draft(at)
+    draft.commit(fill_region(draft.labels, (10, 10), (360, 480), 8))
+    second = next(o for o in at.selectbox(key="cor_sample").options if o != first)
+    at.selectbox(key="cor_sample").set_value(second).run()
+    assert not at.exception and _draft(at) is not draft and not _draft(at).history
+    assert any(c.value.startswith(f"Unsaved corrections are kept for this session on {first}") for c in at.caption)
+    at.selectbox(key="cor_sample").set_value(first).run()  # back: the fill is still there
+    assert _draft(at) is draft and draft.version == 1
+
+
 def test_correct_page_ranks_uploaded_photos_least_sure_first(app_env):
     at = _app("pages/correct.py")
     at.selectbox(key="cor_model").set_value("run:tiny").run()
