@@ -401,22 +401,26 @@ def correction_draft(entry: catalog.Entry, image_key: str, rgb) -> tuple[correct
     return draft, [k[1] for k, d in drafts.items() if k != key and d.unsaved]
 
 
+def _ranked(key: tuple, spinner: str, rank) -> list[uncertainty.Uncertainty]:
+    """``rank()`` once per key: the session keeps the last ranking (its images included), not one per key."""
+    if st.session_state.get("_ranked", (None,))[0] != key:
+        with st.spinner(spinner):
+            st.session_state["_ranked"] = (key, rank())
+    return st.session_state["_ranked"][1]
+
+
 def rank_photos(entry: catalog.Entry, uploads) -> list[uncertainty.Uncertainty]:
     """Uploaded photos, least sure first (by mean entropy), each with its confidence map; photos that
     cannot be read are said once and left out."""
-    key = ("photos", str(entry.folder), tuple(u.file_id for u in uploads))
-    if st.session_state.get("_ranked", (None,))[0] != key:
+    def rank():
         loaded = [(u.name, read_upload(u)) for u in uploads]
-        images = [(name, np.asarray(got.image)) for name, got in loaded if got]
-        with st.spinner(f"Ranking {len(images)} photos by the model's uncertainty..."):
-            st.session_state["_ranked"] = (key, uncertainty.rank(_Gated(get_engine(entry)), images))
-    return st.session_state["_ranked"][1]
+        return uncertainty.rank(_Gated(get_engine(entry)), [(name, np.asarray(got.image)) for name, got in loaded
+                                                            if got])
+    return _ranked(("photos", str(entry.folder), tuple(u.file_id for u in uploads)),
+                   f"Ranking {len(uploads)} photos by the model's uncertainty...", rank)
 
 
 def rank_clip(entry: catalog.Entry, path: Path, stride: int, top: int = 6) -> list[uncertainty.Uncertainty]:
     """The ``top`` least sure of every ``stride``-th frame of a clip (at most video.MAX_SECONDS of it)."""
-    key = ("clip", str(entry.folder), str(path), stride)
-    if st.session_state.get("_ranked", (None,))[0] != key:
-        with st.spinner("Ranking the clip's frames by the model's uncertainty..."):
-            st.session_state["_ranked"] = (key, uncertainty.rank_clip(_Gated(get_engine(entry)), path, stride, top))
-    return st.session_state["_ranked"][1]
+    return _ranked(("clip", str(entry.folder), str(path), stride), "Ranking the clip's frames by the model's "
+                   "uncertainty...", lambda: uncertainty.rank_clip(_Gated(get_engine(entry)), path, stride, top))

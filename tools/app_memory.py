@@ -13,37 +13,22 @@ as torch's shared libraries, which the kernel can drop and re-read under a memor
 from __future__ import annotations
 
 import atexit
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
-import os
 from pathlib import Path
 
 import psutil
 from playwright.sync_api import sync_playwright
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from app_load import Server  # noqa: E402 - the one way the tools start the app server
 
-with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-LOG = Path(tempfile.gettempdir()) / "sis_app_memory.log"  # the server's output, if a page fails
-env = dict(os.environ, SIS_DATA_DIR=sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(), SIS_OFFLINE="1")
-proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
-                         "--server.address", "127.0.0.1"], cwd=ROOT, env=env, stdout=open(LOG, "w"),
-                        stderr=subprocess.STDOUT)
-atexit.register(proc.terminate)  # also when the browser or a page fails: no server left behind
-url = f"http://127.0.0.1:{port}"
-for _ in range(120):
-    try:
-        urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
-        break
-    except OSError:
-        time.sleep(0.5)
+server = Server(Path(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp()), None)
+atexit.register(server.close)  # also when the browser or a page fails: no server left behind
+server.wait_healthy()
+proc, url, LOG = server.proc, server.url, server.log  # the server's output, if a page fails
 peak, peak_anon, done = 0, 0, False
 timeline: list[tuple[float, int]] = []  # (s since start, RSS MB), written beside the log
 
@@ -90,8 +75,7 @@ with open(f"/proc/{proc.pid}/smaps") as f:
         elif head and head[0] == "Rss:" and any(k in path for k in ("cuda", "nvidia", "cudnn", "cublas", "nccl")):
             cuda_kb += int(head[1])
 torch_mapped = "libtorch" in Path(f"/proc/{proc.pid}/maps").read_text()
-proc.terminate()
-proc.wait()
+server.close()
 LOG.with_suffix(".timeline.csv").write_text("s,rss_mb\n" + "".join(f"{t},{r}\n" for t, r in timeline))
 print(f"server RSS: {idle / 2**20:.0f} MB after start (anonymous {idle_anon / 2**20:.0f} MB), peak "
       f"{peak / 2**20:.0f} MB (anonymous {peak_anon / 2**20:.0f} MB) with {n_models} models loaded and run "
