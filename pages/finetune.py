@@ -104,8 +104,8 @@ if started:
         job = manager.start(sid, cfg)
         st.toast(f"Started job {job.id}")
         plan = st.session_state.setdefault("_ft_plans", {})[job.id] = validation_plan(root, n)
-        st.info(f"Validation: {plan}." + (f" Replay: {100 * ratio:.0f}% of each batch from "
-                                                               "CamVid's train frames." if cfg.get("replay") else ""))
+        replayed = f" Replay: {100 * ratio:.0f}% of each batch from CamVid's train frames." if cfg.get("replay") else ""
+        st.info(f"Validation: {plan}.{replayed}")
     except (jobs.JobError, DatasetError) as e:
         st.error(str(e))
 
