@@ -149,7 +149,7 @@ def test_benchmark_tiny(server, browser):
 def _start_finetune(page, data, steps):
     page.get_by_role("combobox", name="Dataset").click()
     page.get_by_role("option", name="a folder on this server (typed below)").click()
-    page.get_by_label("Folder on this server (SegNet layout)").fill(str(data))
+    page.get_by_role("textbox", name="Folder on this server (SegNet layout)").fill(str(data))
     page.get_by_label("How many").fill(str(steps))
     page.get_by_role("button", name="Start").click()
 
@@ -312,13 +312,14 @@ def test_adapt_a_model_on_my_frames_and_see_before_and_after(server, browser):
     page.get_by_label("How many").fill("2")
     page.get_by_role("button", name="Start").click()
     page.get_by_text("Validation: none: the dataset has no val/ split and 3 frames").wait_for()
-    page.get_by_text("Before and after").wait_for(timeout=300_000)
+    # the heading, not the progress bar's "scoring the model before and after"
+    page.get_by_role("heading", name="Before and after").wait_for(timeout=300_000)
+    page.get_by_text("Training frames: your label, the model before, the model after.").wait_for()
     _idle(page)
     if catalog.camvid_dir() is not None:
         forget = page.locator("p", has_text="val (what the model may forget)").inner_text()
         assert re.search(r"\(20 frames\): mIoU [\d.]+% before, [\d.]+% after \([+-][\d.]+ points\)", forget), forget
-    assert page.get_by_text("Training frames: your label, the model before, the model after.").count() == 1
-    assert page.locator("[data-testid='stImage'] img").count() >= 9  # 3 frames x (label, before, after)
+    page.wait_for_function("() => document.querySelectorAll(\"[data-testid='stImage'] img\").length >= 9")  # 3 x 3
     _shot(page, "finetune_before_after")
     segment = _page(browser, server, "segment")
     segment.get_by_text("Against the ground truth").wait_for()
