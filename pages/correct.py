@@ -119,9 +119,14 @@ if s2.button("Save to my dataset", type="primary", key="cor_save"):
     try:
         frame = userdata.save_frame(name, draft.image, labels, classes, source=image_key.split(":")[1], home=home)
         draft.saved = labels
+        st.session_state["_adapt_on"] = name  # Fine-tune offers it first
         st.success(f"Saved as {frame} in '{name}' ({len(userdata.get_dataset(name, home).frames)} frames).")
     except DatasetError as e:
         st.error(str(e))
+
+if st.session_state.get("_adapt_on"):
+    st.page_link("pages/finetune.py", label=f"Teach a model with '{st.session_state['_adapt_on']}' on the Fine-tune "
+                 "page", icon=":material/model_training:")
 
 with st.expander("My datasets"):
     for ds in userdata.list_datasets(home):

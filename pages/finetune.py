@@ -27,7 +27,9 @@ with st.form("ft_form"):
     d1, d2 = st.columns(2)
     camvid = catalog.camvid_dir()
     sources = app.training_sources(camvid)
-    picked = d1.selectbox("Dataset", list(sources), key="ft_dataset",
+    saved = st.session_state.get("_adapt_on")  # the dataset this session last saved into on Correct
+    mine = [label for label in sources if saved and label.startswith(f"{saved} (") and "Correct page" in label]
+    picked = d1.selectbox("Dataset", list(sources), index=list(sources).index(mine[0]) if mine else 0, key="ft_dataset",
                           help="CamVid when it is on this server, the datasets you saved on the Correct page, "
                                "and the zips uploaded in this session.")
     zipped = d2.file_uploader(f"...or upload a zip in the SegNet layout: train/, trainannot/, optional val/ "

@@ -630,6 +630,12 @@ def test_correct_page_saves_the_models_answer_and_a_fill_then_undo(app_env):
     at.button(key="cor_save").click().run()
     assert not at.exception and "in 'mine' (1 frames)" in at.success[0].value
     (frame,) = userdata.get_dataset("mine").frames
+    assert [e.proto.label for e in at.get("page_link")] == ["Teach a model with 'mine' on the Fine-tune page"]
+    at.switch_page("pages/finetune.py").run()  # the dataset just saved into comes first there
+    assert at.selectbox(key="ft_dataset").value == "mine (1 frames, from the Correct page)"
+    at.switch_page("pages/correct.py").run()
+    at.selectbox(key="cor_model").set_value("run:tiny").run()  # widgets start afresh on a page switch
+    assert _draft(at) is draft  # the session kept the draft
     img, lbl = userdata.read_frame("mine", frame)
     assert (lbl == draft.prediction).all() and (img == draft.image).all()
     # a region filled (as a click on the canvas does), then undone
@@ -725,6 +731,8 @@ def test_a_clip_uploaded_on_video_is_offered_on_correct(app_env, tmp_path):
     at.file_uploader(key="vid_upload").upload("drive.mp4", clip.read_bytes(), "video/mp4").run()
     assert not at.exception and at.info[0].value.startswith("64x48 at 10 fps"), [i.value for i in at.info]
     at.switch_page("pages/correct.py").run()
+    at.selectbox(key="cor_model").set_value("run:tiny").run()  # widgets start afresh on a page switch
+    assert _draft(at) is draft  # the session kept the draft
     at.selectbox(key="cor_model").set_value("run:tiny").run()
     assert any("opened on the Video page" in c.value for c in at.caption)
     at.radio(key="cor_source").set_value("Frames of a clip").run()
