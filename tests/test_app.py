@@ -731,8 +731,6 @@ def test_a_clip_uploaded_on_video_is_offered_on_correct(app_env, tmp_path):
     at.file_uploader(key="vid_upload").upload("drive.mp4", clip.read_bytes(), "video/mp4").run()
     assert not at.exception and at.info[0].value.startswith("64x48 at 10 fps"), [i.value for i in at.info]
     at.switch_page("pages/correct.py").run()
-    at.selectbox(key="cor_model").set_value("run:tiny").run()  # widgets start afresh on a page switch
-    assert _draft(at) is draft  # the session kept the draft
     at.selectbox(key="cor_model").set_value("run:tiny").run()
     assert any("opened on the Video page" in c.value for c in at.caption)
     at.radio(key="cor_source").set_value("Frames of a clip").run()
