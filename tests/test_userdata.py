@@ -140,33 +140,29 @@ def test_access_policy_from_the_environment(monkeypatch, tmp_path):
     assert all(h.parent.parent == tmp_path / "sessions" and h.name == "datasets" for h in homes.values())
 
 
-def test_a_bad_zip_adds_nothing_and_a_removed_dataset_is_made_anew(data_dir):
+def _with_label(zipped: bytes, name: str, label: np.ndarray) -> bytes:
+    """``zipped`` with the label PNG ``name`` replaced by ``label``."""
     import io
-    import zipfile
+    with zipfile.ZipFile(io.BytesIO(zipped)) as z:
+        parts = {n: z.read(n) for n in z.namelist()}
+    png = io.BytesIO()
+    Image.fromarray(label, "L").save(png, "PNG")
+    parts[name] = png.getvalue()
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        for n, b in parts.items():
+            z.writestr(n, b)
+    return out.getvalue()
+
+
+def test_a_bad_zip_adds_nothing_and_a_removed_dataset_is_made_anew(data_dir):
     img, lbl = _frame(0)
     stems = [userdata.save_frame("a", *_frame(i), CAMVID) for i in range(2)]
-    good = userdata.to_zip("a")
-    with zipfile.ZipFile(io.BytesIO(good)) as z:  # the second frame's label gets a class id out of range
-        names = z.namelist()
-        parts = {n: z.read(n) for n in names}
-    bad_label = io.BytesIO()
-    Image.fromarray(np.full(lbl.shape, 40, np.uint8), "L").save(bad_label, "PNG")
-    parts[f"a/trainannot/{stems[1]}.png"] = bad_label.getvalue()
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        for n, b in parts.items():
-            z.writestr(n, b)
+    good, second = userdata.to_zip("a"), f"a/trainannot/{stems[1]}.png"
     with pytest.raises(DatasetError, match="class id 40, outside 0..10"):
-        userdata.import_zip(buf.getvalue(), "b")
-    small = io.BytesIO()  # a label of another size
-    Image.fromarray(np.zeros((10, 12), np.uint8), "L").save(small, "PNG")
-    parts[f"a/trainannot/{stems[1]}.png"] = small.getvalue()
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        for n, b in parts.items():
-            z.writestr(n, b)
+        userdata.import_zip(_with_label(good, second, np.full(lbl.shape, 40, np.uint8)), "b")
     with pytest.raises(DatasetError, match="the label is 12x10 but the image is 48x36"):
-        userdata.import_zip(buf.getvalue(), "b")
+        userdata.import_zip(_with_label(good, second, np.zeros((10, 12), np.uint8)), "b")
     assert [d.name for d in userdata.list_datasets()] == ["a"]
     userdata.delete_dataset("a")  # another session removed it: a save makes it anew, nothing lost
     stem = userdata.save_frame("a", img, lbl, CAMVID)
