@@ -83,7 +83,7 @@ def train_config(a):
         raise zoo.ModelError("--model is needed unless --init is a model folder")
     base, default = recipe_defaults(a.init), TrainConfig()
     aug = {k: getattr(a, k) if getattr(a, k) is not None else base.get(k, getattr(default, k))
-           for k in ("flips", "crop", "scale", "class_weighting")}
+           for k in zoo.RECIPE_KEYS}
     aug["crop"] = None if aug["crop"] == "full" else aug["crop"]
     return TrainConfig(model=model, data=a.data, out=a.out or f"runs/{model}", init=a.init,
                        epochs=a.epochs, max_steps=a.max_steps, batch_size=a.batch_size, **aug,

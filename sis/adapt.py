@@ -86,10 +86,6 @@ class BeforeAfter:
                    tuple(MaskPair(**m) for m in d["masks"]))
 
 
-def _subset(frames: Frames, n: int) -> Frames:
-    return Frames(frames.names[:n], frames.images[:n], frames.masks[:n], frames.classes)
-
-
 class Stopped(Exception):
     """The comparison was stopped (the job's Stop): nothing is kept."""
 
@@ -107,32 +103,28 @@ def compare(base: Path, new: Path, sets: list[tuple[str, Frames]], shown: Frames
     from .infer import overlay
     from .models import load_model
     from .preprocess import forward_logits
-    shown = _subset(shown, SHOWN)
+    shown = shown.subset(range(min(SHOWN, len(shown))))
     total = 2 * (sum(len(f) for _, f in sets) + len(shown))
-    done = 0
+    done = 0  # frames finished before the current set
 
-    def tick(n):
-        nonlocal done
+    def report(i):
         if stop is not None and stop():
             raise Stopped
-        done += n
         if progress:
-            progress(done, total)
+            progress(done + i, total)
     answers, scored = {}, {}
     for which, folder in (("before", base), ("after", new)):
         model, cfg = load_model(Path(folder))
         model.eval()
         for name, frames in sets:
-            seen = [0]
-
-            def step(i, n, seen=seen):
-                tick(i - seen[0])
-                seen[0] = i
-            scored[(which, name)] = evaluate(model, cfg, frames, torch.device("cpu"), batch_size=2, progress=step)
+            scored[(which, name)] = evaluate(model, cfg, frames, torch.device("cpu"), batch_size=2,
+                                             progress=lambda i, n: report(i))
+            done += len(frames)
         with torch.inference_mode():
             answers[which] = [forward_logits(model, cfg, img[None], True)[0].argmax(0).numpy().astype(np.uint8)
                               for img in shown.images]
-        tick(len(shown))
+        done += len(shown)
+        report(0)
         del model
     out = Path(new) / FOLDER
     out.mkdir(parents=True, exist_ok=True)

@@ -344,16 +344,21 @@ def segment_cached(entry: catalog.Entry, image_key: str, image, truth=None,
     """report.segment for (model, engine, mode, image), remembering only the latest result per ``slot``
     (a page) in the session."""
     engine = engine or engine_choice(entry).name
-    key = (str(entry.folder), engine, mode, image_key)
-    last = st.session_state.get(f"_seg_last:{slot}")
-    if last is None or last[0] != key:
+
+    def run():
         with st.spinner(f"Segmenting with {engine} (a new image size builds its graph once)..."), _inference_gate():
             res = _run(lambda: report.segment(_mode_engine(entry, engine, mode), image, truth),
                        lambda: report.segment(_mode_engine(entry, engines.REFERENCE, mode), image, truth))
-        last = (key, res)
-        st.session_state[f"_seg_last:{slot}"] = last
         host.release_memory()
-    return last[1]
+        return res
+    return _latest(f"_seg_last:{slot}", (str(entry.folder), engine, mode, image_key), run)
+
+
+def _latest(slot: str, key: tuple, compute):
+    """``compute()`` once per key; the session keeps only the latest result under ``slot``."""
+    if st.session_state.get(slot, (None,))[0] != key:
+        st.session_state[slot] = (key, compute())
+    return st.session_state[slot][1]
 
 
 def compare_models(entries: list[catalog.Entry], image, mode: str = "Fast") -> report.Comparison:
@@ -401,26 +406,19 @@ def correction_draft(entry: catalog.Entry, image_key: str, rgb) -> tuple[correct
     return draft, [k[1] for k, d in drafts.items() if k != key and d.unsaved]
 
 
-def _ranked(key: tuple, spinner: str, rank) -> list[uncertainty.Uncertainty]:
-    """``rank()`` once per key: the session keeps the last ranking (its images included), not one per key."""
-    if st.session_state.get("_ranked", (None,))[0] != key:
-        with st.spinner(spinner):
-            st.session_state["_ranked"] = (key, rank())
-    return st.session_state["_ranked"][1]
-
-
 def rank_photos(entry: catalog.Entry, uploads) -> list[uncertainty.Uncertainty]:
     """Uploaded photos, least sure first (by mean entropy), each with its confidence map; photos that
     cannot be read are said once and left out."""
     def rank():
         loaded = [(u.name, read_upload(u)) for u in uploads]
-        return uncertainty.rank(_Gated(get_engine(entry)), [(name, np.asarray(got.image)) for name, got in loaded
-                                                            if got])
-    return _ranked(("photos", str(entry.folder), tuple(u.file_id for u in uploads)),
-                   f"Ranking {len(uploads)} photos by the model's uncertainty...", rank)
+        with st.spinner(f"Ranking {len(uploads)} photos by the model's uncertainty..."):
+            return uncertainty.rank(_Gated(get_engine(entry)), [(n, np.asarray(got.image)) for n, got in loaded if got])
+    return _latest("_ranked", ("photos", str(entry.folder), tuple(u.file_id for u in uploads)), rank)
 
 
 def rank_clip(entry: catalog.Entry, path: Path, stride: int, top: int = 6) -> list[uncertainty.Uncertainty]:
     """The ``top`` least sure of every ``stride``-th frame of a clip (at most video.MAX_SECONDS of it)."""
-    return _ranked(("clip", str(entry.folder), str(path), stride), "Ranking the clip's frames by the model's "
-                   "uncertainty...", lambda: uncertainty.rank_clip(_Gated(get_engine(entry)), path, stride, top))
+    def rank():
+        with st.spinner("Ranking the clip's frames by the model's uncertainty..."):
+            return uncertainty.rank_clip(_Gated(get_engine(entry)), path, stride, top)
+    return _latest("_ranked", ("clip", str(entry.folder), str(path), stride), rank)

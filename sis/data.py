@@ -134,6 +134,11 @@ class Frames:
     def __len__(self) -> int:
         return len(self.names)
 
+    def subset(self, keep) -> "Frames":
+        """The frames at the indices ``keep`` (a list or a range), in that order."""
+        return Frames([self.names[i] for i in keep], [self.images[i] for i in keep], [self.masks[i] for i in keep],
+                      self.classes)
+
 
 def load_split(root: Path, split: str, limit: int | None = None,
                classes: ClassSet | None = None) -> Frames:

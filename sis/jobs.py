@@ -53,14 +53,14 @@ def _worker(cfg_dict: dict, events, stop_event) -> None:
     import torch
     torch.set_num_threads(max(1, int(cfg_dict.pop("_threads", 1))))
     from .train import TrainConfig, train
-    compare_on = cfg_dict.pop("_before_after", None)  # False: none; else the base dataset (or "") to score
+    compare_on = cfg_dict.pop("_before_after", None)  # None: no comparison; else the base dataset ("": none)
     cfg = TrainConfig(**cfg_dict)
 
     def on_progress(p):
         events.put(("progress", asdict(p)))
     try:
         res = train(cfg, callback=on_progress, stop=stop_event, log=lambda m: events.put(("log", m)))
-        if compare_on is not None and compare_on is not False and res["status"] == "done":
+        if compare_on is not None and res["status"] == "done":
             from .adapt import for_run
 
             def tick(i, n):

@@ -135,13 +135,8 @@ def validation_frames(root: Path, train: Frames, limit: int | None, classes) -> 
     n = len(train)
     if n < HOLDOUT_MIN:
         return train, None, said
-    held = set(range(HOLDOUT_EVERY - 1, n, HOLDOUT_EVERY))
-
-    def pick(keep):
-        idx = [i for i in range(n) if (i in held) == keep]
-        return Frames([train.names[i] for i in idx], [train.images[i] for i in idx],
-                      [train.masks[i] for i in idx], train.classes)
-    return pick(False), pick(True), said
+    held = range(HOLDOUT_EVERY - 1, n, HOLDOUT_EVERY)
+    return train.subset([i for i in range(n) if i not in held]), train.subset(held), said
 
 
 def load_replay(root: str, limit: int | None, classes) -> Frames:
@@ -153,8 +148,7 @@ def load_replay(root: str, limit: int | None, classes) -> Frames:
     frames = load_split(root, "train", None, classes)
     if limit and len(frames) > limit:
         keep = [round(i * (len(frames) - 1) / (limit - 1)) for i in range(limit)] if limit > 1 else [0]
-        frames = Frames([frames.names[i] for i in keep], [frames.images[i] for i in keep],
-                        [frames.masks[i] for i in keep], classes)
+        frames = frames.subset(keep)
     frames.masks = [m.to(torch.uint8) for m in frames.masks]
     return frames
 

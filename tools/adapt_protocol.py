@@ -30,11 +30,6 @@ from sis.data import Frames, list_pairs, load_classes, load_split  # noqa: E402
 SHIPPED = ("pspnet-resnet18", "pspnet-vgg11_bn", "unet-resnet18", "unet-vgg11_bn")
 
 
-def _subset(frames: Frames, keep: list[int]) -> Frames:
-    return Frames([frames.names[i] for i in keep], [frames.images[i] for i in keep],
-                  [frames.masks[i] for i in keep], frames.classes)
-
-
 def user_dataset(camvid: Path, out: Path, every: int, n: int) -> list[int]:
     """The picked val frames (indices in name order) copied into out/train + out/trainannot."""
     pairs = list_pairs(camvid, "val")
@@ -83,11 +78,11 @@ def main(argv=None) -> int:
     picked = user_dataset(a.camvid, user, a.every, a.frames)
     classes = load_classes(a.camvid)
     val = load_split(a.camvid, "val", None, classes)
-    near = _subset(val, [i for i in range(len(val)) if min(abs(i - p) for p in picked) >= a.gap])
+    near = val.subset([i for i in range(len(val)) if min(abs(i - p) for p in picked) >= a.gap])
     drawn = replay_names(a.camvid, TrainConfig.replay_limit)
     train_frames = load_split(a.camvid, "train", None, classes)
-    other = _subset(train_frames, [i for i, n in enumerate(train_frames.names)
-                                   if not n.startswith(val.names[0].split("_")[0]) and n not in drawn])
+    other = train_frames.subset([i for i, n in enumerate(train_frames.names)
+                                 if not n.startswith(val.names[0].split("_")[0]) and n not in drawn])
     sets = {"near": near, "other": other}
     rows = []
     for name in a.models.split(","):
