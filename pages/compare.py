@@ -50,8 +50,12 @@ st.dataframe([{"model": r.model, "val mIoU %": r.val_miou and round(100 * r.val_
                "pixel acc %": r.pixel_acc and round(100 * r.pixel_acc, 1),
                "params (M)": r.params_m and round(r.params_m, 1), "GFLOPs": r.gflops and round(r.gflops, 1),
                "eager fp32 ms (360x480)": r.cpu_ms and round(r.cpu_ms), "engine": r.engine,
-               "engine ms": r.engine_ms and round(r.engine_ms), "timed": r.engine_timed, "epochs": r.epochs}
+               "engine ms": r.engine_ms and round(r.engine_ms), "timed": r.engine_timed, "epochs": r.epochs,
+               "trained on": r.trained_on}
               for r in rows], hide_index=True, width="stretch")
+if any("val" in r.trained_on.split("+") for r in rows):
+    st.caption("A model trained on train+val shows the val mIoU of its train-only run with the same recipe: "
+               "its own weights have seen the val frames.")
 accurate = [r for r in rows if r.accurate and r.accurate.miou is not None]
 if accurate:
     st.caption("Accurate mode (multi-scale 0.75-1.5 + flip, the same engines): val mIoU and time against the fast "

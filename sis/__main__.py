@@ -90,7 +90,8 @@ def train_config(a):
                        lr=a.lr, optimizer=a.optimizer,
                        weight_decay=a.weight_decay, schedule=a.schedule, warmup_steps=a.warmup,
                        freeze_encoder=base.get("freeze_encoder", False) if a.freeze_encoder is None else a.freeze_encoder,
-                       seed=a.seed,
+                       splits=a.splits, teacher=a.teacher, teacher_tta=a.teacher_tta,
+                       distill_alpha=a.distill_alpha, distill_temperature=a.distill_temperature, seed=a.seed,
                        device=a.device, amp=not a.no_amp, channels_last=not a.no_channels_last,
                        train_limit=a.train_limit, val_limit=a.val_limit, val_every=a.val_every,
                        replay=a.replay or "", replay_ratio=a.replay_ratio, replay_limit=a.replay_limit,
@@ -140,6 +141,16 @@ def cmd_train(a) -> int:
               (f" (val mIoU {100 * v['miou']:.2f}, pixel acc {100 * v['pixel_acc']:.2f})" if v else ""))
     print(f"rank {res['rank']} weights {res['digest']}", file=sys.stderr)
     return 0
+
+
+def _splits(text: str) -> tuple[str, ...]:
+    from .data import SPLITS
+    splits = tuple(v.strip() for v in text.split(",") if v.strip())
+    bad = [v for v in splits if v not in SPLITS]
+    if not splits or bad or len(set(splits)) < len(splits):
+        raise argparse.ArgumentTypeError(f"splits are some of {', '.join(SPLITS)} joined by commas, "
+                                         f"each once, e.g. train,val; got '{text}'")
+    return splits
 
 
 def _scales(text: str) -> tuple[float, ...]:
@@ -266,6 +277,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train the decoder only (default: off, or what the --init folder's card measured)")
     s.add_argument("--train-encoder", dest="freeze_encoder", action="store_false",
                    help="train the encoder too, also where the --init folder's card would freeze it")
+    s.add_argument("--splits", type=_splits, default=("train",),
+                   help="the dataset's splits to train on, e.g. train,val (the final-model protocol: "
+                        "the run then does not validate); default train")
+    s.add_argument("--teacher", default="", help="distil from this model: a registry name or model folder, "
+                   "or several joined by commas (an ensemble); it labels every training frame once")
+    s.add_argument("--teacher-tta", default="none", choices=["none", "flip", "ms"],
+                   help="the teacher's test-time augmentation")
+    s.add_argument("--distill-alpha", type=float, default=0.5,
+                   help="with --teacher: its share of the loss (the labels get the rest)")
+    s.add_argument("--distill-temperature", type=float, default=1.0, help="with --teacher: the softmax temperature")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
     s.add_argument("--no-amp", action="store_true", help="plain fp32 (no bf16/fp16 autocast)")

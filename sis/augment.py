@@ -49,10 +49,13 @@ class _RandomScale(v2.Transform):
 
 
 class SegDataset(torch.utils.data.Dataset):
-    """Frames + a joint transform -> (image (3,h,w) uint8, mask (h,w) int64)."""
+    """Frames + a joint transform -> (image (3,h,w) uint8, mask (h,w) int64), and with ``soft``
+    (a teacher's [(C,H,W)] probabilities, sis.distill) a third item: those probabilities, float32,
+    through the same crop, rescale (bilinear) and flips; a crop's padding gets all zeros."""
 
-    def __init__(self, frames: Frames, transform: v2.Transform | None = None):
-        self.frames, self.transform = frames, transform
+    def __init__(self, frames: Frames, transform: v2.Transform | None = None,
+                 soft: list[torch.Tensor] | None = None):
+        self.frames, self.transform, self.soft = frames, transform, soft
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -60,6 +63,11 @@ class SegDataset(torch.utils.data.Dataset):
     def __getitem__(self, i):
         img = tv_tensors.Image(self.frames.images[i])
         mask = tv_tensors.Mask(self.frames.masks[i])
+        if self.soft is None:
+            if self.transform is not None:
+                img, mask = self.transform(img, mask)
+            return img.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
+        soft = tv_tensors.Image(self.soft[i].float())  # an image to v2: resized bilinear, padded with 0
         if self.transform is not None:
-            img, mask = self.transform(img, mask)
-        return img.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
+            img, mask, soft = self.transform(img, mask, soft)
+        return img.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor), soft.as_subclass(torch.Tensor)

@@ -139,6 +139,12 @@ class Frames:
         return Frames([self.names[i] for i in keep], [self.images[i] for i in keep], [self.masks[i] for i in keep],
                       self.classes)
 
+    @staticmethod
+    def join(parts: list["Frames"]) -> "Frames":
+        """The frames of ``parts`` one after the other (they share one class list)."""
+        return Frames([n for p in parts for n in p.names], [i for p in parts for i in p.images],
+                      [m for p in parts for m in p.masks], parts[0].classes)
+
 
 def load_split(root: Path, split: str, limit: int | None = None,
                classes: ClassSet | None = None) -> Frames:
@@ -162,6 +168,21 @@ def load_split(root: Path, split: str, limit: int | None = None,
         images.append(torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))))
         masks.append(torch.from_numpy(lbl.astype(np.int64)))
     return Frames(names, images, masks, classes)
+
+
+def load_splits(root: Path, splits: tuple[str, ...] | list[str], limit: int | None = None,
+                classes: ClassSet | None = None) -> Frames:
+    """Several splits decoded as one set of frames (``limit``: the first N of them all); frame names
+    keep their split (``val/0016E5_07959``) where more than one split is read."""
+    if not splits:
+        raise DatasetError("no split to read")
+    if len(splits) == 1:
+        return load_split(root, splits[0], limit, classes)
+    parts = [load_split(root, s, None, classes) for s in splits]
+    for s, p in zip(splits, parts):
+        p.names = [f"{s}/{n}" for n in p.names]
+    frames = Frames.join(parts)
+    return frames.subset(range(min(limit, len(frames)))) if limit is not None else frames
 
 
 def class_frequencies(frames: Frames) -> torch.Tensor:

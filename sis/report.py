@@ -148,6 +148,7 @@ class DashboardRow:
     engine_ms: float | None = None
     engine_timed: str | None = None  # "this host" | "when shipped" | None (no figure)
     accurate: zoo.ModeRecord | None = None  # the accurate mode's val figures, where measured
+    trained_on: str = "train"  # "train+val": val_miou is then its train-only run's (the card's val_note)
 
 
 def dashboard_row(key: str, folder, choice: EngineChoice | None = None) -> DashboardRow:
@@ -162,7 +163,7 @@ def dashboard_row(key: str, folder, choice: EngineChoice | None = None) -> Dashb
                         engine=choice.name, engine_ms=fig.median_ms if fig else None,
                         engine_timed=None if fig is None or fig.median_ms is None else
                         "this host" if fig.timed_here else "when shipped",
-                        accurate=card.modes.get(ACCURATE_MODE))
+                        accurate=card.modes.get(ACCURATE_MODE), trained_on=card.trained_on)
 
 
 @dataclass(frozen=True)

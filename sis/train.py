@@ -18,13 +18,14 @@ from typing import Callable, Protocol
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from . import models, zoo
 from .zoo import RECIPE_KEYS, recipe_defaults
 from .augment import SegDataset, build_augment
-from .data import HOLDOUT_EVERY, HOLDOUT_MIN, Frames, class_weights, load_classes, load_split, validation_plan
+from .data import (HOLDOUT_EVERY, HOLDOUT_MIN, Frames, class_weights, load_classes, load_split, load_splits,
+                   validation_plan)
+from .distill import combined_loss, teacher_targets
 from .evaluate import evaluate
 from .preprocess import model_input, pad_to_stride
 from .files import partial, remove
@@ -53,6 +54,11 @@ class TrainConfig:
     schedule: str = "constant"           # constant | poly | cosine
     warmup_steps: int = 0
     class_weighting: str = "none"        # none | median | sqrt-median
+    splits: tuple[str, ...] = ("train",)  # the dataset's splits trained on (train,val: the final-model protocol)
+    teacher: str = ""                    # distil from this model (name or folder; several with commas)
+    teacher_tta: str = "none"            # the teacher's test-time augmentation: none | flip | ms
+    distill_alpha: float = 0.5           # the teacher's share of the loss (the labels' is 1 - alpha)
+    distill_temperature: float = 1.0
     freeze_encoder: bool = False
     seed: int = 0
     device: str = "auto"                 # auto | cpu | cuda
@@ -77,6 +83,8 @@ _OPTIONS = [("init", "--init"), ("epochs", "--epochs"), ("max_steps", "--max-ste
             ("batch_size", "--batch-size"), ("crop", "--crop"), ("scale", "--scale"), ("flips", "--flips"),
             ("lr", "--lr"), ("optimizer", "--optimizer"), ("weight_decay", "--weight-decay"),
             ("schedule", "--schedule"), ("warmup_steps", "--warmup"), ("class_weighting", "--class-weighting"),
+            ("splits", "--splits"), ("teacher", "--teacher"), ("teacher_tta", "--teacher-tta"),
+            ("distill_alpha", "--distill-alpha"), ("distill_temperature", "--distill-temperature"),
             ("seed", "--seed"), ("device", "--device"), ("train_limit", "--train-limit"),
             ("val_limit", "--val-limit"), ("val_every", "--val-every"), ("replay", "--replay"),
             ("replay_ratio", "--replay-ratio"), ("replay_limit", "--replay-limit"), ("threads", "--threads")]
@@ -101,7 +109,8 @@ def train_command(cfg: TrainConfig | dict) -> str:
                 continue
         elif v is None or v == getattr(default, field):
             continue
-        text = f"{v[0]}x{v[1]}" if field == "crop" else f"{v[0]},{v[1]}" if field == "scale" else str(v)
+        text = f"{v[0]}x{v[1]}" if field == "crop" else f"{v[0]},{v[1]}" if field == "scale" else \
+            ",".join(v) if field == "splits" else str(v)
         parts.append(f"{flag} {shlex.quote(text)}")
     parts += [flag for field, value, flag in _SWITCHES if getattr(cfg, field) == value != getattr(default, field)]
     if from_folder and not cfg.freeze_encoder:  # spelled out: left out, it would follow the folder's card
@@ -260,15 +269,33 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
 
     # data: decoded once, augmented on tensors in the loop's process
     classes = load_classes(cfg.data)
-    train_frames = load_split(cfg.data, "train", cfg.train_limit, classes)
+    train_frames = load_splits(cfg.data, cfg.splits, cfg.train_limit, classes)
     val_frames, validation = None, "none (--val-every 0)"
-    if cfg.val_every:
+    if "val" in cfg.splits:
+        validation = "none: the val split is trained on (its figures would be training figures)"
+    elif cfg.val_every:
         train_frames, val_frames, validation = validation_frames(cfg.data, train_frames, cfg.val_limit, classes)
     if rank == 0:
         log(f"validation: {validation}")
     fill = classes.void if classes.void is not None else 255
     augment = build_augment(cfg.flips, cfg.crop, cfg.scale, fill)
-    dataset = SegDataset(train_frames, augment)
+    soft = None
+    if cfg.teacher:
+        if cfg.replay:
+            raise TrainingError("a teacher and replay do not go together: the replay frames have no teacher's answers")
+        try:
+            soft = teacher_targets(train_frames, cfg.teacher, cfg.teacher_tta, device.type, log)
+            if cfg.threads:  # loading a torch engine set the thread count to the host's
+                torch.set_num_threads(cfg.threads)
+        except zoo.ModelError:
+            raise
+        except ValueError as e:
+            raise TrainingError(f"the teacher cannot label this data: {e}") from None
+    if not 0 <= cfg.distill_alpha <= 1:
+        raise TrainingError(f"the teacher's share of the loss is within 0 and 1, not {cfg.distill_alpha}")
+    if cfg.distill_temperature <= 0:
+        raise TrainingError(f"the distillation temperature must be positive, not {cfg.distill_temperature}")
+    dataset = SegDataset(train_frames, augment, soft)
     replay = SegDataset(load_replay(cfg.replay, cfg.replay_limit, classes), augment) if cfg.replay else None
     if not 0 <= cfg.replay_ratio < 1:
         raise TrainingError(f"the replay ratio is a share of each batch, within 0 and 1 (exclusive), "
@@ -318,6 +345,8 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
         # resizes on the host would leave a fast GPU waiting on the Python loop
         train_frames.images = [i.to(device) for i in train_frames.images]
         train_frames.masks = [m.to(device) for m in train_frames.masks]
+        if soft is not None:
+            dataset.soft = [t.to(device) for t in soft]
         torch.backends.cudnn.benchmark = True
 
     steps_per_epoch = math.ceil(len(dataset) / (per_batch * world))
@@ -365,8 +394,9 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
             if replay is not None:  # drawn by (seed, step): a resumed run draws the same frames
                 g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
                 pairs += [replay[int(i)] for i in torch.randint(len(replay), (n_replay,), generator=g)]
-            imgs, masks = zip(*pairs)
+            imgs, masks, *teach = zip(*pairs)
             imgs, masks = torch.stack(imgs).to(device), torch.stack(masks).to(device).long()
+            teach = pad_to_stride(torch.stack(teach[0]).to(device), mcfg.input_stride)[0] if teach else None
             lr = lr_at(step, total, cfg.lr, cfg.schedule, cfg.warmup_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -374,8 +404,7 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
             y, _ = pad_to_stride(masks, mcfg.input_stride, value=ignore)
             with autocast(device, cfg.amp):
                 logits = net(x)
-            loss = F.cross_entropy(logits.float(), y, ignore_index=ignore,
-                                   weight=weights)
+            loss = combined_loss(logits, y, teach, ignore, weights, cfg.distill_alpha, cfg.distill_temperature)
             if not torch.isfinite(loss):
                 raise TrainingError(f"loss became {loss.item()} at step {step} (lr {lr:.2e}); "
                                     f"lower the learning rate or check the labels")
@@ -438,7 +467,7 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
             "complexity": models.config_complexity(mcfg),
             "precision": str(amp_dtype(device)) if cfg.amp and amp_dtype(device) else "fp32",
             "hardware": host_info(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "data": {"root": str(cfg.data), "train_frames": len(train_frames),
+            "data": {"root": str(cfg.data), "splits": list(cfg.splits), "train_frames": len(train_frames),
                      "val_frames": len(val_frames) if val_frames is not None else 0, "validation": validation,
                      "replay": {"root": str(cfg.replay), "frames": len(replay), "per_batch": n_replay}
                      if replay else None},

@@ -237,7 +237,13 @@ class ModelCard:
     latency_ms: float | None = None                    # eager fp32 on the machine that shipped it
     engines: dict = field(default_factory=dict)        # engine name -> EngineRecord (the shipping machine's)
     modes: dict = field(default_factory=dict)          # "none" | "flip" | "ms" -> ModeRecord (accurate mode)
+    splits: tuple = ("train",)                         # the dataset splits its weights trained on
+    val_note: str | None = None                        # where val_miou comes from when the weights saw val
     raw: dict = field(default_factory=dict)
+
+    @property
+    def trained_on(self) -> str:
+        return "+".join(self.splits)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelCard":
@@ -249,7 +255,8 @@ class ModelCard:
                    latency_ms=(d.get("latency") or {}).get("median_ms"),
                    engines={n: EngineRecord.from_dict(r or {}) for n, r in eng.items()},
                    modes={m: ModeRecord.from_dict(r or {}) for m, r in ((d.get("accurate") or {}).get("modes") or {}).items()},
-                   raw=d)
+                   splits=tuple((d.get("recipe") or {}).get("splits") or ("train",)),
+                   val_note=(d.get("reference") or {}).get("note"), raw=d)
 
 
 def read_card(folder: Path) -> ModelCard:

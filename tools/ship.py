@@ -61,9 +61,21 @@ def lineage(card: dict) -> dict:
                 init=parent.get("init", "random"))
 
 
-def ship(run: Path, data: str, train_note: str | None = None) -> dict:
+def _val(folder: Path, data: str) -> dict:
+    """fp32 figures on the val PNGs, as `python -m sis eval --split val` gives them."""
+    model, cfg = models.load_model(folder)
+    return evaluate(model, cfg, load_split(data, "val", classes=cfg.class_set), torch.device("cpu"), amp=False)
+
+
+def ship(run: Path, data: str, train_note: str | None = None, reference: Path | None = None) -> dict:
+    """``reference``: for a run that also trained on val, the train-only run of the same recipe,
+    whose val figures the card then reports (the shipped weights' own are training figures)."""
     model, cfg = models.load_model(run)
     card = lineage(zoo.read_card(run).raw)
+    seen_val = "val" in ((card.get("recipe") or {}).get("splits") or ["train"])
+    if seen_val != (reference is not None):
+        raise SystemExit(f"{run}: " + ("it trained on val: give --reference, the train-only run of its recipe"
+                                       if seen_val else "--reference is for runs that trained on val"))
     if train_note:
         card["training_note"] = train_note
     if len(card.get("stages") or []) <= 1:  # one run: its command reproduces the model
@@ -73,7 +85,15 @@ def ship(run: Path, data: str, train_note: str | None = None) -> dict:
         card["train_val"] = card.get("val")  # the evaluation done at the end of training
     models.save_model(model, cfg, dest, card, half=True)
     shipped, scfg = models.load_model(dest)
-    val = evaluate(shipped, scfg, load_split(data, "val", classes=scfg.class_set), torch.device("cpu"), amp=False)
+    val = _val(dest, data)
+    if reference is not None:
+        ref = zoo.read_card(reference).raw
+        card.update(val_seen=val, reference={
+            "run": str(reference), "command": _command(ref), "epochs": ref.get("epochs_run"),
+            "seed": (ref.get("recipe") or {}).get("seed"),
+            "note": "these weights trained on train+val, so their val figures are training figures (val_seen); "
+                    "val is the train-only run of the same recipe"})
+        val = _val(reference, data)
     lat = bench(cfg.name, "infer", "cpu", 1, (360, 480), warmup=2, repeats=7, folder=dest)
     card.update(val=val, val_eval=f"python -m sis eval --model {cfg.name} --data {data} --split val (fp32)",
                 latency={k: lat[k] for k in ("median_ms", "p90_ms", "images_per_s", "size", "batch")} |
@@ -129,6 +149,9 @@ if __name__ == "__main__":
     ap.add_argument("runs", type=Path, nargs="*", help="finished run folders (none: just print the tables)")
     ap.add_argument("--data", default="../shared/camvid")
     ap.add_argument("--train-note", help="how the runs were made, for the cards (e.g. where they trained)")
+    ap.add_argument("--reference", type=Path, nargs="*", default=[],
+                    help="for runs trained on train+val: the train-only run of the same recipe, one per run "
+                         "(its val figures go in the card)")
     ap.add_argument("--templates", action="store_true",
                     help="only rewrite every shipped model's graph templates (weights and cards unchanged)")
     a = ap.parse_args()
@@ -139,8 +162,9 @@ if __name__ == "__main__":
                   file=sys.stderr)
         sys.exit(0)
     cards = []
+    refs = {r.name: r for r in a.reference}  # matched by folder name: runs/final/X <- runs/ref/X
     for run in a.runs:
-        cards.append(ship(run, a.data, a.train_note))
+        cards.append(ship(run, a.data, a.train_note, refs.get(run.name)))
         print(f"shipped {run.name}: val mIoU {100 * cards[-1]['val']['miou']:.2f}, fast path "
               f"{cards[-1]['fast_path']['default']}", file=sys.stderr)
     # the tables cover every shipped model, whichever were shipped just now

@@ -1,0 +1,156 @@
+"""Distillation (sis.distill) and training on several splits (the final-model protocol)."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sis import zoo
+from sis.augment import SegDataset, build_augment
+from sis.classes import CAMVID
+from sis.data import Frames, load_split, load_splits
+from sis.distill import combined_loss, distill_loss, teacher_targets
+from sis.train import TrainConfig, TrainingError, train
+
+from conftest import TINY_MODEL
+
+
+def _probs(n=2, c=12, h=5, w=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.softmax(2 * torch.randn(n, c, h, w, generator=g), 1)
+
+
+@pytest.mark.parametrize("t", [1.0, 2.0, 4.0])
+def test_distill_loss_is_zero_only_where_the_student_says_what_the_teacher_says(t):
+    teacher = _probs()
+    assert distill_loss(torch.log(teacher), teacher, t).item() == pytest.approx(0, abs=1e-5)
+    assert distill_loss(torch.log(teacher) + 5.0, teacher, t).item() == pytest.approx(0, abs=1e-5)  # a shift is no change
+    assert distill_loss(torch.log(_probs(seed=1)), teacher, t).item() > 0.05
+
+
+def test_distill_loss_by_hand_and_its_gradient():
+    """At T=1: the mean over pixels of sum_c t log(t/s); its gradient per pixel is (softmax(s) - t) / pixels."""
+    teacher, logits = _probs(1, 3, 1, 2), torch.randn(1, 3, 1, 2, requires_grad=True)
+    s = torch.softmax(logits, 1)
+    by_hand = (teacher * (teacher.log() - s.log())).sum(1).mean()
+    loss = distill_loss(logits, teacher, 1.0)
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-5)
+    loss.backward()
+    assert torch.allclose(logits.grad, (s - teacher).detach() / 2, atol=1e-6)
+
+
+def test_zero_padding_does_not_count_and_the_labels_alone_without_a_teacher():
+    teacher, logits = _probs(1), torch.randn(1, 12, 5, 7)
+    padded_t, padded_s = F.pad(teacher, (0, 3, 0, 2)), F.pad(logits, (0, 3, 0, 2), value=9.0)
+    assert distill_loss(padded_s, padded_t).item() == pytest.approx(distill_loss(logits, teacher).item(), rel=1e-6)
+    labels = torch.randint(0, 11, (1, 5, 7))
+    ce = F.cross_entropy(logits, labels, ignore_index=11)
+    assert combined_loss(logits, labels, None, 11, None, 0.5, 2.0).item() == pytest.approx(ce.item())
+    assert combined_loss(logits, labels, teacher, 11, None, 0.0, 2.0).item() == pytest.approx(ce.item())
+    both = combined_loss(logits, labels, teacher, 11, None, 0.25, 2.0).item()
+    assert both == pytest.approx(0.75 * ce.item() + 0.25 * distill_loss(logits, teacher, 2.0).item(), rel=1e-6)
+
+
+def test_soft_targets_ride_through_the_same_crop_rescale_and_flips_as_the_image():
+    """A teacher that is the label itself (one-hot): after augmentation its argmax is the mask, and a
+    crop's padding (void in the mask) has zero teacher mass."""
+    torch.manual_seed(0)
+    mask = torch.randint(0, 11, (6, 8)).repeat_interleave(10, 0).repeat_interleave(10, 1)  # 10-pixel blocks
+    img = mask.to(torch.uint8).expand(3, -1, -1).clone()
+    soft = F.one_hot(mask, 11).permute(2, 0, 1).half()
+    frames = Frames(["a"], [img], [mask], CAMVID)
+    exact = SegDataset(frames, build_augment("hv", (64, 96), (1.0, 1.0), 11), [soft])
+    scaled = SegDataset(frames, build_augment("hv", (64, 96), (0.75, 1.5), 11), [soft])
+    for _ in range(6):
+        i, m, s = exact[0]
+        keep = s.sum(0) > 0.5
+        assert s.shape == (11, 64, 96) and torch.equal(keep, m != 11)
+        assert torch.equal(s.argmax(0)[keep], m[keep]) and torch.equal(i[0][keep].long(), m[keep])
+        i, m, s = scaled[0]
+        keep = s.sum(0) > 0.5
+        assert torch.allclose(s.sum(0)[keep], torch.ones(()), atol=1e-3)  # still a distribution
+        assert (s.argmax(0) == m)[keep & (m != 11)].float().mean() > 0.85  # nearest vs bilinear differ on edges
+
+
+def test_teacher_labels_every_frame_with_its_probabilities(tiny_data, tiny_model):
+    frames = load_split(tiny_data, "train")
+    soft = teacher_targets(frames, str(tiny_model), "flip", log=lambda m: None)
+    assert len(soft) == len(frames) and soft[0].dtype == torch.float16
+    assert soft[0].shape == (11, *frames.images[0].shape[-2:])
+    assert torch.allclose(soft[0].float().sum(0), torch.ones(()), atol=2e-2)
+
+
+def test_a_student_learns_the_teacher(tiny_data, tiny_model, tmp_path):
+    """alpha 1: the loss is the divergence from the teacher alone, and it falls; the card says who taught."""
+    cfg = TrainConfig(model=TINY_MODEL, data=str(tiny_data), out=str(tmp_path / "s"), batch_size=3, epochs=6,
+                      lr=1e-3, seed=1, device="cpu", val_every=0, flips="", teacher=str(tiny_model),
+                      distill_alpha=1.0, distill_temperature=2.0)
+    logs = []
+    res = train(cfg, log=logs.append)
+    losses = [h["loss"] for h in res["history"]]
+    assert res["status"] == "done" and losses[-1] < 0.7 * losses[0], losses
+    assert any(m.startswith("teacher ") and "labelled 6 frames" in m for m in logs)
+    card = zoo.read_card(tmp_path / "s").raw
+    assert card["recipe"]["teacher"] == str(tiny_model) and f"--teacher {tiny_model}" in card["command"]
+
+
+def test_teacher_errors_say_what_is_wrong(tiny_data, tiny_model, tmp_path):
+    other = tmp_path / "other"
+    import shutil
+    shutil.copytree(tiny_data, other)
+    names = [f"c{i}" for i in range(11)]  # as many classes as CamVid's, other ones
+    (other / "classes.json").write_text(json.dumps({"names": names, "colors": [[i, i, i] for i in range(11)],
+                                                    "void": 11}))
+    base = dict(model=TINY_MODEL, out=str(tmp_path / "m"), max_steps=1, batch_size=2, device="cpu")
+    with pytest.raises(TrainingError, match="the teacher cannot label this data: the teacher predicts Sky"):
+        train(TrainConfig(data=str(other), teacher=str(tiny_model), **base), log=lambda m: None)
+    with pytest.raises(TrainingError, match="a teacher and replay do not go together"):
+        train(TrainConfig(data=str(tiny_data), teacher=str(tiny_model), replay=str(tiny_data), **base),
+              log=lambda m: None)
+    with pytest.raises(TrainingError, match="temperature must be positive"):
+        train(TrainConfig(data=str(tiny_data), teacher=str(tiny_model), distill_temperature=0, **base),
+              log=lambda m: None)
+    with pytest.raises(zoo.ModelError, match="neither a model folder nor a model name"):
+        train(TrainConfig(data=str(tiny_data), teacher="no-such-model", **base), log=lambda m: None)
+
+
+def test_train_and_val_together_train_on_both_and_do_not_validate(tiny_data, tmp_path):
+    frames = load_splits(tiny_data, ("train", "val"))
+    assert len(frames) == 9 and frames.names[0] == "train/f000" and frames.names[-1] == "val/f002"
+    assert load_splits(tiny_data, ("train", "val"), limit=7).names[-1] == "val/f000"
+    logs = []
+    res = train(TrainConfig(model=TINY_MODEL, data=str(tiny_data), out=str(tmp_path / "m"), splits=("train", "val"),
+                            epochs=1, batch_size=3, device="cpu"), log=logs.append)
+    card = zoo.read_card(tmp_path / "m").raw
+    assert res["steps"] == 3 and res["val"] is None and card["val"] is None
+    assert card["data"]["splits"] == ["train", "val"] and card["data"]["train_frames"] == 9
+    assert card["data"]["validation"].startswith("none: the val split is trained on")
+    assert "--splits train,val" in card["command"] and "val_miou" not in card["history"][0]
+    from sis import report
+    assert zoo.read_card(tmp_path / "m").trained_on == "train+val"
+    assert report.dashboard_row("m", tmp_path / "m").trained_on == "train+val"
+
+
+@pytest.mark.slow
+def test_shipping_a_train_and_val_run_reports_its_train_only_runs_val(tiny_data, tiny_model, tmp_path, monkeypatch):
+    """The card's val is the reference run's; the shipped weights' own val figures are kept as val_seen."""
+    import importlib.util
+    from conftest import ROOT
+    spec = importlib.util.spec_from_file_location("ship", ROOT / "tools" / "ship.py")
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+    both = tmp_path / "runs" / TINY_MODEL
+    train(TrainConfig(model=TINY_MODEL, data=str(tiny_data), out=str(both), splits=("train", "val"), max_steps=2,
+                      batch_size=2, device="cpu"), log=lambda m: None)
+    monkeypatch.setattr(zoo, "WEIGHTS_DIR", tmp_path / "weights")
+    with pytest.raises(SystemExit, match="give --reference"):
+        ship.ship(both, str(tiny_data))
+    with pytest.raises(SystemExit, match="for runs that trained on val"):
+        ship.ship(tiny_model, str(tiny_data), reference=both)
+    card = ship.ship(both, str(tiny_data), reference=tiny_model)
+    ref_val = ship._val(tiny_model, str(tiny_data))
+    assert card["val"]["miou"] == ref_val["miou"] and card["val_seen"]["miou"] == \
+        ship._val(tmp_path / "weights" / TINY_MODEL, str(tiny_data))["miou"]  # the shipped fp16 file's
+    assert card["reference"]["run"] == str(tiny_model) and "trained on train+val" in card["reference"]["note"]
+    shipped = zoo.read_card(tmp_path / "weights" / TINY_MODEL)
+    assert shipped.trained_on == "train+val" and shipped.val_miou == ref_val["miou"] and shipped.val_note
