@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 
+import pytest
 import torch
 
 from conftest import ROOT
@@ -35,3 +37,40 @@ def test_warmup_steps_do_not_depend_on_run_length():
         long = [lr_at(s, 9000, 2e-3, sched, 200) for s in range(184)]
         assert short == long
     assert lr_at(300, 400, 2e-3, "poly", 200) != lr_at(300, 9000, 2e-3, "poly", 200)  # after it, they do
+
+
+@pytest.mark.slow
+def test_gpu_train_runs_a_plan_of_fixed_and_fitted_jobs(tiny_data, tmp_path):
+    """The script a lent GPU runs, rehearsed on the CPU: a job with --epochs runs exactly that; one
+    without is timed over 4 epochs and given what fits the budget; the runs come back packed."""
+    import subprocess
+    import tarfile
+    plan = tmp_path / "plan.txt"
+    plan.write_text("# a comment\nfixed pspnet-resnet18 --epochs 1 --seed 1\n\nfitted pspnet-resnet18\n")
+    out = tmp_path / "out"
+    env = dict(os.environ, DATA=str(tiny_data), OUT=str(out), RUNS=str(tmp_path / "runs"),
+               EXTRA="--device cpu --val-limit 1")
+    r = subprocess.run(["bash", str(ROOT / "tools" / "gpu_train.sh"), "45", str(plan)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "fitted: 4 epochs" in r.stdout and "fixed done 1 epochs" in r.stdout and "fitted done 4 epochs" in r.stdout
+    packed = tmp_path / "runs.tar"
+    packed.write_bytes(b"".join(p.read_bytes() for p in sorted(out.glob("runs.tar.*"))))
+    with tarfile.open(packed) as tar:
+        names = tar.getnames()
+    assert "fixed/model.safetensors" in names and "fitted/card.json" in names
+    assert not any("checkpoint" in n for n in names)
+    import json
+    with tarfile.open(packed) as tar:
+        card = json.load(tar.extractfile("fixed/card.json"))
+    assert card["recipe"]["seed"] == 1 and card["recipe"]["crop"] == [352, 480]
+
+
+def test_seed_spread_by_hand(tiny_model, tiny_data):
+    tool = _tool("seed_spread")
+    s = tool.spread([64.0, 65.0, 66.5])
+    assert s["mean"] == pytest.approx(65.1666667) and s["range"] == 2.5 and s["min"] == 64.0
+    assert s["sd"] == pytest.approx(((1.1666667 ** 2 + 0.1666667 ** 2 + 1.3333333 ** 2) / 2) ** 0.5)
+    assert tool.spread([70.0])["sd"] is None
+    rows = tool.evaluate_runs([tiny_model, tiny_model], str(tiny_data))
+    assert rows[0]["miou"] == rows[1]["miou"] and 0 <= rows[0]["miou"] <= 1 and rows[0]["epochs"] is not None
