@@ -141,6 +141,25 @@ def test_compare_two_models(app_env, tiny_model):
     assert any(m.label == "Pixels where the models disagree" and m.value == "0.0%" for m in at.metric)
 
 
+def test_compare_says_which_model_trained_on_val(app_env, tiny_model):
+    """The dashboard's 'trained on' column appears once a model trained beyond train, with why its val
+    figure is another run's."""
+    import json
+    at = _app("pages/compare.py")
+    assert "trained on" not in at.dataframe[0].value.columns
+    folder = app_env / "models" / "tinyall"
+    shutil.copytree(tiny_model, folder, ignore=shutil.ignore_patterns("checkpoint"))
+    card = json.loads((folder / "card.json").read_text())
+    card["recipe"]["splits"] = ["train", "val"]
+    (folder / "card.json").write_text(json.dumps(card))
+    at = _app("pages/compare.py")
+    table = at.dataframe[0].value
+    trained_on = dict(zip(table["model"], table["trained on"]))
+    assert trained_on["run:tinyall"] == "train+val" and trained_on["run:tiny"] == "train"
+    assert {trained_on[m] for m in trained_on if not m.startswith("run:")} == {"train"}  # the shipped models
+    assert any("train-only run with the same recipe" in c.value for c in at.caption)
+
+
 def _wait_for_jobs(timeout=240):
     import time
 
