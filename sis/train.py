@@ -280,21 +280,21 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
     fill = classes.void if classes.void is not None else 255
     augment = build_augment(cfg.flips, cfg.crop, cfg.scale, fill)
     soft = None
-    if cfg.teacher:
+    if cfg.teacher:  # checked before the teacher's pass over the data, which takes minutes on a CPU
         if cfg.replay:
             raise TrainingError("a teacher and replay do not go together: the replay frames have no teacher's answers")
+        if not 0 <= cfg.distill_alpha <= 1:
+            raise TrainingError(f"the teacher's share of the loss is within 0 and 1, not {cfg.distill_alpha}")
+        if cfg.distill_temperature <= 0:
+            raise TrainingError(f"the distillation temperature must be positive, not {cfg.distill_temperature}")
         try:
             soft = teacher_targets(train_frames, cfg.teacher, cfg.teacher_tta, device.type, log)
-            if cfg.threads:  # loading a torch engine set the thread count to the host's
-                torch.set_num_threads(cfg.threads)
         except zoo.ModelError:
             raise
         except ValueError as e:
             raise TrainingError(f"the teacher cannot label this data: {e}") from None
-    if not 0 <= cfg.distill_alpha <= 1:
-        raise TrainingError(f"the teacher's share of the loss is within 0 and 1, not {cfg.distill_alpha}")
-    if cfg.distill_temperature <= 0:
-        raise TrainingError(f"the distillation temperature must be positive, not {cfg.distill_temperature}")
+        if cfg.threads:  # loading a torch engine set the thread count to the host's
+            torch.set_num_threads(cfg.threads)
     dataset = SegDataset(train_frames, augment, soft)
     replay = SegDataset(load_replay(cfg.replay, cfg.replay_limit, classes), augment) if cfg.replay else None
     if not 0 <= cfg.replay_ratio < 1:
