@@ -48,7 +48,8 @@ def test_gpu_train_runs_a_plan_of_fixed_and_fitted_jobs(tiny_data, tmp_path):
     plan = tmp_path / "plan.txt"
     plan.write_text("# a comment\nfixed pspnet-resnet18 --epochs 1 --seed 1\n\nfitted pspnet-resnet18\n")
     out = tmp_path / "out"
-    env = dict(os.environ, DATA=str(tiny_data), OUT=str(out), RUNS=str(tmp_path / "runs"),
+    import sys
+    env = dict(os.environ, PYTHON=sys.executable, DATA=str(tiny_data), OUT=str(out), RUNS=str(tmp_path / "runs"),
                EXTRA="--device cpu --val-limit 1")
     r = subprocess.run(["bash", str(ROOT / "tools" / "gpu_train.sh"), "45", str(plan)], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=600)

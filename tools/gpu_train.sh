@@ -16,8 +16,9 @@ set -u
 cd "$(dirname "$0")/.."
 T0=$(date +%s)
 BUDGET=$1; PLAN=$2; BENCH=0; [ "${3:-}" = bench ] && BENCH=1
+PY=${PYTHON:-python3}  # the interpreter with torch: the GPU image's python3, or a venv's
 if ls .whl/*.whl > /dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONUNBUFFERED=1
@@ -31,12 +32,12 @@ while read -r name model args; do
   NAMES+=("$name"); MODEL[$name]=$model; ARGS[$name]=${args:-}
 done < "$PLAN"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
-python3 -c "import torch, timm, segmentation_models_pytorch as s; print('torch', torch.__version__, 'timm', timm.__version__, 'smp', s.__version__)"
+"$PY" -c "import torch, timm, segmentation_models_pytorch as s; print('torch', torch.__version__, 'timm', timm.__version__, 'smp', s.__version__)" || exit 1
 
 train() {  # NAME [more options]   (under timeout TMO)
   local n=$1; shift
   # shellcheck disable=SC2086  # the options are words
-  timeout -s TERM "${TMO:-9999}" python3 -m sis train --model "${MODEL[$n]}" --out "$RUNS/$n" $RECIPE ${ARGS[$n]} "$@" \
+  timeout -s TERM "${TMO:-9999}" "$PY" -m sis train --model "${MODEL[$n]}" --out "$RUNS/$n" $RECIPE ${ARGS[$n]} "$@" \
     >> "$OUT/$n.log" 2>&1
 }
 [ $BENCH = 1 ] && RESERVE=110 || RESERVE=40   # seconds kept for the benches and the packing
@@ -51,7 +52,7 @@ for n in "${NAMES[@]}"; do
 done
 [ ${#PROBES[@]} -gt 0 ] && wait "${PROBES[@]}"
 for n in "${ADAPT[@]}"; do
-  E=$(python3 - "$n" "$T0" "$BUDGET" "$RESERVE" "$RUNS" <<'PY'
+  E=$("$PY" - "$n" "$T0" "$BUDGET" "$RESERVE" "$RUNS" <<'PY'
 import json, sys, time
 n, t0, budget, reserve, runs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
 h = json.load(open(f"{runs}/{n}/card.json"))["history"]
@@ -65,12 +66,12 @@ PY
   TMO=$TMO train "$n" --epochs "$E" &
 done; wait
 if [ $BENCH = 1 ]; then
-  python3 -m sis bench --compare-train --model unet-resnet18 --device cuda --repeats 20 --out "$OUT/compare_train_cuda.json" > "$OUT/bench.log" 2>&1
+  "$PY" -m sis bench --compare-train --model unet-resnet18 --device cuda --repeats 20 --out "$OUT/compare_train_cuda.json" > "$OUT/bench.log" 2>&1
   for n in "${NAMES[@]}"; do
-    python3 -m sis bench --model "$RUNS/$n" --device cuda --amp --repeats 50 --out "$OUT/infer_cuda_$n.json" >> "$OUT/bench.log" 2>&1
+    "$PY" -m sis bench --model "$RUNS/$n" --device cuda --amp --repeats 50 --out "$OUT/infer_cuda_$n.json" >> "$OUT/bench.log" 2>&1
   done
 fi
-for n in "${NAMES[@]}"; do python3 -c "import json,sys; c=json.load(open(sys.argv[1])); print(sys.argv[2], c['status'], \
+for n in "${NAMES[@]}"; do "$PY" -c "import json,sys; c=json.load(open(sys.argv[1])); print(sys.argv[2], c['status'], \
   c['epochs_run'], 'epochs', c['wall_time_s'], 's', 'val', (c['val'] or {}).get('miou'))" "$RUNS/$n/card.json" "$n"; done
 # only this call's runs: a machine still warm from the last call keeps its runs/ (8 files back at most)
 tar cf - --exclude=checkpoint -C "$RUNS" "${NAMES[@]}" | split -b 15M -d - "$OUT/runs.tar."
