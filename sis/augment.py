@@ -61,13 +61,9 @@ class SegDataset(torch.utils.data.Dataset):
         return len(self.frames)
 
     def __getitem__(self, i):
-        img = tv_tensors.Image(self.frames.images[i])
-        mask = tv_tensors.Mask(self.frames.masks[i])
-        if self.soft is None:
-            if self.transform is not None:
-                img, mask = self.transform(img, mask)
-            return img.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
-        soft = tv_tensors.Image(self.soft[i].float())  # an image to v2: resized bilinear, padded with 0
+        items = [tv_tensors.Image(self.frames.images[i]), tv_tensors.Mask(self.frames.masks[i])]
+        if self.soft is not None:  # an image to v2: resized bilinear, padded with 0
+            items.append(tv_tensors.Image(self.soft[i].float()))
         if self.transform is not None:
-            img, mask, soft = self.transform(img, mask, soft)
-        return img.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor), soft.as_subclass(torch.Tensor)
+            items = self.transform(*items)
+        return tuple(t.as_subclass(torch.Tensor) for t in items)

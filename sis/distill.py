@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import Frames
+from .engines.accurate import softmax
 
 
 def teacher_targets(frames: Frames, teacher: str, tta: str = "none", device: str = "cpu",
@@ -39,15 +40,10 @@ def teacher_targets(frames: Frames, teacher: str, tta: str = "none", device: str
     out = []
     for img in frames.images:
         x = img.cpu().numpy()[None]
-        p = probs(x) if probs is not None else _softmax(engine(x))
+        p = probs(x) if probs is not None else softmax(engine(x))
         out.append(torch.from_numpy(np.ascontiguousarray(p[0])).to(torch.float16))
     log(f"teacher {', '.join(Path(f).name for f in folders)} ({engine.name}) labelled {len(out)} frames")
     return out
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
 
 
 def distill_loss(logits: torch.Tensor, soft: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from . import metrics
+from pathlib import Path
+
 from .data import Frames
 from .preprocess import forward_logits
 from .zoo import ModelConfig
@@ -56,3 +58,11 @@ def evaluate(model: torch.nn.Module, cfg: ModelConfig, frames: Frames, device: t
     out["loss"] = loss_sum / max(n_pix, 1)
     out["frames"] = len(frames)
     return out
+
+
+def evaluate_folder(folder: Path, frames: Frames) -> dict:
+    """The fp32 figures of the saved model in ``folder`` on ``frames``, on the CPU: what
+    `python -m sis eval --split val` prints for it (the shipped figures and the seed spread use it)."""
+    from .models import load_model
+    model, cfg = load_model(Path(folder))
+    return evaluate(model, cfg, frames, torch.device("cpu"), amp=False)

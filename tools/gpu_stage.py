@@ -42,9 +42,8 @@ def stage_teacher(name: str, dest: Path) -> int:
     from sis import zoo
     src, out = zoo.resolve(name), dest / name
     out.mkdir(parents=True, exist_ok=True)
-    for f in ("config.json", "model.safetensors", "card.json"):
-        shutil.copyfile(src / f, out / f)
-    return sum((out / f).stat().st_size for f in ("config.json", "model.safetensors", "card.json"))
+    return sum(Path(shutil.copyfile(src / f, out / f)).stat().st_size
+               for f in ("config.json", "model.safetensors", "card.json"))
 
 
 if __name__ == "__main__":

@@ -27,16 +27,14 @@ def spread(values: list[float]) -> dict:
 
 
 def evaluate_runs(folders: list[Path], data: str) -> list[dict]:
-    import torch
-    from sis import models, zoo
+    from sis import zoo
     from sis.data import load_split
-    from sis.evaluate import evaluate
+    from sis.evaluate import evaluate_folder
+    frames = load_split(data, "val", classes=zoo.read_config(folders[0]).class_set)  # runs of one recipe: one read
     rows = []
     for f in folders:
-        model, cfg = models.load_model(f)
-        res = evaluate(model, cfg, load_split(data, "val", classes=cfg.class_set), torch.device("cpu"), amp=False)
-        recipe = zoo.read_card(f).raw.get("recipe") or {}
-        rows.append({"run": str(f), "seed": recipe.get("seed"), "epochs": zoo.read_card(f).epochs_run,
+        res, card = evaluate_folder(f, frames), zoo.read_card(f)
+        rows.append({"run": str(f), "seed": (card.raw.get("recipe") or {}).get("seed"), "epochs": card.epochs_run,
                      "miou": res["miou"], "per_class_iou": res["per_class_iou"]})
     return rows
 

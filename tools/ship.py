@@ -22,14 +22,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
-
 from sis import engines, models, zoo  # noqa: E402
 from sis.bench import bench, compare_engines  # noqa: E402
 from sis.engines.int8 import RANGES_FILE  # noqa: E402
 from sis.engines.templates import write_templates  # noqa: E402
 from sis.data import load_split  # noqa: E402
-from sis.evaluate import evaluate  # noqa: E402
+from sis.evaluate import evaluate_folder  # noqa: E402
 from sis.train import train_command  # noqa: E402
 
 
@@ -61,10 +59,9 @@ def lineage(card: dict) -> dict:
                 init=parent.get("init", "random"))
 
 
-def _val(folder: Path, data: str) -> dict:
-    """fp32 figures on the val PNGs, as `python -m sis eval --split val` gives them."""
-    model, cfg = models.load_model(folder)
-    return evaluate(model, cfg, load_split(data, "val", classes=cfg.class_set), torch.device("cpu"), amp=False)
+def _val(folder: Path, data: str, frames=None) -> dict:
+    """fp32 figures on the val PNGs (``frames``, else read from ``data``), as `python -m sis eval` gives them."""
+    return evaluate_folder(folder, frames or load_split(data, "val", classes=zoo.read_config(folder).class_set))
 
 
 def ship(run: Path, data: str, train_note: str | None = None, reference: Path | None = None) -> dict:
@@ -85,7 +82,8 @@ def ship(run: Path, data: str, train_note: str | None = None, reference: Path | 
         card["train_val"] = card.get("val")  # the evaluation done at the end of training
     models.save_model(model, cfg, dest, card, half=True)
     shipped, scfg = models.load_model(dest)
-    val = _val(dest, data)
+    frames = load_split(data, "val", classes=scfg.class_set)  # read once: the shipped file and the reference
+    val = _val(dest, data, frames)
     if reference is not None:
         ref = zoo.read_card(reference).raw
         card.update(val_seen=val, reference={
@@ -93,7 +91,7 @@ def ship(run: Path, data: str, train_note: str | None = None, reference: Path | 
             "seed": (ref.get("recipe") or {}).get("seed"),
             "note": "these weights trained on train+val, so their val figures are training figures (val_seen); "
                     "val is the train-only run of the same recipe"})
-        val = _val(reference, data)
+        val = _val(reference, data, frames)
     lat = bench(cfg.name, "infer", "cpu", 1, (360, 480), warmup=2, repeats=7, folder=dest)
     card.update(val=val, val_eval=f"python -m sis eval --model {cfg.name} --data {data} --split val (fp32)",
                 latency={k: lat[k] for k in ("median_ms", "p90_ms", "images_per_s", "size", "batch")} |
