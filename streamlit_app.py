@@ -1,11 +1,11 @@
 """SIS Studio: the router. Page config, navigation over pages/, shared sidebar."""
 import streamlit as st
 
-from sis import app, catalog
+from sis.studio import catalog, ui
 
 st.set_page_config(page_title="SIS Studio", page_icon=":material/directions_car:", layout="wide")
-app.startup()
-app.mark_routed()
+ui.startup()
+ui.mark_routed()
 
 pages = [
     st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
@@ -17,7 +17,7 @@ pages = [
     st.Page("pages/benchmark.py", title="Benchmark", icon=":material/speed:"),
 ]
 nav = st.navigation(pages)
-app.follow_deep_link()
+ui.follow_deep_link()
 with st.sidebar:
     n = len(catalog.available_models())
     st.caption(f"{n} trained model{'s' if n != 1 else ''} available")

@@ -5,13 +5,15 @@ import time
 
 import streamlit as st
 
-from sis import app, catalog, charts, host, jobs, store, zoo
+from sis import host, store, zoo
 from sis.engines.policy import KEEP_MIN_ROUNDS
+from sis.studio import catalog, jobs, ui
+from sis.vis import charts
 
-app.ensure_router(__file__)
+ui.ensure_router(__file__)
 st.title("Benchmark")
-manager = app.startup()
-sid = app.session_id()
+manager = ui.startup()
+sid = ui.session_id()
 lim = manager.limits
 st.caption(f"Host: {host.summary()}")
 st.caption(f"Every benchmark runs in a separate process, as fine-tuning does: {lim.max_jobs} job(s) at once on "
@@ -48,7 +50,7 @@ if run:
             st.error(f"Not started: {e}.")
 
 
-app.follow_job("bench", "bench_last")
+ui.follow_job("bench", "bench_last")
 last, _, note = st.session_state.get("bench_last") or ([], "", "")
 last = last or []
 if note:
@@ -89,7 +91,7 @@ if entries:
             manager.start_engines(sid, str(entries[key].folder), (h, w), int(erepeats))
         except jobs.JobError as e:
             st.error(f"Not started: {e}.")
-    app.follow_job("engines", "engines_last")
+    ui.follow_job("engines", "engines_last")
     done, _, note = st.session_state.get("engines_last") or ([], "", "")
     done = done or []
     if note:

@@ -1,9 +1,10 @@
 import streamlit as st
 
-from sis import app, catalog, charts, report
 from sis.classes import CAMVID
+from sis.studio import catalog, ui
+from sis.vis import charts, report
 
-app.ensure_router(__file__)
+ui.ensure_router(__file__)
 st.title("Compare models")
 entries = catalog.available_models()
 if len(entries) < 1:
@@ -17,22 +18,22 @@ chosen = st.multiselect("Models (2 to 4)", keys, default=keys[: min(4, len(keys)
 gallery = catalog.samples()
 c1, c2 = st.columns(2)
 sample = c1.selectbox("Sample frame", [s.name for s in gallery], key="cmp_sample")
-upload = c2.file_uploader(f"...or your own photo (jpg, png, webp; {app.MAX_UPLOAD_MB} MB)",
+upload = c2.file_uploader(f"...or your own photo (jpg, png, webp; {ui.MAX_UPLOAD_MB} MB)",
                           type=["jpg", "jpeg", "png", "webp"], key="cmp_upload",
-                          max_upload_size=app.MAX_UPLOAD_MB)
+                          max_upload_size=ui.MAX_UPLOAD_MB)
 image = None
 if upload is not None:
-    loaded = app.read_upload(upload)
+    loaded = ui.read_upload(upload)
     image = loaded.image if loaded else None
 else:
-    image = app.load_image(next(s for s in gallery if s.name == sample).image).image
+    image = ui.load_image(next(s for s in gallery if s.name == sample).image).image
 
 if len(chosen) < 2:
     st.info("Pick at least two models to compare.")
 elif image is not None:
-    mode = st.radio("Mode", app.MODES, horizontal=True, key="cmp_mode",
+    mode = st.radio("Mode", ui.MODES, horizontal=True, key="cmp_mode",
                     help="Accurate: multi-scale + flip test-time augmentation, about ten times slower.")
-    res = app.compare_models([entries[k] for k in chosen], image, mode)
+    res = ui.compare_models([entries[k] for k in chosen], image, mode)
     if res.note:
         st.warning(res.note)
     cols = st.columns(len(res.results) + 1)
@@ -42,10 +43,10 @@ elif image is not None:
     d1, d2 = st.columns([1, 2])
     d1.image(res.disagreement, caption="Disagreement: dark = all agree, bright = all differ", width="stretch")
     d2.metric("Pixels where the models disagree", f"{100 * res.disagree_frac:.1f}%")
-    app.legend(CAMVID)
+    ui.legend(CAMVID)
 
 st.subheader("Dashboard")
-rows = app.dashboard_rows(entries)
+rows = ui.dashboard_rows(entries)
 beyond_train = any(r.trained_on != "train" for r in rows)
 st.dataframe([{"model": r.model, "val mIoU %": r.val_miou and round(100 * r.val_miou, 1),
                "pixel acc %": r.pixel_acc and round(100 * r.pixel_acc, 1),

@@ -1,10 +1,13 @@
 import streamlit as st
 from streamlit_drawable_canvas import st_canvas
 
-from sis import app, catalog, correct, report, userdata, video
-from sis.data import DatasetError
+from sis import video
+from sis.data import userdata
+from sis.data.dataset import DatasetError
+from sis.studio import catalog, correct, ui
+from sis.vis import report
 
-app.ensure_router(__file__)
+ui.ensure_router(__file__)
 st.title("Correct")
 st.caption("Fix the model's mask by hand where it is wrong, keep the result as a label in a dataset of your own, "
            "and teach the model with a few of them on the Fine-tune page. Photos and clip frames are ranked by "
@@ -12,13 +15,13 @@ st.caption("Fix the model's mask by hand where it is wrong, keep the result as a
 entries = catalog.available_models()
 left, right = st.columns([2, 1])
 with right:
-    entry = app.model_picker("Model", entries, key="cor_model")
+    entry = ui.model_picker("Model", entries, key="cor_model")
 with left:
     source = st.radio("Image", ["Sample frames", "Photos", "Frames of a clip", "Camera"], horizontal=True,
                       key="cor_source")
 if entry is None:
     st.stop()
-classes = app.get_config(entry).class_set
+classes = ui.get_config(entry).class_set
 
 image, image_key = None, None
 if "_last_clip" in st.session_state and source == "Sample frames":
@@ -26,26 +29,26 @@ if "_last_clip" in st.session_state and source == "Sample frames":
 if source == "Sample frames":
     gallery = catalog.samples()
     name = st.selectbox("CamVid val frame", [s.name for s in gallery], key="cor_sample")
-    image, image_key = app.load_image(next(s for s in gallery if s.name == name).image).image, f"sample:{name}"
+    image, image_key = ui.load_image(next(s for s in gallery if s.name == name).image).image, f"sample:{name}"
 elif source == "Camera":
     shot = st.camera_input("Take a photo", key="cor_camera")
-    loaded = app.read_upload(shot) if shot is not None else None
+    loaded = ui.read_upload(shot) if shot is not None else None
     if loaded:
         image, image_key = loaded.image, f"camera:{shot.file_id}"
 else:
     if source == "Photos":
-        ups = st.file_uploader(f"Street photos (jpg, png, webp; up to {app.MAX_UPLOAD_FILES})", key="cor_photos",
+        ups = st.file_uploader(f"Street photos (jpg, png, webp; up to {ui.MAX_UPLOAD_FILES})", key="cor_photos",
                                type=["jpg", "jpeg", "png", "webp"], accept_multiple_files=True,
-                               max_upload_size=app.MAX_UPLOAD_MB)
-        ranked = app.rank_photos(entry, ups[: app.MAX_UPLOAD_FILES]) if ups else []
+                               max_upload_size=ui.MAX_UPLOAD_MB)
+        ranked = ui.rank_photos(entry, ups[: ui.MAX_UPLOAD_FILES]) if ups else []
     else:
         c1, c2 = st.columns([2, 1])
         last = st.session_state.get("_last_clip", video.SAMPLE_CLIP)  # the clip last opened on the Video page
         up = c1.file_uploader(f"A clip ({', '.join(video.EXTENSIONS)}; empty: {last.name})", key="cor_clip",
-                              type=list(video.EXTENSIONS), max_upload_size=app.MAX_VIDEO_MB)
+                              type=list(video.EXTENSIONS), max_upload_size=ui.MAX_VIDEO_MB)
         stride = c2.number_input("Look at 1 frame in", 1, 300, 15, key="cor_stride")
-        clip = app.stash_clip(up) if up is not None else (last, None)
-        ranked = app.rank_clip(entry, clip[0], int(stride)) if clip else []
+        clip = ui.stash_clip(up) if up is not None else (last, None)
+        ranked = ui.rank_clip(entry, clip[0], int(stride)) if clip else []
     if ranked:
         st.caption("Least sure first (mean entropy of the class probabilities; dark = unsure):")
         cols = st.columns(min(len(ranked), 4))
@@ -60,10 +63,10 @@ if image is None:
     st.info("Pick a sample frame, upload photos or pick a clip to correct the model's answer.")
     st.stop()
 
-draft, pending = app.correction_draft(entry, image_key, image)
+draft, pending = ui.correction_draft(entry, image_key, image)
 if pending:
     st.caption("Unsaved corrections are kept for this session on " + ", ".join(k.split(":")[1] for k in pending) +
-               f": pick them again to go on (the last {app.KEEP_DRAFTS} images are kept).")
+               f": pick them again to go on (the last {ui.KEEP_DRAFTS} images are kept).")
 t1, t2, t3, t4 = st.columns([2, 2, 1, 1])
 tool = t1.radio("Tool", ["Brush", "Fill a region"], horizontal=True, key="cor_tool",
                 help="Brush paints what you draw; Fill a region gives the whole connected region under a click "
@@ -83,7 +86,7 @@ canvas = st_canvas(stroke_width=size, stroke_color=correct.brush_hex(classes, br
                    height=display[0], width=display[1], drawing_mode="freedraw" if tool == "Brush" else "point",
                    point_display_radius=4, return_image_data=True,
                    key=f"cor_canvas:{image_key}:{draft.version}:{nonce}")
-app.legend(classes)
+ui.legend(classes)
 
 
 def fresh_canvas():
@@ -110,7 +113,7 @@ b3.caption(f"{100 * correct.changed_share(labels, draft.prediction):.1f}% of the
            f"model's answer; the label is kept at {labels.shape[1]}x{labels.shape[0]}, the model's working size.")
 
 st.subheader("Save to my dataset")
-home = app.datasets_home()
+home = ui.datasets_home()
 sets = [d.name for d in userdata.list_datasets(home)]
 s1, s2 = st.columns([2, 1])
 name = s1.text_input("Dataset name", sets[0] if sets else "my-street", key="cor_dataset",
@@ -131,7 +134,7 @@ if st.session_state.get("_adapt_on"):
 with st.expander("My datasets"):
     for ds in userdata.list_datasets(home):
         d1, d2 = st.columns([3, 1])
-        d1.markdown(f"**{ds.name}**: {len(ds.frames)} frames" + ("" if app.access().shared else f", `{ds.root}`"))
+        d1.markdown(f"**{ds.name}**: {len(ds.frames)} frames" + ("" if ui.access().shared else f", `{ds.root}`"))
         d2.download_button("Download (zip)", lambda n=ds.name: userdata.to_zip(n, home), f"{ds.name}.zip",
                            "application/zip", key=f"cor_zip:{ds.name}")
         if ds.frames:
@@ -145,7 +148,7 @@ with st.expander("My datasets"):
                     st.error(str(e))
     z1, z2 = st.columns([3, 1])
     back = z1.file_uploader("Add the frames of a zip (SegNet layout: train/, trainannot/)", type=["zip"],
-                            key="cor_import", max_upload_size=app.MAX_UPLOAD_MB)
+                            key="cor_import", max_upload_size=ui.MAX_UPLOAD_MB)
     if back is not None and z2.button("Add to the dataset above", key="cor_import_go"):
         try:
             st.success(f"'{name}' now has {len(userdata.import_zip(back.getvalue(), name, home).frames)} frames.")

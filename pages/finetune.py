@@ -3,14 +3,17 @@ from pathlib import Path
 
 import streamlit as st
 
-from sis import adapt, app, catalog, charts, jobs, store, zoo
-from sis.data import DatasetError, list_pairs, validation_plan
+from sis import store, zoo
+from sis.data.dataset import DatasetError, list_pairs, validation_plan
+from sis.studio import catalog, jobs, ui
+from sis.training import adapt
+from sis.vis import charts
 
-app.ensure_router(__file__)
+ui.ensure_router(__file__)
 st.title("Fine-tune")
-manager = app.startup()
+manager = ui.startup()
 lim = manager.limits
-sid = app.session_id()
+sid = ui.session_id()
 entries = catalog.available_models()
 
 st.caption(f"Runs in a separate process on a copy of the model. Limits on this server: {lim.max_jobs} job(s) at "
@@ -26,18 +29,18 @@ with st.form("ft_form"):
                     horizontal=True, index=0 if entries else 2)
     d1, d2 = st.columns(2)
     camvid = catalog.camvid_dir()
-    sources = app.training_sources(camvid)
+    sources = ui.training_sources(camvid)
     saved = st.session_state.get("_adapt_on")  # the dataset this session last saved into on Correct
     mine = [label for label in sources if saved and label.startswith(f"{saved} (") and "Correct page" in label]
     picked = d1.selectbox("Dataset", list(sources), index=list(sources).index(mine[0]) if mine else 0, key="ft_dataset",
                           help="CamVid when it is on this server, the datasets you saved on the Correct page, "
                                "and the zips uploaded in this session.")
     zipped = d2.file_uploader(f"...or upload a zip in the SegNet layout: train/, trainannot/, optional val/ "
-                              f"({app.MAX_UPLOAD_MB} MB; used instead of the list when attached)", type=["zip"],
-                              key="ft_zip", max_upload_size=app.MAX_UPLOAD_MB)
+                              f"({ui.MAX_UPLOAD_MB} MB; used instead of the list when attached)", type=["zip"],
+                              key="ft_zip", max_upload_size=ui.MAX_UPLOAD_MB)
     folder = d1.text_input("Folder on this server (SegNet layout)", "", key="ft_folder",
                            placeholder="/path/to/dataset", help="Used when the list says so.") \
-        if app.access().server_paths else ""
+        if ui.access().server_paths else ""
     r1, r2 = st.columns([2, 1])
     replay = r1.checkbox("Mix CamVid's train frames into every batch (replay), so that a few frames of your own "
                          "teach the model without it forgetting the rest", camvid is not None,
@@ -78,7 +81,7 @@ if started:
         else:
             init_value = "random"
         if zipped is not None:
-            root = app.stash_dataset_zip(zipped)
+            root = ui.stash_dataset_zip(zipped)
         elif sources.get(picked) is not None:
             root = sources[picked]
         elif not folder.strip():

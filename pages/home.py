@@ -1,9 +1,10 @@
 import streamlit as st
 
-from sis import app, catalog, report
 from sis.classes import CAMVID
+from sis.studio import catalog, ui
+from sis.vis import report
 
-app.ensure_router(__file__)
+ui.ensure_router(__file__)
 st.title("SIS Studio")
 st.markdown(
     "Semantic segmentation of street scenes, after *Semantic Image Segmentation Using Convolutional Neural "
@@ -25,15 +26,15 @@ default = catalog.default_choice(entries)
 key = default.key
 if key and gallery:
     entry, sample = entries[key], gallery[0]
-    res = app.segment_cached(entry, f"sample:{sample.name}", app.load_image(sample.image).image, slot="home")
+    res = ui.segment_cached(entry, f"sample:{sample.name}", ui.load_image(sample.image).image, slot="home")
     a, b = st.columns(2)
     a.image(res.image, caption="A CamVid val frame", width="stretch")
     b.image(report.paint(res, CAMVID, 0.55), width="stretch",
             caption=f"{key}, the default model, on {res.engine}: {res.ms:.0f} ms on this host")
-    app.legend(CAMVID, res.share)
+    ui.legend(CAMVID, res.share)
     st.caption(f"Default model: {default.reason}.")
 
-rows = app.dashboard_rows(entries)
+rows = ui.dashboard_rows(entries)
 paper = [r for r in rows if r.paper and entries[r.model].shipped]
 if paper:
     st.subheader("The paper's four pairs")
@@ -59,4 +60,4 @@ else:
     st.warning("No trained models found in weights/.")
 
 st.subheader("Classes")
-app.legend(CAMVID)
+ui.legend(CAMVID)

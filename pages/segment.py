@@ -2,17 +2,18 @@ import hashlib
 
 import streamlit as st
 
-from sis import app, catalog, charts, report
-from sis.data import read_label
+from sis.data.dataset import read_label
+from sis.studio import catalog, ui
+from sis.vis import charts, report
 
-app.ensure_router(__file__)
+ui.ensure_router(__file__)
 st.title("Segment")
 entries = catalog.available_models()
 left, right = st.columns([2, 1])
 with right:
-    entry = app.model_picker("Model", entries, key="seg_model")
-    engine = app.engine_picker(entry, key="seg_engine") if entry else None
-    mode = app.mode_picker(entry, key="seg_mode") if entry else "Fast"
+    entry = ui.model_picker("Model", entries, key="seg_model")
+    engine = ui.engine_picker(entry, key="seg_engine") if entry else None
+    mode = ui.mode_picker(entry, key="seg_mode") if entry else "Fast"
 with left:
     source = st.radio("Image source", ["Sample frames", "Upload", "Camera"], horizontal=True, key="seg_source")
 
@@ -21,27 +22,27 @@ if source == "Sample frames":
     gallery = catalog.samples()
     name = st.selectbox("CamVid val frame (with ground truth)", [s.name for s in gallery], key="seg_sample")
     sample = next(s for s in gallery if s.name == name)
-    loaded = app.load_image(sample.image)
+    loaded = ui.load_image(sample.image)
     image, truth, image_key = loaded.image, read_label(sample.label), f"sample:{name}"
 elif source == "Upload":
     uploads = st.file_uploader(
-        f"Street photos (jpg, png, webp; up to {app.MAX_UPLOAD_FILES} files, {app.MAX_UPLOAD_MB} MB and "
-        f"{app.MAX_IMAGE_MP} megapixels each)", type=["jpg", "jpeg", "png", "webp"], accept_multiple_files=True,
-        key="seg_upload", max_upload_size=app.MAX_UPLOAD_MB)
-    if len(uploads) > app.MAX_UPLOAD_FILES:
-        st.warning(f"{len(uploads)} files uploaded; only the first {app.MAX_UPLOAD_FILES} are used.")
-        uploads = uploads[: app.MAX_UPLOAD_FILES]
+        f"Street photos (jpg, png, webp; up to {ui.MAX_UPLOAD_FILES} files, {ui.MAX_UPLOAD_MB} MB and "
+        f"{ui.MAX_IMAGE_MP} megapixels each)", type=["jpg", "jpeg", "png", "webp"], accept_multiple_files=True,
+        key="seg_upload", max_upload_size=ui.MAX_UPLOAD_MB)
+    if len(uploads) > ui.MAX_UPLOAD_FILES:
+        st.warning(f"{len(uploads)} files uploaded; only the first {ui.MAX_UPLOAD_FILES} are used.")
+        uploads = uploads[: ui.MAX_UPLOAD_FILES]
     if uploads:
         pick = st.selectbox("Image", range(len(uploads)), format_func=lambda i: uploads[i].name, key="seg_pick") \
             if len(uploads) > 1 else 0
         up = uploads[pick]
-        loaded = app.read_upload(up)
+        loaded = ui.read_upload(up)
         if loaded:
             image, notes, image_key = loaded.image, loaded.notes, f"upload:{up.file_id}"
 else:
     shot = st.camera_input("Take a photo", key="seg_camera")
     if shot is not None:
-        loaded = app.read_upload(shot)
+        loaded = ui.read_upload(shot)
         if loaded:
             image, notes = loaded.image, loaded.notes
             image_key = f"camera:{hashlib.sha1(shot.getvalue()).hexdigest()}"
@@ -50,9 +51,9 @@ if image is None or entry is None:
     st.info("Pick a sample frame, upload a photo or take one to see it segmented.")
     st.stop()
 
-cfg = app.get_config(entry)
+cfg = ui.get_config(entry)
 classes = cfg.class_set
-res = app.segment_cached(entry, image_key, image, truth, engine, mode=mode)
+res = ui.segment_cached(entry, image_key, image, truth, engine, mode=mode)
 if notes:
     st.caption("Converted: " + "; ".join(notes))
 if res.note:
@@ -67,7 +68,7 @@ a, b, c = st.columns(3)
 a.image(res.image, caption=f"Original {res.size[1]}x{res.size[0]}", width="stretch")
 b.image(res.mask, caption="Predicted classes", width="stretch")
 c.image(report.paint(res, classes, alpha, visible), caption="Overlay", width="stretch")
-app.legend(classes, res.share)
+ui.legend(classes, res.share)
 st.caption(f"Inference {res.ms:.0f} ms on CPU at {res.work_size[1]}x{res.work_size[0]} "
            f"with {entry.key} on {res.engine}; mean confidence {100 * res.mean_confidence:.1f}%")
 

@@ -2,31 +2,33 @@ from pathlib import Path
 
 import streamlit as st
 
-from sis import app, catalog, charts, host, jobs, video, zoo
+from sis import host, video, zoo
+from sis.studio import catalog, jobs, ui
+from sis.vis import charts
 
-app.ensure_router(__file__)
+ui.ensure_router(__file__)
 st.title("Video")
 st.caption("A street clip segmented frame by frame in a worker process, as an overlay video with the pixel share "
            "of each class over time and a steadiness figure (flicker: the share of pixels whose label changes "
            "from one processed frame to the next).")
-manager = app.startup()
-sid = app.session_id()
+manager = ui.startup()
+sid = ui.session_id()
 entries = catalog.available_models()
 
 left, right = st.columns([2, 1])
 with right:
-    entry = app.model_picker("Model", entries, key="vid_model")
-    engine = app.engine_picker(entry, key="vid_engine") if entry else None
+    entry = ui.model_picker("Model", entries, key="vid_model")
+    engine = ui.engine_picker(entry, key="vid_engine") if entry else None
 with left:
     source = st.radio("Clip", ["Sample clip", "Upload"], horizontal=True, key="vid_source",
-                      captions=["CamVid val sequence 0016E5, 6.7 s", f"up to {app.MAX_VIDEO_MB} MB"])
+                      captions=["CamVid val sequence 0016E5, 6.7 s", f"up to {ui.MAX_VIDEO_MB} MB"])
     clip = None
     if source == "Sample clip":
         clip = (video.SAMPLE_CLIP, video.probe(video.SAMPLE_CLIP))
     else:
-        up = st.file_uploader(f"A street clip ({', '.join(video.EXTENSIONS)}; up to {app.MAX_VIDEO_MB} MB)",
-                              type=list(video.EXTENSIONS), key="vid_upload", max_upload_size=app.MAX_VIDEO_MB)
-        clip = app.stash_clip(up) if up is not None else None
+        up = st.file_uploader(f"A street clip ({', '.join(video.EXTENSIONS)}; up to {ui.MAX_VIDEO_MB} MB)",
+                              type=list(video.EXTENSIONS), key="vid_upload", max_upload_size=ui.MAX_VIDEO_MB)
+        clip = ui.stash_clip(up) if up is not None else None
 
 c1, c2, c3 = st.columns(3)
 stride = c1.number_input("Segment every N-th frame", 1, 30, 1, key="vid_stride",
@@ -45,7 +47,7 @@ if clip is None or entry is None:
 path, info = clip
 if source == "Upload":
     st.session_state["_last_clip"] = path  # the Correct page offers this clip's frames next
-plan = video.plan(info, int(stride), float(seconds), app.get_config(entry).base_size)
+plan = video.plan(info, int(stride), float(seconds), ui.get_config(entry).base_size)
 st.info(plan.sentence())
 job = manager.for_session(sid, "video")
 if st.button("Segment the clip", type="primary", key="vid_run", disabled=job is not None and job.active):
@@ -54,7 +56,7 @@ if st.button("Segment the clip", type="primary", key="vid_run", disabled=job is 
     except jobs.JobError as e:
         st.error(f"Not started: {e}.")
 
-app.follow_job("video", "vid_last")
+ui.follow_job("video", "vid_last")
 done, out, note = st.session_state.get("vid_last") or (None, "", "")
 if note:
     st.error(note)

@@ -87,7 +87,8 @@ TINY_MODEL = "pspnet-resnet18"  # the cheapest registry model to train
 @pytest.fixture(scope="session")
 def tiny_model(tiny_data, tmp_path_factory) -> Path:
     """A model folder trained for 2 steps on the synthetic data."""
-    from sis.train import TrainConfig, train
+    from sis.training.config import TrainConfig
+    from sis.training.loop import train
     out = tmp_path_factory.mktemp("models") / TINY_MODEL
     train(TrainConfig(model=TINY_MODEL, data=str(tiny_data), out=str(out), max_steps=2, batch_size=2,
                       threads=None), log=lambda m: None)

@@ -7,10 +7,11 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import REAL_CAMVID, ROOT
+
 from sis import engines, zoo
-from sis.engines.accurate import TTA, AccurateEngine, softmax
+from sis.engines.accurate import TTA, AccurateEngine
+from sis.engines.predict import softmax
 
 
 class _Fake:
@@ -127,8 +128,8 @@ def test_accurate_mode_is_no_worse_on_real_frames():
         pytest.skip(f"no CamVid at {REAL_CAMVID}")
     import torch
 
-    from sis.data import Frames, load_split
-    from sis.evaluate import evaluate
+    from sis.data.dataset import Frames, load_split
+    from sis.training.evaluate import evaluate
     folder = zoo.shipped_models()["unet-vgg11_bn"]
     fast = engines.load_engine(folder)
     f = load_split(str(REAL_CAMVID), "val", None, fast.cfg.class_set)
@@ -139,7 +140,7 @@ def test_accurate_mode_is_no_worse_on_real_frames():
 
 
 def test_an_ensemble_is_offered_only_where_it_beats_its_best_member(tmp_path):
-    from sis import report
+    from sis.vis import report
     (tmp_path / "e.json").write_text(json.dumps({"ensembles": {"pair": {"members": ["a", "b"], "modes": {
         "none": {"miou": 0.70, "best_member": "a", "best_member_miou": 0.71},
         "ms": {"miou": 0.74, "best_member": "a", "best_member_miou": 0.73}}}}}))

@@ -6,12 +6,14 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY_MODEL, write_dataset
-from sis import adapt, models
-from sis.data import load_split
-from sis.evaluate import evaluate
-from sis.train import TrainConfig, train
+
+from sis.data.dataset import load_split
+from sis.training import adapt
+from sis.training.config import TrainConfig
+from sis.training.evaluate import evaluate
+from sis.training.loop import train
+from sis.zoo import models
 
 
 def _ten_frames_without_val(root):

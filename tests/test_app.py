@@ -6,14 +6,13 @@ import shutil
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import ROOT
+from PIL import Image
 
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from sis import app  # noqa: E402
+from sis.studio import ui  # noqa: E402
 
 PAGES = sorted((ROOT / "pages").glob("*.py"))
 
@@ -163,7 +162,7 @@ def test_compare_says_which_model_trained_on_val(app_env, tiny_model):
 def _wait_for_jobs(timeout=240):
     import time
 
-    manager = app.startup()
+    manager = ui.startup()
     t = time.time()
     while any(j.active for j in manager.jobs.values()) and time.time() - t < timeout:
         for j in list(manager.jobs.values()):
@@ -204,7 +203,7 @@ def test_benchmark_runs_in_a_worker_and_records(app_env):
 
 @pytest.mark.slow
 def test_benchmark_says_when_the_servers_cap_is_reached(app_env, tiny_data):
-    manager = app.startup()
+    manager = ui.startup()
     manager.start("another-session", dict(model="pspnet-resnet18", data=str(tiny_data), max_steps=200,
                                           batch_size=2, val_every=0))
     try:
@@ -234,7 +233,7 @@ def test_benchmark_cuda_unavailable_says_why(app_env):
 def test_finetune_start_twice_and_stop_twice(app_env, tiny_data):
     at = _app("pages/finetune.py")
     at.selectbox(key="ft_model").set_value("run:tiny")
-    at.selectbox(key="ft_dataset").set_value(app.SERVER_FOLDER)
+    at.selectbox(key="ft_dataset").set_value(ui.SERVER_FOLDER)
     at.text_input(key="ft_folder").set_value(str(tiny_data))
     at.number_input(key="ft_length").set_value(2)
     at.selectbox(key="ft_crop").set_value("192x256")
@@ -255,8 +254,8 @@ def test_finetune_start_twice_and_stop_twice(app_env, tiny_data):
 def test_finetune_on_a_shared_server_lists_only_this_sessions_datasets(app_env, tiny_data, monkeypatch):
     """SIS_SHARED=1: no typed server folder, and a visitor's list holds CamVid (when present) and the
     datasets made in their own session, never another session's."""
-    from sis import userdata
-    from sis.data import list_pairs, read_label, read_rgb
+    from sis.data import userdata
+    from sis.data.dataset import list_pairs, read_label, read_rgb
     monkeypatch.setenv("SIS_SHARED", "1")
     at = _app("pages/finetune.py")
     access = userdata.Access.from_env()
@@ -268,17 +267,17 @@ def test_finetune_on_a_shared_server_lists_only_this_sessions_datasets(app_env, 
     at.run()
     options = at.selectbox(key="ft_dataset").options
     assert "mine (1 frames, from the Correct page)" in options
-    assert not any(o.startswith(("theirs", "server-wide")) for o in options) and app.SERVER_FOLDER not in options
+    assert not any(o.startswith(("theirs", "server-wide")) for o in options) and ui.SERVER_FOLDER not in options
     assert not [t for t in at.text_input if t.key == "ft_folder"]  # no typed path on a shared server
     monkeypatch.setenv("SIS_SHARED", "0")
     at.run()  # a local server: every dataset, and a typed folder
     options = at.selectbox(key="ft_dataset").options
-    assert any(o.startswith("server-wide") for o in options) and app.SERVER_FOLDER in options
+    assert any(o.startswith("server-wide") for o in options) and ui.SERVER_FOLDER in options
 
 
 def test_finetune_missing_folder(app_env, tmp_path):
     at = _app("pages/finetune.py")
-    at.selectbox(key="ft_dataset").set_value(app.SERVER_FOLDER)
+    at.selectbox(key="ft_dataset").set_value(ui.SERVER_FOLDER)
     at.text_input(key="ft_folder").set_value(str(tmp_path / "nowhere"))
     at.button(key="ft_start").click().run()
     assert not at.exception and "does not exist" in at.error[0].value
@@ -419,7 +418,8 @@ def test_finetune_zip_without_labels_says_so(app_env, tiny_data):
 
 def test_segment_result_keeps_display_size_arrays_and_full_size_downloads(tiny_model):
     """A big photo: the session keeps <= 1600 px arrays; the label PNG download is full size."""
-    from sis import engines, report
+    from sis import engines
+    from sis.vis import report
     big = Image.fromarray(np.random.default_rng(0).integers(0, 255, (2400, 3200, 3), np.uint8))
     res = report.segment(engines.load_engine(tiny_model, "eager"), big)
     assert res.image.shape == (1200, 1600, 3) and res.labels.shape == res.confidence.shape[:2] == (1200, 1600)
@@ -537,8 +537,9 @@ def test_default_model_is_the_most_accurate_that_answers_in_time(app_env):
     """The rule in catalog.default_choice: the most accurate shipped model whose engine answers a frame
     within INTERACTIVE_MS here. The cards' timings make it unet-vgg11_bn; a comparison kept on this host
     that times it slower than the bound moves the default to the next most accurate, unet-resnet18."""
-    from sis import catalog, engines, host, store, zoo
+    from sis import engines, host, store, zoo
     from sis.engines.cache import file_key
+    from sis.studio import catalog
     entries = catalog.available_models()
     choice = catalog.default_choice(entries)
     cards = {k: zoo.read_card(e.folder) for k, e in entries.items() if e.shipped}
@@ -613,7 +614,7 @@ def test_video_bad_uploads_show_one_sentence(app_env, name, make, message):
 def test_an_ensemble_is_offered_only_where_it_beat_its_best_member(app_env, monkeypatch):
     """The shipped measurement offers none (no ensemble beat unet-vgg11_bn); a measured pair that beat its
     best member appears as a mode of each member's picker and runs both models."""
-    from sis import report
+    from sis.vis import report
     at = _app("pages/segment.py")
     at.selectbox(key="seg_model").set_value("pspnet-resnet18").run()
     assert at.radio(key="seg_mode:pspnet-resnet18").options == ["Fast", "Accurate"]
@@ -638,7 +639,7 @@ def _draft(at):
 def test_correct_page_saves_the_models_answer_and_a_fill_then_undo(app_env):
     """The page's logic without a browser (the canvas draws nothing here): a sample frame's draft at the
     model's working size, a saved label equal to the model's answer, datasets listed, and Undo."""
-    from sis import userdata
+    from sis.data import userdata
     at = _app("pages/correct.py")
     at.selectbox(key="cor_model").set_value("run:tiny").run()
     assert not at.exception, at.exception
@@ -659,7 +660,8 @@ def test_correct_page_saves_the_models_answer_and_a_fill_then_undo(app_env):
     assert (lbl == draft.prediction).all() and (img == draft.image).all()
     # a region filled (as a click on the canvas does), then undone
     import numpy as np
-    from sis.correct import fill_region
+
+    from sis.studio.correct import fill_region
     draft.commit(fill_region(draft.labels, (10, 10), (360, 480), 8))
     at.run()
     assert draft.version == 1 and not any("0.0% of the pixels changed" in c.value for c in at.caption)
@@ -671,7 +673,7 @@ def test_correct_page_saves_the_models_answer_and_a_fill_then_undo(app_env):
 
 
 def test_correct_page_keeps_the_corrections_of_an_image_left_for_another(app_env):
-    from sis.correct import fill_region
+    from sis.studio.correct import fill_region
     at = _app("pages/correct.py")
     at.selectbox(key="cor_model").set_value("run:tiny").run()
     first = at.selectbox(key="cor_sample").value
@@ -705,8 +707,9 @@ def test_correct_page_ranks_uploaded_photos_least_sure_first(app_env):
 def test_finetune_on_my_dataset_with_replay(app_env, tiny_data, monkeypatch):
     """Five saved frames and no val/: the page says there is no validation, mixes in the base set's frames
     (CamVid's place taken by the tiny dataset here), and the run ends with a model."""
-    from sis import catalog, userdata
-    from sis.data import list_pairs, read_label, read_rgb
+    from sis.data import userdata
+    from sis.data.dataset import list_pairs, read_label, read_rgb
+    from sis.studio import catalog
     for img, lbl in list_pairs(tiny_data, "train")[:5]:
         userdata.save_frame("mine", read_rgb(img), read_label(lbl), userdata.load_classes(tiny_data))
     monkeypatch.setattr(catalog, "camvid_dir", lambda: tiny_data)

@@ -13,7 +13,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import REAL_CAMVID, ROOT
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -187,8 +186,11 @@ def _live_curve_then_second_session(page, browser, server):
     shown = float(re.search(r"mIoU ([\d.]+)%", text)[1])
     assert latency < 90
     from PIL import Image
-    from sis import catalog, engines, report
-    from sis.data import read_label
+
+    from sis import engines
+    from sis.data.dataset import read_label
+    from sis.studio import catalog
+    from sis.vis import report
     os.environ["SIS_DATA_DIR"] = os.environ["SIS_BROWSER_DATA"]  # the server's models and engine timings
     try:
         entries = catalog.available_models()
@@ -290,11 +292,13 @@ def test_adapt_a_model_on_my_frames_and_see_before_and_after(server, browser):
     """The loop's end in Chromium: three corrected frames in a dataset of the user's, a fine-tune from a
     model on them (replay of CamVid when the server has it), the before/after figures and masks, and the
     new model in Segment's picker."""
-    from PIL import Image
     import numpy as np
-    from sis import catalog, userdata
+    from PIL import Image
+
     from sis.classes import CAMVID
-    from sis.data import read_label
+    from sis.data import userdata
+    from sis.data.dataset import read_label
+    from sis.studio import catalog
     os.environ["SIS_DATA_DIR"] = os.environ["SIS_BROWSER_DATA"]
     try:
         for sample in catalog.samples()[:3]:

@@ -5,9 +5,8 @@ import subprocess
 import sys
 
 import pytest
-from PIL import Image
-
 from conftest import ROOT, TINY_MODEL
+from PIL import Image
 
 
 def run(*args, timeout=300):
@@ -97,8 +96,10 @@ def test_export_onnx_pspnet_parity(tiny_model, tmp_path):
 def test_train_command_round_trips_through_the_parser():
     """Cards record `command`: parsing it back gives the same TrainConfig."""
     import shlex
-    from sis.__main__ import build_parser, train_config
-    from sis.train import TrainConfig, train_command
+
+    from sis.cli.parser import build_parser
+    from sis.cli.train import train_config
+    from sis.training.config import TrainConfig, train_command
     cfgs = [TrainConfig(model="unet-resnet18", data="/data/cam vid", out="runs/x"),
             TrainConfig(model="pspnet-vgg11_bn", data="d", out="o", init="weights/pspnet-vgg11_bn", epochs=7,
                         max_steps=100, batch_size=4, crop=(352, 480), scale=(0.75, 1.5), flips="", lr=2e-3,
@@ -125,7 +126,8 @@ def test_train_command_round_trips_through_the_parser():
 def test_fine_tuning_unet_resnet18_freezes_its_encoder_unless_told():
     """Its card measured that a few frames teach it more, and it forgets other streets less, with the encoder
     frozen (docs/correct.md); the other shipped models train their encoder."""
-    from sis.__main__ import build_parser, train_config
+    from sis.cli.parser import build_parser
+    from sis.cli.train import train_config
     args = "train --init weights/{} --data d --max-steps 5".split()
     for name, frozen in [("unet-resnet18", True), ("pspnet-resnet18", False), ("unet-vgg11_bn", False)]:
         a = build_parser().parse_args([x.format(name) for x in args])

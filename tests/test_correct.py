@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from sis.classes import CAMVID
-from sis.correct import ERASER_RGB, apply_strokes, brush_hex, changed_share, fill_region
+from sis.studio.correct import ERASER_RGB, apply_strokes, brush_hex, changed_share, fill_region
 
 
 def _layer(h, w):
@@ -58,7 +58,7 @@ def test_brush_colours_are_the_palette_and_unknown_brushes_say_so():
 
 def test_the_canvas_state_machine():
     """Brush strokes stay live; switching to Fill commits them; each click fills and commits; Undo steps back."""
-    from sis.correct import Draft, apply_canvas
+    from sis.studio.correct import Draft, apply_canvas
     pred = np.zeros((4, 6), np.uint8)
     pred[:, 3:] = 2
     d = Draft(np.zeros((4, 6, 3), np.uint8), pred, np.ones((4, 6), np.float32))

@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 from sis.classes import CAMVID, ClassSet
-from sis.augment import SegDataset, build_augment
-from sis.data import DatasetError, class_weights, list_pairs, load_classes, load_split
+from sis.data.augment import SegDataset, build_augment
+from sis.data.dataset import DatasetError, class_weights, list_pairs, load_classes, load_split
 
 
 def test_loads_split(tiny_data):
@@ -64,7 +64,7 @@ def test_void_must_not_collide():
 
 def _coded_frames():
     """An image whose red channel equals its label: any misalignment shows."""
-    from sis.data import Frames
+    from sis.data.dataset import Frames
     # 4x4 blocks of one label, so resizing changes values only at block edges
     lbl = (torch.arange(6 * 8).reshape(6, 8) % 11).repeat_interleave(4, 0).repeat_interleave(4, 1)
     img = torch.stack([lbl.to(torch.uint8), torch.zeros_like(lbl, dtype=torch.uint8),
@@ -97,7 +97,7 @@ def test_augment_keeps_image_and_mask_aligned(flips, crop, scale):
 def test_median_frequency_weights(data_copy):
     frames = load_split(data_copy, "train")
     w = class_weights(frames, "median")
-    from sis.data import class_frequencies
+    from sis.data.dataset import class_frequencies
     f = class_frequencies(frames)
     present = f > 0
     # weight * frequency is the same constant (the median frequency) for present classes
@@ -119,7 +119,7 @@ def _zip(files: dict) -> bytes:
 
 
 def test_zip_dataset(tmp_path, tiny_data):
-    from sis.data import extract_dataset_zip
+    from sis.data.dataset import extract_dataset_zip
     files = {f"mydata/{p.relative_to(tiny_data)}": p.read_bytes() for p in tiny_data.rglob("*.png")}
     root = extract_dataset_zip(_zip(files), tmp_path / "a")
     assert root.name == "mydata" and len(load_split(root, "train")) == 6

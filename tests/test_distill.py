@@ -1,18 +1,18 @@
-"""Distillation (sis.distill) and training on several splits (the final-model protocol)."""
+"""Distillation (sis.training.distill) and training on several splits (the final-model protocol)."""
 import json
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY_MODEL
 
 from sis import zoo
-from sis.augment import SegDataset, build_augment
 from sis.classes import CAMVID
-from sis.data import Frames, load_split, load_splits
-from sis.distill import combined_loss, distill_loss, teacher_targets
-from sis.train import TrainConfig, TrainingError, train
-
-from conftest import TINY_MODEL
+from sis.data.augment import SegDataset, build_augment
+from sis.data.dataset import Frames, load_split, load_splits
+from sis.training.config import TrainConfig, TrainingError
+from sis.training.distill import combined_loss, distill_loss, teacher_targets
+from sis.training.loop import train
 
 
 def _probs(n=2, c=12, h=5, w=7, seed=0):
@@ -126,7 +126,7 @@ def test_train_and_val_together_train_on_both_and_do_not_validate(tiny_data, tmp
     assert card["data"]["splits"] == ["train", "val"] and card["data"]["train_frames"] == 9
     assert card["data"]["validation"].startswith("none: the val split is trained on")
     assert "--splits train,val" in card["command"] and "val_miou" not in card["history"][0]
-    from sis import report
+    from sis.vis import report
     assert zoo.read_card(tmp_path / "m").trained_on == "train+val"
     assert report.dashboard_row("m", tmp_path / "m").trained_on == "train+val"
 
@@ -135,6 +135,7 @@ def test_train_and_val_together_train_on_both_and_do_not_validate(tiny_data, tmp
 def test_shipping_a_train_and_val_run_reports_its_train_only_runs_val(tiny_data, tiny_model, tmp_path, monkeypatch):
     """The card's val is the reference run's; the shipped weights' own val figures are kept as val_seen."""
     import importlib.util
+
     from conftest import ROOT
     spec = importlib.util.spec_from_file_location("ship", ROOT / "tools" / "ship.py")
     ship = importlib.util.module_from_spec(spec)

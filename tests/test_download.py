@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sis.data import DatasetError, load_split
-from sis.download import download_camvid
+from sis.data.dataset import DatasetError, load_split
+from sis.data.download import download_camvid
 
 
 @pytest.fixture

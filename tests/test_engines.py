@@ -10,16 +10,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import REAL_CAMVID, ROOT
-from sis import engines, models, zoo
-from sis.bench import compare_engines, compare_train
-from sis.data import load_split
+
+from sis import engines, zoo
+from sis.data.dataset import load_split
 from sis.engines import cache, export, int8, policy, templates
+from sis.engines.predict import predict
 from sis.engines.torch_engines import Bf16Engine, EagerEngine, fold_batchnorm
-from sis.evaluate import evaluate
-from sis.infer import predict
-from sis.models import load_for_inference
+from sis.training.bench import compare_engines, compare_train
+from sis.training.evaluate import evaluate
+from sis.zoo import models
+from sis.zoo.models import load_for_inference
 
 
 @pytest.mark.parametrize("n,bins", [(23, 6), (30, 3), (7, 2), (5, 6), (1, 1)])
@@ -132,7 +133,7 @@ def test_bf16_is_probed_only_where_it_would_win(monkeypatch):
 
 @pytest.mark.parametrize("forced", ["0", "1"])
 def test_cpu_bf16_only_where_measured_faster(monkeypatch, forced):
-    from sis import runtime
+    from sis.zoo import runtime
     monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
     monkeypatch.setenv("SIS_CPU_BF16", forced)
     runtime.cpu_bf16_speedup.cache_clear()
@@ -149,7 +150,8 @@ def test_cpu_bf16_only_where_measured_faster(monkeypatch, forced):
 
 
 def test_cpu_bf16_probe_measures():
-    from sis import host, runtime
+    from sis import host
+    from sis.zoo import runtime
     speed = runtime.cpu_bf16_speedup()
     if not host.cpu_has_bf16():
         assert speed is None  # no bf16 instructions: nothing to time
@@ -195,7 +197,7 @@ def test_compare_train_reports_both_paths_and_loss_curves(tiny_data):
 def val_spread():
     """13 real val frames, every 8th: all of val's sequences, not the first few seconds of one."""
     from sis.classes import CAMVID
-    from sis.data import Frames
+    from sis.data.dataset import Frames
     if not (REAL_CAMVID / "val").is_dir():
         pytest.skip(f"no CamVid at {REAL_CAMVID}")
     f = load_split(str(REAL_CAMVID), "val", None, CAMVID)

@@ -2,17 +2,18 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import errno
+import json
 import subprocess
 
 import pytest
 import torch
-
 from conftest import TINY_MODEL, write_dataset
-from sis import models, zoo
+
+from sis import zoo
+from sis.cli import main
 from sis.files import DiskFullError, atomic_write, is_disk_full
-from sis.__main__ import main
+from sis.zoo import models
 
 
 @contextlib.contextmanager

@@ -7,8 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from sis.infer import (ImageError, class_share, colorize, error_map, iter_images, labels_and_confidence, load_image,
-                       overlay, predict, work_size)
+from sis.data.images import ImageError, iter_images, load_image
+from sis.engines.predict import labels_and_confidence, predict, work_size
+from sis.vis.paint import class_share, colorize, error_map, overlay
 
 
 def _png_bytes(im: Image.Image, **kw) -> bytes:
@@ -130,7 +131,7 @@ def test_work_size_keeps_aspect_and_area():
 
 @pytest.fixture(scope="module")
 def model(tiny_model):
-    from sis.models import load_for_inference
+    from sis.zoo.models import load_for_inference
     return load_for_inference(tiny_model)
 
 
@@ -150,7 +151,7 @@ def test_predict_returns_original_size(eager, size):
 
 def test_predict_matches_full_res_forward(model, eager):
     """At the working size no resize happens: labels equal the argmax of a plain forward."""
-    from sis.preprocess import forward_logits
+    from sis.zoo.preprocess import forward_logits
     m, cfg = model
     img = np.random.default_rng(0).integers(0, 255, (360, 480, 3), np.uint8)
     pred = predict(eager, img)

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from sis import jobs, store
+from sis import store
+from sis.studio import jobs
 
 pytestmark = pytest.mark.slow  # worker processes that train
 
@@ -100,7 +101,7 @@ def test_a_clip_is_segmented_in_a_worker(manager, tiny_model, tmp_path):
     import numpy as np
     from test_video import write_clip
 
-    from sis.video import probe
+    from sis.video.clips import probe
     clip = write_clip(tmp_path / "c.mp4", [np.random.default_rng(i).integers(0, 256, (48, 64, 3), np.uint8)
                                            for i in range(6)], fps=10)
     job = manager.start_video("s", clip, tiny_model, stride=2, smooth=0.5, engine="eager")

@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REAL_CAMVID, ROOT
 
 pytestmark = [pytest.mark.slow,
@@ -12,7 +11,7 @@ pytestmark = [pytest.mark.slow,
 
 
 def test_real_camvid_layout_is_valid():
-    from sis.data import list_pairs, load_split
+    from sis.data.dataset import list_pairs, load_split
     assert len(list_pairs(REAL_CAMVID, "train")) == 367 and len(list_pairs(REAL_CAMVID, "val")) == 101
     frames = load_split(REAL_CAMVID, "val", limit=3)
     assert frames.images[0].shape == (3, 360, 480)

@@ -6,10 +6,10 @@ import os
 
 import pytest
 import torch
-
 from conftest import ROOT
-from sis.data import load_split
-from sis.train import lr_at
+
+from sis.data.dataset import load_split
+from sis.training.loop import lr_at
 
 
 def _tool(name: str):

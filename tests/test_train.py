@@ -2,15 +2,15 @@ import os
 import re
 import subprocess
 import sys
-import threading
 
 import pytest
 import torch
-
-from sis import models, zoo
-from sis.train import TrainConfig, TrainingError, lr_at, train
-
 from conftest import ROOT, TINY_MODEL
+
+from sis import zoo
+from sis.training.config import TrainConfig, TrainingError
+from sis.training.loop import lr_at, train
+from sis.zoo import models
 
 
 def test_lr_schedules():
@@ -57,8 +57,8 @@ def test_learns_synthetic_data(tiny_data, tmp_path):
                 log=lambda m: None)
     first, last = res["history"][0], res["history"][-1]
     assert last["loss"] < 0.8 * first["loss"]
-    from sis.data import load_split
-    from sis.evaluate import evaluate
+    from sis.data.dataset import load_split
+    from sis.training.evaluate import evaluate
     model, cfg = models.load_model(tmp_path / "m")
     frames = load_split(tiny_data, "val")
     val = evaluate(model, cfg, frames, torch.device("cpu"))
@@ -162,8 +162,8 @@ def _user_dataset(src, dest, n):
 
 def test_a_few_frames_without_val_fine_tune_with_replay(tiny_data, tiny_model, tmp_path):
     """Five frames and no val/: no validation (said in the card), every batch mixes in replay frames."""
-    from sis.data import load_split
-    from sis.train import load_replay
+    from sis.data.dataset import load_split
+    from sis.training.loop import load_replay
     user = _user_dataset(tiny_data, tmp_path / "mine", 5)
     logs = []
     res = train(_cfg(user, tmp_path / "m", init=str(tiny_model), batch_size=4, max_steps=3, replay=str(tiny_data),
@@ -203,8 +203,9 @@ def test_one_frame_trains_and_stop_keeps_the_model_so_far_and_the_dataset_as_it_
 
 def test_ten_frames_without_val_hold_out_every_fifth(tiny_data, tmp_path):
     from conftest import write_dataset
-    from sis.data import load_split
-    from sis.train import validation_frames
+
+    from sis.data.dataset import load_split
+    from sis.training.loop import validation_frames
     root = write_dataset(tmp_path / "ten", n_train=10, n_val=0)
     import shutil
     shutil.rmtree(root / "val"), shutil.rmtree(root / "valannot")
@@ -230,7 +231,7 @@ def test_replay_needs_the_same_classes_and_a_sane_ratio(tiny_data, tmp_path):
 def test_fine_tuning_keeps_the_recipe_the_model_was_trained_with():
     """The shipped pspnet-resnet18 learned with horizontal flips only, 352x480 crops at 0.75-1.5x and
     sqrt-median class weights: a fine-tune from it keeps those, not the paper's vertical flips."""
-    from sis.train import recipe_defaults
+    from sis.zoo.card import recipe_defaults
     folder = zoo.shipped_models()["pspnet-resnet18"]
     assert recipe_defaults(str(folder)) == {"flips": "h", "crop": (352, 480), "scale": (0.75, 1.5),
                                             "class_weighting": "sqrt-median"}

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sis import userdata
 from sis.classes import CAMVID
-from sis.data import DatasetError, list_pairs, load_split
+from sis.data import userdata
+from sis.data.dataset import DatasetError, list_pairs, load_split
 
 
 @pytest.fixture(autouse=True)
@@ -87,7 +87,7 @@ def test_zip_round_trip_remove_and_delete():
 
 
 def test_entropy_and_scores_by_hand():
-    from sis.uncertainty import entropy, score
+    from sis.studio.uncertainty import entropy, score
     sure = np.zeros((4, 2, 2), np.float32)
     sure[0] = 1.0
     even = np.full((4, 2, 2), 0.25, np.float32)
@@ -117,7 +117,7 @@ class Peaked:
 
 
 def test_rank_puts_the_least_sure_first_and_keeps_only_the_top():
-    from sis.uncertainty import rank
+    from sis.studio.uncertainty import rank
     images = [(f"img{v}", np.full((36, 48, 3), v, np.uint8)) for v in (250, 10, 120, 60)]
     got = rank(Peaked(), images, top=2)
     assert [u.name for u in got] == ["img10", "img60"] and got[0].mean_entropy > got[1].mean_entropy
@@ -171,6 +171,7 @@ def test_a_bad_zip_adds_nothing_and_a_removed_dataset_is_made_anew(data_dir):
 
 def test_a_png_bomb_in_a_dataset_zip_is_refused_before_it_is_decoded(data_dir):
     import io
+
     from test_infer import bomb_png
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:

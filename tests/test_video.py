@@ -1,4 +1,4 @@
-"""Street video (sis/video.py) on tiny clips that PyAV writes in the test."""
+"""Street video (sis/video/) on tiny clips that PyAV writes in the test."""
 from __future__ import annotations
 
 import json
@@ -9,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT
 from PIL import Image
 
-from conftest import ROOT
 from sis import engines, zoo
-from sis.infer import predict
-from sis.video import VideoError, iter_frames, plan, probe, segment_video
+from sis.engines.predict import predict
+from sis.video.clips import VideoError, iter_frames, probe
+from sis.video.segment import plan, segment_video
 
 av = pytest.importorskip("av")
 
@@ -257,7 +258,7 @@ def test_a_clip_without_frames_and_a_variable_frame_rate(tmp_path):
 
 
 def test_the_plan_of_a_4k_clip_caps_work_output_and_length():
-    from sis.video import VideoInfo
+    from sis.video.clips import VideoInfo
     pl = plan(VideoInfo(30.0, 3840, 2160, 30 * 120, 120.0), 2, 60.0, (360, 480))
     assert pl.read == 1800 and pl.frames == 900 and pl.cut and pl.out == (720, 1280)
     assert pl.work[0] * pl.work[1] == pytest.approx(360 * 480, rel=0.01)

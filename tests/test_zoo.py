@@ -4,8 +4,9 @@ import time
 import pytest
 import torch
 
-from sis import models, zoo
+from sis import zoo
 from sis.classes import CAMVID, ClassSet
+from sis.zoo import models
 
 
 @pytest.mark.parametrize("name", zoo.list_models())
@@ -34,7 +35,8 @@ def test_serving_imports_no_torch():
     when a PyTorch model is built or run (eager or bf16 engine, a graph with no template, training)."""
     import subprocess
     import sys
-    code = ("import sys, sis.app, sis.report, sis.engines, sis.infer, sis.catalog, sis.charts, sis.jobs, sis.metrics;"
+    code = ("import sys, sis.studio.ui, sis.vis.report, sis.engines, sis.engines.predict, sis.data.images, "
+            "sis.studio.catalog, sis.vis.charts, sis.studio.jobs, sis.metrics, sis.video;"
             "print(sorted(m for m in ('torch', 'segmentation_models_pytorch', 'timm', 'torchvision') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -140,7 +142,7 @@ def test_shipped_folders_load_with_smps_own_api(name, monkeypatch):
     """config.json is a superset of smp's hub config: smp.from_pretrained builds every shipped model
     smp can express, with our outputs; the VGG U-Net's decoder without a center block it cannot."""
     smp = pytest.importorskip("segmentation_models_pytorch")
-    from sis.preprocess import forward_logits
+    from sis.zoo.preprocess import forward_logits
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     folder = zoo.shipped_models()[name]
     cfg = zoo.read_config(folder)

@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sis import engines, metrics, zoo  # noqa: E402
-from sis.bench import bench_engine  # noqa: E402
-from sis.data import load_split  # noqa: E402
+from sis.data.dataset import load_split  # noqa: E402
 from sis.host import cpu_model  # noqa: E402
+from sis.training.bench import bench_engine  # noqa: E402
 
 MODES = {"none": engines.TTA.from_mode("none"), "flip": engines.TTA.from_mode("flip"),
          "ms": engines.TTA.from_mode("ms")}

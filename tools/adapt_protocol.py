@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sis import zoo  # noqa: E402
-from sis.data import Frames, list_pairs, load_classes, load_split  # noqa: E402
+from sis.data.dataset import Frames, list_pairs, load_classes, load_split  # noqa: E402
 
 SHIPPED = ("pspnet-resnet18", "pspnet-vgg11_bn", "unet-resnet18", "unet-vgg11_bn")
 
@@ -56,8 +56,8 @@ def replay_names(camvid: Path, limit: int) -> set[str]:
 def score(folder: Path, sets: dict[str, Frames]) -> dict[str, dict]:
     import torch
 
-    from sis.evaluate import evaluate
-    from sis.models import load_model
+    from sis.training.evaluate import evaluate
+    from sis.zoo.models import load_model
     model, cfg = load_model(folder)
     return {k: evaluate(model, cfg, f, torch.device("cpu"), amp=False, batch_size=4) for k, f in sets.items()}
 
@@ -73,7 +73,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=20, help="the Fine-tune page's default")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
-    from sis.train import TrainConfig, recipe_defaults, train
+    from sis.training.config import TrainConfig
+    from sis.training.loop import train
+    from sis.zoo.card import recipe_defaults
     user = a.out / "user"
     picked = user_dataset(a.camvid, user, a.every, a.frames)
     classes = load_classes(a.camvid)
@@ -110,7 +112,7 @@ def main(argv=None) -> int:
                 took = "kept from an earlier run" if r["wall_s"] is None else f"{r['wall_s']:.0f} s"
                 print(f"  {k:6} near {100 * r['near']:.2f} ({100 * (r['near'] - s['near']):+.2f})  other "
                       f"{100 * r['other']:.2f} ({100 * (r['other'] - s['other']):+.2f})  training {took}", flush=True)
-    from sis.runtime import host_info
+    from sis.zoo.runtime import host_info
     if a.json:
         print(json.dumps({"host": host_info(), "steps": a.steps, "rows": rows}))
     return 0

@@ -16,7 +16,8 @@ sys.path.insert(0, str(ROOT))
 
 from playwright.sync_api import sync_playwright  # noqa: E402
 
-from sis import catalog, charts, report  # noqa: E402
+from sis.studio import catalog
+from sis.vis import charts, report  # noqa: E402
 
 rows = [r for r in report.dashboard_rows({k: e for k, e in catalog.available_models().items() if e.shipped})
         if r["history"]]

@@ -32,6 +32,7 @@ if __name__ == "__main__":
     os.environ["SIS_CACHE_DIR"] = tempfile.mkdtemp(prefix="sis-first-graph-")
     atexit.register(shutil.rmtree, os.environ["SIS_CACHE_DIR"], True)  # the graphs are throw-away
     import psutil
+
     from sis import engines, host
     from sis.engines.templates import template_path
     os.environ.setdefault("SIS_THREADS", "2")

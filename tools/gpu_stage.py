@@ -20,7 +20,7 @@ from pathlib import Path
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sis.data import list_pairs  # noqa: E402
+from sis.data.dataset import list_pairs  # noqa: E402
 
 
 def stage(src: Path, dest: Path, quality: int = 97) -> int:

@@ -22,13 +22,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sis import engines, models, zoo  # noqa: E402
-from sis.bench import bench, compare_engines  # noqa: E402
+from sis import engines, zoo
+from sis.data.dataset import load_split  # noqa: E402
 from sis.engines.int8 import RANGES_FILE  # noqa: E402
 from sis.engines.templates import write_templates  # noqa: E402
-from sis.data import load_split  # noqa: E402
-from sis.evaluate import evaluate_folder  # noqa: E402
-from sis.train import train_command  # noqa: E402
+from sis.training.bench import bench, compare_engines  # noqa: E402
+from sis.training.config import train_command  # noqa: E402
+from sis.training.evaluate import evaluate_folder  # noqa: E402
+from sis.zoo import models  # noqa: E402
 
 
 def _stage(card: dict) -> dict:

@@ -9,6 +9,7 @@
     int8          static int8 quantisation and its calibration
     cache         the bounded graph cache on disk
     accurate      the accurate mode: flip / multi-scale test-time augmentation and ensembles
+    predict       the one image -> probabilities -> labels path every caller takes
 
 Every engine is called the same way: (N,3,H,W) uint8 numpy -> (N,C,H,W) float32 numpy logits,
 with ``.name``, ``.cfg`` and ``.prepare(size)``.
@@ -20,11 +21,11 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from .. import host
-from ..zoo import ModelConfig, read_config
-from .accurate import TTA, AccurateEngine
-from .names import ENGINES, REFERENCE, EngineError, available, is_graph, unavailable_reason
-from .policy import MAX_MIOU_DELTA, EngineChoice, choose_engine
+from sis import host
+from sis.engines.accurate import TTA, AccurateEngine
+from sis.engines.names import ENGINES, REFERENCE, EngineError, available, is_graph, unavailable_reason
+from sis.engines.policy import MAX_MIOU_DELTA, EngineChoice, choose_engine
+from sis.zoo.registry import ModelConfig, read_config
 
 __all__ = ["ENGINES", "REFERENCE", "MAX_MIOU_DELTA", "TTA", "AccurateEngine", "Engine", "EngineChoice", "EngineError",
            "available", "choose_engine", "create_engine", "is_graph", "load_accurate", "load_engine",
@@ -49,11 +50,11 @@ def create_engine(name: str, model, cfg: ModelConfig, device: str = "cpu", folde
     if why:
         raise EngineError(f"engine {name} is unavailable: {why}")
     if is_graph(name):
-        from .onnx_engine import GraphEngine
+        from sis.engines.onnx_engine import GraphEngine
         return GraphEngine(model, cfg, name, log=log, folder=folder)
     if model is None:
         raise EngineError(f"engine {name} needs the PyTorch model")
-    from .torch_engines import Bf16Engine, EagerEngine
+    from sis.engines.torch_engines import Bf16Engine, EagerEngine
     return EagerEngine(model, cfg) if name == REFERENCE else Bf16Engine(model, cfg, keep_model=keep_model)
 
 
@@ -66,7 +67,8 @@ def load_engine(folder: Path, name: str | None = None, device: str = "cpu",
     if is_graph(name):
         return create_engine(name, None, read_config(folder), device, folder, log)
     import torch
-    from ..models import load_for_inference
+
+    from sis.zoo.models import load_for_inference
     torch.set_num_threads(host.threads())  # as the graph engines: SIS_THREADS, else the physical cores
     model, cfg = load_for_inference(folder, device)
     return create_engine(name, model, cfg, device, folder, log, keep_model=False)

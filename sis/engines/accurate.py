@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from ..infer import resize_rgb
+from sis.data.images import resize_rgb
+from sis.engines.predict import softmax
 
 TTA_MODES = ("none", "flip", "ms")
 ACCURATE_MODE = "ms"  # what the app's "Accurate" runs: multi-scale + flip gained most on val (docs/accuracy.md)
@@ -46,11 +47,6 @@ class TTA:
         if self.scales == (1.0,):
             return "flip" if self.flip else "none"
         return ("ms+flip" if self.flip else "ms") + "@" + ",".join(f"{s:g}" for s in self.scales)
-
-
-def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
-    e = np.exp(logits - logits.max(axis, keepdims=True))
-    return e / e.sum(axis, keepdims=True)
 
 
 def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:

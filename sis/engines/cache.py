@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-from ..files import remove
+from sis.files import remove
 
 CACHE_MAX_MB = 1024  # the cache's bound on disk (SIS_CACHE_MAX_MB); docs/memory.md has the graphs' sizes
 STALE_TMP_S = 3600  # a half-written graph this old belongs to a process that died
@@ -23,7 +23,7 @@ KEY_FILES = ("config.json", "model.safetensors")
 
 def cache_dir() -> Path:
     """SIS_CACHE_DIR, else cache/ in the app's data folder."""
-    from ..store import data_dir
+    from sis.store import data_dir
     d = Path(os.environ["SIS_CACHE_DIR"]) if os.environ.get("SIS_CACHE_DIR") else data_dir() / "cache"
     d.mkdir(parents=True, exist_ok=True)
     return d

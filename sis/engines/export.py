@@ -16,10 +16,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import models
-from ..files import atomic_write
-from ..zoo import ModelConfig
-from .cache import tmp_onnx
+from sis.engines.cache import tmp_onnx
+from sis.files import atomic_write
+from sis.zoo import models
+from sis.zoo.registry import ModelConfig
 
 
 def pool_matrix(n: int, bins: int) -> torch.Tensor:
@@ -107,7 +107,8 @@ def export_onnx(folder: Path, out: Path, size: tuple[int, int] | None = None, op
     """
     import onnx
     import onnxruntime as ort
-    from ..preprocess import forward_logits
+
+    from sis.zoo.preprocess import forward_logits
     model, cfg = models.load_model(folder)
     h, w = size or tuple(cfg.base_size)
     out = Path(out)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import partial
-from .cache import tmp_onnx
-from .names import EngineError
+from sis.engines.cache import tmp_onnx
+from sis.engines.names import EngineError
+from sis.files import partial
 
 CALIBRATION_DIR = Path(__file__).resolve().parent.parent.parent / "assets" / "calibration"
 
@@ -43,8 +43,13 @@ def quantize_graph(src: Path, dst: Path, size: tuple[int, int], ranges: Path | N
     360x480); when it does not, the calibration frames are run and the ranges written there.
     """
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
     cached = ranges is not None and Path(ranges).is_file()
     frames = [] if cached else calibration_images(size)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 
-from ..host import cpu_bf16_forced, cpu_has_bf16
+from sis.host import cpu_bf16_forced, cpu_has_bf16
 
 REFERENCE = "eager"
 ENGINES = ("eager", "torch-bf16", "onnxruntime", "onnxruntime-int8")
@@ -54,7 +54,7 @@ def unavailable_reason(name: str, device: str = "cpu", probe: bool = True) -> st
             return "this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 would be slower"
         if not probe and "torch" not in sys.modules:
             return None
-        from ..runtime import BF16_MIN_SPEEDUP, cpu_bf16_speedup
+        from sis.zoo.runtime import BF16_MIN_SPEEDUP, cpu_bf16_speedup
         speed = cpu_bf16_speedup()
         if cpu_bf16_forced() is None and (speed or 0.0) < BF16_MIN_SPEEDUP:
             return f"bf16 measured {speed:.2f}x of fp32 on this CPU (a probe conv), so it is not used"

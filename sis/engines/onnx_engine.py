@@ -14,10 +14,11 @@ from typing import Callable
 
 import numpy as np
 
-from ..host import release_memory, threads as host_threads
-from .cache import GRAPH_FORMAT, cache_dir, file_key, prune_cache
-from .int8 import RANGES_FILE, quantize_graph
-from .templates import fill_template
+from sis.engines.cache import GRAPH_FORMAT, cache_dir, file_key, prune_cache
+from sis.engines.int8 import RANGES_FILE, quantize_graph
+from sis.engines.templates import fill_template
+from sis.host import release_memory
+from sis.host import threads as host_threads
 
 SESSIONS_PER_ENGINE = 3  # image sizes an engine keeps loaded (SIS_GRAPH_SESSIONS); older ones reload from disk
 
@@ -43,7 +44,7 @@ class GraphEngine:
     def _weights_key(self) -> str:
         """The folder's file digest, else the in-memory weights' digest (computed once)."""
         if self._key is None:
-            from ..models import weights_digest
+            from sis.zoo.models import weights_digest
             self._key = weights_digest(self.model)
         return self._key
 
@@ -65,8 +66,8 @@ class GraphEngine:
                                        fill_template(self.folder, size, fp32, self._weights_key())):
             if self.log:
                 self.log(f"exporting {self.cfg.name} to ONNX at {size[0]}x{size[1]} (once)")
-            from ..models import load_model
-            from .export import export_graph
+            from sis.engines.export import export_graph
+            from sis.zoo.models import load_model
             if self.model is not None:
                 export_graph(self.model, self.cfg, size, fp32)
             else:  # weights loaded for this export only: no second copy

@@ -19,10 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import host, store
-from ..zoo import EngineRecord, ModelCard, read_card, read_config
-from .cache import file_key
-from .names import ENGINES, REFERENCE, is_graph, unavailable_reason
+from sis import host, store
+from sis.engines.cache import file_key
+from sis.engines.names import ENGINES, REFERENCE, is_graph, unavailable_reason
+from sis.zoo.card import EngineRecord, ModelCard, read_card
+from sis.zoo.registry import read_config
 
 MAX_MIOU_DELTA = 0.5  # points of val mIoU an engine may lose against eager fp32
 KEEP_MIN_ROUNDS = 5  # a comparison of fewer rounds is too noisy to pick a host's default engine

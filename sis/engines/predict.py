@@ -1,0 +1,57 @@
+"""The one path from an image to its answer: resize to the work size, an engine's logits,
+probabilities, labels and confidence at the image's own size. numpy and Pillow only."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from sis.data.images import resize_rgb
+
+
+def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
+    """Class probabilities from logits along ``axis`` (stable: the max is subtracted first)."""
+    e = np.exp(logits - logits.max(axis, keepdims=True))
+    return e / e.sum(axis, keepdims=True)
+
+
+@dataclass
+class Prediction:
+    labels: np.ndarray      # (H, W) uint8 class ids at the original size
+    confidence: np.ndarray  # (H, W) float32 max softmax probability
+    ms: float               # resize + engine + softmax + resize back, milliseconds (a graph build excluded)
+    work_size: tuple[int, int]
+
+
+def work_size(h: int, w: int, base: tuple[int, int]) -> tuple[int, int]:
+    """(h, w) with the pixel count of ``base`` and the aspect of the image."""
+    f = (base[0] * base[1] / (h * w)) ** 0.5
+    return max(1, round(h * f)), max(1, round(w * f))
+
+
+def labels_and_confidence(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(C, H, W) logits -> (H, W) uint8 argmax and (H, W) float32 max softmax probability."""
+    top = logits.max(0)
+    # the top class's softmax is 1 / sum(exp(l - l_top)): no (C, H, W) probability array is kept
+    conf = 1.0 / np.exp(logits - top).sum(0)
+    return logits.argmax(0).astype(np.uint8), conf.astype(np.float32)
+
+
+def predict(engine, image: Image.Image | np.ndarray) -> Prediction:
+    """Segment one RGB image with an ``engines`` engine: resized (aspect kept) to the model's pixel
+    count, logits, argmax and confidence, mapped back to the image's size. numpy and Pillow only."""
+    arr = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, np.uint8)
+    h, w = arr.shape[:2]
+    wh, ww = work_size(h, w, tuple(engine.cfg.base_size))
+    engine.prepare((wh, ww))  # a new size builds its graph once: not part of the model's time
+    t0 = time.perf_counter()
+    x = resize_rgb(arr, (wh, ww))
+    logits = engine(np.ascontiguousarray(x.transpose(2, 0, 1))[None])[0]
+    labels, conf = labels_and_confidence(logits)
+    if (wh, ww) != (h, w):
+        labels = np.asarray(Image.fromarray(labels, "L").resize((w, h), Image.NEAREST))
+        conf = np.asarray(Image.fromarray(conf, "F").resize((w, h), Image.BILINEAR))
+    ms = (time.perf_counter() - t0) * 1000
+    return Prediction(labels, conf, ms, (wh, ww))

@@ -1,0 +1,87 @@
+"""What the app can offer: shipped models, fine-tuned runs and the sample gallery."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sis import store, zoo
+
+SAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "samples"
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str      # what pickers show: a registry name, or "run:<folder>" for a fine-tuned model
+    folder: Path
+    shipped: bool
+
+
+def available_models() -> dict[str, Entry]:
+    """Shipped models first (registry order), then fine-tuned runs, newest first."""
+    out = {n: Entry(n, f, True) for n, f in zoo.shipped_models().items()}
+    runs = store.data_dir() / "models"
+    if runs.is_dir():
+        for d in sorted(runs.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True):
+            if (d / "config.json").is_file() and (d / "model.safetensors").is_file():
+                out[f"run:{d.name}"] = Entry(f"run:{d.name}", d, False)
+    return out
+
+
+INTERACTIVE_MS = 150  # the default model's engine must answer a frame at its base size within this, here
+
+
+@dataclass(frozen=True)
+class DefaultChoice:
+    key: str | None
+    reason: str  # the rule and its figures, in words, for Home and the CLI
+
+
+def default_choice(entries: dict[str, Entry]) -> DefaultChoice:
+    """The one rule for the model a user meets first: the most accurate shipped model (card val mIoU)
+    whose engine here answers a frame at its base size within INTERACTIVE_MS (this host's kept
+    timing, else the card's); the registry's DEFAULT_MODEL where no shipped model has both figures."""
+    from sis.engines import choose_engine
+    fits = []
+    for key, e in entries.items():
+        if not e.shipped:
+            continue
+        card, fig = zoo.read_card(e.folder), choose_engine(e.folder).figure
+        ms = fig.median_ms if fig is not None else None
+        if card.val_miou is not None and ms is not None and ms <= INTERACTIVE_MS:
+            fits.append((card.val_miou, key, ms, fig.timed_here))
+    if fits:
+        miou, key, ms, here = max(fits)
+        return DefaultChoice(key, f"{key}: the most accurate shipped model (val mIoU {100 * miou:.1f}) whose engine "
+                                  f"answers a frame within {INTERACTIVE_MS} ms ({ms:.0f} ms, "
+                                  f"{'timed on this host' if here else 'timed when shipped'})")
+    key = zoo.DEFAULT_MODEL if zoo.DEFAULT_MODEL in entries else next(iter(entries), None)
+    return DefaultChoice(key, f"{key}: no shipped model has both a val score and a time, so the registry's default")
+
+
+def default_key(entries: dict[str, Entry]) -> str | None:
+    return default_choice(entries).key
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    image: Path
+    label: Path
+
+
+def samples() -> list[Sample]:
+    if not SAMPLES_DIR.is_dir():
+        return []
+    return [Sample(p.stem, p, p.with_name(f"{p.stem}_label.png")) for p in sorted(SAMPLES_DIR.glob("*.jpg"))
+            if p.with_name(f"{p.stem}_label.png").is_file()]
+
+
+
+def camvid_dir() -> Path | None:
+    """CamVid in the SegNet layout beside the checkout ($SIS_CAMVID, else ../shared/camvid), if present."""
+    import os
+    for p in ([Path(os.environ["SIS_CAMVID"])] if os.environ.get("SIS_CAMVID") else []) + \
+            [SAMPLES_DIR.parents[2] / "shared" / "camvid"]:
+        if (p / "train").is_dir() and (p / "trainannot").is_dir():
+            return p
+    return None

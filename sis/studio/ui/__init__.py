@@ -1,0 +1,47 @@
+"""The only code that imports Streamlit: what the pages share, each page a thin story over it.
+
+    session  routing, startup, session identity, the latest result per page
+    uploads  photos, clips and dataset zips checked against the limits
+    serving  engines cached once per process, the inference gate, the pages' library calls
+    widgets  model, engine and mode pickers, the legend, a job's progress
+"""
+from sis.studio.ui.serving import (
+    KEEP_DRAFTS,
+    MODES,
+    compare_models,
+    correction_draft,
+    dashboard_rows,
+    engine_choice,
+    ensemble_label,
+    get_config,
+    get_engine,
+    offered_ensembles,
+    rank_clip,
+    rank_photos,
+    segment_cached,
+)
+from sis.studio.ui.session import (
+    KEEP_CLIPS_H,
+    access,
+    datasets_home,
+    ensure_router,
+    follow_deep_link,
+    inference_gate,
+    latest,
+    mark_routed,
+    session_id,
+    startup,
+)
+from sis.studio.ui.uploads import (
+    MAX_IMAGE_MP,
+    MAX_UPLOAD_FILES,
+    MAX_UPLOAD_MB,
+    MAX_VIDEO_MB,
+    SERVER_FOLDER,
+    load_image,
+    read_upload,
+    stash_clip,
+    stash_dataset_zip,
+    training_sources,
+)
+from sis.studio.ui.widgets import engine_picker, follow_job, legend, mode_picker, model_picker

@@ -1,0 +1,99 @@
+"""What visitors upload: photos, clips and dataset zips, checked against the server's limits."""
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import streamlit as st
+
+from sis import files, store, video
+from sis.data import userdata
+from sis.data.dataset import extract_dataset_zip, list_pairs
+from sis.data.images import ImageError, load_image
+from sis.studio.ui.session import access, datasets_home
+
+MAX_UPLOAD_FILES = 8
+
+
+MAX_UPLOAD_MB = 25  # also server.maxUploadSize in .streamlit/config.toml
+
+
+MAX_IMAGE_MP = 40
+
+
+MAX_VIDEO_MB = 200  # server.maxUploadSize in .streamlit/config.toml; photos are held to MAX_UPLOAD_MB here
+
+
+SERVER_FOLDER = "a folder on this server (typed below)"
+
+
+def training_sources(camvid: Path | None) -> dict[str, Path | None]:
+    """What the Fine-tune page may train on, by label: CamVid when present, the datasets this session sees,
+    the zips it uploaded, and (None) a typed server folder where the operator allows it (userdata.Access)."""
+    out: dict[str, Path | None] = {}
+    if camvid is not None:
+        val = len(list_pairs(camvid, "val")) if (camvid / "val").is_dir() else 0
+        out[f"CamVid ({len(list_pairs(camvid, 'train'))} train frames, {val} val)"] = camvid
+    for ds in userdata.list_datasets(datasets_home()):
+        out[f"{ds.name} ({len(ds.frames)} frames, from the Correct page)"] = ds.root
+    for name, root in st.session_state.get("_ft_zips", {}).items():
+        if Path(root).is_dir():  # uploads are pruned after KEEP_CLIPS_H hours
+            out[f"{name} (uploaded zip)"] = Path(root)
+    if access().server_paths:
+        out[SERVER_FOLDER] = None
+    return out
+
+
+def stash_dataset_zip(upload) -> Path:
+    """Extract an uploaded SegNet-layout zip under data/uploads/ once per upload; it is then listed for
+    this session (training_sources). Raises DatasetError for a zip that is not a dataset."""
+    zips = st.session_state.setdefault("_ft_zips", {})
+    key = f"{upload.name} #{upload.file_id[:6]}"
+    if key not in zips or not Path(zips[key]).is_dir():
+        zips[key] = str(extract_dataset_zip(upload.getvalue(), store.data_dir() / "uploads" / uuid.uuid4().hex))
+    return Path(zips[key])
+
+
+def read_upload(upload):
+    """The LoadedImage of an st.file_uploader / st.camera_input file, or None after showing
+    the one-sentence reason it cannot be used."""
+    if upload.size > MAX_UPLOAD_MB * 2**20:
+        st.error(f"{upload.name} is {upload.size / 2**20:.0f} MB, above the {MAX_UPLOAD_MB} MB limit")
+        return None
+    try:
+        return load_image(upload.getvalue(), max_pixels=MAX_IMAGE_MP * 10**6, name=upload.name)
+    except ImageError as e:
+        st.error(str(e))
+        return None
+
+
+def _copy(upload, target: Path) -> None:
+    """The upload's bytes to ``target`` in 1 MB pieces (getvalue() would hold a second copy of a clip)."""
+    import shutil
+    upload.seek(0)
+    with open(target, "wb") as f:
+        shutil.copyfileobj(upload, f, 2**20)
+
+
+def stash_clip(upload) -> tuple[Path, video.VideoInfo] | None:
+    """Write an st.file_uploader clip to the data folder once (a worker process reads it from there)
+    and probe it; None after showing the one-sentence reason it cannot be used."""
+    if upload.size > MAX_VIDEO_MB * 2**20:
+        st.error(f"{upload.name} is {upload.size / 2**20:.0f} MB, above the {MAX_VIDEO_MB} MB limit for clips")
+        return None
+    key = f"_clip:{upload.file_id}"
+    if key not in st.session_state:
+        suffix = Path(upload.name).suffix.lower()
+        path = store.data_dir() / "uploads" / f"{upload.file_id}{suffix}"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            files.atomic_write(path, lambda tmp: _copy(upload, tmp))
+            st.session_state[key] = (path, video.probe(path))
+        except (video.VideoError, files.DiskFullError) as e:
+            files.remove(path)
+            st.session_state[key] = str(e)
+    got = st.session_state[key]
+    if isinstance(got, str):
+        st.error(got.replace(f"{upload.file_id}{Path(upload.name).suffix.lower()}", upload.name))
+        return None
+    return got

@@ -1,0 +1,121 @@
+"""Widgets the pages share: model, engine and mode pickers, the class legend, a job's progress."""
+from __future__ import annotations
+
+import streamlit as st
+
+from sis import engines, zoo
+from sis.classes import ClassSet
+from sis.engines.accurate import ACCURATE_MODE
+from sis.studio import catalog
+from sis.studio.ui.serving import MODES, engine_choice, ensemble_label, offered_ensembles
+from sis.studio.ui.session import session_id, startup
+
+
+def engine_picker(entry: catalog.Entry, key: str) -> str:
+    """Select an engine for ``entry``; the policy's choice is preselected. The widget is keyed per
+    model (``key:model``): another model starts on its own choice, not on the last one."""
+    choice = engine_choice(entry)
+
+    def label(n: str) -> str:
+        f = choice.figures.get(n)
+        extra = f" ({f.speedup:.1f}x{' here' if f.timed_here else ''}, {f.miou_delta:+.2f} mIoU)" \
+            if f is not None and f.speedup is not None and f.miou_delta is not None else ""
+        return n + extra + (" — chosen here" if n == choice.name else "") + \
+            (" — reference" if n == engines.REFERENCE else "")
+    options = choice.runnable
+    return st.selectbox("Inference engine", options, index=0, key=f"{key}:{entry.key}", format_func=label,
+                        help="eager = PyTorch fp32, the reference. Chosen here: the fastest engine whose val "
+                             f"mIoU stayed within {engines.MAX_MIOU_DELTA} point of it, timed on this host where "
+                             "the Benchmark page kept a comparison, else on the machine that shipped the model.")
+
+
+def mode_picker(entry: catalog.Entry, key: str) -> str:
+    """Fast (one pass on the model's engine), Accurate (multi-scale + flip test-time augmentation) and
+    any offered ensemble holding the model, each with its val mIoU from the card (the ensemble's from
+    its measurement) and, for Accurate, its time against Fast on the machine that measured it."""
+    card = zoo.read_card(entry.folder)
+    acc = card.modes.get(ACCURATE_MODE)
+    fig = engine_choice(entry).figure
+    ms = fig.median_ms if fig is not None else None
+    where = "" if ms is None else " here" if fig.timed_here else " when shipped"
+    ensembles = {ensemble_label(n): n for n in offered_ensembles(entry)}
+
+    def caption(mode: str) -> str:
+        if mode == "Fast":
+            return (f"val mIoU {100 * card.val_miou:.1f}" if card.val_miou is not None else "one pass") + \
+                (f" · {ms:.0f} ms{where}" if ms else "")
+        if mode in ensembles:
+            n = ensembles[mode]
+            return f"val mIoU {100 * n.miou:.1f} ({len(n.members)} models; best alone {100 * n.best_member_miou:.1f})"
+        if acc is None or acc.miou is None:
+            return "multi-scale + flip (not measured for this model)"
+        return f"val mIoU {100 * acc.miou:.1f}, about {acc.latency_x:.0f}x the time" + \
+            (f" (~{ms * acc.latency_x:.0f} ms{where})" if ms else "")
+    options = [*MODES, *ensembles]
+    return st.radio("Mode", options, horizontal=True, key=f"{key}:{entry.key}", captions=[caption(m) for m in options],
+                    help="Accurate averages the model's class probabilities over four scales (0.75-1.5) and their "
+                         "mirror images: better on thin and small objects, about ten times slower. An ensemble "
+                         "averages several models and is offered only where it beat its best member on val.")
+
+
+def model_picker(label: str, entries: dict[str, catalog.Entry], key: str) -> catalog.Entry | None:
+    if not entries:
+        st.error("No trained models are available: the weights/ folder is empty. Train one with "
+                 "`python -m sis train` or on the Fine-tune page.")
+        return None
+    keys = list(entries)
+    default = catalog.default_key(entries)
+    labels = {k: _describe(k, entries[k], default) for k in keys}
+    choice = st.selectbox(label, keys, index=keys.index(default), key=key, format_func=labels.__getitem__)
+    return entries[choice]
+
+
+def _describe(key: str, entry: catalog.Entry | None = None, default: str | None = None) -> str:
+    """Picker label: name, the card's val mIoU (so the most accurate is easy to find), paper pair."""
+    miou = zoo.read_card(entry.folder).val_miou if entry is not None else None
+    score = f" · val mIoU {100 * miou:.1f}" if isinstance(miou, (int, float)) else ""
+    if key.startswith("run:"):
+        return f"{key[4:]} (fine-tuned here){score}"
+    paper = zoo.MODELS[key].paper if key in zoo.MODELS else None
+    # the score right after the name: narrow columns cut the end of the label
+    return (f"{key}" + score + (f" — {paper}" if paper else "") +
+            (" (default)" if key == default else ""))
+
+
+def legend(classes: ClassSet, share=None) -> None:
+    chips = []
+    for i, (n, c) in enumerate(zip(classes.names, classes.colors)):
+        extra = f" {100 * share[i]:.1f}%" if share is not None else ""
+        chips.append(f"<span style='display:inline-block;margin:2px 8px 2px 0;white-space:nowrap'>"
+                     f"<span style='display:inline-block;width:14px;height:14px;border-radius:3px;"
+                     f"background:rgb{tuple(c)};vertical-align:middle;border:1px solid #8886'></span> "
+                     f"{n}{extra}</span>")
+    st.markdown("<div class='sis-legend'>" + "".join(chips) + "</div>", unsafe_allow_html=True)
+
+
+@st.fragment(run_every=1.0)
+def follow_job(kind: str, slot: str) -> None:
+    """This session's running job of ``kind``: a progress bar (with the time left where the job
+    knows it) and Stop, refreshed every second; when the job ends, (result, message) go into
+    ``st.session_state[slot]`` and the whole page reruns once to show them."""
+    manager, sid = startup(), session_id()
+    job = manager.for_session(sid, kind)
+    if job is None or st.session_state.get(f"_shown:{kind}") == job.id:
+        return
+    snap = manager.poll(job.id)
+    last, status = snap["last"], snap["status"]
+    if status in ("starting", "running", "stopping"):
+        if last:
+            frac = last["step"] / max(last["total_steps"], 1) if last["total_steps"] else 0.0
+            eta = last.get("eta_s")
+            text = f"{status}: {last['model']}, {last['step']}/{last['total_steps'] or '?'} {last.get('unit', '')}" + \
+                (f", about {eta:.0f} s left" if eta is not None else "")
+        else:
+            frac, text = 0.0, f"{status}: starting the worker..."
+        st.progress(min(frac, 1.0), text=text)
+        if st.button("Stop", key=f"{kind}_stop"):
+            manager.stop(job.id)
+        return
+    st.session_state[f"_shown:{kind}"] = job.id
+    st.session_state[slot] = (snap["result"], snap["out"], snap["message"] if status != "done" else "")
+    st.rerun()  # once, the whole page: what follows the progress bar shows the result

@@ -1,0 +1,71 @@
+"""Knowledge distillation: a teacher's class probabilities as soft targets for a student.
+
+The teacher (one model or an ensemble, with or without test-time augmentation: the accurate
+mode's engine) labels every training frame once, at full size, before the loop. Its
+probabilities then ride through the same crop, rescale and flips as the image (a bilinear
+resize keeps them a distribution), so a teacher costs one pass over the data, not one per step.
+The loss is pixel-wise: the labels' cross-entropy plus the KL divergence to the teacher at a
+temperature (Hinton et al. 2015; Liu et al., Structured Knowledge Distillation, CVPR 2019).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sis.data.dataset import Frames
+from sis.engines.predict import softmax
+
+
+def teacher_targets(frames: Frames, teacher: str, tta: str = "none", device: str = "cpu",
+                    log: Callable[[str], None] = print) -> list[torch.Tensor]:
+    """The teacher's class probabilities for every frame: [(C,H,W) float16], on the CPU.
+
+    ``teacher``: a registry name or model folder, or several joined by commas (an ensemble,
+    averaged); ``tta``: none | flip | ms. Each model runs on the engine the policy gives it on
+    ``device``; the teacher must predict the frames' classes, in the same order."""
+    from sis import engines, zoo
+    folders = [zoo.resolve(t.strip()) for t in teacher.split(",") if t.strip()]
+    if not folders:
+        raise ValueError("the teacher names no model")
+    engine = engines.load_accurate(folders, engines.TTA.from_mode(tta), device=device, log=log)
+    names = list(engine.cfg.class_set.names)
+    if names != list(frames.classes.names):
+        raise ValueError(f"the teacher predicts {', '.join(names)}; the training data has "
+                         f"{', '.join(frames.classes.names)}")
+    probs = getattr(engine, "probabilities", None)
+    out = []
+    for img in frames.images:
+        x = img.cpu().numpy()[None]
+        p = probs(x) if probs is not None else softmax(engine(x))
+        out.append(torch.from_numpy(np.ascontiguousarray(p[0])).to(torch.float16))
+    log(f"teacher {', '.join(Path(f).name for f in folders)} ({engine.name}) labelled {len(out)} frames")
+    return out
+
+
+def distill_loss(logits: torch.Tensor, soft: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Mean per-pixel KL(teacher || student) at ``temperature``, times T² (so its gradient keeps
+    its size across temperatures).
+
+    logits: (N,C,H,W) the student's; soft: (N,C,H,W) the teacher's probabilities. Pixels whose
+    soft targets sum to less than one half (the zero padding of a crop or stride) do not count."""
+    soft = soft.float()
+    keep = soft.sum(1) > 0.5
+    if not keep.any():
+        return logits.sum() * 0.0
+    t = torch.log_softmax(torch.log(soft.clamp_min(1e-8)) / temperature, 1)
+    s = torch.log_softmax(logits.float() / temperature, 1)
+    kl = (t.exp() * (t - s)).sum(1)
+    return kl[keep].mean() * temperature ** 2
+
+
+def combined_loss(logits: torch.Tensor, labels: torch.Tensor, soft: torch.Tensor | None, ignore: int,
+                  weights: torch.Tensor | None, alpha: float, temperature: float) -> torch.Tensor:
+    """(1 - alpha) * cross-entropy on the labels + alpha * distill_loss; the labels alone without ``soft``."""
+    ce = F.cross_entropy(logits.float(), labels, ignore_index=ignore, weight=weights)
+    if soft is None or alpha == 0:
+        return ce
+    return (1 - alpha) * ce + alpha * distill_loss(logits, soft, temperature)

@@ -1,0 +1,329 @@
+"""Training: the loop, read top to bottom as setup, loop and finish.
+
+Defaults follow the SIS-CNN paper: Adam at lr 2e-4, cross-entropy ignoring void,
+horizontal + vertical flips, validation after every epoch, loss / pixel accuracy /
+mIoU logged per epoch. Run data-parallel with ``torchrun --nproc_per_node N -m sis train``."""
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+from sis import zoo
+from sis.data.augment import SegDataset, build_augment
+from sis.data.dataset import (
+    HOLDOUT_EVERY,
+    HOLDOUT_MIN,
+    Frames,
+    class_weights,
+    load_classes,
+    load_split,
+    load_splits,
+    validation_plan,
+)
+from sis.training.checkpoints import load_checkpoint, save_checkpoint
+from sis.training.config import Progress, StopFlag, TrainConfig, TrainingError, train_command
+from sis.training.distill import combined_loss, teacher_targets
+from sis.training.evaluate import evaluate
+from sis.zoo import models
+from sis.zoo.preprocess import model_input, pad_to_stride
+from sis.zoo.runtime import amp_dtype, autocast, host_info, pick_device
+
+
+def validation_frames(root: Path, train: Frames, limit: int | None, classes) -> tuple[Frames, Frames | None, str]:
+    """(train frames, val frames or None, how the run validates in words): the dataset's val/ split
+    where it has one, else every HOLDOUT_EVERY-th of its train frames once it has HOLDOUT_MIN, else none."""
+    said = validation_plan(root, len(train))
+    if (Path(root) / "val").is_dir():
+        val = load_split(root, "val", limit, classes)
+        return train, val, said
+    n = len(train)
+    if n < HOLDOUT_MIN:
+        return train, None, said
+    held = range(HOLDOUT_EVERY - 1, n, HOLDOUT_EVERY)
+    return train.subset([i for i in range(n) if i not in held]), train.subset(held), said
+
+
+def load_replay(root: str, limit: int | None, classes) -> Frames:
+    """The train frames of a base dataset to mix into every batch: ``limit`` of them, spread evenly,
+    masks kept as uint8 (a quarter of the memory; widened per batch)."""
+    import torch
+    if load_classes(root).names != classes.names:
+        raise TrainingError(f"the replay dataset {root} has other classes than the training data")
+    frames = load_split(root, "train", None, classes)
+    if limit and len(frames) > limit:
+        keep = [round(i * (len(frames) - 1) / (limit - 1)) for i in range(limit)] if limit > 1 else [0]
+        frames = frames.subset(keep)
+    frames.masks = [m.to(torch.uint8) for m in frames.masks]
+    return frames
+
+
+def lr_at(step: int, total: int, base: float, schedule: str, warmup: int = 0) -> float:
+    """Learning rate for optimizer step ``step`` (0-based) of ``total``: pure, so resume is exact."""
+    if warmup and step < warmup:
+        return base * (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "constant":
+        return base
+    if schedule == "poly":
+        return base * (1 - t) ** 0.9
+    if schedule == "cosine":
+        return base * 0.5 * (1 + math.cos(math.pi * t))
+    raise ValueError(f"unknown lr schedule '{schedule}'; choose constant, poly or cosine")
+
+
+# ------------------------------------------------------------------ distributed
+def _dist_env() -> tuple[int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _init_distributed(device: torch.device) -> tuple[int, int]:
+    rank, world = _dist_env()
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world
+
+
+def _sync_buffers(model: torch.nn.Module, world: int) -> None:
+    """Average BatchNorm running stats across ranks: DDP syncs weights, each rank keeps its own stats."""
+    if world > 1:
+        for buf in model.buffers():
+            if buf.is_floating_point():
+                dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+                buf /= world
+
+
+# ------------------------------------------------------------------ the loop
+def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
+          stop: StopFlag | None = None, log: Callable[[str], None] = print) -> dict:
+    """Train per ``cfg``; returns {status, out, history, val}. status: done | stopped.
+
+    Writes ``cfg.out`` (a loadable model folder) at the end or when stopped, and
+    ``cfg.out/checkpoint`` after every epoch and on stop, for resume.
+    """
+    device = pick_device(cfg.device)
+    rank, world = _init_distributed(device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed + rank)
+    out = Path(cfg.out)
+    ckpt_dir = out / "checkpoint"
+
+    # data: decoded once, augmented on tensors in the loop's process
+    classes = load_classes(cfg.data)
+    train_frames = load_splits(cfg.data, cfg.splits, cfg.train_limit, classes)
+    val_frames, validation = None, "none (--val-every 0)"
+    if "val" in cfg.splits:
+        validation = "none: the val split is trained on (its figures would be training figures)"
+    elif cfg.val_every:
+        train_frames, val_frames, validation = validation_frames(cfg.data, train_frames, cfg.val_limit, classes)
+    if rank == 0:
+        log(f"validation: {validation}")
+    fill = classes.void if classes.void is not None else 255
+    augment = build_augment(cfg.flips, cfg.crop, cfg.scale, fill)
+    soft = None
+    if cfg.teacher:  # checked before the teacher's pass over the data, which takes minutes on a CPU
+        if cfg.replay:
+            raise TrainingError("a teacher and replay do not go together: the replay frames have no teacher's answers")
+        if not 0 <= cfg.distill_alpha <= 1:
+            raise TrainingError(f"the teacher's share of the loss is within 0 and 1, not {cfg.distill_alpha}")
+        if cfg.distill_temperature <= 0:
+            raise TrainingError(f"the distillation temperature must be positive, not {cfg.distill_temperature}")
+        try:
+            soft = teacher_targets(train_frames, cfg.teacher, cfg.teacher_tta, device.type, log)
+        except zoo.ModelError:
+            raise
+        except ValueError as e:
+            raise TrainingError(f"the teacher cannot label this data: {e}") from None
+        if cfg.threads:  # loading a torch engine set the thread count to the host's
+            torch.set_num_threads(cfg.threads)
+    dataset = SegDataset(train_frames, augment, soft)
+    replay = SegDataset(load_replay(cfg.replay, cfg.replay_limit, classes), augment) if cfg.replay else None
+    if not 0 <= cfg.replay_ratio < 1:
+        raise TrainingError(f"the replay ratio is a share of each batch, within 0 and 1 (exclusive), "
+                            f"not {cfg.replay_ratio}")
+    n_replay = min(cfg.batch_size - 1, round(cfg.batch_size * cfg.replay_ratio)) if replay else 0
+    per_batch = cfg.batch_size - n_replay  # frames of the training data in each batch
+    sizes = {tuple(i.shape) for i in train_frames.images + (replay.frames.images if replay else [])}
+    if cfg.crop is None and len(sizes) > 1:
+        raise TrainingError("training frames differ in size" + (" (with the replay frames)" if replay else "") +
+                            "; set a crop size (--crop HxW)")
+
+    # model: fresh (random / ImageNet encoder) or fine-tuned from a saved folder
+    if cfg.init in ("random", "imagenet"):
+        model, mcfg = models.create_model(cfg.model, classes, cfg.init)
+    else:
+        model, mcfg = models.load_model(Path(cfg.init))
+        current = zoo.make_config(mcfg.name, mcfg.class_set) if mcfg.name in zoo.MODELS else mcfg
+        if current.smp_kwargs != mcfg.smp_kwargs:
+            # the registry's architecture for this name changed since the folder was saved:
+            # build the current one and carry over every tensor that still fits
+            fresh, mcfg = models.create_model(current, mcfg.class_set)
+            copied, reinit = models.transplant(fresh, model.state_dict())
+            model = fresh
+            log(f"{cfg.init} was saved with an older {mcfg.name} architecture: carried over "
+                f"{len(copied)} tensors, {len(reinit)} start fresh ({', '.join(sorted({k.rsplit('.', 2)[0] for k in reinit})[:6])})")
+        if mcfg.class_set.num_classes != classes.num_classes:
+            models.reset_head(model, classes.num_classes)
+            log(f"new classifier head: {mcfg.class_set.num_classes} -> {classes.num_classes} classes")
+        mcfg.classes = classes.to_dict()
+        mcfg.init = f"finetune:{Path(cfg.init).name}"
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if cfg.freeze_encoder:
+        model.encoder.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(cfg.optimizer)
+    if opt_cls is None:
+        raise ValueError(f"unknown optimizer '{cfg.optimizer}'; choose adam or adamw")
+    optimizer = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    weights = class_weights(train_frames, cfg.class_weighting)
+    weights = weights.to(device) if weights is not None else None
+    ignore = classes.void if classes.void is not None else -100
+
+    if device.type == "cuda":
+        # augment on the GPU: CamVid's train frames take ~0.7 GB there, and per-image
+        # resizes on the host would leave a fast GPU waiting on the Python loop
+        train_frames.images = [i.to(device) for i in train_frames.images]
+        train_frames.masks = [m.to(device) for m in train_frames.masks]
+        if soft is not None:
+            dataset.soft = [t.to(device) for t in soft]
+        torch.backends.cudnn.benchmark = True
+
+    steps_per_epoch = math.ceil(len(dataset) / (per_batch * world))
+    total = cfg.max_steps or steps_per_epoch * cfg.epochs
+    epochs = math.ceil(total / steps_per_epoch)
+    step, start_epoch, history, elapsed = 0, 0, [], 0.0
+    if cfg.resume and ckpt_dir.is_dir():
+        meta = load_checkpoint(ckpt_dir, model, optimizer, mcfg)
+        step, start_epoch, elapsed = meta["step"], meta["epoch"], meta["elapsed_s"]
+        history = [h for h in meta["history"] if not h.get("partial")]
+        if rank == 0:
+            log(f"resumed from {ckpt_dir} at step {step}, epoch {start_epoch}")
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    use_cuda_scaler = device.type == "cuda" and amp_dtype(device) == torch.float16 and cfg.amp
+    scaler = torch.amp.GradScaler("cuda", enabled=use_cuda_scaler)
+
+    def checkpoint(epoch: int) -> None:
+        if rank == 0:
+            save_checkpoint(ckpt_dir, model, optimizer, {
+                "model": mcfg.name, "step": step, "epoch": epoch, "history": history,
+                "elapsed_s": elapsed + time.perf_counter() - t0, "config": cfg.to_dict()})
+
+    t0 = time.perf_counter()
+    status, val = "done", None
+    seen_imgs, t_window = 0, time.perf_counter()
+    net.train()
+    for epoch in range(start_epoch, epochs):
+        # the epoch's order depends only on (seed, epoch): resume replays it exactly
+        g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        order = torch.randperm(len(dataset), generator=g).tolist()
+        order = order[rank::world]
+        first = step - epoch * steps_per_epoch  # batches of this epoch done before a resume
+        run_loss, run_correct, run_pix, n_batches = 0.0, 0, 0, 0
+        b = max(first, 0) - 1
+        for b in range(max(first, 0), steps_per_epoch):
+            if step >= total:
+                break
+            if stop is not None and stop.is_set():
+                status = "stopped"
+                break
+            idx = order[b * per_batch:(b + 1) * per_batch]
+            if not idx:
+                break
+            pairs = [dataset[i] for i in idx]
+            if replay is not None:  # drawn by (seed, step): a resumed run draws the same frames
+                g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+                pairs += [replay[int(i)] for i in torch.randint(len(replay), (n_replay,), generator=g)]
+            imgs, masks, *teach = zip(*pairs)
+            imgs, masks = torch.stack(imgs).to(device), torch.stack(masks).to(device).long()
+            teach = pad_to_stride(torch.stack(teach[0]).to(device), mcfg.input_stride)[0] if teach else None
+            lr = lr_at(step, total, cfg.lr, cfg.schedule, cfg.warmup_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, _ = model_input(imgs, mcfg, cfg.channels_last)
+            y, _ = pad_to_stride(masks, mcfg.input_stride, value=ignore)
+            with autocast(device, cfg.amp):
+                logits = net(x)
+            loss = combined_loss(logits, y, teach, ignore, weights, cfg.distill_alpha, cfg.distill_temperature)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"loss became {loss.item()} at step {step} (lr {lr:.2e}); "
+                                    f"lower the learning rate or check the labels")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            with torch.no_grad():
+                valid = y != ignore
+                correct = int(((logits.argmax(1) == y) & valid).sum())
+                pix = int(valid.sum())
+            run_loss += loss.item()
+            run_correct += correct
+            run_pix += pix
+            n_batches += 1
+            seen_imgs += len(pairs)
+            now = time.perf_counter()
+            ips = seen_imgs / max(now - t_window, 1e-9)
+            if callback and rank == 0:
+                callback(Progress(step, total, epoch + 1, epochs, loss.item(), correct / max(pix, 1), lr,
+                                  ips * world, (total - step) * cfg.batch_size / max(ips, 1e-9)))
+        if n_batches == 0 and status == "stopped":
+            break
+        record = {"epoch": epoch + 1, "step": step, "loss": run_loss / max(n_batches, 1),
+                  "pixel_acc": run_correct / max(run_pix, 1),
+                  "time_s": round(elapsed + time.perf_counter() - t0, 1)}
+        if status == "stopped":
+            record["partial"] = True
+        epoch_done = status != "stopped" and (b == steps_per_epoch - 1 or step >= total)
+        _sync_buffers(model, world)
+        if val_frames is not None and rank == 0 and epoch_done and \
+                ((epoch + 1) % cfg.val_every == 0 or step >= total):
+            val = evaluate(model, mcfg, val_frames, device, cfg.amp)
+            record.update(val_loss=val["loss"], val_miou=val["miou"], val_pixel_acc=val["pixel_acc"])
+            if callback:
+                callback(Progress(step, total, epoch + 1, epochs, record["loss"], record["pixel_acc"], lr,
+                                  0.0, 0.0, val["miou"], "val"))
+        history.append(record)
+        if rank == 0:
+            log(f"epoch {epoch + 1}/{epochs} step {step}/{total} loss {record['loss']:.4f} "
+                f"pixel_acc {record['pixel_acc']:.4f}" +
+                (f" val_miou {record['val_miou']:.4f}" if "val_miou" in record else ""))
+        checkpoint(epoch + 1 if epoch_done else epoch)
+        if status == "stopped" or step >= total:
+            break
+
+    wall = elapsed + time.perf_counter() - t0
+    if world > 1:
+        dist.barrier()
+    result = {"status": status, "out": str(out), "history": history, "val": val, "steps": step,
+              "digest": models.weights_digest(model), "rank": rank}
+    if rank == 0:
+        card = {
+            "model": mcfg.name, "paper_pair": zoo.MODELS[mcfg.name].paper, "init": mcfg.init,
+            "classes": list(classes.names), "palette": [list(c) for c in classes.colors], "void": classes.void,
+            "status": status, "steps": step, "epochs_run": len([h for h in history if not h.get("partial")]),
+            "wall_time_s": round(wall, 1), "history": history,
+            "val": val, "recipe": cfg.to_dict(), "command": train_command(cfg), "world_size": world,
+            "complexity": models.config_complexity(mcfg),
+            "precision": str(amp_dtype(device)) if cfg.amp and amp_dtype(device) else "fp32",
+            "hardware": host_info(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "data": {"root": str(cfg.data), "splits": list(cfg.splits), "train_frames": len(train_frames),
+                     "val_frames": len(val_frames) if val_frames is not None else 0, "validation": validation,
+                     "replay": {"root": str(cfg.replay), "frames": len(replay), "per_batch": n_replay}
+                     if replay else None},
+        }
+        models.save_model(model, mcfg, out, card, half=cfg.save_half)
+        if callback:
+            callback(Progress(step, total, history[-1]["epoch"] if history else 0, epochs,
+                              history[-1]["loss"] if history else float("nan"),
+                              history[-1]["pixel_acc"] if history else float("nan"), 0.0, 0.0, 0.0,
+                              val["miou"] if val else None, status))
+    return result

@@ -1,0 +1,71 @@
+"""Over time: flicker between frames, and class probabilities carried along the optical flow."""
+from __future__ import annotations
+
+import numpy as np
+
+
+class Flicker:
+    """Running counts of label changes between consecutive frames (at the work size)."""
+
+    def __init__(self, num_classes: int):
+        self.c = num_classes
+        self.changed = self.total = 0
+        self.per_class = np.zeros((2, num_classes), np.int64)  # changed, total per class of the earlier frame
+        self.stable_changed = self.stable_total = 0
+        self.truth_changed = self.truth_total = 0
+        self.prev = self.prev_truth = None
+
+    def add(self, labels: np.ndarray, truth: np.ndarray | None = None, void: int | None = None) -> None:
+        if self.prev is not None:
+            diff = labels != self.prev
+            self.changed += int(diff.sum())
+            self.total += diff.size
+            self.per_class[0] += np.bincount(self.prev[diff], minlength=self.c)[:self.c]
+            self.per_class[1] += np.bincount(self.prev.ravel(), minlength=self.c)[:self.c]
+            if truth is not None and self.prev_truth is not None:
+                same = truth == self.prev_truth
+                if void is not None:
+                    same &= truth != void
+                self.stable_changed += int((diff & same).sum())
+                self.stable_total += int(same.sum())
+                both = (truth != void) & (self.prev_truth != void) if void is not None else np.ones_like(same)
+                self.truth_changed += int((~same & both).sum())
+                self.truth_total += int(both.sum())
+        self.prev, self.prev_truth = labels, truth
+
+    @property
+    def share(self) -> float:
+        return self.changed / self.total if self.total else 0.0
+
+    @property
+    def stable_share(self) -> float | None:
+        return self.stable_changed / self.stable_total if self.stable_total else None
+
+
+class Motion:
+    """Carries a (C, h, w) map along the picture's motion from one frame to the next: OpenCV's DIS
+    optical flow (its fastest preset) from the new frame back to the previous one, then a bilinear
+    remap of every channel, so that an average over frames follows a passing car instead of trailing it."""
+
+    def __init__(self):
+        import cv2  # only smoothing needs it
+
+        from sis.host import threads
+        cv2.setNumThreads(threads())
+        self.cv2, self.dis = cv2, cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
+        self.grey = self.grid = None
+
+    def follow(self, state: np.ndarray | None, chw: np.ndarray) -> np.ndarray | None:
+        """``state`` (C, h, w), aligned with the previous frame, moved onto the new frame ``chw``
+        ((3, h, w) uint8, the work size); the new frame is remembered for the next call."""
+        cv2 = self.cv2
+        grey = cv2.cvtColor(np.ascontiguousarray(chw.transpose(1, 2, 0)), cv2.COLOR_RGB2GRAY)
+        prev, self.grey = self.grey, grey
+        if state is None or prev is None or prev.shape != grey.shape:
+            return state
+        flow = self.dis.calc(grey, prev, None)  # for each new pixel: where it was in the previous frame
+        h, w = grey.shape
+        if self.grid is None or self.grid[0].shape != (h, w):
+            self.grid = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+        mx, my = self.grid[0] + flow[..., 0], self.grid[1] + flow[..., 1]
+        return np.stack([cv2.remap(c, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE) for c in state])

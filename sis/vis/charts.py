@@ -1,0 +1,109 @@
+"""Plotly figures for the pages (no streamlit here)."""
+from __future__ import annotations
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from sis.classes import ClassSet
+
+
+def _rgb(c) -> str:
+    return f"rgb({c[0]},{c[1]},{c[2]})"
+
+
+def class_share_bar(share, classes: ClassSet) -> go.Figure:
+    order = sorted(range(classes.num_classes), key=lambda i: -share[i])
+    fig = go.Figure(go.Bar(x=[100 * share[i] for i in order], y=[classes.names[i] for i in order], orientation="h",
+                           marker_color=[_rgb(classes.colors[i]) for i in order],
+                           hovertemplate="%{y}: %{x:.1f}%<extra></extra>"))
+    fig.update_layout(height=320, margin=dict(l=10, r=10, t=30, b=10), title="Pixel share per class",
+                      xaxis_title="% of pixels", yaxis=dict(autorange="reversed"))
+    return fig
+
+
+def iou_heatmap(rows: list, classes: ClassSet) -> go.Figure:
+    z = [[(r.per_class_iou.get(n) or 0) * 100 for n in classes.names] for r in rows]
+    fig = go.Figure(go.Heatmap(z=z, x=list(classes.names), y=[r.model for r in rows], colorscale="Viridis",
+                               zmin=0, zmax=100, text=[[f"{v:.0f}" for v in row] for row in z],
+                               texttemplate="%{text}", colorbar=dict(title="IoU %")))
+    fig.update_layout(height=120 + 40 * len(rows), margin=dict(l=10, r=10, t=30, b=10),
+                      title="Validation IoU per class", yaxis=dict(autorange="reversed"))  # table order
+    return fig
+
+
+def training_curves(rows: list) -> go.Figure:
+    """The paper's per-epoch curves: loss, pixel accuracy and val mIoU for each model."""
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("Training loss", "Pixel accuracy", "Validation mIoU"))
+    for i, r in enumerate(rows):
+        h = r.history
+        color = f"hsl({(i * 67) % 360},70%,45%)"
+        ep = [x["epoch"] for x in h]
+        fig.add_scatter(x=ep, y=[x["loss"] for x in h], name=r.model, legendgroup=r.model, row=1, col=1,
+                        line_color=color)
+        fig.add_scatter(x=ep, y=[100 * x["pixel_acc"] for x in h], name=r.model, legendgroup=r.model,
+                        showlegend=False, row=1, col=2, line_color=color)
+        fig.add_scatter(x=ep, y=[100 * x.get("val_pixel_acc", float("nan")) for x in h], name=r.model,
+                        legendgroup=r.model, showlegend=False, row=1, col=2, line=dict(color=color, dash="dot"))
+        v = [x for x in h if "val_miou" in x]
+        fig.add_scatter(x=[x["epoch"] for x in v], y=[100 * x["val_miou"] for x in v], name=r.model,
+                        legendgroup=r.model, showlegend=False, row=1, col=3, line_color=color, mode="lines+markers")
+    fig.update_xaxes(title_text="epoch")
+    fig.update_layout(height=340, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def live_curves(snap: dict, validates: bool = True) -> go.Figure:
+    """Loss, batch pixel accuracy and (for a run that validates) validation mIoU against the step."""
+    titles = ("Loss", "Pixel accuracy (batch)") + (("Validation mIoU",) if validates else ())
+    fig = make_subplots(rows=1, cols=len(titles), subplot_titles=titles)
+    fig.add_scatter(x=snap["steps"], y=snap["loss"], row=1, col=1, name="loss", showlegend=False)
+    fig.add_scatter(x=snap["steps"], y=[100 * a for a in snap["pixel_acc"]], row=1, col=2, name="acc",
+                    showlegend=False)
+    if validates:
+        fig.add_scatter(x=[s for s, _ in snap["val"]], y=[100 * m for _, m in snap["val"]], row=1, col=3,
+                        mode="lines+markers", name="val mIoU", showlegend=False)
+    fig.update_xaxes(title_text="step")
+    fig.update_layout(height=300, margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
+def bench_bars(rows: list[dict]) -> go.Figure:
+    labels = [f"{r['model']} ({r['mode']}, b{r['batch']})" for r in rows]
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("ms / step (median, p90 whisker)", "images / s",
+                                                        "peak memory (MB)"))
+    fig.add_bar(x=labels, y=[r["median_ms"] for r in rows], row=1, col=1, showlegend=False,
+                error_y=dict(type="data", symmetric=False, array=[r["p90_ms"] - r["median_ms"] for r in rows]))
+    fig.add_bar(x=labels, y=[r["images_per_s"] for r in rows], row=1, col=2, showlegend=False)
+    fig.add_bar(x=labels, y=[r.get("cuda_max_allocated_mb") or r["peak_rss_mb"] for r in rows], row=1, col=3,
+                showlegend=False)
+    fig.update_layout(height=340, margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
+def engine_bars(res: dict) -> go.Figure:
+    """bench.compare_engines result: median ms per engine, labelled with the speed-up over eager fp32."""
+    names = list(res["engines"])
+    b = res["engines"]
+    fig = go.Figure(go.Bar(x=names, y=[b[n]["median_ms"] for n in names],
+                           text=[f"{b[n]['speedup_vs_eager']:.2f}x" for n in names], textposition="outside",
+                           marker_color=["#888" if n == res["reference"] else "#1f77b4" for n in names]))
+    fig.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10),
+                      title=f"{res['model']} at {res['size'][0]}x{res['size'][1]}: ms per image (lower is better)",
+                      yaxis_title="median ms")
+    return fig
+
+
+def class_share_over_time(seconds, share, classes: ClassSet) -> go.Figure:
+    """Stacked area: each class's % of the pixels per processed frame (``share`` (frames, C)) against time."""
+    fig = go.Figure()
+    for i, name in enumerate(classes.names[:classes.num_classes]):
+        ys = [100 * float(s[i]) for s in share]
+        if max(ys, default=0) <= 0:
+            continue  # a class never seen would only crowd the legend
+        fig.add_trace(go.Scatter(x=list(seconds), y=ys, name=name, stackgroup="share", mode="lines",
+                                 line=dict(width=0.5, color=_rgb(classes.colors[i])),
+                                 hovertemplate=f"{name}: %{{y:.1f}}% at %{{x:.2f}} s<extra></extra>"))
+    fig.update_layout(height=340, margin=dict(l=10, r=10, t=30, b=10), title="Pixel share per class over time",
+                      xaxis_title="seconds into the clip", yaxis=dict(title="% of pixels", range=[0, 100]),
+                      legend=dict(orientation="h", y=-0.25))
+    return fig

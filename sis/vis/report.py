@@ -1,0 +1,184 @@
+"""What the pages show, computed here as typed results: pages only lay them out. No torch."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from sis import metrics, zoo
+from sis.classes import ClassSet
+from sis.engines import EngineChoice, choose_engine
+from sis.engines.accurate import ACCURATE_MODE
+from sis.engines.predict import predict
+from sis.vis.paint import class_share, colorize, colormap, error_map, label_png, overlay, rgb_png
+
+DISPLAY_MAX = 1600  # longest side of the arrays a result keeps for display (session state stays small)
+
+
+def image_miou(labels: np.ndarray, truth: np.ndarray, classes: ClassSet) -> dict:
+    """metrics.summarize of one label map against its ground truth (void ignored)."""
+    return metrics.summarize(metrics.confusion_matrix(labels, truth, classes.num_classes, classes.void), classes.names)
+
+
+def _shrink(arr: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarray:
+    if arr.shape[:2] == size:
+        return arr
+    im = Image.fromarray(arr)
+    return np.asarray(im.resize((size[1], size[0]), Image.NEAREST if nearest else Image.BILINEAR))
+
+
+@dataclass
+class Segmentation:
+    """One image through one model, as the Segment page shows it. Display arrays are at most
+    DISPLAY_MAX on the longest side; the PNG downloads and scores are at the image's own size."""
+    image: np.ndarray         # (h, w, 3) uint8, display size
+    labels: np.ndarray        # (h, w) uint8 class ids, display size
+    mask: np.ndarray          # (h, w, 3) the labels in the palette
+    confidence: np.ndarray    # (h, w, 3) viridis of the max softmax probability
+    size: tuple[int, int]     # the image's (H, W)
+    work_size: tuple[int, int]
+    mean_confidence: float
+    share: np.ndarray         # (C,) pixel share per class
+    ms: float
+    engine: str
+    mask_png: bytes
+    label_png: bytes
+    truth: np.ndarray | None = None   # ground truth in the palette, display size
+    errors: np.ndarray | None = None  # green right, red wrong, black void
+    scores: dict | None = None        # metrics.summarize against the ground truth
+    note: str | None = None           # said to the user (e.g. the engine fell back to eager)
+
+
+def segment(engine, image: Image.Image, truth: np.ndarray | None = None,
+            display_max: int = DISPLAY_MAX) -> Segmentation:
+    """Everything the Segment page shows for one image on one engine (overlay: see ``paint``)."""
+    classes = engine.cfg.class_set
+    pal = classes.palette()
+    rgb = np.asarray(image.convert("RGB"))
+    pred = predict(engine, rgb)
+    h, w = pred.labels.shape
+    f = min(1.0, display_max / max(h, w))
+    disp = (max(1, round(h * f)), max(1, round(w * f)))
+    labels = _shrink(pred.labels, disp, nearest=True)
+    res = Segmentation(image=_shrink(rgb, disp, nearest=False), labels=labels, mask=colorize(labels, pal),
+                       confidence=colormap(_shrink(pred.confidence, disp, nearest=False)), size=(h, w),
+                       work_size=pred.work_size, mean_confidence=float(pred.confidence.mean()),
+                       share=class_share(pred.labels, classes.num_classes), ms=pred.ms, engine=engine.name,
+                       mask_png=rgb_png(colorize(pred.labels, pal)), label_png=label_png(pred.labels))
+    if truth is not None and truth.shape == pred.labels.shape:
+        t = _shrink(truth, disp, nearest=True)
+        res.truth, res.errors = colorize(t, pal), error_map(labels, t, classes.void)
+        res.scores = image_miou(pred.labels, truth, classes)
+    return res
+
+
+def paint(res: Segmentation, classes: ClassSet, alpha: float, visible: list[int] | None = None) -> np.ndarray:
+    """The overlay for a ``segment`` result at opacity ``alpha``, painting only ``visible`` classes."""
+    return overlay(res.image, res.labels, classes.palette(), alpha, visible)
+
+
+def disagreement(label_maps: list[np.ndarray]) -> tuple[np.ndarray, float]:
+    """(H, W, 3) map of how many distinct answers the models give per pixel, and the share of pixels with >1."""
+    stack = np.stack(label_maps)
+    distinct = np.ones(stack.shape[1:], np.int32)
+    for k in range(1, len(stack)):
+        distinct += np.all(stack[k][None] != stack[:k], axis=0)
+    frac = float((distinct > 1).mean())
+    return colormap((distinct - 1) / max(len(stack) - 1, 1)), frac
+
+
+@dataclass
+class ModelAnswer:
+    name: str
+    labels: np.ndarray  # (H, W) uint8
+    mask: np.ndarray    # (H, W, 3) in the palette
+    ms: float
+    engine: str
+
+
+@dataclass
+class Comparison:
+    image: np.ndarray
+    results: list[ModelAnswer]
+    disagreement: np.ndarray  # (H, W, 3) colour map
+    disagree_frac: float
+    note: str | None = None
+
+
+def compare(engines: list[tuple[str, object]], image: Image.Image) -> Comparison:
+    """The same image through each (name, engine): masks, timings and a disagreement map."""
+    rgb = np.asarray(image.convert("RGB"))
+    results = []
+    for name, engine in engines:
+        pred = predict(engine, rgb)
+        results.append(ModelAnswer(name, pred.labels, colorize(pred.labels, engine.cfg.class_set.palette()),
+                                   pred.ms, engine.name))
+    dis, frac = disagreement([r.labels for r in results])
+    return Comparison(rgb, results, dis, frac)
+
+
+@dataclass
+class DashboardRow:
+    """One model on the dashboard: its card's figures and the engine it runs on here."""
+    model: str
+    arch: str
+    encoder: str
+    paper: str | None
+    init: str
+    val_miou: float | None
+    pixel_acc: float | None
+    per_class_iou: dict
+    params_m: float | None
+    gflops: float | None
+    cpu_ms: float | None          # eager fp32 on the machine that shipped it
+    epochs: int | None
+    history: list = field(default_factory=list)
+    engine: str = "eager"
+    engine_ms: float | None = None
+    engine_timed: str | None = None  # "this host" | "when shipped" | None (no figure)
+    accurate: zoo.ModeRecord | None = None  # the accurate mode's val figures, where measured
+    trained_on: str = "train"  # "train+val": val_miou is then its train-only run's (the card's val_note)
+
+
+def dashboard_row(key: str, folder, choice: EngineChoice | None = None) -> DashboardRow:
+    """``key``'s row: figures from its card (no model is built) and the engine ``choose_engine`` gives."""
+    cfg, card = zoo.read_config(folder), zoo.read_card(folder)
+    choice = choice or choose_engine(folder)
+    fig = choice.figure
+    return DashboardRow(model=key, arch=cfg.arch, encoder=cfg.encoder, paper=zoo.MODELS[cfg.name].paper,
+                        init=cfg.init, val_miou=card.val_miou, pixel_acc=card.val_pixel_acc,
+                        per_class_iou=card.per_class_iou, params_m=card.params and card.params / 1e6,
+                        gflops=card.gflops, cpu_ms=card.latency_ms, epochs=card.epochs_run, history=card.history,
+                        engine=choice.name, engine_ms=fig.median_ms if fig else None,
+                        engine_timed=None if fig is None or fig.median_ms is None else
+                        "this host" if fig.timed_here else "when shipped",
+                        accurate=card.modes.get(ACCURATE_MODE), trained_on=card.trained_on)
+
+
+@dataclass(frozen=True)
+class EnsembleNote:
+    """One measured ensemble in one mode, against its best member in the same mode (weights/ensembles.json)."""
+    name: str
+    members: tuple[str, ...]
+    mode: str
+    miou: float
+    best_member: str
+    best_member_miou: float
+
+    @property
+    def offered(self) -> bool:
+        """An ensemble is worth its cost only where it beats its best member."""
+        return self.miou > self.best_member_miou
+
+
+def ensemble_notes(path=None) -> list[EnsembleNote]:
+    """The ensembles tools/accuracy_modes.py measured on val, every mode ([] where none was measured)."""
+    import json
+    path = path or zoo.WEIGHTS_DIR / "ensembles.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    return [EnsembleNote(name, tuple(e["members"]), mode, r["miou"], r["best_member"], r["best_member_miou"])
+            for name, e in data.get("ensembles", {}).items() for mode, r in e["modes"].items()]

@@ -1,0 +1,34 @@
+"""The model zoo: the registry of encoder x decoder pairs, their configs, and each model's card.
+
+    registry   names, specs, configs, model folders, the hub (no torch)
+    card       card.json read and written as one typed class (no torch)
+    models     building, loading and saving PyTorch models (smp)
+    preprocess the one input contract between images and a PyTorch model
+    runtime    devices and mixed precision
+
+This face holds the torch-free names; ``models``, ``preprocess`` and ``runtime`` import torch.
+"""
+from sis.zoo.card import ADAPTATION_KEYS, RECIPE_KEYS, EngineRecord, ModelCard, ModeRecord, read_card, recipe_defaults
+from sis.zoo.registry import (
+                          ARCHS,
+                          DEFAULT_MODEL,
+                          ENCODERS,
+                          HUB_HOST,
+                          HUB_PORT,
+                          IMAGENET_MEAN,
+                          IMAGENET_STD,
+                          MODELS,
+                          PAPER_MODELS,
+                          WEIGHTS_DIR,
+                          ModelConfig,
+                          ModelError,
+                          ModelSpec,
+                          OfflineError,
+                          get_spec,
+                          hub_reachable,
+                          list_models,
+                          make_config,
+                          read_config,
+                          resolve,
+                          shipped_models,
+)

@@ -1,0 +1,101 @@
+"""A model's card (card.json): its measured figures and how it was trained, read as one typed class."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class EngineRecord:
+    """One engine's figures from an engine comparison (a card's, or this host's kept one)."""
+    median_ms: float | None = None
+    speedup: float | None = None      # eager fp32 time / this engine's time, same rounds
+    miou_delta: float | None = None   # val mIoU points against eager fp32, None where unchecked
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EngineRecord":
+        return cls(d.get("median_ms"), d.get("speedup_vs_eager"), d.get("miou_delta"))
+
+
+@dataclass(frozen=True)
+class ModeRecord:
+    """One inference mode's figures (tools/accuracy_modes.py): val mIoU and time against the fast mode."""
+    miou: float | None = None
+    per_class_iou: dict = field(default_factory=dict)
+    median_ms: float | None = None   # predict on a 360x480 frame on the model's engine, where measured
+    latency_x: float | None = None   # this mode's time / the fast mode's, same machine
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModeRecord":
+        return cls(d.get("miou"), d.get("per_class_iou") or {}, d.get("median_ms"), d.get("latency_x"))
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """card.json, read once: the figures the studio shows, typed; ``raw`` keeps every key as written
+    (recipes, per-stage notes, whatever a later version adds)."""
+    val_miou: float | None = None
+    val_pixel_acc: float | None = None
+    per_class_iou: dict = field(default_factory=dict)   # class name -> IoU or None
+    history: list = field(default_factory=list)         # per-epoch dicts (train.py)
+    epochs_run: int | None = None
+    params: int | None = None
+    gflops: float | None = None                        # at the base size
+    latency_ms: float | None = None                    # eager fp32 on the machine that shipped it
+    engines: dict = field(default_factory=dict)        # engine name -> EngineRecord (the shipping machine's)
+    modes: dict = field(default_factory=dict)          # "none" | "flip" | "ms" -> ModeRecord (accurate mode)
+    splits: tuple = ("train",)                         # the dataset splits its weights trained on
+    val_note: str | None = None                        # where val_miou comes from when the weights saw val
+    raw: dict = field(default_factory=dict)
+
+    @property
+    def trained_on(self) -> str:
+        return "+".join(self.splits)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelCard":
+        val, cx = d.get("val") or {}, d.get("complexity") or {}
+        eng = (d.get("fast_path") or {}).get("backends") or {}
+        return cls(val_miou=val.get("miou"), val_pixel_acc=val.get("pixel_acc"),
+                   per_class_iou=val.get("per_class_iou") or {}, history=d.get("history") or [],
+                   epochs_run=d.get("epochs_run"), params=cx.get("params"), gflops=cx.get("gflops"),
+                   latency_ms=(d.get("latency") or {}).get("median_ms"),
+                   engines={n: EngineRecord.from_dict(r or {}) for n, r in eng.items()},
+                   modes={m: ModeRecord.from_dict(r or {}) for m, r in ((d.get("accurate") or {}).get("modes") or {}).items()},
+                   splits=tuple((d.get("recipe") or {}).get("splits") or ("train",)),
+                   val_note=(d.get("reference") or {}).get("note"), raw=d)
+
+
+def read_card(folder: Path) -> ModelCard:
+    """The folder's card (an empty one where there is none or it is unreadable: a card is optional)."""
+    path = Path(folder) / "card.json"
+    try:
+        return ModelCard.from_dict(json.loads(path.read_text()) if path.is_file() else {})
+    except (json.JSONDecodeError, AttributeError, TypeError):
+        return ModelCard()
+
+
+RECIPE_KEYS = ("flips", "crop", "scale", "class_weighting")
+
+
+ADAPTATION_KEYS = ("freeze_encoder",)  # a card's "adaptation": how a fine-tune on a few frames starts, measured
+
+
+def recipe_defaults(init: str) -> dict:
+    """What a fine-tune from the model folder ``init`` keeps of the recipe that trained it: the
+    augmentation and class weighting, i.e. the orientation, scale and class balance the model
+    learned (a model trained with horizontal flips only does not expect the sky under the road).
+    The learning rate and schedule are not kept: they were for training from scratch. A card's
+    ``adaptation`` adds what was measured to work better for this model on a few frames (e.g. a frozen
+    encoder). {} where ``init`` is random, imagenet or a folder whose card has no recipe."""
+    if init in ("random", "imagenet") or not (Path(init) / "card.json").is_file():
+        return {}
+    card = read_card(init).raw
+    recipe = card.get("recipe") or {}
+    out = {k: recipe[k] for k in RECIPE_KEYS if k in recipe}
+    out.update({k: v for k, v in (card.get("adaptation") or {}).items() if k in ADAPTATION_KEYS})
+    for k in ("crop", "scale"):
+        if out.get(k) is not None:
+            out[k] = tuple(out[k])
+    return out
