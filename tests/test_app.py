@@ -385,6 +385,23 @@ def test_segment_falls_back_to_eager_when_the_engine_fails(app_env, monkeypatch)
     assert any("on eager" in c.value for c in at.caption)
 
 
+
+def test_a_bug_outside_the_engine_is_not_hidden_by_the_fallback(app_env, monkeypatch):
+    """Only an engine's failures fall back to eager: a bug in painting the result surfaces as the
+    error it is, and the image is not segmented again on eager under a misleading note."""
+    from sis.vis import report
+    calls = []
+
+    def broken(labels, palette):
+        calls.append(1)
+        raise TypeError("a painting bug")
+    at = _app("pages/segment.py")
+    monkeypatch.setattr(report, "colorize", broken)
+    at.selectbox(key="seg_model").set_value("run:tiny").run()
+    assert at.exception and len(calls) == 1  # the old catch-all painted twice: once more after rerunning on eager
+    assert not any("PyTorch fp32" in w.value for w in at.warning)
+
+
 @pytest.mark.slow
 def test_benchmark_compares_engines_in_a_worker(app_env):
     at = _app("pages/benchmark.py")

@@ -23,12 +23,13 @@ import numpy as np
 
 from sis import host
 from sis.engines.accurate import TTA, AccurateEngine
-from sis.engines.names import ENGINES, REFERENCE, EngineError, available, is_graph, unavailable_reason
+from sis.engines.names import (ENGINES, REFERENCE, EngineError, EngineFailed, Guarded, available, is_graph,
+                               unavailable_reason)
 from sis.engines.policy import MAX_MIOU_DELTA, EngineChoice, choose_engine
 from sis.zoo.registry import ModelConfig, read_config
 
 __all__ = ["ENGINES", "REFERENCE", "MAX_MIOU_DELTA", "TTA", "AccurateEngine", "Engine", "EngineChoice", "EngineError",
-           "available", "choose_engine", "create_engine", "is_graph", "load_accurate", "load_engine",
+           "EngineFailed", "Guarded", "available", "choose_engine", "create_engine", "is_graph", "load_accurate", "load_engine",
            "unavailable_reason"]
 
 

@@ -28,6 +28,43 @@ class EngineError(RuntimeError):
     """An engine cannot run here (missing package, unsupported device); the message says why."""
 
 
+class EngineFailed(EngineError):
+    """An engine raised while it loaded, built a graph or ran; the message names what it raised."""
+
+
+class Guarded:
+    """An engine whose every failure reaches the caller as EngineFailed: a caller can fall back to
+    another engine on exactly those, and its own errors (painting, layout) still surface."""
+
+    def __init__(self, engine):
+        object.__setattr__(self, "engine", engine)
+
+    def _failed(self, e: Exception) -> EngineFailed:
+        return EngineFailed(f"{type(e).__name__}: {e}")
+
+    def prepare(self, size: tuple[int, int]) -> None:
+        try:
+            self.engine.prepare(size)
+        except EngineError:
+            raise
+        except Exception as e:  # noqa: BLE001 - anything the engine raised is the engine's failure
+            raise self._failed(e) from e
+
+    def __call__(self, images):
+        try:
+            return self.engine(images)
+        except EngineError:
+            raise
+        except Exception as e:  # noqa: BLE001 - as in prepare
+            raise self._failed(e) from e
+
+    def __getattr__(self, name):  # name, cfg, max_sessions, ...: the engine's own
+        return getattr(self.engine, name)
+
+    def __setattr__(self, name, value):
+        setattr(self.engine, name, value)
+
+
 def is_graph(name: str) -> bool:
     """True for engines that run an exported graph (no PyTorch weights once it is built)."""
     return name.startswith("onnxruntime")

@@ -36,9 +36,17 @@ def engine_choice(entry: catalog.Entry) -> engines.EngineChoice:
     return engines.choose_engine(entry.folder)
 
 
-def get_engine(entry: catalog.Entry, name: str | None = None):
-    """The shared engine of ``entry`` (default: the policy's choice); one per process, every session."""
-    return _engine(str(entry.folder), _mtime(entry), name or engine_choice(entry).name)
+def get_engine(entry: catalog.Entry, name: str | None = None) -> engines.Guarded:
+    """The shared engine of ``entry`` (default: the policy's choice); one per process, every session.
+    Whatever it raises while it loads or runs arrives as engines.EngineFailed (``_run`` falls back on it)."""
+    name = name or engine_choice(entry).name
+    try:
+        engine = _engine(str(entry.folder), _mtime(entry), name)
+    except engines.EngineError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a model that cannot load on this engine: the engine's failure
+        raise engines.EngineFailed(f"{type(e).__name__}: {e}") from e
+    return engines.Guarded(engine)
 
 
 MODES = ("Fast", "Accurate")
@@ -74,9 +82,9 @@ def _run(fast, fallback):
     note in the result that says so (shown on every rerun, not only the one that failed)."""
     try:
         return fast()
-    except Exception as e:  # noqa: BLE001 - any engine failure: degrade, never break the page
+    except engines.EngineError as e:  # only the engine's failures: a bug elsewhere surfaces
         res = fallback()
-        res.note = f"The inference engine failed here ({type(e).__name__}: {e}); used PyTorch fp32 instead."
+        res.note = f"The inference engine failed here ({e}); used PyTorch fp32 instead."
         return res
 
 
