@@ -109,9 +109,10 @@ if entries:
         if res.get("kept_for_this_host"):
             st.success(f"Kept for this host: {res['model']} now runs on **{res['default']}** here "
                        "(the fastest engine within 0.5 point of eager's val mIoU).")
+        elif "CPU while it ran" in (res.get("not_kept_because") or ""):
+            st.warning(f"Not kept: {res['not_kept_because']}.")
         else:
-            st.caption(f"Not kept: only a comparison at the model's base size (360x480 for the shipped models) "
-                       f"over at least {KEEP_MIN_ROUNDS} rounds picks this host's engine.")
+            st.caption(f"Not kept: {res.get('not_kept_because') or 'only a comparison at the base size picks the engine'}.")
         cl = res.get("channels_last_fp32")
         st.caption(f"Yardstick, same rounds: eager fp32 with channels_last took {cl['median_ms']:.1f} ms "
                    f"({cl['speedup_vs_eager']:.2f}x the reference).")

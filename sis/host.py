@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import time
 import zlib
 from functools import lru_cache
 
@@ -134,3 +135,23 @@ def summary() -> str:
     return (f"{cpu_model()} · {psutil.cpu_count(logical=False)} cores / {psutil.cpu_count(logical=True)} threads · "
             f"{mem:.1f} GB memory · NVIDIA GPU: {'visible' if nvidia_gpu_visible() else 'none'} · "
             f"torch {torch_version}")
+
+
+class BusyMeter:
+    """The share of this machine's CPU that other processes used while the block ran: a timing taken
+    beside them is not this host's speed (it slows every engine, and their spread hardly shows it)."""
+
+    def __enter__(self) -> "BusyMeter":
+        self._own = psutil.Process()
+        self._t0, self._sys0, self._own0 = time.perf_counter(), psutil.cpu_times(), self._own.cpu_times()
+        self.others_share = 0.0
+        return self
+
+    def __exit__(self, *exc) -> None:
+        wall = time.perf_counter() - self._t0
+        sys1, own1 = psutil.cpu_times(), self._own.cpu_times()
+        busy = sum(sys1) - sum(self._sys0) - (sys1.idle - self._sys0.idle) - \
+            (getattr(sys1, "iowait", 0.0) - getattr(self._sys0, "iowait", 0.0))
+        own = (own1.user + own1.system) - (self._own0.user + self._own0.system)
+        cores = psutil.cpu_count(logical=True) or 1
+        self.others_share = max(0.0, min(1.0, (busy - own) / max(wall * cores, 1e-9)))

@@ -31,11 +31,31 @@ def data_dir() -> Path:
     return d
 
 
+_READY: set[Path] = set()  # database files whose schema this process has created or checked
+
+
 def _connect() -> sqlite3.Connection:
-    con = sqlite3.connect(data_dir() / "sis.db", timeout=10)
+    path = data_dir() / "sis.db"
+    fresh = path not in _READY or not path.exists()
+    con = sqlite3.connect(path, timeout=10)
     con.row_factory = sqlite3.Row
-    con.executescript(SCHEMA)
+    if fresh:  # once per file and process: the schema script is a write transaction
+        con.executescript(SCHEMA)
+        _READY.add(path)
     return con
+
+
+def stamp() -> tuple[str, int, int] | None:
+    """The database file's (path, mtime in ns, change counter), or None before it exists: a cache of
+    what was read from it is stale once this changes. SQLite bumps the counter in the file's header at
+    every commit, in any process; reading it is a 28-byte file read, no SQLite."""
+    path = data_dir() / "sis.db"
+    try:
+        with open(path, "rb") as f:
+            header, mtime = f.read(28), os.fstat(f.fileno()).st_mtime_ns
+    except FileNotFoundError:
+        return None
+    return str(path), mtime, int.from_bytes(header[24:28], "big")
 
 
 def add_bench(res: dict) -> int:
@@ -65,6 +85,8 @@ def put_engines(host: str, weights: str, model: str, backends: dict) -> None:
 
 def get_engines(host: str, weights: str) -> dict | None:
     """{"ts", "backends"} of the latest comparison ``put_engines`` stored, or None."""
+    if not (data_dir() / "sis.db").exists():  # nothing kept yet; a read creates no database
+        return None
     with _connect() as con:
         row = con.execute("SELECT ts, backends FROM engines WHERE host = ? AND weights = ?", (host, weights)).fetchone()
     return None if row is None else {"ts": row["ts"], "backends": json.loads(row["backends"])}

@@ -31,6 +31,14 @@ def pytest_report_header(config):
 
 
 @pytest.fixture(autouse=True)
+def _fresh_engine_choices():
+    """choose_engine remembers its answers per file version; a test that patches what it reads starts afresh."""
+    from sis.engines import policy
+    policy._choose.cache_clear()
+    yield
+
+
+@pytest.fixture(autouse=True)
 def _same_thread_count():
     """A test that runs the CLI in-process (``--threads 1``) must not change later tests' numerics."""
     import torch

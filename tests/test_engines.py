@@ -375,6 +375,11 @@ def test_keep_comparison_keeps_full_base_size_comparisons(tiny_model, tmp_path, 
     assert not policy.keep_comparison(dict(res, size=[240, 320]))  # another size: its ranking may differ
     assert not policy.keep_comparison(dict(res, repeats=2))  # too few rounds to rank engines
     assert not policy.keep_comparison(dict(res, engines={"eager": timed["eager"]}))  # not every engine timed
+    busy = dict(res, others_cpu_share=0.5)  # timed beside another program: every engine slowed
+    assert not policy.keep_comparison(busy)
+    assert policy.why_not_kept(busy).startswith("other programs used 50% of the CPU while it ran")
+    assert policy.why_not_kept(dict(res, size=[240, 320])).startswith("it was timed at 240x320, not at")
+    assert policy.why_not_kept(dict(res, others_cpu_share=policy.BUSY_SHARE)) is None
     assert policy.kept_comparison(tiny_model) is None
     assert policy.keep_comparison(res)
     kept = policy.kept_comparison(tiny_model)
@@ -446,3 +451,56 @@ def test_bf16_engine_can_own_and_drop_the_fp32_model():
     a, b = shared(x), owner(x)
     assert owner.model is None and shared.model is model
     assert np.array_equal(a, b) and a.dtype == np.float32 and a.shape == (1, 11, 64, 96)
+
+
+def test_engine_choice_is_remembered_until_a_comparison_is_kept(tiny_model, tmp_path, monkeypatch):
+    """choose_engine decides once per version of the model's files and of the kept comparisons: asking
+    again opens no database; a comparison kept by another process is seen on the next ask."""
+    import json
+    import os
+    import sqlite3
+    import subprocess
+    import sys
+
+    from sis import engines, host
+    from sis.engines import policy
+    from sis.engines.cache import file_key
+    monkeypatch.setenv("SIS_DATA_DIR", str(tmp_path / "data"))
+    first = policy.choose_engine(tiny_model)
+    opened = []
+    real = sqlite3.connect
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **k: opened.append(a) or real(*a, **k))
+    assert policy.choose_engine(tiny_model) is first and policy.choose_engine(tiny_model) is first
+    assert opened == []
+    here = {n: {"speedup_vs_eager": 1.0, "median_ms": 50.0, "miou_delta": 0.0}
+            for n, why in engines.available().items() if why is None}
+    code = ("import sys, json; from sis import store; store.put_engines(sys.argv[1], sys.argv[2], "
+            "'pspnet-resnet18', json.loads(sys.argv[3]))")
+    subprocess.run([sys.executable, "-c", code, host.host_key(), file_key(tiny_model), json.dumps(here)],
+                   check=True, env=dict(os.environ))
+    again = policy.choose_engine(tiny_model)
+    assert again is not first and opened
+    assert set(again.figures) == set(here) and all(f.timed_here and f.median_ms == 50.0 for f in again.figures.values())
+
+
+def test_busy_meter_sees_another_process_use_the_cpu():
+    """BusyMeter: another process spinning a core shows as a share of the machine's CPU; a quiet
+    sleep beside nothing shows as (about) none."""
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from sis.host import BusyMeter
+    with BusyMeter() as quiet:
+        time.sleep(0.5)
+    spin = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 5: pass"])
+    try:
+        time.sleep(0.3)
+        with BusyMeter() as busy:
+            time.sleep(1.0)
+    finally:
+        spin.kill()
+    one_core = 1 / psutil.cpu_count(logical=True)
+    assert busy.others_share > 0.6 * one_core and busy.others_share > quiet.others_share

@@ -16,6 +16,9 @@ page and the tests. The rule, in order:
 """
 from __future__ import annotations
 
+import functools
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +30,7 @@ from sis.zoo.registry import read_config
 
 MAX_MIOU_DELTA = 0.5  # points of val mIoU an engine may lose against eager fp32
 KEEP_MIN_ROUNDS = 5  # a comparison of fewer rounds is too noisy to pick a host's default engine
+BUSY_SHARE = 0.2  # other processes' share of the CPU above which a timing is not this host's (docs/decisions.md)
 
 
 @dataclass(frozen=True)
@@ -136,9 +140,20 @@ def decide(card: ModelCard, here: dict[str, EngineRecord] | None = None, device:
 
 
 def choose_engine(folder: Path, device: str = "cpu") -> EngineChoice:
-    """The engine that runs the model in ``folder`` on ``device`` on this host, and why (see the module)."""
+    """The engine that runs the model in ``folder`` on ``device`` on this host, and why (see the module).
+    Decided once per version of the model's files and of the kept comparisons: a page's rerun asks
+    several times and reads no database."""
+    folder = Path(folder).resolve()
+    card = folder / "card.json"
+    card_stamp = card.stat().st_mtime_ns if card.is_file() else None
+    facts = (host.is_small(), "torch" in sys.modules, os.environ.get("SIS_CPU_BF16"))  # what availability reads
+    return _choose(folder, device, file_key(folder), card_stamp, store.stamp() if device == "cpu" else None, facts)
+
+
+@functools.lru_cache(maxsize=64)
+def _choose(folder: Path, device: str, weights: str, card_stamp, store_stamp, facts: tuple) -> EngineChoice:
     here = kept_comparison(folder) if device == "cpu" else None
-    return decide(read_card(folder), here, device, host.is_small())
+    return decide(read_card(folder), here, device, facts[0])
 
 
 def kept_comparison(folder: Path) -> dict[str, EngineRecord] | None:
@@ -147,16 +162,33 @@ def kept_comparison(folder: Path) -> dict[str, EngineRecord] | None:
     return {n: EngineRecord.from_dict(r) for n, r in got["backends"].items()} if got else None
 
 
-def keep_comparison(res: dict) -> bool:
-    """Keep a ``bench.compare_engines`` result as this host's engine timing for the model's weights
-    (SQLite, the app's data folder); ``choose_engine`` then prefers it to the card. Only a comparison
-    at the model's base size counts, with every engine available here timed over at least
-    KEEP_MIN_ROUNDS rounds (two rounds on a busy machine can rank engines the other way round).
-    Returns whether it was kept."""
+def why_not_kept(res: dict) -> str | None:
+    """None where a ``bench.compare_engines`` result may stand as this host's engine timing, else one
+    sentence why not: only a comparison at the model's base size, with every engine available here
+    timed over at least KEEP_MIN_ROUNDS rounds (two rounds can rank engines the other way round),
+    while other processes used at most BUSY_SHARE of the CPU (a busy machine slows every engine)."""
     folder = Path(res["folder"])
     runnable = {n for n, why in ((n, unavailable_reason(n)) for n in ENGINES) if why is None}
-    if list(res["size"]) != list(read_config(folder).base_size) or res["repeats"] < KEEP_MIN_ROUNDS or \
-            set(res["engines"]) != runnable:
+    base = list(read_config(folder).base_size)
+    if list(res["size"]) != base:
+        return f"it was timed at {res['size'][0]}x{res['size'][1]}, not at the model's base size {base[0]}x{base[1]}"
+    if res["repeats"] < KEEP_MIN_ROUNDS:
+        return f"{res['repeats']} rounds are too few to rank engines (at least {KEEP_MIN_ROUNDS})"
+    if set(res["engines"]) != runnable:
+        return "not every engine available here was timed"
+    busy = res.get("others_cpu_share")
+    if busy is not None and busy > BUSY_SHARE:
+        return (f"other programs used {100 * busy:.0f}% of the CPU while it ran (at most {100 * BUSY_SHARE:.0f}% "
+                "counts as idle): run it again when the machine is quiet")
+    return None
+
+
+def keep_comparison(res: dict) -> bool:
+    """Keep a ``bench.compare_engines`` result as this host's engine timing for the model's weights
+    (SQLite, the app's data folder) where ``why_not_kept`` finds nothing against it; ``choose_engine``
+    then prefers it to the card. Returns whether it was kept."""
+    if why_not_kept(res) is not None:
         return False
+    folder = Path(res["folder"])
     store.put_engines(res["host"]["host_key"], file_key(folder), res["model"], res["engines"])
     return True

@@ -78,13 +78,14 @@ def _engines_worker(args: dict, events, stop_event) -> None:
     (``engines.policy.keep_comparison``), each engine's time recorded in the app's history."""
     import torch
     torch.set_num_threads(max(1, int(args.pop("_threads", 1))))
-    from sis.engines.policy import keep_comparison
+    from sis.engines.policy import keep_comparison, why_not_kept
     from sis.training.bench import compare_engines
     try:
         def tick(phase, i, n):
             events.put(("progress", {"phase": "engines", "model": phase, "step": i, "total_steps": n}))
         res = compare_engines(args["folder"], size=tuple(args["size"]), warmup=1, repeats=args["repeats"],
                               progress=tick)
+        res["not_kept_because"] = why_not_kept(res)
         res["kept_for_this_host"] = keep_comparison(res)
         for name, r in res["engines"].items():
             store.add_bench({"model": res["model"], "mode": f"infer:{name}", "device": "cpu", "batch": 1,

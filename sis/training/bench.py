@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from sis.host import rss_bytes
+from sis.host import BusyMeter, rss_bytes
 from sis.zoo import models
 from sis.zoo.preprocess import forward_logits, model_input, pad_to_stride
 from sis.zoo.runtime import amp_dtype, autocast, host_info, pick_device, synchronize
@@ -195,7 +195,7 @@ def compare_engines(model: str, data: str | None = None, engines: list[str] | No
     fns = {n: (lambda e=e: e(image)) for n, e in built.items()}
     timg = torch.from_numpy(image)
     fns[CL_VARIANT] = lambda: forward_logits(net, cfg, timg, amp=False)
-    with torch.inference_mode():
+    with torch.inference_mode(), BusyMeter() as busy:
         times = _interleaved(fns, warmup, repeats, (lambda i, t: progress("timing", i, t)) if progress else None)
     out = {}
     ref_ms = statistics.median(times[E.REFERENCE])
@@ -214,7 +214,7 @@ def compare_engines(model: str, data: str | None = None, engines: list[str] | No
             out[n]["miou_delta"] = 100 * (out[n]["miou"] - out[E.REFERENCE]["miou"])
     here = {n: zoo.EngineRecord.from_dict(r) for n, r in out.items()}
     return {"model": cfg.name, "folder": str(folder), "size": list(size), "reference": E.REFERENCE,
-            "repeats": repeats, "val_frames": len(frames) if frames is not None else 0,
+            "repeats": repeats, "others_cpu_share": busy.others_share, "val_frames": len(frames) if frames is not None else 0,
             "engines": out, "unavailable": {n: r for n, r in status.items() if r},
             "channels_last_fp32": {"median_ms": cl_ms, "speedup_vs_eager": ref_ms / cl_ms,
                                    "note": "eager fp32 with channels_last: a yardstick, not an engine"},
