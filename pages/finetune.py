@@ -100,13 +100,13 @@ if started:
             cfg["crop"] = None if crop == "full frames" else tuple(int(v) for v in crop.split("x"))
         if replay and camvid is not None and root.resolve() != camvid.resolve():
             cfg.update(replay=str(camvid), replay_ratio=float(ratio))
-        if init_value == str(entry and entry.folder):  # scored before and after, also on CamVid val when present
-            cfg["_before_after"] = str(camvid or "")
+        # scored before and after, also on CamVid val when present
+        before_after = str(camvid or "") if init_value == str(entry and entry.folder) else None
         if unit == "steps":
             cfg["max_steps"] = int(length)
         else:
             cfg["epochs"] = int(length)
-        job = manager.start(sid, cfg)
+        job = manager.start(sid, cfg, before_after=before_after)
         st.toast(f"Started job {job.id}")
         plan = st.session_state.setdefault("_ft_plans", {})[job.id] = validation_plan(root, n)
         replayed = f" Replay: {100 * ratio:.0f}% of each batch from CamVid's train frames." if cfg.get("replay") else ""
@@ -130,32 +130,32 @@ def live():
         st.info("No fine-tuning job in this session yet.")
         return
     snap = manager.poll(job.id)
-    last = snap["last"]
-    status = snap["status"]
-    if last and last["phase"] == "compare":
-        st.progress(min(1.0, last["step"] / max(last["total_steps"], 1)),
+    last = snap.last
+    status = snap.status
+    if last and last.phase == "compare":
+        st.progress(min(1.0, last.step / max(last.total_steps, 1)),
                     text=f"{status}: trained; scored the model before and after" if status == "done" else
                     f"{status}: trained; scoring the model before and after, {last['step']}/{last['total_steps']} "
                     "frames")
     elif last:
-        frac = min(1.0, last["step"] / max(last["total_steps"], 1))
-        eta = f", about {snap['eta_s']:.0f} s left" if status == "running" and snap["eta_s"] else ""
+        frac = min(1.0, last.step / max(last.total_steps, 1))
+        eta = f", about {snap.eta_s:.0f} s left" if status == "running" and snap.eta_s else ""
         st.progress(frac, text=f"{status}: step {last['step']}/{last['total_steps']}, epoch {last['epoch']}/"
                                f"{last['epochs']}{eta}")
     else:
         st.progress(0.0, text=f"{status}: loading data and model...")
-    if snap["steps"]:
-        validates = bool(snap["val"]) or not st.session_state.get("_ft_plans", {}).get(job.id, "").startswith("none")
+    if snap.steps:
+        validates = bool(snap.val) or not st.session_state.get("_ft_plans", {}).get(job.id, "").startswith("none")
         st.plotly_chart(charts.live_curves(snap, validates), width="stretch", key="live_curves")
     if status == "failed":
-        st.error(snap["message"])
+        st.error(snap.message)
     elif status in ("done", "stopped"):
-        val = snap["history"][-1].get("val_miou") if snap["history"] else None
-        st.success(f"Run {status} after {len(snap['steps'])} steps in {snap['elapsed_s']:.0f} s"
+        val = snap.history[-1].get("val_miou") if snap.history else None
+        st.success(f"Run {status} after {len(snap.steps)} steps in {snap.elapsed_s:.0f} s"
                    + (f", val mIoU {100 * val:.1f}%" if val is not None else "")
-                   + f". Saved as run:{Path(snap['out']).name}: pick it on the other pages.")
-        if snap["message"]:
-            st.caption(snap["message"])
+                   + f". Saved as run:{Path(snap.out).name}: pick it on the other pages.")
+        if snap.message:
+            st.caption(snap.message)
     if status in ("done", "stopped", "failed") and st.session_state.get("_ft_end_seen") != job.id:
         st.session_state["_ft_end_seen"] = job.id
         st.rerun()  # once, the whole page: the runs table below shows how the run ended

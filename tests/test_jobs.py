@@ -35,8 +35,8 @@ def test_job_runs_to_done_and_is_recorded(manager, tiny_data, tiny_model):
     with pytest.raises(jobs.JobError, match=r"already runs 1 job\(s\)"):
         manager.start("s2", cfg)
     snap = _wait(manager, job)
-    assert snap["status"] == "done", snap["message"]
-    assert snap["steps"] == [1, 2, 3] and snap["val"]  # per-step curve and a validation point
+    assert snap.status == "done", snap.message
+    assert snap.steps == [1, 2, 3] and snap.val  # per-step curve and a validation point
     run = store.list_runs()[0]
     assert run["status"] == "done" and run["steps"] == 3 and run["val_miou"] is not None
     assert manager.stop(job.id) is False  # Stop after the end is harmless
@@ -50,7 +50,7 @@ def test_caps_refuse_big_jobs(manager, tiny_data):
 def test_failed_job_reports_one_sentence(manager, tmp_path):
     job = manager.start("s", dict(model="pspnet-resnet18", data=str(tmp_path / "missing"), max_steps=1))
     snap = _wait(manager, job)
-    assert snap["status"] == "failed" and "does not exist" in snap["message"]
+    assert snap.status == "failed" and "does not exist" in snap.message
 
 
 def _unwatched_long_job(tmp_path, monkeypatch, tiny_data, tiny_model, **limits) -> jobs.Job:
@@ -71,7 +71,7 @@ def _unwatched_long_job(tmp_path, monkeypatch, tiny_data, tiny_model, **limits) 
 def test_wall_time_cap_runs_without_anyone_polling(tmp_path, monkeypatch, tiny_data, tiny_model):
     job = _unwatched_long_job(tmp_path, monkeypatch, tiny_data, tiny_model, max_wall_s=3.0)
     assert job.status == "stopped" and job.message == "stopped at the 3-second limit"
-    assert job.progress[-1]["step"] < 2000
+    assert job.progress[-1].step < 2000
 
 
 def test_orphaned_job_is_reaped(tmp_path, monkeypatch, tiny_data, tiny_model):
@@ -87,8 +87,8 @@ def test_benchmark_runs_in_a_worker_under_the_same_caps(manager, tiny_data, tiny
     with pytest.raises(jobs.JobError, match=r"already runs 1 job\(s\)"):
         manager.start("s2", dict(model="pspnet-resnet18", data=str(tiny_data), max_steps=1))
     snap = _wait(manager, job)
-    assert snap["status"] == "done", snap["message"]
-    (res,) = snap["result"]
+    assert snap.status == "done", snap.message
+    (res,) = snap.result
     assert res["mode"] == "train" and res["size"] == [64, 96] and len(res["times_ms"]) == 2
     assert store.list_bench()[0]["model"] == "pspnet-resnet18"  # recorded in the history
     assert store.list_runs() == []  # not a fine-tuning run
@@ -108,11 +108,11 @@ def test_a_clip_is_segmented_in_a_worker(manager, tiny_model, tmp_path):
     with pytest.raises(jobs.JobError, match="already has a video job running"):
         manager.start_video("s", clip, tiny_model)
     snap = _wait(manager, job)
-    assert snap["status"] == "done" and snap["kind"] == "video", snap["message"]
-    res = snap["result"]
+    assert snap.status == "done" and snap.kind == "video", snap.message
+    res = snap.result
     assert res["frames"] == 3 and res["indices"] == [0, 2, 4] and 0 <= res["flicker"] <= 1
     assert res["flicker_raw"] is not None and len(res["share"]) == 3 and abs(sum(res["share"][0]) - 1) < 1e-6
-    out = Path(snap["out"])
+    out = Path(snap.out)
     assert probe(out / "overlay.mp4").frames == 3 == probe(out / "preview.mp4").frames
     with zipfile.ZipFile(out / "labels.zip") as z:
         assert z.namelist() == ["labels/000000.png", "labels/000002.png", "labels/000004.png"]
@@ -123,4 +123,4 @@ def test_a_bad_clip_fails_in_one_sentence(manager, tiny_model, tmp_path):
     (tmp_path / "notes.mp4").write_text("not a video")
     job = manager.start_video("s", tmp_path / "notes.mp4", tiny_model)
     snap = _wait(manager, job)
-    assert snap["status"] == "failed" and snap["message"] == "notes.mp4 is not a video file FFmpeg can read"
+    assert snap.status == "failed" and snap.message == "notes.mp4 is not a video file FFmpeg can read"

@@ -23,8 +23,16 @@ import numpy as np
 
 from sis import host
 from sis.engines.accurate import TTA, AccurateEngine
-from sis.engines.names import (ENGINES, REFERENCE, EngineError, EngineFailed, Guarded, available, is_graph,
-                               unavailable_reason)
+from sis.engines.names import (
+    ENGINES,
+    REFERENCE,
+    EngineError,
+    EngineFailed,
+    Guarded,
+    available,
+    is_graph,
+    unavailable_reason,
+)
 from sis.engines.policy import MAX_MIOU_DELTA, EngineChoice, choose_engine
 from sis.zoo.registry import ModelConfig, read_config
 

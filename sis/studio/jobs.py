@@ -48,13 +48,13 @@ def _new_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
-def _worker(cfg_dict: dict, events, stop_event) -> None:
-    """Child process: run train() and report every step on ``events``."""
+def _worker(cfg_dict: dict, threads: int, events, stop_event, compare_on: str | None = None) -> None:
+    """Child process: run train() and report every step on ``events``; then, where ``compare_on`` is
+    not None, the before/after comparison (on that base dataset; "" for none)."""
     import torch
-    torch.set_num_threads(max(1, int(cfg_dict.pop("_threads", 1))))
+    torch.set_num_threads(threads)
     from sis.training.config import TrainConfig
     from sis.training.loop import train
-    compare_on = cfg_dict.pop("_before_after", None)  # None: no comparison; else the base dataset ("": none)
     cfg = TrainConfig(**cfg_dict)
 
     def on_progress(p):
@@ -67,17 +67,16 @@ def _worker(cfg_dict: dict, events, stop_event) -> None:
             def tick(i, n):
                 events.put(("progress", {"phase": "compare", "step": i, "total_steps": n, "unit": "frames"}))
             for_run(cfg, Path(compare_on) if compare_on else None, tick, stop_event.is_set)
-        events.put(("result", {"status": res["status"], "steps": res["steps"], "history": res["history"],
-                               "val": res["val"], "out": res["out"]}))
+        events.put(("result", asdict(Outcome(res["status"], res["steps"], res["out"], res["history"], res["val"]))))
     except Exception as e:  # reported to the page as one sentence
         events.put(("error", _sentence(e)))
 
 
-def _engines_worker(args: dict, events, stop_event) -> None:
+def _engines_worker(args: dict, threads: int, events, stop_event) -> None:
     """Child process: ``bench.compare_engines`` on one model, kept for this host when it qualifies
     (``engines.policy.keep_comparison``), each engine's time recorded in the app's history."""
     import torch
-    torch.set_num_threads(max(1, int(args.pop("_threads", 1))))
+    torch.set_num_threads(threads)
     from sis.engines.policy import keep_comparison, why_not_kept
     from sis.training.bench import compare_engines
     try:
@@ -92,13 +91,13 @@ def _engines_worker(args: dict, events, stop_event) -> None:
                              "size": res["size"], "amp": name == "torch-bf16", "median_ms": r["median_ms"],
                              "p90_ms": r["p90_ms"], "images_per_s": r["images_per_s"],
                              "peak_rss_mb": res["peak_rss_mb"], "host": res["host"], "engine": r})
-        events.put(("result", {"status": "done", "steps": len(res["engines"]), "history": [], "val": None,
-                               "out": "", "bench": [{k: v for k, v in res.items() if k != "host"}]}))
+        events.put(("result", asdict(Outcome("done", len(res["engines"]),
+                                             result=[{k: v for k, v in res.items() if k != "host"}]))))
     except Exception as e:  # reported to the page as one sentence
         events.put(("error", _sentence(e)))
 
 
-def _video_worker(args: dict, events, stop_event) -> None:
+def _video_worker(args: dict, threads: int, events, stop_event) -> None:
     """Child process: segment a clip (``video.segment_video``) into the job's folder: overlay.mp4, one
     class-id PNG per processed frame in labels/, and labels.zip of them."""
     import zipfile
@@ -106,9 +105,9 @@ def _video_worker(args: dict, events, stop_event) -> None:
 
     from sis.engines import TTA, load_accurate
     from sis.files import atomic_write
-    from sis.host import threads
+    from sis.host import threads as host_threads
     from sis.video.segment import segment_video
-    os.environ["SIS_THREADS"] = str(max(1, int(args.pop("_threads", 1))))
+    os.environ["SIS_THREADS"] = str(threads)
     try:
         out = Path(args["out"])
         engine = load_accurate([Path(args["folder"])], TTA.from_mode(args.get("tta", "none")), args.get("engine"))
@@ -128,19 +127,19 @@ def _video_worker(args: dict, events, stop_event) -> None:
                     z.write(png, f"labels/{png.name}")
         atomic_write(out / "labels.zip", write_zip)
         summary = {k: v for k, v in _asdict(res).items()}
-        summary.update(share=[list(map(float, s)) for s in res.share], engine=engine.name, threads=threads(),
+        summary.update(share=[list(map(float, s)) for s in res.share], engine=engine.name, threads=host_threads(),
                        folder=args["folder"])
-        events.put(("result", {"status": "stopped" if res.cut == "stopped" else "done", "steps": res.frames,
-                               "history": [], "val": None, "out": str(out), "video": summary}))
+        events.put(("result", asdict(Outcome("stopped" if res.cut == "stopped" else "done", res.frames, str(out),
+                                             result=summary))))
     except Exception as e:  # reported to the page as one sentence
         events.put(("error", _sentence(e)))
 
 
-def _bench_worker(args: dict, events, stop_event) -> None:
+def _bench_worker(args: dict, threads: int, events, stop_event) -> None:
     """Child process: time training (or inference) steps of each model with ``bench.bench``; each
     result is recorded in the app's history and reported on ``events``."""
     import torch
-    torch.set_num_threads(max(1, int(args.pop("_threads", 1))))
+    torch.set_num_threads(threads)
     from sis.training.bench import bench
     names = args.pop("models")
     try:
@@ -155,10 +154,66 @@ def _bench_worker(args: dict, events, stop_event) -> None:
             res = bench(name, progress=tick, **args)
             store.add_bench(res)
             results.append({k2: v for k2, v in res.items() if k2 != "host"})
-        events.put(("result", {"status": "stopped" if len(results) < len(names) else "done",
-                               "steps": len(results), "history": [], "val": None, "out": "", "bench": results}))
+        events.put(("result", asdict(Outcome("stopped" if len(results) < len(names) else "done", len(results),
+                                             result=results))))
     except Exception as e:  # reported to the page as one sentence
         events.put(("error", _sentence(e)))
+
+
+@dataclass(frozen=True)
+class JobStep:
+    """One progress report of a job: a training step or validation (the loop's Progress), or a stage of
+    a benchmark, an engine comparison, a clip or a before/after comparison."""
+    phase: str                  # train | val | done | stopped | compare | bench | engines | video
+    step: int = 0
+    total_steps: int = 0
+    model: str = ""
+    unit: str = ""              # what a step counts where it is not an optimizer step: frames, steps
+    eta_s: float | None = None
+    loss: float | None = None
+    pixel_acc: float | None = None
+    val_miou: float | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "JobStep":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a worker reports when it ends; ``result`` is the job kind's own: a benchmark's list of
+    results, an engine comparison (one result in a list), a clip's summary; None for fine-tuning."""
+    status: str                 # done | stopped
+    steps: int
+    out: str = ""
+    history: list = field(default_factory=list)
+    val: dict | None = None
+    result: list | dict | None = None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A job as a page renders it: small, plain, typed."""
+    id: str
+    kind: str
+    status: str
+    message: str
+    model: str
+    out: str
+    elapsed_s: float
+    last: JobStep | None = None
+    eta_s: float | None = None
+    steps: list = field(default_factory=list)      # optimizer steps reported, in order
+    loss: list = field(default_factory=list)       # the training loss at each of them
+    pixel_acc: list = field(default_factory=list)
+    val: list = field(default_factory=list)        # (step, val mIoU) of each validation
+    history: list = field(default_factory=list)    # per-epoch records (training.loop)
+    logs: list = field(default_factory=list)       # the last few log lines
+    result: list | dict | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.status in ("starting", "running", "stopping")
 
 
 @dataclass
@@ -172,7 +227,7 @@ class Job:
     stop_event: object = None
     kind: str = "train"  # train | bench (step times) | engines (an engine comparison) | video
     status: str = "starting"  # starting | running | stopping | done | stopped | failed
-    progress: list = field(default_factory=list)  # Progress dicts, one per step (bounded)
+    progress: list = field(default_factory=list)  # JobSteps, one per report (bounded)
     history: list = field(default_factory=list)
     logs: list = field(default_factory=list)
     message: str = ""
@@ -186,18 +241,16 @@ class Job:
     def active(self) -> bool:
         return self.status in ("starting", "running", "stopping")
 
-    def snapshot(self) -> dict:
-        """Small, plain data for a page to render."""
+    def snapshot(self) -> Snapshot:
         last = self.progress[-1] if self.progress else None
-        train = [p for p in self.progress if p["phase"] == "train"]
-        return {"id": self.id, "status": self.status, "message": self.message, "last": last,
-                "eta_s": train[-1]["eta_s"] if train else (last or {}).get("eta_s"),
-                "steps": [p["step"] for p in train], "loss": [p["loss"] for p in train],
-                "pixel_acc": [p["pixel_acc"] for p in train],
-                "val": [(p["step"], p["val_miou"]) for p in self.progress if p["phase"] == "val"],
-                "history": self.history, "out": self.out, "model": self.cfg["model"],
-                "elapsed_s": (self.ended or time.time()) - self.started, "logs": self.logs[-5:],
-                "kind": self.kind, "result": self.result}
+        train = [p for p in self.progress if p.phase == "train"]
+        return Snapshot(id=self.id, kind=self.kind, status=self.status, message=self.message,
+                        model=self.cfg["model"], out=self.out, elapsed_s=(self.ended or time.time()) - self.started,
+                        last=last, eta_s=train[-1].eta_s if train else (last.eta_s if last else None),
+                        steps=[p.step for p in train], loss=[p.loss for p in train],
+                        pixel_acc=[p.pixel_acc for p in train],
+                        val=[(p.step, p.val_miou) for p in self.progress if p.phase == "val"],
+                        history=self.history, logs=self.logs[-5:], result=self.result)
 
 
 class JobManager:
@@ -243,16 +296,18 @@ class JobManager:
             raise JobError(f"the server already runs {self.limits.max_jobs} job(s) (fine-tuning, benchmark or clip), "
                            "its limit; try again when one finishes")
 
-    def _spawn(self, job: Job, target, payload: dict, threads: int = 1) -> Job:
+    def _spawn(self, job: Job, target, payload: dict, threads: int = 1, **extra) -> Job:
         job.events, job.stop_event = CTX.Queue(), CTX.Event()
-        job.process = CTX.Process(target=target, args=(dict(payload, _threads=threads), job.events, job.stop_event),
-                                  daemon=True, name=f"sis-job-{job.id}")
+        job.process = CTX.Process(target=target, args=(payload, max(1, threads), job.events, job.stop_event),
+                                  kwargs=extra, daemon=True, name=f"sis-job-{job.id}")
         job.process.start()
         self.jobs[job.id] = job
         return job
 
-    def start(self, session: str, cfg: dict, name: str | None = None) -> Job:
-        """Start a fine-tuning job for ``session``; cfg holds TrainConfig fields. Raises JobError if a cap refuses."""
+    def start(self, session: str, cfg: dict, name: str | None = None, before_after: str | None = None) -> Job:
+        """Start a fine-tuning job for ``session``; cfg holds TrainConfig fields. ``before_after``: after the
+        run, compare the model with its start on the run's frames and on this base dataset ("" for none;
+        None: no comparison). Raises JobError if a cap refuses."""
         lim = self.limits
         with self.lock:
             self._admit(session)
@@ -266,7 +321,7 @@ class JobManager:
             out = self.models_dir / (name or f"{cfg['model']}-ft-{job_id}")
             cfg["out"] = str(out)
             cfg["resume"] = False
-            job = self._spawn(Job(job_id, session, cfg, str(out)), _worker, cfg)
+            job = self._spawn(Job(job_id, session, cfg, str(out)), _worker, cfg, compare_on=before_after)
         store.upsert_run(job_id, model=cfg["model"], init=cfg.get("init"), data=cfg.get("data"),
                          status="running", config=cfg, out_dir=str(out))
         return job
@@ -313,7 +368,7 @@ class JobManager:
         job.status, job.stop_asked = "stopping", time.time()
         return True
 
-    def poll(self, job_id: str, touch: bool = True) -> dict | None:
+    def poll(self, job_id: str, touch: bool = True) -> Snapshot | None:
         with self.lock:
             job = self.jobs.get(job_id)
             if job is None:
@@ -366,14 +421,15 @@ class JobManager:
         if kind == "progress":
             if job.status == "starting":
                 job.status = "running"
-            job.progress.append(payload)
+            job.progress.append(JobStep.from_dict(payload))
             if len(job.progress) > 5000:
                 del job.progress[:1000]
         elif kind == "log":
             job.logs.append(payload)
         elif kind == "result":
-            job.history, job.result = payload["history"], payload.get("bench", payload.get("video"))
-            self._finish(job, payload["status"], val=payload["val"], steps=payload["steps"])
+            outcome = Outcome(**payload)
+            job.history, job.result = outcome.history, outcome.result
+            self._finish(job, outcome.status, val=outcome.val, steps=outcome.steps)
         elif kind == "error":
             job.message = payload
             self._finish(job, "failed")

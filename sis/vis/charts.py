@@ -52,15 +52,16 @@ def training_curves(rows: list) -> go.Figure:
     return fig
 
 
-def live_curves(snap: dict, validates: bool = True) -> go.Figure:
-    """Loss, batch pixel accuracy and (for a run that validates) validation mIoU against the step."""
+def live_curves(snap, validates: bool = True) -> go.Figure:
+    """Loss, batch pixel accuracy and (for a run that validates) validation mIoU against the step, from a
+    job's ``studio.jobs.Snapshot``."""
     titles = ("Loss", "Pixel accuracy (batch)") + (("Validation mIoU",) if validates else ())
     fig = make_subplots(rows=1, cols=len(titles), subplot_titles=titles)
-    fig.add_scatter(x=snap["steps"], y=snap["loss"], row=1, col=1, name="loss", showlegend=False)
-    fig.add_scatter(x=snap["steps"], y=[100 * a for a in snap["pixel_acc"]], row=1, col=2, name="acc",
+    fig.add_scatter(x=snap.steps, y=snap.loss, row=1, col=1, name="loss", showlegend=False)
+    fig.add_scatter(x=snap.steps, y=[100 * a for a in snap.pixel_acc], row=1, col=2, name="acc",
                     showlegend=False)
     if validates:
-        fig.add_scatter(x=[s for s, _ in snap["val"]], y=[100 * m for _, m in snap["val"]], row=1, col=3,
+        fig.add_scatter(x=[s for s, _ in snap.val], y=[100 * m for _, m in snap.val], row=1, col=3,
                         mode="lines+markers", name="val mIoU", showlegend=False)
     fig.update_xaxes(title_text="step")
     fig.update_layout(height=300, margin=dict(l=10, r=10, t=40, b=10))

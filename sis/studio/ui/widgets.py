@@ -103,12 +103,12 @@ def follow_job(kind: str, slot: str) -> None:
     if job is None or st.session_state.get(f"_shown:{kind}") == job.id:
         return
     snap = manager.poll(job.id)
-    last, status = snap["last"], snap["status"]
+    last, status = snap.last, snap.status
     if status in ("starting", "running", "stopping"):
         if last:
-            frac = last["step"] / max(last["total_steps"], 1) if last["total_steps"] else 0.0
-            eta = last.get("eta_s")
-            text = f"{status}: {last['model']}, {last['step']}/{last['total_steps'] or '?'} {last.get('unit', '')}" + \
+            frac = last.step / max(last.total_steps, 1) if last.total_steps else 0.0
+            eta = last.eta_s
+            text = f"{status}: {last.model}, {last.step}/{last.total_steps or '?'} {last.unit}" + \
                 (f", about {eta:.0f} s left" if eta is not None else "")
         else:
             frac, text = 0.0, f"{status}: starting the worker..."
@@ -117,5 +117,5 @@ def follow_job(kind: str, slot: str) -> None:
             manager.stop(job.id)
         return
     st.session_state[f"_shown:{kind}"] = job.id
-    st.session_state[slot] = (snap["result"], snap["out"], snap["message"] if status != "done" else "")
+    st.session_state[slot] = (snap.result, snap.out, snap.message if status != "done" else "")
     st.rerun()  # once, the whole page: what follows the progress bar shows the result
