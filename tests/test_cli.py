@@ -123,6 +123,20 @@ def test_train_command_round_trips_through_the_parser():
     assert train_command(cfgs[2]).endswith("--train-encoder")  # spelled out for a folder, whose card may freeze it
 
 
+def test_every_training_option_is_written_once():
+    """The parser's train options and train_command both come from training.config.FLAGS: every
+    TrainConfig field but the three positional-like ones has exactly one flag there, and the parser has it."""
+    from dataclasses import fields
+
+    from sis.cli.parser import build_parser
+    from sis.training.config import FLAGS, TrainConfig
+    assert set(FLAGS) == {f.name for f in fields(TrainConfig)} - {"model", "data", "out"}
+    train = next(a for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions
+                 if a.dest == "init").container
+    spelled = {o for a in train._actions for o in a.option_strings}
+    assert {f.name for f in FLAGS.values()} | {f.off for f in FLAGS.values() if f.off} <= spelled
+
+
 def test_fine_tuning_unet_resnet18_freezes_its_encoder_unless_told():
     """Its card measured that a few frames teach it more, and it forgets other streets less, with the encoder
     frozen (docs/correct.md); the other shipped models train their encoder."""

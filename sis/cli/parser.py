@@ -20,6 +20,26 @@ def add_accurate_options(s, default_engine: str) -> None:
                    "onnxruntime | onnxruntime-int8")
 
 
+TYPES = {"str": str, "int": int, "float": float, "positive": positive_int, "size": hw_size, "range": scale_range,
+         "splits": split_list}
+
+
+def add_train_flags(s) -> None:
+    """Every TrainConfig field's option, from training.config.FLAGS (a field's default is the config's;
+    a recipe field's is None, so that with --init DIR it follows that folder's card)."""
+    from sis.training.config import FLAGS, TrainConfig
+    default = TrainConfig()
+    for name, flag in FLAGS.items():
+        if flag.switch is not None:
+            s.add_argument(flag.name, dest=name, action="store_const", const=flag.switch, help=flag.help,
+                           default=None if flag.recipe else getattr(default, name))
+            if flag.off:
+                s.add_argument(flag.off, dest=name, action="store_const", const=not flag.switch, help=flag.off_help)
+            continue
+        s.add_argument(flag.name, dest=name, type=TYPES[flag.kind], choices=flag.choices, help=flag.help,
+                       default=None if flag.recipe else getattr(default, name))
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr (exit code 2), not the whole usage."""
 
@@ -40,48 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True, help="dataset folder (train/ trainannot/, and val/ valannot/ if it has "
                    "them; without val/, every 5th frame is held out from 10 frames on, else there is no validation)")
     s.add_argument("--out", help="output model folder (default runs/MODEL)")
-    s.add_argument("--init", default="random", help="random | imagenet | a model folder to fine-tune")
-    s.add_argument("--epochs", type=positive_int, default=1)
-    s.add_argument("--max-steps", type=positive_int)
-    s.add_argument("--batch-size", type=positive_int, default=8)
-    s.add_argument("--crop", type=hw_size, help="random crop HxW, or 'full' (default: full frames; with --init DIR "
-                   "the augmentation options default to that model's recipe)")
-    s.add_argument("--scale", type=scale_range, help="random rescale range, e.g. 0.75,1.5 (default 1,1)")
-    s.add_argument("--flips", choices=["", "h", "v", "hv"], help="default hv (the paper's)")
-    s.add_argument("--lr", type=float, default=2e-4)
-    s.add_argument("--optimizer", default="adam", choices=["adam", "adamw"])
-    s.add_argument("--weight-decay", type=float, default=0.0)
-    s.add_argument("--schedule", default="constant", choices=["constant", "poly", "cosine"])
-    s.add_argument("--warmup", type=int, default=0, help="linear warm-up steps")
-    s.add_argument("--class-weighting", choices=["none", "median", "sqrt-median"], help="default none")
-    s.add_argument("--freeze-encoder", action="store_true", default=None,
-                   help="train the decoder only (default: off, or what the --init folder's card measured)")
-    s.add_argument("--train-encoder", dest="freeze_encoder", action="store_false",
-                   help="train the encoder too, also where the --init folder's card would freeze it")
-    s.add_argument("--splits", type=split_list, default=("train",),
-                   help="the dataset's splits to train on, e.g. train,val (the final-model protocol: "
-                        "the run then does not validate); default train")
-    s.add_argument("--teacher", default="", help="distil from this model: a registry name or model folder, "
-                   "or several joined by commas (an ensemble); it labels every training frame once")
-    s.add_argument("--teacher-tta", default="none", choices=["none", "flip", "ms"],
-                   help="the teacher's test-time augmentation")
-    s.add_argument("--distill-alpha", type=float, default=0.5,
-                   help="with --teacher: its share of the loss (the labels get the rest)")
-    s.add_argument("--distill-temperature", type=float, default=1.0, help="with --teacher: the softmax temperature")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="auto")
-    s.add_argument("--no-amp", action="store_true", help="plain fp32 (no bf16/fp16 autocast)")
-    s.add_argument("--no-channels-last", action="store_true")
-    s.add_argument("--train-limit", type=positive_int)
-    s.add_argument("--val-limit", type=positive_int)
-    s.add_argument("--val-every", type=int, default=1)
-    s.add_argument("--replay", help="a base dataset (e.g. CamVid) whose train frames are mixed into every batch, "
-                   "so that fine-tuning on a few frames does not forget it")
-    s.add_argument("--replay-ratio", type=float, default=0.5, help="share of each batch from --replay")
-    s.add_argument("--replay-limit", type=positive_int, default=120, help="replay frames held in memory")
-    s.add_argument("--no-resume", action="store_true", help="ignore OUT/checkpoint")
-    s.add_argument("--half", action="store_true", help="write fp16 weights")
-    s.add_argument("--threads", type=positive_int)
+    add_train_flags(s)
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("eval", help="evaluate a model (or an ensemble, a,b,c) on a split")

@@ -12,7 +12,7 @@ def train_config(a):
     folder (``--init DIR``): the model is the folder's, and the augmentation options not given keep
     the folder's recipe (sis.zoo.card.recipe_defaults)."""
     from sis import zoo
-    from sis.training.config import TrainConfig
+    from sis.training.config import FLAGS, TrainConfig
     from sis.zoo.card import recipe_defaults
     model = a.model
     if a.init not in ("random", "imagenet"):
@@ -23,20 +23,13 @@ def train_config(a):
     elif not model:
         raise zoo.ModelError("--model is needed unless --init is a model folder")
     base, default = recipe_defaults(a.init), TrainConfig()
-    aug = {k: getattr(a, k) if getattr(a, k) is not None else base.get(k, getattr(default, k))
-           for k in zoo.RECIPE_KEYS}
-    aug["crop"] = None if aug["crop"] == "full" else aug["crop"]
-    return TrainConfig(model=model, data=a.data, out=a.out or f"runs/{model}", init=a.init,
-                       epochs=a.epochs, max_steps=a.max_steps, batch_size=a.batch_size, **aug,
-                       lr=a.lr, optimizer=a.optimizer,
-                       weight_decay=a.weight_decay, schedule=a.schedule, warmup_steps=a.warmup,
-                       freeze_encoder=base.get("freeze_encoder", False) if a.freeze_encoder is None else a.freeze_encoder,
-                       splits=a.splits, teacher=a.teacher, teacher_tta=a.teacher_tta,
-                       distill_alpha=a.distill_alpha, distill_temperature=a.distill_temperature, seed=a.seed,
-                       device=a.device, amp=not a.no_amp, channels_last=not a.no_channels_last,
-                       train_limit=a.train_limit, val_limit=a.val_limit, val_every=a.val_every,
-                       replay=a.replay or "", replay_ratio=a.replay_ratio, replay_limit=a.replay_limit,
-                       resume=not a.no_resume, save_half=a.half, threads=a.threads)
+    values = {name: getattr(a, name) for name in FLAGS}
+    for name, flag in FLAGS.items():
+        if flag.recipe and values[name] is None:
+            values[name] = base.get(name, getattr(default, name))
+    if values["crop"] == "full":
+        values["crop"] = None
+    return TrainConfig(model=model, data=a.data, out=a.out or f"runs/{model}", **values)
 
 
 def cmd_train(a) -> int:

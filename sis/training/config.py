@@ -6,7 +6,6 @@ from dataclasses import asdict, dataclass
 from typing import Protocol
 
 from sis import zoo
-from sis.zoo.card import RECIPE_KEYS
 
 
 class TrainingError(RuntimeError):
@@ -55,21 +54,73 @@ class TrainConfig:
         return asdict(self)
 
 
-# TrainConfig field -> `python -m sis train` option; switches: (field, value that sets the flag, flag)
-_OPTIONS = [("init", "--init"), ("epochs", "--epochs"), ("max_steps", "--max-steps"),
-            ("batch_size", "--batch-size"), ("crop", "--crop"), ("scale", "--scale"), ("flips", "--flips"),
-            ("lr", "--lr"), ("optimizer", "--optimizer"), ("weight_decay", "--weight-decay"),
-            ("schedule", "--schedule"), ("warmup_steps", "--warmup"), ("class_weighting", "--class-weighting"),
-            ("splits", "--splits"), ("teacher", "--teacher"), ("teacher_tta", "--teacher-tta"),
-            ("distill_alpha", "--distill-alpha"), ("distill_temperature", "--distill-temperature"),
-            ("seed", "--seed"), ("device", "--device"), ("train_limit", "--train-limit"),
-            ("val_limit", "--val-limit"), ("val_every", "--val-every"), ("replay", "--replay"),
-            ("replay_ratio", "--replay-ratio"), ("replay_limit", "--replay-limit"), ("threads", "--threads")]
+@dataclass(frozen=True)
+class Flag:
+    """How one TrainConfig field is spelled on ``python -m sis train``: the parser and train_command
+    both read FLAGS, so an option is written once."""
+    name: str                      # e.g. --lr
+    help: str | None = None
+    kind: str = "str"              # str | int | float | positive | size (HxW or full) | range (a,b) | splits (a,b)
+    choices: tuple | None = None
+    switch: bool | None = None     # a bool field: the value the flag sets (--no-amp sets amp False)
+    off: str | None = None         # a second switch that sets the opposite (--train-encoder)
+    off_help: str | None = None
+    recipe: bool = False           # left out with --init DIR, it follows that folder's card (zoo.recipe_defaults)
 
 
-_SWITCHES = [("freeze_encoder", True, "--freeze-encoder"), ("amp", False, "--no-amp"),
-             ("channels_last", False, "--no-channels-last"), ("resume", False, "--no-resume"),
-             ("save_half", True, "--half")]
+FLAGS: dict[str, Flag] = {  # TrainConfig field -> its flag; options first, then switches (train_command's order)
+    "init": Flag("--init", "random | imagenet | a model folder to fine-tune"),
+    "epochs": Flag("--epochs", kind="positive"),
+    "max_steps": Flag("--max-steps", kind="positive"),
+    "batch_size": Flag("--batch-size", kind="positive"),
+    "crop": Flag("--crop", "random crop HxW, or 'full' (default: full frames; with --init DIR the augmentation "
+                 "options default to that model's recipe)", kind="size", recipe=True),
+    "scale": Flag("--scale", "random rescale range, e.g. 0.75,1.5 (default 1,1)", kind="range", recipe=True),
+    "flips": Flag("--flips", "default hv (the paper's)", choices=("", "h", "v", "hv"), recipe=True),
+    "lr": Flag("--lr", kind="float"),
+    "optimizer": Flag("--optimizer", choices=("adam", "adamw")),
+    "weight_decay": Flag("--weight-decay", kind="float"),
+    "schedule": Flag("--schedule", choices=("constant", "poly", "cosine")),
+    "warmup_steps": Flag("--warmup", "linear warm-up steps", kind="int"),
+    "class_weighting": Flag("--class-weighting", "default none", choices=("none", "median", "sqrt-median"),
+                            recipe=True),
+    "splits": Flag("--splits", "the dataset's splits to train on, e.g. train,val (the final-model protocol: the "
+                   "run then does not validate); default train", kind="splits"),
+    "teacher": Flag("--teacher", "distil from this model: a registry name or model folder, or several joined by "
+                    "commas (an ensemble); it labels every training frame once"),
+    "teacher_tta": Flag("--teacher-tta", "the teacher's test-time augmentation", choices=("none", "flip", "ms")),
+    "distill_alpha": Flag("--distill-alpha", "with --teacher: its share of the loss (the labels get the rest)",
+                          kind="float"),
+    "distill_temperature": Flag("--distill-temperature", "with --teacher: the softmax temperature", kind="float"),
+    "seed": Flag("--seed", kind="int"),
+    "device": Flag("--device"),
+    "train_limit": Flag("--train-limit", kind="positive"),
+    "val_limit": Flag("--val-limit", kind="positive"),
+    "val_every": Flag("--val-every", kind="int"),
+    "replay": Flag("--replay", "a base dataset (e.g. CamVid) whose train frames are mixed into every batch, so "
+                   "that fine-tuning on a few frames does not forget it"),
+    "replay_ratio": Flag("--replay-ratio", "share of each batch from --replay", kind="float"),
+    "replay_limit": Flag("--replay-limit", "replay frames held in memory", kind="positive"),
+    "threads": Flag("--threads", kind="positive"),
+    "freeze_encoder": Flag("--freeze-encoder", "train the decoder only (default: off, or what the --init folder's "
+                           "card measured)", switch=True, off="--train-encoder", recipe=True,
+                           off_help="train the encoder too, also where the --init folder's card would freeze it"),
+    "amp": Flag("--no-amp", "plain fp32 (no bf16/fp16 autocast)", switch=False),
+    "channels_last": Flag("--no-channels-last", switch=False),
+    "resume": Flag("--no-resume", "ignore OUT/checkpoint", switch=False),
+    "save_half": Flag("--half", "write fp16 weights", switch=True),
+}
+
+
+def flag_text(kind: str, value) -> str:
+    """A field's value as its flag takes it (the inverse of the CLI's argument types)."""
+    if kind == "size":
+        return f"{value[0]}x{value[1]}"
+    if kind == "range":
+        return f"{value[0]},{value[1]}"
+    if kind == "splits":
+        return ",".join(value)
+    return str(value)
 
 
 def train_command(cfg: TrainConfig | dict) -> str:
@@ -80,20 +131,21 @@ def train_command(cfg: TrainConfig | dict) -> str:
     parts = ["python -m sis train", f"--model {cfg.model}", f"--data {shlex.quote(str(cfg.data))}",
              f"--out {shlex.quote(str(cfg.out))}"]
     from_folder = cfg.init not in ("random", "imagenet")
-    for field, flag in _OPTIONS:
-        v = getattr(cfg, field)
-        if field in RECIPE_KEYS and from_folder:  # spelled out: left out, they would follow the folder's recipe
-            if v is None:
-                parts.append(f"{flag} full")
-                continue
-        elif v is None or v == getattr(default, field):
+    for field_name, flag in FLAGS.items():
+        v, d = getattr(cfg, field_name), getattr(default, field_name)
+        if flag.switch is not None:
+            if v == flag.switch != d:
+                parts.append(flag.name)
+            elif from_folder and flag.off and v != flag.switch:  # spelled out: left out, it would follow the card
+                parts.append(flag.off)
             continue
-        text = f"{v[0]}x{v[1]}" if field == "crop" else f"{v[0]},{v[1]}" if field == "scale" else \
-            ",".join(v) if field == "splits" else str(v)
-        parts.append(f"{flag} {shlex.quote(text)}")
-    parts += [flag for field, value, flag in _SWITCHES if getattr(cfg, field) == value != getattr(default, field)]
-    if from_folder and not cfg.freeze_encoder:  # spelled out: left out, it would follow the folder's card
-        parts.append("--train-encoder")
+        if flag.recipe and from_folder:  # spelled out: left out, they would follow the folder's recipe
+            if v is None:
+                parts.append(f"{flag.name} full")
+                continue
+        elif v is None or v == d:
+            continue
+        parts.append(f"{flag.name} {shlex.quote(flag_text(flag.kind, v))}")
     return " ".join(parts)
 
 
