@@ -149,7 +149,7 @@ def train_command(cfg: TrainConfig | dict) -> str:
     return " ".join(parts)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Progress:
     """What the loop reports after every step (and after each validation)."""
     step: int

@@ -9,6 +9,7 @@ import datetime as dt
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -16,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from sis import zoo
+from sis.classes import ClassSet
 from sis.data.augment import SegDataset, build_augment
 from sis.data.dataset import (
     HOLDOUT_EVERY,
@@ -100,13 +102,142 @@ def _sync_buffers(model: torch.nn.Module, world: int) -> None:
 
 
 # ------------------------------------------------------------------ the loop
+@dataclass
+class _Data:
+    """What the loop trains on: decoded once, augmented on tensors in the loop's process."""
+    classes: ClassSet
+    train: Frames
+    val: Frames | None
+    validation: str          # how the run validates, in words
+    dataset: SegDataset      # the training frames (with the teacher's soft targets when distilling)
+    replay: SegDataset | None
+    n_replay: int            # replay frames in each batch
+    per_batch: int           # training frames in each batch
+
+
+def _load_data(cfg: TrainConfig, device: torch.device, rank: int, log: Callable[[str], None]) -> _Data:
+    classes = load_classes(cfg.data)
+    frames = load_splits(cfg.data, cfg.splits, cfg.train_limit, classes)
+    val, validation = None, "none (--val-every 0)"
+    if "val" in cfg.splits:
+        validation = "none: the val split is trained on (its figures would be training figures)"
+    elif cfg.val_every:
+        frames, val, validation = validation_frames(cfg.data, frames, cfg.val_limit, classes)
+    if rank == 0:
+        log(f"validation: {validation}")
+    augment = build_augment(cfg.flips, cfg.crop, cfg.scale, classes.void if classes.void is not None else 255)
+    soft = _teacher_targets(cfg, frames, device, log) if cfg.teacher else None
+    replay = SegDataset(load_replay(cfg.replay, cfg.replay_limit, classes), augment) if cfg.replay else None
+    if not 0 <= cfg.replay_ratio < 1:
+        raise TrainingError(f"the replay ratio is a share of each batch, within 0 and 1 (exclusive), "
+                            f"not {cfg.replay_ratio}")
+    n_replay = min(cfg.batch_size - 1, round(cfg.batch_size * cfg.replay_ratio)) if replay else 0
+    sizes = {tuple(i.shape) for i in frames.images + (replay.frames.images if replay else [])}
+    if cfg.crop is None and len(sizes) > 1:
+        raise TrainingError("training frames differ in size" + (" (with the replay frames)" if replay else "") +
+                            "; set a crop size (--crop HxW)")
+    return _Data(classes, frames, val, validation, SegDataset(frames, augment, soft), replay, n_replay,
+                 cfg.batch_size - n_replay)
+
+
+def _teacher_targets(cfg: TrainConfig, frames: Frames, device: torch.device, log: Callable[[str], None]) -> list:
+    """The teacher's soft targets for every frame, its settings checked first (its pass takes minutes on a CPU)."""
+    if cfg.replay:
+        raise TrainingError("a teacher and replay do not go together: the replay frames have no teacher's answers")
+    if not 0 <= cfg.distill_alpha <= 1:
+        raise TrainingError(f"the teacher's share of the loss is within 0 and 1, not {cfg.distill_alpha}")
+    if cfg.distill_temperature <= 0:
+        raise TrainingError(f"the distillation temperature must be positive, not {cfg.distill_temperature}")
+    try:
+        soft = teacher_targets(frames, cfg.teacher, cfg.teacher_tta, device.type, log)
+    except zoo.ModelError:
+        raise
+    except ValueError as e:
+        raise TrainingError(f"the teacher cannot label this data: {e}") from None
+    if cfg.threads:  # loading a torch engine set the thread count to the host's
+        torch.set_num_threads(cfg.threads)
+    return soft
+
+
+def _load_model(cfg: TrainConfig, classes: ClassSet, log: Callable[[str], None]) -> tuple[torch.nn.Module, zoo.ModelConfig]:
+    """A fresh model (random or ImageNet encoder), or the one saved in the folder ``cfg.init`` to fine-tune."""
+    if cfg.init in ("random", "imagenet"):
+        return models.create_model(cfg.model, classes, cfg.init)
+    model, mcfg = models.load_model(Path(cfg.init))
+    current = zoo.make_config(mcfg.name, mcfg.class_set) if mcfg.name in zoo.MODELS else mcfg
+    if current.smp_kwargs != mcfg.smp_kwargs:
+        # the registry's architecture for this name changed since the folder was saved:
+        # build the current one and carry over every tensor that still fits
+        fresh, mcfg = models.create_model(current, mcfg.class_set)
+        copied, reinit = models.transplant(fresh, model.state_dict())
+        model = fresh
+        log(f"{cfg.init} was saved with an older {mcfg.name} architecture: carried over "
+            f"{len(copied)} tensors, {len(reinit)} start fresh ({', '.join(sorted({k.rsplit('.', 2)[0] for k in reinit})[:6])})")
+    if mcfg.class_set.num_classes != classes.num_classes:
+        models.reset_head(model, classes.num_classes)
+        log(f"new classifier head: {mcfg.class_set.num_classes} -> {classes.num_classes} classes")
+    mcfg.classes = classes.to_dict()
+    mcfg.init = f"finetune:{Path(cfg.init).name}"
+    return model, mcfg
+
+
+def _optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(cfg.optimizer)
+    if opt_cls is None:
+        raise ValueError(f"unknown optimizer '{cfg.optimizer}'; choose adam or adamw")
+    return opt_cls([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _onto_gpu(data: _Data, device: torch.device) -> None:
+    """Augment on the GPU: CamVid's train frames take ~0.7 GB there, and per-image resizes on the
+    host would leave a fast GPU waiting on the Python loop."""
+    data.train.images = [i.to(device) for i in data.train.images]
+    data.train.masks = [m.to(device) for m in data.train.masks]
+    if data.dataset.soft is not None:
+        data.dataset.soft = [t.to(device) for t in data.dataset.soft]
+    torch.backends.cudnn.benchmark = True
+
+
+def _batch(cfg: TrainConfig, data: _Data, order: list[int], b: int, step: int):
+    """Batch ``b`` of the epoch's ``order``, plus replay frames drawn by (seed, step) so that a resumed
+    run draws the same ones: (images, masks, teacher targets or None), on the CPU."""
+    idx = order[b * data.per_batch:(b + 1) * data.per_batch]
+    pairs = [data.dataset[i] for i in idx]
+    if data.replay is not None:
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        pairs += [data.replay[int(i)] for i in torch.randint(len(data.replay), (data.n_replay,), generator=g)]
+    imgs, masks, *teach = zip(*pairs)
+    return torch.stack(imgs), torch.stack(masks), (torch.stack(teach[0]) if teach else None)
+
+
+def _card(cfg: TrainConfig, mcfg: zoo.ModelConfig, data: _Data, status: str, step: int, history: list,
+          val: dict | None, wall: float, world: int, device: torch.device) -> dict:
+    """The card written beside the weights: what was trained, how, on what, and how it scored."""
+    classes = data.classes
+    return {
+        "model": mcfg.name, "paper_pair": zoo.MODELS[mcfg.name].paper, "init": mcfg.init,
+        "classes": list(classes.names), "palette": [list(c) for c in classes.colors], "void": classes.void,
+        "status": status, "steps": step, "epochs_run": len([h for h in history if not h.get("partial")]),
+        "wall_time_s": round(wall, 1), "history": history,
+        "val": val, "recipe": cfg.to_dict(), "command": train_command(cfg), "world_size": world,
+        "complexity": models.config_complexity(mcfg),
+        "precision": str(amp_dtype(device)) if cfg.amp and amp_dtype(device) else "fp32",
+        "hardware": host_info(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "data": {"root": str(cfg.data), "splits": list(cfg.splits), "train_frames": len(data.train),
+                 "val_frames": len(data.val) if data.val is not None else 0, "validation": data.validation,
+                 "replay": {"root": str(cfg.replay), "frames": len(data.replay), "per_batch": data.n_replay}
+                 if data.replay else None},
+    }
+
+
 def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
           stop: StopFlag | None = None, log: Callable[[str], None] = print) -> dict:
-    """Train per ``cfg``; returns {status, out, history, val}. status: done | stopped.
+    """Train per ``cfg``; returns {status, out, history, val, steps, digest, rank}. status: done | stopped.
 
     Writes ``cfg.out`` (a loadable model folder) at the end or when stopped, and
     ``cfg.out/checkpoint`` after every epoch and on stop, for resume.
     """
+    # ---- setup: device, data, model, optimizer, schedule, resume
     device = pick_device(cfg.device)
     rank, world = _init_distributed(device)
     if cfg.threads:
@@ -114,90 +245,20 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
     torch.manual_seed(cfg.seed + rank)
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoint"
-
-    # data: decoded once, augmented on tensors in the loop's process
-    classes = load_classes(cfg.data)
-    train_frames = load_splits(cfg.data, cfg.splits, cfg.train_limit, classes)
-    val_frames, validation = None, "none (--val-every 0)"
-    if "val" in cfg.splits:
-        validation = "none: the val split is trained on (its figures would be training figures)"
-    elif cfg.val_every:
-        train_frames, val_frames, validation = validation_frames(cfg.data, train_frames, cfg.val_limit, classes)
-    if rank == 0:
-        log(f"validation: {validation}")
-    fill = classes.void if classes.void is not None else 255
-    augment = build_augment(cfg.flips, cfg.crop, cfg.scale, fill)
-    soft = None
-    if cfg.teacher:  # checked before the teacher's pass over the data, which takes minutes on a CPU
-        if cfg.replay:
-            raise TrainingError("a teacher and replay do not go together: the replay frames have no teacher's answers")
-        if not 0 <= cfg.distill_alpha <= 1:
-            raise TrainingError(f"the teacher's share of the loss is within 0 and 1, not {cfg.distill_alpha}")
-        if cfg.distill_temperature <= 0:
-            raise TrainingError(f"the distillation temperature must be positive, not {cfg.distill_temperature}")
-        try:
-            soft = teacher_targets(train_frames, cfg.teacher, cfg.teacher_tta, device.type, log)
-        except zoo.ModelError:
-            raise
-        except ValueError as e:
-            raise TrainingError(f"the teacher cannot label this data: {e}") from None
-        if cfg.threads:  # loading a torch engine set the thread count to the host's
-            torch.set_num_threads(cfg.threads)
-    dataset = SegDataset(train_frames, augment, soft)
-    replay = SegDataset(load_replay(cfg.replay, cfg.replay_limit, classes), augment) if cfg.replay else None
-    if not 0 <= cfg.replay_ratio < 1:
-        raise TrainingError(f"the replay ratio is a share of each batch, within 0 and 1 (exclusive), "
-                            f"not {cfg.replay_ratio}")
-    n_replay = min(cfg.batch_size - 1, round(cfg.batch_size * cfg.replay_ratio)) if replay else 0
-    per_batch = cfg.batch_size - n_replay  # frames of the training data in each batch
-    sizes = {tuple(i.shape) for i in train_frames.images + (replay.frames.images if replay else [])}
-    if cfg.crop is None and len(sizes) > 1:
-        raise TrainingError("training frames differ in size" + (" (with the replay frames)" if replay else "") +
-                            "; set a crop size (--crop HxW)")
-
-    # model: fresh (random / ImageNet encoder) or fine-tuned from a saved folder
-    if cfg.init in ("random", "imagenet"):
-        model, mcfg = models.create_model(cfg.model, classes, cfg.init)
-    else:
-        model, mcfg = models.load_model(Path(cfg.init))
-        current = zoo.make_config(mcfg.name, mcfg.class_set) if mcfg.name in zoo.MODELS else mcfg
-        if current.smp_kwargs != mcfg.smp_kwargs:
-            # the registry's architecture for this name changed since the folder was saved:
-            # build the current one and carry over every tensor that still fits
-            fresh, mcfg = models.create_model(current, mcfg.class_set)
-            copied, reinit = models.transplant(fresh, model.state_dict())
-            model = fresh
-            log(f"{cfg.init} was saved with an older {mcfg.name} architecture: carried over "
-                f"{len(copied)} tensors, {len(reinit)} start fresh ({', '.join(sorted({k.rsplit('.', 2)[0] for k in reinit})[:6])})")
-        if mcfg.class_set.num_classes != classes.num_classes:
-            models.reset_head(model, classes.num_classes)
-            log(f"new classifier head: {mcfg.class_set.num_classes} -> {classes.num_classes} classes")
-        mcfg.classes = classes.to_dict()
-        mcfg.init = f"finetune:{Path(cfg.init).name}"
+    data = _load_data(cfg, device, rank, log)
+    model, mcfg = _load_model(cfg, data.classes, log)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     if cfg.freeze_encoder:
         model.encoder.requires_grad_(False)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(cfg.optimizer)
-    if opt_cls is None:
-        raise ValueError(f"unknown optimizer '{cfg.optimizer}'; choose adam or adamw")
-    optimizer = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    weights = class_weights(train_frames, cfg.class_weighting)
+    optimizer = _optimizer(cfg, model)
+    weights = class_weights(data.train, cfg.class_weighting)
     weights = weights.to(device) if weights is not None else None
-    ignore = classes.void if classes.void is not None else -100
-
+    ignore = data.classes.void if data.classes.void is not None else -100
     if device.type == "cuda":
-        # augment on the GPU: CamVid's train frames take ~0.7 GB there, and per-image
-        # resizes on the host would leave a fast GPU waiting on the Python loop
-        train_frames.images = [i.to(device) for i in train_frames.images]
-        train_frames.masks = [m.to(device) for m in train_frames.masks]
-        if soft is not None:
-            dataset.soft = [t.to(device) for t in soft]
-        torch.backends.cudnn.benchmark = True
-
-    steps_per_epoch = math.ceil(len(dataset) / (per_batch * world))
+        _onto_gpu(data, device)
+    steps_per_epoch = math.ceil(len(data.dataset) / (data.per_batch * world))
     total = cfg.max_steps or steps_per_epoch * cfg.epochs
     epochs = math.ceil(total / steps_per_epoch)
     step, start_epoch, history, elapsed = 0, 0, [], 0.0
@@ -208,24 +269,22 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
         if rank == 0:
             log(f"resumed from {ckpt_dir} at step {step}, epoch {start_epoch}")
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    use_cuda_scaler = device.type == "cuda" and amp_dtype(device) == torch.float16 and cfg.amp
-    scaler = torch.amp.GradScaler("cuda", enabled=use_cuda_scaler)
-
-    def checkpoint(epoch: int) -> None:
-        if rank == 0:
-            save_checkpoint(ckpt_dir, model, optimizer, {
-                "model": mcfg.name, "step": step, "epoch": epoch, "history": history,
-                "elapsed_s": elapsed + time.perf_counter() - t0, "config": cfg.to_dict()})
-
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp and
+                                  amp_dtype(device) == torch.float16)
     t0 = time.perf_counter()
+
+    def report(**kw) -> None:
+        if callback and rank == 0:
+            callback(Progress(total_steps=total, epochs=epochs, **kw))
+
+    # ---- the loop: epochs of batches; validation, a log line and a checkpoint after each epoch
     status, val = "done", None
     seen_imgs, t_window = 0, time.perf_counter()
     net.train()
     for epoch in range(start_epoch, epochs):
         # the epoch's order depends only on (seed, epoch): resume replays it exactly
-        g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        order = torch.randperm(len(dataset), generator=g).tolist()
-        order = order[rank::world]
+        order = torch.randperm(len(data.dataset), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+        order = order.tolist()[rank::world]
         first = step - epoch * steps_per_epoch  # batches of this epoch done before a resume
         run_loss, run_correct, run_pix, n_batches = 0.0, 0, 0, 0
         b = max(first, 0) - 1
@@ -235,16 +294,11 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
             if stop is not None and stop.is_set():
                 status = "stopped"
                 break
-            idx = order[b * per_batch:(b + 1) * per_batch]
-            if not idx:
+            if not order[b * data.per_batch:(b + 1) * data.per_batch]:
                 break
-            pairs = [dataset[i] for i in idx]
-            if replay is not None:  # drawn by (seed, step): a resumed run draws the same frames
-                g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-                pairs += [replay[int(i)] for i in torch.randint(len(replay), (n_replay,), generator=g)]
-            imgs, masks, *teach = zip(*pairs)
-            imgs, masks = torch.stack(imgs).to(device), torch.stack(masks).to(device).long()
-            teach = pad_to_stride(torch.stack(teach[0]).to(device), mcfg.input_stride)[0] if teach else None
+            imgs, masks, teach = _batch(cfg, data, order, b, step)
+            imgs, masks = imgs.to(device), masks.to(device).long()
+            teach = pad_to_stride(teach.to(device), mcfg.input_stride)[0] if teach is not None else None
             lr = lr_at(step, total, cfg.lr, cfg.schedule, cfg.warmup_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -266,15 +320,11 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
                 correct = int(((logits.argmax(1) == y) & valid).sum())
                 pix = int(valid.sum())
             run_loss += loss.item()
-            run_correct += correct
-            run_pix += pix
-            n_batches += 1
-            seen_imgs += len(pairs)
-            now = time.perf_counter()
-            ips = seen_imgs / max(now - t_window, 1e-9)
-            if callback and rank == 0:
-                callback(Progress(step, total, epoch + 1, epochs, loss.item(), correct / max(pix, 1), lr,
-                                  ips * world, (total - step) * cfg.batch_size / max(ips, 1e-9)))
+            run_correct, run_pix, n_batches = run_correct + correct, run_pix + pix, n_batches + 1
+            seen_imgs += len(imgs)
+            ips = seen_imgs / max(time.perf_counter() - t_window, 1e-9)
+            report(step=step, epoch=epoch + 1, loss=loss.item(), pixel_acc=correct / max(pix, 1), lr=lr,
+                   images_per_s=ips * world, eta_s=(total - step) * cfg.batch_size / max(ips, 1e-9))
         if n_batches == 0 and status == "stopped":
             break
         record = {"epoch": epoch + 1, "step": step, "loss": run_loss / max(n_batches, 1),
@@ -284,46 +334,33 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
             record["partial"] = True
         epoch_done = status != "stopped" and (b == steps_per_epoch - 1 or step >= total)
         _sync_buffers(model, world)
-        if val_frames is not None and rank == 0 and epoch_done and \
+        if data.val is not None and rank == 0 and epoch_done and \
                 ((epoch + 1) % cfg.val_every == 0 or step >= total):
-            val = evaluate(model, mcfg, val_frames, device, cfg.amp)
+            val = evaluate(model, mcfg, data.val, device, cfg.amp)
             record.update(val_loss=val["loss"], val_miou=val["miou"], val_pixel_acc=val["pixel_acc"])
-            if callback:
-                callback(Progress(step, total, epoch + 1, epochs, record["loss"], record["pixel_acc"], lr,
-                                  0.0, 0.0, val["miou"], "val"))
+            report(step=step, epoch=epoch + 1, loss=record["loss"], pixel_acc=record["pixel_acc"], lr=lr,
+                   images_per_s=0.0, eta_s=0.0, val_miou=val["miou"], phase="val")
         history.append(record)
         if rank == 0:
             log(f"epoch {epoch + 1}/{epochs} step {step}/{total} loss {record['loss']:.4f} "
                 f"pixel_acc {record['pixel_acc']:.4f}" +
                 (f" val_miou {record['val_miou']:.4f}" if "val_miou" in record else ""))
-        checkpoint(epoch + 1 if epoch_done else epoch)
+            save_checkpoint(ckpt_dir, model, optimizer, {
+                "model": mcfg.name, "step": step, "epoch": epoch + 1 if epoch_done else epoch, "history": history,
+                "elapsed_s": elapsed + time.perf_counter() - t0, "config": cfg.to_dict()})
         if status == "stopped" or step >= total:
             break
 
+    # ---- finish: the model folder and its card, a last report
     wall = elapsed + time.perf_counter() - t0
     if world > 1:
         dist.barrier()
-    result = {"status": status, "out": str(out), "history": history, "val": val, "steps": step,
-              "digest": models.weights_digest(model), "rank": rank}
     if rank == 0:
-        card = {
-            "model": mcfg.name, "paper_pair": zoo.MODELS[mcfg.name].paper, "init": mcfg.init,
-            "classes": list(classes.names), "palette": [list(c) for c in classes.colors], "void": classes.void,
-            "status": status, "steps": step, "epochs_run": len([h for h in history if not h.get("partial")]),
-            "wall_time_s": round(wall, 1), "history": history,
-            "val": val, "recipe": cfg.to_dict(), "command": train_command(cfg), "world_size": world,
-            "complexity": models.config_complexity(mcfg),
-            "precision": str(amp_dtype(device)) if cfg.amp and amp_dtype(device) else "fp32",
-            "hardware": host_info(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "data": {"root": str(cfg.data), "splits": list(cfg.splits), "train_frames": len(train_frames),
-                     "val_frames": len(val_frames) if val_frames is not None else 0, "validation": validation,
-                     "replay": {"root": str(cfg.replay), "frames": len(replay), "per_batch": n_replay}
-                     if replay else None},
-        }
+        card = _card(cfg, mcfg, data, status, step, history, val, wall, world, device)
         models.save_model(model, mcfg, out, card, half=cfg.save_half)
-        if callback:
-            callback(Progress(step, total, history[-1]["epoch"] if history else 0, epochs,
-                              history[-1]["loss"] if history else float("nan"),
-                              history[-1]["pixel_acc"] if history else float("nan"), 0.0, 0.0, 0.0,
-                              val["miou"] if val else None, status))
-    return result
+        last = history[-1] if history else {}
+        report(step=step, epoch=last.get("epoch", 0), loss=last.get("loss", float("nan")),
+               pixel_acc=last.get("pixel_acc", float("nan")), lr=0.0, images_per_s=0.0, eta_s=0.0,
+               val_miou=val["miou"] if val else None, phase=status)
+    return {"status": status, "out": str(out), "history": history, "val": val, "steps": step,
+            "digest": models.weights_digest(model), "rank": rank}
