@@ -84,3 +84,46 @@ def summarize(cm: np.ndarray, names: tuple[str, ...] | list[str]) -> dict:
         "per_class_iou": {n: (None if v != v else v) for n, v in zip(names, iou)},
         "pixels": int(np.asarray(cm).sum()),
     }
+
+
+CALIBRATION_BINS = 15  # equal-width confidence bins (Guo et al., ICML 2017)
+
+
+def calibration_bins(confidence, correct, n_bins: int = CALIBRATION_BINS) -> np.ndarray:
+    """(n_bins, 3) float64 per confidence bin: [pixels, sum of confidence, pixels right]; sums over
+    images like a confusion matrix. confidence: max class probability in [0, 1]; correct: bool, same shape."""
+    c = np.asarray(confidence, np.float64).reshape(-1)
+    r = np.asarray(correct, bool).reshape(-1)
+    idx = np.minimum((c * n_bins).astype(np.int64), n_bins - 1)
+    out = np.zeros((n_bins, 3))
+    out[:, 0] = np.bincount(idx, minlength=n_bins)
+    out[:, 1] = np.bincount(idx, weights=c, minlength=n_bins)
+    out[:, 2] = np.bincount(idx, weights=r.astype(np.float64), minlength=n_bins)
+    return out
+
+
+def expected_calibration_error(bins: np.ndarray) -> float:
+    """ECE: the pixel-weighted mean gap between confidence and accuracy over the bins (0 = calibrated)."""
+    n = bins[:, 0]
+    total = n.sum()
+    if total == 0:
+        return float("nan")
+    seen = n > 0
+    return float(np.abs(bins[seen, 1] - bins[seen, 2]).sum() / total)
+
+
+def auroc(positive, negative) -> float:
+    """Area under the ROC curve of a score that should be higher for ``positive`` than ``negative``
+    (ties count half): the chance that a random positive outscores a random negative."""
+    pos, neg = np.asarray(positive, np.float64).reshape(-1), np.asarray(negative, np.float64).reshape(-1)
+    if not len(pos) or not len(neg):
+        return float("nan")
+    scores = np.concatenate([pos, neg])
+    order = scores.argsort(kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    # average ranks over ties
+    uniq, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    avg = first + (counts - 1) / 2.0 + 1
+    ranks[order] = np.repeat(avg, counts)
+    return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))

@@ -57,3 +57,20 @@ def test_matches_smp_metrics_on_random_data():
     ref_iou = tp.double() / (tp + fp + fn).double()
     np.testing.assert_allclose(metrics.per_class_iou(cm), ref_iou.numpy(), atol=1e-12)
     assert metrics.pixel_accuracy(cm) == pytest.approx(float(tp.sum() / (target != c).sum()))
+
+
+def test_calibration_error_by_hand():
+    """Two bins: 0.95-confident pixels half right (gap 0.45), 0.55-confident ones all right (gap 0.45)."""
+    bins = metrics.calibration_bins([0.95, 0.95, 0.55, 0.55], [True, False, True, True])
+    assert bins[14].tolist() == pytest.approx([2, 1.9, 1]) and bins[8].tolist() == pytest.approx([2, 1.1, 2])
+    assert metrics.expected_calibration_error(bins) == pytest.approx((0.9 + 0.9) / 4)
+    perfect = metrics.calibration_bins([1.0, 1.0, 0.5, 0.5], [True, True, True, False])
+    assert metrics.expected_calibration_error(perfect) == pytest.approx(0.0)
+    assert math.isnan(metrics.expected_calibration_error(metrics.calibration_bins([], [])))
+
+
+def test_auroc_by_hand():
+    assert metrics.auroc([3, 4, 5], [1, 2]) == 1.0 and metrics.auroc([1, 2], [3, 4]) == 0.0
+    # pairs (1,2) (1,3) (2,2) (2,3): only the tie counts, half
+    assert metrics.auroc([1, 2], [2, 3]) == pytest.approx(0.5 / 4)
+    assert math.isnan(metrics.auroc([], [1]))

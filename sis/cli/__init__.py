@@ -9,6 +9,7 @@ from sis.cli.parser import build_parser
 def main(argv: list[str] | None = None) -> int:
     from sis.data.dataset import DatasetError
     from sis.data.images import ImageError
+    from sis.data.shifts import ShiftError
     from sis.engines import EngineError
     from sis.files import DiskFullError
     from sis.video.clips import VideoError
@@ -20,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
         (importing them here would load torch for `predict` on a graph engine)."""
         extra = [getattr(sys.modules[m], n) for m, n in (("sis.zoo.runtime", "DeviceError"), ("sis.training.config", "TrainingError"))
                  if m in sys.modules]
-        return (DatasetError, ModelError, ImageError, EngineError, VideoError, FileNotFoundError, *extra)
+        return (DatasetError, ModelError, ImageError, EngineError, VideoError, ShiftError, FileNotFoundError, *extra)
     try:
         return args.fn(args)
     except Exception as e:

@@ -31,7 +31,41 @@ def accurate_single(a):
     return engines.load_engine(model_folders(a.model)[0], a.engine if a.engine not in (None, "auto") else None)
 
 
+def cmd_shift(a) -> int:
+    """``eval --shift``: the model on CamVid val under camera and scene shifts (training.robustness)."""
+    from sis.data.shifts import parse_shifts
+    from sis.training.robustness import ood_auroc, shift_benchmark, val_frames
+    shifts = parse_shifts(a.shift)
+    engine = accurate_engine(a, "cpu") or accurate_single(a)
+    frames = val_frames(Path(a.data), a.limit, a.every)
+
+    def progress(what, i, n):
+        print(f"[{i}/{n}] {what}", file=sys.stderr)
+    rep = shift_benchmark(engine, frames, shifts, a.severities, a.seed, ",".join(getattr(
+        engine, "member_names", [engine.cfg.name])), progress)
+    out = rep.to_dict()
+    out["ood_auroc_severe"] = ood_auroc(rep, max(a.severities))
+    if a.out:
+        from sis.files import atomic_write
+        atomic_write(Path(a.out), lambda tmp: tmp.write_text(json.dumps(out, indent=1)))
+    if a.json:
+        print(json.dumps(out))
+        return 0
+    print(f"{rep.model} on {a.data} [val, {rep.frames} frames, {rep.engine}, seed {rep.seed}]")
+    print(f"{'shift':14} " + " ".join(f"{'sev ' + str(s):>7}" for s in a.severities) + f" {'mean':>7}")
+    by = rep.by_shift()
+    for name in shifts:
+        print(f"{name:14} " + " ".join(f"{100 * rep.score(name, s).miou:7.2f}" for s in a.severities) +
+              f" {100 * by[name]:7.2f}")
+    print(f"clean mIoU {100 * rep.clean.miou:.2f}; shift benchmark mean {100 * rep.mean:.2f}; "
+          f"ECE clean {100 * rep.clean.ece:.2f}, shifted {100 * rep.ece_shifted:.2f}; "
+          f"mean confidence flags severity {max(a.severities)} frames at AUROC {out['ood_auroc_severe']:.3f}")
+    return 0
+
+
 def cmd_eval(a) -> int:
+    if a.shift:
+        return cmd_shift(a)
     from sis.data.dataset import load_split
     from sis.training.evaluate import evaluate
     from sis.zoo import models

@@ -8,7 +8,8 @@ from sis.cli.evaluate import cmd_eval
 from sis.cli.models import cmd_download, cmd_export, cmd_models
 from sis.cli.predict import cmd_predict, cmd_video
 from sis.cli.train import cmd_train
-from sis.cli.types import hw_size, positive_int, scale_list, scale_range, split_list, weight_list
+from sis.cli.types import hw_size, positive_int, scale_list, scale_range, severity_list, split_list, weight_list
+from sis.data.shifts import list_shifts
 
 
 def add_accurate_options(s, default_engine: str) -> None:
@@ -73,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--amp", action="store_true", help="bf16/fp16 autocast (default: fp32 reference)")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--shift", help="the shift benchmark instead of one split: 'all' or some of "
+                   f"{', '.join(list_shifts())}, each at --severities, on the val split, through the app's own "
+                   "image -> labels path on the model's engine here (docs/robustness.md)")
+    s.add_argument("--severities", type=severity_list, default=(1, 2, 3), help="with --shift: e.g. 1,3 (default 1,2,3)")
+    s.add_argument("--every", type=positive_int, default=1, help="with --shift: every N-th val frame (default all)")
+    s.add_argument("--seed", type=int, default=0, help="with --shift: the shifts' noise and casts")
+    s.add_argument("--out", help="with --shift: also write the report as JSON here")
     add_accurate_options(s, "auto")
     s.set_defaults(fn=cmd_eval)
 

@@ -64,3 +64,15 @@ def weight_list(text: str) -> list[float]:
         return w
     except ValueError:
         raise argparse.ArgumentTypeError(f"weights must look like 2,1,1 (non-negative), got '{text}'") from None
+
+
+def severity_list(text: str) -> tuple[int, ...]:
+    from sis.data.shifts import SEVERITIES
+    try:
+        out = tuple(int(v) for v in text.split(","))
+        if not out or any(v not in SEVERITIES for v in out):
+            raise ValueError
+        return out
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"severities must be some of {','.join(map(str, SEVERITIES))}, "
+                                         f"got '{text}'") from None

@@ -32,6 +32,77 @@ def build_augment(flips: str = "hv", crop: tuple[int, int] | None = None,
     return v2.Compose(ops) if ops else v2.Identity()
 
 
+PHOTOMETRIC = ("none", "camera")  # none: the paper's geometric augmentation only; camera: docs/robustness.md
+
+
+def build_photometric(level: str = "none") -> v2.Transform | None:
+    """What another camera, its settings and the light change, applied to the image alone (never to
+    the mask or a teacher's probabilities), each op with its own chance: colour jitter, gamma, a
+    white-balance cast, blur, sensor noise, JPEG. None for level 'none'. Random parameters from
+    torchvision's ops, not the shift benchmark's fixed corruptions (sis.data.shifts)."""
+    if level == "none":
+        return None
+    if level != "camera":
+        raise ValueError(f"unknown photometric augmentation '{level}'; choose {' or '.join(PHOTOMETRIC)}")
+    return v2.Compose([
+        v2.RandomApply([v2.ColorJitter(brightness=0.5, contrast=0.5, saturation=0.7, hue=0.04)], p=0.8),
+        v2.RandomApply([_Gamma((0.5, 2.5))], p=0.3),
+        v2.RandomApply([_WhiteBalance(0.4)], p=0.5),
+        v2.RandomApply([v2.GaussianBlur(9, sigma=(0.1, 3.0))], p=0.3),
+        v2.RandomApply([_Noise((2.0, 20.0))], p=0.3),
+        v2.RandomApply([v2.JPEG((8, 60))], p=0.3),
+    ])
+
+
+class _Gamma(v2.Transform):
+    """x ** g on a uint8 image, g log-uniform in ``gammas``."""
+
+    def __init__(self, gammas: tuple[float, float]):
+        super().__init__()
+        self.lo, self.hi = (float(torch.tensor(g).log()) for g in gammas)
+
+    def transform(self, inpt, params):
+        g = float(torch.empty(1).uniform_(self.lo, self.hi).exp())
+        return _from_unit(_to_unit(inpt) ** g, inpt)
+
+
+class _WhiteBalance(v2.Transform):
+    """Per-channel gains within 1 +- ``k`` (a camera's colour cast), the mean brightness kept."""
+
+    def __init__(self, k: float):
+        super().__init__()
+        self.k = k
+
+    def transform(self, inpt, params):
+        x = _to_unit(inpt)
+        gains = 1 + torch.empty(3, 1, 1).uniform_(-self.k, self.k)
+        y = x * gains
+        return _from_unit(y * (x.mean() / y.mean().clamp_min(1e-6)), inpt)
+
+
+class _Noise(v2.Transform):
+    """Sensor noise: shot noise (growing with the signal) plus read noise, sigma in 8-bit levels."""
+
+    def __init__(self, sigmas: tuple[float, float]):
+        super().__init__()
+        self.sigmas = sigmas
+
+    def transform(self, inpt, params):
+        x = _to_unit(inpt)
+        sigma = float(torch.empty(1).uniform_(*self.sigmas)) / 255.0
+        noise = torch.randn_like(x) * (1.5 * sigma * x.clamp_min(0).sqrt() + 0.5 * sigma)
+        return _from_unit(x + noise, inpt)
+
+
+def _to_unit(img: torch.Tensor) -> torch.Tensor:
+    return img.float() / 255.0
+
+
+def _from_unit(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    out = (x * 255.0).round().clamp(0, 255).to(torch.uint8)
+    return tv_tensors.wrap(out, like=like) if isinstance(like, tv_tensors.TVTensor) else out
+
+
 class _RandomScale(v2.Transform):
     """Resize by a factor drawn uniformly from ``scale`` (nearest for masks, via v2)."""
 
@@ -49,13 +120,14 @@ class _RandomScale(v2.Transform):
 
 
 class SegDataset(torch.utils.data.Dataset):
-    """Frames + a joint transform -> (image (3,h,w) uint8, mask (h,w) int64), and with ``soft``
+    """Frames + a joint transform (+ a photometric one on the image alone) -> (image (3,h,w) uint8,
+    mask (h,w) int64), and with ``soft``
     (a teacher's [(C,H,W)] probabilities, sis.training.distill) a third item: those probabilities, float32,
     through the same crop, rescale (bilinear) and flips; a crop's padding gets all zeros."""
 
     def __init__(self, frames: Frames, transform: v2.Transform | None = None,
-                 soft: list[torch.Tensor] | None = None):
-        self.frames, self.transform, self.soft = frames, transform, soft
+                 soft: list[torch.Tensor] | None = None, photometric: v2.Transform | None = None):
+        self.frames, self.transform, self.soft, self.photometric = frames, transform, soft, photometric
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -66,4 +138,6 @@ class SegDataset(torch.utils.data.Dataset):
             items.append(tv_tensors.Image(self.soft[i].float()))
         if self.transform is not None:
             items = self.transform(*items)
+        if self.photometric is not None:  # the image alone: labels and soft targets are of the clean frame
+            items = [self.photometric(items[0]), *items[1:]]
         return tuple(t.as_subclass(torch.Tensor) for t in items)

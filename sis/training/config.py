@@ -30,6 +30,7 @@ class TrainConfig:
     schedule: str = "constant"           # constant | poly | cosine
     warmup_steps: int = 0
     class_weighting: str = "none"        # none | median | sqrt-median
+    photometric: str = "none"            # none | camera: colour, gamma, cast, blur, noise, JPEG (data.augment)
     splits: tuple[str, ...] = ("train",)  # the dataset's splits trained on (train,val: the final-model protocol)
     teacher: str = ""                    # distil from this model (name or folder; several with commas)
     teacher_tta: str = "none"            # the teacher's test-time augmentation: none | flip | ms
@@ -84,6 +85,9 @@ FLAGS: dict[str, Flag] = {  # TrainConfig field -> its flag; options first, then
     "warmup_steps": Flag("--warmup", "linear warm-up steps", kind="int"),
     "class_weighting": Flag("--class-weighting", "default none", choices=("none", "median", "sqrt-median"),
                             recipe=True),
+    "photometric": Flag("--photometric", "photometric augmentation: none (the paper's) or camera (colour, gamma, "
+                        "white balance, blur, noise, JPEG: for photos from other cameras); default none",
+                        choices=("none", "camera"), recipe=True),
     "splits": Flag("--splits", "the dataset's splits to train on, e.g. train,val (the final-model protocol: the "
                    "run then does not validate); default train", kind="splits"),
     "teacher": Flag("--teacher", "distil from this model: a registry name or model folder, or several joined by "

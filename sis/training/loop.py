@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from sis import zoo
 from sis.classes import ClassSet
-from sis.data.augment import SegDataset, build_augment
+from sis.data.augment import SegDataset, build_augment, build_photometric
 from sis.data.dataset import (
     HOLDOUT_EVERY,
     HOLDOUT_MIN,
@@ -126,6 +126,7 @@ def _load_data(cfg: TrainConfig, device: torch.device, rank: int, log: Callable[
     if rank == 0:
         log(f"validation: {validation}")
     augment = build_augment(cfg.flips, cfg.crop, cfg.scale, classes.void if classes.void is not None else 255)
+    photometric = build_photometric(cfg.photometric)  # checked before the teacher's pass
     soft = _teacher_targets(cfg, frames, device, log) if cfg.teacher else None
     replay = SegDataset(load_replay(cfg.replay, cfg.replay_limit, classes), augment) if cfg.replay else None
     if not 0 <= cfg.replay_ratio < 1:
@@ -136,7 +137,9 @@ def _load_data(cfg: TrainConfig, device: torch.device, rank: int, log: Callable[
     if cfg.crop is None and len(sizes) > 1:
         raise TrainingError("training frames differ in size" + (" (with the replay frames)" if replay else "") +
                             "; set a crop size (--crop HxW)")
-    return _Data(classes, frames, val, validation, SegDataset(frames, augment, soft), replay, n_replay,
+    if replay is not None:
+        replay.photometric = photometric
+    return _Data(classes, frames, val, validation, SegDataset(frames, augment, soft, photometric), replay, n_replay,
                  cfg.batch_size - n_replay)
 
 

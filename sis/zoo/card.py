@@ -76,7 +76,7 @@ def read_card(folder: Path) -> ModelCard:
         return ModelCard()
 
 
-RECIPE_KEYS = ("flips", "crop", "scale", "class_weighting")
+RECIPE_KEYS = ("flips", "crop", "scale", "class_weighting", "photometric")
 
 
 ADAPTATION_KEYS = ("freeze_encoder",)  # a card's "adaptation": how a fine-tune on a few frames starts, measured

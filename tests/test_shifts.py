@@ -1,0 +1,141 @@
+"""The shift benchmark: shifts by hand on small frames, its determinism, and the CLI."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import make_frame
+
+from sis.data import shifts
+from sis.data.shifts import SHIFTS, ShiftError, shifted
+
+VOID = 11
+
+
+@pytest.fixture
+def frame():
+    return make_frame(np.random.default_rng(0), 60, 80)
+
+
+@pytest.mark.parametrize("name", list(SHIFTS))
+def test_every_shift_is_deterministic_and_well_formed(frame, name):
+    rgb, lab = frame
+    for sev in shifts.SEVERITIES:
+        a, la = shifted(rgb, lab, name, sev, frame=3, void=VOID)
+        b, lb = shifted(rgb, lab, name, sev, frame=3, void=VOID)
+        assert a.dtype == np.uint8 and la.dtype == np.uint8 and a.shape[:2] == la.shape
+        assert np.array_equal(a, b) and np.array_equal(la, lb)  # two runs agree exactly
+        if not SHIFTS[name].geometric:
+            assert np.array_equal(la, lab) and a.shape == rgb.shape  # colour only: the labels stay
+
+
+def test_noise_depends_on_the_frame_and_seed_only(frame):
+    rgb, lab = frame
+    a = shifted(rgb, lab, "noise", 2, frame=0)[0]
+    assert not np.array_equal(a, shifted(rgb, lab, "noise", 2, frame=1)[0])
+    assert not np.array_equal(a, shifted(rgb, lab, "noise", 2, frame=0, seed=1)[0])
+
+
+def test_photometric_shifts_by_hand():
+    grey = np.full((4, 4, 3), 100, np.uint8)
+    lab = np.zeros((4, 4), np.uint8)
+    assert (shifted(grey, lab, "exposure", 1, 0)[0] == 140).all()  # 100 x 1.4
+    assert (shifted(grey, lab, "gamma", 2, 0)[0] == round(255 * (100 / 255) ** 2.0)).all()
+    assert (shifted(grey, lab, "saturation", 3, 0)[0] == 100).all()  # a grey pixel has no colour to boost
+    ramp = np.tile(np.arange(0, 200, 50, dtype=np.uint8)[None, :, None], (4, 1, 3))
+    flat = shifted(ramp, lab, "contrast", 1, 0)[0].astype(int)
+    assert flat[0, :, 0].tolist() == [30, 60, 90, 120]  # (x - 75) * 0.6 + 75
+    cast = shifted(grey, lab, "white_balance", 2, 0)[0].astype(int)
+    assert cast[0, 0, 0] != cast[0, 0, 2] and abs(cast.mean() - 100) <= 1  # a cast; the brightness kept
+    darker = [shifted(grey, lab, "dusk", s, 0)[0].mean() for s in shifts.SEVERITIES]
+    assert darker[0] > darker[1] > darker[2]
+
+
+def test_geometric_shifts_move_the_labels_with_the_image():
+    rgb = np.zeros((360, 480, 3), np.uint8)
+    lab = np.zeros((360, 480), np.uint8)
+    lab[:, 240:] = 3
+    wide, lw = shifted(rgb, lab, "aspect", 1, 0, void=VOID)  # 16:9 keeps the width
+    assert wide.shape[:2] == lw.shape == (270, 480)
+    assert shifted(rgb, lab, "aspect", 2, 0, void=VOID)[1].shape == (206, 480)  # 21:9
+    tall = shifted(rgb, lab, "aspect", 3, 0, void=VOID)[1]  # 3:4 keeps the height
+    assert tall.shape == (360, 270) and (tall[:, :135] == 0).all() and (tall[:, 135:] == 3).all()  # x0 = 105
+    _, out = shifted(rgb, lab, "zoom_out", 3, 0, void=VOID)  # the frame at half size, centred
+    assert out.shape == lab.shape and (out[:90] == VOID).all() and (out[:, :120] == VOID).all()
+    assert (out[90:270, 120:240] == 0).all() and (out[90:270, 240:360] == 3).all()
+    _, zin = shifted(rgb, lab, "zoom_in", 3, 0, void=VOID)  # the centre half, enlarged: the edge moves nowhere
+    assert (zin[:, :240] == 0).all() and (zin[:, 240:] == 3).all()
+    img, bon = shifted(np.full((360, 480, 3), 200, np.uint8), lab, "bonnet", 2, 0, void=VOID)
+    assert (bon[-1] == VOID).all() and (bon[:250] == lab[:250]).all() and img[-1, 240].max() < 150
+
+
+def test_unknown_shift_or_severity_says_what_is_valid(frame):
+    rgb, lab = frame
+    with pytest.raises(ShiftError, match="unknown shift 'fog'; valid shifts: exposure, contrast"):
+        shifted(rgb, lab, "fog", 1, 0)
+    with pytest.raises(ShiftError, match="severity must be one of 1, 2, 3"):
+        shifted(rgb, lab, "blur", 4, 0)
+    assert shifts.parse_shifts("all") == list(SHIFTS) and shifts.parse_shifts("blur, jpeg") == ["blur", "jpeg"]
+
+
+class _Constant:
+    """An engine that answers class ``k`` everywhere with probability ~0.9 (logits by hand)."""
+    name = "constant"
+
+    def __init__(self, cfg, k):
+        self.cfg, self.k = cfg, k
+
+    def prepare(self, size):
+        pass
+
+    def __call__(self, x):
+        n, _, h, w = x.shape
+        logits = np.zeros((n, self.cfg.class_set.num_classes, h, w), np.float32)
+        logits[:, self.k] = np.log(0.9 * (self.cfg.class_set.num_classes - 1) / 0.1)
+        return logits
+
+
+def test_benchmark_scores_by_hand_and_twice_the_same():
+    """A constant answer scores the same under every photometric shift: IoU of that class = its share of
+    the labelled pixels, and the ECE is |0.9 - that share|."""
+    from sis import zoo
+    from sis.training.robustness import shift_benchmark
+    cfg = zoo.make_config("pspnet-resnet18")
+    rng = np.random.default_rng(1)
+    frames = []
+    for i in range(3):
+        rgb, lab = make_frame(rng, 40, 60)
+        frames.append((f"f{i}", rgb, lab))
+    labels = np.stack([f[2] for f in frames])
+    k = int(np.bincount(labels[labels != VOID]).argmax())
+    share = float((labels == k).sum() / (labels != VOID).sum())
+    rep = shift_benchmark(_Constant(cfg, k), frames, ["blur", "jpeg"], (1, 3))
+    assert rep.clean.per_class_iou[cfg.class_set.names[k]] == pytest.approx(share)
+    assert rep.clean.ece == pytest.approx(abs(0.9 - share), abs=1e-4)
+    assert [(s.shift, s.severity) for s in rep.scores] == [("blur", 1), ("blur", 3), ("jpeg", 1), ("jpeg", 3)]
+    assert all(s.miou == pytest.approx(rep.clean.miou) for s in rep.scores)
+    assert rep.mean == pytest.approx(rep.clean.miou) and set(rep.by_shift()) == {"blur", "jpeg"}
+    again = shift_benchmark(_Constant(cfg, k), frames, ["blur", "jpeg"], (1, 3))
+
+    def figures(r):  # all but the timings
+        d = r.to_dict()
+        return [d["mean"], d["by_shift"], {k: v for k, v in d["clean"].items() if k != "ms"},
+                [{k: v for k, v in sc.items() if k != "ms"} for sc in d["scores"]]]
+    assert figures(again) == figures(rep)
+
+
+@pytest.mark.slow
+def test_cli_shift_benchmark_on_a_folder_without_a_card(tiny_model, tiny_data, tmp_path, capsys):
+    """`eval --shift` runs on the model's engine here, writes its JSON, and needs no card."""
+    from sis.cli import main
+    folder = tmp_path / "nocard"
+    shutil.copytree(tiny_model, folder, ignore=shutil.ignore_patterns("checkpoint", "card.json"))
+    out = tmp_path / "shift.json"
+    assert main(["eval", "--model", str(folder), "--data", str(tiny_data), "--shift", "blur,aspect",
+                 "--severities", "1,3", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "shift benchmark mean" in text and "aspect" in text
+    rep = json.loads(out.read_text())
+    assert rep["frames"] == 3 and set(rep["by_shift"]) == {"blur", "aspect"} and len(rep["scores"]) == 4
+    assert main(["eval", "--model", str(folder), "--data", str(tiny_data), "--shift", "fog"]) == 2
+    assert "unknown shift 'fog'" in capsys.readouterr().err
