@@ -1,3 +1,4 @@
+import io
 import json
 
 import numpy as np
@@ -132,3 +133,36 @@ def test_zip_dataset(tmp_path, tiny_data):
         extract_dataset_zip(b"PK-not-really", tmp_path / "d")
     with pytest.raises(DatasetError, match="unpacks to .* above"):
         extract_dataset_zip(_zip({"train/a.png": b"0" * 5000}), tmp_path / "e", max_bytes=1000)
+
+
+def test_a_zip_whose_headers_lie_is_one_sentence_and_leaves_nothing(tmp_path, tiny_data):
+    """Entries whose data do not match their headers (a flipped byte, a smaller size declared, data
+    cut short), and a zip that is refused after unpacking (no labels), end in DatasetError with no
+    folder left behind."""
+    import struct
+    import zipfile
+
+    from sis.data.dataset import extract_dataset_zip
+    files = {f"mydata/{p.relative_to(tiny_data)}": p.read_bytes() for p in tiny_data.rglob("*.png")}
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    good = buf.getvalue()
+    first = files[next(iter(files))]
+    at = good.index(first[:64])
+    flipped = good[:at + 40] + bytes([good[at + 40] ^ 0xFF]) + good[at + 41:]  # the CRC no longer matches
+    cd = good.rindex(b"PK\x01\x02")  # the last entry's central header: declare a smaller size than it holds
+    smaller = bytearray(good)
+    size = struct.unpack_from("<I", smaller, cd + 24)[0]
+    struct.pack_into("<I", smaller, cd + 24, size // 2)
+    cut = good[:at + len(first) // 2] + good[at + len(first):]  # data missing in the middle
+    for k, data in enumerate([flipped, bytes(smaller), cut]):
+        dest = tmp_path / f"bad{k}"
+        with pytest.raises(DatasetError, match="^the zip"):
+            extract_dataset_zip(data, dest)
+        assert not dest.exists()
+    no_labels = {k: v for k, v in files.items() if "annot" not in k}
+    with pytest.raises(DatasetError, match="no labels"):
+        extract_dataset_zip(_zip(no_labels), tmp_path / "nolabels")
+    assert not (tmp_path / "nolabels").exists()

@@ -218,10 +218,12 @@ def extract_dataset_zip(data: bytes, dest: Path, max_bytes: int = 500 * 2**20, m
     outside ``dest``; checks that a train/ + trainannot/ pair exists inside.
     """
     import io
+    import shutil
     import zipfile
+    import zlib
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError):
         raise DatasetError("the upload is not a valid zip file") from None
     infos = [i for i in zf.infolist() if not i.is_dir()]
     if len(infos) > max_files:
@@ -234,13 +236,27 @@ def extract_dataset_zip(data: bytes, dest: Path, max_bytes: int = 500 * 2**20, m
         target = (dest / info.filename).resolve()
         if not target.is_relative_to(dest):
             raise DatasetError(f"the zip entry {info.filename} points outside the archive")
-    zf.extractall(dest)
-    roots = sorted({p.parent for p in dest.rglob("train") if p.is_dir()}, key=lambda p: len(p.parts))
-    if not roots:
-        raise DatasetError("the zip has no train/ folder (expected the SegNet layout: train/, trainannot/, "
-                           "val/, valannot/)")
-    root = roots[0]
-    if not (root / "trainannot").is_dir():
-        raise DatasetError("the zip has images in train/ but no labels (no trainannot/ folder)")
-    list_pairs(root, "train")  # every image has its label
+    try:
+        try:
+            zf.extractall(dest)
+        except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as e:  # data that does not match its headers
+            raise DatasetError(f"the zip is damaged ({e}); nothing was kept") from None
+        except NotImplementedError as e:  # a compression method zipfile cannot read (e.g. deflate64)
+            raise DatasetError(f"the zip uses a compression this server cannot read ({e}); re-zip it with the "
+                               "usual 'deflate' method") from None
+        except RuntimeError as e:  # an encrypted entry
+            raise DatasetError(f"the zip cannot be read: {e}") from None
+        except OSError as e:  # a full disk, a name the file system refuses
+            raise DatasetError(f"the zip could not be unpacked here: {e.strerror or e}") from None
+        roots = sorted({p.parent for p in dest.rglob("train") if p.is_dir()}, key=lambda p: len(p.parts))
+        if not roots:
+            raise DatasetError("the zip has no train/ folder (expected the SegNet layout: train/, trainannot/, "
+                               "val/, valannot/)")
+        root = roots[0]
+        if not (root / "trainannot").is_dir():
+            raise DatasetError("the zip has images in train/ but no labels (no trainannot/ folder)")
+        list_pairs(root, "train")  # every image has its label
+    except DatasetError:
+        shutil.rmtree(dest, ignore_errors=True)  # a refused zip leaves nothing half-written behind
+        raise
     return root
