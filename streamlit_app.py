@@ -3,7 +3,8 @@ import streamlit as st
 
 from sis.studio import catalog, ui
 
-st.set_page_config(page_title="SIS Studio", page_icon=":material/directions_car:", layout="wide")
+# an emoji favicon: a Material icon there is fetched from the internet, which a host offline cannot reach
+st.set_page_config(page_title="SIS Studio", page_icon="🚗", layout="wide")
 ui.startup()
 ui.mark_routed()
 

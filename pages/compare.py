@@ -67,14 +67,20 @@ if accurate:
                    "time x fast": r.accurate.latency_x and round(r.accurate.latency_x, 1)} for r in accurate],
                  hide_index=True, width="stretch", key="cmp_accurate")
 notes = report.ensemble_notes()
-if notes:
+offered = [n for n in notes if n.offered]
+if notes and not offered:
+    best = max(notes, key=lambda n: n.miou - n.best_member_miou)
+    st.caption(f"Ensembles (several models' class probabilities averaged): none of the {len(notes)} measured beat "
+               f"its best member on val (closest: {best.name}, {best.mode}, {100 * best.miou:.1f}% against "
+               f"{100 * best.best_member_miou:.1f}%), so the pickers offer none.")
+elif offered:
     st.caption("Ensembles (class probabilities of several models averaged), val mIoU against their best member in "
                "the same mode; the pickers offer only an ensemble that beats it:")
     st.dataframe([{"ensemble": n.name, "models": " + ".join(n.members), "mode": n.mode,
                    "val mIoU %": round(100 * n.miou, 2), "best member": n.best_member,
                    "its val mIoU %": round(100 * n.best_member_miou, 2),
                    "offered": "yes" if n.offered else "no"} for n in notes],
-                 hide_index=True, width="stretch", key="cmp_ensembles")
+                 hide_index=True, width="stretch", height="content", key="cmp_ensembles")
 with_iou = [r for r in rows if r.per_class_iou]
 if with_iou:
     st.plotly_chart(charts.iou_heatmap(with_iou, CAMVID), width="stretch")

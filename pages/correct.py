@@ -16,6 +16,7 @@ entries = catalog.available_models()
 left, right = st.columns([2, 1])
 with right:
     entry = ui.model_picker("Model", entries, key="cor_model")
+ui.open_on("cor_source", {"clip": "Frames of a clip", "photos": "Photos"})
 with left:
     source = st.radio("Image", ["Sample frames", "Photos", "Frames of a clip", "Camera"], horizontal=True,
                       key="cor_source")

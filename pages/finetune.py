@@ -43,7 +43,8 @@ with st.form("ft_form"):
         if ui.access().server_paths else ""
     r1, r2 = st.columns([2, 1])
     replay = r1.checkbox("Mix CamVid's train frames into every batch (replay), so that a few frames of your own "
-                         "teach the model without it forgetting the rest", camvid is not None,
+                         "teach the model without it forgetting the rest (not used when the dataset is CamVid)",
+                         camvid is not None,
                          disabled=camvid is None, key="ft_replay",
                          help="Not offered when CamVid is not on the server; ignored when the dataset is CamVid.")
     ratio = r2.slider("Share of each batch from CamVid", 0.1, 0.9, 0.5, 0.1, key="ft_ratio")
@@ -61,8 +62,12 @@ with st.form("ft_form"):
     encoder = f2.selectbox("Encoder", ["the model's default", "fine-tune it", "freeze it"], key="ft_encoder",
                            help="The default fine-tunes the whole model, except where the model's card measured "
                                 "that a frozen encoder forgets less of other streets (unet-resnet18).")
-    frames = f3.number_input("Training frames", 2, lim.max_train_frames, 48)
+    frames = f3.number_input("Training frames", 2, lim.max_train_frames, 48,
+                             help="At most this many of the dataset's train frames, in name order; a dataset with "
+                                  f"fewer trains on all of them. This server allows {lim.max_train_frames}.")
     crop = f4.selectbox("Crop", [as_trained, "352x480", "192x256", "256x320", "full frames"], key="ft_crop")
+    run_as = st.text_input("Name of the new model", "", key="ft_name", placeholder="e.g. my-street (default: the "
+                           "model, -ft- and the time)", help="How it appears in every model picker.")
     started = st.form_submit_button("Start", type="primary", key="ft_start")
 
 if started:
@@ -106,12 +111,13 @@ if started:
             cfg["max_steps"] = int(length)
         else:
             cfg["epochs"] = int(length)
-        job = manager.start(sid, cfg, before_after=before_after)
+        job = manager.start(sid, cfg, name=catalog.run_name(run_as, f"{name}-ft-{time.strftime('%m%d-%H%M%S')}"),
+                            before_after=before_after)
         st.toast(f"Started job {job.id}")
         plan = st.session_state.setdefault("_ft_plans", {})[job.id] = validation_plan(root, n)
         replayed = f" Replay: {100 * ratio:.0f}% of each batch from CamVid's train frames." if cfg.get("replay") else ""
         st.info(f"Validation: {plan}.{replayed}")
-    except (jobs.JobError, DatasetError) as e:
+    except (jobs.JobError, DatasetError, catalog.CatalogError) as e:
         st.error(str(e))
 
 job = manager.for_session(sid, "train")
@@ -135,13 +141,13 @@ def live():
     if last and last.phase == "compare":
         st.progress(min(1.0, last.step / max(last.total_steps, 1)),
                     text=f"{status}: trained; scored the model before and after" if status == "done" else
-                    f"{status}: trained; scoring the model before and after, {last['step']}/{last['total_steps']} "
-                    "frames")
+                    f"{status}: trained; scoring the model before and after, {last.step}/{last.total_steps} frames")
     elif last:
         frac = min(1.0, last.step / max(last.total_steps, 1))
         eta = f", about {snap.eta_s:.0f} s left" if status == "running" and snap.eta_s else ""
-        st.progress(frac, text=f"{status}: step {last['step']}/{last['total_steps']}, epoch {last['epoch']}/"
-                               f"{last['epochs']}{eta}")
+        # a run measured in steps says steps only: its epochs (passes over a few frames) can outnumber the cap
+        epochs = "" if job.cfg.get("max_steps") or last.epoch is None else f", epoch {last.epoch}/{last.epochs}"
+        st.progress(frac, text=f"{status}: step {last.step}/{last.total_steps}{epochs}{eta}")
     else:
         st.progress(0.0, text=f"{status}: loading data and model...")
     if snap.steps:
@@ -169,7 +175,7 @@ if job is not None and not job.active and (compared := adapt.BeforeAfter.load(Pa
         st.markdown(f"**{sc.name}** ({sc.frames} frames): mIoU {100 * sc.before['miou']:.1f}% before, "
                     f"{100 * sc.after['miou']:.1f}% after ({100 * sc.gain:+.1f} points)")
     if compared.scores:
-        st.dataframe(compared.table(), hide_index=True, width="stretch")
+        st.dataframe(compared.table(), hide_index=True, width="stretch", height="content")
     else:
         st.caption("No frames to score: the dataset is too small to hold any out, and CamVid is not on this server.")
     st.caption("Training frames: your label, the model before, the model after.")
@@ -178,12 +184,25 @@ if job is not None and not job.active and (compared := adapt.BeforeAfter.load(Pa
         for col, (what, png) in zip(cols, (("label", pair.truth), ("before", pair.before), ("after", pair.after))):
             col.image(str(Path(job.out) / adapt.FOLDER / png), caption=f"{pair.title}: {what}", width="stretch")
 
+mine = {k: e for k, e in entries.items() if not e.shipped}
+if mine:
+    st.subheader("Models fine-tuned here")
+    g1, g2 = st.columns([3, 1])
+    gone = g1.selectbox("Model", list(mine), key="ft_remove_pick", format_func=lambda k: ui.describe(k, mine[k]))
+    if g2.button("Remove it", key="ft_remove", help="Deletes its files and its row below; shipped models stay."):
+        if job is not None and job.active and Path(job.out).resolve() == mine[gone].folder.resolve():
+            st.error("That model is still being trained; stop the run first.")
+        else:
+            catalog.remove_model(mine[gone])
+            st.toast(f"Removed {gone[4:]}")
+            st.rerun()
+
 st.subheader("Runs on this host")
 runs = store.list_runs()
 if runs:
     st.dataframe([{"started": time.strftime("%Y-%m-%d %H:%M", time.localtime(r["ts_start"])), "model": r["model"],
-                   "status": r["status"], "steps": r["steps"],
-                   "val mIoU %": r["val_miou"] and round(100 * r["val_miou"], 1),
+                   "status": r["status"], "steps": "" if r["steps"] is None else r["steps"],
+                   "val mIoU %": "" if r["val_miou"] is None else round(100 * r["val_miou"], 1),
                    "saved as": Path(r["out_dir"]).name if r["out_dir"] else "", "note": r["message"] or ""}
                   for r in runs], hide_index=True, width="stretch")
 else:

@@ -13,7 +13,8 @@ st.markdown(
 
 c1, c2, c3 = st.columns(3)
 c4, c5, c6 = st.columns(3)
-c1.page_link("pages/segment.py", label="Segment your photos", icon=":material/image_search:")
+c1.page_link("pages/segment.py", label="Segment your photos", icon=":material/image_search:",
+             query_params={"open": "upload"})
 c2.page_link("pages/video.py", label="Segment a clip", icon=":material/movie:")
 c3.page_link("pages/correct.py", label="Correct the model", icon=":material/brush:")
 c4.page_link("pages/compare.py", label="Compare models", icon=":material/compare:")

@@ -1,4 +1,5 @@
 import hashlib
+from pathlib import Path
 
 import streamlit as st
 
@@ -14,16 +15,17 @@ with right:
     entry = ui.model_picker("Model", entries, key="seg_model")
     engine = ui.engine_picker(entry, key="seg_engine") if entry else None
     mode = ui.mode_picker(entry, key="seg_mode") if entry else "Fast"
+ui.open_on("seg_source", {"upload": "Upload", "camera": "Camera"})
 with left:
     source = st.radio("Image source", ["Sample frames", "Upload", "Camera"], horizontal=True, key="seg_source")
 
-image, truth, image_key, notes = None, None, None, []
+image, truth, image_key, notes, stem = None, None, None, [], "photo"
 if source == "Sample frames":
     gallery = catalog.samples()
     name = st.selectbox("CamVid val frame (with ground truth)", [s.name for s in gallery], key="seg_sample")
     sample = next(s for s in gallery if s.name == name)
     loaded = ui.load_image(sample.image)
-    image, truth, image_key = loaded.image, read_label(sample.label), f"sample:{name}"
+    image, truth, image_key, stem = loaded.image, read_label(sample.label), f"sample:{name}", name
 elif source == "Upload":
     uploads = st.file_uploader(
         f"Street photos (jpg, png, webp; up to {ui.MAX_UPLOAD_FILES} files, {ui.MAX_UPLOAD_MB} MB and "
@@ -38,7 +40,7 @@ elif source == "Upload":
         up = uploads[pick]
         loaded = ui.read_upload(up)
         if loaded:
-            image, notes, image_key = loaded.image, loaded.notes, f"upload:{up.file_id}"
+            image, notes, image_key, stem = loaded.image, loaded.notes, f"upload:{up.file_id}", Path(up.name).stem
 else:
     shot = st.camera_input("Take a photo", key="seg_camera")
     if shot is not None:
@@ -46,6 +48,7 @@ else:
         if loaded:
             image, notes = loaded.image, loaded.notes
             image_key = f"camera:{hashlib.sha1(shot.getvalue()).hexdigest()}"
+            stem = f"camera-{image_key[7:15]}"
 
 if image is None or entry is None:
     st.info("Pick a sample frame, upload a photo or take one to see it segmented.")
@@ -64,9 +67,10 @@ alpha = c1.slider("Overlay opacity", 0.0, 1.0, 0.55, 0.05, key="seg_alpha")
 shown = c2.multiselect("Classes to paint", list(classes.names), default=list(classes.names), key="seg_classes")
 visible = [classes.names.index(n) for n in shown]
 
-a, b, c = st.columns(3)
+# a wide photo (a dashcam's 3:1) gets the page's width for each picture rather than a third of it
+a, b, c = st.columns(3) if res.size[1] < 2 * res.size[0] else (st.container(), st.container(), st.container())
 a.image(res.image, caption=f"Original {res.size[1]}x{res.size[0]}", width="stretch")
-b.image(res.mask, caption="Predicted classes", width="stretch")
+b.image(report.paint(res, classes, 1.0, visible), caption="Predicted classes (the painted ones)", width="stretch")
 c.image(report.paint(res, classes, alpha, visible), caption="Overlay", width="stretch")
 ui.legend(classes, res.share)
 st.caption(f"Inference {res.ms:.0f} ms on CPU at {res.work_size[1]}x{res.work_size[0]} "
@@ -84,5 +88,5 @@ if res.truth is not None:
     g.image(res.errors, caption="Errors: green right, red wrong, black void", width="stretch")
 
 dl1, dl2 = st.columns(2)
-dl1.download_button("Download coloured mask (PNG)", res.mask_png, "mask_color.png", "image/png")
-dl2.download_button("Download label map (PNG, class ids)", res.label_png, "mask_labels.png", "image/png")
+dl1.download_button("Download coloured mask (PNG)", res.mask_png, f"{stem}_mask_color.png", "image/png")
+dl2.download_button("Download label map (PNG, class ids)", res.label_png, f"{stem}_labels.png", "image/png")

@@ -81,7 +81,7 @@ st.plotly_chart(charts.class_share_over_time([i / res.fps_in for i in res.indice
                 width="stretch")
 with st.expander("Flicker per class"):
     st.dataframe([{"class": n, "flicker %": None if f is None else round(100 * f, 2)}
-                  for n, f in res.flicker_per_class.items()], hide_index=True)
+                  for n, f in res.flicker_per_class.items()], hide_index=True, height="content")
 st.page_link("pages/correct.py", label="Correct the frames of this clip the model is least sure of",
-             icon=":material/brush:")
+             icon=":material/brush:", query_params={"open": "clip"})
 host.release_memory()  # the result's transient copies go back to the OS, not to this server's heap

@@ -798,3 +798,75 @@ def test_a_clip_uploaded_on_video_is_offered_on_correct(app_env, tmp_path):
     at.number_input(key="cor_stride").set_value(2).run()
     assert not at.exception, at.exception
     assert sorted(u.index for u in at.session_state["_ranked"][1]) == [0, 2, 4]
+
+
+def test_links_open_their_page_on_the_context_they_name(app_env):
+    """Home's 'Segment your photos' opens Segment on Upload, Video's link opens Correct on the clip's
+    frames (?open=...); the visitor's own choice holds afterwards."""
+    at = _app()
+    link = next(e for e in at.get("page_link") if e.proto.label == "Segment your photos")
+    assert "open=upload" in str(link.proto)
+    at.query_params["open"] = "upload"
+    at.switch_page("pages/segment.py")
+    at.run()
+    assert at.radio(key="seg_source").value == "Upload" and "open" not in at.query_params
+    at.radio(key="seg_source").set_value("Camera").run()
+    assert at.radio(key="seg_source").value == "Camera"
+    at.query_params["open"] = "clip"
+    at.switch_page("pages/correct.py")
+    at.run()
+    assert not at.exception and at.radio(key="cor_source").value == "Frames of a clip"
+
+
+def test_segment_names_its_downloads_after_the_photo_and_paints_only_the_chosen_classes(app_env, monkeypatch):
+    from streamlit.delta_generator import DeltaGenerator
+
+    from sis.vis import report
+    names, painted = [], []
+    button = DeltaGenerator.download_button
+    monkeypatch.setattr(DeltaGenerator, "download_button", lambda self, label, data, file_name=None, *a, **k:
+                        names.append(file_name) or button(self, label, data, file_name, *a, **k))
+    real = report.paint
+    monkeypatch.setattr(report, "paint", lambda res, classes, alpha, visible=None:
+                        painted.append((alpha, list(visible))) or real(res, classes, alpha, visible))
+    at = _app("pages/segment.py")
+    _select_run(at)
+    name = at.selectbox(key="seg_sample").value
+    assert sorted(names[-2:]) == [f"{name}_labels.png", f"{name}_mask_color.png"]
+    painted.clear()
+    at.multiselect(key="seg_classes").set_value(["Road", "Car"]).run()
+    assert (1.0, [3, 8]) in painted  # the "Predicted classes" picture too, not only the overlay
+    _upload(at, "my street.png", _png(np.zeros((40, 60, 3), np.uint8)))
+    assert sorted(names[-2:]) == ["my street_labels.png", "my street_mask_color.png"]
+
+
+def test_a_fine_tuned_model_shows_its_verdict_and_can_be_named_and_removed(app_env):
+    """A run that lost 7.4 points on CamVid val is flagged in the pickers and warned about when picked;
+    Fine-tune removes it (files and its row), and refuses a name that is taken or not a name."""
+    from sis import store
+    from sis.studio import catalog
+    from sis.training.adapt import FOLDER, BeforeAfter, Scores
+    folder = app_env / "models" / "tiny"
+    store.upsert_run("r1", model="pspnet-resnet18", status="done", out_dir=str(folder))
+    (folder / FOLDER).mkdir()
+    BeforeAfter("camvid", ("Sky",), (Scores("your held-out frames", 2, {"miou": 0.50}, {"miou": 0.561}),
+                                     Scores("camvid val (what the model may forget)", 20, {"miou": 0.70},
+                                            {"miou": 0.626})), ()).save(folder)
+    assert (folder / FOLDER / "summary.json").is_file()
+    at = _app("pages/segment.py")
+    assert "tiny (fine-tuned here) · +6.1 on your frames, -7.4 on camvid — forgot" in at.selectbox(key="seg_model").options
+    _select_run(at)
+    assert any("tiny lost 7.4 points of mIoU on camvid val" in w.value for w in at.warning)
+    with pytest.raises(catalog.CatalogError, match="is here already"):
+        catalog.run_name("tiny", "x")
+    with pytest.raises(catalog.CatalogError, match="cannot name a model"):
+        catalog.run_name("../evil", "x")
+    assert catalog.run_name("  my street ", "x") == "my-street" and catalog.run_name("", "x-1") == "x-1"
+    at = _app("pages/finetune.py")
+    assert not any("None" in str(v) for v in at.dataframe[-1].value.to_numpy().ravel())
+    at.selectbox(key="ft_remove_pick").set_value("run:tiny")
+    at.button(key="ft_remove").click().run()
+    assert not folder.exists() and "run:tiny" not in catalog.available_models()
+    assert all(r["out_dir"] != str(folder) for r in store.list_runs())
+    with pytest.raises(catalog.CatalogError, match="shipped model"):
+        catalog.remove_model(catalog.available_models()["unet-vgg11_bn"])

@@ -49,7 +49,9 @@ def default_model() -> str:
 
 
 def cmd_download(a) -> int:
+    from sis import store
     from sis.data.download import SEGNET_CAMVID_URL, download_camvid
+    a.out = a.out or str(store.data_dir() / "camvid")
     counts = download_camvid(Path(a.out), a.url or SEGNET_CAMVID_URL,
                              progress=lambda i, n, split: print(f"\r{split}: {i}/{n}", end="", file=sys.stderr))
     print(f"\ndownloaded to {a.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))

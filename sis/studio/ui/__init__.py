@@ -29,6 +29,7 @@ from sis.studio.ui.session import (
     inference_gate,
     latest,
     mark_routed,
+    open_on,
     session_id,
     startup,
 )
@@ -44,4 +45,4 @@ from sis.studio.ui.uploads import (
     stash_dataset_zip,
     training_sources,
 )
-from sis.studio.ui.widgets import engine_picker, follow_job, legend, mode_picker, model_picker
+from sis.studio.ui.widgets import describe, engine_picker, follow_job, legend, mode_picker, model_picker

@@ -33,6 +33,16 @@ def ensure_router(page_file: str) -> None:
         st.switch_page("streamlit_app.py")
 
 
+def open_on(key: str, choices: dict[str, str]) -> None:
+    """A link from another page says which option of the widget ``key`` to open on (``?open=clip``,
+    st.page_link's query_params): set it once, before the widget is drawn, and clear the parameter so
+    that the visitor's own choice holds from then on."""
+    value = st.query_params.get("open")
+    if value in choices:
+        st.session_state[key] = choices[value]
+        del st.query_params["open"]
+
+
 def follow_deep_link() -> None:
     """Router side of ``ensure_router``."""
     target = st.session_state.pop("_deep_link", None)

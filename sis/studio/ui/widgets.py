@@ -65,17 +65,25 @@ def model_picker(label: str, entries: dict[str, catalog.Entry], key: str) -> cat
         return None
     keys = list(entries)
     default = catalog.default_key(entries)
-    labels = {k: _describe(k, entries[k], default) for k in keys}
+    labels = {k: describe(k, entries[k], default) for k in keys}
     choice = st.selectbox(label, keys, index=keys.index(default), key=key, format_func=labels.__getitem__)
+    compared = catalog.verdict(entries[choice])
+    if compared is not None and compared.forgot:
+        st.warning(f"{choice[4:]} lost {-100 * compared.elsewhere.gain:.1f} points of mIoU on "
+                   f"{compared.elsewhere.name.split(' (')[0]} after its fine-tune: it may do worse than the model it "
+                   "started from on streets other than yours.")
     return entries[choice]
 
 
-def _describe(key: str, entry: catalog.Entry | None = None, default: str | None = None) -> str:
+def describe(key: str, entry: catalog.Entry | None = None, default: str | None = None) -> str:
     """Picker label: name, the card's val mIoU (so the most accurate is easy to find), paper pair."""
     miou = zoo.read_card(entry.folder).val_miou if entry is not None else None
     score = f" · val mIoU {100 * miou:.1f}" if isinstance(miou, (int, float)) else ""
     if key.startswith("run:"):
-        return f"{key[4:]} (fine-tuned here){score}"
+        compared = catalog.verdict(entry) if entry is not None else None
+        stopped = entry is not None and zoo.read_card(entry.folder).raw.get("status") == "stopped"
+        return (f"{key[4:]} (fine-tuned here{', stopped' if stopped else ''})" +
+                (f" · {compared.verdict()}" if compared is not None and compared.scores else score))
     paper = zoo.MODELS[key].paper if key in zoo.MODELS else None
     # the score right after the name: narrow columns cut the end of the label
     return (f"{key}" + score + (f" — {paper}" if paper else "") +
