@@ -61,6 +61,8 @@ if notes:
     st.caption("Converted: " + "; ".join(notes))
 if res.note:
     st.warning(res.note)
+if res.unfamiliar:
+    st.warning(res.unfamiliar, icon=":material/travel_explore:")
 
 c1, c2 = st.columns([3, 2])
 alpha = c1.slider("Overlay opacity", 0.0, 1.0, 0.55, 0.05, key="seg_alpha")

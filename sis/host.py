@@ -153,5 +153,10 @@ class BusyMeter:
         busy = sum(sys1) - sum(self._sys0) - (sys1.idle - self._sys0.idle) - \
             (getattr(sys1, "iowait", 0.0) - getattr(self._sys0, "iowait", 0.0))
         own = (own1.user + own1.system) - (self._own0.user + self._own0.system)
-        cores = psutil.cpu_count(logical=True) or 1
-        self.others_share = max(0.0, min(1.0, (busy - own) / max(wall * cores, 1e-9)))
+        self.others_share = others_share(busy, own, wall, psutil.cpu_count(logical=True) or 1)
+
+
+def others_share(busy_s: float, own_s: float, wall_s: float, cores: int) -> float:
+    """The share of ``cores`` x ``wall_s`` of CPU time that others used: the machine's busy time less
+    this process's own, clipped to 0..1."""
+    return max(0.0, min(1.0, (busy_s - own_s) / max(wall_s * cores, 1e-9)))

@@ -484,17 +484,18 @@ def test_engine_choice_is_remembered_until_a_comparison_is_kept(tiny_model, tmp_
 
 
 def test_busy_meter_sees_another_process_use_the_cpu():
-    """BusyMeter: another process spinning a core shows as a share of the machine's CPU; a quiet
-    sleep beside nothing shows as (about) none."""
+    """BusyMeter: another process spinning a core shows as a share of the machine's CPU (this process's
+    own time is not counted: a sleep here is not 'busy'). Others' load can only add to it."""
     import subprocess
     import sys
     import time
 
     import psutil
 
-    from sis.host import BusyMeter
-    with BusyMeter() as quiet:
-        time.sleep(0.5)
+    from sis.host import BusyMeter, others_share
+    # by hand: 2 cores for 1 s; the machine was busy 1.5 s of CPU, of which 0.5 s was this process
+    assert others_share(busy_s=1.5, own_s=0.5, wall_s=1.0, cores=2) == pytest.approx(0.5)
+    assert others_share(busy_s=0.4, own_s=0.5, wall_s=1.0, cores=2) == 0.0
     spin = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 5: pass"])
     try:
         time.sleep(0.3)
@@ -502,5 +503,4 @@ def test_busy_meter_sees_another_process_use_the_cpu():
             time.sleep(1.0)
     finally:
         spin.kill()
-    one_core = 1 / psutil.cpu_count(logical=True)
-    assert busy.others_share > 0.6 * one_core and busy.others_share > quiet.others_share
+    assert busy.others_share > 0.3 / psutil.cpu_count(logical=True)

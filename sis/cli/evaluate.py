@@ -42,7 +42,7 @@ def cmd_shift(a) -> int:
     def progress(what, i, n):
         print(f"[{i}/{n}] {what}", file=sys.stderr)
     rep = shift_benchmark(engine, frames, shifts, a.severities, a.seed, ",".join(getattr(
-        engine, "member_names", [engine.cfg.name])), progress)
+        engine, "member_names", [engine.cfg.name])), progress, a.work_rule)
     out = rep.to_dict()
     out["ood_auroc_severe"] = ood_auroc(rep, max(a.severities))
     if a.out:
@@ -91,4 +91,26 @@ def cmd_eval(a) -> int:
         print(f"  {n:12} IoU {'   -' if v is None else f'{100 * v:5.2f}'}")
     print(f"mIoU {100 * res['miou']:.2f}  pixel acc {100 * res['pixel_acc']:.2f}  "
           f"mean class acc {100 * res['mean_class_acc']:.2f}")
+    return 0
+
+
+def cmd_calibrate(a) -> int:
+    """``calibrate``: fit the model's softmax temperature on val through its engine here; --write keeps it in
+    the card (``calibration``), where every engine loaded from the folder then applies it."""
+    from sis import zoo
+    from sis.training.calibrate import calibrate
+    from sis.training.robustness import val_frames
+    folder = model_folders(a.model)[0]
+    engine = accurate_single(a)
+    engine.temperature = 1.0  # fitted from the raw logits, whatever the card holds now
+    cal = calibrate(engine, val_frames(Path(a.data), a.limit, a.every), a.seed)
+    out = cal.to_dict() | {"fitted_on": f"val of {Path(a.data).name} ({cal.frames} frames, {cal.pixels} pixels)"}
+    if a.write:
+        zoo.update_card(folder, calibration=out)
+    if a.json:
+        print(json.dumps(out))
+        return 0
+    print(f"{folder.name} on {cal.engine}: temperature {cal.temperature:.3f}; ECE {100 * cal.ece_before:.2f} -> "
+          f"{100 * cal.ece_after:.2f}; NLL {cal.nll_before:.4f} -> {cal.nll_after:.4f}; a photo is flagged below "
+          f"{100 * cal.low_confidence:.1f}% mean confidence" + (f"; written to {folder / 'card.json'}" if a.write else ""))
     return 0

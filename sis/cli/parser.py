@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from sis.cli.bench import cmd_bench
-from sis.cli.evaluate import cmd_eval
+from sis.cli.evaluate import cmd_calibrate, cmd_eval
 from sis.cli.models import cmd_download, cmd_export, cmd_models
 from sis.cli.predict import cmd_predict, cmd_video
 from sis.cli.train import cmd_train
@@ -81,8 +81,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--every", type=positive_int, default=1, help="with --shift: every N-th val frame (default all)")
     s.add_argument("--seed", type=int, default=0, help="with --shift: the shifts' noise and casts")
     s.add_argument("--out", help="with --shift: also write the report as JSON here")
+    s.add_argument("--work-rule", choices=["pixels", "short"], help="with --shift: the work-size rule to measure "
+                   "(default: the one the app uses)")
     add_accurate_options(s, "auto")
     s.set_defaults(fn=cmd_eval)
+
+    s = sub.add_parser("calibrate", help="fit a model's softmax temperature on val (its confidence then means "
+                       "what it says); --write keeps it in the card")
+    s.add_argument("--model", required=True)
+    s.add_argument("--data", required=True, help="a dataset with val/ valannot/ (CamVid)")
+    s.add_argument("--limit", type=positive_int)
+    s.add_argument("--every", type=positive_int, default=1)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--engine", default="auto")
+    s.add_argument("--write", action="store_true", help="write the fit into the model's card.json")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_calibrate)
 
     _add_run_commands(sub)
     return p

@@ -34,6 +34,7 @@ from sis.engines.names import (
     unavailable_reason,
 )
 from sis.engines.policy import MAX_MIOU_DELTA, EngineChoice, choose_engine
+from sis.zoo.card import read_card
 from sis.zoo.registry import ModelConfig, read_config
 
 __all__ = ["ENGINES", "REFERENCE", "MAX_MIOU_DELTA", "TTA", "AccurateEngine", "Engine", "EngineChoice", "EngineError",
@@ -73,14 +74,19 @@ def load_engine(folder: Path, name: str | None = None, device: str = "cpu",
     load no PyTorch model (torch is not even imported when the graph is cached or templated)."""
     folder = Path(folder)
     name = name or choose_engine(folder, device).name
+    temperature = read_card(folder).temperature  # the confidence predict reports is calibrated where fitted
     if is_graph(name):
-        return create_engine(name, None, read_config(folder), device, folder, log)
+        engine = create_engine(name, None, read_config(folder), device, folder, log)
+        engine.temperature = temperature
+        return engine
     import torch
 
     from sis.zoo.models import load_for_inference
     torch.set_num_threads(host.threads())  # as the graph engines: SIS_THREADS, else the physical cores
     model, cfg = load_for_inference(folder, device)
-    return create_engine(name, model, cfg, device, folder, log, keep_model=False)
+    engine = create_engine(name, model, cfg, device, folder, log, keep_model=False)
+    engine.temperature = temperature
+    return engine
 
 
 def load_accurate(folders: list[Path], tta: TTA = TTA(), name: str | None = None, device: str = "cpu",

@@ -78,8 +78,11 @@ class AccurateEngine:
     """Members' class probabilities averaged over the TTA passes and the members (weighted).
 
     ``members``: engines (``sis.engines``) of models with the same class list; ``weights``: one per
-    member (default equal). Called like any engine: (N,3,H,W) uint8 -> (N,C,H,W) float32 log-probabilities.
+    member (default equal). Called like any engine: (N,3,H,W) uint8 -> (N,C,H,W) float32 log-probabilities,
+    each member's softmax taken at its own temperature (so the average is calibrated where they are).
     """
+
+    temperature = 1.0  # its output is already log-probabilities of calibrated members
 
     def __init__(self, members: list, tta: TTA = TTA(), weights: list[float] | None = None, names: list[str] | None = None):
         if not members:
@@ -115,7 +118,7 @@ class AccurateEngine:
                 x = resize_images(images, scaled_size(size, s))
                 for flipped in ((False, True) if self.tta.flip else (False,)):
                     xi = np.ascontiguousarray(x[..., ::-1]) if flipped else x
-                    p = softmax(np.asarray(member(xi), np.float32))
+                    p = softmax(np.asarray(member(xi), np.float32) / getattr(member, "temperature", 1.0))
                     if flipped:
                         p = p[..., ::-1]
                     p = resize_maps(np.ascontiguousarray(p, np.float32), size)

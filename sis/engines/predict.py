@@ -25,9 +25,22 @@ class Prediction:
     work_size: tuple[int, int]
 
 
-def work_size(h: int, w: int, base: tuple[int, int]) -> tuple[int, int]:
-    """(h, w) with the pixel count of ``base`` and the aspect of the image."""
-    f = (base[0] * base[1] / (h * w)) ** 0.5
+WORK_RULES = ("pixels", "short")
+WORK_RULE = "pixels"  # the rule every caller uses unless told otherwise (docs/robustness.md measures both)
+MAX_LONG_X = 3        # the "short" rule caps the long side at this many times the base's long side
+
+
+def work_size(h: int, w: int, base: tuple[int, int], rule: str | None = None) -> tuple[int, int]:
+    """The size (h, w) an image is segmented at, its aspect kept. ``pixels``: the pixel count of
+    ``base``; ``short``: the short side at the base's short side, never enlarged, the long side at most
+    MAX_LONG_X times the base's long side (a wide frame keeps the scale of its objects)."""
+    rule = rule or WORK_RULE
+    if rule == "pixels":
+        f = (base[0] * base[1] / (h * w)) ** 0.5
+    elif rule == "short":
+        f = min(1.0, min(base) / min(h, w), MAX_LONG_X * max(base) / max(h, w))
+    else:
+        raise ValueError(f"unknown work-size rule '{rule}'; choose {' or '.join(WORK_RULES)}")
     return max(1, round(h * f)), max(1, round(w * f))
 
 
@@ -39,17 +52,17 @@ def labels_and_confidence(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return logits.argmax(0).astype(np.uint8), conf.astype(np.float32)
 
 
-def predict(engine, image: Image.Image | np.ndarray) -> Prediction:
-    """Segment one RGB image with an ``engines`` engine: resized (aspect kept) to the model's pixel
-    count, logits, argmax and confidence, mapped back to the image's size. numpy and Pillow only."""
+def predict(engine, image: Image.Image | np.ndarray, rule: str | None = None) -> Prediction:
+    """Segment one RGB image with an ``engines`` engine: resized (aspect kept) to its ``work_size``,
+    logits, argmax and confidence, mapped back to the image's size. numpy and Pillow only."""
     arr = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, np.uint8)
     h, w = arr.shape[:2]
-    wh, ww = work_size(h, w, tuple(engine.cfg.base_size))
+    wh, ww = work_size(h, w, tuple(engine.cfg.base_size), rule)
     engine.prepare((wh, ww))  # a new size builds its graph once: not part of the model's time
     t0 = time.perf_counter()
     x = resize_rgb(arr, (wh, ww))
     logits = engine(np.ascontiguousarray(x.transpose(2, 0, 1))[None])[0]
-    labels, conf = labels_and_confidence(logits)
+    labels, conf = labels_and_confidence(logits / getattr(engine, "temperature", 1.0))  # calibrated confidence
     if (wh, ww) != (h, w):
         labels = np.asarray(Image.fromarray(labels, "L").resize((w, h), Image.NEAREST))
         conf = np.asarray(Image.fromarray(conf, "F").resize((w, h), Image.BILINEAR))

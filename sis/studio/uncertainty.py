@@ -44,7 +44,7 @@ def probabilities(engine, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     h, w = rgb.shape[:2]
     work = resize_rgb(rgb, work_size(h, w, tuple(engine.cfg.base_size)))
     x = np.ascontiguousarray(work.transpose(2, 0, 1))[None]
-    return softmax(np.asarray(engine(x), np.float32))[0], work
+    return softmax(np.asarray(engine(x), np.float32) / getattr(engine, "temperature", 1.0))[0], work
 
 
 def rank(engine, images: Iterable[tuple[str, np.ndarray]], top: int | None = None,

@@ -78,7 +78,8 @@ def val_frames(root: Path, limit: int | None = None, every: int = 1) -> list[tup
     return [(i.stem, read_rgb(i), read_label(lbl)) for i, lbl in pairs]
 
 
-def score_set(engine, pairs, classes: ClassSet, name: str = CLEAN, severity: int = 0) -> ShiftScore:
+def score_set(engine, pairs, classes: ClassSet, name: str = CLEAN, severity: int = 0,
+              work_rule: str | None = None) -> ShiftScore:
     """One set of (rgb, label) pairs through ``engine``: confusion matrix, calibration bins, and
     each frame's mean confidence."""
     cm = np.zeros((classes.num_classes, classes.num_classes), np.int64)
@@ -86,7 +87,7 @@ def score_set(engine, pairs, classes: ClassSet, name: str = CLEAN, severity: int
     conf, times = [], []
     void = classes.void if classes.void is not None else 255
     for rgb, label in pairs:
-        pred = predict(engine, rgb)
+        pred = predict(engine, rgb, work_rule)
         cm += metrics.confusion_matrix(pred.labels, label, classes.num_classes, classes.void)
         valid = (label != void) & (label < classes.num_classes)
         bins += metrics.calibration_bins(pred.confidence[valid], (pred.labels == label)[valid])
@@ -98,7 +99,8 @@ def score_set(engine, pairs, classes: ClassSet, name: str = CLEAN, severity: int
 
 
 def shift_benchmark(engine, frames, shifts: list[str], severities=SEVERITIES, seed: int = 0,
-                    model: str = "", progress: Callable[[str, int, int], None] | None = None) -> ShiftReport:
+                    model: str = "", progress: Callable[[str, int, int], None] | None = None,
+                    work_rule: str | None = None) -> ShiftReport:
     """``engine`` on ``frames`` ([(name, rgb, label)], e.g. ``val_frames``) clean and under each shift
     at each severity; the same (frames, shifts, severities, seed) give the same report."""
     classes = engine.cfg.class_set
@@ -113,7 +115,7 @@ def shift_benchmark(engine, frames, shifts: list[str], severities=SEVERITIES, se
             progress(f"{name} {sev}" if sev else name, k, len(todo))
         pairs = [(rgb, lab) if name == CLEAN else shifted(rgb, lab, name, sev, i, seed, void)
                  for i, (_, rgb, lab) in enumerate(frames)]
-        results.append(score_set(engine, pairs, classes, name, sev))
+        results.append(score_set(engine, pairs, classes, name, sev, work_rule))
     if progress:
         progress(f"done in {time.perf_counter() - t0:.0f} s", len(todo), len(todo))
     return ShiftReport(model or engine.cfg.name, engine.name, len(frames), seed, results[0], results[1:])

@@ -147,7 +147,7 @@ def segment_video(engine, src: Path, out: Path | None = None, stride: int = 1, m
             h, w = rgb.shape[:2]
             wh, ww = work_size(h, w, tuple(engine.cfg.base_size))
             x = np.ascontiguousarray(resize_rgb(rgb, (wh, ww)).transpose(2, 0, 1))[None]
-            p = softmax(np.asarray(engine(x), np.float32))[0]
+            p = softmax(np.asarray(engine(x), np.float32) / getattr(engine, "temperature", 1.0))[0]
             raw = p.argmax(0).astype(np.uint8)
             if state is not None and state.shape != p.shape:
                 state = None  # the clip changed size mid-stream: start the average afresh

@@ -48,6 +48,7 @@ class Segmentation:
     errors: np.ndarray | None = None  # green right, red wrong, black void
     scores: dict | None = None        # metrics.summarize against the ground truth
     note: str | None = None           # said to the user (e.g. the engine fell back to eager)
+    unfamiliar: str | None = None     # said when the photo looks unlike the model's training frames
 
 
 def segment(engine, image: Image.Image, truth: np.ndarray | None = None,
@@ -71,6 +72,18 @@ def segment(engine, image: Image.Image, truth: np.ndarray | None = None,
         res.truth, res.errors = colorize(t, pal), error_map(labels, t, classes.void)
         res.scores = image_miou(pred.labels, truth, classes)
     return res
+
+
+def unfamiliarity(mean_confidence: float, card: zoo.ModelCard, model: str) -> str | None:
+    """One sentence when a photo's mean (calibrated) confidence is below what the model reaches on all
+    but the least sure few of CamVid's val frames (the card's ``calibration.low_confidence``), else None."""
+    if card.low_confidence is None or mean_confidence >= card.low_confidence:
+        return None
+    share = 100 - (card.raw.get("calibration") or {}).get("low_percentile", 5)
+    return (f"This photo looks unlike the streets {model} learned: its mean confidence is "
+            f"{100 * mean_confidence:.0f}%, below {100 * card.low_confidence:.0f}%, which {share:.0f}% of CamVid's own "
+            "val frames reach, so expect mistakes. Accurate mode helps a little; correcting a few of your photos on "
+            "Correct and fine-tuning on them helps more.")
 
 
 def paint(res: Segmentation, classes: ClassSet, alpha: float, visible: list[int] | None = None) -> np.ndarray:

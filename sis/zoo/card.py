@@ -47,6 +47,8 @@ class ModelCard:
     modes: dict = field(default_factory=dict)          # "none" | "flip" | "ms" -> ModeRecord (accurate mode)
     splits: tuple = ("train",)                         # the dataset splits its weights trained on
     val_note: str | None = None                        # where val_miou comes from when the weights saw val
+    temperature: float = 1.0                           # softmax temperature fitted on val (training.calibrate)
+    low_confidence: float | None = None                # a photo's mean confidence below this looks unfamiliar
     raw: dict = field(default_factory=dict)
 
     @property
@@ -64,7 +66,19 @@ class ModelCard:
                    engines={n: EngineRecord.from_dict(r or {}) for n, r in eng.items()},
                    modes={m: ModeRecord.from_dict(r or {}) for m, r in ((d.get("accurate") or {}).get("modes") or {}).items()},
                    splits=tuple((d.get("recipe") or {}).get("splits") or ("train",)),
-                   val_note=(d.get("reference") or {}).get("note"), raw=d)
+                   val_note=(d.get("reference") or {}).get("note"),
+                   temperature=float((d.get("calibration") or {}).get("temperature") or 1.0),
+                   low_confidence=(d.get("calibration") or {}).get("low_confidence"), raw=d)
+
+
+def update_card(folder: Path, **sections) -> ModelCard:
+    """Set top-level ``sections`` of the folder's card.json (written beside, then renamed), keeping every
+    other key; the tools that add measurements to a card write it through here."""
+    from sis.files import atomic_write
+    path = Path(folder) / "card.json"
+    card = dict(read_card(folder).raw, **sections)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(card, indent=2)))
+    return ModelCard.from_dict(card)
 
 
 def read_card(folder: Path) -> ModelCard:

@@ -102,6 +102,7 @@ def segment_cached(entry: catalog.Entry, image_key: str, image, truth=None,
         with st.spinner(f"Segmenting with {engine} (a new image size builds its graph once)..."), inference_gate():
             res = _run(lambda: report.segment(_mode_engine(entry, engine, mode), image, truth),
                        lambda: report.segment(_mode_engine(entry, engines.REFERENCE, mode), image, truth))
+        res.unfamiliar = report.unfamiliarity(res.mean_confidence, zoo.read_card(entry.folder), entry.key)
         host.release_memory()
         return res
     return latest(f"_seg_last:{slot}", (str(entry.folder), engine, mode, image_key), run)
@@ -122,6 +123,7 @@ class _Gated:
 
     def __init__(self, engine):
         self.engine, self.cfg, self.name = engine, engine.cfg, engine.name
+        self.temperature = getattr(engine, "temperature", 1.0)
 
     def prepare(self, size):
         self.engine.prepare(size)
