@@ -8,8 +8,16 @@
 
 This face holds the torch-free names; ``models``, ``preprocess`` and ``runtime`` import torch.
 """
-from sis.zoo.card import (ADAPTATION_KEYS, RECIPE_KEYS, EngineRecord, ModelCard, ModeRecord, read_card,
-                          recipe_defaults, update_card)
+from sis.zoo.card import (
+                          ADAPTATION_KEYS,
+                          RECIPE_KEYS,
+                          EngineRecord,
+                          ModelCard,
+                          ModeRecord,
+                          read_card,
+                          recipe_defaults,
+                          update_card,
+)
 from sis.zoo.registry import (
                           ARCHS,
                           DEFAULT_MODEL,
