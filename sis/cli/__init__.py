@@ -19,8 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     def user_errors() -> tuple[type[BaseException], ...]:
         """Errors a user can cause; the torch modules' own only where the command imported them
         (importing them here would load torch for `predict` on a graph engine)."""
-        extra = [getattr(sys.modules[m], n) for m, n in (("sis.zoo.runtime", "DeviceError"), ("sis.training.config", "TrainingError"))
-                 if m in sys.modules]
+        torch_side = (("sis.zoo.runtime", "DeviceError"), ("sis.training.config", "TrainingError"),
+                      ("sis.training.unlabeled", "AdaptError"))
+        extra = [getattr(sys.modules[m], n) for m, n in torch_side if m in sys.modules]
         return (DatasetError, ModelError, ImageError, EngineError, VideoError, ShiftError, FileNotFoundError, *extra)
     try:
         return args.fn(args)

@@ -7,7 +7,7 @@ from sis.cli.bench import cmd_bench
 from sis.cli.evaluate import cmd_calibrate, cmd_eval
 from sis.cli.models import cmd_download, cmd_export, cmd_models
 from sis.cli.predict import cmd_predict, cmd_video
-from sis.cli.train import cmd_train
+from sis.cli.train import cmd_adapt, cmd_train
 from sis.cli.types import hw_size, positive_int, scale_list, scale_range, severity_list, split_list, weight_list
 from sis.data.shifts import list_shifts
 
@@ -85,6 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the one the app uses)")
     add_accurate_options(s, "auto")
     s.set_defaults(fn=cmd_eval)
+
+    s = sub.add_parser("adapt", help="adapt a model to your street from unlabelled photos or a clip (its "
+                       "BatchNorm statistics re-estimated on them); writes a new model folder")
+    s.add_argument("--unlabeled", required=True, help="a folder of photos of one street and camera, or a clip")
+    s.add_argument("--init", required=True, help="the model to start from: a registry name or a model folder")
+    s.add_argument("--out", required=True, help="the new model folder")
+    s.add_argument("--stride", type=positive_int, default=1, help="use every N-th photo or frame")
+    s.set_defaults(fn=cmd_adapt)
 
     s = sub.add_parser("calibrate", help="fit a model's softmax temperature on val (its confidence then means "
                        "what it says); --write keeps it in the card")

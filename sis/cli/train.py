@@ -76,3 +76,22 @@ def cmd_train(a) -> int:
               (f" (val mIoU {100 * v['miou']:.2f}, pixel acc {100 * v['pixel_acc']:.2f})" if v else ""))
     print(f"rank {res['rank']} weights {res['digest']}", file=sys.stderr)
     return 0
+
+
+def cmd_adapt(a) -> int:
+    """``adapt --unlabeled``: a new model folder with the BatchNorm statistics of the user's frames."""
+    from sis import zoo
+    from sis.training.unlabeled import adapt_folder
+    init = zoo.resolve(a.init)
+    out = Path(a.out)
+    if out.exists() and any(out.iterdir()):
+        raise zoo.ModelError(f"{out} exists and is not empty; choose a new folder for the adapted model")
+
+    def progress(i, n):
+        print(f"\radapting: {i}/{n} frames", end="", file=sys.stderr)
+    res = adapt_folder(init, Path(a.unlabeled), out, a.stride, progress)
+    print(file=sys.stderr)
+    for name, why in res.skipped:
+        print(f"skipped {name}: {why}", file=sys.stderr)
+    print(f"adapted {init.name} on {res.frames} frames ({res.layers} BatchNorm layers) in {res.seconds:.0f} s -> {out}")
+    return 0

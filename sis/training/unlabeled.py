@@ -1,0 +1,148 @@
+"""Adapting a model to a user's street from unlabelled frames: its BatchNorm statistics re-estimated on
+them (AdaBN, Li et al. 2016), every weight kept.
+
+A model trained on one city normalises each layer's features with that city's means and variances; a
+new camera or light shifts them. Re-estimating them on a few dozen of the user's own frames (one street,
+one camera) moves the normalisation to where their features are. Nothing is learned from labels, so
+nothing can be taught wrong, but it is measured (docs/robustness.md): where it would not help (too few
+frames, frames too alike) it says so and writes nothing.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+MIN_FRAMES = 8        # fewer frames than this give statistics noisier than the training city's
+MAX_FRAMES = 400      # frames beyond this change the estimate little and cost time
+MIN_SPREAD = 2.0      # frames whose mean absolute difference (8-bit levels, at 64x64) is below this are one frame
+
+
+class AdaptError(ValueError):
+    """The frames cannot adapt the model (too few, all alike, none readable); the message says why."""
+
+
+@dataclass(frozen=True)
+class Adaptation:
+    init: str
+    out: str
+    frames: int
+    skipped: list          # (name, why) of the inputs that were not used
+    seconds: float
+    layers: int            # BatchNorm layers re-estimated
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _thumb(rgb: np.ndarray) -> np.ndarray:
+    from PIL import Image
+    return np.asarray(Image.fromarray(rgb).resize((64, 64), Image.BILINEAR), np.float32)
+
+
+def check_frames(frames: list[np.ndarray]) -> None:
+    """Raise AdaptError where the frames cannot stand for a street: too few, or all (nearly) the same."""
+    if len(frames) < MIN_FRAMES:
+        raise AdaptError(f"{len(frames)} frame{'s' if len(frames) != 1 else ''} are too few to adapt a model "
+                         f"(at least {MIN_FRAMES} of one street and camera); the model is left as it was")
+    thumbs = np.stack([_thumb(f) for f in frames])
+    spread = float(np.abs(thumbs - thumbs.mean(0)).mean())
+    if spread < MIN_SPREAD:
+        raise AdaptError(f"the {len(frames)} frames are all but identical (they differ by {spread:.1f} levels on "
+                         "average): they cannot show the model a street; the model is left as it was")
+
+
+def read_frames(source: Path, stride: int = 1, limit: int = MAX_FRAMES) -> tuple[list[np.ndarray], list]:
+    """The RGB frames of a folder of images or a clip (every ``stride``-th frame), and the inputs skipped."""
+    from sis.data.images import ImageError, iter_images, load_image
+    from sis.video.clips import EXTENSIONS, iter_frames
+    source = Path(source)
+    if not source.exists():
+        raise AdaptError(f"{source} does not exist")
+    frames, skipped = [], []
+    if source.is_file() and source.suffix.lower().lstrip(".") in EXTENSIONS:
+        for _, rgb in iter_frames(source, stride, limit):
+            frames.append(rgb)
+        return frames, skipped
+    paths = iter_images([source]) if source.is_dir() else [source]
+    if source.is_dir():
+        skipped += [(p.name, "not an image file") for p in sorted(source.iterdir())
+                    if p.is_file() and p not in paths]
+    for p in paths[::stride][:limit]:
+        try:
+            frames.append(np.asarray(load_image(p).image))
+        except ImageError as e:
+            skipped.append((p.name, str(e)))
+    return frames, skipped
+
+
+def adapt_batchnorm(model, cfg, frames: Iterable[np.ndarray], progress: Callable[[int, int], None] | None = None,
+                    stop: Callable[[], bool] | None = None) -> int:
+    """Re-estimate every BatchNorm layer's running mean and variance of ``model`` (in place) as the
+    plain average over ``frames``, each at its work size; the other layers run as in inference.
+    Returns the number of layers re-estimated."""
+    import torch
+
+    from sis.data.images import resize_rgb
+    from sis.engines.predict import work_size
+    from sis.zoo.preprocess import forward_logits
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the frames, not a decaying one
+    model.eval()
+    for m in norms:
+        m.train()  # normalises each frame by its own statistics and adds them to the average
+    frames = list(frames)
+    with torch.no_grad():
+        for i, rgb in enumerate(frames):
+            if stop is not None and stop():
+                break
+            size = work_size(*rgb.shape[:2], tuple(cfg.base_size))
+            x = torch.from_numpy(np.ascontiguousarray(resize_rgb(rgb, size).transpose(2, 0, 1)))[None]
+            forward_logits(model, cfg, x, amp=False)
+            if progress:
+                progress(i + 1, len(frames))
+    for m in norms:
+        m.momentum = 0.1
+    model.eval()
+    return len(norms)
+
+
+def adapt_folder(init: Path, source: Path, out: Path, stride: int = 1,
+                 progress: Callable[[int, int], None] | None = None,
+                 stop: Callable[[], bool] | None = None) -> Adaptation:
+    """The model in ``init`` adapted to the frames of ``source`` (a folder of photos or a clip), saved as
+    a new model folder ``out``; ``init`` is never written. Raises AdaptError (nothing written) where
+    the frames cannot adapt it."""
+    from sis import zoo
+    from sis.zoo import models
+    init, out = Path(init), Path(out)
+    if out.resolve() == init.resolve():
+        raise AdaptError("the adapted model needs a folder of its own (--out), not the one it starts from")
+    frames, skipped = read_frames(source, stride)
+    check_frames(frames)
+    t0 = time.perf_counter()
+    model, cfg = models.load_model(init)
+    layers = adapt_batchnorm(model, cfg, frames, progress, stop)
+    if layers == 0:
+        raise AdaptError(f"{cfg.name} has no BatchNorm layer to adapt")
+    seconds = time.perf_counter() - t0
+    base = zoo.read_card(init).raw
+    result = Adaptation(str(init), str(out), len(frames), skipped, round(seconds, 1), layers)
+    card = {k: base[k] for k in ("model", "paper_pair", "classes", "palette", "void", "recipe", "calibration")
+            if k in base}
+    card.update(init=f"adapted:{init.name}", status="done", unlabeled=result.to_dict() | {
+        "method": "BatchNorm statistics re-estimated on the frames (AdaBN); no weight changed",
+        "source": str(source)})
+    cfg.init = f"adapted:{init.name}"
+    models.save_model(model, cfg, out, card)
+    return result
+
+
+def summary(a: Adaptation) -> str:
+    return json.dumps(a.to_dict())

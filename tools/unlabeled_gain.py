@@ -1,0 +1,60 @@
+"""What adapting without labels (BatchNorm statistics, sis.training.unlabeled) gains on the shift benchmark.
+
+    python tools/unlabeled_gain.py MODEL --data ../shared/camvid [--shifts dusk,white_balance] [--severity 3] [--every 2]
+
+For each shift: CamVid val under it (every N-th frame), split in two by frame parity; the model is adapted
+on the even frames (their labels unused) and both it and the original are scored on the odd ones, on eager
+fp32, through the app's predict path. Prints mIoU before, after, the gain and the adaptation's time.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from sis import zoo  # noqa: E402
+from sis.data.shifts import SHIFTS, parse_shifts, shifted  # noqa: E402
+from sis.engines import create_engine  # noqa: E402
+from sis.host import cpu_model  # noqa: E402
+from sis.training.robustness import CLEAN, score_set, val_frames  # noqa: E402
+from sis.training.unlabeled import adapt_batchnorm  # noqa: E402
+from sis.zoo import models  # noqa: E402
+
+p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+p.add_argument("model")
+p.add_argument("--data", required=True)
+p.add_argument("--shifts", default="clean,dusk,white_balance,contrast,blur,noise")
+p.add_argument("--severity", type=int, default=3)
+p.add_argument("--every", type=int, default=2)
+p.add_argument("--json", help="also write the results here")
+a = p.parse_args()
+folder = zoo.resolve(a.model)
+base, cfg = models.load_model(folder)
+classes = cfg.class_set
+void = classes.void if classes.void is not None else 255
+frames = val_frames(Path(a.data), None, a.every)
+names = [n.strip() for n in a.shifts.split(",")]
+parse_shifts(",".join(n for n in names if n != CLEAN) or "all")
+rows = []
+for name in names:
+    pairs = [(rgb, lab) if name == CLEAN else shifted(rgb, lab, name, a.severity, i, 0, void)
+             for i, (_, rgb, lab) in enumerate(frames)]
+    adapt_on, score_on = [rgb for rgb, _ in pairs[0::2]], pairs[1::2]
+    adapted = copy.deepcopy(base)
+    t0 = time.perf_counter()
+    adapt_batchnorm(adapted, cfg, adapt_on)
+    seconds = time.perf_counter() - t0
+    before = score_set(create_engine("eager", base, cfg), score_on, classes, name, a.severity)
+    after = score_set(create_engine("eager", adapted, cfg), score_on, classes, name, a.severity)
+    rows.append({"shift": name, "severity": 0 if name == CLEAN else a.severity, "adapted_on": len(adapt_on),
+                 "scored_on": len(score_on), "before": before.miou, "after": after.miou,
+                 "ece_before": before.ece, "ece_after": after.ece, "seconds": seconds})
+    print(f"{name:14} mIoU {100 * before.miou:6.2f} -> {100 * after.miou:6.2f} ({100 * (after.miou - before.miou):+.2f}); "
+          f"adapted on {len(adapt_on)} frames in {seconds:.0f} s", flush=True)
+print(f"{folder.name}, severity {a.severity}, eager fp32, {cpu_model()}")
+if a.json:
+    Path(a.json).write_text(json.dumps({"model": folder.name, "cpu": cpu_model(), "rows": rows}, indent=1))
