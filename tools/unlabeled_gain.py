@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sis import zoo  # noqa: E402
-from sis.data.shifts import SHIFTS, parse_shifts, shifted  # noqa: E402
+from sis.data.shifts import parse_shifts, shifted  # noqa: E402
 from sis.engines import create_engine  # noqa: E402
 from sis.host import cpu_model  # noqa: E402
 from sis.training.robustness import CLEAN, score_set, val_frames  # noqa: E402
