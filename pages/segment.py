@@ -10,45 +10,44 @@ from sis.vis import charts, report
 ui.ensure_router(__file__)
 st.title("Segment")
 entries = catalog.available_models()
-left, right = st.columns([2, 1])
+left, right = st.columns([3, 2])  # wide enough for the pickers' labels
 with right:
     entry = ui.model_picker("Model", entries, key="seg_model")
     engine = ui.engine_picker(entry, key="seg_engine") if entry else None
     mode = ui.mode_picker(entry, key="seg_mode") if entry else "Fast"
 ui.open_on("seg_source", {"upload": "Upload", "camera": "Camera"})
-with left:
-    source = st.radio("Image source", ["Sample frames", "Upload", "Camera"], horizontal=True, key="seg_source")
-
 image, truth, image_key, notes, stem = None, None, None, [], "photo"
-if source == "Sample frames":
-    gallery = catalog.samples()
-    name = st.selectbox("CamVid val frame (with ground truth)", [s.name for s in gallery], key="seg_sample")
-    sample = next(s for s in gallery if s.name == name)
-    loaded = ui.load_image(sample.image)
-    image, truth, image_key, stem = loaded.image, read_label(sample.label), f"sample:{name}", name
-elif source == "Upload":
-    uploads = st.file_uploader(
-        f"Street photos (jpg, png, webp; up to {ui.MAX_UPLOAD_FILES} files, {ui.MAX_UPLOAD_MB} MB and "
-        f"{ui.MAX_IMAGE_MP} megapixels each)", type=["jpg", "jpeg", "png", "webp"], accept_multiple_files=True,
-        key="seg_upload", max_upload_size=ui.MAX_UPLOAD_MB)
-    if len(uploads) > ui.MAX_UPLOAD_FILES:
-        st.warning(f"{len(uploads)} files uploaded; only the first {ui.MAX_UPLOAD_FILES} are used.")
-        uploads = uploads[: ui.MAX_UPLOAD_FILES]
-    if uploads:
-        pick = st.selectbox("Image", range(len(uploads)), format_func=lambda i: uploads[i].name, key="seg_pick") \
-            if len(uploads) > 1 else 0
-        up = uploads[pick]
-        loaded = ui.read_upload(up)
-        if loaded:
-            image, notes, image_key, stem = loaded.image, loaded.notes, f"upload:{up.file_id}", Path(up.name).stem
-else:
-    shot = st.camera_input("Take a photo", key="seg_camera")
-    if shot is not None:
-        loaded = ui.read_upload(shot)
-        if loaded:
-            image, notes = loaded.image, loaded.notes
-            image_key = f"camera:{hashlib.sha1(shot.getvalue()).hexdigest()}"
-            stem = f"camera-{image_key[7:15]}"
+with left:  # the source and its own widgets, beside the model column
+    source = st.radio("Image source", ["Sample frames", "Upload", "Camera"], horizontal=True, key="seg_source")
+    if source == "Sample frames":
+        gallery = catalog.samples()
+        name = st.selectbox("CamVid val frame (with ground truth)", [s.name for s in gallery], key="seg_sample")
+        sample = next(s for s in gallery if s.name == name)
+        loaded = ui.load_image(sample.image)
+        image, truth, image_key, stem = loaded.image, read_label(sample.label), f"sample:{name}", name
+    elif source == "Upload":
+        uploads = st.file_uploader(
+            f"Street photos (jpg, png, webp; up to {ui.MAX_UPLOAD_FILES} files, {ui.MAX_UPLOAD_MB} MB and "
+            f"{ui.MAX_IMAGE_MP} megapixels each)", type=["jpg", "jpeg", "png", "webp"], accept_multiple_files=True,
+            key="seg_upload", max_upload_size=ui.MAX_UPLOAD_MB)
+        if len(uploads) > ui.MAX_UPLOAD_FILES:
+            st.warning(f"{len(uploads)} files uploaded; only the first {ui.MAX_UPLOAD_FILES} are used.")
+            uploads = uploads[: ui.MAX_UPLOAD_FILES]
+        if uploads:
+            pick = st.selectbox("Image", range(len(uploads)), format_func=lambda i: uploads[i].name, key="seg_pick") \
+                if len(uploads) > 1 else 0
+            up = uploads[pick]
+            loaded = ui.read_upload(up)
+            if loaded:
+                image, notes, image_key, stem = loaded.image, loaded.notes, f"upload:{up.file_id}", Path(up.name).stem
+    else:
+        shot = st.camera_input("Take a photo", key="seg_camera")
+        if shot is not None:
+            loaded = ui.read_upload(shot)
+            if loaded:
+                image, notes = loaded.image, loaded.notes
+                image_key = f"camera:{hashlib.sha1(shot.getvalue()).hexdigest()}"
+                stem = f"camera-{image_key[7:15]}"
 
 if image is None or entry is None:
     st.info("Pick a sample frame, upload a photo or take one to see it segmented.")

@@ -122,6 +122,30 @@ def test_segment_upload_real_frame(server, browser):
     _shot(page, "segment")
 
 
+def test_links_keep_their_context_and_segment_names_its_downloads(server, browser):
+    """Home's 'Segment your photos' opens Segment on Upload; an upload's downloads are named after it;
+    unticking classes unpaints them in the mask as well as in the overlay."""
+    page = _page(browser, server)
+    page.get_by_text("Model zoo").wait_for()
+    _idle(page)
+    page.get_by_role("link", name="Segment your photos").click()
+    page.locator("input[type=file]").wait_for(state="attached")
+    assert page.get_by_role("radio", name="Upload").is_checked()
+    page.locator("input[type=file]").set_input_files(str(_frame()))
+    page.get_by_text("Overlay", exact=True).wait_for()
+    _idle(page)
+    with page.expect_download() as got:
+        page.get_by_role("button", name="Download coloured mask (PNG)").click()
+    assert got.value.suggested_filename == f"{_frame().stem}_mask_color.png"
+    mask = page.locator("[data-testid='stImage'] img").nth(1).get_attribute("src")
+    page.locator("[data-testid='stMultiSelect'] input").click()
+    page.keyboard.press("Backspace")  # untick the last class (Bicyclist)
+    page.keyboard.press("Escape")
+    _idle(page)
+    assert page.locator("[data-testid='stImage'] img").nth(1).get_attribute("src") != mask
+    _shot(page, "segment_upload_link")
+
+
 def test_segment_sample_ground_truth(server, browser):
     page = _page(browser, server, "segment")
     page.get_by_text("Against the ground truth").wait_for()
@@ -329,4 +353,18 @@ def test_adapt_a_model_on_my_frames_and_see_before_and_after(server, browser):
     segment.get_by_text("Against the ground truth").wait_for()
     _idle(segment)
     segment.get_by_role("combobox", name="Model").first.click()
-    assert segment.get_by_role("option", name=re.compile(r"^pspnet-resnet18-ft-.* \(fine-tuned here\)")).count() >= 1
+    # the new model arrives with its before/after verdict beside its name
+    new = segment.get_by_role("option", name=re.compile(r"^pspnet-resnet18-ft-.* \(fine-tuned here\) · [+-][\d.]+ on "))
+    assert new.count() >= 1
+    name = new.first.inner_text().split(" (fine-tuned here)")[0]
+    segment.keyboard.press("Escape")
+    # and it can be removed on Fine-tune: gone from the pickers, its files gone
+    page = _page(browser, server, "finetune", height=3400)
+    page.get_by_role("heading", name="Models fine-tuned here").wait_for()
+    _idle(page)
+    page.get_by_role("combobox", name="Model").nth(1).click()
+    page.get_by_role("option", name=re.compile(f"^{re.escape(name)} ")).click()
+    page.get_by_role("button", name="Remove it").click()
+    page.get_by_text(f"Removed {name}").wait_for()
+    _idle(page)
+    assert not (Path(os.environ["SIS_BROWSER_DATA"]) / "models" / name).exists()
