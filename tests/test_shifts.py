@@ -139,3 +139,27 @@ def test_cli_shift_benchmark_on_a_folder_without_a_card(tiny_model, tiny_data, t
     assert rep["frames"] == 3 and set(rep["by_shift"]) == {"blur", "aspect"} and len(rep["scores"]) == 4
     assert main(["eval", "--model", str(folder), "--data", str(tiny_data), "--shift", "fog"]) == 2
     assert "unknown shift 'fog'" in capsys.readouterr().err
+
+
+def test_eval_segments_each_frame_at_the_apps_work_size(tiny_model):
+    """training.evaluate runs a frame at the size the app would (engines.predict.work_size) and scores it
+    at its own: a 2:1 frame reaches the engine at 294x588, its score covers every pixel of the frame."""
+    import torch
+
+    from sis.classes import CAMVID
+    from sis.data.dataset import Frames
+    from sis.training.evaluate import evaluate
+    from sis.zoo import models
+    model, cfg = models.load_model(tiny_model)
+    seen = []
+
+    def engine(x):
+        seen.append(x.shape[-2:])
+        return np.zeros((len(x), CAMVID.num_classes, *x.shape[-2:]), np.float32)
+    rgb, lab = make_frame(np.random.default_rng(0), 400, 800)
+    frames = Frames(["wide"], [torch.from_numpy(rgb.transpose(2, 0, 1).copy())], [torch.from_numpy(lab.astype(np.int64))],
+                    CAMVID)
+    res = evaluate(None, cfg, frames, torch.device("cpu"), engine=engine)
+    assert seen == [(294, 588)] and res["frames"] == 1
+    share = (lab == 0).sum() / (lab != VOID).sum()  # everything answered as class 0
+    assert res["pixel_acc"] == pytest.approx(share)

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 
 from sis import metrics
 from sis.data.dataset import Frames
+from sis.data.images import resize_rgb
+from sis.engines.predict import work_size
 from sis.zoo.preprocess import forward_logits
 from sis.zoo.registry import ModelConfig
 
@@ -19,9 +21,11 @@ def evaluate(model: torch.nn.Module, cfg: ModelConfig, frames: Frames, device: t
              amp: bool = True, batch_size: int = 4,
              progress: Callable[[int, int], None] | None = None,
              engine: Callable[[np.ndarray], np.ndarray] | None = None) -> dict:
-    """Full-resolution evaluation: miou, pixel_acc, mean_class_acc, per_class_iou, loss.
+    """Evaluation at each frame's own resolution: miou, pixel_acc, mean_class_acc, per_class_iou, loss.
 
-    Frames of the same size are batched together; void pixels are ignored.
+    Each frame is segmented at its work size (``engines.predict.work_size``, the app's rule: CamVid's
+    360x480 frames at their own size) and its logits resized back (bilinear) to score every labelled
+    pixel. Frames of the same size are batched together; void pixels are ignored.
     ``engine`` (an ``engines`` engine: uint8 images -> logits, numpy) replaces the model's forward;
     ``model`` may then be None.
     """
@@ -40,8 +44,14 @@ def evaluate(model: torch.nn.Module, cfg: ModelConfig, frames: Frames, device: t
             j += 1
         imgs = torch.stack(frames.images[i:j]).to(device)
         masks = torch.stack(frames.masks[i:j]).to(device)
-        logits = torch.from_numpy(engine(imgs.cpu().numpy())).to(device) if engine else \
-            forward_logits(model, cfg, imgs, amp)
+        h, w = imgs.shape[-2:]
+        size = work_size(h, w, tuple(cfg.base_size))
+        x = imgs if size == (h, w) else torch.from_numpy(np.stack(
+            [resize_rgb(im.permute(1, 2, 0).cpu().numpy(), size).transpose(2, 0, 1) for im in imgs])).to(device)
+        logits = torch.from_numpy(engine(x.cpu().numpy())).to(device) if engine else \
+            forward_logits(model, cfg, x, amp)
+        if size != (h, w):
+            logits = F.interpolate(logits, (h, w), mode="bilinear", align_corners=False)
         valid = (masks != ignore) & (masks < c)
         tgt = torch.where(valid, masks, torch.full_like(masks, ignore if ignore >= 0 else -100))
         loss_sum += float(F.cross_entropy(logits, tgt, ignore_index=ignore if ignore >= 0 else -100,
