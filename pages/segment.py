@@ -33,6 +33,8 @@ with left:  # the source and its own widgets, beside the model column
         if len(uploads) > ui.MAX_UPLOAD_FILES:
             st.warning(f"{len(uploads)} files uploaded; only the first {ui.MAX_UPLOAD_FILES} are used.")
             uploads = uploads[: ui.MAX_UPLOAD_FILES]
+        if entry is not None and len(uploads) >= 2:  # several photos of one street: adapt a model to them
+            ui.adapt_button(entry, ui.stash_photos(uploads), f"these {len(uploads)} photos", key="seg_adapt")
         if uploads:
             pick = st.selectbox("Image", range(len(uploads)), format_func=lambda i: uploads[i].name, key="seg_pick") \
                 if len(uploads) > 1 else 0

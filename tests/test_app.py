@@ -3,6 +3,7 @@ import ast
 import io
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -870,3 +871,32 @@ def test_a_fine_tuned_model_shows_its_verdict_and_can_be_named_and_removed(app_e
     assert all(r["out_dir"] != str(folder) for r in store.list_runs())
     with pytest.raises(catalog.CatalogError, match="shipped model"):
         catalog.remove_model(catalog.available_models()["unet-vgg11_bn"])
+
+
+@pytest.mark.slow
+def test_adapt_a_model_to_a_few_uploaded_photos_without_labels(app_env):
+    """Four photos of one street on Segment: one button adapts the model in a worker, and the new model
+    is in every picker; the original folder is unchanged."""
+    from sis.studio import catalog
+    rng = np.random.default_rng(0)
+    at = _app("pages/segment.py")
+    _select_run(at)
+    at.radio(key="seg_source").set_value("Upload").run()
+    from conftest import make_frame
+    files = [(f"street{i}.png", _png(make_frame(rng, 60, 80)[0])) for i in range(4)]
+    up = at.file_uploader(key="seg_upload")
+    for name, data in files:
+        up.upload(name, data, "image/png")
+    up.run()
+    assert not at.exception, at.exception
+    original = (app_env / "models" / "tiny" / "model.safetensors").read_bytes()
+    at.button(key="seg_adapt").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    manager = _wait_for_jobs()
+    (job,) = [j for j in manager.jobs.values() if j.kind == "adapt"]
+    assert job.status == "done", job.message
+    new = Path(job.out).name
+    assert f"run:{new}" in catalog.available_models() and new.startswith("tiny-adapted-")
+    assert (app_env / "models" / "tiny" / "model.safetensors").read_bytes() == original
+    assert job.result["frames"] == 4
+    manager.jobs.clear()

@@ -135,6 +135,24 @@ def _video_worker(args: dict, threads: int, events, stop_event) -> None:
         events.put(("error", _sentence(e)))
 
 
+def _adapt_worker(args: dict, threads: int, events, stop_event) -> None:
+    """Child process: a model adapted to unlabelled frames (``training.unlabeled.adapt_folder``) into the
+    job's folder under the app's models, where every picker finds it."""
+    import torch
+    torch.set_num_threads(threads)
+    from sis.training.unlabeled import adapt_folder
+    try:
+        def tick(i, n):
+            events.put(("progress", {"phase": "adapt", "model": Path(args["folder"]).name, "step": i,
+                                     "total_steps": n, "unit": "frames"}))
+        res = adapt_folder(Path(args["folder"]), Path(args["source"]), Path(args["out"]), args.get("stride", 1),
+                           tick, stop_event.is_set)
+        events.put(("result", asdict(Outcome("stopped" if stop_event.is_set() else "done", res.frames, args["out"],
+                                             result=res.to_dict()))))
+    except Exception as e:  # reported to the page as one sentence
+        events.put(("error", _sentence(e)))
+
+
 def _bench_worker(args: dict, threads: int, events, stop_event) -> None:
     """Child process: time training (or inference) steps of each model with ``bench.bench``; each
     result is recorded in the app's history and reported on ``events``."""
@@ -164,7 +182,7 @@ def _bench_worker(args: dict, threads: int, events, stop_event) -> None:
 class JobStep:
     """One progress report of a job: a training step or validation (the loop's Progress), or a stage of
     a benchmark, an engine comparison, a clip or a before/after comparison."""
-    phase: str                  # train | val | done | stopped | compare | bench | engines | video
+    phase: str                  # train | val | done | stopped | compare | bench | engines | video | adapt
     step: int = 0
     total_steps: int = 0
     model: str = ""
@@ -227,7 +245,7 @@ class Job:
     process: object = None
     events: object = None
     stop_event: object = None
-    kind: str = "train"  # train | bench (step times) | engines (an engine comparison) | video
+    kind: str = "train"  # train | bench (step times) | engines (an engine comparison) | video | adapt
     status: str = "starting"  # starting | running | stopping | done | stopped | failed
     progress: list = field(default_factory=list)  # JobSteps, one per report (bounded)
     history: list = field(default_factory=list)
@@ -292,7 +310,7 @@ class JobManager:
         mine = self.for_session(session)
         if mine is not None and mine.active:
             what = {"train": "fine-tuning", "bench": "benchmark", "engines": "engine comparison",
-                    "video": "video"}[mine.kind]
+                    "video": "video", "adapt": "adaptation"}[mine.kind]
             raise JobError(f"this session already has a {what} job running; stop it first")
         if len(self.running()) >= self.limits.max_jobs:
             raise JobError(f"the server already runs {self.limits.max_jobs} job(s) (fine-tuning, benchmark or clip), "
@@ -360,6 +378,17 @@ class JobManager:
                     "max_seconds": max_seconds, "engine": engine, "tta": tta, "out": str(out)}
             job = Job(job_id, session, {"model": Path(folder).name, **args}, str(out), kind="video")
             return self._spawn(job, _video_worker, args, threads=host.threads())
+
+    def start_adapt(self, session: str, folder: Path, source: Path, name: str, stride: int = 1) -> Job:
+        """Adapt the model in ``folder`` to the unlabelled photos or clip at ``source`` in a worker process,
+        under the same caps; the new model goes to the app's models folder as ``name``."""
+        with self.lock:
+            self._admit(session)
+            job_id = _new_id()
+            out = self.models_dir / name
+            args = {"folder": str(folder), "source": str(source), "out": str(out), "stride": stride}
+            job = Job(job_id, session, {"model": Path(folder).name, **args}, str(out), kind="adapt")
+            return self._spawn(job, _adapt_worker, args, threads=host.threads())
 
     def stop(self, job_id: str) -> bool:
         """Ask a job to stop after its current batch; False if it was not running (a second Stop is harmless)."""

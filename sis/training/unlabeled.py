@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-MIN_FRAMES = 8        # fewer frames than this give statistics noisier than the training city's
+MIN_FRAMES = 4        # fewer frames than this give statistics noisier than the training city's (docs/robustness.md)
 MAX_FRAMES = 400      # frames beyond this change the estimate little and cost time
 MIN_SPREAD = 2.0      # frames whose mean absolute difference (8-bit levels, at 64x64) is below this are one frame
 

@@ -42,7 +42,8 @@ from sis.studio.ui.uploads import (
     load_image,
     read_upload,
     stash_clip,
+    stash_photos,
     stash_dataset_zip,
     training_sources,
 )
-from sis.studio.ui.widgets import describe, engine_picker, follow_job, legend, mode_picker, model_picker
+from sis.studio.ui.widgets import adapt_button, describe, engine_picker, follow_job, legend, mode_picker, model_picker

@@ -75,6 +75,21 @@ def _copy(upload, target: Path) -> None:
         shutil.copyfileobj(upload, f, 2**20)
 
 
+def stash_photos(uploads) -> Path:
+    """The uploaded photos written once into a folder of the data folder's uploads/ (a worker reads them
+    from there); photos that cannot be read are left out (read_upload has said why)."""
+    key = "_photos:" + ",".join(u.file_id for u in uploads)
+    folder = Path(st.session_state.get(key) or store.data_dir() / "uploads" / uuid.uuid4().hex)
+    if key not in st.session_state or not folder.is_dir():
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, u in enumerate(uploads):
+            got = read_upload(u)
+            if got is not None:
+                files.atomic_write(folder / f"{i:02d}-{Path(u.name).stem}.png", lambda tmp: got.image.save(tmp, "PNG"))
+        st.session_state[key] = str(folder)
+    return folder
+
+
 def stash_clip(upload) -> tuple[Path, video.VideoInfo] | None:
     """Write an st.file_uploader clip to the data folder once (a worker process reads it from there)
     and probe it; None after showing the one-sentence reason it cannot be used."""

@@ -1,6 +1,8 @@
 """Widgets the pages share: model, engine and mode pickers, the class legend, a job's progress."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from sis import engines, zoo
@@ -127,3 +129,30 @@ def follow_job(kind: str, slot: str) -> None:
     st.session_state[f"_shown:{kind}"] = job.id
     st.session_state[slot] = (snap.result, snap.out, snap.message if status != "done" else "")
     st.rerun()  # once, the whole page: what follows the progress bar shows the result
+
+
+def adapt_button(entry: catalog.Entry, source: Path, what: str, key: str, stride: int = 1) -> None:
+    """A button that adapts ``entry``'s model to the unlabelled ``source`` (photos or a clip) in a worker,
+    its progress and Stop, and where the new model is when it ends."""
+    import time
+
+    from sis.studio import jobs
+    manager, sid = startup(), session_id()
+    job = manager.for_session(sid, "adapt")
+    name = f"{(entry.key[4:] if entry.key.startswith('run:') else entry.key)}-adapted-{time.strftime('%m%d-%H%M%S')}"
+    if st.button(f"Adapt {entry.key} to {what} (no labels needed)", key=key, disabled=job is not None and job.active,
+                 help="Re-estimates the model's BatchNorm statistics on these frames (AdaBN): about a minute on a "
+                      "CPU; the result is a new model in every picker, the original is kept."):
+        try:
+            manager.start_adapt(sid, entry.folder, source, name, stride)
+        except jobs.JobError as e:
+            st.error(f"Not started: {e}.")
+    follow_job("adapt", f"{key}:last")
+    done = st.session_state.get(f"{key}:last")
+    if done:
+        result, out, message = done
+        if message:
+            st.error(message)
+        elif result:
+            st.success(f"Adapted on {result['frames']} frames in {result['seconds']:.0f} s: pick "
+                       f"**run:{Path(out).name}** in the model picker (the original is unchanged).")
