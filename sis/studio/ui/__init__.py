@@ -42,8 +42,8 @@ from sis.studio.ui.uploads import (
     load_image,
     read_upload,
     stash_clip,
-    stash_photos,
     stash_dataset_zip,
+    stash_photos,
     training_sources,
 )
 from sis.studio.ui.widgets import adapt_button, describe, engine_picker, follow_job, legend, mode_picker, model_picker
