@@ -116,9 +116,7 @@ def write_cards(out: dict, a) -> None:
                                                                            "median_ms", "latency_x", "engine")}
     shipped = zoo.shipped_models()
     for name, folder in shipped.items():
-        card = json.loads((folder / "card.json").read_text())
-        card["accurate"] = dict(meta, modes=groups[name])
-        atomic_write(folder / "card.json", lambda p: p.write_text(json.dumps(card, indent=2)))
+        zoo.update_card(folder, accurate=dict(meta, modes=groups[name]))
     members = {"ensemble of 4": list(shipped), "ensemble of best 2": out["best2"]}
     ens = {}
     for g, ms in members.items():

@@ -14,7 +14,6 @@ README's results table.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -113,7 +112,7 @@ def ship(run: Path, data: str, train_note: str | None = None, reference: Path | 
                          "reference": "eager fp32, plain smp (NCHW)", "channels_last_fp32": fast["channels_last_fp32"],
                          "size": fast["size"], "threads": fast["host"]["torch_threads"], "cpu": fast["host"]["cpu"],
                          "command": f"python -m sis bench --compare-engines --model {cfg.name} --data {data}"}
-    (dest / "card.json").write_text(json.dumps(card, indent=2))
+    zoo.write_card(dest, card)
     return card
 
 

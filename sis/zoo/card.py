@@ -71,14 +71,17 @@ class ModelCard:
                    low_confidence=(d.get("calibration") or {}).get("low_confidence"), raw=d)
 
 
-def update_card(folder: Path, **sections) -> ModelCard:
-    """Set top-level ``sections`` of the folder's card.json (written beside, then renamed), keeping every
-    other key; the tools that add measurements to a card write it through here."""
+def write_card(folder: Path, card: dict) -> ModelCard:
+    """The one writer of card.json (written beside, then renamed): training, shipping and the tools that
+    add measurements all go through here; returns the card as read back."""
     from sis.files import atomic_write
-    path = Path(folder) / "card.json"
-    card = dict(read_card(folder).raw, **sections)
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(card, indent=2)))
+    atomic_write(Path(folder) / "card.json", lambda tmp: tmp.write_text(json.dumps(card, indent=2)))
     return ModelCard.from_dict(card)
+
+
+def update_card(folder: Path, **sections) -> ModelCard:
+    """Set top-level ``sections`` of the folder's card, keeping every other key."""
+    return write_card(folder, dict(read_card(folder).raw, **sections))
 
 
 def read_card(folder: Path) -> ModelCard:

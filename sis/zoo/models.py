@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from sis.classes import CAMVID, ClassSet
 from sis.files import atomic_write
+from sis.zoo.card import write_card
 from sis.zoo.registry import (
     ARCHS,
     HUB_HOST,
@@ -112,7 +113,7 @@ def save_model(model: torch.nn.Module, cfg: ModelConfig, folder: Path, card: dic
     atomic_write(folder / "model.safetensors", lambda p: save_file(state, str(p), metadata={"sis": cfg.name}))
     atomic_write(folder / "config.json", lambda p: p.write_text(cfg.to_json()))
     if card is not None:
-        atomic_write(folder / "card.json", lambda p: p.write_text(json.dumps(card, indent=2)))
+        write_card(folder, card)
     return folder
 
 
