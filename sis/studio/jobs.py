@@ -1,4 +1,4 @@
-"""Jobs for the app: fine-tuning and training-step benchmarks, each in its own spawned process.
+"""Jobs for the app: each fine-tune, benchmark, clip or adaptation in its own spawned process (studio.workers).
 
 A worker *process* (not a thread) keeps a job's memory, and an out-of-memory kill, away from
 the server every user shares. The manager enforces the caps: one job per session, ``max_jobs``
@@ -14,11 +14,11 @@ import queue
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sis import host, store
-from sis.files import DiskFullError
+from sis.studio.workers import Outcome, adapt_worker, bench_worker, engines_worker, train_worker, video_worker
 
 CTX = mp.get_context("spawn")  # fork would copy the server's threads and torch state
 
@@ -39,143 +39,8 @@ class Limits:
     stop_grace_s: float = 60.0  # a job still running this long after Stop is terminated  # how often the watch thread enforces the wall-time cap and reaps orphans
 
 
-def _sentence(e: Exception) -> str:
-    """A worker's failure as the page shows it: a user's error as it reads, anything else with its type."""
-    return str(e) if isinstance(e, (ValueError, DiskFullError)) else f"{type(e).__name__}: {e}"
-
-
 def _new_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-
-
-def _worker(cfg_dict: dict, threads: int, events, stop_event, compare_on: str | None = None) -> None:
-    """Child process: run train() and report every step on ``events``; then, where ``compare_on`` is
-    not None, the before/after comparison (on that base dataset; "" for none)."""
-    import torch
-    torch.set_num_threads(threads)
-    from sis.training.config import TrainConfig
-    from sis.training.loop import train
-    cfg = TrainConfig(**cfg_dict)
-
-    def on_progress(p):
-        events.put(("progress", asdict(p)))
-    try:
-        res = train(cfg, callback=on_progress, stop=stop_event, log=lambda m: events.put(("log", m)))
-        if compare_on is not None and res["status"] == "done":
-            from sis.training.adapt import for_run
-
-            def tick(i, n):
-                events.put(("progress", {"phase": "compare", "step": i, "total_steps": n, "unit": "frames"}))
-            for_run(cfg, Path(compare_on) if compare_on else None, tick, stop_event.is_set)
-        events.put(("result", asdict(Outcome(res["status"], res["steps"], res["out"], res["history"], res["val"]))))
-    except Exception as e:  # reported to the page as one sentence
-        events.put(("error", _sentence(e)))
-
-
-def _engines_worker(args: dict, threads: int, events, stop_event) -> None:
-    """Child process: ``bench.compare_engines`` on one model, kept for this host when it qualifies
-    (``engines.policy.keep_comparison``), each engine's time recorded in the app's history."""
-    import torch
-    torch.set_num_threads(threads)
-    from sis.engines.policy import keep_comparison, why_not_kept
-    from sis.training.bench import compare_engines
-    try:
-        def tick(phase, i, n):
-            events.put(("progress", {"phase": "engines", "model": phase, "step": i, "total_steps": n}))
-        res = compare_engines(args["folder"], size=tuple(args["size"]), warmup=1, repeats=args["repeats"],
-                              progress=tick)
-        res["not_kept_because"] = why_not_kept(res)
-        res["kept_for_this_host"] = keep_comparison(res)
-        for name, r in res["engines"].items():
-            store.add_bench({"model": res["model"], "mode": f"infer:{name}", "device": "cpu", "batch": 1,
-                             "size": res["size"], "amp": name == "torch-bf16", "median_ms": r["median_ms"],
-                             "p90_ms": r["p90_ms"], "images_per_s": r["images_per_s"],
-                             "peak_rss_mb": res["peak_rss_mb"], "host": res["host"], "engine": r})
-        events.put(("result", asdict(Outcome("done", len(res["engines"]),
-                                             result=[{k: v for k, v in res.items() if k != "host"}]))))
-    except Exception as e:  # reported to the page as one sentence
-        events.put(("error", _sentence(e)))
-
-
-def _video_worker(args: dict, threads: int, events, stop_event) -> None:
-    """Child process: segment a clip (``video.segment_video``) into the job's folder: overlay.mp4, one
-    class-id PNG per processed frame in labels/, and labels.zip of them."""
-    import zipfile
-    from dataclasses import asdict as _asdict
-
-    from sis.engines import TTA, load_accurate
-    from sis.files import atomic_write
-    from sis.host import threads as host_threads
-    from sis.video.segment import segment_video
-    os.environ["SIS_THREADS"] = str(threads)
-    try:
-        out = Path(args["out"])
-        engine = load_accurate([Path(args["folder"])], TTA.from_mode(args.get("tta", "none")), args.get("engine"))
-        t0 = time.time()
-
-        def tick(i, n):
-            eta = (time.time() - t0) / i * (n - i) if n else None
-            events.put(("progress", {"phase": "video", "model": engine.cfg.name, "step": i, "total_steps": n or 0,
-                                     "eta_s": eta, "unit": "frames"}))
-        res = segment_video(engine, Path(args["src"]), out / "overlay.mp4", args.get("stride", 1),
-                            args.get("max_seconds"), args.get("smooth", 0.0), labels_dir=out / "labels",
-                            preview=out / "preview.mp4", progress=tick, stop=stop_event.is_set)
-
-        def write_zip(tmp):
-            with zipfile.ZipFile(tmp, "w") as z:
-                for png in sorted((out / "labels").glob("*.png")):
-                    z.write(png, f"labels/{png.name}")
-        atomic_write(out / "labels.zip", write_zip)
-        summary = {k: v for k, v in _asdict(res).items()}
-        summary.update(share=[list(map(float, s)) for s in res.share], engine=engine.name, threads=host_threads(),
-                       folder=args["folder"])
-        events.put(("result", asdict(Outcome("stopped" if res.cut == "stopped" else "done", res.frames, str(out),
-                                             result=summary))))
-    except Exception as e:  # reported to the page as one sentence
-        events.put(("error", _sentence(e)))
-
-
-def _adapt_worker(args: dict, threads: int, events, stop_event) -> None:
-    """Child process: a model adapted to unlabelled frames (``training.unlabeled.adapt_folder``) into the
-    job's folder under the app's models, where every picker finds it."""
-    import torch
-    torch.set_num_threads(threads)
-    from sis.training.unlabeled import adapt_folder
-    try:
-        def tick(i, n):
-            events.put(("progress", {"phase": "adapt", "model": Path(args["folder"]).name, "step": i,
-                                     "total_steps": n, "unit": "frames"}))
-        res = adapt_folder(Path(args["folder"]), Path(args["source"]), Path(args["out"]), args.get("stride", 1),
-                           tick, stop_event.is_set)
-        events.put(("result", asdict(Outcome("stopped" if stop_event.is_set() else "done", res.frames, args["out"],
-                                             result=res.to_dict()))))
-    except Exception as e:  # reported to the page as one sentence
-        events.put(("error", _sentence(e)))
-
-
-def _bench_worker(args: dict, threads: int, events, stop_event) -> None:
-    """Child process: time training (or inference) steps of each model with ``bench.bench``; each
-    result is recorded in the app's history and reported on ``events``."""
-    import torch
-    torch.set_num_threads(threads)
-    from sis.training.bench import bench
-    names = args.pop("models")
-    try:
-        results = []
-        for k, name in enumerate(names):
-            if stop_event.is_set():
-                break
-
-            def tick(i, n, k=k, name=name):
-                events.put(("progress", {"phase": "bench", "model": name, "step": k * n + i,
-                                         "total_steps": len(names) * n, "unit": "steps"}))
-            res = bench(name, progress=tick, **args)
-            store.add_bench(res)
-            results.append({k2: v for k2, v in res.items() if k2 != "host"})
-        events.put(("result", asdict(Outcome("stopped" if len(results) < len(names) else "done", len(results),
-                                             result=results))))
-    except Exception as e:  # reported to the page as one sentence
-        events.put(("error", _sentence(e)))
 
 
 @dataclass(frozen=True)
@@ -197,18 +62,6 @@ class JobStep:
     @classmethod
     def from_dict(cls, d: dict) -> "JobStep":
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What a worker reports when it ends; ``result`` is the job kind's own: a benchmark's list of
-    results, an engine comparison (one result in a list), a clip's summary; None for fine-tuning."""
-    status: str                 # done | stopped
-    steps: int
-    out: str = ""
-    history: list = field(default_factory=list)
-    val: dict | None = None
-    result: list | dict | None = None
 
 
 @dataclass(frozen=True)
@@ -341,7 +194,7 @@ class JobManager:
             out = self.models_dir / (name or f"{cfg['model']}-ft-{job_id}")
             cfg["out"] = str(out)
             cfg["resume"] = False
-            job = self._spawn(Job(job_id, session, cfg, str(out)), _worker, cfg, compare_on=before_after)
+            job = self._spawn(Job(job_id, session, cfg, str(out)), train_worker, cfg, compare_on=before_after)
         store.upsert_run(job_id, model=cfg["model"], init=cfg.get("init"), data=cfg.get("data"),
                          status="running", config=cfg, out_dir=str(out))
         return job
@@ -354,7 +207,7 @@ class JobManager:
             job_id = _new_id()
             job = Job(job_id, session, {"model": ", ".join(models), **args}, "", kind="bench")
             # timed with the threads an engine uses here (fine-tuning takes one: the server stays responsive)
-            return self._spawn(job, _bench_worker, dict(args, models=list(models)), threads=host.threads())
+            return self._spawn(job, bench_worker, dict(args, models=list(models)), threads=host.threads())
 
     def start_engines(self, session: str, folder: str, size: tuple[int, int], repeats: int) -> Job:
         """Compare every engine on one model in a worker process (``bench.compare_engines``), under
@@ -363,7 +216,7 @@ class JobManager:
             self._admit(session)
             job_id = _new_id()
             job = Job(job_id, session, {"model": str(folder), "size": list(size)}, "", kind="engines")
-            return self._spawn(job, _engines_worker, {"folder": str(folder), "size": list(size), "repeats": repeats},
+            return self._spawn(job, engines_worker, {"folder": str(folder), "size": list(size), "repeats": repeats},
                                threads=host.threads())
 
     def start_video(self, session: str, src: Path, folder: Path, stride: int = 1, smooth: float = 0.0,
@@ -377,7 +230,7 @@ class JobManager:
             args = {"src": str(src), "folder": str(folder), "stride": stride, "smooth": smooth,
                     "max_seconds": max_seconds, "engine": engine, "tta": tta, "out": str(out)}
             job = Job(job_id, session, {"model": Path(folder).name, **args}, str(out), kind="video")
-            return self._spawn(job, _video_worker, args, threads=host.threads())
+            return self._spawn(job, video_worker, args, threads=host.threads())
 
     def start_adapt(self, session: str, folder: Path, source: Path, name: str, stride: int = 1) -> Job:
         """Adapt the model in ``folder`` to the unlabelled photos or clip at ``source`` in a worker process,
@@ -388,7 +241,7 @@ class JobManager:
             out = self.models_dir / name
             args = {"folder": str(folder), "source": str(source), "out": str(out), "stride": stride}
             job = Job(job_id, session, {"model": Path(folder).name, **args}, str(out), kind="adapt")
-            return self._spawn(job, _adapt_worker, args, threads=host.threads())
+            return self._spawn(job, adapt_worker, args, threads=host.threads())
 
     def stop(self, job_id: str) -> bool:
         """Ask a job to stop after its current batch; False if it was not running (a second Stop is harmless)."""
