@@ -37,6 +37,7 @@ with st.form("bench_form"):
     run = st.form_submit_button("Run benchmark", type="primary", key="bench_run")
 
 if run:
+    st.session_state.pop("bench_last", None)  # a new run's outcome (or its refusal) replaces the last one's
     if device == "cuda" and no_gpu:
         st.error(f"CUDA is unavailable: {no_gpu}.")
     elif not models:
@@ -86,6 +87,7 @@ if entries:
         erepeats = e3.number_input("Timed rounds", 1, 30, 5, key="eng_rounds")
         compare = st.form_submit_button("Compare engines", type="primary", key="eng_run")
     if compare:
+        st.session_state.pop("engines_last", None)  # as for the step benchmark above
         h, w = (int(v) for v in esize.split("x"))
         try:
             manager.start_engines(sid, str(entries[key].folder), (h, w), int(erepeats))

@@ -42,11 +42,10 @@ with st.form("ft_form"):
                            placeholder="/path/to/dataset", help="Used when the list says so.") \
         if ui.access().server_paths else ""
     r1, r2 = st.columns([2, 1])
-    replay = r1.checkbox("Mix CamVid's train frames into every batch (replay), so that a few frames of your own "
-                         "teach the model without it forgetting the rest (not used when the dataset is CamVid)",
-                         camvid is not None,
-                         disabled=camvid is None, key="ft_replay",
-                         help="Not offered when CamVid is not on the server; ignored when the dataset is CamVid.")
+    replay = r1.checkbox("Replay CamVid in every batch", camvid is not None, disabled=camvid is None, key="ft_replay",
+                         help="Mixes CamVid's train frames into every batch, so that a few frames of your own teach "
+                              "the model without it forgetting the rest. Not offered when CamVid is not on the "
+                              "server; not used when the dataset is CamVid itself.")
     ratio = r2.slider("Share of each batch from CamVid", 0.1, 0.9, 0.5, 0.1, key="ft_ratio")
     e1, e2, e3, e4 = st.columns(4)
     unit = e1.radio("Length in", ["steps", "epochs"], horizontal=True)

@@ -209,10 +209,17 @@ def test_benchmark_says_when_the_servers_cap_is_reached(app_env, tiny_data):
                                           batch_size=2, val_every=0))
     try:
         at = _app("pages/benchmark.py")
+        earlier = {"model": "unet-resnet18", "mode": "infer", "device": "cpu", "batch": 1, "size": [64, 96],
+                   "amp": False, "median_ms": 10.0, "p90_ms": 11.0, "images_per_s": 100.0, "peak_rss_mb": 500,
+                   "cuda_max_allocated_mb": None}
+        at.session_state["bench_last"] = ([earlier], "", "")  # an earlier run's results on the page
+        at.run()
+        assert any(s.value == "This run" for s in at.subheader)
         at.selectbox(key="bench_size").set_value("128x160")
         at.button(key="bench_run").click().run()
         assert not at.exception
         assert any("Not started: the server already runs 1 job(s)" in e.value for e in at.error)
+        assert not any(s.value == "This run" for s in at.subheader)  # not the earlier results under the error
     finally:
         for j in list(manager.jobs.values()):
             manager.stop(j.id)
