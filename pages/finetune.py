@@ -187,7 +187,7 @@ mine = {k: e for k, e in entries.items() if not e.shipped}
 if mine:
     st.subheader("Models fine-tuned here")
     g1, g2 = st.columns([3, 1])
-    gone = g1.selectbox("Model", list(mine), key="ft_remove_pick", format_func=lambda k: ui.describe(k, mine[k]))
+    gone = g1.selectbox("Fine-tuned model", list(mine), key="ft_remove_pick", format_func=lambda k: ui.describe(k, mine[k]))
     if g2.button("Remove it", key="ft_remove", help="Deletes its files and its row below; shipped models stay."):
         if job is not None and job.active and Path(job.out).resolve() == mine[gone].folder.resolve():
             st.error("That model is still being trained; stop the run first.")

@@ -333,7 +333,7 @@ def test_adapt_a_model_on_my_frames_and_see_before_and_after(server, browser):
     page = _page(browser, server, "finetune", height=3400)
     page.get_by_role("button", name="Start").wait_for()
     _idle(page)
-    page.get_by_role("combobox", name="Model").click()
+    page.get_by_role("combobox", name="Model", exact=True).click()
     page.get_by_role("option", name="run:tiny").click()
     page.get_by_role("combobox", name="Dataset").click()
     page.get_by_role("option", name="street-3 (3 frames, from the Correct page)").click()
@@ -352,7 +352,7 @@ def test_adapt_a_model_on_my_frames_and_see_before_and_after(server, browser):
     segment = _page(browser, server, "segment")
     segment.get_by_text("Against the ground truth").wait_for()
     _idle(segment)
-    segment.get_by_role("combobox", name="Model").first.click()
+    segment.get_by_role("combobox", name="Model", exact=True).first.click()
     # the new model arrives with its before/after verdict beside its name
     new = segment.get_by_role("option", name=re.compile(r"^pspnet-resnet18-ft-.* \(fine-tuned here\) · [+-][\d.]+ on "))
     assert new.count() >= 1
@@ -362,7 +362,7 @@ def test_adapt_a_model_on_my_frames_and_see_before_and_after(server, browser):
     page = _page(browser, server, "finetune", height=3400)
     page.get_by_role("heading", name="Models fine-tuned here").wait_for()
     _idle(page)
-    page.get_by_role("combobox", name="Model").nth(1).click()
+    page.get_by_role("combobox", name="Fine-tuned model").click()
     page.get_by_role("option", name=re.compile(f"^{re.escape(name)} ")).click()
     page.get_by_role("button", name="Remove it").click()
     page.get_by_text(f"Removed {name}").wait_for()
