@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import io
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
-
 
 MAX_PIXELS = 40_000_000  # refuse larger images before decoding them (decompression bombs)
 

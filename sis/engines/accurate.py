@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from sis.data.images import resize_rgb
-from sis.engines.predict import softmax
+from sis.engines.predict import calibrated, softmax
 
 TTA_MODES = ("none", "flip", "ms")
 ACCURATE_MODE = "ms"  # what the app's "Accurate" runs: multi-scale + flip gained most on val (docs/accuracy.md)
@@ -118,7 +118,7 @@ class AccurateEngine:
                 x = resize_images(images, scaled_size(size, s))
                 for flipped in ((False, True) if self.tta.flip else (False,)):
                     xi = np.ascontiguousarray(x[..., ::-1]) if flipped else x
-                    p = softmax(np.asarray(member(xi), np.float32) / getattr(member, "temperature", 1.0))
+                    p = softmax(calibrated(member, xi))
                     if flipped:
                         p = p[..., ::-1]
                     p = resize_maps(np.ascontiguousarray(p, np.float32), size)

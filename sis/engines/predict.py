@@ -53,6 +53,21 @@ def labels_and_confidence(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return logits.argmax(0).astype(np.uint8), conf.astype(np.float32)
 
 
+def calibrated(engine, images: np.ndarray) -> np.ndarray:
+    """``engine``'s (N, C, h, w) float32 logits divided by its temperature (its card's, else 1): the one
+    place the calibration is applied, so every probability the studio shows is calibrated alike."""
+    return np.asarray(engine(images), np.float32) / getattr(engine, "temperature", 1.0)
+
+
+def work_logits(engine, rgb: np.ndarray, size: tuple[int, int] | None = None,
+                rule: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(C, h, w) calibrated logits of an (H, W, 3) uint8 image at its work size (or ``size``), and the
+    (h, w, 3) image as the engine saw it: the image -> logits step every caller takes."""
+    size = size or work_size(*rgb.shape[:2], tuple(engine.cfg.base_size), rule)
+    x = resize_rgb(rgb, size)
+    return calibrated(engine, np.ascontiguousarray(x.transpose(2, 0, 1))[None])[0], x
+
+
 def predict(engine, image: Image.Image | np.ndarray, rule: str | None = None) -> Prediction:
     """Segment one RGB image with an ``engines`` engine: resized (aspect kept) to its ``work_size``,
     logits, argmax and confidence, mapped back to the image's size. numpy and Pillow only."""
@@ -61,9 +76,8 @@ def predict(engine, image: Image.Image | np.ndarray, rule: str | None = None) ->
     wh, ww = work_size(h, w, tuple(engine.cfg.base_size), rule)
     engine.prepare((wh, ww))  # a new size builds its graph once: not part of the model's time
     t0 = time.perf_counter()
-    x = resize_rgb(arr, (wh, ww))
-    logits = engine(np.ascontiguousarray(x.transpose(2, 0, 1))[None])[0]
-    labels, conf = labels_and_confidence(logits / getattr(engine, "temperature", 1.0))  # calibrated confidence
+    logits, _ = work_logits(engine, arr, (wh, ww))
+    labels, conf = labels_and_confidence(logits)
     if (wh, ww) != (h, w):
         labels = np.asarray(Image.fromarray(labels, "L").resize((w, h), Image.NEAREST))
         conf = np.asarray(Image.fromarray(conf, "F").resize((w, h), Image.BILINEAR))

@@ -84,10 +84,6 @@ class Snapshot:
     logs: list = field(default_factory=list)       # the last few log lines
     result: list | dict | None = None
 
-    @property
-    def active(self) -> bool:
-        return self.status in ("starting", "running", "stopping")
-
 
 @dataclass
 class Job:

@@ -10,8 +10,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from sis.data.images import resize_rgb
-from sis.engines.predict import softmax, work_size
+from sis.engines.predict import softmax, work_logits
 
 UNSURE_BELOW = 0.5  # a pixel whose top class has less than this probability counts as unsure
 
@@ -41,10 +40,8 @@ def score(prob: np.ndarray, name: str = "", unsure_below: float = UNSURE_BELOW) 
 
 def probabilities(engine, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """((C, h, w) class probabilities, (h, w, 3) the image) at the model's working size."""
-    h, w = rgb.shape[:2]
-    work = resize_rgb(rgb, work_size(h, w, tuple(engine.cfg.base_size)))
-    x = np.ascontiguousarray(work.transpose(2, 0, 1))[None]
-    return softmax(np.asarray(engine(x), np.float32) / getattr(engine, "temperature", 1.0))[0], work
+    logits, work = work_logits(engine, rgb)
+    return softmax(logits, axis=0), work
 
 
 def rank(engine, images: Iterable[tuple[str, np.ndarray]], top: int | None = None,

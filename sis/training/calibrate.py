@@ -14,8 +14,7 @@ import numpy as np
 from PIL import Image
 
 from sis import metrics
-from sis.data.images import resize_rgb
-from sis.engines.predict import softmax, work_size
+from sis.engines.predict import softmax, work_logits
 
 PIXELS_PER_FRAME = 4000
 LOW_PERCENTILE = 5  # a photo whose mean confidence is below this percentile of val's frames is flagged
@@ -36,14 +35,6 @@ class Calibration:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _logits_at_work_size(engine, rgb: np.ndarray) -> np.ndarray:
-    h, w = rgb.shape[:2]
-    size = work_size(h, w, tuple(engine.cfg.base_size))
-    engine.prepare(size)
-    x = resize_rgb(rgb, size)
-    return np.asarray(engine(np.ascontiguousarray(x.transpose(2, 0, 1))[None])[0], np.float32)
 
 
 def _nll(logits: np.ndarray, labels: np.ndarray, t: float) -> float:
@@ -74,13 +65,15 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, lo: float = 0.25, hi
 
 
 def calibrate(engine, frames, seed: int = 0, pixels_per_frame: int = PIXELS_PER_FRAME) -> Calibration:
-    """Fit the temperature of ``engine`` on ``frames`` ([(name, rgb, label)], e.g. CamVid val)."""
+    """Fit the temperature of ``engine`` on ``frames`` ([(name, rgb, label)], e.g. CamVid val), from its
+    logits as ``engines.predict.work_logits`` gives them (an engine whose temperature is not 1 gets the
+    factor on top of its own)."""
     classes = engine.cfg.class_set
     void = classes.void if classes.void is not None else 255
     rng = np.random.default_rng(seed)
     sampled_logits, sampled_labels, frame_logits = [], [], []
     for _, rgb, label in frames:
-        logits = _logits_at_work_size(engine, rgb)
+        logits, _ = work_logits(engine, rgb)
         c, h, w = logits.shape
         lab = label if label.shape == (h, w) else np.asarray(Image.fromarray(label).resize((w, h), Image.NEAREST))
         flat_l, flat_y = logits.reshape(c, -1).T, lab.reshape(-1)

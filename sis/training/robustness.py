@@ -121,7 +121,7 @@ def shift_benchmark(engine, frames, shifts: list[str], severities=SEVERITIES, se
     return ShiftReport(model or engine.cfg.name, engine.name, len(frames), seed, results[0], results[1:])
 
 
-def ood_auroc(report: ShiftReport, severity: int = 3, score: str = "low_confidence") -> float:
+def ood_auroc(report: ShiftReport, severity: int = 3) -> float:
     """How well a frame's mean confidence tells the shifted frames at ``severity`` from clean val:
     the AUROC of (1 - mean confidence), shifted frames as positives."""
     shifted_conf = [c for s in report.scores if s.severity == severity for c in s.mean_confidence]

@@ -9,7 +9,6 @@ frames, frames too alike) it says so and writes nothing.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -70,8 +69,9 @@ def read_frames(source: Path, stride: int = 1, limit: int = MAX_FRAMES) -> tuple
         return frames, skipped
     paths = iter_images([source]) if source.is_dir() else [source]
     if source.is_dir():
+        images = set(paths)
         skipped += [(p.name, "not an image file") for p in sorted(source.iterdir())
-                    if p.is_file() and p not in paths]
+                    if p.is_file() and p not in images]
     for p in paths[::stride][:limit]:
         try:
             frames.append(np.asarray(load_image(p).image))
@@ -142,7 +142,3 @@ def adapt_folder(init: Path, source: Path, out: Path, stride: int = 1,
     cfg.init = f"adapted:{init.name}"
     models.save_model(model, cfg, out, card)
     return result
-
-
-def summary(a: Adaptation) -> str:
-    return json.dumps(a.to_dict())

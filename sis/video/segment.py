@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from sis.data.images import resize_rgb
-from sis.engines.predict import softmax, work_size
+from sis.engines.predict import softmax, work_logits, work_size
 from sis.video.clips import PREVIEW_SIDE, ClipWriter, VideoError, VideoInfo, iter_frames, out_size, probe
 from sis.video.temporal import Flicker, Motion
 from sis.vis.paint import class_share, overlay
@@ -146,8 +146,9 @@ def segment_video(engine, src: Path, out: Path | None = None, stride: int = 1, m
                 break
             h, w = rgb.shape[:2]
             wh, ww = work_size(h, w, tuple(engine.cfg.base_size))
-            x = np.ascontiguousarray(resize_rgb(rgb, (wh, ww)).transpose(2, 0, 1))[None]
-            p = softmax(np.asarray(engine(x), np.float32) / getattr(engine, "temperature", 1.0))[0]
+            logits, seen = work_logits(engine, rgb, (wh, ww))
+            p = softmax(logits, axis=0)
+            x = np.ascontiguousarray(seen.transpose(2, 0, 1))[None]
             raw = p.argmax(0).astype(np.uint8)
             if state is not None and state.shape != p.shape:
                 state = None  # the clip changed size mid-stream: start the average afresh

@@ -79,9 +79,9 @@ def unfamiliarity(mean_confidence: float, card: zoo.ModelCard, model: str) -> st
     but the least sure few of CamVid's val frames (the card's ``calibration.low_confidence``), else None."""
     if card.low_confidence is None or mean_confidence >= card.low_confidence:
         return None
-    share = 100 - (card.raw.get("calibration") or {}).get("low_percentile", 5)
     return (f"This photo looks unlike the streets {model} learned: its mean confidence is "
-            f"{100 * mean_confidence:.0f}%, below {100 * card.low_confidence:.0f}%, which {share:.0f}% of CamVid's own "
+            f"{100 * mean_confidence:.0f}%, below {100 * card.low_confidence:.0f}%, which "
+            f"{100 - card.low_percentile:.0f}% of CamVid's own "
             "val frames reach, so expect mistakes. Accurate mode helps a little; correcting a few of your photos on "
             "Correct and fine-tuning on them helps more.")
 

@@ -49,6 +49,7 @@ class ModelCard:
     val_note: str | None = None                        # where val_miou comes from when the weights saw val
     temperature: float = 1.0                           # softmax temperature fitted on val (training.calibrate)
     low_confidence: float | None = None                # a photo's mean confidence below this looks unfamiliar
+    low_percentile: float = 5.0                        # the share of val frames (%) below low_confidence
     raw: dict = field(default_factory=dict)
 
     @property
@@ -68,7 +69,8 @@ class ModelCard:
                    splits=tuple((d.get("recipe") or {}).get("splits") or ("train",)),
                    val_note=(d.get("reference") or {}).get("note"),
                    temperature=float((d.get("calibration") or {}).get("temperature") or 1.0),
-                   low_confidence=(d.get("calibration") or {}).get("low_confidence"), raw=d)
+                   low_confidence=(d.get("calibration") or {}).get("low_confidence"),
+                   low_percentile=float((d.get("calibration") or {}).get("low_percentile") or 5.0), raw=d)
 
 
 def write_card(folder: Path, card: dict) -> ModelCard:

@@ -122,11 +122,10 @@ class _Gated:
     other sessions' photos through between its frames."""
 
     def __init__(self, engine):
-        self.engine, self.cfg, self.name = engine, engine.cfg, engine.name
-        self.temperature = getattr(engine, "temperature", 1.0)
+        self.engine = engine
 
-    def prepare(self, size):
-        self.engine.prepare(size)
+    def __getattr__(self, name):  # cfg, name, temperature, prepare: the engine's own
+        return getattr(self.engine, name)
 
     def __call__(self, x):
         with inference_gate():

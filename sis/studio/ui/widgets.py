@@ -78,12 +78,13 @@ def model_picker(label: str, entries: dict[str, catalog.Entry], key: str) -> cat
 
 
 def describe(key: str, entry: catalog.Entry | None = None, default: str | None = None) -> str:
-    """Picker label: name, the card's val mIoU (so the most accurate is easy to find), paper pair."""
-    miou = zoo.read_card(entry.folder).val_miou if entry is not None else None
-    score = f" · val mIoU {100 * miou:.1f}" if isinstance(miou, (int, float)) else ""
+    """Picker label: name, the card's val mIoU (so the most accurate is easy to find), paper pair; for a
+    model fine-tuned here, its before/after verdict where it has one."""
+    card = zoo.read_card(entry.folder) if entry is not None else zoo.ModelCard()
+    score = f" · val mIoU {100 * card.val_miou:.1f}" if isinstance(card.val_miou, (int, float)) else ""
     if key.startswith("run:"):
         compared = catalog.verdict(entry) if entry is not None else None
-        stopped = entry is not None and zoo.read_card(entry.folder).raw.get("status") == "stopped"
+        stopped = card.raw.get("status") == "stopped"
         return (f"{key[4:]} (fine-tuned here{', stopped' if stopped else ''})" +
                 (f" · {compared.verdict()}" if compared is not None and compared.scores else score))
     paper = zoo.MODELS[key].paper if key in zoo.MODELS else None
