@@ -184,8 +184,12 @@ if job is not None and not job.active and (compared := adapt.BeforeAfter.load(Pa
             col.image(str(Path(job.out) / adapt.FOLDER / png), caption=f"{pair.title}: {what}", width="stretch")
 
 mine = {k: e for k, e in entries.items() if not e.shipped}
-if mine:
+removed = st.session_state.pop("_ft_removed", None)  # said after the rerun that drops it from the lists
+if mine or removed:
     st.subheader("Models fine-tuned here")
+if removed:
+    st.success(f"Removed {removed}")
+if mine:
     g1, g2 = st.columns([3, 1])
     gone = g1.selectbox("Fine-tuned model", list(mine), key="ft_remove_pick", format_func=lambda k: ui.describe(k, mine[k]))
     if g2.button("Remove it", key="ft_remove", help="Deletes its files and its row below; shipped models stay."):
@@ -193,7 +197,7 @@ if mine:
             st.error("That model is still being trained; stop the run first.")
         else:
             catalog.remove_model(mine[gone])
-            st.toast(f"Removed {gone[4:]}")
+            st.session_state["_ft_removed"] = gone[4:]
             st.rerun()
 
 st.subheader("Runs on this host")
