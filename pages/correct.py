@@ -1,5 +1,4 @@
 import streamlit as st
-from streamlit_drawable_canvas import st_canvas
 
 from sis import video
 from sis.data import userdata
@@ -71,7 +70,7 @@ if pending:
 t1, t2, t3, t4 = st.columns([2, 2, 1, 1])
 tool = t1.radio("Tool", ["Brush", "Fill a region"], horizontal=True, key="cor_tool",
                 help="Brush paints what you draw; Fill a region gives the whole connected region under a click "
-                     "to the chosen class in one go.")
+                     "to the chosen class in one go. Each stroke and each fill is a step that Undo takes back.")
 brush = t2.selectbox("Class", [*classes.names, "void", "eraser"], key="cor_brush",
                      format_func=lambda b: {"void": "not sure (void: training ignores it)",
                                             "eraser": "eraser (back to the model's answer)"}.get(b, b))
@@ -79,38 +78,30 @@ size = t3.slider("Brush size", 2, 60, 16, key="cor_size")
 alpha = t4.slider("Opacity", 0.0, 1.0, 0.55, 0.05, key="cor_alpha")
 
 display = correct.display_size(*draft.labels.shape)
-switched = st.session_state.get("_cor_last_tool", tool) != tool
-st.session_state["_cor_last_tool"] = tool
 nonce = st.session_state.setdefault("_cor_nonce", 0)  # a new canvas once its marks are baked in
-canvas = st_canvas(stroke_width=size, stroke_color=correct.brush_hex(classes, brush),
+canvas = ui.canvas(stroke_width=size, stroke_color=correct.brush_hex(classes, brush),
                    background_image=correct.canvas_background(draft, draft.labels, classes, alpha, display),
                    height=display[0], width=display[1], drawing_mode="freedraw" if tool == "Brush" else "point",
                    point_display_radius=4, return_image_data=True,
                    key=f"cor_canvas:{image_key}:{draft.version}:{nonce}")
 ui.legend(classes)
-
-
-def fresh_canvas():
-    st.session_state["_cor_nonce"] = nonce + 1
+if correct.apply_canvas(draft, tool, brush, canvas.image_data, canvas.json_data, display, classes):
+    st.session_state["_cor_nonce"] = nonce + 1  # each stroke or fill is a step: the canvas starts over it
     st.rerun()
-
-
-labels, fresh = correct.apply_canvas(draft, tool, brush, canvas.image_data, canvas.json_data, display, classes,
-                                     switched)
-if fresh:
-    fresh_canvas()
-draft.live = labels if tool == "Brush" else None
 if tool != "Brush" and brush == "eraser":
     st.caption("Fill a region gives a region a class: pick a class (or void), or paint with the eraser.")
 
-b1, b2, b3 = st.columns([1, 1, 3])
-if b1.button("Keep strokes", key="cor_keep", help="Bake the strokes in: Undo last step then steps back over them"):
-    if draft.commit(labels):
-        fresh_canvas()
-if b2.button("Undo last step", key="cor_undo", disabled=not draft.history):
-    draft.undo()
-    st.rerun()
-b3.caption(f"{100 * correct.changed_share(labels, draft.prediction):.1f}% of the pixels changed from the "
+b1, b2, b3, b4 = st.columns([1, 1, 1, 3])
+steps = [("Undo", "cor_undo", draft.undo, not draft.history, "Take back the last stroke or fill"),
+         ("Redo", "cor_redo", draft.redo, not draft.undone, "Put back what Undo took"),
+         ("Start over", "cor_reset", draft.start_over, (draft.labels == draft.prediction).all(),
+          "Back to the model's answer (Undo brings the corrections back)")]
+for col, (label, key, act, off, tip) in zip((b1, b2, b3), steps):
+    if col.button(label, key=key, disabled=bool(off), help=tip, width="stretch"):
+        act()
+        st.rerun()
+labels = draft.labels
+b4.caption(f"{100 * correct.changed_share(labels, draft.prediction):.1f}% of the pixels changed from the "
            f"model's answer; the label is kept at {labels.shape[1]}x{labels.shape[0]}, the model's working size.")
 
 st.subheader("Save to my dataset")

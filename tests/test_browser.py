@@ -257,21 +257,39 @@ def test_video_sample_clip_plays(server, browser):
 
 
 def test_correct_a_mask_by_hand_and_save_it(server, browser):
-    """The canvas in Chromium: a brush stroke changes pixels, a click fills a whole region, Undo steps back,
-    and Save writes the corrected label into a dataset on the server."""
+    """The canvas in Chromium: a brush stroke changes pixels at once, Undo and Redo step over it, a click
+    fills a whole region, Start over and Undo, and Save writes the corrected label into a dataset on the
+    server. The canvas's own toolbar (a second undo) is hidden."""
     page = _page(browser, server, "correct")
     page.get_by_role("button", name="Save to my dataset").wait_for()
     _idle(page)
     changed = page.get_by_text("of the pixels changed")
+
+    def share() -> float:
+        return float(changed.inner_text().split("%")[0])
+
+    def press(name: str) -> None:
+        before = changed.inner_text().split("%")[0]
+        page.get_by_role("button", name=name, exact=True).click()
+        page.wait_for_function(f"() => !document.body.innerText.includes('{before}% of the pixels changed')")
+        _idle(page)
+
     assert changed.inner_text().startswith("0.0%")
+    assert page.get_by_role("button", name="Undo", exact=True).is_disabled()
     box = page.locator("canvas").last.bounding_box()
     page.mouse.move(box["x"] + 300, box["y"] + 380)
+    assert page.locator(".dc-toolbar").count() == 1 and page.locator(".dc-toolbar").is_hidden()
     page.mouse.down()
     page.mouse.move(box["x"] + 500, box["y"] + 400, steps=15)
     page.mouse.up()
     page.wait_for_function("() => !document.body.innerText.includes('0.0% of the pixels changed')")
-    stroke = float(changed.inner_text().split("%")[0])
+    _idle(page)
+    stroke = share()
     assert 0 < stroke < 5
+    press("Undo")
+    assert share() == 0
+    press("Redo")
+    assert share() == pytest.approx(stroke, abs=0.05)
     page.get_by_text("Fill a region").click()
     _idle(page)
     page.get_by_role("combobox", name="Class").click()
@@ -281,13 +299,15 @@ def test_correct_a_mask_by_hand_and_save_it(server, browser):
     page.mouse.click(box["x"] + 200, box["y"] + 500)  # the road, near the bottom left
     page.wait_for_function(f"() => !document.body.innerText.includes('{changed.inner_text().split('%')[0]}% of')")
     _idle(page)
-    filled = float(changed.inner_text().split("%")[0])
+    filled = share()
     assert filled > stroke + 5, (stroke, filled)
     _shot(page, "correct")
-    page.get_by_role("button", name="Undo last step").click()
-    page.wait_for_function(f"() => !document.body.innerText.includes('{changed.inner_text().split('%')[0]}% of')")
-    _idle(page)
-    assert float(changed.inner_text().split("%")[0]) == pytest.approx(stroke, abs=0.05)
+    press("Undo")
+    assert share() == pytest.approx(stroke, abs=0.05)
+    press("Start over")
+    assert share() == 0
+    press("Undo")
+    assert share() == pytest.approx(stroke, abs=0.05)
     page.get_by_role("button", name="Save to my dataset").click()
     page.get_by_text("Saved as").wait_for()
     data = Path(os.environ["SIS_BROWSER_DATA"]) / "datasets" / "my-street"

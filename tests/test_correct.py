@@ -57,21 +57,26 @@ def test_brush_colours_are_the_palette_and_unknown_brushes_say_so():
 
 
 def test_the_canvas_state_machine():
-    """Brush strokes stay live; switching to Fill commits them; each click fills and commits; Undo steps back."""
+    """Each stroke and each fill is one step at once; Undo and Redo walk the steps; a new step drops what
+    was undone; Start over is a step back to the model's answer that Undo reverses."""
     from sis.studio.correct import Draft, apply_canvas
     pred = np.zeros((4, 6), np.uint8)
     pred[:, 3:] = 2
     d = Draft(np.zeros((4, 6, 3), np.uint8), pred, np.ones((4, 6), np.float32))
+    assert not apply_canvas(d, "Brush", "Car", _layer(4, 6), None, (4, 6), CAMVID) and d.version == 0  # blank
     layer = _layer(4, 6)
     layer[0, 0] = (*CAMVID.colors[8], 255)
-    labels, fresh = apply_canvas(d, "Brush", "Car", layer, None, (4, 6), CAMVID)
-    assert labels[0, 0] == 8 and not fresh and d.version == 0
-    labels, fresh = apply_canvas(d, "Fill a region", "Car", layer, None, (4, 6), CAMVID, switched=True)
-    assert fresh and d.version == 1 and d.labels[0, 0] == 8
+    assert apply_canvas(d, "Brush", "Car", layer, None, (4, 6), CAMVID)
+    assert d.version == 1 and d.labels[0, 0] == 8 and d.unsaved
     click = {"objects": [{"type": "circle", "left": 4.0, "top": 1.0, "radius": 0.5, "originX": "left", "originY": "top"}]}
-    labels, fresh = apply_canvas(d, "Fill a region", "Sky", None, click, (4, 6), CAMVID)
-    assert fresh and d.version == 2 and (labels[:, 3:] == 0).all() and labels[0, 0] == 8
-    labels, fresh = apply_canvas(d, "Fill a region", "eraser", None, click, (4, 6), CAMVID)
-    assert fresh and d.version == 2  # nothing to fill with
-    d.undo()
-    assert (d.labels[:, 3:] == 2).all() and d.labels[0, 0] == 8
+    assert apply_canvas(d, "Fill a region", "Sky", None, click, (4, 6), CAMVID)
+    assert d.version == 2 and (d.labels[:, 3:] == 0).all() and d.labels[0, 0] == 8
+    assert apply_canvas(d, "Fill a region", "eraser", None, click, (4, 6), CAMVID) and d.version == 2  # no class
+    assert d.undo() and (d.labels[:, 3:] == 2).all() and d.labels[0, 0] == 8
+    assert d.redo() and (d.labels[:, 3:] == 0).all() and not d.redo()
+    assert d.undo() and d.undo() and not d.undo() and (d.labels == pred).all()
+    assert d.redo() and d.labels[0, 0] == 8
+    layer[0, 0] = (*CAMVID.colors[1], 255)  # a new stroke: the fill undone cannot come back
+    assert apply_canvas(d, "Brush", "Building", layer, None, (4, 6), CAMVID) and not d.undone and not d.redo()
+    assert d.start_over() and (d.labels == pred).all() and not d.unsaved and not d.start_over()
+    assert d.undo() and d.labels[0, 0] == 1 and d.unsaved

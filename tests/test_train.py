@@ -137,6 +137,18 @@ def test_freeze_encoder_keeps_encoder_weights(tiny_data, tmp_path):
     assert not all(torch.equal(v, ref[k]) for k, v in model.state_dict().items() if k.startswith("decoder"))
 
 
+def test_freeze_bn_holds_running_statistics(tiny_data, tmp_path):
+    torch.manual_seed(3)
+    fresh, _ = models.create_model(TINY_MODEL)
+    ref = fresh.state_dict()
+    train(_cfg(tiny_data, tmp_path / "b", max_steps=2, epochs=1, val_every=1, freeze_bn=True, init="random"),
+          log=lambda m: None)  # a validation mid-run must not hand the statistics back to training
+    state = models.load_model(tmp_path / "b")[0].state_dict()
+    stats = [k for k in state if "running_mean" in k or "running_var" in k]
+    assert stats and all(torch.equal(state[k], ref[k]) for k in stats)
+    assert not all(torch.equal(state[k], ref[k]) for k in state if k.endswith(".weight"))
+
+
 @pytest.mark.slow
 def test_torchrun_two_cpu_ranks_identical_weights(tiny_data, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))

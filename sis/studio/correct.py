@@ -91,26 +91,21 @@ def changed_share(labels: np.ndarray, prediction: np.ndarray) -> float:
 
 @dataclass
 class Draft:
-    """One image being corrected, at the model's working size: the model's answer and the committed
-    corrections (strokes and fills baked in, oldest first; undo drops the last)."""
+    """One image being corrected, at the model's working size: the model's answer and the corrections as
+    steps (each brush stroke or fill one step, oldest first). Undo and redo walk these steps: the one
+    undo there is (the canvas's own toolbar is hidden)."""
     image: np.ndarray                 # (h, w, 3) uint8
     prediction: np.ndarray            # (h, w) uint8 class ids
     confidence: np.ndarray            # (h, w) float32 top-class probability
     history: list = field(default_factory=list)
+    undone: list = field(default_factory=list)  # steps undone, the most recent last (a new step drops them)
     saved: np.ndarray | None = None   # the labels last saved to a dataset
-    live: np.ndarray | None = None    # the labels with the strokes on the canvas not kept yet
 
     @property
     def unsaved(self) -> bool:
         """Corrections made and not saved as they stand."""
-        now = self.live if self.live is not None else self.labels
+        now = self.labels
         return not np.array_equal(now, self.prediction) and (self.saved is None or not np.array_equal(self.saved, now))
-
-    def settle(self) -> None:
-        """Keep the canvas's live strokes as a step (the canvas is left: its strokes would be lost)."""
-        if self.live is not None:
-            self.commit(self.live)
-            self.live = None
 
     @property
     def labels(self) -> np.ndarray:
@@ -122,19 +117,28 @@ class Draft:
 
     def commit(self, labels: np.ndarray) -> bool:
         """Keep ``labels`` as the next step (False, and nothing kept, when nothing changed)."""
-        self.live = None  # the canvas's strokes were drawn over the labels before this step
         if (labels == self.labels).all():
             return False
         self.history.append(labels)
         del self.history[:-UNDO_DEPTH]
+        self.undone.clear()
         return True
 
     def undo(self) -> bool:
-        self.live = None
         if not self.history:
             return False
-        self.history.pop()
+        self.undone.append(self.history.pop())
         return True
+
+    def redo(self) -> bool:
+        if not self.undone:
+            return False
+        self.history.append(self.undone.pop())
+        return True
+
+    def start_over(self) -> bool:
+        """Back to the model's answer, as one step (so that Undo brings the corrections back)."""
+        return self.commit(self.prediction.copy())
 
 
 def start(engine, image: Image.Image | np.ndarray) -> Draft:
@@ -168,16 +172,15 @@ def clicks(drawing: dict | None) -> list[tuple[float, float]]:
 
 
 def apply_canvas(draft: Draft, tool: str, brush: str, strokes: np.ndarray | None, drawing: dict | None,
-                 display: tuple[int, int], classes: ClassSet, switched: bool = False) -> tuple[np.ndarray, bool]:
-    """(the labels the canvas shows now, whether the canvas must start afresh because its marks were
-    committed to ``draft``). ``tool``: 'Brush' (strokes are live until kept) or 'Fill a region' (each
-    click fills its region with ``brush``'s class and is committed at once); ``switched``: the tool just
-    changed to filling, so the strokes drawn so far are committed first."""
+                 display: tuple[int, int], classes: ClassSet) -> bool:
+    """Commit what the canvas hands back to ``draft`` as one step; True when the canvas holds marks and must
+    start afresh over the new labels. ``tool``: 'Brush' (the stroke layer painted on) or 'Fill a region'
+    (each click fills its region with ``brush``'s class)."""
     if tool == "Brush":
-        return apply_strokes(draft.labels, draft.prediction, strokes, classes), False
-    if switched:
-        draft.commit(apply_strokes(draft.labels, draft.prediction, strokes, classes))
-        return draft.labels, True
+        marked = strokes is not None and bool(strokes[..., 3].any())
+        if marked:
+            draft.commit(apply_strokes(draft.labels, draft.prediction, strokes, classes))
+        return marked
     points = clicks(drawing)
     if brush != "eraser":  # the eraser has no class to fill with
         cls = classes.names.index(brush) if brush in classes.names else classes.void
@@ -185,4 +188,4 @@ def apply_canvas(draft: Draft, tool: str, brush: str, strokes: np.ndarray | None
         for xy in points:
             labels = fill_region(labels, xy, display, cls)
         draft.commit(labels)
-    return draft.labels, bool(points)
+    return bool(points)

@@ -37,6 +37,7 @@ class TrainConfig:
     distill_alpha: float = 0.5           # the teacher's share of the loss (the labels' is 1 - alpha)
     distill_temperature: float = 1.0
     freeze_encoder: bool = False
+    freeze_bn: bool = False              # BatchNorm statistics held at the init's (photometric batches would move them)
     seed: int = 0
     device: str = "auto"                 # auto | cpu | cuda
     amp: bool = True                     # bf16 autocast on capable CPUs, AMP on CUDA
@@ -109,6 +110,8 @@ FLAGS: dict[str, Flag] = {  # TrainConfig field -> its flag; options first, then
     "freeze_encoder": Flag("--freeze-encoder", "train the decoder only (default: off, or what the --init folder's "
                            "card measured)", switch=True, off="--train-encoder", recipe=True,
                            off_help="train the encoder too, also where the --init folder's card would freeze it"),
+    "freeze_bn": Flag("--freeze-bn", "hold every BatchNorm layer's running statistics at the --init model's "
+                      "(its affine weights still train)", switch=True),
     "amp": Flag("--no-amp", "plain fp32 (no bf16/fp16 autocast)", switch=False),
     "channels_last": Flag("--no-channels-last", switch=False),
     "resume": Flag("--no-resume", "ignore OUT/checkpoint", switch=False),

@@ -213,6 +213,15 @@ def _batch(cfg: TrainConfig, data: _Data, order: list[int], b: int, step: int):
     return torch.stack(imgs), torch.stack(masks), (torch.stack(teach[0]) if teach else None)
 
 
+def _train_mode(model: torch.nn.Module, cfg: TrainConfig) -> None:
+    """Training mode, with the BatchNorm layers normalising by their running statistics where those are held."""
+    model.train()
+    if cfg.freeze_bn:
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
 def _card(cfg: TrainConfig, mcfg: zoo.ModelConfig, data: _Data, status: str, step: int, history: list,
           val: dict | None, wall: float, world: int, device: torch.device) -> dict:
     """The card written beside the weights: what was trained, how, on what, and how it scored."""
@@ -283,7 +292,7 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
     # ---- the loop: epochs of batches; validation, a log line and a checkpoint after each epoch
     status, val = "done", None
     seen_imgs, t_window = 0, time.perf_counter()
-    net.train()
+    _train_mode(net, cfg)
     for epoch in range(start_epoch, epochs):
         # the epoch's order depends only on (seed, epoch): resume replays it exactly
         order = torch.randperm(len(data.dataset), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
@@ -340,6 +349,7 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
         if data.val is not None and rank == 0 and epoch_done and \
                 ((epoch + 1) % cfg.val_every == 0 or step >= total):
             val = evaluate(model, mcfg, data.val, device, cfg.amp)
+            _train_mode(net, cfg)
             record.update(val_loss=val["loss"], val_miou=val["miou"], val_pixel_acc=val["pixel_acc"])
             report(step=step, epoch=epoch + 1, loss=record["loss"], pixel_acc=record["pixel_acc"], lr=lr,
                    images_per_s=0.0, eta_s=0.0, val_miou=val["miou"], phase="val")

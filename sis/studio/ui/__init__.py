@@ -3,7 +3,7 @@
     session  routing, startup, session identity, the latest result per page
     uploads  photos, clips and dataset zips checked against the limits
     serving  engines cached once per process, the inference gate, the pages' library calls
-    widgets  model, engine and mode pickers, the legend, a job's progress
+    widgets  model, engine and mode pickers, the legend, a job's progress, the drawing canvas
 """
 from sis.studio.ui.serving import (
     KEEP_DRAFTS,
@@ -46,4 +46,13 @@ from sis.studio.ui.uploads import (
     stash_photos,
     training_sources,
 )
-from sis.studio.ui.widgets import adapt_button, describe, engine_picker, follow_job, legend, mode_picker, model_picker
+from sis.studio.ui.widgets import (
+    adapt_button,
+    canvas,
+    describe,
+    engine_picker,
+    follow_job,
+    legend,
+    mode_picker,
+    model_picker,
+)

@@ -141,8 +141,6 @@ def correction_draft(entry: catalog.Entry, image_key: str, rgb) -> tuple[correct
     a draft (the KEEP_DRAFTS most recent), so that coming back finds its corrections."""
     drafts: dict = st.session_state.setdefault("_drafts", {})
     key = (str(entry.folder), image_key)
-    if drafts and next(reversed(drafts)) != key:
-        drafts[next(reversed(drafts))].settle()  # leaving an image: its strokes on the canvas become a step
     draft = drafts.pop(key, None)
     if draft is None:
         with st.spinner("Segmenting..."):

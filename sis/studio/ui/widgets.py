@@ -1,6 +1,8 @@
 """Widgets the pages share: model, engine and mode pickers, the class legend, a job's progress."""
 from __future__ import annotations
 
+import functools
+import logging
 from pathlib import Path
 
 import streamlit as st
@@ -157,3 +159,36 @@ def adapt_button(entry: catalog.Entry, source: Path, what: str, key: str, stride
         elif result:
             st.success(f"Adapted on {result['frames']} frames in {result['seconds']:.0f} s: pick "
                        f"**run:{Path(out).name}** in the model picker (the original is unchanged).")
+
+
+CANVAS_COMPONENT = "streamlit-drawable-canvas.streamlit_drawable_canvas"
+# Correct keeps one undo, over its own steps: the canvas's toolbar (undo, redo, reset of its strokes) is
+# hidden, and with it the invisible hover strip it kept over the controls above the canvas
+_CANVAS_CSS = ".dc-toolbar { display: none !important; }"
+
+
+class _OneRegistration(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.args and record.args[0] == CANVAS_COMPONENT)
+
+
+@functools.cache
+def _canvas_component():
+    """The drawing canvas registered again with its stylesheet plus the rule above (once per process)."""
+    import streamlit_drawable_canvas as sdc
+    build = Path(sdc.__file__).parent / "frontend" / "build"
+    css = "\n".join(p.read_text() for p in sorted(build.glob("*.css"))) + "\n" + _CANVAS_CSS
+    log = logging.getLogger("streamlit.components.v2.component_registry")
+    quiet = _OneRegistration()
+    log.addFilter(quiet)  # re-registering a name is deliberate here: no warning for it
+    try:
+        sdc.out = st.components.v2.component(CANVAS_COMPONENT, js="index-*.js", css=css,
+                                             html='<div class="canvas-root"></div>', isolate_styles=True)
+    finally:
+        log.removeFilter(quiet)
+    return sdc.st_canvas
+
+
+def canvas(**kw):
+    """st_canvas without its own toolbar (the page's buttons undo); the same arguments and result."""
+    return _canvas_component()(**kw)
