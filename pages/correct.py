@@ -18,7 +18,7 @@ with right:
 ui.open_on("cor_source", {"clip": "Frames of a clip", "photos": "Photos"})
 with left:
     source = st.radio("Image", ["Sample frames", "Photos", "Frames of a clip", "Camera"], horizontal=True,
-                      key="cor_source")
+                      key="cor_source", on_change=ui.keep_uploads, args=("cor_photos",))
 if entry is None:
     st.stop()
 classes = ui.get_config(entry).class_set
@@ -40,6 +40,7 @@ else:
         ups = st.file_uploader(f"Street photos (jpg, png, webp; up to {ui.MAX_UPLOAD_FILES})", key="cor_photos",
                                type=["jpg", "jpeg", "png", "webp"], accept_multiple_files=True,
                                max_upload_size=ui.MAX_UPLOAD_MB)
+        ups = ui.kept_uploads("cor_photos", ups)
         ranked = ui.rank_photos(entry, ups[: ui.MAX_UPLOAD_FILES]) if ups else []
     else:
         c1, c2 = st.columns([2, 1])

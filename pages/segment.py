@@ -18,7 +18,8 @@ with right:
 ui.open_on("seg_source", {"upload": "Upload", "camera": "Camera"})
 image, truth, image_key, notes, stem = None, None, None, [], "photo"
 with left:  # the source and its own widgets, beside the model column
-    source = st.radio("Image source", ["Sample frames", "Upload", "Camera"], horizontal=True, key="seg_source")
+    source = st.radio("Image source", ["Sample frames", "Upload", "Camera"], horizontal=True, key="seg_source",
+                      on_change=ui.keep_uploads, args=("seg_upload",))
     if source == "Sample frames":
         gallery = catalog.samples()
         name = st.selectbox("CamVid val frame (with ground truth)", [s.name for s in gallery], key="seg_sample")
@@ -30,6 +31,7 @@ with left:  # the source and its own widgets, beside the model column
             f"Street photos (jpg, png, webp; up to {ui.MAX_UPLOAD_FILES} files, {ui.MAX_UPLOAD_MB} MB and "
             f"{ui.MAX_IMAGE_MP} megapixels each)", type=["jpg", "jpeg", "png", "webp"], accept_multiple_files=True,
             key="seg_upload", max_upload_size=ui.MAX_UPLOAD_MB)
+        uploads = ui.kept_uploads("seg_upload", uploads)
         if len(uploads) > ui.MAX_UPLOAD_FILES:
             st.warning(f"{len(uploads)} files uploaded; only the first {ui.MAX_UPLOAD_FILES} are used.")
             uploads = uploads[: ui.MAX_UPLOAD_FILES]

@@ -28,7 +28,7 @@ with left:
     else:
         up = st.file_uploader(f"A street clip ({', '.join(video.EXTENSIONS)}; up to {ui.MAX_VIDEO_MB} MB)",
                               type=list(video.EXTENSIONS), key="vid_upload", max_upload_size=ui.MAX_VIDEO_MB)
-        clip = ui.stash_clip(up) if up is not None else None
+        clip = ui.stash_clip(up) if up is not None else ui.kept_clip()
 
 c1, c2, c3 = st.columns(3)
 stride = c1.number_input("Segment every N-th frame", 1, 30, 1, key="vid_stride",

@@ -93,6 +93,27 @@ def _upload(at, name, data, mime="image/png"):
     return at
 
 
+def test_segment_keeps_uploads_across_a_switch_of_source(app_env):
+    """Two photos uploaded, the sample frames looked at, Upload picked again: the photos are still there
+    (an uploader that is not drawn loses its files), and Clear drops them."""
+    rng = np.random.default_rng(1)
+    at = _app("pages/segment.py")
+    at.radio(key="seg_source").set_value("Upload").run()
+    up = at.file_uploader(key="seg_upload")
+    for i in range(2):
+        up.upload(f"street{i}.png", _png(rng.integers(0, 255, (60, 80, 3), np.uint8)), "image/png")
+    up.run()
+    assert at.selectbox(key="seg_pick").options == ["street0.png", "street1.png"]
+    at.radio(key="seg_source").set_value("Sample frames").run()
+    at.radio(key="seg_source").set_value("Upload").run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="seg_pick").options == ["street0.png", "street1.png"]
+    assert any(c.value.startswith("Still here from before: street0.png, street1.png") for c in at.caption)
+    at.button(key="seg_upload:clear").click().run()
+    assert "seg_pick" not in [box.key for box in at.selectbox]
+    assert not any(c.value.startswith("Still here") for c in at.caption)
+
+
 def _png(arr, **kw):
     buf = io.BytesIO()
     Image.fromarray(arr, **kw).save(buf, "PNG")
@@ -806,6 +827,22 @@ def test_a_clip_uploaded_on_video_is_offered_on_correct(app_env, tmp_path):
     at.number_input(key="cor_stride").set_value(2).run()
     assert not at.exception, at.exception
     assert sorted(u.index for u in at.session_state["_ranked"][1]) == [0, 2, 4]
+
+
+def test_video_keeps_an_uploaded_clip_across_a_switch_of_source(app_env, tmp_path):
+    from test_video import _frames, write_clip
+    clip = write_clip(tmp_path / "drive.mp4", _frames(6, 48, 64))
+    at = _app("pages/video.py")
+    at.radio(key="vid_source").set_value("Upload").run()
+    at.file_uploader(key="vid_upload").upload("drive.mp4", clip.read_bytes(), "video/mp4").run()
+    at.radio(key="vid_source").set_value("Sample clip").run()
+    assert not at.info[0].value.startswith("64x48")
+    at.radio(key="vid_source").set_value("Upload").run()
+    at.file_uploader(key="vid_upload").clear().run()  # a browser's uploader comes back empty (AppTest keeps it)
+    assert not at.exception and at.info[0].value.startswith("64x48 at 10 fps"), [i.value for i in at.info]
+    assert any(c.value.startswith("Still here from before: the clip you uploaded") for c in at.caption)
+    at.button(key="vid_upload:clear").click().run()
+    assert at.info[0].value.startswith("Upload a clip")
 
 
 def test_links_open_their_page_on_the_context_they_name(app_env):

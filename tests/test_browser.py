@@ -120,6 +120,14 @@ def test_segment_upload_real_frame(server, browser):
     page.get_by_text("on onnxruntime-int8").wait_for()  # the fast path is the default engine
     assert page.locator("[data-testid='stImage'] img").count() >= 4
     _shot(page, "segment")
+    page.get_by_text("Sample frames", exact=True).click()  # a look at the samples, then back: the photo stays
+    page.get_by_text("CamVid val frame (with ground truth)").wait_for()
+    _idle(page)
+    page.get_by_text("Upload", exact=True).click()
+    page.get_by_text(f"Still here from before: {_frame().name}").wait_for()
+    page.get_by_text("on onnxruntime-int8").wait_for()
+    _idle(page)
+    _shot(page, "segment_kept_upload")
 
 
 def test_links_keep_their_context_and_segment_names_its_downloads(server, browser):

@@ -112,3 +112,45 @@ def stash_clip(upload) -> tuple[Path, video.VideoInfo] | None:
         st.error(got.replace(f"{upload.file_id}{Path(upload.name).suffix.lower()}", upload.name))
         return None
     return got
+
+
+def keep_uploads(key: str) -> None:
+    """on_change of a source picker: the files in uploader ``key`` kept for the session, since an uploader
+    that is not drawn (another source picked) loses its files."""
+    files_now = st.session_state.get(key)
+    if files_now:
+        st.session_state[f"_kept:{key}"] = list(files_now) if isinstance(files_now, list) else [files_now]
+
+
+def kept_uploads(key: str, uploads: list) -> list:
+    """What uploader ``key`` holds, or where it came back empty after another source was picked, the files
+    it held then (with a sentence saying so and a way to drop them)."""
+    kept_key = f"_kept:{key}"
+    if uploads:
+        st.session_state.pop(kept_key, None)
+        return uploads
+    kept = st.session_state.get(kept_key) or []
+    if kept:
+        c1, c2 = st.columns([4, 1])
+        c1.caption(f"Still here from before: {', '.join(u.name for u in kept)}. Upload others to replace them.")
+        if c2.button("Clear", key=f"{key}:clear"):
+            st.session_state.pop(kept_key, None)
+            st.rerun()
+    return kept
+
+
+def kept_clip() -> tuple[Path, video.VideoInfo] | None:
+    """With the clip uploader empty: the clip this session uploaded last, still on disk (an uploader that was
+    not drawn, another source picked, comes back empty), with a sentence saying so and a way to drop it."""
+    last = st.session_state.get("_last_clip")
+    if last is None or Path(last) == video.SAMPLE_CLIP or not Path(last).is_file():
+        return None
+    c1, c2 = st.columns([4, 1])
+    c1.caption("Still here from before: the clip you uploaded. Upload another to replace it.")
+    if c2.button("Clear", key="vid_upload:clear"):
+        st.session_state.pop("_last_clip", None)
+        st.rerun()
+    try:
+        return Path(last), video.probe(Path(last))
+    except video.VideoError:
+        return None
