@@ -8,11 +8,14 @@ every ``watch_s`` seconds, whether or not anyone is on a page.
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import queue
+import sys
 import threading
 import time
+import types
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,6 +125,18 @@ class Job:
                         history=self.history, logs=self.logs[-5:], result=self.result)
 
 
+@contextlib.contextmanager
+def _bare_main():
+    """A __main__ without a file while a worker starts: Streamlit runs the page that clicked as __main__, and
+    spawn would run that page again in the worker, bare, where each st call logs 'missing ScriptRunContext'."""
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
 class JobManager:
     """Process-wide registry of fine-tuning jobs (one instance per server)."""
 
@@ -169,7 +184,8 @@ class JobManager:
         job.events, job.stop_event = CTX.Queue(), CTX.Event()
         job.process = CTX.Process(target=target, args=(payload, max(1, threads), job.events, job.stop_event),
                                   kwargs=extra, daemon=True, name=f"sis-job-{job.id}")
-        job.process.start()
+        with _bare_main():
+            job.process.start()
         self.jobs[job.id] = job
         return job
 
