@@ -83,7 +83,6 @@ def test_augment_keeps_image_and_mask_aligned(flips, crop, scale):
         img, mask = ds[0]
         if crop:
             assert tuple(mask.shape) == crop
-        inside = mask != 11  # padding is void in the mask and 0 in the image
         def agree(m):
             ok = m != 11
             return float((img[0][ok].long() == m[ok]).float().mean())

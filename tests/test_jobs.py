@@ -1,4 +1,5 @@
 """The job manager without Streamlit (fine-tuning, benchmarks, clips): caps, stop, result, history in SQLite."""
+import sys
 import time
 from pathlib import Path
 
@@ -124,3 +125,18 @@ def test_a_bad_clip_fails_in_one_sentence(manager, tiny_model, tmp_path):
     job = manager.start_video("s", tmp_path / "notes.mp4", tiny_model)
     snap = _wait(manager, job)
     assert snap.status == "failed" and snap.message == "notes.mp4 is not a video file FFmpeg can read"
+
+
+def test_a_worker_does_not_run_the_page_again(monkeypatch, tmp_path):
+    """spawn re-runs __main__ in a child; for the studio's workers (Streamlit's __main__ is the page) it must not."""
+    import multiprocessing.spawn as spawn
+    import types
+
+    page = types.ModuleType("__main__")
+    page.__file__ = str(tmp_path / "page.py")
+    page.__spec__ = None
+    monkeypatch.setitem(sys.modules, "__main__", page)
+    worker = spawn.get_preparation_data(f"{jobs.WORKER_PREFIX}abc")
+    other = spawn.get_preparation_data("someone-else")
+    assert "init_main_from_path" not in worker and "init_main_from_name" not in worker
+    assert other["init_main_from_path"] == str(tmp_path / "page.py")  # other users of spawn are untouched

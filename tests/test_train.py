@@ -117,8 +117,8 @@ def test_finetune_from_folder_with_new_classes(tiny_model, data_copy, tmp_path):
     import json
     (data_copy / "classes.json").write_text(json.dumps(
         {"names": [f"c{i}" for i in range(12)], "colors": [[i, i, i] for i in range(12)], "void": None}))
-    res = train(_cfg(data_copy, tmp_path / "ft", init=str(tiny_model), max_steps=1, val_every=0),
-                log=lambda m: None)
+    train(_cfg(data_copy, tmp_path / "ft", init=str(tiny_model), max_steps=1, val_every=0),
+          log=lambda m: None)
     model, cfg = models.load_model(tmp_path / "ft")
     assert cfg.class_set.num_classes == 12 and cfg.init.startswith("finetune:")
 

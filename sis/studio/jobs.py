@@ -8,14 +8,12 @@ every ``watch_s`` seconds, whether or not anyone is on a page.
 """
 from __future__ import annotations
 
-import contextlib
 import multiprocessing as mp
+import multiprocessing.spawn
 import os
 import queue
-import sys
 import threading
 import time
-import types
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,16 +123,25 @@ class Job:
                         history=self.history, logs=self.logs[-5:], result=self.result)
 
 
-@contextlib.contextmanager
-def _bare_main():
-    """A __main__ without a file while a worker starts: Streamlit runs the page that clicked as __main__, and
-    spawn would run that page again in the worker, bare, where each st call logs 'missing ScriptRunContext'."""
-    main = sys.modules.get("__main__")
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-        yield
-    finally:
-        sys.modules["__main__"] = main
+WORKER_PREFIX = "sis-job-"
+
+
+def _without_main(get_preparation_data):
+    """spawn's preparation data, less the __main__ to re-run for this module's workers: Streamlit runs the page
+    that clicked as __main__, and spawn would run it again in the worker, bare, where each st call logs
+    'missing ScriptRunContext'. Keyed by the process's name, so no global is swapped while another session runs."""
+    def prepare(name):
+        data = get_preparation_data(name)
+        if str(name).startswith(WORKER_PREFIX):  # the targets live in sis.studio.workers, importable by name
+            data.pop("init_main_from_path", None)
+            data.pop("init_main_from_name", None)
+        return data
+    prepare.wrapped = get_preparation_data
+    return prepare
+
+
+if not hasattr(multiprocessing.spawn.get_preparation_data, "wrapped"):
+    multiprocessing.spawn.get_preparation_data = _without_main(multiprocessing.spawn.get_preparation_data)
 
 
 class JobManager:
@@ -183,9 +190,8 @@ class JobManager:
     def _spawn(self, job: Job, target, payload: dict, threads: int = 1, **extra) -> Job:
         job.events, job.stop_event = CTX.Queue(), CTX.Event()
         job.process = CTX.Process(target=target, args=(payload, max(1, threads), job.events, job.stop_event),
-                                  kwargs=extra, daemon=True, name=f"sis-job-{job.id}")
-        with _bare_main():
-            job.process.start()
+                                  kwargs=extra, daemon=True, name=f"{WORKER_PREFIX}{job.id}")
+        job.process.start()
         self.jobs[job.id] = job
         return job
 
