@@ -43,6 +43,7 @@ from sis.studio.ui.uploads import (
     kept_clip,
     kept_uploads,
     load_image,
+    probed_clip,
     read_upload,
     stash_clip,
     stash_dataset_zip,

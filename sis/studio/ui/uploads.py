@@ -90,6 +90,14 @@ def stash_photos(uploads) -> Path:
     return folder
 
 
+def probed_clip(path: Path) -> tuple[Path, video.VideoInfo]:
+    """The clip at ``path`` and its probe, probed once per session; raises video.VideoError."""
+    key = f"_probe:{path}"
+    if key not in st.session_state:
+        st.session_state[key] = (path, video.probe(path))
+    return st.session_state[key]
+
+
 def stash_clip(upload) -> tuple[Path, video.VideoInfo] | None:
     """Write an st.file_uploader clip to the data folder once (a worker process reads it from there)
     and probe it; None after showing the one-sentence reason it cannot be used."""
@@ -103,7 +111,7 @@ def stash_clip(upload) -> tuple[Path, video.VideoInfo] | None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             files.atomic_write(path, lambda tmp: _copy(upload, tmp))
-            st.session_state[key] = (path, video.probe(path))
+            st.session_state[key] = probed_clip(path)
         except (video.VideoError, files.DiskFullError) as e:
             files.remove(path)
             st.session_state[key] = str(e)
@@ -122,6 +130,15 @@ def keep_uploads(key: str) -> None:
         st.session_state[f"_kept:{key}"] = list(files_now) if isinstance(files_now, list) else [files_now]
 
 
+def _still_here(sentence: str, key: str, kept_key: str) -> None:
+    """The one sentence saying what an empty uploader still holds from before, and Clear, which drops it."""
+    c1, c2 = st.columns([4, 1])
+    c1.caption(f"Still here from before: {sentence}")
+    if c2.button("Clear", key=f"{key}:clear"):
+        st.session_state.pop(kept_key, None)
+        st.rerun()
+
+
 def kept_uploads(key: str, uploads: list) -> list:
     """What uploader ``key`` holds, or where it came back empty after another source was picked, the files
     it held then (with a sentence saying so and a way to drop them)."""
@@ -131,26 +148,18 @@ def kept_uploads(key: str, uploads: list) -> list:
         return uploads
     kept = st.session_state.get(kept_key) or []
     if kept:
-        c1, c2 = st.columns([4, 1])
-        c1.caption(f"Still here from before: {', '.join(u.name for u in kept)}. Upload others to replace them.")
-        if c2.button("Clear", key=f"{key}:clear"):
-            st.session_state.pop(kept_key, None)
-            st.rerun()
+        _still_here(f"{', '.join(u.name for u in kept)}. Upload others to replace them.", key, kept_key)
     return kept
 
 
-def kept_clip() -> tuple[Path, video.VideoInfo] | None:
-    """With the clip uploader empty: the clip this session uploaded last, still on disk (an uploader that was
-    not drawn, another source picked, comes back empty), with a sentence saying so and a way to drop it."""
+def kept_clip(key: str = "vid_upload") -> tuple[Path, video.VideoInfo] | None:
+    """With clip uploader ``key`` empty: the clip this session uploaded last, still on disk (an uploader that
+    was not drawn, another source picked, comes back empty), with a sentence saying so and a way to drop it."""
     last = st.session_state.get("_last_clip")
     if last is None or Path(last) == video.SAMPLE_CLIP or not Path(last).is_file():
         return None
-    c1, c2 = st.columns([4, 1])
-    c1.caption("Still here from before: the clip you uploaded. Upload another to replace it.")
-    if c2.button("Clear", key="vid_upload:clear"):
-        st.session_state.pop("_last_clip", None)
-        st.rerun()
+    _still_here("the clip you uploaded. Upload another to replace it.", key, "_last_clip")
     try:
-        return Path(last), video.probe(Path(last))
+        return probed_clip(Path(last))
     except video.VideoError:
         return None
