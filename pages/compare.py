@@ -36,6 +36,8 @@ elif image is not None:
     res = ui.compare_models([entries[k] for k in chosen], image, mode)
     if res.note:
         st.warning(res.note)
+    if res.unfamiliar:
+        st.warning(res.unfamiliar, icon=":material/travel_explore:")
     cols = st.columns(len(res.results) + 1)
     cols[0].image(res.image, caption="Image", width="stretch")
     for col, r in zip(cols[1:], res.results):

@@ -4,7 +4,7 @@ import streamlit as st
 
 from sis import host, video, zoo
 from sis.studio import catalog, jobs, ui
-from sis.vis import charts
+from sis.vis import charts, report
 
 ui.ensure_router(__file__)
 st.title("Video")
@@ -24,7 +24,7 @@ with left:
                       captions=["CamVid val sequence 0016E5, 6.7 s", f"up to {ui.MAX_VIDEO_MB} MB"])
     clip = None
     if source == "Sample clip":
-        clip = (video.SAMPLE_CLIP, video.probe(video.SAMPLE_CLIP))
+        clip = ui.probed_clip(video.SAMPLE_CLIP)
     else:
         up = st.file_uploader(f"A street clip ({', '.join(video.EXTENSIONS)}; up to {ui.MAX_VIDEO_MB} MB)",
                               type=list(video.EXTENSIONS), key="vid_upload", max_upload_size=ui.MAX_VIDEO_MB)
@@ -68,6 +68,10 @@ if not done:
 res = video.VideoResult.from_dict(done)
 classes = zoo.read_config(done["folder"]).class_set  # the model that ran, whatever is picked now
 st.subheader("Result" + (f" ({res.cut})" if res.cut else ""))
+ran = next((k for k, e in entries.items() if e.folder.resolve() == Path(done["folder"]).resolve()),
+           Path(done["folder"]).name)
+if unfamiliar := report.unfamiliarity(res.mean_confidence, zoo.read_card(done["folder"]), ran, what="clip"):
+    st.warning(unfamiliar, icon=":material/travel_explore:")
 shown, facts = st.columns([3, 1])
 shown.video(str(Path(out) / "preview.mp4"))  # at most 480p: the server holds what it plays in memory
 facts.metric("Frames segmented", res.frames, help=f"{res.seconds:.1f} s of the clip, at {res.fps_out:.3g} fps")

@@ -162,6 +162,33 @@ def test_compare_two_models(app_env, tiny_model):
     assert any(m.label == "Pixels where the models disagree" and m.value == "0.0%" for m in at.metric)
 
 
+def _unsure_of_everything(folder):
+    """A card whose unfamiliar-photo threshold no photo reaches (a mean confidence of 100%)."""
+    from sis import zoo
+    zoo.update_card(folder, calibration={"temperature": 1.0, "low_confidence": 1.0, "low_percentile": 5})
+
+
+def test_segment_and_compare_say_when_a_photo_looks_unfamiliar(app_env, tiny_model):
+    """Below its card's threshold, each page says so in one sentence that points to the remedies; at or
+    above it (the card's threshold 0), nothing is said."""
+    shutil.copytree(tiny_model, app_env / "models" / "tiny2", ignore=shutil.ignore_patterns("checkpoint"))
+    at = _app("pages/segment.py")
+    _select_run(at)
+    assert not [w for w in at.warning if "looks unlike" in w.value]
+    for name in ("tiny", "tiny2"):
+        _unsure_of_everything(app_env / "models" / name)
+    at = _app("pages/segment.py")
+    _select_run(at)
+    said = [w.value for w in at.warning if "looks unlike" in w.value]
+    assert len(said) == 1 and said[0].startswith("This photo looks unlike the streets run:tiny learned")
+    assert "Adapt button" in said[0]
+    at = _app("pages/compare.py")
+    at.multiselect(key="cmp_models").set_value(["run:tiny", "run:tiny2"]).run()
+    said = [w.value for w in at.warning if "looks unlike" in w.value]
+    assert len(said) == 1 and said[0].startswith("This photo looks unlike the streets 2 of these 2 models learned")
+    assert "run:tiny2 " in said[0] and "against 100%" in said[0]
+
+
 def test_compare_says_which_model_trained_on_val(app_env, tiny_model):
     """The dashboard's 'trained on' column appears once a model trained beyond train, with why its val
     figure is another run's."""
@@ -638,6 +665,11 @@ def test_video_page_segments_the_sample_clip_in_a_worker(app_env):
     manager = _run_job_from_page(at, "vid_run", "video")
     assert at.metric[0].label == "Frames segmented" and at.metric[0].value == "5"
     assert at.metric[2].label == "Flicker" and at.metric[2].value.endswith("%")
+    assert not [w for w in at.warning if "looks unlike" in w.value]
+    _unsure_of_everything(app_env / "models" / "tiny")
+    at.run()
+    said = [w.value for w in at.warning if "looks unlike" in w.value]
+    assert len(said) == 1 and said[0].startswith("This clip looks unlike the streets run:tiny learned"), said
     assert len(at.get("video")) == 1 and len(at.get("plotly_chart")) == 1 and len(at.get("download_button")) == 2
     out = Path(at.session_state["vid_last"][1])
     with zipfile.ZipFile(out / "labels.zip") as z:
@@ -829,9 +861,14 @@ def test_a_clip_uploaded_on_video_is_offered_on_correct(app_env, tmp_path):
     assert sorted(u.index for u in at.session_state["_ranked"][1]) == [0, 2, 4]
 
 
-def test_video_keeps_an_uploaded_clip_across_a_switch_of_source(app_env, tmp_path):
+def test_video_keeps_an_uploaded_clip_across_a_switch_of_source(app_env, tmp_path, monkeypatch):
     from test_video import _frames, write_clip
+
+    from sis import video
     clip = write_clip(tmp_path / "drive.mp4", _frames(6, 48, 64))
+    probed = []
+    real_probe = video.probe
+    monkeypatch.setattr(video, "probe", lambda p: probed.append(Path(p).name) or real_probe(p))
     at = _app("pages/video.py")
     at.radio(key="vid_source").set_value("Upload").run()
     at.file_uploader(key="vid_upload").upload("drive.mp4", clip.read_bytes(), "video/mp4").run()
@@ -841,6 +878,8 @@ def test_video_keeps_an_uploaded_clip_across_a_switch_of_source(app_env, tmp_pat
     at.file_uploader(key="vid_upload").clear().run()  # a browser's uploader comes back empty (AppTest keeps it)
     assert not at.exception and at.info[0].value.startswith("64x48 at 10 fps"), [i.value for i in at.info]
     assert any(c.value.startswith("Still here from before: the clip you uploaded") for c in at.caption)
+    at.run()
+    assert len(probed) == len(set(probed)), probed  # each clip is probed once per session, not on every rerun
     at.button(key="vid_upload:clear").click().run()
     assert at.info[0].value.startswith("Upload a clip")
 

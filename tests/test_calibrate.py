@@ -67,3 +67,17 @@ def test_an_unfamiliar_photo_is_said_in_one_sentence(tmp_path):
     assert said.startswith("This photo looks unlike the streets unet-vgg11_bn learned: its mean confidence is 62%, "
                            "below 80%, which 95% of CamVid's own val frames reach")
     assert unfamiliarity(0.85, card, "x") is None and unfamiliarity(0.1, zoo.ModelCard(), "x") is None
+
+
+def test_several_models_unsure_of_one_photo_are_said_in_one_sentence(tmp_path):
+    from sis.vis.report import unfamiliar_to
+    sure = zoo.ModelCard()  # no calibration: never says a photo is unfamiliar
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    a = zoo.update_card(tmp_path / "a", calibration={"temperature": 1.0, "low_confidence": 0.8, "low_percentile": 5})
+    b = zoo.update_card(tmp_path / "b", calibration={"temperature": 1.0, "low_confidence": 0.7, "low_percentile": 5})
+    assert unfamiliar_to([("a", 0.9, a), ("b", 0.75, b), ("c", 0.1, sure)]) is None
+    one = unfamiliar_to([("a", 0.5, a), ("b", 0.75, b)], what="clip")
+    assert one.startswith("This clip looks unlike the streets a learned: its mean confidence is 50%, below 80%")
+    two = unfamiliar_to([("a", 0.5, a), ("b", 0.6, b), ("c", 0.1, sure)])
+    assert two.startswith("This photo looks unlike the streets 2 of these 3 models learned")
+    assert "(a 50% against 80%, b 60% against 70%)" in two and "Adapt button" in two

@@ -89,8 +89,14 @@ class VideoResult:
     per_class_iou: dict | None = None
     share: list = field(default_factory=list)  # per processed frame: (C,) pixel share per class
     indices: list = field(default_factory=list)  # the clip's frame index of each processed frame
+    confidence: list = field(default_factory=list)  # per processed frame: its mean calibrated confidence, unsmoothed
     out: str | None = None
     cut: str | None = None     # why the clip was cut short, in words
+
+    @property
+    def mean_confidence(self) -> float:
+        """The clip's mean confidence: its processed frames' means, averaged (nan before any frame)."""
+        return float(np.mean(self.confidence)) if self.confidence else float("nan")
 
     @classmethod
     def from_dict(cls, d: dict) -> "VideoResult":
@@ -172,6 +178,7 @@ def segment_video(engine, src: Path, out: Path | None = None, stride: int = 1, m
                 np.asarray(Image.fromarray(labels, "L").resize((ow, oh), Image.NEAREST))
             res.share.append(class_share(labels, c))
             res.indices.append(idx)
+            res.confidence.append(float(p.max(0).mean()))
             if writer or small:
                 shown = overlay(rgb, full, palette, alpha)
                 if writer:

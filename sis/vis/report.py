@@ -74,16 +74,34 @@ def segment(engine, image: Image.Image, truth: np.ndarray | None = None,
     return res
 
 
-def unfamiliarity(mean_confidence: float, card: zoo.ModelCard, model: str) -> str | None:
-    """One sentence when a photo's mean (calibrated) confidence is below what the model reaches on all
-    but the least sure few of CamVid's val frames (the card's ``calibration.low_confidence``), else None."""
-    if card.low_confidence is None or mean_confidence >= card.low_confidence:
+REMEDIES = ("Accurate mode helps a little; adapting the model to your own photos or clip (the Adapt button on "
+            "Segment, for several photos, and on Video; no labels needed), or correcting a few frames on Correct and "
+            "fine-tuning on them, helps more.")
+
+
+def _is_low(mean_confidence: float, card: zoo.ModelCard) -> bool:
+    return card.low_confidence is not None and mean_confidence < card.low_confidence
+
+
+def unfamiliarity(mean_confidence: float, card: zoo.ModelCard, model: str, what: str = "photo") -> str | None:
+    """One sentence when a ``what``'s (photo, clip) mean calibrated confidence is below what the model reaches
+    on all but the least sure few of CamVid's val frames (the card's ``calibration.low_confidence``), else None."""
+    if not _is_low(mean_confidence, card):
         return None
-    return (f"This photo looks unlike the streets {model} learned: its mean confidence is "
+    return (f"This {what} looks unlike the streets {model} learned: its mean confidence is "
             f"{100 * mean_confidence:.0f}%, below {100 * card.low_confidence:.0f}%, which "
-            f"{100 - card.low_percentile:.0f}% of CamVid's own "
-            "val frames reach, so expect mistakes. Accurate mode helps a little; correcting a few of your photos on "
-            "Correct and fine-tuning on them helps more.")
+            f"{100 - card.low_percentile:.0f}% of CamVid's own val frames reach, so expect mistakes. " + REMEDIES)
+
+
+def unfamiliar_to(answers: list[tuple[str, float, zoo.ModelCard]], what: str = "photo") -> str | None:
+    """The one sentence for several models' (name, mean confidence, card) on the same ``what``: None when
+    none finds it unfamiliar, else which do, each against its own threshold."""
+    low = [(name, conf, card) for name, conf, card in answers if _is_low(conf, card)]
+    if len(low) <= 1:
+        return unfamiliarity(low[0][1], low[0][2], low[0][0], what) if low else None
+    each = ", ".join(f"{name} {100 * conf:.0f}% against {100 * card.low_confidence:.0f}%" for name, conf, card in low)
+    return (f"This {what} looks unlike the streets {len(low)} of these {len(answers)} models learned: each is less "
+            f"sure of it than of nearly all of CamVid's own val frames ({each}), so expect mistakes. " + REMEDIES)
 
 
 def paint(res: Segmentation, classes: ClassSet, alpha: float, visible: list[int] | None = None) -> np.ndarray:
@@ -108,6 +126,7 @@ class ModelAnswer:
     mask: np.ndarray    # (H, W, 3) in the palette
     ms: float
     engine: str
+    mean_confidence: float = float("nan")
 
 
 @dataclass
@@ -117,6 +136,7 @@ class Comparison:
     disagreement: np.ndarray  # (H, W, 3) colour map
     disagree_frac: float
     note: str | None = None
+    unfamiliar: str | None = None  # said when the photo looks unlike the models' training frames
 
 
 def compare(engines: list[tuple[str, object]], image: Image.Image) -> Comparison:
@@ -126,7 +146,7 @@ def compare(engines: list[tuple[str, object]], image: Image.Image) -> Comparison
     for name, engine in engines:
         pred = predict(engine, rgb)
         results.append(ModelAnswer(name, pred.labels, colorize(pred.labels, engine.cfg.class_set.palette()),
-                                   pred.ms, engine.name))
+                                   pred.ms, engine.name, float(pred.confidence.mean())))
     dis, frac = disagreement([r.labels for r in results])
     return Comparison(rgb, results, dis, frac)
 

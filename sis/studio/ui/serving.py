@@ -113,6 +113,8 @@ def compare_models(entries: list[catalog.Entry], image, mode: str = "Fast") -> r
     with inference_gate():
         res = _run(lambda: report.compare([(e.key, _mode_engine(e, None, mode)) for e in entries], image),
                    lambda: report.compare([(e.key, _mode_engine(e, engines.REFERENCE, mode)) for e in entries], image))
+    res.unfamiliar = report.unfamiliar_to([(r.name, r.mean_confidence, zoo.read_card(e.folder))
+                                           for r, e in zip(res.results, entries)])
     host.release_memory()
     return res
 
