@@ -75,3 +75,19 @@ def test_seed_spread_by_hand(tiny_model, tiny_data):
     assert tool.spread([70.0])["sd"] is None
     rows = tool.evaluate_runs([tiny_model, tiny_model], str(tiny_data))
     assert rows[0]["miou"] == rows[1]["miou"] and 0 <= rows[0]["miou"] <= 1 and rows[0]["epochs"] is not None
+
+
+def test_adapt_protocol_sees_the_street_through_a_shift(tiny_data, tmp_path):
+    """--shift dusk:3 darkens the user's frames and the near frames alike (the same draw per val index),
+    labels untouched; a geometric shift is refused in one sentence."""
+    tool = _tool("adapt_protocol")
+    assert tool.parse_shift("") is None and tool.parse_shift("dusk") == ("dusk", 3)
+    with pytest.raises(SystemExit, match="moves pixels; pick a photometric one"):
+        tool.parse_shift("zoom_in:2")
+    picked = tool.user_dataset(tiny_data, tmp_path / "user", every=1, n=2, shift=("dusk", 3))
+    user = load_split(tmp_path / "user", "train")
+    val = load_split(tiny_data, "val")
+    near = tool.through(val.subset(picked), ("dusk", 3))
+    assert all(torch.equal(a, b) for a, b in zip(user.images, near.images))  # one street, one camera
+    assert all(torch.equal(a, b) for a, b in zip(user.masks, val.subset(picked).masks))
+    assert all(a.float().mean() < 0.8 * b.float().mean() for a, b in zip(user.images, val.subset(picked).images))

@@ -8,7 +8,12 @@ CamVid train (half of each batch) and without. Scored (PyTorch fp32, full frames
 - near: the val frames at least --gap frames away from every picked frame (the rest of the street);
 - other: the CamVid train frames of the other sequences that the replay never drew (forgetting).
 
-    python tools/adapt_protocol.py --camvid ../shared/camvid --out /tmp/adapt [--models a,b] [--steps 20] [--json]
+``--shift dusk:3`` makes the street a new one: the five frames and the near frames are seen through a
+photometric shift of the benchmark (``sis.data.shifts``), as a user's own camera would show them;
+``other`` stays clean CamVid. ``--recipes`` picks what is compared (see RECIPES).
+
+    python tools/adapt_protocol.py --camvid ../shared/camvid --out /tmp/adapt [--models a,b] [--steps 20]
+        [--shift NAME:SEVERITY] [--recipes replay,plain] [--json]
 
 Runs are kept in --out and skipped when their model is already there (a stopped run resumes).
 """
@@ -28,17 +33,61 @@ from sis import zoo  # noqa: E402
 from sis.data.dataset import Frames, list_pairs, load_classes, load_split  # noqa: E402
 
 SHIPPED = ("pspnet-resnet18", "pspnet-vgg11_bn", "unet-resnet18", "unet-vgg11_bn")
+# what a recipe changes over the page's defaults; "replay" is what the Fine-tune page starts with
+RECIPES = {
+    "replay": {"replay": True},
+    "plain": {"replay": False},
+    "replay-heldbn": {"replay": True, "freeze_bn": True},
+    "replay-x3": {"replay": True, "steps": 3},
+}
 
 
-def user_dataset(camvid: Path, out: Path, every: int, n: int) -> list[int]:
-    """The picked val frames (indices in name order) copied into out/train + out/trainannot."""
+def parse_shift(text: str) -> tuple[str, int] | None:
+    """'dusk:3' -> ('dusk', 3); '' -> None. Geometric shifts move the labels: not offered here."""
+    if not text:
+        return None
+    from sis.data import shifts
+    name, _, sev = text.partition(":")
+    if shifts.get_shift(name).geometric:
+        raise SystemExit(f"--shift {name} moves pixels; pick a photometric one "
+                         f"({', '.join(n for n in shifts.list_shifts() if not shifts.get_shift(n).geometric)})")
+    return name, int(sev or 3)
+
+
+def through(frames: Frames, shift: tuple[str, int] | None, first: int = 0) -> Frames:
+    """The frames seen through ``shift`` (frame i drawn as index first + i), or as they are without one."""
+    if shift is None:
+        return frames
+    import numpy as np
+    import torch
+
+    from sis.data.shifts import shifted
+    images = []
+    for i, (img, mask) in enumerate(zip(frames.images, frames.masks)):
+        rgb, _ = shifted(img.permute(1, 2, 0).numpy(), mask.numpy().astype(np.uint8), *shift, frame=first + i)
+        images.append(torch.from_numpy(rgb).permute(2, 0, 1).contiguous())
+    return Frames(frames.names, images, frames.masks, frames.classes)
+
+
+def user_dataset(camvid: Path, out: Path, every: int, n: int, shift: tuple[str, int] | None = None) -> list[int]:
+    """The picked val frames (indices in name order) copied into out/train + out/trainannot, through
+    ``shift`` where one is given (drawn as their val index, as the near frames are)."""
+    import numpy as np
+    from PIL import Image
+
+    from sis.data.dataset import read_label, read_rgb
+    from sis.data.shifts import shifted
     pairs = list_pairs(camvid, "val")
     picked = list(range(0, len(pairs), every))[:n]
     for sub in ("train", "trainannot"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     for i in picked:
         img, lbl = pairs[i]
-        shutil.copy(img, out / "train" / img.name)
+        if shift is None:
+            shutil.copy(img, out / "train" / img.name)
+        else:
+            rgb, _ = shifted(read_rgb(img), np.asarray(read_label(lbl), np.uint8), *shift, frame=i)
+            Image.fromarray(rgb).save(out / "train" / f"{img.stem}.png")
         shutil.copy(lbl, out / "trainannot" / lbl.name)
     if (camvid / "classes.json").exists():
         shutil.copy(camvid / "classes.json", out / "classes.json")
@@ -71,16 +120,23 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", type=int, default=5)
     ap.add_argument("--gap", type=int, default=4, help="near frames are at least this many frames from a picked one")
     ap.add_argument("--steps", type=int, default=20, help="the Fine-tune page's default")
+    ap.add_argument("--shift", default="", help="a photometric shift NAME:SEVERITY the street is seen through")
+    ap.add_argument("--recipes", default="replay,plain", help=f"comma-separated, of {', '.join(RECIPES)}")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
+    shift = parse_shift(a.shift)
+    recipes = [r.strip() for r in a.recipes.split(",") if r.strip()]
+    if unknown := [r for r in recipes if r not in RECIPES]:
+        raise SystemExit(f"unknown recipe {', '.join(unknown)}; valid: {', '.join(RECIPES)}")
     from sis.training.config import TrainConfig
     from sis.training.loop import train
     from sis.zoo.card import recipe_defaults
     user = a.out / "user"
-    picked = user_dataset(a.camvid, user, a.every, a.frames)
+    picked = user_dataset(a.camvid, user, a.every, a.frames, shift)
     classes = load_classes(a.camvid)
     val = load_split(a.camvid, "val", None, classes)
-    near = val.subset([i for i in range(len(val)) if min(abs(i - p) for p in picked) >= a.gap])
+    keep = [i for i in range(len(val)) if min(abs(i - p) for p in picked) >= a.gap]
+    near = Frames.join([through(val.subset([i]), shift, first=i) for i in keep])
     drawn = replay_names(a.camvid, TrainConfig.replay_limit)
     train_frames = load_split(a.camvid, "train", None, classes)
     other = train_frames.subset([i for i, n in enumerate(train_frames.names)
@@ -90,31 +146,35 @@ def main(argv=None) -> int:
     for name in a.models.split(","):
         base = zoo.shipped_models()[name]
         row = {"model": name, "picked": [val.names[i] for i in picked], "near_frames": len(near),
-               "other_frames": len(other), "shipped": {k: v["miou"] for k, v in score(base, sets).items()}}
-        for replay in (True, False):
-            out = a.out / f"{name}-{'replay' if replay else 'plain'}"
+               "other_frames": len(other), "shift": a.shift or None,
+               "shipped": {k: v["miou"] for k, v in score(base, sets).items()}}
+        for recipe in recipes:
+            r = dict(RECIPES[recipe])
+            out = a.out / f"{name}-{recipe}"
+            extra = {k: v for k, v in r.items() if k == "freeze_bn"}
             cfg = TrainConfig(model=name, data=str(user), init=str(base), out=str(out), batch_size=4, lr=2e-4,
-                              max_steps=a.steps, train_limit=48, val_limit=20, val_every=1,
-                              replay=str(a.camvid) if replay else "", replay_ratio=0.5, **recipe_defaults(str(base)))
+                              max_steps=a.steps * r.get("steps", 1), train_limit=48, val_limit=20, val_every=1,
+                              replay=str(a.camvid) if r["replay"] else "", replay_ratio=0.5,
+                              **{**recipe_defaults(str(base)), **extra})
             wall = None
             if not (out / "card.json").exists() or json.loads((out / "card.json").read_text()).get("status") != "done":
                 t0 = time.perf_counter()
                 train(cfg, log=lambda m: None)
                 wall = time.perf_counter() - t0
             scores = score(out, sets)
-            row["replay" if replay else "plain"] = {"wall_s": wall, **{k: v["miou"] for k, v in scores.items()}}
+            row[recipe] = {"wall_s": wall, **{k: v["miou"] for k, v in scores.items()}}
         rows.append(row)
         if not a.json:
             s = row["shipped"]
             print(f"{name}: near {100 * s['near']:.2f} other {100 * s['other']:.2f}", flush=True)
-            for k in ("replay", "plain"):
+            for k in recipes:
                 r = row[k]
                 took = "kept from an earlier run" if r["wall_s"] is None else f"{r['wall_s']:.0f} s"
-                print(f"  {k:6} near {100 * r['near']:.2f} ({100 * (r['near'] - s['near']):+.2f})  other "
+                print(f"  {k:14} near {100 * r['near']:.2f} ({100 * (r['near'] - s['near']):+.2f})  other "
                       f"{100 * r['other']:.2f} ({100 * (r['other'] - s['other']):+.2f})  training {took}", flush=True)
     from sis.zoo.runtime import host_info
     if a.json:
-        print(json.dumps({"host": host_info(), "steps": a.steps, "rows": rows}))
+        print(json.dumps({"host": host_info(), "steps": a.steps, "shift": a.shift or None, "rows": rows}))
     return 0
 
 
