@@ -12,7 +12,7 @@ st.caption("Fix the model's mask by hand where it is wrong, keep the result as a
            "and teach the model with a few of them on the Fine-tune page. Photos and clip frames are ranked by "
            "how unsure the model is, so that your effort goes where it helps most.")
 entries = catalog.available_models()
-left, right = st.columns([2, 1])
+left, right = st.columns([3, 2])  # wide enough for the pickers' labels
 with right:
     entry = ui.model_picker("Model", entries, key="cor_model")
 ui.open_on("cor_source", {"clip": "Frames of a clip", "photos": "Photos"})

@@ -15,7 +15,7 @@ manager = ui.startup()
 sid = ui.session_id()
 entries = catalog.available_models()
 
-left, right = st.columns([2, 1])
+left, right = st.columns([3, 2])  # wide enough for the pickers' labels
 with right:
     entry = ui.model_picker("Model", entries, key="vid_model")
     engine = ui.engine_picker(entry, key="vid_engine") if entry else None
