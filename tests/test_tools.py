@@ -91,3 +91,6 @@ def test_adapt_protocol_sees_the_street_through_a_shift(tiny_data, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(user.images, near.images))  # one street, one camera
     assert all(torch.equal(a, b) for a, b in zip(user.masks, val.subset(picked).masks))
     assert all(a.float().mean() < 0.8 * b.float().mean() for a, b in zip(user.images, val.subset(picked).images))
+    rest = tool.through(val.subset([i for i in range(len(val)) if i not in picked]), ("dusk", 3))
+    street = tool.street_folder(tmp_path / "user", rest, tmp_path / "street")  # what `sis adapt` reads, unlabelled
+    assert len(list(street.iterdir())) == len(picked) + len(rest) > len(picked)

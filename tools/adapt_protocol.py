@@ -39,6 +39,9 @@ RECIPES = {
     "plain": {"replay": False},
     "replay-heldbn": {"replay": True, "freeze_bn": True},
     "replay-x3": {"replay": True, "steps": 3},
+    # step 5 first: BatchNorm statistics re-estimated on the whole street, unlabelled, then held while tuning
+    "adabn-replay-heldbn": {"replay": True, "freeze_bn": True, "adabn": True},
+    "adabn": {"adabn": True, "steps": 0},
 }
 
 
@@ -67,6 +70,17 @@ def through(frames: Frames, shift: tuple[str, int] | None, first: int = 0) -> Fr
         rgb, _ = shifted(img.permute(1, 2, 0).numpy(), mask.numpy().astype(np.uint8), *shift, frame=first + i)
         images.append(torch.from_numpy(rgb).permute(2, 0, 1).contiguous())
     return Frames(frames.names, images, frames.masks, frames.classes)
+
+
+def street_folder(user: Path, near: Frames, out: Path) -> Path:
+    """The street's frames, unlabelled (the corrected ones and the near ones), as PNGs for ``sis adapt``."""
+    from PIL import Image
+    out.mkdir(parents=True, exist_ok=True)
+    for img in sorted((user / "train").iterdir()):
+        shutil.copy(img, out / img.name)
+    for name, img in zip(near.names, near.images):
+        Image.fromarray(img.permute(1, 2, 0).numpy()).save(out / f"{name}.png")
+    return out
 
 
 def user_dataset(camvid: Path, out: Path, every: int, n: int, shift: tuple[str, int] | None = None) -> list[int]:
@@ -151,11 +165,20 @@ def main(argv=None) -> int:
         for recipe in recipes:
             r = dict(RECIPES[recipe])
             out = a.out / f"{name}-{recipe}"
+            init = base
+            if r.get("adabn"):
+                from sis.training.unlabeled import adapt_folder
+                init = a.out / f"{name}-adabn-init"
+                if not (init / "card.json").exists():
+                    adapt_folder(base, street_folder(user, near, a.out / "street"), init)
+                if r.get("steps") == 0:  # the unlabelled adaptation alone
+                    row[recipe] = {"wall_s": None, **{k: v["miou"] for k, v in score(init, sets).items()}}
+                    continue
             extra = {k: v for k, v in r.items() if k == "freeze_bn"}
-            cfg = TrainConfig(model=name, data=str(user), init=str(base), out=str(out), batch_size=4, lr=2e-4,
+            cfg = TrainConfig(model=name, data=str(user), init=str(init), out=str(out), batch_size=4, lr=2e-4,
                               max_steps=a.steps * r.get("steps", 1), train_limit=48, val_limit=20, val_every=1,
                               replay=str(a.camvid) if r["replay"] else "", replay_ratio=0.5,
-                              **{**recipe_defaults(str(base)), **extra})
+                              **{**recipe_defaults(str(base)), **extra})  # the base card: its adaptation too
             wall = None
             if not (out / "card.json").exists() or json.loads((out / "card.json").read_text()).get("status") != "done":
                 t0 = time.perf_counter()
