@@ -39,6 +39,7 @@ RECIPES = {
     "plain": {"replay": False},
     "replay-heldbn": {"replay": True, "freeze_bn": True},
     "replay-x3": {"replay": True, "steps": 3},
+    "replay-heldbn-x3": {"replay": True, "freeze_bn": True, "steps": 3},
     # step 5 first: BatchNorm statistics re-estimated on the whole street, unlabelled, then held while tuning
     "adabn-replay-heldbn": {"replay": True, "freeze_bn": True, "adabn": True},
     "adabn": {"adabn": True, "steps": 0},
