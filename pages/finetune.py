@@ -49,7 +49,7 @@ with st.form("ft_form"):
     ratio = r2.slider("Share of each batch from CamVid", 0.1, 0.9, 0.5, 0.1, key="ft_ratio")
     e1, e2, e3, e4 = st.columns(4)
     unit = e1.radio("Length in", ["steps", "epochs"], horizontal=True)
-    length = e2.number_input("How many", 1, lim.max_steps, 20, key="ft_length")
+    length = e2.number_input("How many", 1, lim.max_steps, min(adapt.STEPS, lim.max_steps), key="ft_length")
     batch = e3.number_input("Batch size", 1, 16, 4)
     lr = e4.number_input("Learning rate", 1e-6, 1e-1, 2e-4, format="%.0e")
     f1, f2, f3, f4 = st.columns(4)

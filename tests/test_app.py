@@ -332,7 +332,9 @@ def test_finetune_on_a_shared_server_lists_only_this_sessions_datasets(app_env, 
 
 
 def test_finetune_missing_folder(app_env, tmp_path):
+    from sis.training import adapt
     at = _app("pages/finetune.py")
+    assert at.number_input(key="ft_length").value == adapt.STEPS == 60  # the measured default (docs/correct.md)
     at.selectbox(key="ft_dataset").set_value(ui.SERVER_FOLDER)
     at.text_input(key="ft_folder").set_value(str(tmp_path / "nowhere"))
     at.button(key="ft_start").click().run()

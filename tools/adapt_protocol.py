@@ -134,11 +134,13 @@ def main(argv=None) -> int:
     ap.add_argument("--every", type=int, default=20)
     ap.add_argument("--frames", type=int, default=5)
     ap.add_argument("--gap", type=int, default=4, help="near frames are at least this many frames from a picked one")
-    ap.add_argument("--steps", type=int, default=20, help="the Fine-tune page's default")
+    ap.add_argument("--steps", type=int, default=None, help="default: the Fine-tune page's (training.adapt.STEPS)")
     ap.add_argument("--shift", default="", help="a photometric shift NAME:SEVERITY the street is seen through")
     ap.add_argument("--recipes", default="replay,plain", help=f"comma-separated, of {', '.join(RECIPES)}")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
+    from sis.training.adapt import STEPS
+    a.steps = a.steps or STEPS
     shift = parse_shift(a.shift)
     recipes = [r.strip() for r in a.recipes.split(",") if r.strip()]
     if unknown := [r for r in recipes if r not in RECIPES]:

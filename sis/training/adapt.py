@@ -18,6 +18,7 @@ from sis.data.dataset import Frames, load_split
 from sis.files import atomic_write
 
 FOLDER = "before_after"
+STEPS = 60            # a fine-tune on a user's few corrected frames: beat 20 on every street measured (docs/correct.md)
 FORGOT = 0.01         # a fine-tune that lost more than this (1 point of mIoU) on the base data is flagged
 SHOWN = 4             # training frames whose masks are shown before and after
 ELSEWHERE_LIMIT = 20  # base val frames scored for forgetting
