@@ -53,17 +53,15 @@ with left:  # the source and its own widgets, beside the model column
                 image_key = f"camera:{hashlib.sha1(shot.getvalue()).hexdigest()}"
                 stem = f"camera-{image_key[7:15]}"
     if image is not None and entry is not None:  # how it is painted, under the source (the model column is as tall)
-        names = list(ui.get_config(entry).class_set.names)
+        classes = ui.get_config(entry).class_set
         alpha = st.slider("Overlay opacity", 0.0, 1.0, 0.55, 0.05, key="seg_alpha")
-        shown = st.multiselect("Classes to paint", names, default=names, key="seg_classes")
+        shown = st.multiselect("Classes to paint", list(classes.names), default=list(classes.names), key="seg_classes")
 
 if image is None or entry is None:
     st.info("Pick a sample frame, upload a photo or take one to see it segmented.")
     st.stop()
 
-cfg = ui.get_config(entry)
-classes = cfg.class_set
-visible = [classes.names.index(n) for n in shown if n in classes.names]
+visible = [classes.names.index(n) for n in shown]
 res = ui.segment_cached(entry, image_key, image, truth, engine, mode=mode)
 if notes:
     st.caption("Converted: " + "; ".join(notes))
@@ -71,7 +69,6 @@ if res.note:
     st.warning(res.note)
 if res.unfamiliar:
     st.warning(res.unfamiliar, icon=":material/travel_explore:")
-
 
 # a wide photo (a dashcam's 3:1) gets the page's width for each picture rather than a third of it
 a, b, c = st.columns(3) if res.size[1] < 2 * res.size[0] else (st.container(), st.container(), st.container())
