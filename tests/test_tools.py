@@ -94,3 +94,17 @@ def test_adapt_protocol_sees_the_street_through_a_shift(tiny_data, tmp_path):
     rest = tool.through(val.subset([i for i in range(len(val)) if i not in picked]), ("dusk", 3))
     street = tool.street_folder(tmp_path / "user", rest, tmp_path / "street")  # what `sis adapt` reads, unlabelled
     assert len(list(street.iterdir())) == len(picked) + len(rest) > len(picked)
+
+
+def test_ship_engine_table_covers_cards_timed_on_other_hosts():
+    """A card shipped where bf16 does not pay has no torch-bf16 figure: the table says '-' there (it crashed)."""
+    ship = _tool("ship")
+
+    def card(name, engines):
+        return {"model": name, "fast_path": {"default": "onnxruntime-int8", "channels_last_fp32": None, "backends": {
+            e: {"median_ms": 10.0 * (i + 1), "speedup_vs_eager": 1.0 + i, "miou_delta": None if e == "eager" else -0.1}
+            for i, e in enumerate(engines)}}}
+    rows = ship.fast_table([card("a", ["eager", "onnxruntime-int8"]), card("b", ["eager", "torch-bf16"])]).splitlines()
+    assert rows[0].startswith("| model | eager | onnxruntime-int8 | torch-bf16 |")
+    assert rows[2] == "| a | 10 ms, 1.00x, unchecked | 20 ms, 2.00x, -0.10 | - | - | onnxruntime-int8 |"
+    assert rows[3] == "| b | 10 ms, 1.00x, unchecked | - | 20 ms, 2.00x, -0.10 | - | onnxruntime-int8 |"

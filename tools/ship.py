@@ -59,6 +59,13 @@ def lineage(card: dict) -> dict:
                 init=parent.get("init", "random"))
 
 
+def replaced(old: dict) -> dict:
+    """What a new model's card keeps of the shipped one it replaces: its figures, to read before and after."""
+    return {"date": old.get("date"), "command": old.get("command"), "val_miou": (old.get("val") or {}).get("miou"),
+            "shift_benchmark": old.get("shift_benchmark"), "calibration": old.get("calibration"),
+            "accurate_ms_miou": ((old.get("accurate") or {}).get("modes") or {}).get("ms", {}).get("miou")}
+
+
 def _val(folder: Path, data: str, frames=None) -> dict:
     """fp32 figures on the val PNGs (``frames``, else read from ``data``), as `python -m sis eval` gives them."""
     return evaluate_folder(folder, frames or load_split(data, "val", classes=zoo.read_config(folder).class_set))
@@ -78,6 +85,8 @@ def ship(run: Path, data: str, train_note: str | None = None, reference: Path | 
     if len(card.get("stages") or []) <= 1:  # one run: its command reproduces the model
         card["command"] = _command(card)
     dest = zoo.WEIGHTS_DIR / cfg.name
+    if dest.resolve() != run.resolve() and (dest / "card.json").is_file():
+        card["replaced"] = replaced(zoo.read_card(dest).raw)
     if "train_val" not in card:  # re-shipping a shipped folder keeps its training-time figure
         card["train_val"] = card.get("val")  # the evaluation done at the end of training
     models.save_model(model, cfg, dest, card, half=True)
@@ -129,13 +138,19 @@ def table(cards: list[dict], names) -> str:
     return "\n".join(rows)
 
 
+def _engine_cell(r: dict) -> str:
+    delta = "unchecked" if r.get("miou_delta") is None else f"{r['miou_delta']:+.2f}"
+    return f"{r['median_ms']:.0f} ms, {r['speedup_vs_eager']:.2f}x, {delta}"
+
+
 def fast_table(cards: list[dict]) -> str:
     """Per model: every engine's median ms, speed-up over eager fp32 and val mIoU difference."""
-    names = list(cards[0]["fast_path"]["backends"])
+    # cards shipped on other hosts may have timed other engines (torch-bf16 only where bf16 pays): "-" where one did not
+    names = list(dict.fromkeys(n for c in cards for n in c["fast_path"]["backends"]))
     rows = ["| model | " + " | ".join(names) + " | eager + channels_last | default |", "|" + "---|" * (len(names) + 3)]
     for c in cards:
         b = c["fast_path"]["backends"]
-        cells = [f"{b[n]['median_ms']:.0f} ms, {b[n]['speedup_vs_eager']:.2f}x, {b[n]['miou_delta']:+.2f}" for n in names]
+        cells = [_engine_cell(b[n]) if n in b else "-" for n in names]
         cl = c["fast_path"].get("channels_last_fp32")
         cells.append(f"{cl['median_ms']:.0f} ms, {cl['speedup_vs_eager']:.2f}x" if cl else "-")
         rows.append(f"| {c['model']} | " + " | ".join(cells) + f" | {c['fast_path']['default']} |")
