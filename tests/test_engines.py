@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import subprocess
 import sys
 
@@ -504,3 +505,27 @@ def test_busy_meter_sees_another_process_use_the_cpu():
     finally:
         spin.kill()
     assert busy.others_share > 0.3 / psutil.cpu_count(logical=True)
+
+
+def test_graph_engine_refuses_to_build_from_a_folder_changed_since_it_loaded(tiny_model, tmp_path, monkeypatch):
+    """A graph is cached under the weights' key from load time: once the folder holds other weights (a model
+    shipped or saved again under its name), a new size is refused in one sentence instead of caching the
+    new weights under the old key; sizes already built keep answering."""
+    monkeypatch.setenv("SIS_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model, folder, ignore=shutil.ignore_patterns("checkpoint"))
+    engine = engines.load_engine(folder, "onnxruntime")
+    x = np.random.default_rng(0).integers(0, 256, (1, 3, 64, 96), dtype=np.uint8)
+    before = engine(x)
+    model, cfg = models.load_model(folder)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5)
+    models.save_model(model, cfg, folder, zoo.read_card(folder).raw)
+    with pytest.raises(engines.EngineError, match="has other weights than when"):
+        engine(np.zeros((1, 3, 96, 64), np.uint8))
+    assert not list((tmp_path / "cache").glob("*96x64*"))
+    assert np.array_equal(engine(x), before)
+    shutil.rmtree(folder)
+    with pytest.raises(engines.EngineError, match="is gone since"):
+        engine(np.zeros((1, 3, 64, 64), np.uint8))

@@ -16,6 +16,7 @@ import numpy as np
 
 from sis.engines.cache import GRAPH_FORMAT, cache_dir, file_key, prune_cache
 from sis.engines.int8 import RANGES_FILE, quantize_graph
+from sis.engines.names import EngineError
 from sis.engines.templates import fill_template
 from sis.host import release_memory
 from sis.host import threads as host_threads
@@ -60,6 +61,7 @@ class GraphEngine:
         """The cached graph of ``size``, built first if it is not there."""
         if self.cached_path(size).is_file():
             return self.cached_path(size)
+        self._check_folder()
         fp32 = self.fp32_path(size)
         # the shipped template + the weights first: no PyTorch model is built, smp is not imported
         if not fp32.is_file() and not (self.folder is not None and
@@ -81,6 +83,20 @@ class GraphEngine:
             self.log(f"quantising {self.cfg.name} to int8 at {size[0]}x{size[1]} (once)")
         quantize_graph(fp32, q, size, self.ranges_path())
         return q
+
+    def _check_folder(self) -> None:
+        """A graph is built from the folder's files and cached under the key they had when the engine was
+        loaded: files replaced since (a model shipped or saved again under that name) would be cached
+        under the old key, so the build stops instead."""
+        if self.folder is None:
+            return
+        try:
+            now = file_key(self.folder)
+        except OSError:
+            raise EngineError(f"the model folder {self.folder} is gone since {self.cfg.name} was loaded") from None
+        if now != self._key:
+            raise EngineError(f"the model folder {self.folder} has other weights than when {self.cfg.name} was "
+                              "loaded: load the model again")
 
     def ranges_path(self) -> Path:
         """The shipped calibration ranges, else this model's cached ones (computed on first use)."""
