@@ -51,12 +51,17 @@ st.subheader("Dashboard")
 rows = ui.dashboard_rows(entries)
 beyond_train = any(r.trained_on != "train" for r in rows)
 st.dataframe([{"model": r.model, "val mIoU %": r.val_miou and round(100 * r.val_miou, 1),
+               "under shift mIoU %": r.shift_miou and round(100 * r.shift_miou, 1),
                "pixel acc %": r.pixel_acc and round(100 * r.pixel_acc, 1),
                "params (M)": r.params_m and round(r.params_m, 1), "GFLOPs": r.gflops and round(r.gflops, 1),
                "eager fp32 ms (360x480)": r.cpu_ms and round(r.cpu_ms), "engine": r.engine,
                "engine ms": r.engine_ms and round(r.engine_ms), "timed": r.engine_timed, "epochs": r.epochs}
               | ({"trained on": r.trained_on} if beyond_train else {})
               for r in rows], hide_index=True, width="stretch")
+if any(r.shift_miou is not None for r in rows):
+    st.caption("Under shift: the mean mIoU on val seen through 13 camera and light shifts at 3 severities "
+               "(exposure, white balance, blur, noise, JPEG, dusk, another lens, frame shape, a car's bonnet; "
+               "`python -m sis eval --shift all`, docs/robustness.md); blank where not measured.")
 if any("val" in r.trained_on.split("+") for r in rows):
     st.caption("A model trained on train+val shows the val mIoU of its train-only run with the same recipe: "
                "its own weights have seen the val frames.")

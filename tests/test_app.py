@@ -208,6 +208,22 @@ def test_compare_says_which_model_trained_on_val(app_env, tiny_model):
     assert any("train-only run with the same recipe" in c.value for c in at.caption)
 
 
+def test_compare_dashboard_shows_how_each_model_holds_up_under_shift(app_env):
+    """'under shift' is each card's shift benchmark mean (eval --shift all --write), blank where unmeasured;
+    the default model's is measured."""
+    import math
+
+    from sis import zoo
+    at = _app("pages/compare.py")
+    table = at.dataframe[0].value
+    under = dict(zip(table["model"], table["under shift mIoU %"]))
+    for name, folder in zoo.shipped_models().items():
+        mean = zoo.read_card(folder).shift_mean
+        assert (under[name] is None or math.isnan(under[name])) if mean is None else under[name] == round(100 * mean, 1)
+    assert zoo.read_card(zoo.shipped_models()["unet-vgg11_bn"]).shift_mean is not None
+    assert any("13 camera and light shifts" in c.value for c in at.caption)
+
+
 def _wait_for_jobs(timeout=240):
     import time
 

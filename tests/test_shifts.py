@@ -163,3 +163,29 @@ def test_eval_segments_each_frame_at_the_apps_work_size(tiny_model):
     assert seen == [(294, 588)] and res["frames"] == 1
     share = (lab == 0).sum() / (lab != VOID).sum()  # everything answered as class 0
     assert res["pixel_acc"] == pytest.approx(share)
+
+
+@pytest.mark.slow
+def test_cli_shift_benchmark_writes_the_whole_benchmark_into_the_card(tiny_model, tiny_data, tmp_path, capsys):
+    """`eval --shift all --write` keeps mean, per-shift figures and their command in card.json (other keys kept);
+    a part of the benchmark or an ensemble is refused in one sentence and writes nothing."""
+    from sis import zoo
+    from sis.cli import main
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model, folder, ignore=shutil.ignore_patterns("checkpoint"))
+    before = zoo.read_card(folder).raw
+    for args in (["--shift", "blur"], ["--shift", "all", "--severities", "3"], ["--shift", "all", "--limit", "1"]):
+        assert main(["eval", "--model", str(folder), "--data", str(tiny_data), *args, "--write"]) == 2
+        assert "--write keeps the whole benchmark" in capsys.readouterr().err
+    assert main(["eval", "--model", f"{folder},{folder}", "--data", str(tiny_data), "--shift", "all", "--write"]) == 2
+    assert "not an ensemble" in capsys.readouterr().err
+    assert zoo.read_card(folder).raw == before
+    out = tmp_path / "rep.json"
+    assert main(["eval", "--model", str(folder), "--data", str(tiny_data), "--shift", "all", "--every", "2",
+                 "--write", "--out", str(out)]) == 0
+    rep, card = json.loads(out.read_text()), zoo.read_card(folder)
+    rec = card.raw["shift_benchmark"]
+    assert rec["mean"] == pytest.approx(rep["mean"]) and rec["by_shift"] == pytest.approx(rep["by_shift"])
+    assert rec["ood_auroc_severe"] == pytest.approx(rep["ood_auroc_severe"]) and rec["frames"] == rep["frames"]
+    assert rec["every"] == 2 and "--shift all --every 2" in rec["command"] and card.shift_mean == pytest.approx(rep["mean"])
+    assert {k: v for k, v in card.raw.items() if k != "shift_benchmark"} == before

@@ -33,10 +33,15 @@ def accurate_single(a):
 
 def cmd_shift(a) -> int:
     """``eval --shift``: the model on CamVid val under camera and scene shifts (training.robustness)."""
-    from sis.data.shifts import parse_shifts
+    from sis.data.shifts import SEVERITIES, ShiftError, list_shifts, parse_shifts
     from sis.training.robustness import ood_auroc, shift_benchmark, val_frames
     shifts = parse_shifts(a.shift)
+    if a.write and (shifts != list_shifts() or tuple(a.severities) != SEVERITIES or a.limit or a.work_rule):
+        raise ShiftError("--write keeps the whole benchmark in the card: give --shift all at every severity, "
+                         "without --limit or --work-rule")
     engine = accurate_engine(a, "cpu") or accurate_single(a)
+    if a.write and hasattr(engine, "member_names"):
+        raise ShiftError("--write is for one model in its fast mode, not an ensemble or an accurate mode")
     frames = val_frames(Path(a.data), a.limit, a.every)
 
     def progress(what, i, n):
@@ -48,6 +53,11 @@ def cmd_shift(a) -> int:
     if a.out:
         from sis.files import atomic_write
         atomic_write(Path(a.out), lambda tmp: tmp.write_text(json.dumps(out, indent=1)))
+    if a.write:
+        from sis import zoo
+        folder = model_folders(a.model)[0]
+        command = f"python -m sis eval --model {a.model} --data {a.data} --shift all --every {a.every} --seed {a.seed}"
+        zoo.update_card(folder, shift_benchmark=rep.card_record(a.every, command))
     if a.json:
         print(json.dumps(out))
         return 0

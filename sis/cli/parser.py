@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--every", type=positive_int, default=1, help="with --shift: every N-th val frame (default all)")
     s.add_argument("--seed", type=int, default=0, help="with --shift: the shifts' noise and casts")
     s.add_argument("--out", help="with --shift: also write the report as JSON here")
+    s.add_argument("--write", action="store_true", help="with --shift all: keep the figures in the model's card.json "
+                   "(shift_benchmark)")
     s.add_argument("--work-rule", choices=["pixels", "short", "native"], help="with --shift: the work-size rule to measure "
                    "(default: the one the app uses)")
     add_accurate_options(s, "auto")

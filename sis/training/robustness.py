@@ -65,6 +65,16 @@ class ShiftReport:
     def score(self, shift: str, severity: int) -> ShiftScore:
         return next(s for s in self.scores if s.shift == shift and s.severity == severity)
 
+    def card_record(self, every: int, command: str) -> dict:
+        """The figures a model's card keeps (``shift_benchmark``): the mean, each shift's, calibration and
+        how well low confidence flags the severest frames; with where and how they were measured."""
+        from sis.host import cpu_model
+        return {"mean": self.mean, "by_shift": self.by_shift(), "clean_miou": self.clean.miou,
+                "ece_clean": self.clean.ece, "ece_shifted": self.ece_shifted,
+                "ood_auroc_severe": ood_auroc(self, max(s.severity for s in self.scores)),
+                "frames": self.frames, "every": every, "seed": self.seed, "engine": self.engine,
+                "cpu": cpu_model(), "date": time.strftime("%Y-%m-%d"), "command": command}
+
     def to_dict(self) -> dict:
         return {"model": self.model, "engine": self.engine, "frames": self.frames, "seed": self.seed,
                 "mean": self.mean, "by_shift": self.by_shift(), "ece_clean": self.clean.ece,

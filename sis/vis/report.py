@@ -172,6 +172,7 @@ class DashboardRow:
     engine_timed: str | None = None  # "this host" | "when shipped" | None (no figure)
     accurate: zoo.ModeRecord | None = None  # the accurate mode's val figures, where measured
     trained_on: str = "train"  # "train+val": val_miou is then its train-only run's (the card's val_note)
+    shift_miou: float | None = None  # the shift benchmark's mean (val under other cameras and light), where measured
 
 
 def dashboard_row(key: str, folder, choice: EngineChoice | None = None) -> DashboardRow:
@@ -186,7 +187,8 @@ def dashboard_row(key: str, folder, choice: EngineChoice | None = None) -> Dashb
                         engine=choice.name, engine_ms=fig.median_ms if fig else None,
                         engine_timed=None if fig is None or fig.median_ms is None else
                         "this host" if fig.timed_here else "when shipped",
-                        accurate=card.modes.get(ACCURATE_MODE), trained_on=card.trained_on)
+                        accurate=card.modes.get(ACCURATE_MODE), trained_on=card.trained_on,
+                        shift_miou=card.shift_mean)
 
 
 @dataclass(frozen=True)
