@@ -59,11 +59,12 @@ def lineage(card: dict) -> dict:
                 init=parent.get("init", "random"))
 
 
-def replaced(old: dict) -> dict:
+def replaced(old: zoo.ModelCard) -> dict:
     """What a new model's card keeps of the shipped one it replaces: its figures, to read before and after."""
-    return {"date": old.get("date"), "command": old.get("command"), "val_miou": (old.get("val") or {}).get("miou"),
-            "shift_benchmark": old.get("shift_benchmark"), "calibration": old.get("calibration"),
-            "accurate_ms_miou": ((old.get("accurate") or {}).get("modes") or {}).get("ms", {}).get("miou")}
+    ms = old.modes.get("ms")
+    return {"date": old.raw.get("date"), "command": old.raw.get("command"), "val_miou": old.val_miou,
+            "shift_benchmark": old.raw.get("shift_benchmark"), "calibration": old.raw.get("calibration"),
+            "accurate_ms_miou": ms.miou if ms else None}
 
 
 def _val(folder: Path, data: str, frames=None) -> dict:
@@ -86,7 +87,7 @@ def ship(run: Path, data: str, train_note: str | None = None, reference: Path | 
         card["command"] = _command(card)
     dest = zoo.WEIGHTS_DIR / cfg.name
     if dest.resolve() != run.resolve() and (dest / "card.json").is_file():
-        card["replaced"] = replaced(zoo.read_card(dest).raw)
+        card["replaced"] = replaced(zoo.read_card(dest))
     if "train_val" not in card:  # re-shipping a shipped folder keeps its training-time figure
         card["train_val"] = card.get("val")  # the evaluation done at the end of training
     models.save_model(model, cfg, dest, card, half=True)
