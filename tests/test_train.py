@@ -45,6 +45,12 @@ def test_train_writes_loadable_model_and_history(tiny_data, tmp_path):
     card = zoo.read_card(tmp_path / "m").raw
     assert card["epochs_run"] == 2 and card["classes"][0] == "Sky" and card["recipe"]["lr"] == 2e-4
     assert (tmp_path / "m" / "checkpoint" / "model.safetensors").is_file()
+    # validated at the end, so calibrated on those frames: the pages read its own temperature and threshold
+    cal = card["calibration"]
+    assert cal["frames"] == 2 and cal["engine"] == "eager" and cal["nll_after"] <= cal["nll_before"]
+    typed = zoo.read_card(tmp_path / "m")
+    assert typed.temperature == cal["temperature"] != 1.0 and typed.low_confidence == cal["low_confidence"]
+    assert typed.low_reference == "the frames its training run held out for validation"
 
 
 @pytest.mark.slow
@@ -183,6 +189,9 @@ def test_a_few_frames_without_val_fine_tune_with_replay(tiny_data, tiny_model, t
     card = zoo.read_card(tmp_path / "m").raw
     assert res["status"] == "done" and res["steps"] == 3 and res["val"] is None
     assert card["data"]["validation"].startswith("none: the dataset has no val/ split and 5 frames")
+    # no val of its own: calibrated on the replayed dataset's val, which it must still know
+    assert card["calibration"]["frames"] == 3 and card["calibration"]["reference"] == f"the val frames of {tiny_data.name}"
+    assert any(m.startswith(f"calibrated on the val frames of {tiny_data.name}: temperature") for m in logs)
     assert card["data"]["replay"] == {"root": str(tiny_data), "frames": 6, "per_batch": 2}
     assert any(m.startswith("validation: none") for m in logs)
     models.load_model(tmp_path / "m")
@@ -197,6 +206,7 @@ def test_one_frame_trains_and_stop_keeps_the_model_so_far_and_the_dataset_as_it_
     res = train(_cfg(user, tmp_path / "m1", init=str(tiny_model), batch_size=4, max_steps=2), log=lambda m: None)
     assert res["status"] == "done" and res["steps"] == 2  # one image a step
     models.load_model(tmp_path / "m1")
+    assert "calibration" not in zoo.read_card(tmp_path / "m1").raw  # nothing to fit it on, rather than a guess
 
     class StopAfterFirst:
         def __init__(self):
@@ -210,6 +220,7 @@ def test_one_frame_trains_and_stop_keeps_the_model_so_far_and_the_dataset_as_it_
     assert res["status"] == "stopped" and res["steps"] == 1
     model, _ = models.load_model(tmp_path / "m2")  # the model so far is saved and loads
     assert zoo.read_card(tmp_path / "m2").raw["status"] == "stopped"
+    assert "calibration" not in zoo.read_card(tmp_path / "m2").raw
     assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in user.rglob("*") if p.is_file()} == before
 
 

@@ -114,7 +114,8 @@ def cmd_calibrate(a) -> int:
     engine = accurate_single(a)
     engine.temperature = 1.0  # fitted from the raw logits, whatever the card holds now
     cal = calibrate(engine, val_frames(Path(a.data), a.limit, a.every), a.seed)
-    out = cal.to_dict() | {"fitted_on": f"val of {Path(a.data).name} ({cal.frames} frames, {cal.pixels} pixels)"}
+    out = cal.to_dict() | {"fitted_on": f"val of {Path(a.data).name} ({cal.frames} frames, {cal.pixels} pixels)",
+                           "reference": f"the val frames of {Path(a.data).name}"}
     if a.write:
         zoo.update_card(folder, calibration=out)
     if a.json:

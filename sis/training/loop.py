@@ -242,6 +242,38 @@ def _card(cfg: TrainConfig, mcfg: zoo.ModelConfig, data: _Data, status: str, ste
     }
 
 
+CALIBRATION_REPLAY_FRAMES = 34  # of the replay dataset's val split, spread evenly: a third of CamVid's, seconds
+
+
+def _calibration_set(cfg: TrainConfig, data: _Data, validated: bool) -> tuple[Frames, str] | None:
+    """The frames a finished run is calibrated on, and what they are in words: its own val frames where it
+    validated at the end; else the val split of the dataset it replayed (a few corrected frames have no val
+    of their own, and the replayed one is what the model must still know); else none."""
+    if validated:
+        return data.val, "the frames its training run held out for validation"
+    replay = Path(cfg.replay) if cfg.replay else None
+    if replay is None or not (replay / "val").is_dir():
+        return None
+    frames = load_split(replay, "val", classes=data.classes)
+    step = max(1, len(frames) // CALIBRATION_REPLAY_FRAMES)
+    return frames.subset(range(0, len(frames), step)[:CALIBRATION_REPLAY_FRAMES]), f"the val frames of {replay.name}"
+
+
+def _calibration(model: torch.nn.Module, mcfg: zoo.ModelConfig, frames: Frames, reference: str) -> dict:
+    """The finished run's softmax temperature and unfamiliarity threshold, fitted on ``frames`` as
+    ``sis calibrate`` fits a shipped model's: a fine-tune's confidence then means what it says on the
+    pages, instead of the raw logits' or the model it started from (whose temperature is not its own)."""
+    from sis.engines import REFERENCE, create_engine
+    from sis.training.calibrate import calibrate
+    model.eval()
+    engine = create_engine(REFERENCE, model, mcfg, next(model.parameters()).device.type)
+    pairs = [(n, im.permute(1, 2, 0).cpu().numpy(), m.cpu().numpy().astype("uint8"))
+             for n, im, m in zip(frames.names, frames.images, frames.masks)]
+    cal = calibrate(engine, pairs)
+    return cal.to_dict() | {"fitted_on": f"{reference} ({cal.frames} frames, {cal.pixels} pixels), at the end of "
+                                         f"training", "reference": reference}
+
+
 def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
           stop: StopFlag | None = None, log: Callable[[str], None] = print) -> dict:
     """Train per ``cfg``; returns {status, out, history, val, steps, digest, rank}. status: done | stopped.
@@ -370,6 +402,10 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
         dist.barrier()
     if rank == 0:
         card = _card(cfg, mcfg, data, status, step, history, val, wall, world, device)
+        if status == "done" and (fit := _calibration_set(cfg, data, val is not None)):
+            card["calibration"] = cal = _calibration(model, mcfg, *fit)
+            log(f"calibrated on {fit[1]}: temperature {cal['temperature']:.3f}, ECE {100 * cal['ece_before']:.2f}% -> "
+                f"{100 * cal['ece_after']:.2f}%")
         models.save_model(model, mcfg, out, card, half=cfg.save_half)
         last = history[-1] if history else {}
         report(step=step, epoch=last.get("epoch", 0), loss=last.get("loss", float("nan")),

@@ -85,12 +85,13 @@ def _is_low(mean_confidence: float, card: zoo.ModelCard) -> bool:
 
 def unfamiliarity(mean_confidence: float, card: zoo.ModelCard, model: str, what: str = "photo") -> str | None:
     """One sentence when a ``what``'s (photo, clip) mean calibrated confidence is below what the model reaches
-    on all but the least sure few of CamVid's val frames (the card's ``calibration.low_confidence``), else None."""
+    on all but the least sure few of the frames it was calibrated on (the card's ``calibration.low_confidence``),
+    else None."""
     if not _is_low(mean_confidence, card):
         return None
     return (f"This {what} looks unlike the streets {model} learned: its mean confidence is "
             f"{100 * mean_confidence:.0f}%, below {100 * card.low_confidence:.0f}%, which "
-            f"{100 - card.low_percentile:.0f}% of CamVid's own val frames reach, so expect mistakes. " + REMEDIES)
+            f"{100 - card.low_percentile:.0f}% of {card.low_reference} reach, so expect mistakes. " + REMEDIES)
 
 
 def unfamiliar_to(answers: list[tuple[str, float, zoo.ModelCard]], what: str = "photo") -> str | None:
@@ -101,7 +102,7 @@ def unfamiliar_to(answers: list[tuple[str, float, zoo.ModelCard]], what: str = "
         return unfamiliarity(low[0][1], low[0][2], low[0][0], what) if low else None
     each = ", ".join(f"{name} {100 * conf:.0f}% against {100 * card.low_confidence:.0f}%" for name, conf, card in low)
     return (f"This {what} looks unlike the streets {len(low)} of these {len(answers)} models learned: each is less "
-            f"sure of it than of nearly all of CamVid's own val frames ({each}), so expect mistakes. " + REMEDIES)
+            f"sure of it than of nearly all of the frames it was calibrated on ({each}), so expect mistakes. " + REMEDIES)
 
 
 def paint(res: Segmentation, classes: ClassSet, alpha: float, visible: list[int] | None = None) -> np.ndarray:

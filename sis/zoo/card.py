@@ -50,6 +50,7 @@ class ModelCard:
     temperature: float = 1.0                           # softmax temperature fitted on val (training.calibrate)
     low_confidence: float | None = None                # a photo's mean confidence below this looks unfamiliar
     low_percentile: float = 5.0                        # the share of val frames (%) below low_confidence
+    low_reference: str = "CamVid's own val frames"     # the frames low_confidence was measured on, in words
     shift_mean: float | None = None                    # the shift benchmark's mean mIoU (eval --shift all --write)
     raw: dict = field(default_factory=dict)
 
@@ -72,6 +73,7 @@ class ModelCard:
                    temperature=float((d.get("calibration") or {}).get("temperature") or 1.0),
                    low_confidence=(d.get("calibration") or {}).get("low_confidence"),
                    low_percentile=float((d.get("calibration") or {}).get("low_percentile") or 5.0),
+                   low_reference=(d.get("calibration") or {}).get("reference") or "CamVid's own val frames",
                    shift_mean=(d.get("shift_benchmark") or {}).get("mean"), raw=d)
 
 
