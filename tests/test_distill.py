@@ -12,7 +12,7 @@ from sis.classes import CAMVID
 from sis.data.augment import SegDataset, build_augment
 from sis.data.dataset import Frames, load_split, load_splits
 from sis.training.config import TrainConfig, TrainingError
-from sis.training.distill import combined_loss, distill_loss, teacher_targets
+from sis.training.distill import combined_loss, distill_loss, labels_as_targets, teacher_targets
 from sis.training.loop import train
 
 
@@ -95,6 +95,40 @@ def test_a_student_learns_the_teacher(tiny_data, tiny_model, tmp_path):
     assert card["recipe"]["teacher"] == str(tiny_model) and f"--teacher {tiny_model}" in card["command"]
 
 
+def test_labels_as_targets_are_one_hot_and_their_divergence_is_the_labels_cross_entropy():
+    labels = torch.tensor([[[0, 3, 11], [10, 255, 2]]])  # 11 and 255: void
+    soft = labels_as_targets(labels, 11)
+    assert soft.shape == (1, 11, 2, 3) and soft.dtype == torch.float32
+    assert torch.equal(soft.sum(1), torch.tensor([[[1.0, 1, 0], [1, 0, 1]]]))
+    assert soft[0, 3, 0, 1] == 1 and soft[0, 10, 1, 0] == 1
+    logits = torch.randn(1, 11, 2, 3)
+    ce = F.cross_entropy(logits, labels.masked_fill(labels == 255, 11), ignore_index=11)
+    assert distill_loss(logits, soft).item() == pytest.approx(ce.item(), rel=1e-5)
+
+
+def test_with_replay_the_teacher_answers_on_the_replayed_frames_and_labels_teach_the_rest(tiny_data, tiny_model,
+                                                                                          tmp_path):
+    """What the model knew is kept on the replayed frames by the teacher; the user's frames are ones it got
+    wrong, so in each batch their targets are their own labels."""
+    from sis.training.loop import _batch, _load_data
+    cfg = TrainConfig(model=TINY_MODEL, data=str(tiny_data), out=str(tmp_path / "m"), batch_size=4, max_steps=3,
+                      device="cpu", val_every=0, flips="", teacher=str(tiny_model), replay=str(tiny_data),
+                      replay_ratio=0.5, distill_alpha=0.5)
+    logs = []
+    data = _load_data(cfg, torch.device("cpu"), 0, logs.append)
+    assert data.dataset.soft is None and len(data.replay.soft) == len(data.replay) == 6
+    assert any("the teacher answers on the replayed frames" in m for m in logs)
+    replayed = teacher_targets(data.replay.frames, str(tiny_model), log=lambda m: None)
+    assert all(torch.equal(a, b) for a, b in zip(data.replay.soft, replayed))
+    imgs, masks, soft = _batch(cfg, data, list(range(len(data.train))), 0, 0)
+    assert soft.shape == (4, 11, *masks.shape[-2:])
+    assert torch.equal(soft[:2], labels_as_targets(masks[:2], 11))  # the training frames: their labels
+    assert not torch.equal(soft[2:], labels_as_targets(masks[2:], 11))  # the replayed ones: the teacher's answers
+    res = train(cfg, log=lambda m: None)
+    assert res["status"] == "done" and all(h["loss"] == h["loss"] for h in res["history"])  # finite, not NaN
+    assert zoo.read_card(tmp_path / "m").raw["recipe"]["teacher"] == str(tiny_model)
+
+
 def test_teacher_errors_say_what_is_wrong(tiny_data, tiny_model, tmp_path):
     other = tmp_path / "other"
     import shutil
@@ -105,9 +139,9 @@ def test_teacher_errors_say_what_is_wrong(tiny_data, tiny_model, tmp_path):
     base = dict(model=TINY_MODEL, out=str(tmp_path / "m"), max_steps=1, batch_size=2, device="cpu")
     with pytest.raises(TrainingError, match="the teacher cannot label this data: the teacher predicts Sky"):
         train(TrainConfig(data=str(other), teacher=str(tiny_model), **base), log=lambda m: None)
-    with pytest.raises(TrainingError, match="a teacher and replay do not go together"):
-        train(TrainConfig(data=str(tiny_data), teacher=str(tiny_model), replay=str(tiny_data), **base),
-              log=lambda m: None)
+    with pytest.raises(TrainingError, match="replay ratio is a share of each batch"):  # before the teacher's pass
+        train(TrainConfig(data=str(tiny_data), teacher="no-such-model", replay=str(tiny_data), replay_ratio=1.0,
+                          **base), log=lambda m: None)
     with pytest.raises(TrainingError, match="temperature must be positive"):
         train(TrainConfig(data=str(tiny_data), teacher=str(tiny_model), distill_temperature=0, **base),
               log=lambda m: None)

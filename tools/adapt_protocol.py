@@ -40,6 +40,10 @@ RECIPES = {
     "replay-heldbn": {"replay": True, "freeze_bn": True},
     "replay-x3": {"replay": True, "steps": 3},
     "replay-heldbn-x3": {"replay": True, "freeze_bn": True, "steps": 3},
+    # the shipped model as the teacher on the replayed frames (alpha: its share of their loss)
+    "replay-teacher-x3": {"replay": True, "steps": 3, "teacher": 0.5},
+    "replay-teacher9-x3": {"replay": True, "steps": 3, "teacher": 0.9},
+    "replay-teacher-heldbn-x3": {"replay": True, "steps": 3, "teacher": 0.5, "freeze_bn": True},
     # step 5 first: BatchNorm statistics re-estimated on the whole street, unlabelled, then held while tuning
     "adabn-replay-heldbn": {"replay": True, "freeze_bn": True, "adabn": True},
     "adabn": {"adabn": True, "steps": 0},
@@ -178,6 +182,8 @@ def main(argv=None) -> int:
                     row[recipe] = {"wall_s": None, **{k: v["miou"] for k, v in score(init, sets).items()}}
                     continue
             extra = {k: v for k, v in r.items() if k == "freeze_bn"}
+            if r.get("teacher"):
+                extra.update(teacher=str(base), distill_alpha=r["teacher"])
             cfg = TrainConfig(model=name, data=str(user), init=str(init), out=str(out), batch_size=4, lr=2e-4,
                               max_steps=a.steps * r.get("steps", 1), train_limit=48, val_limit=20, val_every=1,
                               replay=str(a.camvid) if r["replay"] else "", replay_ratio=0.5,

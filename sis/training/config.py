@@ -92,7 +92,8 @@ FLAGS: dict[str, Flag] = {  # TrainConfig field -> its flag; options first, then
     "splits": Flag("--splits", "the dataset's splits to train on, e.g. train,val (the final-model protocol: the "
                    "run then does not validate); default train", kind="splits"),
     "teacher": Flag("--teacher", "distil from this model: a registry name or model folder, or several joined by "
-                    "commas (an ensemble); it labels every training frame once"),
+                    "commas (an ensemble); it labels every training frame once (with --replay: the replayed "
+                    "frames, and the training frames are taught by their own labels)"),
     "teacher_tta": Flag("--teacher-tta", "the teacher's test-time augmentation", choices=("none", "flip", "ms")),
     "distill_alpha": Flag("--distill-alpha", "with --teacher: its share of the loss (the labels get the rest)",
                           kind="float"),

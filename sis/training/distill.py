@@ -46,6 +46,14 @@ def teacher_targets(frames: Frames, teacher: str, tta: str = "none", device: str
     return out
 
 
+def labels_as_targets(mask: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """A mask's labels as soft targets: (…,H,W) -> (…,C,H,W) one-hot, all zeros on void (any label outside
+    the classes), so that beside a teacher's answers the divergence from them is the labels' cross-entropy."""
+    known = (mask >= 0) & (mask < num_classes)
+    hot = F.one_hot(torch.where(known, mask, 0), num_classes).movedim(-1, -3).float()
+    return hot * known.unsqueeze(-3)
+
+
 def distill_loss(logits: torch.Tensor, soft: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Mean per-pixel KL(teacher || student) at ``temperature``, times T² (so its gradient keeps
     its size across temperatures).

@@ -31,7 +31,7 @@ from sis.data.dataset import (
 )
 from sis.training.checkpoints import load_checkpoint, save_checkpoint
 from sis.training.config import Progress, StopFlag, TrainConfig, TrainingError, train_command
-from sis.training.distill import combined_loss, teacher_targets
+from sis.training.distill import combined_loss, labels_as_targets, teacher_targets
 from sis.training.evaluate import evaluate
 from sis.zoo import models
 from sis.zoo.preprocess import model_input, pad_to_stride
@@ -109,8 +109,8 @@ class _Data:
     train: Frames
     val: Frames | None
     validation: str          # how the run validates, in words
-    dataset: SegDataset      # the training frames (with the teacher's soft targets when distilling)
-    replay: SegDataset | None
+    dataset: SegDataset      # the training frames (with the teacher's soft targets when distilling without replay)
+    replay: SegDataset | None  # with the teacher's soft targets when distilling
     n_replay: int            # replay frames in each batch
     per_batch: int           # training frames in each batch
 
@@ -127,11 +127,18 @@ def _load_data(cfg: TrainConfig, device: torch.device, rank: int, log: Callable[
         log(f"validation: {validation}")
     augment = build_augment(cfg.flips, cfg.crop, cfg.scale, classes.void if classes.void is not None else 255)
     photometric = build_photometric(cfg.photometric)  # checked before the teacher's pass
-    soft = _teacher_targets(cfg, frames, device, log) if cfg.teacher else None
-    replay = SegDataset(load_replay(cfg.replay, cfg.replay_limit, classes), augment) if cfg.replay else None
     if not 0 <= cfg.replay_ratio < 1:
         raise TrainingError(f"the replay ratio is a share of each batch, within 0 and 1 (exclusive), "
                             f"not {cfg.replay_ratio}")
+    replay_frames = load_replay(cfg.replay, cfg.replay_limit, classes) if cfg.replay else None
+    # with replay the teacher speaks for what the model knew (the replayed frames); the training frames are
+    # new ones it got wrong, so their own labels are their targets (_batch)
+    taught = frames if replay_frames is None else replay_frames
+    soft = _teacher_targets(cfg, taught, device, log) if cfg.teacher else None
+    if soft is not None and replay_frames is not None:
+        log("the teacher answers on the replayed frames; the training frames are taught by their labels")
+    replay = SegDataset(replay_frames, augment, soft) if replay_frames is not None else None
+    train_soft = soft if replay is None else None
     n_replay = min(cfg.batch_size - 1, round(cfg.batch_size * cfg.replay_ratio)) if replay else 0
     sizes = {tuple(i.shape) for i in frames.images + (replay.frames.images if replay else [])}
     if cfg.crop is None and len(sizes) > 1:
@@ -139,14 +146,13 @@ def _load_data(cfg: TrainConfig, device: torch.device, rank: int, log: Callable[
                             "; set a crop size (--crop HxW)")
     if replay is not None:
         replay.photometric = photometric
-    return _Data(classes, frames, val, validation, SegDataset(frames, augment, soft, photometric), replay, n_replay,
-                 cfg.batch_size - n_replay)
+    return _Data(classes, frames, val, validation, SegDataset(frames, augment, train_soft, photometric), replay,
+                 n_replay, cfg.batch_size - n_replay)
 
 
 def _teacher_targets(cfg: TrainConfig, frames: Frames, device: torch.device, log: Callable[[str], None]) -> list:
-    """The teacher's soft targets for every frame, its settings checked first (its pass takes minutes on a CPU)."""
-    if cfg.replay:
-        raise TrainingError("a teacher and replay do not go together: the replay frames have no teacher's answers")
+    """The teacher's soft targets for every one of ``frames``, its settings checked first (its pass takes
+    minutes on a CPU)."""
     if not 0 <= cfg.distill_alpha <= 1:
         raise TrainingError(f"the teacher's share of the loss is within 0 and 1, not {cfg.distill_alpha}")
     if cfg.distill_temperature <= 0:
@@ -209,8 +215,12 @@ def _batch(cfg: TrainConfig, data: _Data, order: list[int], b: int, step: int):
     if data.replay is not None:
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         pairs += [data.replay[int(i)] for i in torch.randint(len(data.replay), (data.n_replay,), generator=g)]
-    imgs, masks, *teach = zip(*pairs)
-    return torch.stack(imgs), torch.stack(masks), (torch.stack(teach[0]) if teach else None)
+    imgs, masks = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+    if all(len(p) == 2 for p in pairs):
+        return imgs, masks, None
+    # a teacher on the replayed frames only: the training frames' targets are their labels
+    n = data.classes.num_classes
+    return imgs, masks, torch.stack([p[2] if len(p) > 2 else labels_as_targets(p[1], n) for p in pairs])
 
 
 def _train_mode(model: torch.nn.Module, cfg: TrainConfig) -> None:
