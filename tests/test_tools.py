@@ -108,3 +108,28 @@ def test_ship_engine_table_covers_cards_timed_on_other_hosts():
     assert rows[0].startswith("| model | eager | onnxruntime-int8 | torch-bf16 |")
     assert rows[2] == "| a | 10 ms, 1.00x, unchecked | 20 ms, 2.00x, -0.10 | - | - | onnxruntime-int8 |"
     assert rows[3] == "| b | 10 ms, 1.00x, unchecked | - | 20 ms, 2.00x, -0.10 | - | onnxruntime-int8 |"
+
+
+def test_shipping_new_weights_of_the_same_architecture_can_keep_the_replaced_cards_timings():
+    """Accuracy is the new weights'; timings are the old host's, so every shipped card stays timed on one host."""
+    ship = _tool("ship")
+    old = {"model": "m", "complexity": {"params": 5, "gflops": 2.0}, "latency": {"median_ms": 100.0, "cpu": "A"},
+           "fast_path": {"default": "onnxruntime-int8", "cpu": "A", "threads": 2, "channels_last_fp32": {"x": 1},
+                         "backends": {"eager": {"median_ms": 100.0, "speedup_vs_eager": 1.0, "miou": 0.70},
+                                      "torch-bf16": {"median_ms": 40.0, "speedup_vs_eager": 2.5, "miou": 0.70},
+                                      "onnxruntime-int8": {"median_ms": 30.0, "speedup_vs_eager": 3.3, "miou": 0.69,
+                                                           "miou_delta": -0.1}}}}
+    new = {"model": "m", "complexity": {"params": 5, "gflops": 2.0}, "latency": {"median_ms": 300.0, "cpu": "B"},
+           "fast_path": {"default": "onnxruntime-int8", "cpu": "B", "threads": 2, "channels_last_fp32": None,
+                         "backends": {"eager": {"median_ms": 300.0, "speedup_vs_eager": 1.0, "miou": 0.72},
+                                      "onnxruntime-int8": {"median_ms": 160.0, "speedup_vs_eager": 1.9, "miou": 0.715,
+                                                           "miou_delta": -0.5}}}}
+    kept = ship.keep_timings(new, old)
+    b = kept["fast_path"]["backends"]
+    assert b["onnxruntime-int8"] == {"median_ms": 30.0, "speedup_vs_eager": 3.3, "miou": 0.715, "miou_delta": -0.5}
+    assert b["eager"]["miou"] == 0.72 and b["eager"]["median_ms"] == 100.0
+    assert b["torch-bf16"]["median_ms"] == 40.0 and b["torch-bf16"]["miou_delta"] is None  # unchecked, not the old
+    assert kept["fast_path"]["cpu"] == "A" and "B" in kept["fast_path"]["timing_note"]
+    assert kept["latency"]["median_ms"] == 100.0
+    with pytest.raises(SystemExit, match="architecture changed"):
+        ship.keep_timings({**new, "complexity": {"params": 6, "gflops": 2.0}}, old)

@@ -67,12 +67,40 @@ def replaced(old: zoo.ModelCard) -> dict:
             "accurate_ms_miou": ms.miou if ms else None}
 
 
+TIMING_KEYS = ("median_ms", "p90_ms", "images_per_s", "speedup_vs_eager", "build_s")
+
+
+def keep_timings(card: dict, old: dict) -> dict:
+    """``card`` with the replaced card's timings: for weights that changed only their values (the same
+    architecture and graphs), so that every shipped card stays timed on one host and the default-model
+    rule compares like with like. Accuracy stays the new weights'; an engine timed only in the old card
+    (this host lacks it) keeps its timing with its accuracy unchecked."""
+    if (card.get("complexity") or {}).get("params") != (old.get("complexity") or {}).get("params") or \
+            (card.get("complexity") or {}).get("gflops") != (old.get("complexity") or {}).get("gflops"):
+        raise SystemExit(f"{card['model']}: the architecture changed since the replaced card; its timings do not hold")
+    new_fast, old_fast = card["fast_path"], old["fast_path"]
+    backends = {}
+    for name, rec in old_fast["backends"].items():
+        got = new_fast["backends"].get(name)
+        timing = {k: rec[k] for k in TIMING_KEYS if k in rec}
+        backends[name] = ({**got, **timing} if got is not None else
+                          {**timing, "miou": None, "miou_delta": None, "pixel_acc": None,
+                           "miou_note": f"not checked for these weights ({new_fast['cpu']} lacks this engine)"})
+    fast = {**new_fast, "backends": backends, "default": old_fast["default"], "cpu": old_fast["cpu"],
+            "threads": old_fast["threads"], "channels_last_fp32": old_fast.get("channels_last_fp32"),
+            "timing_note": f"timings kept from the replaced card ({old_fast['cpu']}): "
+                           f"the same architecture and graphs; accuracy measured for these weights on "
+                           f"{new_fast['cpu']}"}
+    return {**card, "fast_path": fast, "latency": {**old["latency"], "note": "kept from the replaced card"}}
+
+
 def _val(folder: Path, data: str, frames=None) -> dict:
     """fp32 figures on the val PNGs (``frames``, else read from ``data``), as `python -m sis eval` gives them."""
     return evaluate_folder(folder, frames or load_split(data, "val", classes=zoo.read_config(folder).class_set))
 
 
-def ship(run: Path, data: str, train_note: str | None = None, reference: Path | None = None) -> dict:
+def ship(run: Path, data: str, train_note: str | None = None, reference: Path | None = None,
+         timings_from_replaced: bool = False) -> dict:
     """``reference``: for a run that also trained on val, the train-only run of the same recipe,
     whose val figures the card then reports (the shipped weights' own are training figures)."""
     model, cfg = models.load_model(run)
@@ -86,8 +114,12 @@ def ship(run: Path, data: str, train_note: str | None = None, reference: Path | 
     if len(card.get("stages") or []) <= 1:  # one run: its command reproduces the model
         card["command"] = _command(card)
     dest = zoo.WEIGHTS_DIR / cfg.name
+    old = None
     if dest.resolve() != run.resolve() and (dest / "card.json").is_file():
-        card["replaced"] = replaced(zoo.read_card(dest))
+        old = zoo.read_card(dest)
+        card["replaced"] = replaced(old)
+    if timings_from_replaced and old is None:
+        raise SystemExit(f"{run}: --keep-timings needs a shipped card to replace")
     if "train_val" not in card:  # re-shipping a shipped folder keeps its training-time figure
         card["train_val"] = card.get("val")  # the evaluation done at the end of training
     models.save_model(model, cfg, dest, card, half=True)
@@ -122,6 +154,8 @@ def ship(run: Path, data: str, train_note: str | None = None, reference: Path | 
                          "reference": "eager fp32, plain smp (NCHW)", "channels_last_fp32": fast["channels_last_fp32"],
                          "size": fast["size"], "threads": fast["host"]["torch_threads"], "cpu": fast["host"]["cpu"],
                          "command": f"python -m sis bench --compare-engines --model {cfg.name} --data {data}"}
+    if timings_from_replaced:
+        card = keep_timings(card, old.raw)
     zoo.write_card(dest, card)
     return card
 
@@ -166,6 +200,9 @@ if __name__ == "__main__":
     ap.add_argument("--reference", type=Path, nargs="*", default=[],
                     help="for runs trained on train+val: the train-only run of the same recipe, one per run "
                          "(its val figures go in the card)")
+    ap.add_argument("--keep-timings", action="store_true",
+                    help="the architecture is unchanged: keep the replaced cards' engine timings (their host) so "
+                         "that every shipped card is timed on one host; accuracy is measured anew")
     ap.add_argument("--templates", action="store_true",
                     help="only rewrite every shipped model's graph templates (weights and cards unchanged)")
     a = ap.parse_args()
@@ -178,7 +215,7 @@ if __name__ == "__main__":
     cards = []
     refs = {r.name: r for r in a.reference}  # matched by folder name: runs/final/X <- runs/ref/X
     for run in a.runs:
-        cards.append(ship(run, a.data, a.train_note, refs.get(run.name)))
+        cards.append(ship(run, a.data, a.train_note, refs.get(run.name), a.keep_timings))
         print(f"shipped {run.name}: val mIoU {100 * cards[-1]['val']['miou']:.2f}, fast path "
               f"{cards[-1]['fast_path']['default']}", file=sys.stderr)
     # the tables cover every shipped model, whichever were shipped just now
