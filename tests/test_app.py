@@ -730,8 +730,8 @@ def test_video_bad_uploads_show_one_sentence(app_env, name, make, message):
 
 
 def test_an_ensemble_is_offered_only_where_it_beat_its_best_member(app_env, monkeypatch):
-    """The shipped measurement offers none (no ensemble beat unet-vgg11_bn); a measured pair that beat its
-    best member appears as a mode of each member's picker and runs both models."""
+    """pspnet-resnet18 is in no shipped ensemble that beat its best member; a measured pair that did
+    appears as a mode of each member's picker and runs both models."""
     from sis.vis import report
     at = _app("pages/segment.py")
     at.selectbox(key="seg_model").set_value("pspnet-resnet18").run()
