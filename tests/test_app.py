@@ -613,7 +613,10 @@ def test_segment_and_compare_offer_an_accurate_mode(app_env, tiny_model):
     at.selectbox(key="seg_model").set_value("unet-vgg11_bn").run()
     card = zoo.read_card(zoo.shipped_models()["unet-vgg11_bn"])
     radio = at.radio(key="seg_mode:unet-vgg11_bn")
-    assert radio.options == ["Fast", "Accurate"]
+    from sis.vis import report
+    offered = [n for n in report.ensemble_notes() if n.offered and "unet-vgg11_bn" in n.members]
+    assert radio.options[:2] == ["Fast", "Accurate"] and len(radio.options) == 2 + len(offered)
+    assert all(o.startswith("Ensemble: ") and "unet-vgg11_bn" in o for o in radio.options[2:])
     assert f"val mIoU {100 * card.modes['ms'].miou:.1f}, about" in str(radio.proto)
     assert f"val mIoU {100 * card.val_miou:.1f}" in str(radio.proto)
     shutil.copytree(tiny_model, app_env / "models" / "tiny2", ignore=shutil.ignore_patterns("checkpoint"))
@@ -741,9 +744,9 @@ def test_an_ensemble_is_offered_only_where_it_beat_its_best_member(app_env, monk
     monkeypatch.setattr(report, "ensemble_notes", lambda path=None: [better, worse])
     at.run()
     radio = at.radio(key="seg_mode:pspnet-resnet18")
-    assert radio.options == ["Fast", "Accurate", "Ensemble: pair"]
+    assert radio.options == ["Fast", "Accurate", "Ensemble: pspnet-resnet18 + unet-resnet18"]
     assert "val mIoU 70.0 (2 models; best alone 68.0)" in str(radio.proto)
-    radio.set_value("Ensemble: pair").run()
+    radio.set_value("Ensemble: pspnet-resnet18 + unet-resnet18").run()
     assert not at.exception, at.exception
     res = at.session_state["_seg_last:segment"][1]
     assert res.engine.endswith("(2-model ensemble)") and res.labels.shape == (360, 480)

@@ -41,6 +41,7 @@ RECIPES = {
     "replay-x3": {"replay": True, "steps": 3},
     "replay-heldbn-x3": {"replay": True, "freeze_bn": True, "steps": 3},
     # the shipped model as the teacher on the replayed frames (alpha: its share of their loss)
+    "replay-teacher": {"replay": True, "teacher": 0.5},
     "replay-teacher-x3": {"replay": True, "steps": 3, "teacher": 0.5},
     "replay-teacher9-x3": {"replay": True, "steps": 3, "teacher": 0.9},
     "replay-teacher-heldbn-x3": {"replay": True, "steps": 3, "teacher": 0.5, "freeze_bn": True},

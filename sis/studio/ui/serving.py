@@ -60,8 +60,12 @@ def offered_ensembles(entry: catalog.Entry) -> list[report.EnsembleNote]:
             if n.offered and entry.key in n.members and all(m in here for m in n.members)]
 
 
+ENSEMBLE_MODE_WORDS = {"none": "", "flip": " (flip)", "ms": " (multi-scale + flip)"}
+
+
 def ensemble_label(note: report.EnsembleNote) -> str:
-    return f"Ensemble: {note.name}" + ("" if note.mode == "none" else f" ({note.mode})")
+    """The members by name (what a user picks), not the measurement's name for the group."""
+    return f"Ensemble: {' + '.join(note.members)}" + ENSEMBLE_MODE_WORDS.get(note.mode, f" ({note.mode})")
 
 
 def _mode_engine(entry: catalog.Entry, engine: str | None, mode: str):
