@@ -75,8 +75,9 @@ def keep_timings(card: dict, old: dict) -> dict:
     architecture and graphs), so that every shipped card stays timed on one host and the default-model
     rule compares like with like. Accuracy stays the new weights'; an engine timed only in the old card
     (this host lacks it) keeps its timing with its accuracy unchecked."""
-    if (card.get("complexity") or {}).get("params") != (old.get("complexity") or {}).get("params") or \
-            (card.get("complexity") or {}).get("gflops") != (old.get("complexity") or {}).get("gflops"):
+    def arch(c: dict) -> tuple:
+        return tuple((c.get("complexity") or {}).get(k) for k in ("params", "gflops"))
+    if arch(card) != arch(old):
         raise SystemExit(f"{card['model']}: the architecture changed since the replaced card; its timings do not hold")
     new_fast, old_fast = card["fast_path"], old["fast_path"]
     backends = {}
@@ -134,10 +135,11 @@ def ship(run: Path, data: str, train_note: str | None = None, reference: Path | 
             "note": "these weights trained on train+val, so their val figures are training figures (val_seen); "
                     "val is the train-only run of the same recipe"})
         val = _val(reference, data, frames)
-    lat = bench(cfg.name, "infer", "cpu", 1, (360, 480), warmup=2, repeats=7, folder=dest)
+    if not timings_from_replaced:  # else keep_timings below carries the replaced card's
+        lat = bench(cfg.name, "infer", "cpu", 1, (360, 480), warmup=2, repeats=7, folder=dest)
+        card["latency"] = {k: lat[k] for k in ("median_ms", "p90_ms", "images_per_s", "size", "batch")} | \
+            {"threads": lat["host"]["torch_threads"], "cpu": lat["host"]["cpu"], "precision": "fp32 eager"}
     card.update(val=val, val_eval=f"python -m sis eval --model {cfg.name} --data {data} --split val (fp32)",
-                latency={k: lat[k] for k in ("median_ms", "p90_ms", "images_per_s", "size", "batch")} |
-                {"threads": lat["host"]["torch_threads"], "cpu": lat["host"]["cpu"], "precision": "fp32 eager"},
                 weights="fp16 safetensors (computed in fp32 after loading)", complexity=models.config_complexity(scfg),
                 encoder_init_note="random init: ImageNet weights cannot be downloaded on the training machine")
     # int8 activation ranges, calibrated once on the 16 shipped train frames, ship with the weights
