@@ -228,6 +228,20 @@ def test_compare_engines_on_shipped_default_records_speed(tmp_path):
     assert res["engines"]["onnxruntime-int8"]["miou"] is None and res["engines"]["onnxruntime-int8"]["median_ms"] > 0
 
 
+def test_compare_engines_accuracy_alone_times_nothing(tiny_model, tiny_data, monkeypatch):
+    """timed=False (weights whose timings are kept from the replaced card): val mIoU per engine, no timing rounds."""
+    from sis.training import bench as B
+
+    def no_timing(*a, **k):
+        raise AssertionError("timed although timed=False")
+    monkeypatch.setattr(B, "_interleaved", no_timing)
+    res = compare_engines(str(tiny_model), str(tiny_data), ["onnxruntime"], (64, 96), timed=False)
+    assert res["default"] is None and res["channels_last_fp32"] is None and res["val_frames"] > 0
+    for b in res["engines"].values():
+        assert b["median_ms"] is None and 0 <= b["miou"] <= 1
+    assert abs(res["engines"]["onnxruntime"]["miou_delta"]) < 0.05 and res["engines"]["eager"]["miou_delta"] == 0
+
+
 def test_int8_reuses_calibrated_ranges_for_new_sizes(tiny_model, monkeypatch):
     """Calibration runs once per model; another image size (or a shipped int8_ranges.json) skips it."""
     engine = engines.load_engine(tiny_model, "onnxruntime-int8")

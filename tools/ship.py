@@ -150,7 +150,7 @@ def ship(run: Path, data: str, train_note: str | None = None, reference: Path | 
     shutil.copy(int8.ranges_path(), dest / RANGES_FILE)
     # the fp32 graphs of common photo shapes without their weights: first starts build from them (no smp)
     write_templates(shipped, scfg, dest)
-    fast = compare_engines(cfg.name, data, repeats=20)
+    fast = compare_engines(cfg.name, data, repeats=20, timed=not timings_from_replaced)
     # the card keeps its key "backends" (engine name -> figures): zoo.ModelCard reads it
     card["fast_path"] = {"default": fast["default"], "backends": fast["engines"], "val_frames": fast["val_frames"],
                          "reference": "eager fp32, plain smp (NCHW)", "channels_last_fp32": fast["channels_last_fp32"],

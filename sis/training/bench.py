@@ -154,9 +154,11 @@ CL_VARIANT = "eager+channels_last"
 def compare_engines(model: str, data: str | None = None, engines: list[str] | None = None,
                     size: tuple[int, int] = (360, 480), warmup: int = 2, repeats: int = 10,
                     val_limit: int | None = None, progress: Callable[[str, int, int], None] | None = None,
-                    log: Callable[[str], None] | None = None) -> dict:
+                    log: Callable[[str], None] | None = None, timed: bool = True) -> dict:
     """Eager fp32 and every other engine available here on the same image, interleaved; with
     ``data``, each one's val mIoU on the same frames and its difference to eager (points).
+    ``timed=False`` measures accuracy alone (timings and the default engine None): for weights whose
+    timings are kept from elsewhere.
 
     Returns {model, size, reference, engines: {name: {median_ms, p90_ms, images_per_s,
     speedup_vs_eager, miou, miou_delta, build_s}}, unavailable: {name: reason}, default, host};
@@ -196,14 +198,17 @@ def compare_engines(model: str, data: str | None = None, engines: list[str] | No
     timg = torch.from_numpy(image)
     fns[CL_VARIANT] = lambda: forward_logits(net, cfg, timg, amp=False)
     with torch.inference_mode(), BusyMeter() as busy:
-        times = _interleaved(fns, warmup, repeats, (lambda i, t: progress("timing", i, t)) if progress else None)
+        times = _interleaved(fns, warmup, repeats, (lambda i, t: progress("timing", i, t)) if progress else None) \
+            if timed else None
     out = {}
-    ref_ms = statistics.median(times[E.REFERENCE])
-    cl_ms = statistics.median(times[CL_VARIANT])
+    if times is not None:
+        ref_ms = statistics.median(times[E.REFERENCE])
+        cl_ms = statistics.median(times[CL_VARIANT])
     for n in names:
-        med = statistics.median(times[n])
-        out[n] = {"median_ms": med, "p90_ms": percentile(times[n], 90), "images_per_s": 1000 / med,
-                  "speedup_vs_eager": ref_ms / med, "build_s": build[n], "miou": None, "miou_delta": None}
+        med = statistics.median(times[n]) if times is not None else None
+        out[n] = {"median_ms": med, "p90_ms": percentile(times[n], 90) if med else None,
+                  "images_per_s": 1000 / med if med else None, "speedup_vs_eager": ref_ms / med if med else None,
+                  "build_s": build[n], "miou": None, "miou_delta": None}
     if frames is not None:
         for i, n in enumerate(names):
             if progress:
@@ -217,9 +222,10 @@ def compare_engines(model: str, data: str | None = None, engines: list[str] | No
             "repeats": repeats, "others_cpu_share": busy.others_share, "val_frames": len(frames) if frames is not None else 0,
             "engines": out, "unavailable": {n: r for n, r in status.items() if r},
             "channels_last_fp32": {"median_ms": cl_ms, "speedup_vs_eager": ref_ms / cl_ms,
-                                   "note": "eager fp32 with channels_last: a yardstick, not an engine"},
+                                   "note": "eager fp32 with channels_last: a yardstick, not an engine"}
+            if times is not None else None,
             # what the app and `predict` run once this comparison is kept
-            "default": decide(zoo.read_card(folder), here, "cpu", is_small()).name,
+            "default": decide(zoo.read_card(folder), here, "cpu", is_small()).name if times is not None else None,
             "max_miou_delta": E.MAX_MIOU_DELTA, "peak_rss_mb": rss_bytes() / 2**20,
             "host": host_info(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
