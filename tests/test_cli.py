@@ -107,7 +107,7 @@ def test_train_command_round_trips_through_the_parser():
                         class_weighting="sqrt-median", freeze_encoder=True, seed=3, device="cpu", amp=False,
                         channels_last=False, train_limit=5, val_limit=2, val_every=2, resume=False,
                         save_half=True, threads=3, splits=("train", "val"), teacher="weights/unet-vgg11_bn,x",
-                        teacher_tta="flip", distill_alpha=0.7, distill_temperature=2.0),
+                        teacher_tta="flip", distill_alpha=0.7, distill_temperature=2.0, teacher_scale=0.5),
             # fine-tuning a folder: augmentation left at TrainConfig's defaults (full frames, paper flips)
             # must not turn into the folder's recipe when the command is run again
             TrainConfig(model="pspnet-resnet18", data="mine", out="o", init="weights/pspnet-resnet18", max_steps=200,

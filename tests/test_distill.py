@@ -81,6 +81,23 @@ def test_teacher_labels_every_frame_with_its_probabilities(tiny_data, tiny_model
     assert torch.allclose(soft[0].float().sum(0), torch.ones(()), atol=2e-2)
 
 
+def test_teacher_answers_kept_at_half_size_come_back_at_the_frames_size(tiny_data, tiny_model):
+    """teacher_scale 0.5: a quarter of the memory, still a distribution, and the dataset draws it at the
+    frame's size, close to the full-size answers (they differ on edges only)."""
+    frames = load_split(tiny_data, "train")
+    full = teacher_targets(frames, str(tiny_model), log=lambda m: None)
+    half = teacher_targets(frames, str(tiny_model), log=lambda m: None, scale=0.5)
+    h, w = frames.images[0].shape[-2:]
+    assert half[0].shape == (11, round(h / 2), round(w / 2)) and half[0].numel() * 4 == full[0].numel()
+    assert torch.allclose(half[0].float().sum(0), torch.ones(()), atol=2e-2)
+    ds = SegDataset(frames, None, half)
+    _, m, s = ds[0]
+    assert s.shape == full[0].shape and torch.allclose(s.sum(0), torch.ones(()), atol=2e-2)
+    assert (s.argmax(0) == full[0].float().argmax(0)).float().mean() > 0.9
+    with pytest.raises(ValueError, match="within 0.1 and 1"):
+        teacher_targets(frames, str(tiny_model), log=lambda m: None, scale=2)
+
+
 def test_a_student_learns_the_teacher(tiny_data, tiny_model, tmp_path):
     """alpha 1: the loss is the divergence from the teacher alone, and it falls; the card says who taught."""
     cfg = TrainConfig(model=TINY_MODEL, data=str(tiny_data), out=str(tmp_path / "s"), batch_size=3, epochs=6,
@@ -142,6 +159,8 @@ def test_teacher_errors_say_what_is_wrong(tiny_data, tiny_model, tmp_path):
     with pytest.raises(TrainingError, match="replay ratio is a share of each batch"):  # before the teacher's pass
         train(TrainConfig(data=str(tiny_data), teacher="no-such-model", replay=str(tiny_data), replay_ratio=1.0,
                           **base), log=lambda m: None)
+    with pytest.raises(TrainingError, match="kept at a scale within 0.1 and 1, not 0"):
+        train(TrainConfig(data=str(tiny_data), teacher=str(tiny_model), teacher_scale=0, **base), log=lambda m: None)
     with pytest.raises(TrainingError, match="temperature must be positive"):
         train(TrainConfig(data=str(tiny_data), teacher=str(tiny_model), distill_temperature=0, **base),
               log=lambda m: None)

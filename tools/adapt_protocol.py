@@ -45,6 +45,12 @@ RECIPES = {
     "replay-teacher-x3": {"replay": True, "steps": 3, "teacher": 0.5},
     "replay-teacher9-x3": {"replay": True, "steps": 3, "teacher": 0.9},
     "replay-teacher-heldbn-x3": {"replay": True, "steps": 3, "teacher": 0.5, "freeze_bn": True},
+    # ... its answers kept at half the frame's size (a quarter of the memory: what a 1 GB host can hold)
+    "replay-teacher-half": {"replay": True, "teacher": 0.5, "teacher_scale": 0.5},
+    "replay-teacher-x3-half": {"replay": True, "steps": 3, "teacher": 0.5, "teacher_scale": 0.5},
+    "replay-teacher9-x3-half": {"replay": True, "steps": 3, "teacher": 0.9, "teacher_scale": 0.5},
+    "replay-teacher-heldbn-x3-half": {"replay": True, "steps": 3, "teacher": 0.5, "freeze_bn": True,
+                                      "teacher_scale": 0.5},
     # step 5 first: BatchNorm statistics re-estimated on the whole street, unlabelled, then held while tuning
     "adabn-replay-heldbn": {"replay": True, "freeze_bn": True, "adabn": True},
     "adabn": {"adabn": True, "steps": 0},
@@ -182,7 +188,7 @@ def main(argv=None) -> int:
                 if r.get("steps") == 0:  # the unlabelled adaptation alone
                     row[recipe] = {"wall_s": None, **{k: v["miou"] for k, v in score(init, sets).items()}}
                     continue
-            extra = {k: v for k, v in r.items() if k == "freeze_bn"}
+            extra = {k: v for k, v in r.items() if k in ("freeze_bn", "teacher_scale")}
             if r.get("teacher"):
                 extra.update(teacher=str(base), distill_alpha=r["teacher"])
             cfg = TrainConfig(model=name, data=str(user), init=str(init), out=str(out), batch_size=4, lr=2e-4,

@@ -135,7 +135,11 @@ class SegDataset(torch.utils.data.Dataset):
     def __getitem__(self, i):
         items = [tv_tensors.Image(self.frames.images[i]), tv_tensors.Mask(self.frames.masks[i])]
         if self.soft is not None:  # an image to v2: resized bilinear, padded with 0
-            items.append(tv_tensors.Image(self.soft[i].float()))
+            soft = self.soft[i].float()
+            if soft.shape[-2:] != items[1].shape[-2:]:  # kept smaller (teacher_scale): back to the frame's size
+                soft = torch.nn.functional.interpolate(soft[None], size=tuple(items[1].shape[-2:]), mode="bilinear",
+                                                       align_corners=False)[0]
+            items.append(tv_tensors.Image(soft))
         if self.transform is not None:
             items = self.transform(*items)
         if self.photometric is not None:  # the image alone: labels and soft targets are of the clean frame

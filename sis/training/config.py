@@ -36,6 +36,7 @@ class TrainConfig:
     teacher_tta: str = "none"            # the teacher's test-time augmentation: none | flip | ms
     distill_alpha: float = 0.5           # the teacher's share of the loss (the labels' is 1 - alpha)
     distill_temperature: float = 1.0
+    teacher_scale: float = 1.0           # the teacher's answers kept at this share of the frame's size (memory)
     freeze_encoder: bool = False
     freeze_bn: bool = False              # BatchNorm statistics held at the init's (photometric batches would move them)
     seed: int = 0
@@ -98,6 +99,9 @@ FLAGS: dict[str, Flag] = {  # TrainConfig field -> its flag; options first, then
     "distill_alpha": Flag("--distill-alpha", "with --teacher: its share of the loss (the labels get the rest)",
                           kind="float"),
     "distill_temperature": Flag("--distill-temperature", "with --teacher: the softmax temperature", kind="float"),
+    "teacher_scale": Flag("--teacher-scale", "with --teacher: keep its answers at this share of each frame's size "
+                          "(0.5: a quarter of the memory), scaled back up bilinearly when a frame is drawn",
+                          kind="float"),
     "seed": Flag("--seed", kind="int"),
     "device": Flag("--device"),
     "train_limit": Flag("--train-limit", kind="positive"),

@@ -21,13 +21,17 @@ from sis.engines.predict import softmax
 
 
 def teacher_targets(frames: Frames, teacher: str, tta: str = "none", device: str = "cpu",
-                    log: Callable[[str], None] = print) -> list[torch.Tensor]:
+                    log: Callable[[str], None] = print, scale: float = 1.0) -> list[torch.Tensor]:
     """The teacher's class probabilities for every frame: [(C,H,W) float16], on the CPU.
 
     ``teacher``: a registry name or model folder, or several joined by commas (an ensemble,
     averaged); ``tta``: none | flip | ms. Each model runs on the engine the policy gives it on
-    ``device``; the teacher must predict the frames' classes, in the same order."""
+    ``device``; the teacher must predict the frames' classes, in the same order. ``scale`` < 1 keeps
+    each answer at that share of the frame's height and width (area-averaged: still a distribution);
+    ``SegDataset`` scales it back up to the frame."""
     from sis import engines, zoo
+    if not 0.1 <= scale <= 1:
+        raise ValueError(f"the teacher's answers are kept at a scale within 0.1 and 1, not {scale}")
     folders = [zoo.resolve(t.strip()) for t in teacher.split(",") if t.strip()]
     if not folders:
         raise ValueError("the teacher names no model")
@@ -40,8 +44,11 @@ def teacher_targets(frames: Frames, teacher: str, tta: str = "none", device: str
     out = []
     for img in frames.images:
         x = img.cpu().numpy()[None]
-        p = probs(x) if probs is not None else softmax(engine(x))
-        out.append(torch.from_numpy(np.ascontiguousarray(p[0])).to(torch.float16))
+        p = torch.from_numpy(np.ascontiguousarray(probs(x) if probs is not None else softmax(engine(x))))
+        if scale < 1:
+            h, w = p.shape[-2:]
+            p = F.interpolate(p.float(), size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="area")
+        out.append(p[0].to(torch.float16))
     log(f"teacher {', '.join(Path(f).name for f in folders)} ({engine.name}) labelled {len(out)} frames")
     return out
 

@@ -157,8 +157,10 @@ def _teacher_targets(cfg: TrainConfig, frames: Frames, device: torch.device, log
         raise TrainingError(f"the teacher's share of the loss is within 0 and 1, not {cfg.distill_alpha}")
     if cfg.distill_temperature <= 0:
         raise TrainingError(f"the distillation temperature must be positive, not {cfg.distill_temperature}")
+    if not 0.1 <= cfg.teacher_scale <= 1:
+        raise TrainingError(f"the teacher's answers are kept at a scale within 0.1 and 1, not {cfg.teacher_scale}")
     try:
-        soft = teacher_targets(frames, cfg.teacher, cfg.teacher_tta, device.type, log)
+        soft = teacher_targets(frames, cfg.teacher, cfg.teacher_tta, device.type, log, cfg.teacher_scale)
     except zoo.ModelError:
         raise
     except ValueError as e:
