@@ -45,16 +45,12 @@ RECIPES = {
     "replay-teacher-x3": {"replay": True, "steps": 3, "teacher": 0.5},
     "replay-teacher9-x3": {"replay": True, "steps": 3, "teacher": 0.9},
     "replay-teacher-heldbn-x3": {"replay": True, "steps": 3, "teacher": 0.5, "freeze_bn": True},
-    # ... its answers kept at half the frame's size (a quarter of the memory: what a 1 GB host can hold)
-    "replay-teacher-half": {"replay": True, "teacher": 0.5, "teacher_scale": 0.5},
-    "replay-teacher-x3-half": {"replay": True, "steps": 3, "teacher": 0.5, "teacher_scale": 0.5},
-    "replay-teacher9-x3-half": {"replay": True, "steps": 3, "teacher": 0.9, "teacher_scale": 0.5},
-    "replay-teacher-heldbn-x3-half": {"replay": True, "steps": 3, "teacher": 0.5, "freeze_bn": True,
-                                      "teacher_scale": 0.5},
     # step 5 first: BatchNorm statistics re-estimated on the whole street, unlabelled, then held while tuning
     "adabn-replay-heldbn": {"replay": True, "freeze_bn": True, "adabn": True},
     "adabn": {"adabn": True, "steps": 0},
 }
+# each teacher recipe with its answers kept at half the frame's size (a quarter of the memory: what a 1 GB host holds)
+RECIPES |= {f"{k}-half": {**r, "teacher_scale": 0.5} for k, r in RECIPES.items() if r.get("teacher")}
 
 
 def parse_shift(text: str) -> tuple[str, int] | None:

@@ -200,15 +200,15 @@ def compare_engines(model: str, data: str | None = None, engines: list[str] | No
     with torch.inference_mode(), BusyMeter() as busy:
         times = _interleaved(fns, warmup, repeats, (lambda i, t: progress("timing", i, t)) if progress else None) \
             if timed else None
-    out = {}
+    out = {n: {"median_ms": None, "p90_ms": None, "images_per_s": None, "speedup_vs_eager": None,
+               "build_s": build[n], "miou": None, "miou_delta": None} for n in names}
     if times is not None:
         ref_ms = statistics.median(times[E.REFERENCE])
         cl_ms = statistics.median(times[CL_VARIANT])
-    for n in names:
-        med = statistics.median(times[n]) if times is not None else None
-        out[n] = {"median_ms": med, "p90_ms": percentile(times[n], 90) if med else None,
-                  "images_per_s": 1000 / med if med else None, "speedup_vs_eager": ref_ms / med if med else None,
-                  "build_s": build[n], "miou": None, "miou_delta": None}
+        for n in names:
+            med = statistics.median(times[n])
+            out[n].update(median_ms=med, p90_ms=percentile(times[n], 90), images_per_s=1000 / med,
+                          speedup_vs_eager=ref_ms / med)
     if frames is not None:
         for i, n in enumerate(names):
             if progress:
