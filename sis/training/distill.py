@@ -20,6 +20,12 @@ from sis.data.dataset import Frames
 from sis.engines.predict import softmax
 
 
+def check_scale(scale: float) -> None:
+    """The one bound on ``teacher_scale``, checked by ``train`` before the teacher's pass and here."""
+    if not 0.1 <= scale <= 1:
+        raise ValueError(f"the teacher's answers are kept at a scale within 0.1 and 1, not {scale}")
+
+
 def teacher_targets(frames: Frames, teacher: str, tta: str = "none", device: str = "cpu",
                     log: Callable[[str], None] = print, scale: float = 1.0) -> list[torch.Tensor]:
     """The teacher's class probabilities for every frame: [(C,H,W) float16], on the CPU.
@@ -30,8 +36,7 @@ def teacher_targets(frames: Frames, teacher: str, tta: str = "none", device: str
     each answer at that share of the frame's height and width (area-averaged: still a distribution);
     ``SegDataset`` scales it back up to the frame."""
     from sis import engines, zoo
-    if not 0.1 <= scale <= 1:
-        raise ValueError(f"the teacher's answers are kept at a scale within 0.1 and 1, not {scale}")
+    check_scale(scale)
     folders = [zoo.resolve(t.strip()) for t in teacher.split(",") if t.strip()]
     if not folders:
         raise ValueError("the teacher names no model")

@@ -31,7 +31,7 @@ from sis.data.dataset import (
 )
 from sis.training.checkpoints import load_checkpoint, save_checkpoint
 from sis.training.config import Progress, StopFlag, TrainConfig, TrainingError, train_command
-from sis.training.distill import combined_loss, labels_as_targets, teacher_targets
+from sis.training.distill import check_scale, combined_loss, labels_as_targets, teacher_targets
 from sis.training.evaluate import evaluate
 from sis.zoo import models
 from sis.zoo.preprocess import model_input, pad_to_stride
@@ -157,8 +157,10 @@ def _teacher_targets(cfg: TrainConfig, frames: Frames, device: torch.device, log
         raise TrainingError(f"the teacher's share of the loss is within 0 and 1, not {cfg.distill_alpha}")
     if cfg.distill_temperature <= 0:
         raise TrainingError(f"the distillation temperature must be positive, not {cfg.distill_temperature}")
-    if not 0.1 <= cfg.teacher_scale <= 1:
-        raise TrainingError(f"the teacher's answers are kept at a scale within 0.1 and 1, not {cfg.teacher_scale}")
+    try:
+        check_scale(cfg.teacher_scale)
+    except ValueError as e:
+        raise TrainingError(str(e)) from None
     try:
         soft = teacher_targets(frames, cfg.teacher, cfg.teacher_tta, device.type, log, cfg.teacher_scale)
     except zoo.ModelError:
