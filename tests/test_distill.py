@@ -215,3 +215,23 @@ def test_shipping_a_train_and_val_run_reports_its_train_only_runs_val(tiny_data,
     assert card["reference"]["run"] == str(tiny_model) and "trained on train+val" in card["reference"]["note"]
     shipped = zoo.read_card(tmp_path / "weights" / TINY_MODEL)
     assert shipped.trained_on == "train+val" and shipped.val_miou == ref_val["miou"] and shipped.val_note
+
+
+def test_shipping_a_continued_run_keeps_its_parents_measured_adaptation(tiny_model, tmp_path):
+    """A robust fine-tune of a shipped model keeps the few-frame policy measured on that model (a frozen
+    encoder), saying it was measured on the earlier stage; a run without a parent's policy adds none."""
+    import importlib.util
+
+    from conftest import ROOT
+    spec = importlib.util.spec_from_file_location("ship", ROOT / "tools" / "ship.py")
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+    parent = tmp_path / "parent"
+    shutil.copytree(tiny_model, parent, ignore=shutil.ignore_patterns("checkpoint"))
+    child = {**zoo.read_card(parent).raw, "recipe": {"init": str(parent)}}
+    assert ship.lineage(child)["adaptation"] is None
+    zoo.update_card(parent, adaptation={"freeze_encoder": True, "why": "measured: docs/correct.md"})
+    kept = ship.lineage(child)["adaptation"]
+    assert kept["freeze_encoder"] is True and kept["why"].startswith("measured: docs/correct.md (measured on stage 1")
+    own = {"freeze_encoder": False, "why": "measured again"}
+    assert ship.lineage({**child, "adaptation": own})["adaptation"] == own

@@ -56,7 +56,17 @@ def lineage(card: dict) -> dict:
     return dict(card, stages=stages + [_stage(card)], history=history,
                 epochs_run=ep0 + (card.get("epochs_run") or 0), steps=step0 + (card.get("steps") or 0),
                 wall_time_s=round((parent.get("wall_time_s") or 0) + (card.get("wall_time_s") or 0), 1),
-                init=parent.get("init", "random"))
+                init=parent.get("init", "random"), adaptation=card.get("adaptation") or _inherited(parent))
+
+
+def _inherited(parent: dict) -> dict | None:
+    """The parent's measured few-frame policy, kept for its continuation (no new measurement replaces it)."""
+    adaptation = parent.get("adaptation")
+    if not adaptation:
+        return None
+    why = adaptation.get("why", "")
+    return {**adaptation, "why": why if "kept for the stages after" in why else
+            f"{why} (measured on stage {len(parent.get('stages') or [1])}; kept for the stages after)"}
 
 
 def replaced(old: zoo.ModelCard) -> dict:
