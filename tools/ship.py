@@ -60,13 +60,12 @@ def lineage(card: dict) -> dict:
 
 
 def _inherited(parent: dict) -> dict | None:
-    """The parent's measured few-frame policy, kept for its continuation (no new measurement replaces it)."""
+    """The parent's measured few-frame policy, kept for its continuation (no new measurement replaces
+    it), with the stage it was measured on (kept from an earlier continuation where it already says)."""
     adaptation = parent.get("adaptation")
     if not adaptation:
         return None
-    why = adaptation.get("why", "")
-    return {**adaptation, "why": why if "kept for the stages after" in why else
-            f"{why} (measured on stage {len(parent.get('stages') or [1])}; kept for the stages after)"}
+    return {"measured_on_stage": len(parent.get("stages") or [1]), **adaptation}
 
 
 def replaced(old: zoo.ModelCard) -> dict:
