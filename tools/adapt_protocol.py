@@ -45,6 +45,13 @@ RECIPES = {
     "replay-teacher-x3": {"replay": True, "steps": 3, "teacher": 0.5},
     "replay-teacher9-x3": {"replay": True, "steps": 3, "teacher": 0.9},
     "replay-teacher-heldbn-x3": {"replay": True, "steps": 3, "teacher": 0.5, "freeze_bn": True},
+    # a gentler rate, or the encoder held: what a model already fine-tuned for robustness forgets less with
+    "replay-x3-lr5e-5": {"replay": True, "steps": 3, "lr": 5e-5},
+    "replay-teacher9-x3-lr5e-5": {"replay": True, "steps": 3, "teacher": 0.9, "lr": 5e-5},
+    "replay-teacher9-x3-frozen": {"replay": True, "steps": 3, "teacher": 0.9, "freeze_encoder": True},
+    # without the photometric augmentation a robust model's recipe passes on to its fine-tunes
+    "replay-x3-plainphoto": {"replay": True, "steps": 3, "photometric": "none"},
+    "replay-teacher9-x3-plainphoto": {"replay": True, "steps": 3, "teacher": 0.9, "photometric": "none"},
     # step 5 first: BatchNorm statistics re-estimated on the whole street, unlabelled, then held while tuning
     "adabn-replay-heldbn": {"replay": True, "freeze_bn": True, "adabn": True},
     "adabn": {"adabn": True, "steps": 0},
@@ -184,13 +191,13 @@ def main(argv=None) -> int:
                 if r.get("steps") == 0:  # the unlabelled adaptation alone
                     row[recipe] = {"wall_s": None, **{k: v["miou"] for k, v in score(init, sets).items()}}
                     continue
-            extra = {k: v for k, v in r.items() if k in ("freeze_bn", "teacher_scale")}
+            extra = {k: v for k, v in r.items() if k in ("freeze_bn", "teacher_scale", "freeze_encoder", "lr", "photometric")}
             if r.get("teacher"):
                 extra.update(teacher=str(base), distill_alpha=r["teacher"])
-            cfg = TrainConfig(model=name, data=str(user), init=str(init), out=str(out), batch_size=4, lr=2e-4,
+            cfg = TrainConfig(model=name, data=str(user), init=str(init), out=str(out), batch_size=4,
                               max_steps=a.steps * r.get("steps", 1), train_limit=48, val_limit=20, val_every=1,
                               replay=str(a.camvid) if r["replay"] else "", replay_ratio=0.5,
-                              **{**recipe_defaults(str(base)), **extra})  # the base card: its adaptation too
+                              **{"lr": 2e-4, **recipe_defaults(str(base)), **extra})  # the base card: its adaptation too
             wall = None
             if not (out / "card.json").exists() or json.loads((out / "card.json").read_text()).get("status") != "done":
                 t0 = time.perf_counter()
