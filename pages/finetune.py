@@ -55,8 +55,9 @@ with st.form("ft_form"):
     f1, f2, f3, f4 = st.columns(4)
     as_trained = "as the model was trained"
     flips = f1.selectbox("Flips", [as_trained, "horizontal", "horizontal + vertical", "none"], key="ft_flips",
-                         help="As trained: the flips, crops, scale range and class weights of the model's own recipe "
-                              "(its card), so that fine-tuning does not change what it learned; from random or "
+                         help="As trained: the flips, crops, scale range, class weights and colour augmentation of the "
+                              "model's own recipe (its card), so that fine-tuning does not change what it learned, "
+                              "less what its card measured a few frames learn better without; from random or "
                               "ImageNet: the paper's flips on full frames.")
     encoder = f2.selectbox("Encoder", ["the model's default", "fine-tune it", "freeze it"], key="ft_encoder",
                            help="The default fine-tunes the whole model, except where the model's card measured "

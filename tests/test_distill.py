@@ -232,10 +232,10 @@ def test_shipping_a_continued_run_keeps_its_parents_measured_adaptation(tiny_mod
     assert ship.lineage(child)["adaptation"] is None
     zoo.update_card(parent, adaptation={"freeze_encoder": True, "why": "measured: docs/correct.md"})
     kept = ship.lineage(child)["adaptation"]
-    assert kept == {"freeze_encoder": True, "why": "measured: docs/correct.md", "measured_on_stage": 1}
+    assert kept == {"freeze_encoder": True, "why": "measured: docs/correct.md", "measured_on_stage": {"freeze_encoder": 1}}
     grandchild = {**child, "stages": None, "recipe": {"init": str(tmp_path / "child")}}
     (tmp_path / "child").mkdir()
     zoo.write_card(tmp_path / "child", {**ship.lineage(child), "recipe": {"init": str(parent)}})
-    assert ship.lineage(grandchild)["adaptation"]["measured_on_stage"] == 1  # not re-stamped on stage 3
+    assert ship.lineage(grandchild)["adaptation"]["measured_on_stage"] == {"freeze_encoder": 1}  # not re-stamped on stage 3
     own = {"freeze_encoder": False, "why": "measured again"}
     assert ship.lineage({**child, "adaptation": own})["adaptation"] == own

@@ -261,6 +261,31 @@ def test_fine_tuning_keeps_the_recipe_the_model_was_trained_with():
     assert recipe_defaults("random") == {} == recipe_defaults("imagenet")
 
 
+def test_a_cards_measured_adaptation_overrides_its_recipe_for_a_fine_tune(tiny_model, tmp_path):
+    """A robust model trained with photometric augmentation; its card measured that a fine-tune on a
+    few frames does better without it: the fine-tune starts without it, and keeps the recipe's flips."""
+    import shutil
+
+    from sis.zoo.card import recipe_defaults
+    folder = tmp_path / "robust"
+    shutil.copytree(tiny_model, folder, ignore=shutil.ignore_patterns("checkpoint"))
+    recipe = zoo.read_card(folder).raw["recipe"]
+    zoo.update_card(folder, recipe={**recipe, "photometric": "camera", "flips": "h"})
+    assert recipe_defaults(str(folder))["photometric"] == "camera"
+    zoo.update_card(folder, adaptation={"photometric": "none", "why": "measured", "measured_on_stage": {"photometric": 1}})
+    got = recipe_defaults(str(folder))
+    assert got["photometric"] == "none" and got["flips"] == "h" and "why" not in got and "measured_on_stage" not in got
+
+
+def test_the_default_model_fine_tunes_without_the_colour_augmentation_its_card_measured_against():
+    """unet-vgg11_bn's robust fine-tune trained with camera colour augmentation; on a few corrected frames
+    that augmentation cost 6-12 points of other streets (docs/correct.md), so its fine-tunes start without it."""
+    from sis.zoo.card import recipe_defaults
+    folder = zoo.shipped_models()["unet-vgg11_bn"]
+    assert zoo.read_card(folder).raw["recipe"]["photometric"] == "camera"
+    assert recipe_defaults(str(folder))["photometric"] == "none"
+
+
 @pytest.mark.slow
 def test_cli_fine_tunes_a_shipped_model_on_five_frames_with_replay(tiny_data, tmp_path):
     """The issue's command, on five frames with train/ + trainannot/ only; the result loads in eval and predict."""

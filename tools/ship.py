@@ -61,11 +61,13 @@ def lineage(card: dict) -> dict:
 
 def _inherited(parent: dict) -> dict | None:
     """The parent's measured few-frame policy, kept for its continuation (no new measurement replaces
-    it), with the stage it was measured on (kept from an earlier continuation where it already says)."""
+    it), with the stage each of its keys was measured on (kept where an earlier stage already says)."""
     adaptation = parent.get("adaptation")
     if not adaptation:
         return None
-    return {"measured_on_stage": len(parent.get("stages") or [1]), **adaptation}
+    stage = len(parent.get("stages") or [1])
+    said = adaptation.get("measured_on_stage") or {}
+    return {**adaptation, "measured_on_stage": {k: said.get(k, stage) for k in adaptation if k in zoo.ADAPTATION_KEYS}}
 
 
 def replaced(old: zoo.ModelCard) -> dict:

@@ -102,7 +102,8 @@ def read_card(folder: Path) -> ModelCard:
 RECIPE_KEYS = ("flips", "crop", "scale", "class_weighting", "photometric")
 
 
-ADAPTATION_KEYS = ("freeze_encoder",)  # a card's "adaptation": how a fine-tune on a few frames starts, measured
+# a card's "adaptation": how a fine-tune on a few frames starts, measured; it overrides the recipe's keys
+ADAPTATION_KEYS = ("freeze_encoder", "photometric")
 
 
 def recipe_defaults(init: str) -> dict:
@@ -110,8 +111,8 @@ def recipe_defaults(init: str) -> dict:
     augmentation and class weighting, i.e. the orientation, scale and class balance the model
     learned (a model trained with horizontal flips only does not expect the sky under the road).
     The learning rate and schedule are not kept: they were for training from scratch. A card's
-    ``adaptation`` adds what was measured to work better for this model on a few frames (e.g. a frozen
-    encoder). {} where ``init`` is random, imagenet or a folder whose card has no recipe."""
+    ``adaptation`` adds or overrides what was measured to work better for this model on a few frames
+    (a frozen encoder; no photometric augmentation after a robust fine-tune that trained with it). {} where ``init`` is random, imagenet or a folder whose card has no recipe."""
     if init in ("random", "imagenet") or not (Path(init) / "card.json").is_file():
         return {}
     card = read_card(init).raw
