@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from sis.classes import CAMVID, ClassSet
-from sis.data.augment import SegDataset, build_augment
+from sis.data.augment import SegDataset, build_augment, build_photometric
 from sis.data.dataset import DatasetError, class_weights, list_pairs, load_classes, load_split
 
 
@@ -92,6 +92,27 @@ def test_augment_keeps_image_and_mask_aligned(flips, crop, scale):
             assert agree(mask) > max(agree(mask.flip(0)), agree(mask.flip(1))) + 0.2
         flipped += int(not torch.equal(mask[:1, :5], torch.tensor([[0, 0, 0, 0, 1]])))
     assert flipped > 0  # random transforms actually did something
+
+
+@pytest.mark.parametrize("level,lo,hi", [("camera", 170, 200), ("camera-half", 70, 130)])
+def test_photometric_augmentation_changes_the_image_alone_on_its_share_of_the_frames(level, lo, hi):
+    """camera draws most frames through some op (each op has its own chance); camera-half leaves about
+    half of them as they were; the mask is never touched."""
+    torch.manual_seed(0)
+    frames = _coded_frames()
+    ds = SegDataset(frames, build_augment("", None), photometric=build_photometric(level))
+    changed = 0
+    for _ in range(200):
+        img, mask = ds[0]
+        assert torch.equal(mask, frames.masks[0]) and img.dtype == torch.uint8 and img.shape == frames.images[0].shape
+        changed += int(not torch.equal(img, frames.images[0]))
+    assert lo <= changed <= hi, changed
+
+
+def test_an_unknown_photometric_level_is_one_sentence():
+    assert build_photometric("none") is None
+    with pytest.raises(ValueError, match="unknown photometric augmentation 'sepia'; choose none, camera, camera-half"):
+        build_photometric("sepia")
 
 
 def test_median_frequency_weights(data_copy):

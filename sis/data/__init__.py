@@ -6,3 +6,8 @@
     userdata  datasets built from corrected masks
     download  CamVid from the SegNet tutorial's public copy
 """
+
+# the photometric augmentation levels a training run may ask for (built in augment, torch-free here for the
+# CLI's flags): none, the paper's; camera, docs/robustness.md; camera-half, camera on half the frames and the
+# rest clean (a model whose clean frames suffer from the full share keeps more of them)
+PHOTOMETRIC = ("none", "camera", "camera-half")

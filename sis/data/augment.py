@@ -9,6 +9,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from sis.data import PHOTOMETRIC
 from sis.data.dataset import Frames
 
 
@@ -32,7 +33,6 @@ def build_augment(flips: str = "hv", crop: tuple[int, int] | None = None,
     return v2.Compose(ops) if ops else v2.Identity()
 
 
-PHOTOMETRIC = ("none", "camera")  # none: the paper's geometric augmentation only; camera: docs/robustness.md
 
 
 def build_photometric(level: str = "none") -> v2.Transform | None:
@@ -42,8 +42,10 @@ def build_photometric(level: str = "none") -> v2.Transform | None:
     torchvision's ops, not the shift benchmark's fixed corruptions (sis.data.shifts)."""
     if level == "none":
         return None
-    if level != "camera":
-        raise ValueError(f"unknown photometric augmentation '{level}'; choose {' or '.join(PHOTOMETRIC)}")
+    if level not in PHOTOMETRIC:
+        raise ValueError(f"unknown photometric augmentation '{level}'; choose {', '.join(PHOTOMETRIC)}")
+    if level == "camera-half":
+        return v2.RandomApply([build_photometric("camera")], p=0.5)
     return v2.Compose([
         v2.RandomApply([v2.ColorJitter(brightness=0.5, contrast=0.5, saturation=0.7, hue=0.04)], p=0.8),
         v2.RandomApply([_Gamma((0.5, 2.5))], p=0.3),

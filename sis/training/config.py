@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Protocol
 
 from sis import zoo
+from sis.data import PHOTOMETRIC
 
 
 class TrainingError(RuntimeError):
@@ -87,9 +88,10 @@ FLAGS: dict[str, Flag] = {  # TrainConfig field -> its flag; options first, then
     "warmup_steps": Flag("--warmup", "linear warm-up steps", kind="int"),
     "class_weighting": Flag("--class-weighting", "default none", choices=("none", "median", "sqrt-median"),
                             recipe=True),
-    "photometric": Flag("--photometric", "photometric augmentation: none (the paper's) or camera (colour, gamma, "
-                        "white balance, blur, noise, JPEG: for photos from other cameras); default none",
-                        choices=("none", "camera"), recipe=True),
+    "photometric": Flag("--photometric", "photometric augmentation: none (the paper's), camera (colour, gamma, "
+                        "white balance, blur, noise, JPEG: for photos from other cameras) or camera-half (camera on "
+                        "half the frames, the rest clean); default none",
+                        choices=PHOTOMETRIC, recipe=True),
     "splits": Flag("--splits", "the dataset's splits to train on, e.g. train,val (the final-model protocol: the "
                    "run then does not validate); default train", kind="splits"),
     "teacher": Flag("--teacher", "distil from this model: a registry name or model folder, or several joined by "
