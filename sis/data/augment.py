@@ -33,8 +33,6 @@ def build_augment(flips: str = "hv", crop: tuple[int, int] | None = None,
     return v2.Compose(ops) if ops else v2.Identity()
 
 
-
-
 def build_photometric(level: str = "none") -> v2.Transform | None:
     """What another camera, its settings and the light change, applied to the image alone (never to
     the mask or a teacher's probabilities), each op with its own chance: colour jitter, gamma, a

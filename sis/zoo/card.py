@@ -112,7 +112,8 @@ def recipe_defaults(init: str) -> dict:
     learned (a model trained with horizontal flips only does not expect the sky under the road).
     The learning rate and schedule are not kept: they were for training from scratch. A card's
     ``adaptation`` adds or overrides what was measured to work better for this model on a few frames
-    (a frozen encoder; no photometric augmentation after a robust fine-tune that trained with it). {} where ``init`` is random, imagenet or a folder whose card has no recipe."""
+    (a frozen encoder; no photometric augmentation after a robust fine-tune that trained with it).
+    {} where ``init`` is random, imagenet or a folder whose card has no recipe."""
     if init in ("random", "imagenet") or not (Path(init) / "card.json").is_file():
         return {}
     card = read_card(init).raw
