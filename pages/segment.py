@@ -69,6 +69,8 @@ if res.note:
     st.warning(res.note)
 if res.unfamiliar:
     st.warning(res.unfamiliar, icon=":material/travel_explore:")
+if res.adjusted:
+    st.info(res.adjusted, icon=":material/tune:")
 
 # a wide photo (a dashcam's 3:1) gets the page's width for each picture rather than a third of it
 a, b, c = st.columns(3) if res.size[1] < 2 * res.size[0] else (st.container(), st.container(), st.container())

@@ -189,6 +189,26 @@ def test_segment_and_compare_say_when_a_photo_looks_unfamiliar(app_env, tiny_mod
     assert "run:tiny2 " in said[0] and "against 100%" in said[0]
 
 
+def test_segment_says_when_a_photo_was_brought_inside_the_models_input_range(app_env):
+    """A model whose card holds an input range: a photo with a strong warm cast gets one sentence that says
+    what was beyond the range; a neutral grey photo gets none."""
+    from sis import zoo
+    zoo.update_card(app_env / "models" / "tiny", input_range={
+        "luminance": [0.2, 0.7], "contrast": [0.1, 1.2], "red_green": [0.85, 1.05], "blue_green": [0.95, 1.1],
+        "frames": 6, "source": "train of tiny"})
+    rng = np.random.default_rng(0)
+    grey = np.repeat(rng.integers(60, 200, (48, 64, 1)), 3, axis=2).astype(np.uint8)
+    warm = np.clip(grey * np.array([1.5, 1.0, 0.6]), 0, 255).astype(np.uint8)
+    at = _app("pages/segment.py")
+    _select_run(at)
+    _upload(at, "grey.png", _png(grey))
+    assert not at.exception and not [i for i in at.info if "beyond every frame" in i.value]
+    _upload(at, "warm.png", _png(warm))
+    said = [i.value for i in at.info if "beyond every frame" in i.value]
+    assert not at.exception and len(said) == 1
+    assert said[0].startswith("This photo has a warm colour cast") and "(train of tiny)" in said[0]
+
+
 def test_compare_says_which_model_trained_on_val(app_env, tiny_model):
     """The dashboard's 'trained on' column appears once a model trained beyond train, with why its val
     figure is another run's."""

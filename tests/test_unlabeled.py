@@ -81,3 +81,37 @@ def test_cli_adapts_a_folder_of_mixed_photos_and_leaves_the_original(tiny_model,
     assert "too few to adapt" in capsys.readouterr().err and not (tmp_path / "x").exists()
     with pytest.raises(AdaptError, match="a folder of its own"):
         adapt_folder(tiny_model, photos, tiny_model)
+
+
+def test_statistics_are_estimated_on_the_frames_as_the_engines_will_see_them(tiny_model, tmp_path):
+    """With an input range in the starting model's card, the statistics are those of the frames brought
+    inside it (as estimated on those frames by hand), and the adapted card keeps the range."""
+    from sis import zoo
+    from sis.data.input_range import into_range
+    from sis.zoo import models
+    rng_dict = {"luminance": [0.2, 0.7], "contrast": [0.1, 1.3], "red_green": [0.85, 1.05],
+                "blue_green": [0.95, 1.1], "frames": 6, "source": "train of tiny"}
+    init = tmp_path / "init"
+    shutil.copytree(tiny_model, init, ignore=shutil.ignore_patterns("checkpoint"))
+    zoo.update_card(init, input_range=rng_dict)
+    input_range = zoo.read_card(init).input_range
+    rng = np.random.default_rng(5)
+    warm = [np.clip(make_frame(rng, 64, 96)[0] * np.array([1.5, 1.0, 0.6]), 0, 255).astype(np.uint8)
+            for _ in range(MIN_FRAMES)]
+    street = tmp_path / "street"
+    street.mkdir()
+    for i, f in enumerate(warm):
+        Image.fromarray(f).save(street / f"w{i}.png")
+    adapt_folder(init, street, tmp_path / "adapted")
+    assert zoo.read_card(tmp_path / "adapted").input_range == input_range
+    by_hand, cfg = models.load_model(init)
+    adapt_batchnorm(by_hand, cfg, [into_range(f, input_range) for f in warm])
+    raw, _ = models.load_model(init)
+    adapt_batchnorm(raw, cfg, warm)
+    adapted, _ = models.load_model(tmp_path / "adapted")
+    key = next(k for k in adapted.state_dict() if k.endswith("running_mean"))
+    # by hand the range is applied before the resize to the work size, and the saved weights are fp16: close,
+    # and far closer than the statistics of the frames as they came
+    near = (adapted.state_dict()[key] - by_hand.state_dict()[key]).abs().max()
+    far = (adapted.state_dict()[key] - raw.state_dict()[key]).abs().max()
+    assert near < 0.01 and near < far / 5, (near, far)

@@ -1,10 +1,12 @@
 """What adapting without labels (BatchNorm statistics, sis.training.unlabeled) gains on the shift benchmark.
 
     python tools/unlabeled_gain.py MODEL --data ../shared/camvid [--shifts dusk,white_balance] [--severity 3] [--every 2]
+                                   [--no-input-range]
 
 For each shift: CamVid val under it (every N-th frame), split in two by frame parity; the model is adapted
 on the even frames (their labels unused) and both it and the original are scored on the odd ones, on eager
-fp32, through the app's predict path. Prints mIoU before, after, the gain and the adaptation's time.
+fp32, through the app's predict path, each frame brought inside the card's input range as the app does
+(unless --no-input-range). Prints mIoU before, after, the gain and the adaptation's time.
 """
 from __future__ import annotations
 
@@ -31,9 +33,11 @@ p.add_argument("--shifts", default="clean,dusk,white_balance,contrast,blur,noise
 p.add_argument("--severity", type=int, default=3)
 p.add_argument("--every", type=int, default=2)
 p.add_argument("--json", help="also write the results here")
+p.add_argument("--no-input-range", action="store_true", help="give the model the frames as they are")
 a = p.parse_args()
 folder = zoo.resolve(a.model)
 base, cfg = models.load_model(folder)
+rng = None if a.no_input_range else zoo.read_card(folder).input_range
 classes = cfg.class_set
 void = classes.void if classes.void is not None else 255
 frames = val_frames(Path(a.data), None, a.every)
@@ -46,15 +50,17 @@ for name in names:
     adapt_on, score_on = [rgb for rgb, _ in pairs[0::2]], pairs[1::2]
     adapted = copy.deepcopy(base)
     t0 = time.perf_counter()
-    adapt_batchnorm(adapted, cfg, adapt_on)
+    adapt_batchnorm(adapted, cfg, adapt_on, input_range=rng)
     seconds = time.perf_counter() - t0
-    before = score_set(create_engine("eager", base, cfg), score_on, classes, name, a.severity)
-    after = score_set(create_engine("eager", adapted, cfg), score_on, classes, name, a.severity)
+    engines = [create_engine("eager", m, cfg) for m in (base, adapted)]
+    for e in engines:
+        e.input_range = rng
+    before, after = (score_set(e, score_on, classes, name, a.severity) for e in engines)
     rows.append({"shift": name, "severity": 0 if name == CLEAN else a.severity, "adapted_on": len(adapt_on),
                  "scored_on": len(score_on), "before": before.miou, "after": after.miou,
                  "ece_before": before.ece, "ece_after": after.ece, "seconds": seconds})
     print(f"{name:14} mIoU {100 * before.miou:6.2f} -> {100 * after.miou:6.2f} ({100 * (after.miou - before.miou):+.2f}); "
           f"adapted on {len(adapt_on)} frames in {seconds:.0f} s", flush=True)
-print(f"{folder.name}, severity {a.severity}, eager fp32, {cpu_model()}")
+print(f"{folder.name}, severity {a.severity}, eager fp32, input range {'off' if rng is None else 'on'}, {cpu_model()}")
 if a.json:
     Path(a.json).write_text(json.dumps({"model": folder.name, "cpu": cpu_model(), "rows": rows}, indent=1))

@@ -36,10 +36,14 @@ def cmd_shift(a) -> int:
     from sis.data.shifts import SEVERITIES, ShiftError, list_shifts, parse_shifts
     from sis.training.robustness import ood_auroc, shift_benchmark, val_frames
     shifts = parse_shifts(a.shift)
-    if a.write and (shifts != list_shifts() or tuple(a.severities) != SEVERITIES or a.limit or a.work_rule):
+    if a.write and (shifts != list_shifts() or tuple(a.severities) != SEVERITIES or a.limit or a.work_rule
+                    or a.no_input_range):
         raise ShiftError("--write keeps the whole benchmark in the card: give --shift all at every severity, "
-                         "without --limit or --work-rule")
+                         "without --limit, --work-rule or --no-input-range")
     engine = accurate_engine(a, "cpu") or accurate_single(a)
+    if a.no_input_range:
+        for m in getattr(engine, "members", [engine]):
+            m.input_range = None
     if a.write and hasattr(engine, "member_names"):
         raise ShiftError("--write is for one model in its fast mode, not an ensemble or an accurate mode")
     frames = val_frames(Path(a.data), a.limit, a.every)
@@ -57,7 +61,8 @@ def cmd_shift(a) -> int:
         from sis import zoo
         folder = model_folders(a.model)[0]
         command = f"python -m sis eval --model {a.model} --data {a.data} --shift all --every {a.every} --seed {a.seed}"
-        zoo.update_card(folder, shift_benchmark=rep.card_record(a.every, command))
+        zoo.update_card(folder, shift_benchmark=rep.card_record(a.every, command,
+                                                                getattr(engine, "input_range", None) is not None))
     if a.json:
         print(json.dumps(out))
         return 0
@@ -77,6 +82,7 @@ def cmd_eval(a) -> int:
     if a.shift:
         return cmd_shift(a)
     from sis.data.dataset import load_split
+    from sis import zoo
     from sis.training.evaluate import evaluate
     from sis.zoo import models
     from sis.zoo.runtime import pick_device
@@ -89,7 +95,12 @@ def cmd_eval(a) -> int:
     else:
         model, cfg = None, engine.cfg
     frames = load_split(a.data, a.split, a.limit, cfg.class_set)
-    res = evaluate(model, cfg, frames, device, amp=a.amp, batch_size=a.batch_size, engine=engine)
+    # the reference model gets its card's input range as the engines do (an accurate engine's members apply theirs)
+    rng = None if a.no_input_range or engine is not None else zoo.read_card(folders[0]).input_range
+    if a.no_input_range and engine is not None:
+        for m in getattr(engine, "members", [engine]):
+            m.input_range = None
+    res = evaluate(model, cfg, frames, device, amp=a.amp, batch_size=a.batch_size, engine=engine, input_range=rng)
     res.update(model=",".join(cfg.name if engine is None else n for n in getattr(engine, "member_names", [cfg.name])),
                folder=",".join(map(str, folders)), split=a.split, amp=a.amp, tta=a.tta,
                engine="eager" if engine is None else engine.name)
@@ -111,6 +122,8 @@ def cmd_calibrate(a) -> int:
     from sis.training.calibrate import calibrate
     from sis.training.robustness import val_frames
     folder = model_folders(a.model)[0]
+    if a.input_range:
+        return _fit_input_range(a, folder)
     engine = accurate_single(a)
     engine.temperature = 1.0  # fitted from the raw logits, whatever the card holds now
     cal = calibrate(engine, val_frames(Path(a.data), a.limit, a.every), a.seed)
@@ -124,4 +137,26 @@ def cmd_calibrate(a) -> int:
     print(f"{folder.name} on {cal.engine}: temperature {cal.temperature:.3f}; ECE {100 * cal.ece_before:.2f} -> "
           f"{100 * cal.ece_after:.2f}; NLL {cal.nll_before:.4f} -> {cal.nll_after:.4f}; a photo is flagged below "
           f"{100 * cal.low_confidence:.1f}% mean confidence" + (f"; written to {folder / 'card.json'}" if a.write else ""))
+    return 0
+
+
+def _fit_input_range(a, folder: Path) -> int:
+    """``calibrate --input-range``: the colour, contrast and brightness range of the frames the model trained
+    on (``data.input_range``); --write keeps it in the card, and every engine then brings photos inside it."""
+    from sis import zoo
+    from sis.data.dataset import list_pairs, read_rgb
+    from sis.data.input_range import fit_input_range
+    splits = zoo.read_card(folder).splits
+    paths = [i for sp in splits for i, _ in list_pairs(Path(a.data), sp)][::a.every][:a.limit]
+    rng = fit_input_range((read_rgb(p) for p in paths), f"{'+'.join(splits)} of {Path(a.data).name}")
+    out = rng.to_dict() | {"command": f"python -m sis calibrate --model {a.model} --data {a.data} --input-range"}
+    if a.write:
+        zoo.update_card(folder, input_range=out)
+    if a.json:
+        print(json.dumps(out))
+        return 0
+    print(f"{folder.name}: input range over {rng.frames} frames of {rng.source}: luminance {rng.luminance[0]:.3f}-"
+          f"{rng.luminance[1]:.3f}, contrast {rng.contrast[0]:.3f}-{rng.contrast[1]:.3f}, red/green "
+          f"{rng.red_green[0]:.3f}-{rng.red_green[1]:.3f}, blue/green {rng.blue_green[0]:.3f}-{rng.blue_green[1]:.3f}"
+          + (f"; written to {folder / 'card.json'}" if a.write else ""))
     return 0

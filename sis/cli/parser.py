@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(shift_benchmark)")
     s.add_argument("--work-rule", choices=["pixels", "short", "native"], help="with --shift: the work-size rule to measure "
                    "(default: the one the app uses)")
+    s.add_argument("--no-input-range", action="store_true", help="give the model every frame as it is, not brought "
+                   "inside its card's input range as the app does (to measure what the range does)")
     add_accurate_options(s, "auto")
     s.set_defaults(fn=cmd_eval)
 
@@ -104,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--every", type=positive_int, default=1)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--engine", default="auto")
+    s.add_argument("--input-range", action="store_true", help="instead of the temperature: the colour, contrast "
+                   "and brightness range of the frames it trained on (the splits its card names), inside which every "
+                   "photo is brought before the model sees it")
     s.add_argument("--write", action="store_true", help="write the fit into the model's card.json")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_calibrate)

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from sis.data.images import resize_rgb
+from sis.data.input_range import InputRange, into_range
 
 
 def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
@@ -53,10 +54,19 @@ def labels_and_confidence(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return logits.argmax(0).astype(np.uint8), conf.astype(np.float32)
 
 
+def in_range(images: np.ndarray, rng: InputRange | None) -> np.ndarray:
+    """(N, 3, h, w) uint8 images, each brought inside ``rng`` (``data.input_range``; None: as they are)."""
+    if rng is None:
+        return images
+    return np.ascontiguousarray(np.stack([into_range(im.transpose(1, 2, 0), rng).transpose(2, 0, 1) for im in images]))
+
+
 def calibrated(engine, images: np.ndarray) -> np.ndarray:
-    """``engine``'s (N, C, h, w) float32 logits divided by its temperature (its card's, else 1): the one
-    place the calibration is applied, so every probability the studio shows is calibrated alike."""
-    return np.asarray(engine(images), np.float32) / getattr(engine, "temperature", 1.0)
+    """``engine``'s (N, C, h, w) float32 logits of ``images`` brought inside its input range, divided by
+    its temperature (both its card's; none and 1 where it has none): the one place both are applied, so
+    every picture the studio segments and every probability it shows go through them alike."""
+    x = in_range(images, getattr(engine, "input_range", None))
+    return np.asarray(engine(x), np.float32) / getattr(engine, "temperature", 1.0)
 
 
 def work_logits(engine, rgb: np.ndarray, size: tuple[int, int] | None = None,

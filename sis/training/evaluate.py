@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from sis import metrics
 from sis.data.dataset import Frames
 from sis.data.images import resize_rgb
-from sis.engines.predict import work_size
+from sis.data.input_range import InputRange
+from sis.engines.predict import in_range, work_size
 from sis.zoo.preprocess import forward_logits
 from sis.zoo.registry import ModelConfig
 
@@ -20,14 +21,15 @@ from sis.zoo.registry import ModelConfig
 def evaluate(model: torch.nn.Module, cfg: ModelConfig, frames: Frames, device: torch.device,
              amp: bool = True, batch_size: int = 4,
              progress: Callable[[int, int], None] | None = None,
-             engine: Callable[[np.ndarray], np.ndarray] | None = None) -> dict:
+             engine: Callable[[np.ndarray], np.ndarray] | None = None,
+             input_range: InputRange | None = None) -> dict:
     """Evaluation at each frame's own resolution: miou, pixel_acc, mean_class_acc, per_class_iou, loss.
 
     Each frame is segmented at its work size (``engines.predict.work_size``, the app's rule: CamVid's
     360x480 frames at their own size) and its logits resized back (bilinear) to score every labelled
     pixel. Frames of the same size are batched together; void pixels are ignored.
     ``engine`` (an ``engines`` engine: uint8 images -> logits, numpy) replaces the model's forward;
-    ``model`` may then be None.
+    ``model`` may then be None. ``input_range`` (a card's): each frame brought inside it first, as the app does.
     """
     classes = frames.classes
     c = classes.num_classes
@@ -48,6 +50,8 @@ def evaluate(model: torch.nn.Module, cfg: ModelConfig, frames: Frames, device: t
         size = work_size(h, w, tuple(cfg.base_size))
         x = imgs if size == (h, w) else torch.from_numpy(np.stack(
             [resize_rgb(im.permute(1, 2, 0).cpu().numpy(), size).transpose(2, 0, 1) for im in imgs])).to(device)
+        if input_range is not None:
+            x = torch.from_numpy(in_range(x.cpu().numpy(), input_range)).to(device)
         logits = torch.from_numpy(engine(x.cpu().numpy())).to(device) if engine else \
             forward_logits(model, cfg, x, amp)
         if size != (h, w):

@@ -273,6 +273,16 @@ def _calibration_set(cfg: TrainConfig, data: _Data, validated: bool) -> tuple[Fr
     return frames.subset(range(0, len(frames), step)[:CALIBRATION_REPLAY_FRAMES]), f"the val frames of {replay.name}"
 
 
+def _input_range(cfg: TrainConfig, data: _Data) -> dict:
+    """The colour, contrast and brightness range of the frames the run trained on (replayed ones too):
+    its engines bring photos inside it, as ``sis calibrate --input-range`` does for a shipped model."""
+    from sis.data.input_range import fit_input_range
+    sets = [data.train] + ([data.replay.frames] if data.replay is not None else [])
+    source = f"{'+'.join(cfg.splits)} of {Path(cfg.data).name}" + (f" and {Path(cfg.replay).name} replayed"
+                                                                  if data.replay is not None else "")
+    return fit_input_range((im.permute(1, 2, 0).numpy() for f in sets for im in f.images), source).to_dict()
+
+
 def _calibration(model: torch.nn.Module, mcfg: zoo.ModelConfig, frames: Frames, reference: str) -> dict:
     """The finished run's softmax temperature and unfamiliarity threshold, fitted on ``frames`` as
     ``sis calibrate`` fits a shipped model's: a fine-tune's confidence then means what it says on the
@@ -416,6 +426,7 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
         dist.barrier()
     if rank == 0:
         card = _card(cfg, mcfg, data, status, step, history, val, wall, world, device)
+        card["input_range"] = _input_range(cfg, data)
         if status == "done" and (fit := _calibration_set(cfg, data, val is not None)):
             card["calibration"] = cal = _calibration(model, mcfg, *fit)
             log(f"calibrated on {fit[1]}: temperature {cal['temperature']:.3f}, ECE {100 * cal['ece_before']:.2f}% -> "

@@ -65,7 +65,7 @@ class ShiftReport:
     def score(self, shift: str, severity: int) -> ShiftScore:
         return next(s for s in self.scores if s.shift == shift and s.severity == severity)
 
-    def card_record(self, every: int, command: str) -> dict:
+    def card_record(self, every: int, command: str, input_range: bool = False) -> dict:
         """The figures a model's card keeps (``shift_benchmark``): the mean, each shift's, calibration and
         how well low confidence flags the severest frames; with where and how they were measured."""
         from sis.host import cpu_model
@@ -73,6 +73,7 @@ class ShiftReport:
                 "ece_clean": self.clean.ece, "ece_shifted": self.ece_shifted,
                 "ood_auroc_severe": ood_auroc(self, max(s.severity for s in self.scores)),
                 "frames": self.frames, "every": every, "seed": self.seed, "engine": self.engine,
+                "input_range": input_range,
                 "cpu": cpu_model(), "date": time.strftime("%Y-%m-%d"), "command": command}
 
     def to_dict(self) -> dict:

@@ -81,13 +81,15 @@ def read_frames(source: Path, stride: int = 1, limit: int = MAX_FRAMES) -> tuple
 
 
 def adapt_batchnorm(model, cfg, frames: Iterable[np.ndarray], progress: Callable[[int, int], None] | None = None,
-                    stop: Callable[[], bool] | None = None) -> int:
+                    stop: Callable[[], bool] | None = None, input_range=None) -> int:
     """Re-estimate every BatchNorm layer's running mean and variance of ``model`` (in place) as the
-    plain average over ``frames``, each at its work size; the other layers run as in inference.
+    plain average over ``frames``, each at its work size and brought inside ``input_range`` (the model's
+    card's, as its engines will bring them); the other layers run as in inference.
     Returns the number of layers re-estimated."""
     import torch
 
     from sis.data.images import resize_rgb
+    from sis.data.input_range import into_range
     from sis.engines.predict import work_size
     from sis.zoo.preprocess import forward_logits
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
@@ -103,7 +105,8 @@ def adapt_batchnorm(model, cfg, frames: Iterable[np.ndarray], progress: Callable
             if stop is not None and stop():
                 break
             size = work_size(*rgb.shape[:2], tuple(cfg.base_size))
-            x = torch.from_numpy(np.ascontiguousarray(resize_rgb(rgb, size).transpose(2, 0, 1)))[None]
+            seen = into_range(resize_rgb(rgb, size), input_range)
+            x = torch.from_numpy(np.ascontiguousarray(seen.transpose(2, 0, 1)))[None]
             forward_logits(model, cfg, x, amp=False)
             if progress:
                 progress(i + 1, len(frames))
@@ -128,14 +131,15 @@ def adapt_folder(init: Path, source: Path, out: Path, stride: int = 1,
     check_frames(frames)
     t0 = time.perf_counter()
     model, cfg = models.load_model(init)
-    layers = adapt_batchnorm(model, cfg, frames, progress, stop)
+    layers = adapt_batchnorm(model, cfg, frames, progress, stop, zoo.read_card(init).input_range)
     if layers == 0:
         raise AdaptError(f"{cfg.name} has no BatchNorm layer to adapt")
     seconds = time.perf_counter() - t0
     base = zoo.read_card(init).raw
     result = Adaptation(str(init), str(out), len(frames), skipped, round(seconds, 1), layers)
-    card = {k: base[k] for k in ("model", "paper_pair", "classes", "palette", "void", "recipe", "calibration")
-            if k in base}
+    # its engines bring photos inside the range its statistics were estimated on, as its starting model's do
+    card = {k: base[k] for k in ("model", "paper_pair", "classes", "palette", "void", "recipe", "calibration",
+                                 "input_range") if k in base}
     card.update(init=f"adapted:{init.name}", status="done", unlabeled=result.to_dict() | {
         "method": "BatchNorm statistics re-estimated on the frames (AdaBN); no weight changed",
         "source": str(source)})

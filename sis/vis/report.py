@@ -8,6 +8,7 @@ from PIL import Image
 
 from sis import metrics, zoo
 from sis.classes import ClassSet
+from sis.data.input_range import InputRange, frame_stats, outside
 from sis.engines import EngineChoice, choose_engine
 from sis.engines.accurate import ACCURATE_MODE
 from sis.engines.predict import predict
@@ -49,6 +50,22 @@ class Segmentation:
     scores: dict | None = None        # metrics.summarize against the ground truth
     note: str | None = None           # said to the user (e.g. the engine fell back to eager)
     unfamiliar: str | None = None     # said when the photo looks unlike the model's training frames
+    adjusted: str | None = None       # said when the photo was brought inside the model's input range
+
+
+def adjustment(rgb: np.ndarray, rng: InputRange | None, what: str = "photo") -> str | None:
+    """One sentence when ``rgb`` lies outside the input range the engine brings it into, else None."""
+    found = outside(frame_stats(rgb), rng) if rng is not None else ()
+    if not found:
+        return None
+    said = found[0] if len(found) == 1 else ", ".join(found[:-1]) + " and " + found[-1]
+    return (f"This {what} has {said}, beyond every frame the model trained on ({rng.source}); the model was given "
+            f"it moved back to the nearest of those (the picture shown is your own).")
+
+
+def engine_range(engine) -> InputRange | None:
+    """The input range ``engine`` applies (an accurate mode's: its first member's that has one)."""
+    return next((r for m in getattr(engine, "members", [engine]) if (r := getattr(m, "input_range", None))), None)
 
 
 def segment(engine, image: Image.Image, truth: np.ndarray | None = None,
@@ -67,6 +84,7 @@ def segment(engine, image: Image.Image, truth: np.ndarray | None = None,
                        work_size=pred.work_size, mean_confidence=float(pred.confidence.mean()),
                        share=class_share(pred.labels, classes.num_classes), ms=pred.ms, engine=engine.name,
                        mask_png=rgb_png(colorize(pred.labels, pal)), label_png=label_png(pred.labels))
+    res.adjusted = adjustment(res.image, engine_range(engine))  # the display copy: the same statistics, less memory
     if truth is not None and truth.shape == pred.labels.shape:
         t = _shrink(truth, disp, nearest=True)
         res.truth, res.errors = colorize(t, pal), error_map(labels, t, classes.void)

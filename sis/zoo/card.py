@@ -5,6 +5,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sis.data.input_range import InputRange
+
 
 @dataclass(frozen=True)
 class EngineRecord:
@@ -52,6 +54,7 @@ class ModelCard:
     low_percentile: float = 5.0                        # the share of val frames (%) below low_confidence
     low_reference: str = "CamVid's own val frames"     # the frames low_confidence was measured on, in words
     shift_mean: float | None = None                    # the shift benchmark's mean mIoU (eval --shift all --write)
+    input_range: InputRange | None = None              # the training frames' colour, contrast, brightness range
     raw: dict = field(default_factory=dict)
 
     @property
@@ -74,7 +77,8 @@ class ModelCard:
                    low_confidence=(d.get("calibration") or {}).get("low_confidence"),
                    low_percentile=float((d.get("calibration") or {}).get("low_percentile") or 5.0),
                    low_reference=(d.get("calibration") or {}).get("reference") or "CamVid's own val frames",
-                   shift_mean=(d.get("shift_benchmark") or {}).get("mean"), raw=d)
+                   shift_mean=(d.get("shift_benchmark") or {}).get("mean"),
+                   input_range=InputRange.from_dict(d.get("input_range")), raw=d)
 
 
 def write_card(folder: Path, card: dict) -> ModelCard:
@@ -86,8 +90,16 @@ def write_card(folder: Path, card: dict) -> ModelCard:
 
 
 def update_card(folder: Path, **sections) -> ModelCard:
-    """Set top-level ``sections`` of the folder's card, keeping every other key."""
-    return write_card(folder, dict(read_card(folder).raw, **sections))
+    """Set top-level ``sections`` of the folder's card, keeping every other key (a card that is there but
+    cannot be read raises, rather than being replaced by the sections alone)."""
+    path = Path(folder) / "card.json"
+    try:
+        raw = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} cannot be read ({e}); it is left as it is") from e
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path} is not a card (a JSON object); it is left as it is")
+    return write_card(folder, dict(raw, **sections))
 
 
 def read_card(folder: Path) -> ModelCard:

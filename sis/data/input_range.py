@@ -1,0 +1,120 @@
+"""The range of colour cast, contrast and brightness a model's training frames span, and a photo brought
+back inside it before the model sees it.
+
+A model trained on one city's camera has never seen a frame warmer, cooler, flatter, darker or brighter
+than its training set; outside that range it fails confidently (docs/robustness.md). A photo whose frame
+statistics fall outside the range is moved to the nearest edge by global, invertible steps a camera
+itself applies: per-channel gains (white balance), a stretch about the mean (contrast), one gain
+(exposure). A photo inside the range is returned unchanged, so the frames the model knows are scored as
+before. The range is fitted on the training frames (their minimum and maximum: what was never seen) and
+kept in the model's card: training fits it at the end of every run (replayed frames included, so a
+model fine-tuned on a user's street takes that street in), ``sis calibrate --input-range`` for a model
+trained before. numpy only.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Iterable
+
+import numpy as np
+
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+@dataclass(frozen=True)
+class FrameStats:
+    """One frame's global statistics, in [0, 1] units."""
+    luminance: float      # mean luma
+    contrast: float       # luma's standard deviation over its mean (a darker frame keeps its contrast)
+    red_green: float      # mean red over mean green (a warm cast raises it)
+    blue_green: float     # mean blue over mean green (a cool cast raises it)
+
+
+@dataclass(frozen=True)
+class InputRange:
+    """[low, high] of each statistic over the training frames."""
+    luminance: tuple[float, float]
+    contrast: tuple[float, float]
+    red_green: tuple[float, float]
+    blue_green: tuple[float, float]
+    frames: int = 0
+    source: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "InputRange | None":
+        """The card's ``input_range`` section, or None where it has none or it is unreadable."""
+        if not isinstance(d, dict):
+            return None
+        try:
+            return cls(*(tuple(float(v) for v in d[k]) for k in ("luminance", "contrast", "red_green", "blue_green")),
+                       frames=int(d.get("frames", 0)), source=str(d.get("source", "")))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+def frame_stats(rgb: np.ndarray) -> FrameStats:
+    """(H, W, 3) uint8 or [0, 1] float -> its FrameStats."""
+    x = rgb.astype(np.float32) / 255.0 if rgb.dtype == np.uint8 else rgb.astype(np.float32)
+    m = x.reshape(-1, 3).mean(0)
+    y = x @ LUMA
+    mu = float(y.mean())
+    return FrameStats(mu, float(y.std()) / max(mu, 1e-4), float(m[0]) / max(float(m[1]), 1e-4),
+                      float(m[2]) / max(float(m[1]), 1e-4))
+
+
+def fit_input_range(frames: Iterable[np.ndarray], source: str = "") -> InputRange:
+    """The range the (H, W, 3) uint8 ``frames`` span: each statistic's minimum and maximum."""
+    s = np.array([[f.luminance, f.contrast, f.red_green, f.blue_green] for f in map(frame_stats, frames)])
+    if not len(s):
+        raise ValueError("an input range needs at least one frame")
+    lo, hi = s.min(0), s.max(0)
+    return InputRange(*((float(a), float(b)) for a, b in zip(lo, hi)), frames=len(s), source=source)
+
+
+def outside(stats: FrameStats, rng: InputRange) -> tuple[str, ...]:
+    """What about a frame lies outside the range, in words (empty: nothing)."""
+    out = []
+    if stats.red_green > rng.red_green[1] or stats.blue_green < rng.blue_green[0]:
+        out.append("a warm colour cast")
+    elif stats.red_green < rng.red_green[0] or stats.blue_green > rng.blue_green[1]:
+        out.append("a cool colour cast")
+    if stats.contrast < rng.contrast[0]:
+        out.append("low contrast")
+    if stats.luminance < rng.luminance[0]:
+        out.append("a dark exposure")
+    elif stats.luminance > rng.luminance[1]:
+        out.append("a bright exposure")
+    return tuple(out)
+
+
+def into_range(rgb: np.ndarray, rng: InputRange | None) -> np.ndarray:
+    """(H, W, 3) uint8 -> the same frame brought inside ``rng``: red and blue gains to the nearest
+    colour balance in range (brightness kept), a stretch about the mean up to the lowest contrast in
+    range, then a gain to the nearest brightness in range. Returns ``rgb`` itself when it is inside.
+
+    Contrast is only ever raised: a frame more contrasted than any training frame (dark midtones) lost
+    more when flattened than it gained, on the shift benchmark (docs/robustness.md)."""
+    if rng is None:
+        return rgb
+    s = frame_stats(rgb)
+    rg, bg = np.clip(s.red_green, *rng.red_green), np.clip(s.blue_green, *rng.blue_green)
+    stretch = rng.contrast[0] / max(s.contrast, 1e-6) if s.contrast < rng.contrast[0] else 1.0
+    if rg == s.red_green and bg == s.blue_green and stretch == 1.0 and \
+            rng.luminance[0] <= s.luminance <= rng.luminance[1]:
+        return rgb
+    x = rgb.astype(np.float32) / 255.0
+    if rg != s.red_green or bg != s.blue_green:
+        x = x * np.array([rg / s.red_green, 1.0, bg / s.blue_green], np.float32)
+        x = x * (s.luminance / max(float((x @ LUMA).mean()), 1e-6))  # the cast goes, the brightness stays
+    if stretch != 1.0:
+        mu = float((x @ LUMA).mean())
+        x = (x - mu) * stretch + mu
+    x = np.clip(x, 0.0, 1.0)
+    mu = float((x @ LUMA).mean())
+    target = float(np.clip(mu, *rng.luminance))
+    if target != mu:
+        x = np.clip(x * (target / max(mu, 1e-4)), 0.0, 1.0)
+    return np.rint(x * 255.0).astype(np.uint8)

@@ -1,0 +1,170 @@
+"""The input range: fitted by hand on synthetic frames, photos brought inside it, the card and engines carrying it."""
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import REAL_CAMVID, ROOT
+
+from sis import zoo
+from sis.data.input_range import InputRange, fit_input_range, frame_stats, into_range, outside
+from sis.engines.predict import calibrated, in_range
+
+RANGE = InputRange(luminance=(0.2, 0.7), contrast=(0.4, 1.2), red_green=(0.85, 1.05), blue_green=(0.95, 1.1))
+
+
+def _scene(seed=0, h=60, w=80) -> np.ndarray:
+    """A neutral street-like frame: grey-ish, mid brightness, ordinary contrast (inside RANGE)."""
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(0.1, 0.9, (h, w, 1)).astype(np.float32)
+    tint = np.array([0.97, 1.0, 1.02], np.float32)
+    return np.clip(np.rint(base * tint * 255 * 0.85), 0, 255).astype(np.uint8)
+
+
+def test_frame_stats_by_hand():
+    rgb = np.zeros((2, 2, 3), np.uint8)
+    rgb[0] = (200, 100, 50)   # top row
+    rgb[1] = (100, 100, 100)  # bottom row
+    s = frame_stats(rgb)
+    assert s.red_green == pytest.approx(150 / 100) and s.blue_green == pytest.approx(75 / 100)
+    y_top = (0.299 * 200 + 0.587 * 100 + 0.114 * 50) / 255
+    y_bot = 100 / 255
+    assert s.luminance == pytest.approx((y_top + y_bot) / 2, rel=1e-5)
+    assert s.contrast == pytest.approx(abs(y_top - y_bot) / 2 / s.luminance, rel=1e-4)
+
+
+def test_fit_takes_each_statistics_minimum_and_maximum():
+    frames = [_scene(i) for i in range(5)]
+    rng = fit_input_range(frames, "five scenes")
+    stats = [frame_stats(f) for f in frames]
+    assert rng.luminance == (min(s.luminance for s in stats), max(s.luminance for s in stats))
+    assert rng.red_green == (min(s.red_green for s in stats), max(s.red_green for s in stats))
+    assert rng.frames == 5 and rng.source == "five scenes"
+    assert all(into_range(f, rng) is f for f in frames)  # every training frame is inside its own range
+    with pytest.raises(ValueError, match="at least one frame"):
+        fit_input_range([])
+
+
+def test_a_frame_inside_is_returned_untouched():
+    rgb = _scene()
+    assert not outside(frame_stats(rgb), RANGE)
+    assert into_range(rgb, RANGE) is rgb and into_range(rgb, None) is rgb
+
+
+def test_a_warm_cast_is_taken_back_to_the_edge_and_the_brightness_kept():
+    rgb = _scene()
+    warm = np.clip(rgb * np.array([1.4, 1.0, 0.65]), 0, 255).astype(np.uint8)
+    s = frame_stats(warm)
+    assert outside(s, RANGE) == ("a warm colour cast",)
+    out = frame_stats(into_range(warm, RANGE))
+    assert out.red_green == pytest.approx(RANGE.red_green[1], abs=0.01)
+    assert out.blue_green == pytest.approx(RANGE.blue_green[0], abs=0.01)
+    assert out.luminance == pytest.approx(s.luminance, abs=0.01)
+
+
+def test_a_flat_frame_is_stretched_to_the_lowest_contrast_in_range():
+    rgb = _scene().astype(np.float32)
+    flat = np.rint((rgb - rgb.mean()) * 0.25 + rgb.mean()).astype(np.uint8)
+    assert "low contrast" in outside(frame_stats(flat), RANGE)
+    out = frame_stats(into_range(flat, RANGE))
+    assert out.contrast == pytest.approx(RANGE.contrast[0], abs=0.02)
+    assert out.luminance == pytest.approx(frame_stats(flat).luminance, abs=0.01)
+
+
+def test_a_dark_frame_is_brightened_to_the_edge_and_a_contrasted_one_never_flattened():
+    dark = (_scene().astype(np.float32) * 0.3).astype(np.uint8)
+    assert outside(frame_stats(dark), RANGE) == ("a dark exposure",)
+    assert frame_stats(into_range(dark, RANGE)).luminance == pytest.approx(RANGE.luminance[0], abs=0.01)
+    harsh = np.zeros((60, 80, 3), np.uint8)
+    harsh[::4] = 255  # a quarter of the rows white, the rest black: contrast 1.73, brightness 0.25 (inside)
+    s = frame_stats(harsh)
+    assert s.contrast > RANGE.contrast[1] and RANGE.luminance[0] <= s.luminance
+    assert into_range(harsh, RANGE) is harsh
+
+
+def test_the_range_reads_from_a_card_and_garbage_reads_as_none():
+    d = json.loads(json.dumps(RANGE.to_dict()))  # as card.json keeps it (lists, not tuples)
+    assert InputRange.from_dict(d) == RANGE
+    for bad in (None, {}, {"luminance": "bright"}, [1, 2], "x"):
+        assert InputRange.from_dict(bad) is None
+    card = zoo.ModelCard.from_dict({"input_range": d})
+    assert card.input_range == RANGE and zoo.ModelCard.from_dict({}).input_range is None
+
+
+class _Recorder:
+    """An engine that keeps what it was given: the input range is applied before the engine sees a frame."""
+    temperature = 2.0
+
+    def __init__(self, rng):
+        self.input_range, self.seen = rng, None
+
+    def __call__(self, x):
+        self.seen = x
+        return np.ones((len(x), 2, *x.shape[-2:]), np.float32)
+
+
+def test_engines_see_the_photo_inside_their_range_and_the_logits_are_calibrated():
+    warm = np.clip(_scene() * np.array([1.4, 1.0, 0.65]), 0, 255).astype(np.uint8)
+    batch = warm.transpose(2, 0, 1)[None]
+    eng = _Recorder(RANGE)
+    logits = calibrated(eng, batch)
+    assert np.allclose(logits, 0.5)
+    fixed = frame_stats(eng.seen[0].transpose(1, 2, 0))
+    assert fixed.red_green == pytest.approx(RANGE.red_green[1], abs=0.01)
+    eng = _Recorder(None)
+    calibrated(eng, batch)
+    assert eng.seen is batch
+    assert in_range(batch, None) is batch
+
+
+def test_update_card_never_replaces_an_unreadable_card(tmp_path):
+    (tmp_path / "card.json").write_text("{not json")
+    with pytest.raises(ValueError, match="cannot be read"):
+        zoo.update_card(tmp_path, input_range=RANGE.to_dict())
+    assert (tmp_path / "card.json").read_text() == "{not json"
+
+
+def test_every_shipped_model_carries_its_training_range():
+    for name in zoo.list_models():
+        folder = ROOT / "weights" / name
+        if (folder / "card.json").is_file():
+            rng = zoo.read_card(folder).input_range
+            assert rng is not None and rng.frames == 367, name
+            assert rng.red_green[0] < 1 < rng.blue_green[1]
+
+
+def test_calibrate_input_range_writes_the_card_and_eval_can_go_without(tiny_model, tiny_data, tmp_path):
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model, folder)
+    r = subprocess.run([sys.executable, "-m", "sis", "calibrate", "--model", folder, "--data", tiny_data,
+                        "--input-range", "--write"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-1500:]
+    card = zoo.read_card(folder)
+    assert card.input_range is not None and card.input_range.frames == 6 and card.val_miou is not None
+    runs = {}
+    for flag in ([], ["--no-input-range"]):
+        r = subprocess.run([sys.executable, "-m", "sis", "eval", "--model", folder, "--data", tiny_data, "--json",
+                            *flag], capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert r.returncode == 0, r.stderr[-1500:]
+        runs[bool(flag)] = json.loads(r.stdout)["miou"]
+    assert all(0 <= v <= 1 for v in runs.values())
+
+
+@pytest.mark.skipif(not (REAL_CAMVID / "val").is_dir(), reason=f"no CamVid at {REAL_CAMVID}")
+def test_camvid_val_lies_inside_the_shipped_range_so_its_scores_do_not_move():
+    from sis.data.dataset import list_pairs, read_rgb
+    rng = zoo.read_card(ROOT / "weights" / zoo.DEFAULT_MODEL).input_range
+    for img, _ in list_pairs(REAL_CAMVID, "val")[::5]:
+        rgb = read_rgb(img)
+        assert into_range(rgb, rng) is rgb, img.name
+
+
+def test_a_trained_model_keeps_the_range_of_its_training_frames(tiny_model, tiny_data):
+    from sis.data.dataset import list_pairs, read_rgb
+    card = zoo.read_card(tiny_model)
+    frames = [read_rgb(i) for i, _ in list_pairs(tiny_data, "train")]
+    fitted, kept = fit_input_range(frames, f"train of {tiny_data.name}").to_dict(), card.input_range.to_dict()
+    assert kept.pop("source") == fitted.pop("source") and kept.pop("frames") == fitted.pop("frames") == 6
+    assert kept == {k: pytest.approx(v, rel=1e-4) for k, v in fitted.items()}  # float32 sums, another order
