@@ -72,6 +72,8 @@ ran = next((k for k, e in entries.items() if e.folder.resolve() == Path(done["fo
            Path(done["folder"]).name)
 if unfamiliar := report.unfamiliarity(res.mean_confidence, zoo.read_card(done["folder"]), ran, what="clip"):
     st.warning(unfamiliar, icon=":material/travel_explore:")
+if moved := report.clip_adjustment(res.moved, res.frames, zoo.read_card(done["folder"]).input_range):
+    st.info(moved, icon=":material/tune:")
 shown, facts = st.columns([3, 1])
 shown.video(str(Path(out) / "preview.mp4"))  # at most 480p: the server holds what it plays in memory
 facts.metric("Frames segmented", res.frames, help=f"{res.seconds:.1f} s of the clip, at {res.fps_out:.3g} fps")

@@ -168,3 +168,20 @@ def test_a_trained_model_keeps_the_range_of_its_training_frames(tiny_model, tiny
     fitted, kept = fit_input_range(frames, f"train of {tiny_data.name}").to_dict(), card.input_range.to_dict()
     assert kept.pop("source") == fitted.pop("source") and kept.pop("frames") == fitted.pop("frames") == 6
     assert kept == {k: pytest.approx(v, rel=1e-4) for k, v in fitted.items()}  # float32 sums, another order
+
+
+def test_predict_says_which_photos_were_moved_inside_the_range(tiny_model, tmp_path, capsys):
+    from PIL import Image
+
+    from sis.cli import main
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model, folder, ignore=shutil.ignore_patterns("checkpoint"))
+    zoo.update_card(folder, input_range=RANGE.to_dict() | {"source": "train of tiny"})
+    grey = _scene()
+    Image.fromarray(grey).save(tmp_path / "grey.png")
+    Image.fromarray(np.clip(grey * np.array([0.6, 1.0, 1.5]), 0, 255).astype(np.uint8)).save(tmp_path / "cool.png")
+    assert main(["predict", "--model", str(folder), "--out", str(tmp_path / "out"),
+                 str(tmp_path / "grey.png"), str(tmp_path / "cool.png")]) == 0
+    lines = {ln.split(" -> ")[0].rsplit("/", 1)[-1]: ln for ln in capsys.readouterr().out.splitlines() if " -> " in ln}
+    assert "moved inside" not in lines["grey.png"]
+    assert "moved inside the model's input range: a cool colour cast" in lines["cool.png"]

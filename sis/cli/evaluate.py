@@ -118,7 +118,6 @@ def cmd_eval(a) -> int:
 def cmd_calibrate(a) -> int:
     """``calibrate``: fit the model's softmax temperature on val through its engine here; --write keeps it in
     the card (``calibration``), where every engine loaded from the folder then applies it."""
-    from sis import zoo
     from sis.training.calibrate import calibrate
     from sis.training.robustness import val_frames
     folder = model_folders(a.model)[0]
@@ -129,14 +128,19 @@ def cmd_calibrate(a) -> int:
     cal = calibrate(engine, val_frames(Path(a.data), a.limit, a.every), a.seed)
     out = cal.to_dict() | {"fitted_on": f"val of {Path(a.data).name} ({cal.frames} frames, {cal.pixels} pixels)",
                            "reference": f"the val frames of {Path(a.data).name}"}
+    return _keep(a, folder, "calibration", out,
+                 f"{folder.name} on {cal.engine}: temperature {cal.temperature:.3f}; ECE {100 * cal.ece_before:.2f} -> "
+                 f"{100 * cal.ece_after:.2f}; NLL {cal.nll_before:.4f} -> {cal.nll_after:.4f}; a photo is flagged below "
+                 f"{100 * cal.low_confidence:.1f}% mean confidence")
+
+
+def _keep(a, folder: Path, section: str, out: dict, line: str) -> int:
+    """A fit's ``out`` into the card's ``section`` with --write; printed as JSON with --json, else as ``line``."""
+    from sis import zoo
     if a.write:
-        zoo.update_card(folder, calibration=out)
-    if a.json:
-        print(json.dumps(out))
-        return 0
-    print(f"{folder.name} on {cal.engine}: temperature {cal.temperature:.3f}; ECE {100 * cal.ece_before:.2f} -> "
-          f"{100 * cal.ece_after:.2f}; NLL {cal.nll_before:.4f} -> {cal.nll_after:.4f}; a photo is flagged below "
-          f"{100 * cal.low_confidence:.1f}% mean confidence" + (f"; written to {folder / 'card.json'}" if a.write else ""))
+        zoo.update_card(folder, **{section: out})
+        line += f"; written to {folder / 'card.json'}"
+    print(json.dumps(out) if a.json else line)
     return 0
 
 
@@ -150,13 +154,8 @@ def _fit_input_range(a, folder: Path) -> int:
     paths = [i for sp in splits for i, _ in list_pairs(Path(a.data), sp)][::a.every][:a.limit]
     rng = fit_input_range((read_rgb(p) for p in paths), f"{'+'.join(splits)} of {Path(a.data).name}")
     out = rng.to_dict() | {"command": f"python -m sis calibrate --model {a.model} --data {a.data} --input-range"}
-    if a.write:
-        zoo.update_card(folder, input_range=out)
-    if a.json:
-        print(json.dumps(out))
-        return 0
-    print(f"{folder.name}: input range over {rng.frames} frames of {rng.source}: luminance {rng.luminance[0]:.3f}-"
-          f"{rng.luminance[1]:.3f}, contrast {rng.contrast[0]:.3f}-{rng.contrast[1]:.3f}, red/green "
-          f"{rng.red_green[0]:.3f}-{rng.red_green[1]:.3f}, blue/green {rng.blue_green[0]:.3f}-{rng.blue_green[1]:.3f}"
-          + (f"; written to {folder / 'card.json'}" if a.write else ""))
-    return 0
+    return _keep(a, folder, "input_range", out,
+                 f"{folder.name}: input range over {rng.frames} frames of {rng.source}: luminance "
+                 f"{rng.luminance[0]:.3f}-{rng.luminance[1]:.3f}, contrast {rng.contrast[0]:.3f}-{rng.contrast[1]:.3f}, "
+                 f"red/green {rng.red_green[0]:.3f}-{rng.red_green[1]:.3f}, blue/green "
+                 f"{rng.blue_green[0]:.3f}-{rng.blue_green[1]:.3f}")

@@ -90,6 +90,14 @@ def outside(stats: FrameStats, rng: InputRange) -> tuple[str, ...]:
     return tuple(out)
 
 
+def outside_photo(rgb: np.ndarray, rng: InputRange | None, pixels: int = 200_000) -> tuple[str, ...]:
+    """``outside`` for a photo of any size, its statistics taken on every n-th pixel (at most ``pixels``)."""
+    if rng is None:
+        return ()
+    step = max(1, int((rgb.shape[0] * rgb.shape[1] / pixels) ** 0.5))
+    return outside(frame_stats(rgb[::step, ::step]), rng)
+
+
 def into_range(rgb: np.ndarray, rng: InputRange | None) -> np.ndarray:
     """(H, W, 3) uint8 -> the same frame brought inside ``rng``: red and blue gains to the nearest
     colour balance in range (brightness kept), a stretch about the mean up to the lowest contrast in

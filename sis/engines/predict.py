@@ -61,6 +61,11 @@ def in_range(images: np.ndarray, rng: InputRange | None) -> np.ndarray:
     return np.ascontiguousarray(np.stack([into_range(im.transpose(1, 2, 0), rng).transpose(2, 0, 1) for im in images]))
 
 
+def engine_range(engine) -> InputRange | None:
+    """The input range ``engine`` applies (an accurate mode's: its first member's that has one)."""
+    return next((r for m in getattr(engine, "members", [engine]) if (r := getattr(m, "input_range", None))), None)
+
+
 def calibrated(engine, images: np.ndarray) -> np.ndarray:
     """``engine``'s (N, C, h, w) float32 logits of ``images`` brought inside its input range, divided by
     its temperature (both its card's; none and 1 where it has none): the one place both are applied, so

@@ -14,7 +14,8 @@ import numpy as np
 from PIL import Image
 
 from sis.data.images import resize_rgb
-from sis.engines.predict import softmax, work_logits, work_size
+from sis.data.input_range import frame_stats, outside
+from sis.engines.predict import engine_range, softmax, work_logits, work_size
 from sis.video.clips import PREVIEW_SIDE, ClipWriter, VideoError, VideoInfo, iter_frames, out_size, probe
 from sis.video.temporal import Flicker, Motion
 from sis.vis.paint import class_share, overlay
@@ -92,6 +93,7 @@ class VideoResult:
     confidence: list = field(default_factory=list)  # per processed frame: its mean calibrated confidence, unsmoothed
     out: str | None = None
     cut: str | None = None     # why the clip was cut short, in words
+    moved: dict = field(default_factory=dict)  # what lay beyond the model's input range -> how many frames
 
     @property
     def mean_confidence(self) -> float:
@@ -144,6 +146,7 @@ def segment_video(engine, src: Path, out: Path | None = None, stride: int = 1, m
     res = VideoResult(0, info.fps, info.fps / stride, 0.0, 0.0, 0.0, 0.0, {})
     state = None
     motion = Motion() if smooth and flow else None
+    rng = engine_range(engine)
     t0 = time.perf_counter()
     try:
         for idx, rgb in iter_frames(src, stride, max_frames):
@@ -179,6 +182,8 @@ def segment_video(engine, src: Path, out: Path | None = None, stride: int = 1, m
             res.share.append(class_share(labels, c))
             res.indices.append(idx)
             res.confidence.append(float(p.max(0).mean()))
+            for what in (outside(frame_stats(seen), rng) if rng is not None else ()):
+                res.moved[what] = res.moved.get(what, 0) + 1
             if writer or small:
                 shown = overlay(rgb, full, palette, alpha)
                 if writer:

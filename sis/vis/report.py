@@ -8,10 +8,10 @@ from PIL import Image
 
 from sis import metrics, zoo
 from sis.classes import ClassSet
-from sis.data.input_range import InputRange, frame_stats, outside
+from sis.data.input_range import InputRange, outside_photo
 from sis.engines import EngineChoice, choose_engine
 from sis.engines.accurate import ACCURATE_MODE
-from sis.engines.predict import predict
+from sis.engines.predict import engine_range, predict
 from sis.vis.paint import class_share, colorize, colormap, error_map, label_png, overlay, rgb_png
 
 DISPLAY_MAX = 1600  # longest side of the arrays a result keeps for display (session state stays small)
@@ -53,19 +53,26 @@ class Segmentation:
     adjusted: str | None = None       # said when the photo was brought inside the model's input range
 
 
-def adjustment(rgb: np.ndarray, rng: InputRange | None, what: str = "photo") -> str | None:
+def _listed(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def adjustment(rgb: np.ndarray, rng: InputRange | None) -> str | None:
     """One sentence when ``rgb`` lies outside the input range the engine brings it into, else None."""
-    found = outside(frame_stats(rgb), rng) if rng is not None else ()
+    found = outside_photo(rgb, rng)
     if not found:
         return None
-    said = found[0] if len(found) == 1 else ", ".join(found[:-1]) + " and " + found[-1]
-    return (f"This {what} has {said}, beyond every frame the model trained on ({rng.source}); the model was given "
-            f"it moved back to the nearest of those (the picture shown is your own).")
+    return (f"This photo has {_listed(list(found))}, beyond every frame the model trained on ({rng.source}); the "
+            f"model was given it moved back to the nearest of those (the picture shown is your own).")
 
 
-def engine_range(engine) -> InputRange | None:
-    """The input range ``engine`` applies (an accurate mode's: its first member's that has one)."""
-    return next((r for m in getattr(engine, "members", [engine]) if (r := getattr(m, "input_range", None))), None)
+def clip_adjustment(moved: dict, frames: int, rng: InputRange | None) -> str | None:
+    """The sentence for a clip: how many of its ``frames`` had what (``VideoResult.moved``), else None."""
+    if not moved or rng is None:
+        return None
+    each = [f"{n} had {what}" for what, n in sorted(moved.items(), key=lambda kv: -kv[1])]
+    return (f"Of the {frames} frames segmented, {_listed(each)}, beyond every frame the model trained on "
+            f"({rng.source}); the model was given them moved back to the nearest of those (the overlay shows your own).")
 
 
 def segment(engine, image: Image.Image, truth: np.ndarray | None = None,
@@ -84,7 +91,7 @@ def segment(engine, image: Image.Image, truth: np.ndarray | None = None,
                        work_size=pred.work_size, mean_confidence=float(pred.confidence.mean()),
                        share=class_share(pred.labels, classes.num_classes), ms=pred.ms, engine=engine.name,
                        mask_png=rgb_png(colorize(pred.labels, pal)), label_png=label_png(pred.labels))
-    res.adjusted = adjustment(res.image, engine_range(engine))  # the display copy: the same statistics, less memory
+    res.adjusted = adjustment(rgb, engine_range(engine))
     if truth is not None and truth.shape == pred.labels.shape:
         t = _shrink(truth, disp, nearest=True)
         res.truth, res.errors = colorize(t, pal), error_map(labels, t, classes.void)
