@@ -185,3 +185,25 @@ def test_predict_says_which_photos_were_moved_inside_the_range(tiny_model, tmp_p
     lines = {ln.split(" -> ")[0].rsplit("/", 1)[-1]: ln for ln in capsys.readouterr().out.splitlines() if " -> " in ln}
     assert "moved inside" not in lines["grey.png"]
     assert "moved inside the model's input range: a cool colour cast" in lines["cool.png"]
+
+
+def test_union_spans_both_and_a_fine_tune_keeps_what_its_start_saw(tiny_model, data_copy, tmp_path):
+    from conftest import TINY_MODEL
+
+    from sis.data.input_range import union
+    from sis.training.config import TrainConfig
+    from sis.training.loop import train
+    narrow = InputRange((0.3, 0.4), (0.5, 0.6), (0.9, 0.95), (1.0, 1.05), 3, "a")
+    both = union(RANGE, narrow)
+    assert both.luminance == RANGE.luminance and both.frames == RANGE.frames + 3 and union(narrow, None) == narrow
+    wide = InputRange((0.01, 0.99), (0.01, 3.0), (0.5, 2.0), (0.5, 2.0), 367, "train of camvid")
+    init = tmp_path / "init"
+    shutil.copytree(tiny_model, init, ignore=shutil.ignore_patterns("checkpoint"))
+    zoo.update_card(init, input_range=wide.to_dict())
+    out = tmp_path / "ft"
+    train(TrainConfig(model=TINY_MODEL, data=str(data_copy), init=str(init), out=str(out), max_steps=1,
+                      batch_size=2, threads=None), log=lambda m: None)
+    kept = zoo.read_card(out).input_range
+    assert kept.luminance == wide.luminance and kept.frames == 367 + 3
+    assert kept.red_green[0] == wide.red_green[0] and kept.red_green[1] >= wide.red_green[1]  # the frames' own reach further
+    assert kept.source.startswith("train of camvid and train of ")

@@ -7,9 +7,9 @@ statistics fall outside the range is moved to the nearest edge by global, invert
 itself applies: per-channel gains (white balance), a stretch about the mean (contrast), one gain
 (exposure). A photo inside the range is returned unchanged, so the frames the model knows are scored as
 before. The range is fitted on the training frames (their minimum and maximum: what was never seen) and
-kept in the model's card: training fits it at the end of every run (replayed frames included, so a
-model fine-tuned on a user's street takes that street in), ``sis calibrate --input-range`` for a model
-trained before. numpy only.
+kept in the model's card: training fits it at the end of every run (replayed frames included, a
+fine-tune's joined to its starting model's, so a model fine-tuned on a user's street takes that street
+in), ``sis calibrate --input-range`` for a model trained before. numpy only.
 """
 from __future__ import annotations
 
@@ -72,6 +72,15 @@ def fit_input_range(frames: Iterable[np.ndarray], source: str = "") -> InputRang
         raise ValueError("an input range needs at least one frame")
     lo, hi = s.min(0), s.max(0)
     return InputRange(*((float(a), float(b)) for a, b in zip(lo, hi)), frames=len(s), source=source)
+
+
+def union(a: InputRange, b: InputRange | None) -> InputRange:
+    """The range spanning both: a fine-tune has seen what its starting model saw, and its own frames."""
+    if b is None:
+        return a
+    span = [(min(x[0], y[0]), max(x[1], y[1])) for x, y in
+            zip((a.luminance, a.contrast, a.red_green, a.blue_green), (b.luminance, b.contrast, b.red_green, b.blue_green))]
+    return InputRange(*span, frames=a.frames + b.frames, source=f"{a.source} and {b.source}")
 
 
 def outside(stats: FrameStats, rng: InputRange) -> tuple[str, ...]:

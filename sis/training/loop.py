@@ -274,13 +274,16 @@ def _calibration_set(cfg: TrainConfig, data: _Data, validated: bool) -> tuple[Fr
 
 
 def _input_range(cfg: TrainConfig, data: _Data) -> dict:
-    """The colour, contrast and brightness range of the frames the run trained on (replayed ones too):
-    its engines bring photos inside it, as ``sis calibrate --input-range`` does for a shipped model."""
-    from sis.data.input_range import fit_input_range
+    """The colour, contrast and brightness range of the frames the run trained on (replayed ones too), and
+    of those its starting model trained on: its engines bring photos inside it, as ``sis calibrate
+    --input-range`` does for a shipped model."""
+    from sis.data.input_range import fit_input_range, union
     sets = [data.train] + ([data.replay.frames] if data.replay is not None else [])
     source = f"{'+'.join(cfg.splits)} of {Path(cfg.data).name}" + (f" and {Path(cfg.replay).name} replayed"
                                                                   if data.replay is not None else "")
-    return fit_input_range((im.permute(1, 2, 0).numpy() for f in sets for im in f.images), source).to_dict()
+    own = fit_input_range((im.permute(1, 2, 0).numpy() for f in sets for im in f.images), source)
+    start = zoo.read_card(Path(cfg.init)).input_range if cfg.init not in ("random", "imagenet") else None
+    return (union(start, own) if start is not None else own).to_dict()
 
 
 def _calibration(model: torch.nn.Module, mcfg: zoo.ModelConfig, frames: Frames, reference: str) -> dict:
