@@ -31,6 +31,12 @@ def accurate_single(a):
     return engines.load_engine(model_folders(a.model)[0], a.engine if a.engine not in (None, "auto") else None)
 
 
+def _without_input_range(engine) -> None:
+    """``eval --no-input-range``: ``engine`` (each member of an accurate mode) given frames as they are."""
+    for m in getattr(engine, "members", [engine]):
+        m.input_range = None
+
+
 def cmd_shift(a) -> int:
     """``eval --shift``: the model on CamVid val under camera and scene shifts (training.robustness)."""
     from sis.data.shifts import SEVERITIES, ShiftError, list_shifts, parse_shifts
@@ -42,8 +48,7 @@ def cmd_shift(a) -> int:
                          "without --limit, --work-rule or --no-input-range")
     engine = accurate_engine(a, "cpu") or accurate_single(a)
     if a.no_input_range:
-        for m in getattr(engine, "members", [engine]):
-            m.input_range = None
+        _without_input_range(engine)
     if a.write and hasattr(engine, "member_names"):
         raise ShiftError("--write is for one model in its fast mode, not an ensemble or an accurate mode")
     frames = val_frames(Path(a.data), a.limit, a.every)
@@ -81,8 +86,8 @@ def cmd_shift(a) -> int:
 def cmd_eval(a) -> int:
     if a.shift:
         return cmd_shift(a)
-    from sis.data.dataset import load_split
     from sis import zoo
+    from sis.data.dataset import load_split
     from sis.training.evaluate import evaluate
     from sis.zoo import models
     from sis.zoo.runtime import pick_device
@@ -98,8 +103,7 @@ def cmd_eval(a) -> int:
     # the reference model gets its card's input range as the engines do (an accurate engine's members apply theirs)
     rng = None if a.no_input_range or engine is not None else zoo.read_card(folders[0]).input_range
     if a.no_input_range and engine is not None:
-        for m in getattr(engine, "members", [engine]):
-            m.input_range = None
+        _without_input_range(engine)
     res = evaluate(model, cfg, frames, device, amp=a.amp, batch_size=a.batch_size, engine=engine, input_range=rng)
     res.update(model=",".join(cfg.name if engine is None else n for n in getattr(engine, "member_names", [cfg.name])),
                folder=",".join(map(str, folders)), split=a.split, amp=a.amp, tta=a.tta,

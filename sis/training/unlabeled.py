@@ -131,11 +131,12 @@ def adapt_folder(init: Path, source: Path, out: Path, stride: int = 1,
     check_frames(frames)
     t0 = time.perf_counter()
     model, cfg = models.load_model(init)
-    layers = adapt_batchnorm(model, cfg, frames, progress, stop, zoo.read_card(init).input_range)
+    start = zoo.read_card(init)
+    layers = adapt_batchnorm(model, cfg, frames, progress, stop, start.input_range)
     if layers == 0:
         raise AdaptError(f"{cfg.name} has no BatchNorm layer to adapt")
     seconds = time.perf_counter() - t0
-    base = zoo.read_card(init).raw
+    base = start.raw
     result = Adaptation(str(init), str(out), len(frames), skipped, round(seconds, 1), layers)
     # its engines bring photos inside the range its statistics were estimated on, as its starting model's do
     card = {k: base[k] for k in ("model", "paper_pair", "classes", "palette", "void", "recipe", "calibration",
