@@ -15,6 +15,21 @@ def run(*args, timeout=300):
                           env={"SIS_OFFLINE": "1", "PATH": "/usr/bin:/bin", "SIS_CACHE_DIR": os.environ["SIS_CACHE_DIR"]})
 
 
+def in_process(capsys, *args):
+    """``run`` without the interpreter's start (torch's import is paid once per test session):
+    ``main``'s exit code and its stderr, as the process would give them."""
+    from types import SimpleNamespace
+
+    from sis.cli import main
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    out = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+
+
 def one_line_error(r, pattern):
     assert r.returncode == 2, r.stderr
     lines = [l for l in r.stderr.strip().splitlines() if l]
@@ -37,15 +52,17 @@ def test_models_json_has_one_default():
 
 
 @pytest.mark.slow
-def test_bad_arguments(tmp_path, tiny_data):
+def test_bad_arguments(tmp_path, tiny_data, capsys):
     one_line_error(run("train", "--model", "unet-nope", "--data", tiny_data), "unknown model 'unet-nope'")
-    one_line_error(run("train", "--model", TINY_MODEL, "--data", tmp_path / "missing"), "does not exist")
-    one_line_error(run("eval", "--model", "nothing-here", "--data", tiny_data), "neither a model folder nor")
-    one_line_error(run("bench", "--model", TINY_MODEL, "--size", "big"), "size must look like 360x480")
     one_line_error(run("train", "--model", TINY_MODEL, "--data", tiny_data, "--epochs", "0"),
                    "expected a positive integer")
-    one_line_error(run("bench", "--model", TINY_MODEL, "--device", "cuda:0", "--repeats", "1"),
-                   "device 'cuda:0' is unavailable") if "cuda" not in run("models").stderr else None
+    one_line_error(in_process(capsys, "train", "--model", TINY_MODEL, "--data", tmp_path / "missing"), "does not exist")
+    one_line_error(in_process(capsys, "eval", "--model", "nothing-here", "--data", tiny_data), "neither a model folder nor")
+    one_line_error(in_process(capsys, "bench", "--model", TINY_MODEL, "--size", "big"), "size must look like 360x480")
+    import torch
+    if not torch.cuda.is_available():
+        one_line_error(in_process(capsys, "bench", "--model", TINY_MODEL, "--device", "cuda:0", "--repeats", "1"),
+                       "device 'cuda:0' is unavailable")
 
 
 @pytest.mark.slow
