@@ -67,6 +67,7 @@ def test_an_unfamiliar_photo_is_said_in_one_sentence(tmp_path):
     assert said.startswith("This photo looks unlike the streets unet-vgg11_bn learned: its mean confidence is 62%, "
                            "below 80%, which 95% of CamVid's own val frames reach")
     assert unfamiliarity(0.85, card, "x") is None and unfamiliarity(0.1, zoo.ModelCard(), "x") is None
+    assert "mean confidence is 79.6%, below 80.0%," in unfamiliarity(0.796, card, "x")  # never "80%, below 80%"
     tuned = zoo.update_card(tmp_path, calibration={"temperature": 1.2, "low_confidence": 0.7, "low_percentile": 5,
                                                    "reference": "the frames its training run held out for validation"})
     assert "below 70%, which 95% of the frames its training run held out for validation reach" in \

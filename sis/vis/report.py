@@ -8,7 +8,7 @@ from PIL import Image
 
 from sis import metrics, zoo
 from sis.classes import ClassSet
-from sis.data.input_range import InputRange, outside_photo
+from sis.data.input_range import InputRange
 from sis.engines import EngineChoice, choose_engine
 from sis.engines.accurate import ACCURATE_MODE
 from sis.engines.predict import engine_range, predict
@@ -57,10 +57,10 @@ def _listed(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def adjustment(rgb: np.ndarray, rng: InputRange | None) -> str | None:
-    """One sentence when ``rgb`` lies outside the input range the engine brings it into, else None."""
-    found = outside_photo(rgb, rng)
-    if not found:
+def adjustment(found: tuple[str, ...], rng: InputRange | None) -> str | None:
+    """One sentence when a photo lay outside the input range the engine brought it into (``found``:
+    ``Prediction.moved``), else None."""
+    if not found or rng is None:
         return None
     return (f"This photo has {_listed(list(found))}, beyond every frame the model trained on ({rng.source}); the "
             f"model was given it moved back to the nearest of those (the picture shown is your own).")
@@ -91,7 +91,7 @@ def segment(engine, image: Image.Image, truth: np.ndarray | None = None,
                        work_size=pred.work_size, mean_confidence=float(pred.confidence.mean()),
                        share=class_share(pred.labels, classes.num_classes), ms=pred.ms, engine=engine.name,
                        mask_png=rgb_png(colorize(pred.labels, pal)), label_png=label_png(pred.labels))
-    res.adjusted = adjustment(rgb, engine_range(engine))
+    res.adjusted = adjustment(pred.moved, engine_range(engine))
     if truth is not None and truth.shape == pred.labels.shape:
         t = _shrink(truth, disp, nearest=True)
         res.truth, res.errors = colorize(t, pal), error_map(labels, t, classes.void)
@@ -108,14 +108,24 @@ def _is_low(mean_confidence: float, card: zoo.ModelCard) -> bool:
     return card.low_confidence is not None and mean_confidence < card.low_confidence
 
 
+def _apart(a: float, b: float) -> tuple[str, str]:
+    """Two shares as percentages, with the decimals it takes for them to read as different (91.6% below 92.0%)."""
+    for digits in (0, 1, 2):
+        x, y = f"{100 * a:.{digits}f}%", f"{100 * b:.{digits}f}%"
+        if x != y:
+            return x, y
+    return x, y
+
+
 def unfamiliarity(mean_confidence: float, card: zoo.ModelCard, model: str, what: str = "photo") -> str | None:
     """One sentence when a ``what``'s (photo, clip) mean calibrated confidence is below what the model reaches
     on all but the least sure few of the frames it was calibrated on (the card's ``calibration.low_confidence``),
     else None."""
     if not _is_low(mean_confidence, card):
         return None
+    mine, line = _apart(mean_confidence, card.low_confidence)
     return (f"This {what} looks unlike the streets {model} learned: its mean confidence is "
-            f"{100 * mean_confidence:.0f}%, below {100 * card.low_confidence:.0f}%, which "
+            f"{mine}, below {line}, which "
             f"{100 - card.low_percentile:.0f}% of {card.low_reference} reach, so expect mistakes. " + REMEDIES)
 
 
@@ -125,7 +135,7 @@ def unfamiliar_to(answers: list[tuple[str, float, zoo.ModelCard]], what: str = "
     low = [(name, conf, card) for name, conf, card in answers if _is_low(conf, card)]
     if len(low) <= 1:
         return unfamiliarity(low[0][1], low[0][2], low[0][0], what) if low else None
-    each = ", ".join(f"{name} {100 * conf:.0f}% against {100 * card.low_confidence:.0f}%" for name, conf, card in low)
+    each = ", ".join(f"{name} {' against '.join(_apart(conf, card.low_confidence))}" for name, conf, card in low)
     return (f"This {what} looks unlike the streets {len(low)} of these {len(answers)} models learned: each is less "
             f"sure of it than of nearly all of the frames it was calibrated on ({each}), so expect mistakes. " + REMEDIES)
 
