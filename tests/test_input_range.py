@@ -84,6 +84,84 @@ def test_a_dark_frame_is_brightened_to_the_edge_and_a_contrasted_one_never_flatt
     assert into_range(harsh, RANGE) is harsh
 
 
+SHARP = InputRange(RANGE.luminance, RANGE.contrast, RANGE.red_green, RANGE.blue_green, sharpness=(0.11, 0.9))
+
+
+def _street(h=120, w=160) -> np.ndarray:
+    """Blocks with hard edges (as buildings and cars give): sharp, inside RANGE's colour and brightness."""
+    blocks = np.random.default_rng(3).uniform(0.05, 0.95, (h // 20, w // 20)).astype(np.float32)
+    y = np.kron(blocks, np.ones((20, 20), np.float32))[..., None] * np.array([0.97, 1.0, 1.02], np.float32)
+    return np.rint(y * 255).astype(np.uint8)
+
+
+def test_a_blurred_frame_is_sharpened_to_the_softest_training_frame_and_a_noisy_one_never_smoothed():
+    from PIL import Image, ImageFilter
+    street = _street()
+    assert not outside(frame_stats(street), SHARP) and into_range(street, SHARP) is street
+    soft = np.asarray(Image.fromarray(street).filter(ImageFilter.GaussianBlur(4)))
+    s = frame_stats(soft)
+    assert s.sharpness < SHARP.sharpness[0] and outside(s, SHARP) == ("blurred detail",)
+    out = into_range(soft, SHARP)
+    after = frame_stats(out)
+    assert after.sharpness == pytest.approx(SHARP.sharpness[0], rel=0.05)
+    assert after.luminance == pytest.approx(s.luminance, abs=0.01)
+    assert np.abs(out.astype(int) - street).mean() < np.abs(soft.astype(int) - street).mean()  # nearer the sharp one
+    noisy = np.clip(street + np.random.default_rng(0).normal(0, 40, street.shape), 0, 255).astype(np.uint8)
+    assert frame_stats(noisy).sharpness > SHARP.sharpness[1] and into_range(noisy, SHARP) is noisy
+
+
+def test_a_card_fitted_before_sharpness_was_measured_never_sharpens():
+    from PIL import Image, ImageFilter
+    old = {k: v for k, v in json.loads(json.dumps(SHARP.to_dict())).items() if k != "sharpness"}
+    rng = InputRange.from_dict(old)
+    assert rng == RANGE and rng.sharpness is None
+    soft = np.asarray(Image.fromarray(_street()).filter(ImageFilter.GaussianBlur(4)))
+    assert not outside(frame_stats(soft), rng) and into_range(soft, rng) is soft
+    assert InputRange.from_dict(json.loads(json.dumps(SHARP.to_dict()))) == SHARP
+    from sis.data.input_range import union
+    assert union(rng, SHARP).sharpness == SHARP.sharpness == union(SHARP, rng).sharpness
+
+
+def test_what_was_moved_is_read_once_and_reaches_the_prediction_through_any_engine():
+    from types import SimpleNamespace
+
+    from sis.engines.accurate import AccurateEngine
+    from sis.engines.predict import predict, work_logits
+    cool = np.clip(_street() * np.array([0.6, 1.0, 1.5]), 0, 255).astype(np.uint8)
+    single = _Recorder(SHARP)
+    single.cfg = SimpleNamespace(base_size=(120, 160), class_set=SimpleNamespace(names=["a", "b"]), name="rec")
+    single.name, single.prepare = "rec", lambda size: None
+    work = work_logits(single, cool)
+    assert work.moved == ("a cool colour cast",) and work.seen.shape == cool.shape
+    assert frame_stats(single.seen[0].transpose(1, 2, 0)).blue_green == pytest.approx(SHARP.blue_green[1], abs=0.01)
+    assert predict(single, cool).moved == ("a cool colour cast",) and predict(single, _street()).moved == ()
+    both = AccurateEngine([single])  # its members move the frame; the words come from its first member's range
+    assert work_logits(both, cool).moved == ("a cool colour cast",)
+
+
+def test_an_accurate_mode_moves_a_photo_at_its_work_size_not_at_each_scale():
+    """Sharpness is per pixel: a sharp photo enlarged 1.5x for a pass reads softer than its range, yet
+    must not be sharpened; the range is applied once, at the size the range was measured at."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from sis.engines.accurate import TTA, AccurateEngine, resize_images, scaled_size
+    street = _street()
+    rng = replace(SHARP, sharpness=(0.9 * frame_stats(street).sharpness, 0.9))
+    big = resize_images(street.transpose(2, 0, 1)[None], scaled_size(street.shape[:2], 1.5))[0]
+    assert frame_stats(big.transpose(1, 2, 0)).sharpness < rng.sharpness[0]  # the case itself
+
+    class Every(_Recorder):
+        def __call__(self, x):
+            self.all = getattr(self, "all", []) + [x]
+            return super().__call__(x)
+    member = Every(rng)
+    member.cfg = SimpleNamespace(class_set=SimpleNamespace(names=["a", "b"]), name="rec")
+    member.name = "rec"
+    AccurateEngine([member], TTA(False, (1.0, 1.5)))(street.transpose(2, 0, 1)[None])
+    assert np.array_equal(member.all[0][0], street.transpose(2, 0, 1)) and np.array_equal(member.all[1][0], big)
+
+
 def test_the_range_reads_from_a_card_and_garbage_reads_as_none():
     d = json.loads(json.dumps(RANGE.to_dict()))  # as card.json keeps it (lists, not tuples)
     assert InputRange.from_dict(d) == RANGE
@@ -177,7 +255,7 @@ def test_predict_says_which_photos_were_moved_inside_the_range(tiny_model, tmp_p
     folder = tmp_path / "m"
     shutil.copytree(tiny_model, folder, ignore=shutil.ignore_patterns("checkpoint"))
     zoo.update_card(folder, input_range=RANGE.to_dict() | {"source": "train of tiny"})
-    grey = _scene()
+    grey = _scene(h=360, w=480)  # at the model's work size: what the engine reads is what was saved
     Image.fromarray(grey).save(tmp_path / "grey.png")
     Image.fromarray(np.clip(grey * np.array([0.6, 1.0, 1.5]), 0, 255).astype(np.uint8)).save(tmp_path / "cool.png")
     assert main(["predict", "--model", str(folder), "--out", str(tmp_path / "out"),

@@ -11,13 +11,11 @@ from sis.cli.models import default_model
 
 
 def cmd_predict(a) -> int:
-    import numpy as np
     from PIL import Image
 
     from sis import engines, zoo
     from sis.data.images import ImageError, iter_images, load_image
-    from sis.data.input_range import outside_photo
-    from sis.engines.predict import engine_range, predict
+    from sis.engines.predict import predict
     from sis.host import nvidia_gpu_visible
     from sis.vis.paint import colorize
     device = a.device
@@ -56,8 +54,7 @@ def cmd_predict(a) -> int:
         pred = predict(engine, img.image)
         Image.fromarray(colorize(pred.labels, palette)).save(out / f"{path.stem}_color.png")
         Image.fromarray(pred.labels, "L").save(out / f"{path.stem}_labels.png")
-        moved = outside_photo(np.asarray(img.image), engine_range(engine))
-        notes = img.notes + ([f"moved inside the model's input range: {', '.join(moved)}"] if moved else [])
+        notes = img.notes + ([f"moved inside the model's input range: {', '.join(pred.moved)}"] if pred.moved else [])
         print(f"{path} -> {out / (path.stem + '_color.png')} ({pred.ms:.0f} ms"
               + (f"; {'; '.join(notes)}" if notes else "") + ")")
     if failed == len(paths):

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from sis.data.images import resize_rgb
-from sis.engines.predict import calibrated, softmax
+from sis.engines.predict import in_range, softmax, tempered
 
 TTA_MODES = ("none", "flip", "ms")
 ACCURATE_MODE = "ms"  # what the app's "Accurate" runs: multi-scale + flip gained most on val (docs/accuracy.md)
@@ -114,11 +114,12 @@ class AccurateEngine:
         size = tuple(images.shape[-2:])
         total = None
         for member, w in zip(self.members, self.weights):
+            inside = in_range(images, getattr(member, "input_range", None))  # at the work size: sharpness is per pixel
             for s in self.tta.scales:
-                x = resize_images(images, scaled_size(size, s))
+                x = resize_images(inside, scaled_size(size, s))
                 for flipped in ((False, True) if self.tta.flip else (False,)):
                     xi = np.ascontiguousarray(x[..., ::-1]) if flipped else x
-                    p = softmax(calibrated(member, xi))
+                    p = softmax(tempered(member, xi))
                     if flipped:
                         p = p[..., ::-1]
                     p = resize_maps(np.ascontiguousarray(p, np.float32), size)

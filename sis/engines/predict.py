@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
 
 from sis.data.images import resize_rgb
-from sis.data.input_range import InputRange, into_range
+from sis.data.input_range import InputRange, bring_inside, frame_stats, outside
 
 
 def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
@@ -24,6 +25,7 @@ class Prediction:
     confidence: np.ndarray  # (H, W) float32 max softmax probability
     ms: float               # resize + engine + softmax + resize back, milliseconds (a graph build excluded)
     work_size: tuple[int, int]
+    moved: tuple[str, ...] = ()  # what lay outside the model's input range, and was moved inside it
 
 
 WORK_RULES = ("pixels", "short", "native")
@@ -54,11 +56,18 @@ def labels_and_confidence(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return logits.argmax(0).astype(np.uint8), conf.astype(np.float32)
 
 
-def in_range(images: np.ndarray, rng: InputRange | None) -> np.ndarray:
-    """(N, 3, h, w) uint8 images, each brought inside ``rng`` (``data.input_range``; None: as they are)."""
+def in_range(images: np.ndarray, rng: InputRange | None, moved: list | None = None) -> np.ndarray:
+    """(N, 3, h, w) uint8 images, each brought inside ``rng`` (``data.input_range``; None: as they are);
+    ``moved``, where given, gets each image's words for what lay outside (empty: nothing)."""
     if rng is None:
         return images
-    return np.ascontiguousarray(np.stack([into_range(im.transpose(1, 2, 0), rng).transpose(2, 0, 1) for im in images]))
+    out = []
+    for im in images:
+        x, what = bring_inside(im.transpose(1, 2, 0), rng)
+        out.append(x.transpose(2, 0, 1))
+        if moved is not None:
+            moved.append(what)
+    return np.ascontiguousarray(np.stack(out))
 
 
 def engine_range(engine) -> InputRange | None:
@@ -66,21 +75,38 @@ def engine_range(engine) -> InputRange | None:
     return next((r for m in getattr(engine, "members", [engine]) if (r := getattr(m, "input_range", None))), None)
 
 
-def calibrated(engine, images: np.ndarray) -> np.ndarray:
+def calibrated(engine, images: np.ndarray, moved: list | None = None) -> np.ndarray:
     """``engine``'s (N, C, h, w) float32 logits of ``images`` brought inside its input range, divided by
     its temperature (both its card's; none and 1 where it has none): the one place both are applied, so
-    every picture the studio segments and every probability it shows go through them alike."""
-    x = in_range(images, getattr(engine, "input_range", None))
-    return np.asarray(engine(x), np.float32) / getattr(engine, "temperature", 1.0)
+    every picture the studio segments and every probability it shows go through them alike. ``moved``:
+    as ``in_range``'s."""
+    return tempered(engine, in_range(images, getattr(engine, "input_range", None), moved))
+
+
+def tempered(engine, images: np.ndarray) -> np.ndarray:
+    """``engine``'s logits divided by its temperature, of images already inside its input range (an
+    accurate mode moves a photo once at its work size, where the range was measured, then rescales it)."""
+    return np.asarray(engine(images), np.float32) / getattr(engine, "temperature", 1.0)
+
+
+class WorkLogits(NamedTuple):
+    logits: np.ndarray        # (C, h, w) calibrated
+    seen: np.ndarray          # (h, w, 3) uint8: the image at its work size, before the input range
+    moved: tuple[str, ...]    # what about it lay outside the model's input range (``data.input_range.outside``)
 
 
 def work_logits(engine, rgb: np.ndarray, size: tuple[int, int] | None = None,
-                rule: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(C, h, w) calibrated logits of an (H, W, 3) uint8 image at its work size (or ``size``), and the
-    (h, w, 3) image as the engine saw it: the image -> logits step every caller takes."""
+                rule: str | None = None) -> WorkLogits:
+    """Calibrated logits of an (H, W, 3) uint8 image at its work size (or ``size``), the image at that size
+    and what was moved to bring it inside the input range: the image -> logits step every caller takes."""
     size = size or work_size(*rgb.shape[:2], tuple(engine.cfg.base_size), rule)
     x = resize_rgb(rgb, size)
-    return calibrated(engine, np.ascontiguousarray(x.transpose(2, 0, 1))[None])[0], x
+    moved: list = []
+    logits = calibrated(engine, np.ascontiguousarray(x.transpose(2, 0, 1))[None], moved)[0]
+    if not moved:  # an accurate mode's members move it themselves: read it once more for the words
+        rng = engine_range(engine)
+        moved = [outside(frame_stats(x), rng) if rng is not None else ()]
+    return WorkLogits(logits, x, moved[0])
 
 
 def predict(engine, image: Image.Image | np.ndarray, rule: str | None = None) -> Prediction:
@@ -91,10 +117,10 @@ def predict(engine, image: Image.Image | np.ndarray, rule: str | None = None) ->
     wh, ww = work_size(h, w, tuple(engine.cfg.base_size), rule)
     engine.prepare((wh, ww))  # a new size builds its graph once: not part of the model's time
     t0 = time.perf_counter()
-    logits, _ = work_logits(engine, arr, (wh, ww))
-    labels, conf = labels_and_confidence(logits)
+    work = work_logits(engine, arr, (wh, ww))
+    labels, conf = labels_and_confidence(work.logits)
     if (wh, ww) != (h, w):
         labels = np.asarray(Image.fromarray(labels, "L").resize((w, h), Image.NEAREST))
         conf = np.asarray(Image.fromarray(conf, "F").resize((w, h), Image.BILINEAR))
     ms = (time.perf_counter() - t0) * 1000
-    return Prediction(labels, conf, ms, (wh, ww))
+    return Prediction(labels, conf, ms, (wh, ww), work.moved)

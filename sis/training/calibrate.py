@@ -73,7 +73,7 @@ def calibrate(engine, frames, seed: int = 0, pixels_per_frame: int = PIXELS_PER_
     rng = np.random.default_rng(seed)
     sampled_logits, sampled_labels, frame_logits = [], [], []
     for _, rgb, label in frames:
-        logits, _ = work_logits(engine, rgb)
+        logits = work_logits(engine, rgb).logits
         c, h, w = logits.shape
         lab = label if label.shape == (h, w) else np.asarray(Image.fromarray(label).resize((w, h), Image.NEAREST))
         flat_l, flat_y = logits.reshape(c, -1).T, lab.reshape(-1)

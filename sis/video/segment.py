@@ -14,8 +14,7 @@ import numpy as np
 from PIL import Image
 
 from sis.data.images import resize_rgb
-from sis.data.input_range import frame_stats, outside
-from sis.engines.predict import engine_range, softmax, work_logits, work_size
+from sis.engines.predict import softmax, work_logits, work_size
 from sis.video.clips import PREVIEW_SIDE, ClipWriter, VideoError, VideoInfo, iter_frames, out_size, probe
 from sis.video.temporal import Flicker, Motion
 from sis.vis.paint import class_share, overlay
@@ -146,7 +145,6 @@ def segment_video(engine, src: Path, out: Path | None = None, stride: int = 1, m
     res = VideoResult(0, info.fps, info.fps / stride, 0.0, 0.0, 0.0, 0.0, {})
     state = None
     motion = Motion() if smooth and flow else None
-    rng = engine_range(engine)
     t0 = time.perf_counter()
     try:
         for idx, rgb in iter_frames(src, stride, max_frames):
@@ -155,7 +153,7 @@ def segment_video(engine, src: Path, out: Path | None = None, stride: int = 1, m
                 break
             h, w = rgb.shape[:2]
             wh, ww = work_size(h, w, tuple(engine.cfg.base_size))
-            logits, seen = work_logits(engine, rgb, (wh, ww))
+            logits, seen, moved = work_logits(engine, rgb, (wh, ww))
             p = softmax(logits, axis=0)
             x = np.ascontiguousarray(seen.transpose(2, 0, 1))[None]
             raw = p.argmax(0).astype(np.uint8)
@@ -182,7 +180,7 @@ def segment_video(engine, src: Path, out: Path | None = None, stride: int = 1, m
             res.share.append(class_share(labels, c))
             res.indices.append(idx)
             res.confidence.append(float(p.max(0).mean()))
-            for what in (outside(frame_stats(seen), rng) if rng is not None else ()):
+            for what in moved:
                 res.moved[what] = res.moved.get(what, 0) + 1
             if writer or small:
                 shown = overlay(rgb, full, palette, alpha)
