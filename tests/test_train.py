@@ -257,7 +257,7 @@ def test_fine_tuning_keeps_the_recipe_the_model_was_trained_with():
     from sis.zoo.card import recipe_defaults
     folder = zoo.shipped_models()["pspnet-resnet18"]
     assert recipe_defaults(str(folder)) == {"flips": "h", "crop": (352, 480), "scale": (0.75, 1.5),
-                                            "class_weighting": "sqrt-median"}
+                                            "class_weighting": "sqrt-median", "replay_ratio": 0.75}  # its card's adaptation
     assert recipe_defaults("random") == {} == recipe_defaults("imagenet")
 
 
@@ -286,6 +286,22 @@ def test_shipped_models_fine_tune_without_the_colour_augmentation_their_cards_me
     assert {"unet-vgg11_bn", "unet-resnet18", "pspnet-vgg11_bn"} <= set(robust)
     for name, folder in robust.items():
         assert recipe_defaults(str(folder))["photometric"] == "none", name
+
+
+def test_a_cards_replay_share_is_the_fine_tunes_unless_given(tiny_model, tmp_path):
+    """pspnet-resnet18's card measured that three replayed frames in four forget less of other streets: `train
+    --init` takes it from the card, and an explicit --replay-ratio still wins."""
+    import shutil
+
+    from sis.cli.parser import build_parser
+    from sis.cli.train import train_config
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model, folder, ignore=shutil.ignore_patterns("checkpoint"))
+    args = ["train", "--init", str(folder), "--data", "d", "--replay", "r"]
+    assert train_config(build_parser().parse_args(args)).replay_ratio == 0.5
+    zoo.update_card(folder, adaptation={"replay_ratio": 0.75, "why": "measured"})
+    assert train_config(build_parser().parse_args(args)).replay_ratio == 0.75
+    assert train_config(build_parser().parse_args(args + ["--replay-ratio", "0.25"])).replay_ratio == 0.25
 
 
 @pytest.mark.slow

@@ -40,7 +40,10 @@ RECIPES = {
     "plain": {"replay": False},
     "replay-heldbn": {"replay": True, "freeze_bn": True},
     "replay-x3": {"replay": True, "steps": 3},
+    "replay50-x3": {"replay": True, "steps": 3, "replay_ratio": 0.5},  # half, whatever the card's adaptation says
     "replay-heldbn-x3": {"replay": True, "freeze_bn": True, "steps": 3},
+    # three replayed frames in four of each batch: more of what it knew, less of the street
+    "replay75-x3": {"replay": True, "steps": 3, "replay_ratio": 0.75},
     # the shipped model as the teacher on the replayed frames (alpha: its share of their loss)
     "replay-teacher": {"replay": True, "teacher": 0.5},
     "replay-teacher-x3": {"replay": True, "steps": 3, "teacher": 0.5},
@@ -154,6 +157,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="default: the Fine-tune page's (training.adapt.STEPS)")
     ap.add_argument("--shift", default="", help="a photometric shift NAME:SEVERITY the street is seen through")
     ap.add_argument("--recipes", default="replay,plain", help=f"comma-separated, of {', '.join(RECIPES)}")
+    ap.add_argument("--seed", type=int, default=0, help="the fine-tunes' seed (another one measures their spread)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     from sis.training.adapt import STEPS
@@ -184,7 +188,7 @@ def main(argv=None) -> int:
                "shipped": {k: v["miou"] for k, v in score(base, sets).items()}}
         for recipe in recipes:
             r = dict(RECIPES[recipe])
-            out = a.out / f"{name}-{recipe}"
+            out = a.out / (f"{name}-{recipe}" + (f"-seed{a.seed}" if a.seed else ""))
             init = base
             if r.get("adabn"):
                 from sis.training.unlabeled import adapt_folder
@@ -194,12 +198,13 @@ def main(argv=None) -> int:
                 if r.get("steps") == 0:  # the unlabelled adaptation alone
                     row[recipe] = {"wall_s": None, **{k: v["miou"] for k, v in score(init, sets).items()}}
                     continue
-            extra = {k: v for k, v in r.items() if k in ("freeze_bn", "teacher_scale", "freeze_encoder", "lr", "photometric")}
+            extra = {k: v for k, v in r.items()
+                     if k in ("freeze_bn", "teacher_scale", "freeze_encoder", "lr", "photometric", "replay_ratio")}
             if r.get("teacher"):
                 extra.update(teacher=str(base), distill_alpha=r["teacher"])
             cfg = TrainConfig(model=name, data=str(user), init=str(init), out=str(out), batch_size=4,
                               max_steps=a.steps * r.get("steps", 1), train_limit=48, val_limit=20, val_every=1,
-                              replay=str(a.camvid) if r["replay"] else "", replay_ratio=0.5,
+                              replay=str(a.camvid) if r["replay"] else "", seed=a.seed,
                               **{"lr": 2e-4, **recipe_defaults(str(base)), **extra})  # the base card: its adaptation too
             wall = None
             if not (out / "card.json").exists() or json.loads((out / "card.json").read_text()).get("status") != "done":
@@ -219,7 +224,7 @@ def main(argv=None) -> int:
                       f"{100 * r['other']:.2f} ({100 * (r['other'] - s['other']):+.2f})  training {took}", flush=True)
     from sis.zoo.runtime import host_info
     if a.json:
-        print(json.dumps({"host": host_info(), "steps": a.steps, "shift": a.shift or None, "rows": rows}))
+        print(json.dumps({"host": host_info(), "steps": a.steps, "shift": a.shift or None, "seed": a.seed, "rows": rows}))
     return 0
 
 

@@ -111,7 +111,8 @@ FLAGS: dict[str, Flag] = {  # TrainConfig field -> its flag; options first, then
     "val_every": Flag("--val-every", kind="int"),
     "replay": Flag("--replay", "a base dataset (e.g. CamVid) whose train frames are mixed into every batch, so "
                    "that fine-tuning on a few frames does not forget it"),
-    "replay_ratio": Flag("--replay-ratio", "share of each batch from --replay", kind="float"),
+    "replay_ratio": Flag("--replay-ratio", "share of each batch from --replay (default: half, or what the --init "
+                         "folder's card measured)", kind="float", recipe=True),
     "replay_limit": Flag("--replay-limit", "replay frames held in memory", kind="positive"),
     "threads": Flag("--threads", kind="positive"),
     "freeze_encoder": Flag("--freeze-encoder", "train the decoder only (default: off, or what the --init folder's "
