@@ -110,6 +110,21 @@ def test_a_blurred_frame_is_sharpened_to_the_softest_training_frame_and_a_noisy_
     assert frame_stats(noisy).sharpness > SHARP.sharpness[1] and into_range(noisy, SHARP) is noisy
 
 
+@pytest.mark.filterwarnings("error")  # no division by an empty channel, no NaN cast to uint8
+def test_frames_with_nothing_to_balance_or_measure_pass_through_whole():
+    """A 1-pixel black dot, a flat grey frame, a pure blue one: no cast a gain could undo, no sharpness to read."""
+    dot, grey = np.zeros((1, 1, 3), np.uint8), np.full((40, 60, 3), 128, np.uint8)
+    blue = np.zeros((40, 60, 3), np.uint8)
+    blue[..., 2] = np.random.default_rng(0).integers(60, 200, (40, 60))
+    for rgb in (dot, grey, blue):
+        s = frame_stats(rgb)
+        assert s.red_green == s.blue_green == 1.0
+        assert not {"a warm colour cast", "a cool colour cast", "blurred detail"} & set(outside(s, SHARP))
+        out = into_range(rgb, SHARP)
+        assert out.dtype == np.uint8 and out.shape == rgb.shape
+    assert fit_input_range([grey]).sharpness is None and fit_input_range([grey, _street()]).sharpness is not None
+
+
 def test_a_card_fitted_before_sharpness_was_measured_never_sharpens():
     from PIL import Image, ImageFilter
     old = {k: v for k, v in json.loads(json.dumps(SHARP.to_dict())).items() if k != "sharpness"}

@@ -67,9 +67,16 @@ def _laplacian(y: np.ndarray) -> np.ndarray:
 
 
 def _sharpness(y: np.ndarray) -> float:
-    if min(y.shape) < 3:
-        return 0.0
-    return float(np.abs(_laplacian(y)).mean()) / max(float(y.std()), 1e-4)
+    """NaN where there is nothing to measure (a frame under 3 px, or flat): never too soft, never fitted."""
+    sd = float(y.std())
+    if min(y.shape) < 3 or sd < 1e-3:
+        return float("nan")
+    return float(np.abs(_laplacian(y)).mean()) / sd
+
+
+def _ratio(channel: float, green: float) -> float:
+    """A channel's mean over green's; 1 (neutral) where either is all but empty: no gain can balance it."""
+    return channel / green if channel > 0.5 / 255 and green > 0.5 / 255 else 1.0
 
 
 def frame_stats(rgb: np.ndarray) -> FrameStats:
@@ -78,8 +85,8 @@ def frame_stats(rgb: np.ndarray) -> FrameStats:
     m = x.reshape(-1, 3).mean(0)
     y = x @ LUMA
     mu = float(y.mean())
-    return FrameStats(mu, float(y.std()) / max(mu, 1e-4), float(m[0]) / max(float(m[1]), 1e-4),
-                      float(m[2]) / max(float(m[1]), 1e-4), _sharpness(y))
+    return FrameStats(mu, float(y.std()) / max(mu, 1e-4), _ratio(float(m[0]), float(m[1])),
+                      _ratio(float(m[2]), float(m[1])), _sharpness(y))
 
 
 def fit_input_range(frames: Iterable[np.ndarray], source: str = "") -> InputRange:
@@ -87,9 +94,10 @@ def fit_input_range(frames: Iterable[np.ndarray], source: str = "") -> InputRang
     s = np.array([[f.luminance, f.contrast, f.red_green, f.blue_green, f.sharpness] for f in map(frame_stats, frames)])
     if not len(s):
         raise ValueError("an input range needs at least one frame")
-    lo, hi = s.min(0), s.max(0)
-    span = [(float(a), float(b)) for a, b in zip(lo, hi)]
-    return InputRange(*span[:4], frames=len(s), source=source, sharpness=span[4])
+    lo, hi = s[:, :4].min(0), s[:, :4].max(0)
+    sharp = s[:, 4][~np.isnan(s[:, 4])]
+    return InputRange(*((float(a), float(b)) for a, b in zip(lo, hi)), frames=len(s), source=source,
+                      sharpness=(float(sharp.min()), float(sharp.max())) if len(sharp) else None)
 
 
 def union(a: InputRange, b: InputRange | None) -> InputRange:
