@@ -7,6 +7,7 @@ from sis import store, zoo
 from sis.data.dataset import DatasetError, list_pairs, validation_plan
 from sis.studio import catalog, jobs, ui
 from sis.training import adapt
+from sis.training.config import TrainConfig
 from sis.vis import charts
 
 DEFAULT_SHARE = "the model's default"
@@ -107,7 +108,7 @@ if started:
         if crop != as_trained:
             cfg["crop"] = None if crop == "full frames" else tuple(int(v) for v in crop.split("x"))
         if replay and camvid is not None and root.resolve() != camvid.resolve():
-            cfg.update(replay=str(camvid), replay_ratio=recipe.get("replay_ratio", 0.5) if ratio == DEFAULT_SHARE
+            cfg.update(replay=str(camvid), replay_ratio=recipe.get("replay_ratio", TrainConfig.replay_ratio) if ratio == DEFAULT_SHARE
                        else int(ratio.rstrip("%")) / 100)
         # scored before and after, also on CamVid val when present
         before_after = str(camvid or "") if init_value == str(entry and entry.folder) else None

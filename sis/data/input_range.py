@@ -154,44 +154,42 @@ def _sharpen_to(x: np.ndarray, target: float) -> np.ndarray:
 
 
 def bring_inside(rgb: np.ndarray, rng: InputRange | None) -> tuple[np.ndarray, tuple[str, ...]]:
-    """``into_range`` and what was outside (``outside``'s words), from one reading of the frame."""
+    """``into_range`` and what was outside (``outside``'s words), from one reading of the frame: the words
+    decide whether it is moved, so the sentence and the picture never disagree."""
     if rng is None:
         return rgb, ()
     s = frame_stats(rgb)
     moved = outside(s, rng)
-    return (into_range(rgb, rng, s) if moved else rgb), moved
+    return (_move(rgb, rng, s) if moved else rgb), moved
 
 
-def into_range(rgb: np.ndarray, rng: InputRange | None, stats: FrameStats | None = None) -> np.ndarray:
+def into_range(rgb: np.ndarray, rng: InputRange | None) -> np.ndarray:
     """(H, W, 3) uint8 -> the same frame brought inside ``rng``: red and blue gains to the nearest
     colour balance in range (brightness kept), a stretch about the mean up to the lowest contrast in
     range, a gain to the nearest brightness in range, then an unsharp mask up to the lowest sharpness
-    in range. Returns ``rgb`` itself when it is inside. ``stats``: its ``frame_stats``, where known.
+    in range. Returns ``rgb`` itself when it is inside.
 
     Contrast is only ever raised: a frame more contrasted than any training frame (dark midtones) lost
     more when flattened than it gained, on the shift benchmark (docs/robustness.md); sharpness too (a
     noisy frame is sharper than any training frame, and smoothing it is denoising, not a camera gain)."""
-    if rng is None:
-        return rgb
-    s = stats or frame_stats(rgb)
+    return bring_inside(rgb, rng)[0]
+
+
+def _move(rgb: np.ndarray, rng: InputRange, s: FrameStats) -> np.ndarray:
+    """``into_range``'s steps for a frame ``outside`` found beyond ``rng`` (``s``: its statistics)."""
     rg, bg = np.clip(s.red_green, *rng.red_green), np.clip(s.blue_green, *rng.blue_green)
-    stretch = rng.contrast[0] / max(s.contrast, 1e-6) if s.contrast < rng.contrast[0] else 1.0
-    soft = _too_soft(s, rng)
-    if rg == s.red_green and bg == s.blue_green and stretch == 1.0 and not soft and \
-            rng.luminance[0] <= s.luminance <= rng.luminance[1]:
-        return rgb
     x = rgb.astype(np.float32) / 255.0
     if rg != s.red_green or bg != s.blue_green:
         x = x * np.array([rg / s.red_green, 1.0, bg / s.blue_green], np.float32)
         x = x * (s.luminance / max(float((x @ LUMA).mean()), 1e-6))  # the cast goes, the brightness stays
-    if stretch != 1.0:
+    if s.contrast < rng.contrast[0]:
         mu = float((x @ LUMA).mean())
-        x = (x - mu) * stretch + mu
+        x = (x - mu) * (rng.contrast[0] / max(s.contrast, 1e-6)) + mu
     x = np.clip(x, 0.0, 1.0)
     mu = float((x @ LUMA).mean())
     target = float(np.clip(mu, *rng.luminance))
     if target != mu:
         x = np.clip(x * (target / max(mu, 1e-4)), 0.0, 1.0)
-    if soft:
+    if _too_soft(s, rng):
         x = _sharpen_to(x, rng.sharpness[0])
     return np.rint(x * 255.0).astype(np.uint8)
