@@ -137,6 +137,43 @@ def test_a_card_fitted_before_sharpness_was_measured_never_sharpens():
     assert union(rng, SHARP).sharpness == SHARP.sharpness == union(SHARP, rng).sharpness
 
 
+GRAINY = InputRange(RANGE.luminance, RANGE.contrast, RANGE.red_green, RANGE.blue_green, sharpness=(0.11, 2.0),
+                    noise=(0.001, 0.012))
+
+
+def _grain(rgb: np.ndarray, sd: float, seed: int = 0) -> np.ndarray:
+    """``rgb`` with grey grain of ``sd`` (in [0, 1] units): the same in each channel, so luma's noise is ``sd``."""
+    g = np.random.default_rng(seed).normal(0, sd, rgb.shape[:2])[..., None]
+    return np.clip(rgb.astype(np.float32) / 255 + g, 0, 1)
+
+
+def test_noise_level_reads_the_grain_and_not_the_edges():
+    street = _street(240, 320)
+    assert frame_stats(street).noise < 0.002  # hard edges everywhere, no grain
+    for sd in (0.01, 0.03, 0.06):
+        assert frame_stats(_grain(street, sd)).noise == pytest.approx(sd, rel=0.15)
+    assert np.isnan(frame_stats(np.zeros((2, 9, 3), np.uint8)).noise)
+
+
+def test_a_frame_grainier_than_any_training_frame_is_smoothed_and_its_edges_kept():
+    street = _street()
+    noisy = np.rint(_grain(street, 12 / 255) * 255).astype(np.uint8)
+    s = frame_stats(noisy)
+    assert outside(frame_stats(street), GRAINY) == () and outside(s, GRAINY) == ("heavy sensor noise",)
+    out = into_range(noisy, GRAINY)
+    assert frame_stats(out).noise < s.noise / 3
+    assert np.abs(out.astype(int) - street).mean() < np.abs(noisy.astype(int) - street).mean() / 2
+    step = lambda im: np.abs(im[:, 19].astype(int) - im[:, 20].astype(int)).mean()  # across a block's edge
+    assert step(out) > 0.8 * step(street)
+    assert frame_stats(out).luminance == pytest.approx(s.luminance, abs=0.01)
+    old = InputRange.from_dict({k: v for k, v in GRAINY.to_dict().items() if k != "noise"})
+    assert old.noise is None and into_range(noisy, old) is noisy  # a card fitted before noise was measured
+    assert InputRange.from_dict(json.loads(json.dumps(GRAINY.to_dict()))) == GRAINY
+    from sis.data.input_range import union
+    assert union(old, GRAINY).noise == GRAINY.noise == union(GRAINY, old).noise
+    assert fit_input_range([street, noisy]).noise == (frame_stats(street).noise, s.noise)
+
+
 def test_what_was_moved_is_read_once_and_reaches_the_prediction_through_any_engine():
     from types import SimpleNamespace
 

@@ -149,8 +149,8 @@ def _keep(a, folder: Path, section: str, out: dict, line: str) -> int:
 
 
 def _fit_input_range(a, folder: Path) -> int:
-    """``calibrate --input-range``: the colour, contrast, brightness and sharpness range of the frames the model trained
-    on (``data.input_range``); --write keeps it in the card, and every engine then brings photos inside it."""
+    """``calibrate --input-range``: the colour, contrast, brightness, sharpness and noise range of the frames the model
+    trained on (``data.input_range``); --write keeps it in the card, and every engine then brings photos inside it."""
     from sis import zoo
     from sis.data.dataset import list_pairs, read_rgb
     from sis.data.input_range import fit_input_range
@@ -163,4 +163,5 @@ def _fit_input_range(a, folder: Path) -> int:
                  f"{rng.luminance[0]:.3f}-{rng.luminance[1]:.3f}, contrast {rng.contrast[0]:.3f}-{rng.contrast[1]:.3f}, "
                  f"red/green {rng.red_green[0]:.3f}-{rng.red_green[1]:.3f}, blue/green "
                  f"{rng.blue_green[0]:.3f}-{rng.blue_green[1]:.3f}"
-                 + (f", sharpness {rng.sharpness[0]:.3f}-{rng.sharpness[1]:.3f}" if rng.sharpness else ""))
+                 + (f", sharpness {rng.sharpness[0]:.3f}-{rng.sharpness[1]:.3f}" if rng.sharpness else "")
+                 + (f", noise {255 * rng.noise[0]:.1f}-{255 * rng.noise[1]:.1f} levels" if rng.noise else ""))

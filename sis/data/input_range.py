@@ -1,12 +1,13 @@
-"""The range of colour cast, contrast, brightness and sharpness a model's training frames span, and a
-photo brought back inside it before the model sees it.
+"""The range of colour cast, contrast, brightness, sharpness and sensor noise a model's training frames
+span, and a photo brought back inside it before the model sees it.
 
 A model trained on one city's camera has never seen a frame warmer, cooler, flatter, darker, brighter or
-softer than its training set; outside that range it fails confidently (docs/robustness.md). A photo whose
-frame statistics fall outside the range is moved to the nearest edge by global steps a camera itself
-applies: per-channel gains (white balance), a stretch about the mean (contrast), one gain (exposure), an
-unsharp mask (sharpening). A photo inside the range is returned unchanged, so the frames the model knows
-are scored as before. Sharpness is per pixel, so it is taken at the size the model sees a frame (its
+softer or grainier than its training set; outside that range it fails confidently (docs/robustness.md).
+A photo whose frame statistics fall outside the range is moved to the nearest edge by steps a camera
+itself applies: noise reduction (an edge-preserving filter scaled to the noise it measures), per-channel
+gains (white balance), a stretch about the mean (contrast), one gain (exposure), an unsharp mask
+(sharpening). A photo inside the range is returned unchanged, so the frames the model knows
+are scored as before. Sharpness and noise are per pixel, so they are taken at the size the model sees a frame (its
 work size; training frames as they are stored). The range is fitted on the training frames (their minimum and maximum: what was never seen) and
 kept in the model's card: training fits it at the end of every run (replayed frames included, a
 fine-tune's joined to its starting model's, so a model fine-tuned on a user's street takes that street
@@ -31,6 +32,7 @@ class FrameStats:
     red_green: float      # mean red over mean green (a warm cast raises it)
     blue_green: float     # mean blue over mean green (a cool cast raises it)
     sharpness: float = 0.0  # mean |Laplacian| of luma over its standard deviation (a blurred frame lowers it)
+    noise: float = 0.0      # luma's noise level, a standard deviation (``noise_level``)
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class InputRange:
     frames: int = 0
     source: str = ""
     sharpness: tuple[float, float] | None = None  # None: a card fitted before sharpness was measured
+    noise: tuple[float, float] | None = None      # None: a card fitted before noise was measured
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,10 +56,11 @@ class InputRange:
         if not isinstance(d, dict):
             return None
         try:
-            sharp = d.get("sharpness")
+            def pair(k):  # sharpness and noise: None on a card fitted before they were measured
+                return tuple(float(v) for v in d[k]) if d.get(k) is not None else None
             return cls(*(tuple(float(v) for v in d[k]) for k in ("luminance", "contrast", "red_green", "blue_green")),
                        frames=int(d.get("frames", 0)), source=str(d.get("source", "")),
-                       sharpness=tuple(float(v) for v in sharp) if sharp is not None else None)
+                       sharpness=pair("sharpness"), noise=pair("noise"))
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -74,6 +78,21 @@ def _sharpness(y: np.ndarray) -> float:
     return float(np.abs(_laplacian(y)).mean()) / sd
 
 
+# Immerkaer's kernel: the difference of two Laplacians, blind to a plane's ramps and to most of an edge
+_NOISE_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+
+
+def noise_level(y: np.ndarray) -> float:
+    """A (H, W) luma plane's noise, as a standard deviation in its own units: the median absolute response
+    to Immerkaer's kernel (J. Immerkaer, "Fast noise variance estimation", CVIU 1996; the median, after
+    Donoho, so that edges and texture, a minority of pixels, do not read as noise). NaN under 3 px."""
+    if min(y.shape) < 3:
+        return float("nan")
+    h, w = y.shape
+    r = sum(_NOISE_KERNEL[i, j] * y[i:h - 2 + i, j:w - 2 + j] for i in range(3) for j in range(3))
+    return float(np.median(np.abs(r))) / (6 * 0.6745)  # the kernel's norm is 6; MAD -> sigma
+
+
 def _ratio(channel: float, green: float) -> float:
     """A channel's mean over green's; 1 (neutral) where either is all but empty: no gain can balance it."""
     return channel / green if channel > 0.5 / 255 and green > 0.5 / 255 else 1.0
@@ -86,18 +105,22 @@ def frame_stats(rgb: np.ndarray) -> FrameStats:
     y = x @ LUMA
     mu = float(y.mean())
     return FrameStats(mu, float(y.std()) / max(mu, 1e-4), _ratio(float(m[0]), float(m[1])),
-                      _ratio(float(m[2]), float(m[1])), _sharpness(y))
+                      _ratio(float(m[2]), float(m[1])), _sharpness(y), noise_level(y))
 
 
 def fit_input_range(frames: Iterable[np.ndarray], source: str = "") -> InputRange:
     """The range the (H, W, 3) uint8 ``frames`` span: each statistic's minimum and maximum."""
-    s = np.array([[f.luminance, f.contrast, f.red_green, f.blue_green, f.sharpness] for f in map(frame_stats, frames)])
+    s = np.array([[f.luminance, f.contrast, f.red_green, f.blue_green, f.sharpness, f.noise]
+                  for f in map(frame_stats, frames)])
     if not len(s):
         raise ValueError("an input range needs at least one frame")
     lo, hi = s[:, :4].min(0), s[:, :4].max(0)
-    sharp = s[:, 4][~np.isnan(s[:, 4])]
+
+    def span(col):  # None where no frame had it to measure
+        v = s[:, col][~np.isnan(s[:, col])]
+        return (float(v.min()), float(v.max())) if len(v) else None
     return InputRange(*((float(a), float(b)) for a, b in zip(lo, hi)), frames=len(s), source=source,
-                      sharpness=(float(sharp.min()), float(sharp.max())) if len(sharp) else None)
+                      sharpness=span(4), noise=span(5))
 
 
 def union(a: InputRange, b: InputRange | None) -> InputRange:
@@ -106,9 +129,11 @@ def union(a: InputRange, b: InputRange | None) -> InputRange:
         return a
     span = [(min(x[0], y[0]), max(x[1], y[1])) for x, y in
             zip((a.luminance, a.contrast, a.red_green, a.blue_green), (b.luminance, b.contrast, b.red_green, b.blue_green))]
-    sharp = (a.sharpness if b.sharpness is None else b.sharpness if a.sharpness is None else
-             (min(a.sharpness[0], b.sharpness[0]), max(a.sharpness[1], b.sharpness[1])))
-    return InputRange(*span, frames=a.frames + b.frames, source=f"{a.source} and {b.source}", sharpness=sharp)
+
+    def either(x, y):  # a statistic one card did not measure is the other's
+        return x if y is None else y if x is None else (min(x[0], y[0]), max(x[1], y[1]))
+    return InputRange(*span, frames=a.frames + b.frames, source=f"{a.source} and {b.source}",
+                      sharpness=either(a.sharpness, b.sharpness), noise=either(a.noise, b.noise))
 
 
 def outside(stats: FrameStats, rng: InputRange) -> tuple[str, ...]:
@@ -126,11 +151,17 @@ def outside(stats: FrameStats, rng: InputRange) -> tuple[str, ...]:
         out.append("a bright exposure")
     if _too_soft(stats, rng):
         out.append("blurred detail")
+    if _too_noisy(stats, rng):
+        out.append("heavy sensor noise")
     return tuple(out)
 
 
 def _too_soft(stats: FrameStats, rng: InputRange) -> bool:
     return rng.sharpness is not None and stats.sharpness < rng.sharpness[0]
+
+
+def _too_noisy(stats: FrameStats, rng: InputRange) -> bool:
+    return rng.noise is not None and stats.noise > rng.noise[1]
 
 
 SHARPEN_SIGMA = 1.5  # px at the work size: the unsharp mask's radius (1 to 3 measured; docs/robustness.md)
@@ -153,25 +184,48 @@ def _sharpen_to(x: np.ndarray, target: float) -> np.ndarray:
     return np.clip(x + hi * detail, 0.0, 1.0)
 
 
+DENOISE_RADIUS, DENOISE_SPREAD, DENOISE_RANGE = 4, 3.0, 2.0  # px, px, x the measured noise (docs/robustness.md)
+
+
+def _denoise(x: np.ndarray, sigma: float) -> np.ndarray:
+    """[0, 1] (H, W, 3) -> a bilateral filter of it (Tomasi and Manduchi, ICCV 1998): each pixel the
+    average of its neighbours within DENOISE_RADIUS, weighted by distance (DENOISE_SPREAD) and by how
+    alike their colours are, on the scale of the measured noise ``sigma``, so edges stay."""
+    r = DENOISE_RADIUS
+    h, w, _ = x.shape
+    p = np.pad(x, ((r, r), (r, r), (0, 0)), mode="reflect")
+    num, den = np.zeros_like(x), np.zeros((h, w, 1), np.float32)
+    k = np.float32(-1.0 / (2 * 3 * (DENOISE_RANGE * max(sigma, 1e-4)) ** 2))  # 3: squared distance over the channels
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            q = p[r + dy:r + dy + h, r + dx:r + dx + w]
+            wt = np.exp(((q - x) ** 2).sum(-1, keepdims=True) * k - np.float32((dy * dy + dx * dx) / (2 * DENOISE_SPREAD ** 2)))
+            num += wt * q
+            den += wt
+    return num / den
+
+
 def bring_inside(rgb: np.ndarray, rng: InputRange | None) -> tuple[np.ndarray, tuple[str, ...]]:
     """``into_range`` and what was outside (``outside``'s words), from one reading of the frame: the words
     decide whether it is moved, so the sentence and the picture never disagree."""
     if rng is None:
         return rgb, ()
-    s = frame_stats(rgb)
+    c = np.ascontiguousarray(rgb)  # one memory layout, one float rounding: an engine's transposed batch reads as the photo
+    s = frame_stats(c)
     moved = outside(s, rng)
-    return (_move(rgb, rng, s) if moved else rgb), moved
+    return (_move(c, rng, s) if moved else rgb), moved
 
 
 def into_range(rgb: np.ndarray, rng: InputRange | None) -> np.ndarray:
-    """(H, W, 3) uint8 -> the same frame brought inside ``rng``: red and blue gains to the nearest
-    colour balance in range (brightness kept), a stretch about the mean up to the lowest contrast in
-    range, a gain to the nearest brightness in range, then an unsharp mask up to the lowest sharpness
-    in range. Returns ``rgb`` itself when it is inside.
+    """(H, W, 3) uint8 -> the same frame brought inside ``rng``: noise above the range reduced, red and
+    blue gains to the nearest colour balance in range (brightness kept), a stretch about the mean up to
+    the lowest contrast in range, a gain to the nearest brightness in range, then an unsharp mask up to
+    the lowest sharpness in range. Returns ``rgb`` itself when it is inside.
 
     Contrast is only ever raised: a frame more contrasted than any training frame (dark midtones) lost
-    more when flattened than it gained, on the shift benchmark (docs/robustness.md); sharpness too (a
-    noisy frame is sharper than any training frame, and smoothing it is denoising, not a camera gain)."""
+    more when flattened than it gained, on the shift benchmark (docs/robustness.md). Sharpness too: a
+    frame sharper than any training frame is left as it is; grain is told apart by its own statistic
+    (``noise_level``), which texture and edges barely move."""
     return bring_inside(rgb, rng)[0]
 
 
@@ -179,6 +233,8 @@ def _move(rgb: np.ndarray, rng: InputRange, s: FrameStats) -> np.ndarray:
     """``into_range``'s steps for a frame ``outside`` found beyond ``rng`` (``s``: its statistics)."""
     rg, bg = np.clip(s.red_green, *rng.red_green), np.clip(s.blue_green, *rng.blue_green)
     x = rgb.astype(np.float32) / 255.0
+    if _too_noisy(s, rng):  # first, as a camera does: the gains below would scale the noise with the picture
+        x = _denoise(x, s.noise)
     if rg != s.red_green or bg != s.blue_green:
         x = x * np.array([rg / s.red_green, 1.0, bg / s.blue_green], np.float32)
         x = x * (s.luminance / max(float((x @ LUMA).mean()), 1e-6))  # the cast goes, the brightness stays
