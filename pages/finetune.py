@@ -122,7 +122,9 @@ if started:
         plan = st.session_state.setdefault("_ft_plans", {})[job.id] = validation_plan(root, n)
         replayed = (f" Replay: {100 * cfg['replay_ratio']:.0f}% of each batch from CamVid's train frames."
                     if cfg.get("replay") else "")
-        st.info(f"Validation: {plan}.{replayed}")
+        kept = (f" Saved with {100 * cfg['init_share']:.0f}% of the starting model's weights averaged in, so "
+                f"that it forgets less (the model's measured default)." if cfg.get("init_share") else "")
+        st.info(f"Validation: {plan}.{replayed}{kept}")
     except (jobs.JobError, DatasetError, catalog.CatalogError) as e:
         st.error(str(e))
 

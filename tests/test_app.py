@@ -856,7 +856,8 @@ def test_finetune_on_my_dataset_with_replay(app_env, tiny_data, monkeypatch):
         userdata.save_frame("mine", read_rgb(img), read_label(lbl), userdata.load_classes(tiny_data))
     monkeypatch.setattr(catalog, "camvid_dir", lambda: tiny_data)
     from sis import zoo  # its card measured that three replayed frames in four forget less (as pspnet-resnet18's)
-    zoo.update_card(Path(os.environ["SIS_DATA_DIR"]) / "models" / "tiny", adaptation={"replay_ratio": 0.75})
+    measured = {"replay_ratio": 0.75, "init_share": 0.25}  # and that a quarter of its weights kept forgets less
+    zoo.update_card(Path(os.environ["SIS_DATA_DIR"]) / "models" / "tiny", adaptation=measured)
     at = _app("pages/finetune.py")
     at.selectbox(key="ft_model").set_value("run:tiny")
     at.selectbox(key="ft_dataset").set_value("mine (5 frames, from the Correct page)")
@@ -865,12 +866,13 @@ def test_finetune_on_my_dataset_with_replay(app_env, tiny_data, monkeypatch):
     at.button(key="ft_start").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert any("Validation: none: the dataset has no val/ split and 5 frames" in i.value and
-               "Replay: 75% of each batch" in i.value for i in at.info), [i.value for i in at.info]
+               "Replay: 75% of each batch" in i.value and "25% of the starting model's weights averaged in" in i.value
+               for i in at.info), [i.value for i in at.info]
     manager = _wait_for_jobs()
     (job,) = manager.jobs.values()
     assert job.status == "done", job.message
     assert job.cfg["replay"] == str(tiny_data) and job.cfg["data"].endswith("datasets/mine")
-    assert job.cfg["replay_ratio"] == 0.75
+    assert job.cfg["replay_ratio"] == 0.75 and job.cfg["init_share"] == 0.25
     at.run()  # the run ended: before and after, on the base set's val frames (no frame of 5 is held out)
     assert not at.exception
     assert any(m.value.startswith("**camvid_tiny0 val (what the model may forget)** (3 frames): mIoU")

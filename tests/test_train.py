@@ -251,13 +251,38 @@ def test_replay_needs_the_same_classes_and_a_sane_ratio(tiny_data, tmp_path):
               log=lambda m: None)
 
 
+def test_a_fine_tune_can_keep_a_share_of_its_starting_weights(tiny_data, tiny_model, tmp_path):
+    """--init-share s: the saved weights are (1 - s) x the fine-tune's (its checkpoint, for resume) + s x the
+    starting model's, val is scored again on them, and a share of 1 or more is refused."""
+    logs = []
+    res = train(_cfg(tiny_data, tmp_path / "m", init=str(tiny_model), max_steps=3, lr=1e-2, init_share=0.25),
+                log=logs.append)
+    saved = models.load_state(tmp_path / "m" / "model.safetensors")
+    tuned = models.load_state(tmp_path / "m" / "checkpoint" / "model.safetensors")
+    start = models.load_state(tiny_model / "model.safetensors")
+    moved = [k for k in saved if saved[k].is_floating_point() and not torch.equal(tuned[k].float(), start[k].float())]
+    assert moved  # the case itself: the fine-tune changed the weights
+    for k in moved:
+        torch.testing.assert_close(saved[k].float(), 0.75 * tuned[k].float() + 0.25 * start[k].float(),
+                                   rtol=1e-3, atol=1e-4)
+    card = zoo.read_card(tmp_path / "m").raw
+    assert card["recipe"]["init_share"] == 0.25 and "--init-share 0.25" in card["command"]
+    said = next(m for m in logs if m.startswith(f"kept 25% of {tiny_model.name}'s weights: val mIoU "))
+    before, after = (float(v) for v in said.rsplit(" ", 3)[1::2])
+    assert before == pytest.approx(card["history"][-1]["val_miou"], abs=1e-4)  # the fine-tune's, before mixing
+    assert after == pytest.approx(card["val"]["miou"], abs=1e-4) and card["val"] == res["val"]  # the model saved
+    with pytest.raises(TrainingError, match="share of the saved weights"):
+        train(_cfg(tiny_data, tmp_path / "m2", init=str(tiny_model), max_steps=1, init_share=1.0), log=lambda m: None)
+
+
 def test_fine_tuning_keeps_the_recipe_the_model_was_trained_with():
     """The shipped pspnet-resnet18 learned with horizontal flips only, 352x480 crops at 0.75-1.5x and
     sqrt-median class weights: a fine-tune from it keeps those, not the paper's vertical flips."""
     from sis.zoo.card import recipe_defaults
     folder = zoo.shipped_models()["pspnet-resnet18"]
     assert recipe_defaults(str(folder)) == {"flips": "h", "crop": (352, 480), "scale": (0.75, 1.5),
-                                            "class_weighting": "sqrt-median", "replay_ratio": 0.75}  # its card's adaptation
+                                            "class_weighting": "sqrt-median", "replay_ratio": 0.75,
+                                            "init_share": 0.25}  # its card's adaptation
     assert recipe_defaults("random") == {} == recipe_defaults("imagenet")
 
 
@@ -302,6 +327,10 @@ def test_a_cards_replay_share_is_the_fine_tunes_unless_given(tiny_model, tmp_pat
     zoo.update_card(folder, adaptation={"replay_ratio": 0.75, "why": "measured"})
     assert train_config(build_parser().parse_args(args)).replay_ratio == 0.75
     assert train_config(build_parser().parse_args(args + ["--replay-ratio", "0.25"])).replay_ratio == 0.25
+    assert train_config(build_parser().parse_args(args)).init_share == 0.0
+    zoo.update_card(folder, adaptation={"replay_ratio": 0.75, "init_share": 0.25, "why": "measured"})
+    assert train_config(build_parser().parse_args(args)).init_share == 0.25
+    assert train_config(build_parser().parse_args(args + ["--init-share", "0"])).init_share == 0.0
 
 
 @pytest.mark.slow

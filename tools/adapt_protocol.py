@@ -44,6 +44,8 @@ RECIPES = {
     "replay-heldbn-x3": {"replay": True, "freeze_bn": True, "steps": 3},
     # three replayed frames in four of each batch: more of what it knew, less of the street
     "replay75-x3": {"replay": True, "steps": 3, "replay_ratio": 0.75},
+    "replay75-x3-own": {"replay": True, "steps": 3, "replay_ratio": 0.75, "init_share": 0.0},  # the fine-tune's weights alone
+    "replay75-x3-keep25": {"replay": True, "steps": 3, "replay_ratio": 0.75, "init_share": 0.25},
     # the shipped model as the teacher on the replayed frames (alpha: its share of their loss)
     "replay-teacher": {"replay": True, "teacher": 0.5},
     "replay-teacher-x3": {"replay": True, "steps": 3, "teacher": 0.5},
@@ -199,7 +201,8 @@ def main(argv=None) -> int:
                     row[recipe] = {"wall_s": None, **{k: v["miou"] for k, v in score(init, sets).items()}}
                     continue
             extra = {k: v for k, v in r.items()
-                     if k in ("freeze_bn", "teacher_scale", "freeze_encoder", "lr", "photometric", "replay_ratio")}
+                     if k in ("freeze_bn", "teacher_scale", "freeze_encoder", "lr", "photometric", "replay_ratio",
+                              "init_share")}
             if r.get("teacher"):
                 extra.update(teacher=str(base), distill_alpha=r["teacher"])
             cfg = TrainConfig(model=name, data=str(user), init=str(init), out=str(out), batch_size=4,

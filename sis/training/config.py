@@ -50,6 +50,7 @@ class TrainConfig:
     replay: str = ""                     # a base dataset whose train frames are mixed into every batch
     replay_ratio: float = 0.5            # the share of each batch drawn from ``replay``
     replay_limit: int | None = 120       # replay frames held in memory, spread evenly over the base set
+    init_share: float = 0.0              # the starting model's share of the saved weights (0: the fine-tune's alone)
     resume: bool = True                  # continue from out/checkpoint if present
     save_half: bool = False              # write fp16 weights (shipping)
     threads: int | None = None
@@ -114,6 +115,9 @@ FLAGS: dict[str, Flag] = {  # TrainConfig field -> its flag; options first, then
     "replay_ratio": Flag("--replay-ratio", "share of each batch from --replay (default: half, or what the --init "
                          "folder's card measured)", kind="float", recipe=True),
     "replay_limit": Flag("--replay-limit", "replay frames held in memory", kind="positive"),
+    "init_share": Flag("--init-share", "with --init DIR: save this share of that model's weights averaged into the "
+                       "fine-tuned ones (weight-space ensembling: less forgotten, a little less gained; default 0, "
+                       "or what the --init folder's card measured)", kind="float", recipe=True),
     "threads": Flag("--threads", kind="positive"),
     "freeze_encoder": Flag("--freeze-encoder", "train the decoder only (default: off, or what the --init folder's "
                            "card measured)", switch=True, off="--train-encoder", recipe=True,

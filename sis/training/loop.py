@@ -130,6 +130,9 @@ def _load_data(cfg: TrainConfig, device: torch.device, rank: int, log: Callable[
     if not 0 <= cfg.replay_ratio < 1:
         raise TrainingError(f"the replay ratio is a share of each batch, within 0 and 1 (exclusive), "
                             f"not {cfg.replay_ratio}")
+    if not 0 <= cfg.init_share < 1:
+        raise TrainingError(f"the starting model's share of the saved weights is within 0 and 1 (exclusive), "
+                            f"not {cfg.init_share}")
     replay_frames = load_replay(cfg.replay, cfg.replay_limit, classes) if cfg.replay else None
     # with replay the teacher speaks for what the model knew (the replayed frames); the training frames are
     # new ones it got wrong, so their own labels are their targets (_batch)
@@ -192,6 +195,33 @@ def _load_model(cfg: TrainConfig, classes: ClassSet, log: Callable[[str], None])
     mcfg.classes = classes.to_dict()
     mcfg.init = f"finetune:{Path(cfg.init).name}"
     return model, mcfg
+
+
+def _starting_weights(cfg: TrainConfig, model: torch.nn.Module, mcfg) -> dict | None:
+    """The weights a fine-tune starts from, kept where ``cfg.init_share`` will average them back in at the
+    end; None where there is nothing to keep or no like to average with (a new head starts random)."""
+    if not cfg.init_share or cfg.init in ("random", "imagenet"):
+        return None
+    if mcfg.class_set.num_classes != zoo.read_config(Path(cfg.init)).class_set.num_classes:
+        return None
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _mix_in_start(cfg, model, mcfg, start: dict, data, val, device, log) -> dict | None:
+    """Average the starting weights back in at ``cfg.init_share`` (weight-space ensembling, Wortsman et al.,
+    CVPR 2022: the fine-tune's gain, less of what it forgot; docs/correct.md); val scored again, so
+    the card describes the model saved. BatchNorm's counters stay the fine-tune's."""
+    with torch.no_grad():
+        for k, v in model.state_dict().items():
+            if v.is_floating_point() and k in start and start[k].shape == v.shape:
+                v.mul_(1 - cfg.init_share).add_(start[k].to(v.device, v.dtype), alpha=cfg.init_share)
+    if data.val is None or val is None:
+        log(f"kept {100 * cfg.init_share:.0f}% of {Path(cfg.init).name}'s weights")
+        return val
+    mixed = evaluate(model, mcfg, data.val, device, cfg.amp)
+    log(f"kept {100 * cfg.init_share:.0f}% of {Path(cfg.init).name}'s weights: val mIoU {val['miou']:.4f} -> "
+        f"{mixed['miou']:.4f}")
+    return mixed
 
 
 def _optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -318,6 +348,7 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
     ckpt_dir = out / "checkpoint"
     data = _load_data(cfg, device, rank, log)
     model, mcfg = _load_model(cfg, data.classes, log)
+    start = _starting_weights(cfg, model, mcfg)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -430,6 +461,9 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
     if rank == 0:
         card = _card(cfg, mcfg, data, status, step, history, val, wall, world, device)
         card["input_range"] = _input_range(cfg, data)
+        if start is not None:
+            val = _mix_in_start(cfg, model, mcfg, start, data, val, device, log)
+            card["val"] = val
         if status == "done" and (fit := _calibration_set(cfg, data, val is not None)):
             card["calibration"] = cal = _calibration(model, mcfg, *fit)
             log(f"calibrated on {fit[1]}: temperature {cal['temperature']:.3f}, ECE {100 * cal['ece_before']:.2f}% -> "

@@ -115,7 +115,7 @@ RECIPE_KEYS = ("flips", "crop", "scale", "class_weighting", "photometric")
 
 
 # a card's "adaptation": how a fine-tune on a few frames starts, measured; it overrides the recipe's keys
-ADAPTATION_KEYS = ("freeze_encoder", "photometric", "replay_ratio")
+ADAPTATION_KEYS = ("freeze_encoder", "photometric", "replay_ratio", "init_share")
 
 
 def recipe_defaults(init: str) -> dict:
