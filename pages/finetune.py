@@ -108,8 +108,9 @@ if started:
         if crop != as_trained:
             cfg["crop"] = None if crop == "full frames" else tuple(int(v) for v in crop.split("x"))
         if replay and camvid is not None and root.resolve() != camvid.resolve():
-            cfg.update(replay=str(camvid), replay_ratio=recipe.get("replay_ratio", TrainConfig.replay_ratio) if ratio == DEFAULT_SHARE
-                       else int(ratio.rstrip("%")) / 100)
+            share = (recipe.get("replay_ratio", TrainConfig.replay_ratio) if ratio == DEFAULT_SHARE
+                     else int(ratio.rstrip("%")) / 100)
+            cfg.update(replay=str(camvid), replay_ratio=share)
         # scored before and after, also on CamVid val when present
         before_after = str(camvid or "") if init_value == str(entry and entry.folder) else None
         if unit == "steps":

@@ -44,7 +44,8 @@ RECIPES = {
     "replay-heldbn-x3": {"replay": True, "freeze_bn": True, "steps": 3},
     # three replayed frames in four of each batch: more of what it knew, less of the street
     "replay75-x3": {"replay": True, "steps": 3, "replay_ratio": 0.75},
-    "replay75-x3-own": {"replay": True, "steps": 3, "replay_ratio": 0.75, "init_share": 0.0},  # the fine-tune's weights alone
+    # the fine-tune's weights alone, whatever the card says; and a quarter of the starting ones averaged in
+    "replay75-x3-own": {"replay": True, "steps": 3, "replay_ratio": 0.75, "init_share": 0.0},
     "replay75-x3-keep25": {"replay": True, "steps": 3, "replay_ratio": 0.75, "init_share": 0.25},
     # the shipped model as the teacher on the replayed frames (alpha: its share of their loss)
     "replay-teacher": {"replay": True, "teacher": 0.5},

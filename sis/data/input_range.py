@@ -199,7 +199,8 @@ def _denoise(x: np.ndarray, sigma: float) -> np.ndarray:
     for dy in range(-r, r + 1):
         for dx in range(-r, r + 1):
             q = p[r + dy:r + dy + h, r + dx:r + dx + w]
-            wt = np.exp(((q - x) ** 2).sum(-1, keepdims=True) * k - np.float32((dy * dy + dx * dx) / (2 * DENOISE_SPREAD ** 2)))
+            near = np.float32((dy * dy + dx * dx) / (2 * DENOISE_SPREAD ** 2))
+            wt = np.exp(((q - x) ** 2).sum(-1, keepdims=True) * k - near)
             num += wt * q
             den += wt
     return num / den
@@ -210,7 +211,7 @@ def bring_inside(rgb: np.ndarray, rng: InputRange | None) -> tuple[np.ndarray, t
     decide whether it is moved, so the sentence and the picture never disagree."""
     if rng is None:
         return rgb, ()
-    c = np.ascontiguousarray(rgb)  # one memory layout, one float rounding: an engine's transposed batch reads as the photo
+    c = np.ascontiguousarray(rgb)  # one layout, one float rounding: an engine's transposed batch reads as the photo
     s = frame_stats(c)
     moved = outside(s, rng)
     return (_move(c, rng, s) if moved else rgb), moved

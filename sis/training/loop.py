@@ -459,11 +459,10 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
     if world > 1:
         dist.barrier()
     if rank == 0:
-        card = _card(cfg, mcfg, data, status, step, history, val, wall, world, device)
-        card["input_range"] = _input_range(cfg, data)
         if start is not None:
             val = _mix_in_start(cfg, model, mcfg, start, data, val, device, log)
-            card["val"] = val
+        card = _card(cfg, mcfg, data, status, step, history, val, wall, world, device)
+        card["input_range"] = _input_range(cfg, data)
         if status == "done" and (fit := _calibration_set(cfg, data, val is not None)):
             card["calibration"] = cal = _calibration(model, mcfg, *fit)
             log(f"calibrated on {fit[1]}: temperature {cal['temperature']:.3f}, ECE {100 * cal['ece_before']:.2f}% -> "
