@@ -123,10 +123,16 @@ def test_finetune_from_folder_with_new_classes(tiny_model, data_copy, tmp_path):
     import json
     (data_copy / "classes.json").write_text(json.dumps(
         {"names": [f"c{i}" for i in range(12)], "colors": [[i, i, i] for i in range(12)], "void": None}))
-    train(_cfg(data_copy, tmp_path / "ft", init=str(tiny_model), max_steps=1, val_every=0),
-          log=lambda m: None)
+    logs = []
+    train(_cfg(data_copy, tmp_path / "ft", init=str(tiny_model), max_steps=1, val_every=0, init_share=0.25),
+          log=logs.append)
     model, cfg = models.load_model(tmp_path / "ft")
     assert cfg.class_set.num_classes == 12 and cfg.init.startswith("finetune:")
+    # a new head starts random: nothing of the start is averaged back in, the saved weights are the fine-tune's
+    assert not any(m.startswith("kept ") for m in logs)
+    saved = models.load_state(tmp_path / "ft" / "model.safetensors")
+    tuned = models.load_state(tmp_path / "ft" / "checkpoint" / "model.safetensors")
+    assert all(torch.equal(saved[k], tuned[k].to(saved[k].dtype)) for k in saved)
 
 
 def test_freeze_encoder_keeps_encoder_weights(tiny_data, tmp_path):

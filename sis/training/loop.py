@@ -175,10 +175,13 @@ def _teacher_targets(cfg: TrainConfig, frames: Frames, device: torch.device, log
     return soft
 
 
-def _load_model(cfg: TrainConfig, classes: ClassSet, log: Callable[[str], None]) -> tuple[torch.nn.Module, zoo.ModelConfig]:
-    """A fresh model (random or ImageNet encoder), or the one saved in the folder ``cfg.init`` to fine-tune."""
+def _load_model(cfg: TrainConfig, classes: ClassSet,
+                log: Callable[[str], None]) -> tuple[torch.nn.Module, zoo.ModelConfig, dict | None]:
+    """A fresh model (random or ImageNet encoder), or the one saved in the folder ``cfg.init`` to fine-tune;
+    and the starting weights, kept where ``cfg.init_share`` will average them back in at the end (None where
+    there is nothing to keep or no like to average with: a new head starts random)."""
     if cfg.init in ("random", "imagenet"):
-        return models.create_model(cfg.model, classes, cfg.init)
+        return (*models.create_model(cfg.model, classes, cfg.init), None)
     model, mcfg = models.load_model(Path(cfg.init))
     current = zoo.make_config(mcfg.name, mcfg.class_set) if mcfg.name in zoo.MODELS else mcfg
     if current.smp_kwargs != mcfg.smp_kwargs:
@@ -189,22 +192,14 @@ def _load_model(cfg: TrainConfig, classes: ClassSet, log: Callable[[str], None])
         model = fresh
         log(f"{cfg.init} was saved with an older {mcfg.name} architecture: carried over "
             f"{len(copied)} tensors, {len(reinit)} start fresh ({', '.join(sorted({k.rsplit('.', 2)[0] for k in reinit})[:6])})")
-    if mcfg.class_set.num_classes != classes.num_classes:
+    new_head = mcfg.class_set.num_classes != classes.num_classes
+    if new_head:
         models.reset_head(model, classes.num_classes)
         log(f"new classifier head: {mcfg.class_set.num_classes} -> {classes.num_classes} classes")
     mcfg.classes = classes.to_dict()
     mcfg.init = f"finetune:{Path(cfg.init).name}"
-    return model, mcfg
-
-
-def _starting_weights(cfg: TrainConfig, model: torch.nn.Module, mcfg) -> dict | None:
-    """The weights a fine-tune starts from, kept where ``cfg.init_share`` will average them back in at the
-    end; None where there is nothing to keep or no like to average with (a new head starts random)."""
-    if not cfg.init_share or cfg.init in ("random", "imagenet"):
-        return None
-    if mcfg.class_set.num_classes != zoo.read_config(Path(cfg.init)).class_set.num_classes:
-        return None
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    keep = cfg.init_share and not new_head
+    return model, mcfg, ({k: v.detach().clone() for k, v in model.state_dict().items()} if keep else None)
 
 
 def _mix_in_start(cfg, model, mcfg, start: dict, data, val, device, log) -> dict | None:
@@ -347,8 +342,7 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoint"
     data = _load_data(cfg, device, rank, log)
-    model, mcfg = _load_model(cfg, data.classes, log)
-    start = _starting_weights(cfg, model, mcfg)
+    model, mcfg, start = _load_model(cfg, data.classes, log)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
