@@ -50,6 +50,14 @@ def threads() -> int:
     return max(1, int(os.environ.get("SIS_THREADS") or psutil.cpu_count(logical=False) or 1))
 
 
+@lru_cache(maxsize=1)
+def opencv():
+    """OpenCV, imported where first needed (optical flow, denoising), on the engines' thread count."""
+    import cv2
+    cv2.setNumThreads(threads())
+    return cv2
+
+
 def hostname_hash() -> int:
     """16 bits of the hostname, the same in every process (Python's hash() is salted per process)."""
     return zlib.crc32(platform.node().encode()) & 0xFFFF

@@ -42,10 +42,9 @@ def cmd_shift(a) -> int:
     from sis.data.shifts import SEVERITIES, ShiftError, list_shifts, parse_shifts
     from sis.training.robustness import ood_auroc, shift_benchmark, val_frames
     shifts = parse_shifts(a.shift)
-    if a.write and (shifts != list_shifts() or tuple(a.severities) != SEVERITIES or a.limit or a.work_rule
-                    or a.no_input_range):
+    if a.write and (shifts != list_shifts() or tuple(a.severities) != SEVERITIES or a.limit or a.work_rule):
         raise ShiftError("--write keeps the whole benchmark in the card: give --shift all at every severity, "
-                         "without --limit, --work-rule or --no-input-range")
+                         "without --limit or --work-rule")
     engine = accurate_engine(a, "cpu") or accurate_single(a)
     if a.no_input_range:
         _without_input_range(engine)
@@ -66,8 +65,13 @@ def cmd_shift(a) -> int:
         from sis import zoo
         folder = model_folders(a.model)[0]
         command = f"python -m sis eval --model {a.model} --data {a.data} --shift all --every {a.every} --seed {a.seed}"
-        zoo.update_card(folder, shift_benchmark=rep.card_record(a.every, command,
-                                                                getattr(engine, "input_range", None) is not None))
+        command += " --no-input-range" if a.no_input_range else ""
+        rec = rep.card_record(a.every, command, getattr(engine, "input_range", None) is not None)
+        kept = zoo.read_card(folder).raw.get("shift_benchmark") or {}
+        # the same model without its input range is the baseline the range is judged by: each run keeps the other's
+        rec = dict(kept, without_input_range=rec) if a.no_input_range else dict(
+            rec, **{k: v for k, v in kept.items() if k == "without_input_range"})
+        zoo.update_card(folder, shift_benchmark=rec)
     if a.json:
         print(json.dumps(out))
         return 0

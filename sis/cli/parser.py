@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="with --shift: the shifts' noise and casts")
     s.add_argument("--out", help="with --shift: also write the report as JSON here")
     s.add_argument("--write", action="store_true", help="with --shift all: keep the figures in the model's card.json "
-                   "(shift_benchmark)")
+                   "(shift_benchmark; with --no-input-range, its without_input_range baseline)")
     s.add_argument("--work-rule", choices=["pixels", "short", "native"], help="with --shift: the work-size rule to measure "
                    "(default: the one the app uses)")
     s.add_argument("--no-input-range", action="store_true", help="give the model every frame as it is, not brought "

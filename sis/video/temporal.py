@@ -48,10 +48,8 @@ class Motion:
     remap of every channel, so that an average over frames follows a passing car instead of trailing it."""
 
     def __init__(self):
-        import cv2  # only smoothing needs it
-
-        from sis.host import threads
-        cv2.setNumThreads(threads())
+        from sis.host import opencv
+        cv2 = opencv()  # only smoothing needs it
         self.cv2, self.dis = cv2, cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
         self.grey = self.grid = None
 
