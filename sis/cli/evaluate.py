@@ -69,8 +69,10 @@ def cmd_shift(a) -> int:
         rec = rep.card_record(a.every, command, getattr(engine, "input_range", None) is not None)
         kept = zoo.read_card(folder).raw.get("shift_benchmark") or {}
         # the same model without its input range is the baseline the range is judged by: each run keeps the other's
-        rec = dict(kept, without_input_range=rec) if a.no_input_range else dict(
-            rec, **{k: v for k, v in kept.items() if k == "without_input_range"})
+        if a.no_input_range:
+            rec = dict(kept, without_input_range=rec)
+        elif "without_input_range" in kept:
+            rec["without_input_range"] = kept["without_input_range"]
         zoo.update_card(folder, shift_benchmark=rec)
     if a.json:
         print(json.dumps(out))

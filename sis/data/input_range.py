@@ -198,8 +198,8 @@ def _denoise(x: np.ndarray, sigma: float) -> np.ndarray:
     planes = list(cv2.split(cv2.cvtColor(np.ascontiguousarray(x, np.float32), cv2.COLOR_RGB2YCrCb)))
     for i, p in enumerate(planes):
         n = sigma if i == 0 else noise_level(p)
-        planes[i] = cv2.bilateralFilter(p, 2 * DENOISE_RADIUS + 1, DENOISE_RANGE * max(n if n == n else 0.0, 1e-4),
-                                        DENOISE_SPREAD)
+        n = n if np.isfinite(n) else 0.0  # a plane too small to measure is hardly smoothed
+        planes[i] = cv2.bilateralFilter(p, 2 * DENOISE_RADIUS + 1, DENOISE_RANGE * max(n, 1e-4), DENOISE_SPREAD)
     return cv2.cvtColor(cv2.merge(planes), cv2.COLOR_YCrCb2RGB)
 
 
