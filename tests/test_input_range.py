@@ -64,13 +64,30 @@ def test_a_warm_cast_is_taken_back_to_the_edge_and_the_brightness_kept():
     assert out.luminance == pytest.approx(s.luminance, abs=0.01)
 
 
-def test_a_flat_frame_is_stretched_to_the_lowest_contrast_in_range():
+def test_a_flat_frame_is_stretched_to_the_median_training_contrast():
+    """A frame flatter than every training frame goes to a typical one's contrast (the median), not to the
+    flattest one's; a card fitted before the median was kept stretches to the minimum, as it did."""
     rgb = _scene().astype(np.float32)
     flat = np.rint((rgb - rgb.mean()) * 0.25 + rgb.mean()).astype(np.uint8)
     assert "low contrast" in outside(frame_stats(flat), RANGE)
-    out = frame_stats(into_range(flat, RANGE))
-    assert out.contrast == pytest.approx(RANGE.contrast[0], abs=0.02)
+    typical = InputRange(RANGE.luminance, RANGE.contrast, RANGE.red_green, RANGE.blue_green, contrast_median=0.6)
+    out = frame_stats(into_range(flat, typical))
+    assert out.contrast == pytest.approx(0.6, abs=0.02)
     assert out.luminance == pytest.approx(frame_stats(flat).luminance, abs=0.01)
+    assert frame_stats(into_range(flat, RANGE)).contrast == pytest.approx(RANGE.contrast[0], abs=0.02)
+    assert InputRange.from_dict(json.loads(json.dumps(typical.to_dict()))) == typical
+    assert InputRange.from_dict(RANGE.to_dict()).contrast_median is None
+
+
+def test_the_fitted_range_keeps_the_median_contrast_and_a_union_the_lower():
+    from sis.data.input_range import union
+    frames = [np.rint((_scene().astype(np.float32) - 128) * k + 128).clip(0, 255).astype(np.uint8)
+              for k in (0.5, 0.7, 1.0)]
+    rng = fit_input_range(frames)
+    assert rng.contrast_median == pytest.approx(frame_stats(frames[1]).contrast)
+    assert rng.contrast[0] < rng.contrast_median < rng.contrast[1]
+    assert union(rng, fit_input_range(frames[:1])).contrast_median == fit_input_range(frames[:1]).contrast_median
+    assert union(rng, RANGE).contrast_median == rng.contrast_median  # a card without one leaves the other's
 
 
 def test_a_dark_frame_is_brightened_to_the_edge_and_a_contrasted_one_never_flattened():
@@ -267,7 +284,8 @@ def test_every_shipped_model_carries_its_training_range():
         folder = ROOT / "weights" / name
         if (folder / "card.json").is_file():
             rng = zoo.read_card(folder).input_range
-            assert rng is not None and rng.frames == 367, name
+            assert rng is not None and rng.frames == 367 and rng.contrast_median is not None, name
+            assert rng.contrast[0] < rng.contrast_median < rng.contrast[1]
             assert rng.red_green[0] < 1 < rng.blue_green[1]
 
 

@@ -166,7 +166,8 @@ def _fit_input_range(a, folder: Path) -> int:
     out = rng.to_dict() | {"command": f"python -m sis calibrate --model {a.model} --data {a.data} --input-range"}
     return _keep(a, folder, "input_range", out,
                  f"{folder.name}: input range over {rng.frames} frames of {rng.source}: luminance "
-                 f"{rng.luminance[0]:.3f}-{rng.luminance[1]:.3f}, contrast {rng.contrast[0]:.3f}-{rng.contrast[1]:.3f}, "
+                 f"{rng.luminance[0]:.3f}-{rng.luminance[1]:.3f}, contrast {rng.contrast[0]:.3f}-{rng.contrast[1]:.3f} "
+                 f"(median {rng.contrast_median:.3f}), "
                  f"red/green {rng.red_green[0]:.3f}-{rng.red_green[1]:.3f}, blue/green "
                  f"{rng.blue_green[0]:.3f}-{rng.blue_green[1]:.3f}"
                  + (f", sharpness {rng.sharpness[0]:.3f}-{rng.sharpness[1]:.3f}" if rng.sharpness else "")

@@ -46,6 +46,7 @@ class InputRange:
     source: str = ""
     sharpness: tuple[float, float] | None = None  # None: a card fitted before sharpness was measured
     noise: tuple[float, float] | None = None      # None: a card fitted before noise was measured
+    contrast_median: float | None = None  # where a flatter frame than any is stretched to; None: to the minimum
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -60,7 +61,8 @@ class InputRange:
                 return tuple(float(v) for v in d[k]) if d.get(k) is not None else None
             return cls(*(tuple(float(v) for v in d[k]) for k in ("luminance", "contrast", "red_green", "blue_green")),
                        frames=int(d.get("frames", 0)), source=str(d.get("source", "")),
-                       sharpness=pair("sharpness"), noise=pair("noise"))
+                       sharpness=pair("sharpness"), noise=pair("noise"),
+                       contrast_median=float(d["contrast_median"]) if d.get("contrast_median") is not None else None)
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -109,7 +111,8 @@ def frame_stats(rgb: np.ndarray) -> FrameStats:
 
 
 def fit_input_range(frames: Iterable[np.ndarray], source: str = "") -> InputRange:
-    """The range the (H, W, 3) uint8 ``frames`` span: each statistic's minimum and maximum."""
+    """The range the (H, W, 3) uint8 ``frames`` span: each statistic's minimum and maximum, and the median
+    contrast."""
     s = np.array([[f.luminance, f.contrast, f.red_green, f.blue_green, f.sharpness, f.noise]
                   for f in map(frame_stats, frames)])
     if not len(s):
@@ -120,7 +123,7 @@ def fit_input_range(frames: Iterable[np.ndarray], source: str = "") -> InputRang
         v = s[:, col][~np.isnan(s[:, col])]
         return (float(v.min()), float(v.max())) if len(v) else None
     return InputRange(*((float(a), float(b)) for a, b in zip(lo, hi)), frames=len(s), source=source,
-                      sharpness=span(4), noise=span(5))
+                      sharpness=span(4), noise=span(5), contrast_median=float(np.median(s[:, 1])))
 
 
 def union(a: InputRange, b: InputRange | None) -> InputRange:
@@ -132,8 +135,10 @@ def union(a: InputRange, b: InputRange | None) -> InputRange:
 
     def either(x, y):  # a statistic one card did not measure is the other's
         return x if y is None else y if x is None else (min(x[0], y[0]), max(x[1], y[1]))
+    medians = [m for m in (a.contrast_median, b.contrast_median) if m is not None]
     return InputRange(*span, frames=a.frames + b.frames, source=f"{a.source} and {b.source}",
-                      sharpness=either(a.sharpness, b.sharpness), noise=either(a.noise, b.noise))
+                      sharpness=either(a.sharpness, b.sharpness), noise=either(a.noise, b.noise),
+                      contrast_median=min(medians) if medians else None)  # the lower: the gentler stretch
 
 
 def outside(stats: FrameStats, rng: InputRange) -> tuple[str, ...]:
@@ -216,8 +221,8 @@ def bring_inside(rgb: np.ndarray, rng: InputRange | None) -> tuple[np.ndarray, t
 
 def into_range(rgb: np.ndarray, rng: InputRange | None) -> np.ndarray:
     """(H, W, 3) uint8 -> the same frame brought inside ``rng``: noise above the range reduced, red and
-    blue gains to the nearest colour balance in range (brightness kept), a stretch about the mean up to
-    the lowest contrast in range, a gain to the nearest brightness in range, then an unsharp mask up to
+    blue gains to the nearest colour balance in range (brightness kept), a frame flatter than the range
+    stretched about its mean to the training frames' median contrast, a gain to the nearest brightness in range, then an unsharp mask up to
     the lowest sharpness in range. Returns ``rgb`` itself when it is inside.
 
     Contrast is only ever raised: a frame more contrasted than any training frame (dark midtones) lost
@@ -236,9 +241,9 @@ def _move(rgb: np.ndarray, rng: InputRange, s: FrameStats) -> np.ndarray:
     if rg != s.red_green or bg != s.blue_green:
         x = x * np.array([rg / s.red_green, 1.0, bg / s.blue_green], np.float32)
         x = x * (s.luminance / max(float((x @ LUMA).mean()), 1e-6))  # the cast goes, the brightness stays
-    if s.contrast < rng.contrast[0]:
+    if s.contrast < rng.contrast[0]:  # to a typical training frame's contrast, not the flattest one's
         mu = float((x @ LUMA).mean())
-        x = (x - mu) * (rng.contrast[0] / max(s.contrast, 1e-6)) + mu
+        x = (x - mu) * ((rng.contrast_median or rng.contrast[0]) / max(s.contrast, 1e-6)) + mu
     x = np.clip(x, 0.0, 1.0)
     mu = float((x @ LUMA).mean())
     target = float(np.clip(mu, *rng.luminance))
