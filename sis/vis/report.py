@@ -63,7 +63,7 @@ def adjustment(found: tuple[str, ...], rng: InputRange | None) -> str | None:
     if not found or rng is None:
         return None
     return (f"This photo has {_listed(list(found))}, beyond every frame the model trained on ({rng.source}); the "
-            f"model was given it moved back to the nearest of those (the picture shown is your own).")
+            f"model was given it brought back inside that range (the picture shown is your own).")
 
 
 def clip_adjustment(moved: dict, frames: int, rng: InputRange | None) -> str | None:
@@ -72,7 +72,7 @@ def clip_adjustment(moved: dict, frames: int, rng: InputRange | None) -> str | N
         return None
     each = [f"{n} had {what}" for what, n in sorted(moved.items(), key=lambda kv: -kv[1])]
     return (f"Of the {frames} frames segmented, {_listed(each)}, beyond every frame the model trained on "
-            f"({rng.source}); the model was given them moved back to the nearest of those (the overlay shows your own).")
+            f"({rng.source}); the model was given them brought back inside that range (the overlay shows your own).")
 
 
 def segment(engine, image: Image.Image, truth: np.ndarray | None = None,
