@@ -222,8 +222,8 @@ def bring_inside(rgb: np.ndarray, rng: InputRange | None) -> tuple[np.ndarray, t
 def into_range(rgb: np.ndarray, rng: InputRange | None) -> np.ndarray:
     """(H, W, 3) uint8 -> the same frame brought inside ``rng``: noise above the range reduced, red and
     blue gains to the nearest colour balance in range (brightness kept), a frame flatter than the range
-    stretched about its mean to the training frames' median contrast, a gain to the nearest brightness in range, then an unsharp mask up to
-    the lowest sharpness in range. Returns ``rgb`` itself when it is inside.
+    stretched about its mean to the training frames' median contrast, a gain to the nearest brightness
+    in range, then an unsharp mask up to the lowest sharpness in range. Returns ``rgb`` itself when it is inside.
 
     Contrast is only ever raised: a frame more contrasted than any training frame (dark midtones) lost
     more when flattened than it gained, on the shift benchmark (docs/robustness.md). Sharpness too: a

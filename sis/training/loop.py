@@ -208,7 +208,7 @@ def _mix_in_start(cfg, model, mcfg, start: dict, data, val, device, log) -> dict
     the card describes the model saved. BatchNorm's counters stay the fine-tune's."""
     with torch.no_grad():
         for k, v in model.state_dict().items():
-            if v.is_floating_point() and k in start and start[k].shape == v.shape:
+            if v.is_floating_point():  # start is this model's own state before training: same keys, same shapes
                 v.mul_(1 - cfg.init_share).add_(start[k].to(v.device, v.dtype), alpha=cfg.init_share)
     if data.val is None or val is None:
         log(f"kept {100 * cfg.init_share:.0f}% of {Path(cfg.init).name}'s weights")
