@@ -52,7 +52,7 @@ def threads() -> int:
 
 @lru_cache(maxsize=1)
 def opencv():
-    """OpenCV, imported where first needed (optical flow, denoising), on the engines' thread count."""
+    """OpenCV, imported where first needed (optical flow, denoising, deblocking), on the engines' thread count."""
     import cv2
     cv2.setNumThreads(threads())
     return cv2

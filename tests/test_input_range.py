@@ -197,6 +197,40 @@ def test_a_frame_grainier_than_any_training_frame_is_smoothed_and_its_edges_kept
     assert fit_input_range([street, noisy]).noise == (frame_stats(street).noise, s.noise)
 
 
+def _jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
+    import io
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "JPEG", quality=quality)
+    return np.asarray(Image.open(buf).convert("RGB"))
+
+
+def test_a_frame_blockier_than_any_training_frame_has_its_colour_smoothed_and_its_luma_kept():
+    from PIL import Image
+    from sis.data.input_range import union
+    photo = np.asarray(Image.open(ROOT / "assets" / "samples" / "0016E5_07959.jpg").convert("RGB"))
+    blocky = InputRange(RANGE.luminance, RANGE.contrast, RANGE.red_green, RANGE.blue_green, blockiness=(1.0, 1.22))
+    assert not outside(frame_stats(photo), blocky) and into_range(photo, blocky) is photo
+    heavy = _jpeg(photo, 8)
+    s = frame_stats(heavy)
+    assert s.blockiness > 2 and outside(s, blocky) == ("heavy compression blocks",)
+    out = into_range(heavy, blocky)
+    ycc = lambda im: np.asarray(Image.fromarray(im).convert("YCbCr")).astype(int)
+    assert np.abs(ycc(out)[..., 0] - ycc(heavy)[..., 0]).mean() < 0.5  # luma, coded finer, is left alone
+    chroma_err = lambda im: np.abs(ycc(im)[..., 1:] - ycc(photo)[..., 1:]).mean()
+    assert chroma_err(out) < 0.9 * chroma_err(heavy)  # the colour patches go toward the original's colour
+    # resized since it was compressed (as a phone photo is to its work size): the grid is gone, nothing moves
+    resized = np.asarray(Image.fromarray(heavy).resize((370, 277), Image.BILINEAR))
+    assert frame_stats(resized).blockiness < 1.15 and into_range(resized, blocky) is resized
+    assert np.isnan(frame_stats(np.full((40, 60, 3), 90, np.uint8)).blockiness)  # flat: nothing to measure
+    assert np.isnan(frame_stats(heavy[:12, :12]).blockiness)                     # under two blocks
+    old = InputRange.from_dict({k: v for k, v in blocky.to_dict().items() if k != "blockiness"})
+    assert old.blockiness is None and into_range(heavy, old) is heavy  # a card fitted before blocking was measured
+    assert InputRange.from_dict(json.loads(json.dumps(blocky.to_dict()))) == blocky
+    assert union(old, blocky).blockiness == blocky.blockiness == union(blocky, old).blockiness
+    assert fit_input_range([photo, heavy]).blockiness == (frame_stats(photo).blockiness, s.blockiness)
+
+
 def test_what_was_moved_is_read_once_and_reaches_the_prediction_through_any_engine():
     from types import SimpleNamespace
 
@@ -285,6 +319,7 @@ def test_every_shipped_model_carries_its_training_range():
         if (folder / "card.json").is_file():
             rng = zoo.read_card(folder).input_range
             assert rng is not None and rng.frames == 367 and rng.contrast_median is not None, name
+            assert 1.0 < rng.blockiness[0] < rng.blockiness[1] < 1.3  # no training frame is visibly blocky
             assert rng.contrast[0] < rng.contrast_median < rng.contrast[1]
             assert rng.red_green[0] < 1 < rng.blue_green[1]
 

@@ -171,4 +171,5 @@ def _fit_input_range(a, folder: Path) -> int:
                  f"red/green {rng.red_green[0]:.3f}-{rng.red_green[1]:.3f}, blue/green "
                  f"{rng.blue_green[0]:.3f}-{rng.blue_green[1]:.3f}"
                  + (f", sharpness {rng.sharpness[0]:.3f}-{rng.sharpness[1]:.3f}" if rng.sharpness else "")
-                 + (f", noise {255 * rng.noise[0]:.1f}-{255 * rng.noise[1]:.1f} levels" if rng.noise else ""))
+                 + (f", noise {255 * rng.noise[0]:.1f}-{255 * rng.noise[1]:.1f} levels" if rng.noise else "")
+                 + (f", blockiness {rng.blockiness[0]:.3f}-{rng.blockiness[1]:.3f}" if rng.blockiness else ""))

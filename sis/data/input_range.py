@@ -1,17 +1,19 @@
-"""The range of colour cast, contrast, brightness, sharpness and sensor noise a model's training frames
-span, and a photo brought back inside it before the model sees it.
+"""The range of colour cast, contrast, brightness, sharpness, sensor noise and JPEG blocking a model's
+training frames span, and a photo brought back inside it before the model sees it.
 
-A model trained on one city's camera has never seen a frame warmer, cooler, flatter, darker, brighter or
-softer or grainier than its training set; outside that range it fails confidently (docs/robustness.md).
-A photo whose frame statistics fall outside the range is moved to the nearest edge by steps a camera
-itself applies: noise reduction (an edge-preserving filter scaled to the noise it measures), per-channel
-gains (white balance), a stretch about the mean (contrast), one gain (exposure), an unsharp mask
-(sharpening). A photo inside the range is returned unchanged, so the frames the model knows
-are scored as before. Sharpness and noise are per pixel, so they are taken at the size the model sees a frame (its
-work size; training frames as they are stored). The range is fitted on the training frames (their minimum and maximum: what was never seen) and
-kept in the model's card: training fits it at the end of every run (replayed frames included, a
-fine-tune's joined to its starting model's, so a model fine-tuned on a user's street takes that street
-in), ``sis calibrate --input-range`` for a model trained before. numpy and Pillow only.
+A model trained on one city's camera has never seen a frame warmer, cooler, flatter, darker, brighter,
+softer, grainier or more compressed than its training set; outside that range it fails confidently
+(docs/robustness.md). A photo whose frame statistics fall outside the range is moved to the nearest edge
+by steps a camera or a decoder applies: colour smoothed along luma's edges (a heavy JPEG breaks it into
+blocks), noise reduction (an edge-preserving filter scaled to the noise it measures), per-channel gains
+(white balance), a stretch about the mean (contrast), one gain (exposure), an unsharp mask (sharpening).
+A photo inside the range is returned unchanged, so the frames the model knows are scored as before.
+Sharpness, noise and blocking are per pixel, so they are taken at the size the model sees a frame (its
+work size; training frames as they are stored). The range is fitted on the training frames (their
+minimum and maximum: what was never seen) and kept in the model's card: training fits it at the end of
+every run (replayed frames included, a fine-tune's joined to its starting model's, so a model
+fine-tuned on a user's street takes that street in), ``sis calibrate --input-range`` for a model
+trained before. numpy and Pillow; OpenCV for the two filters, imported only for a frame that needs one.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ class FrameStats:
     blue_green: float     # mean blue over mean green (a cool cast raises it)
     sharpness: float = 0.0  # mean |Laplacian| of luma over its standard deviation (a blurred frame lowers it)
     noise: float = 0.0      # luma's noise level, a standard deviation (``noise_level``)
+    blockiness: float = 1.0  # luma's steps on JPEG's 8-px grid over its steps elsewhere (``blockiness``)
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class InputRange:
     sharpness: tuple[float, float] | None = None  # None: a card fitted before sharpness was measured
     noise: tuple[float, float] | None = None      # None: a card fitted before noise was measured
     contrast_median: float | None = None  # where a flatter frame than any is stretched to; None: to the minimum
+    blockiness: tuple[float, float] | None = None  # None: a card fitted before blocking was measured
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,11 +61,11 @@ class InputRange:
         if not isinstance(d, dict):
             return None
         try:
-            def pair(k):  # sharpness and noise: None on a card fitted before they were measured
+            def pair(k):  # sharpness, noise, blockiness: None on a card fitted before they were measured
                 return tuple(float(v) for v in d[k]) if d.get(k) is not None else None
             return cls(*(tuple(float(v) for v in d[k]) for k in ("luminance", "contrast", "red_green", "blue_green")),
                        frames=int(d.get("frames", 0)), source=str(d.get("source", "")),
-                       sharpness=pair("sharpness"), noise=pair("noise"),
+                       sharpness=pair("sharpness"), noise=pair("noise"), blockiness=pair("blockiness"),
                        contrast_median=float(d["contrast_median"]) if d.get("contrast_median") is not None else None)
         except (KeyError, TypeError, ValueError):
             return None
@@ -95,6 +99,27 @@ def noise_level(y: np.ndarray) -> float:
     return float(np.median(np.abs(r))) / (6 * 0.6745)  # the kernel's norm is 6; MAD -> sigma
 
 
+JPEG_BLOCK = 8  # px: JPEG codes luma in 8x8 blocks (chroma, subsampled, in 16x16)
+
+
+def blockiness(y: np.ndarray) -> float:
+    """A (H, W) luma plane's JPEG blocking: the mean step between neighbouring columns (and rows) at the
+    phase of an 8-px grid where steps are largest, over the median phase's; about 1 for a frame without
+    blocks (or resized since it was compressed, which moves the grid off 8 px). NaN where there is
+    nothing to measure (under two blocks, or flat)."""
+    r = []
+    for d in (np.abs(np.diff(y, axis=1)).mean(0), np.abs(np.diff(y, axis=0)).mean(1)):
+        n = len(d) // JPEG_BLOCK * JPEG_BLOCK
+        if n < 2 * JPEG_BLOCK:
+            return float("nan")
+        per = d[:n].reshape(-1, JPEG_BLOCK).mean(0)  # the mean step at each phase of the grid
+        med = float(np.median(per))
+        if med < 1e-5:
+            return float("nan")
+        r.append(float(per.max()) / med)
+    return float(np.mean(r))
+
+
 def _ratio(channel: float, green: float) -> float:
     """A channel's mean over green's; 1 (neutral) where either is all but empty: no gain can balance it."""
     return channel / green if channel > 0.5 / 255 and green > 0.5 / 255 else 1.0
@@ -107,13 +132,13 @@ def frame_stats(rgb: np.ndarray) -> FrameStats:
     y = x @ LUMA
     mu = float(y.mean())
     return FrameStats(mu, float(y.std()) / max(mu, 1e-4), _ratio(float(m[0]), float(m[1])),
-                      _ratio(float(m[2]), float(m[1])), _sharpness(y), noise_level(y))
+                      _ratio(float(m[2]), float(m[1])), _sharpness(y), noise_level(y), blockiness(y))
 
 
 def fit_input_range(frames: Iterable[np.ndarray], source: str = "") -> InputRange:
     """The range the (H, W, 3) uint8 ``frames`` span: each statistic's minimum and maximum, and the median
     contrast."""
-    s = np.array([[f.luminance, f.contrast, f.red_green, f.blue_green, f.sharpness, f.noise]
+    s = np.array([[f.luminance, f.contrast, f.red_green, f.blue_green, f.sharpness, f.noise, f.blockiness]
                   for f in map(frame_stats, frames)])
     if not len(s):
         raise ValueError("an input range needs at least one frame")
@@ -123,7 +148,8 @@ def fit_input_range(frames: Iterable[np.ndarray], source: str = "") -> InputRang
         v = s[:, col][~np.isnan(s[:, col])]
         return (float(v.min()), float(v.max())) if len(v) else None
     return InputRange(*((float(a), float(b)) for a, b in zip(lo, hi)), frames=len(s), source=source,
-                      sharpness=span(4), noise=span(5), contrast_median=float(np.median(s[:, 1])))
+                      sharpness=span(4), noise=span(5), contrast_median=float(np.median(s[:, 1])),
+                      blockiness=span(6))
 
 
 def union(a: InputRange, b: InputRange | None) -> InputRange:
@@ -138,7 +164,8 @@ def union(a: InputRange, b: InputRange | None) -> InputRange:
     medians = [m for m in (a.contrast_median, b.contrast_median) if m is not None]
     return InputRange(*span, frames=a.frames + b.frames, source=f"{a.source} and {b.source}",
                       sharpness=either(a.sharpness, b.sharpness), noise=either(a.noise, b.noise),
-                      contrast_median=min(medians) if medians else None)  # the lower: the gentler stretch
+                      contrast_median=min(medians) if medians else None,  # the lower: the gentler stretch
+                      blockiness=either(a.blockiness, b.blockiness))
 
 
 def outside(stats: FrameStats, rng: InputRange) -> tuple[str, ...]:
@@ -158,6 +185,8 @@ def outside(stats: FrameStats, rng: InputRange) -> tuple[str, ...]:
         out.append("blurred detail")
     if _too_noisy(stats, rng):
         out.append("heavy sensor noise")
+    if _too_blocky(stats, rng):
+        out.append("heavy compression blocks")
     return tuple(out)
 
 
@@ -167,6 +196,37 @@ def _too_soft(stats: FrameStats, rng: InputRange) -> bool:
 
 def _too_noisy(stats: FrameStats, rng: InputRange) -> bool:
     return rng.noise is not None and stats.noise > rng.noise[1]
+
+
+def _too_blocky(stats: FrameStats, rng: InputRange) -> bool:
+    return rng.blockiness is not None and stats.blockiness > rng.blockiness[1]
+
+
+DEBLOCK_RADIUS, DEBLOCK_EPS = 10.0, 0.01  # px per unit of blockiness over 1; guided filter's eps (docs/robustness.md)
+
+
+def _smooth_chroma(rgb: np.ndarray, blocks: float) -> np.ndarray:
+    """(H, W, 3) uint8 -> the same luma, its two chroma planes smoothed by a guided filter with luma as the
+    guide (He, Sun and Tang, ECCV 2010) over a radius of DEBLOCK_RADIUS x (``blocks`` - 1): a heavy JPEG
+    turns colour into flat 16-px patches (a purple square on grey asphalt) while luma, coded finer, keeps
+    the edges; colour is made to follow luma's edges, so a red car keeps its outline. Smoothing luma as
+    well lost more than it gained (docs/robustness.md)."""
+    from sis.host import opencv
+    cv2 = opencv()
+    y, cr, cb = cv2.split(cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2YCrCb))
+    r = max(1, round(DEBLOCK_RADIUS * (blocks - 1.0)))
+
+    def box(p):
+        return cv2.boxFilter(p, -1, (2 * r + 1, 2 * r + 1))
+    my = box(y)
+    vy = box(y * y) - my * my
+
+    def guided(p):  # each window's best linear fit of p on y, averaged over the windows that hold a pixel
+        mp = box(p)
+        a = (box(y * p) - my * mp) / (vy + DEBLOCK_EPS)
+        return box(a) * y + box(mp - a * my)
+    out = cv2.cvtColor(cv2.merge([y, guided(cr), guided(cb)]), cv2.COLOR_YCrCb2RGB)
+    return np.rint(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 SHARPEN_SIGMA = 1.5  # px at the work size: the unsharp mask's radius (1 to 3 measured; docs/robustness.md)
@@ -220,10 +280,11 @@ def bring_inside(rgb: np.ndarray, rng: InputRange | None) -> tuple[np.ndarray, t
 
 
 def into_range(rgb: np.ndarray, rng: InputRange | None) -> np.ndarray:
-    """(H, W, 3) uint8 -> the same frame brought inside ``rng``: noise above the range reduced, red and
-    blue gains to the nearest colour balance in range (brightness kept), a frame flatter than the range
-    stretched about its mean to the training frames' median contrast, a gain to the nearest brightness
-    in range, then an unsharp mask up to the lowest sharpness in range. Returns ``rgb`` itself when it is inside.
+    """(H, W, 3) uint8 -> the same frame brought inside ``rng``: the colour of a frame blockier than the
+    range smoothed, noise above the range reduced, red and blue gains to the nearest colour balance in
+    range (brightness kept), a frame flatter than the range stretched about its mean to the training
+    frames' median contrast, a gain to the nearest brightness in range, then an unsharp mask up to the
+    lowest sharpness in range. Returns ``rgb`` itself when it is inside.
 
     Contrast is only ever raised: a frame more contrasted than any training frame (dark midtones) lost
     more when flattened than it gained, on the shift benchmark (docs/robustness.md). Sharpness too: a
@@ -235,6 +296,8 @@ def into_range(rgb: np.ndarray, rng: InputRange | None) -> np.ndarray:
 def _move(rgb: np.ndarray, rng: InputRange, s: FrameStats) -> np.ndarray:
     """``into_range``'s steps for a frame ``outside`` found beyond ``rng`` (``s``: its statistics)."""
     rg, bg = np.clip(s.red_green, *rng.red_green), np.clip(s.blue_green, *rng.blue_green)
+    if _too_blocky(s, rng):  # first: the compression came last, after everything the camera did
+        rgb = _smooth_chroma(rgb, s.blockiness)
     x = rgb.astype(np.float32) / 255.0
     if _too_noisy(s, rng):  # first, as a camera does: the gains below would scale the noise with the picture
         x = _denoise(x, s.noise)
