@@ -78,7 +78,8 @@ a.image(res.image, caption=f"Original {res.size[1]}x{res.size[0]}", width="stret
 b.image(report.paint(res, classes, 1.0, visible), caption="Predicted classes (the painted ones)", width="stretch")
 c.image(report.paint(res, classes, alpha, visible), caption="Overlay", width="stretch")
 ui.legend(classes, res.share)
-st.caption(f"Inference {res.ms:.0f} ms on CPU at {res.work_size[1]}x{res.work_size[0]} "
+smaller = " (a soft photo is segmented smaller: its blur shrinks with it)" if res.given_size != res.work_size else ""
+st.caption(f"Inference {res.ms:.0f} ms on CPU at {res.given_size[1]}x{res.given_size[0]}{smaller} "
            f"with {entry.key} on {res.engine}; mean confidence {100 * res.mean_confidence:.1f}%")
 
 d, e = st.columns([1, 1])

@@ -127,6 +127,65 @@ def test_a_blurred_frame_is_sharpened_to_the_softest_training_frame_and_a_noisy_
     assert frame_stats(noisy).sharpness > SHARP.sharpness[1] and into_range(noisy, SHARP) is noisy
 
 
+def test_a_frame_softer_than_any_training_frame_is_given_to_the_model_smaller():
+    """Sharpening stops at the softest training frame; the rest of the blur shrinks with the frame: the model
+    is given it at 0.75 or 0.5 of its work size (the softer, the smaller), its logits back at the work size."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from PIL import Image, ImageFilter
+
+    from sis.data.input_range import soft_scale
+    from sis.engines.predict import predict, work_logits
+    street = _street()
+    rng = replace(SHARP, sharpness=(frame_stats(street).sharpness, 0.9))  # the street is the softest it knows
+    soft = {r: np.asarray(Image.fromarray(street).filter(ImageFilter.GaussianBlur(r))) for r in (1, 4)}
+    assert soft_scale(street, rng) == 1.0 and soft_scale(soft[1], rng) == 0.75 and soft_scale(soft[4], rng) == 0.5
+    assert soft_scale(soft[4], None) == soft_scale(soft[4], RANGE) == 1.0  # no range, or one without sharpness
+    assert soft_scale(np.full((40, 60, 3), 128, np.uint8), rng) == 1.0  # nothing to measure is never soft
+    eng = _Recorder(rng)
+    eng.cfg = SimpleNamespace(base_size=(120, 160), class_set=SimpleNamespace(names=["a", "b"]), name="rec")
+    eng.name, eng.prepared = "rec", []
+    eng.prepare = eng.prepared.append
+    work = work_logits(eng, soft[4])
+    assert eng.seen.shape == (1, 3, 60, 80) and work.logits.shape == (2, 120, 160)
+    assert work.seen.shape == (120, 160, 3) and work.moved == ("blurred detail",)  # the photo's words, not the smaller one's
+    big = np.asarray(Image.fromarray(soft[4]).resize((320, 240), Image.BILINEAR))
+    p = predict(eng, big)
+    assert p.given_size == (60, 80) and p.work_size == (120, 160) and p.labels.shape == (240, 320)
+    assert eng.prepared == [(60, 80)] and p.moved == ("blurred detail",)
+    assert predict(eng, street).given_size == (120, 160) and eng.seen.shape == (1, 3, 120, 160)
+
+
+def test_evaluation_gives_a_soft_frame_to_the_model_at_the_apps_smaller_size():
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    import torch
+    from PIL import Image, ImageFilter
+
+    from sis.classes import CAMVID
+    from sis.data.dataset import Frames
+    from sis.training.evaluate import evaluate
+    street = _street()
+    rng = replace(SHARP, sharpness=(frame_stats(street).sharpness, 0.9))
+    soft = np.asarray(Image.fromarray(street).filter(ImageFilter.GaussianBlur(4)))
+    imgs = [torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))) for a in (street, soft, street)]
+    frames = Frames(["a", "b", "c"], imgs, [torch.zeros(120, 160, dtype=torch.int64)] * 3, CAMVID)
+    sizes = []
+
+    class Engine(_Recorder):
+        def __call__(self, x):
+            sizes.append((len(x), *x.shape[-2:]))
+            return np.zeros((len(x), CAMVID.num_classes, *x.shape[-2:]), np.float32)
+    cfg = SimpleNamespace(base_size=(120, 160))
+    out = evaluate(None, cfg, frames, torch.device("cpu"), engine=Engine(rng), input_range=rng)
+    assert sorted(sizes) == [(1, 60, 80), (2, 120, 160)] and out["frames"] == 3
+    sizes.clear()
+    evaluate(None, cfg, frames, torch.device("cpu"), engine=Engine(rng))  # no range given: as they are
+    assert sizes == [(3, 120, 160)]
+
+
 @pytest.mark.filterwarnings("error")  # no division by an empty channel, no NaN cast to uint8
 def test_frames_with_nothing_to_balance_or_measure_pass_through_whole():
     """A 1-pixel black dot, a flat grey frame, a pure blue one: no cast a gain could undo, no sharpness to read."""
@@ -254,7 +313,8 @@ def test_an_accurate_mode_moves_a_photo_at_its_work_size_not_at_each_scale():
     from dataclasses import replace
     from types import SimpleNamespace
 
-    from sis.engines.accurate import TTA, AccurateEngine, resize_images, scaled_size
+    from sis.data.images import resize_images, scaled_size
+    from sis.engines.accurate import TTA, AccurateEngine
     street = _street()
     rng = replace(SHARP, sharpness=(0.9 * frame_stats(street).sharpness, 0.9))
     big = resize_images(street.transpose(2, 0, 1)[None], scaled_size(street.shape[:2], 1.5))[0]

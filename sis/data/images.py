@@ -115,6 +115,31 @@ def resize_rgb(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(arr).resize((size[1], size[0]), Image.BILINEAR))
 
 
+def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(N,3,H,W) uint8 -> (N,3,h,w), bilinear (Pillow filters over the footprint when shrinking)."""
+    if images.shape[-2:] == tuple(size):
+        return images
+    return np.ascontiguousarray(np.stack([resize_rgb(im.transpose(1, 2, 0), size).transpose(2, 0, 1)
+                                          for im in images]))
+
+
+def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(N,C,H,W) float32 -> (N,C,h,w), bilinear per channel (probabilities stay a distribution up to
+    rounding: a bilinear resize is a convex combination)."""
+    if maps.shape[-2:] == tuple(size):
+        return maps
+    n, c = maps.shape[:2]
+    out = np.empty((n, c, *size), np.float32)
+    for i in range(n):
+        for k in range(c):
+            out[i, k] = np.asarray(Image.fromarray(maps[i, k], "F").resize((size[1], size[0]), Image.BILINEAR))
+    return out
+
+
+def scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
 def iter_images(inputs: list[str | Path]) -> list[Path]:
     """Expand folders into their image files (sorted); files are kept as given."""
     from sis.data.dataset import IMAGE_EXTS

@@ -229,6 +229,24 @@ def _smooth_chroma(rgb: np.ndarray, blocks: float) -> np.ndarray:
     return np.rint(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
+SOFT_POWER = 0.25  # a soft frame's scale: (its sharpness over the range's minimum) ** this (docs/robustness.md)
+SOFT_SCALES = (0.5, 0.75, 1.0)  # the scales it snaps to: a few graph sizes serve every soft frame
+
+
+def soft_scale(rgb: np.ndarray, rng: InputRange | None) -> float:
+    """The fraction of its work size an (H, W, 3) uint8 frame is segmented at: 1 unless it is softer than
+    any training frame; a softer one is made smaller, which shrinks its blur with it (and its objects,
+    which the models bear better), by (its sharpness over the range's minimum) ** SOFT_POWER, snapped to
+    the nearest of SOFT_SCALES. Sharpening alone stops at the softest training frame."""
+    if rng is None or rng.sharpness is None:
+        return 1.0
+    s = _sharpness((rgb.astype(np.float32) / 255.0) @ LUMA)
+    if not s < rng.sharpness[0]:  # NaN (flat, tiny) is never soft
+        return 1.0
+    k = (s / rng.sharpness[0]) ** SOFT_POWER
+    return min(SOFT_SCALES, key=lambda v: abs(v - k))
+
+
 SHARPEN_SIGMA = 1.5  # px at the work size: the unsharp mask's radius (1 to 3 measured; docs/robustness.md)
 
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
-from sis.data.images import resize_rgb
+from sis.data.images import resize_images, resize_maps, scaled_size
 from sis.engines.predict import in_range, softmax, tempered
 
 TTA_MODES = ("none", "flip", "ms")
@@ -47,31 +46,6 @@ class TTA:
         if self.scales == (1.0,):
             return "flip" if self.flip else "none"
         return ("ms+flip" if self.flip else "ms") + "@" + ",".join(f"{s:g}" for s in self.scales)
-
-
-def resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(N,3,H,W) uint8 -> (N,3,h,w), bilinear (Pillow filters over the footprint when shrinking)."""
-    if images.shape[-2:] == tuple(size):
-        return images
-    return np.ascontiguousarray(np.stack([resize_rgb(im.transpose(1, 2, 0), size).transpose(2, 0, 1)
-                                          for im in images]))
-
-
-def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(N,C,H,W) float32 -> (N,C,h,w), bilinear per channel (probabilities stay a distribution up to
-    rounding: a bilinear resize is a convex combination)."""
-    if maps.shape[-2:] == tuple(size):
-        return maps
-    n, c = maps.shape[:2]
-    out = np.empty((n, c, *size), np.float32)
-    for i in range(n):
-        for k in range(c):
-            out[i, k] = np.asarray(Image.fromarray(maps[i, k], "F").resize((size[1], size[0]), Image.BILINEAR))
-    return out
-
-
-def scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
-    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
 class AccurateEngine:

@@ -9,8 +9,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from sis.data.images import resize_rgb
-from sis.data.input_range import InputRange, bring_inside, frame_stats, outside
+from sis.data.images import resize_maps, resize_rgb, scaled_size
+from sis.data.input_range import InputRange, bring_inside, frame_stats, outside, soft_scale
 
 
 def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
@@ -26,6 +26,7 @@ class Prediction:
     ms: float               # resize + engine + softmax + resize back, milliseconds (a graph build excluded)
     work_size: tuple[int, int]
     moved: tuple[str, ...] = ()  # what lay outside the model's input range, and was moved inside it
+    given_size: tuple[int, int] | None = None  # the size the model was given (a soft photo's is smaller); None: work_size
 
 
 WORK_RULES = ("pixels", "short", "native")
@@ -95,16 +96,28 @@ class WorkLogits(NamedTuple):
     moved: tuple[str, ...]    # what about it lay outside the model's input range (``data.input_range.outside``)
 
 
+def given_size(x: np.ndarray, rng: InputRange | None) -> tuple[int, int]:
+    """The size the model is given an (h, w, 3) uint8 image at its work size: its own, smaller for a frame
+    softer than ``rng`` (``data.input_range.soft_scale``)."""
+    return scaled_size(x.shape[:2], soft_scale(x, rng))
+
+
 def work_logits(engine, rgb: np.ndarray, size: tuple[int, int] | None = None,
                 rule: str | None = None) -> WorkLogits:
     """Calibrated logits of an (H, W, 3) uint8 image at its work size (or ``size``), the image at that size
-    and what was moved to bring it inside the input range: the image -> logits step every caller takes."""
+    and what was moved to bring it inside the input range: the image -> logits step every caller takes.
+    A frame softer than the range is given to the model smaller (``given_size``), its logits resized back."""
     size = size or work_size(*rgb.shape[:2], tuple(engine.cfg.base_size), rule)
     x = resize_rgb(rgb, size)
+    rng = engine_range(engine)
+    given = given_size(x, rng)
     moved: list = []
-    logits = calibrated(engine, np.ascontiguousarray(x.transpose(2, 0, 1))[None], moved)[0]
+    if given == size:
+        logits = calibrated(engine, np.ascontiguousarray(x.transpose(2, 0, 1))[None], moved)[0]
+    else:  # the words below are the work-size frame's: the smaller one is softer no more
+        small = resize_rgb(rgb, given)
+        logits = resize_maps(calibrated(engine, np.ascontiguousarray(small.transpose(2, 0, 1))[None]), size)[0]
     if not moved:  # an accurate mode's members move it themselves: read it once more for the words
-        rng = engine_range(engine)
         moved = [outside(frame_stats(x), rng) if rng is not None else ()]
     return WorkLogits(logits, x, moved[0])
 
@@ -115,12 +128,16 @@ def predict(engine, image: Image.Image | np.ndarray, rule: str | None = None) ->
     arr = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, np.uint8)
     h, w = arr.shape[:2]
     wh, ww = work_size(h, w, tuple(engine.cfg.base_size), rule)
-    engine.prepare((wh, ww))  # a new size builds its graph once: not part of the model's time
     t0 = time.perf_counter()
-    work = work_logits(engine, arr, (wh, ww))
+    x = resize_rgb(arr, (wh, ww))
+    t1 = time.perf_counter()
+    given = given_size(x, engine_range(engine))
+    engine.prepare(given)  # a new size builds its graph once: not the model's time
+    build = time.perf_counter() - t1
+    work = work_logits(engine, x, (wh, ww))
     labels, conf = labels_and_confidence(work.logits)
     if (wh, ww) != (h, w):
         labels = np.asarray(Image.fromarray(labels, "L").resize((w, h), Image.NEAREST))
         conf = np.asarray(Image.fromarray(conf, "F").resize((w, h), Image.BILINEAR))
-    ms = (time.perf_counter() - t0) * 1000
-    return Prediction(labels, conf, ms, (wh, ww), work.moved)
+    ms = (time.perf_counter() - t0 - build) * 1000
+    return Prediction(labels, conf, ms, (wh, ww), work.moved, given)

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 
 from sis import metrics
 from sis.data.dataset import Frames
-from sis.data.images import resize_rgb
+from sis.data.images import resize_images
 from sis.data.input_range import InputRange
-from sis.engines.predict import in_range, work_size
+from sis.engines.predict import given_size, in_range, work_size
 from sis.zoo.preprocess import forward_logits
 from sis.zoo.registry import ModelConfig
 
@@ -29,7 +29,8 @@ def evaluate(model: torch.nn.Module, cfg: ModelConfig, frames: Frames, device: t
     360x480 frames at their own size) and its logits resized back (bilinear) to score every labelled
     pixel. Frames of the same size are batched together; void pixels are ignored.
     ``engine`` (an ``engines`` engine: uint8 images -> logits, numpy) replaces the model's forward;
-    ``model`` may then be None. ``input_range`` (a card's): each frame brought inside it first, as the app does.
+    ``model`` may then be None. ``input_range`` (a card's): each frame brought inside it first, and a
+    frame softer than it given to the model smaller, as the app does (``engines.predict.given_size``).
     """
     classes = frames.classes
     c = classes.num_classes
@@ -48,14 +49,18 @@ def evaluate(model: torch.nn.Module, cfg: ModelConfig, frames: Frames, device: t
         masks = torch.stack(frames.masks[i:j]).to(device)
         h, w = imgs.shape[-2:]
         size = work_size(h, w, tuple(cfg.base_size))
-        x = imgs if size == (h, w) else torch.from_numpy(np.stack(
-            [resize_rgb(im.permute(1, 2, 0).cpu().numpy(), size).transpose(2, 0, 1) for im in imgs])).to(device)
-        if input_range is not None:
-            x = torch.from_numpy(in_range(x.cpu().numpy(), input_range)).to(device)
-        logits = torch.from_numpy(engine(x.cpu().numpy())).to(device) if engine else \
-            forward_logits(model, cfg, x, amp)
-        if size != (h, w):
-            logits = F.interpolate(logits, (h, w), mode="bilinear", align_corners=False)
+        x = resize_images(imgs.cpu().numpy(), size)
+        given = [given_size(im.transpose(1, 2, 0), input_range) for im in x]
+        parts = {}  # each frame at the size the app gives the model (a soft one smaller), one batch per size
+        for g in dict.fromkeys(given):
+            idx = [k for k, gk in enumerate(given) if gk == g]
+            xg = in_range(resize_images(x[idx], g), input_range)
+            lg = torch.from_numpy(engine(xg)).to(device) if engine else \
+                forward_logits(model, cfg, torch.from_numpy(xg).to(device), amp)
+            if g != (h, w):
+                lg = F.interpolate(lg, (h, w), mode="bilinear", align_corners=False)
+            parts.update(zip(idx, lg))
+        logits = torch.stack([parts[k] for k in range(len(x))])
         valid = (masks != ignore) & (masks < c)
         tgt = torch.where(valid, masks, torch.full_like(masks, ignore if ignore >= 0 else -100))
         loss_sum += float(F.cross_entropy(logits, tgt, ignore_index=ignore if ignore >= 0 else -100,

@@ -39,6 +39,7 @@ class Segmentation:
     confidence: np.ndarray    # (h, w, 3) viridis of the max softmax probability
     size: tuple[int, int]     # the image's (H, W)
     work_size: tuple[int, int]
+    given_size: tuple[int, int]  # the size the model was given: work_size, or smaller for a soft photo
     mean_confidence: float
     share: np.ndarray         # (C,) pixel share per class
     ms: float
@@ -88,7 +89,8 @@ def segment(engine, image: Image.Image, truth: np.ndarray | None = None,
     labels = _shrink(pred.labels, disp, nearest=True)
     res = Segmentation(image=_shrink(rgb, disp, nearest=False), labels=labels, mask=colorize(labels, pal),
                        confidence=colormap(_shrink(pred.confidence, disp, nearest=False)), size=(h, w),
-                       work_size=pred.work_size, mean_confidence=float(pred.confidence.mean()),
+                       work_size=pred.work_size, given_size=pred.given_size or pred.work_size,
+                       mean_confidence=float(pred.confidence.mean()),
                        share=class_share(pred.labels, classes.num_classes), ms=pred.ms, engine=engine.name,
                        mask_png=rgb_png(colorize(pred.labels, pal)), label_png=label_png(pred.labels))
     res.adjusted = adjustment(pred.moved, engine_range(engine))
