@@ -9,7 +9,7 @@ import pytest
 from conftest import REAL_CAMVID, ROOT
 
 from sis import zoo
-from sis.data.input_range import InputRange, fit_input_range, frame_stats, into_range, outside
+from sis.data.input_range import LUMA, InputRange, fit_input_range, frame_stats, into_range, outside
 from sis.engines.predict import calibrated, in_range
 
 RANGE = InputRange(luminance=(0.2, 0.7), contrast=(0.4, 1.2), red_green=(0.85, 1.05), blue_green=(0.95, 1.1))
@@ -90,7 +90,8 @@ def test_the_fitted_range_keeps_the_median_contrast_and_a_union_the_lower():
     assert union(rng, RANGE).contrast_median == rng.contrast_median  # a card without one leaves the other's
 
 
-def test_a_dark_frame_is_brightened_to_the_edge_and_a_contrasted_one_never_flattened():
+def test_a_dark_frame_is_brightened_to_the_edge_and_a_contrasted_one_has_its_midtones_lifted():
+    from dataclasses import replace
     dark = (_scene().astype(np.float32) * 0.3).astype(np.uint8)
     assert outside(frame_stats(dark), RANGE) == ("a dark exposure",)
     assert frame_stats(into_range(dark, RANGE)).luminance == pytest.approx(RANGE.luminance[0], abs=0.01)
@@ -98,7 +99,17 @@ def test_a_dark_frame_is_brightened_to_the_edge_and_a_contrasted_one_never_flatt
     harsh[::4] = 255  # a quarter of the rows white, the rest black: contrast 1.73, brightness 0.25 (inside)
     s = frame_stats(harsh)
     assert s.contrast > RANGE.contrast[1] and RANGE.luminance[0] <= s.luminance
-    assert into_range(harsh, RANGE) is harsh
+    assert outside(s, RANGE) == ("deep shadows",)
+    assert np.array_equal(into_range(harsh, RANGE), harsh)  # blacks and whites alone: no midtone to lift
+    shadows = np.rint(255 * (_scene() / 255.0) ** 2.6).astype(np.uint8)  # a gamma of 2.6 darkens the midtones
+    rng = replace(RANGE, contrast=(0.4, 0.8), contrast_median=0.6)  # the scene itself reads 0.46
+    s = frame_stats(shadows)
+    assert s.contrast > rng.contrast[1] and "deep shadows" in outside(s, rng)
+    out = into_range(shadows, rng)
+    assert frame_stats(out).contrast == pytest.approx(rng.contrast_median, abs=0.02)  # to a typical frame's
+    y0, y1 = shadows.astype(np.float32) @ LUMA, out.astype(np.float32) @ LUMA
+    assert (np.diff(y1.ravel()[np.argsort(y0.ravel(), kind="stable")]) >= -1).all()  # a curve: the order of tones kept
+    assert np.abs(out.astype(int) - _scene()).mean() < np.abs(shadows.astype(int) - _scene()).mean()
 
 
 SHARP = InputRange(RANGE.luminance, RANGE.contrast, RANGE.red_green, RANGE.blue_green, sharpness=(0.11, 0.9))

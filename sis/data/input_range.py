@@ -6,7 +6,8 @@ softer, grainier or more compressed than its training set; outside that range it
 (docs/robustness.md). A photo whose frame statistics fall outside the range is moved to the nearest edge
 by steps a camera or a decoder applies: colour smoothed along luma's edges (a heavy JPEG breaks it into
 blocks), noise reduction (an edge-preserving filter scaled to the noise it measures), per-channel gains
-(white balance), a stretch about the mean (contrast), one gain (exposure), an unsharp mask (sharpening).
+(white balance), a stretch about the mean (contrast) or a tone curve lifting dark midtones, one gain
+(exposure), an unsharp mask (sharpening).
 A photo inside the range is returned unchanged, so the frames the model knows are scored as before.
 Sharpness, noise and blocking are per pixel, so they are taken at the size the model sees a frame (its
 work size; training frames as they are stored). The range is fitted on the training frames (their
@@ -177,6 +178,8 @@ def outside(stats: FrameStats, rng: InputRange) -> tuple[str, ...]:
         out.append("a cool colour cast")
     if stats.contrast < rng.contrast[0]:
         out.append("low contrast")
+    elif _too_contrasted(stats, rng):
+        out.append("deep shadows")
     if stats.luminance < rng.luminance[0]:
         out.append("a dark exposure")
     elif stats.luminance > rng.luminance[1]:
@@ -188,6 +191,28 @@ def outside(stats: FrameStats, rng: InputRange) -> tuple[str, ...]:
     if _too_blocky(stats, rng):
         out.append("heavy compression blocks")
     return tuple(out)
+
+
+def _too_contrasted(stats: FrameStats, rng: InputRange) -> bool:
+    return stats.contrast > rng.contrast[1]
+
+
+LIFT_MIN_GAMMA = 0.25  # the strongest midtone lift (x ** 0.25): a frame of pure blacks and whites has none to lift
+
+
+def _lift_midtones(x: np.ndarray, target: float) -> np.ndarray:
+    """[0, 1] (H, W, 3) -> x ** g, the g < 1 found by bisection that brings luma's contrast down to
+    ``target``: a tone curve that lifts dark midtones (as a phone's shadow lift does), blacks and
+    whites kept where they are, where a linear flattening greys the whole frame."""
+    lo, hi = LIFT_MIN_GAMMA, 1.0
+    for _ in range(16):
+        g = (lo + hi) / 2
+        y = (x ** g) @ LUMA
+        if float(y.std()) / max(float(y.mean()), 1e-4) > target:
+            hi = g
+        else:
+            lo = g
+    return x ** hi
 
 
 def _too_soft(stats: FrameStats, rng: InputRange) -> bool:
@@ -301,11 +326,12 @@ def into_range(rgb: np.ndarray, rng: InputRange | None) -> np.ndarray:
     """(H, W, 3) uint8 -> the same frame brought inside ``rng``: the colour of a frame blockier than the
     range smoothed, noise above the range reduced, red and blue gains to the nearest colour balance in
     range (brightness kept), a frame flatter than the range stretched about its mean to the training
-    frames' median contrast, a gain to the nearest brightness in range, then an unsharp mask up to the
-    lowest sharpness in range. Returns ``rgb`` itself when it is inside.
+    frames' median contrast and a more contrasted one's dark midtones lifted by a tone curve to that
+    contrast, a gain to the nearest brightness in range, then an unsharp mask up to the lowest sharpness
+    in range. Returns ``rgb`` itself when it is inside.
 
-    Contrast is only ever raised: a frame more contrasted than any training frame (dark midtones) lost
-    more when flattened than it gained, on the shift benchmark (docs/robustness.md). Sharpness too: a
+    A contrasted frame is never flattened linearly: that lost more than it gained, on the shift
+    benchmark, where the tone curve gains (docs/robustness.md). Sharpness is only raised: a
     frame sharper than any training frame is left as it is; grain is told apart by its own statistic
     (``noise_level``), which texture and edges barely move."""
     return bring_inside(rgb, rng)[0]
@@ -322,6 +348,8 @@ def _move(rgb: np.ndarray, rng: InputRange, s: FrameStats) -> np.ndarray:
     if rg != s.red_green or bg != s.blue_green:
         x = x * np.array([rg / s.red_green, 1.0, bg / s.blue_green], np.float32)
         x = x * (s.luminance / max(float((x @ LUMA).mean()), 1e-6))  # the cast goes, the brightness stays
+    if _too_contrasted(s, rng):  # to a typical training frame's contrast, as a flat frame is
+        x = _lift_midtones(np.clip(x, 0.0, 1.0), rng.contrast_median or rng.contrast[1])
     if s.contrast < rng.contrast[0]:  # to a typical training frame's contrast, not the flattest one's
         mu = float((x @ LUMA).mean())
         x = (x - mu) * ((rng.contrast_median or rng.contrast[0]) / max(s.contrast, 1e-6)) + mu
