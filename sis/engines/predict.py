@@ -114,8 +114,8 @@ def work_logits(engine, rgb: np.ndarray, size: tuple[int, int] | None = None,
     moved: list = []
     if given == size:
         logits = calibrated(engine, np.ascontiguousarray(x.transpose(2, 0, 1))[None], moved)[0]
-    else:  # the words below are the work-size frame's: the smaller one is softer no more
-        small = resize_rgb(rgb, given)
+    else:  # from the work-size frame, as predict passes it: every caller gets the same pixels
+        small = resize_rgb(x, given)
         logits = resize_maps(calibrated(engine, np.ascontiguousarray(small.transpose(2, 0, 1))[None]), size)[0]
     if not moved:  # an accurate mode's members move it themselves: read it once more for the words
         moved = [outside(frame_stats(x), rng) if rng is not None else ()]
