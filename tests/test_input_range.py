@@ -168,6 +168,27 @@ def test_a_frame_softer_than_any_training_frame_is_given_to_the_model_smaller():
     assert predict(eng, street).given_size == (120, 160) and eng.seen.shape == (1, 3, 120, 160)
 
 
+def test_predict_reads_a_photos_sharpness_once(monkeypatch):
+    """predict makes the frame the model is given once, builds its graph for that size, and hands it on."""
+    from types import SimpleNamespace
+
+    import sis.engines.predict as P
+    reads = []
+    real = P.soft_scale
+    monkeypatch.setattr(P, "soft_scale", lambda x, rng: reads.append(x.shape) or real(x, rng))
+    street = _street()
+    eng = _Recorder(_softest_at(street))
+    eng.cfg = SimpleNamespace(base_size=(120, 160), class_set=SimpleNamespace(names=["a", "b"]), name="rec")
+    eng.name, eng.prepare = "rec", lambda size: None
+    P.predict(eng, street)
+    assert reads == [(120, 160, 3)]
+
+
+def _softest_at(street):
+    from dataclasses import replace
+    return replace(SHARP, sharpness=(frame_stats(street).sharpness, 0.9))
+
+
 def test_evaluation_gives_a_soft_frame_to_the_model_at_the_apps_smaller_size():
     from dataclasses import replace
     from types import SimpleNamespace

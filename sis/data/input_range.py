@@ -230,15 +230,15 @@ def _too_blocky(stats: FrameStats, rng: InputRange) -> bool:
 DEBLOCK_RADIUS, DEBLOCK_EPS = 10.0, 0.01  # px per unit of blockiness over 1; guided filter's eps (docs/robustness.md)
 
 
-def _smooth_chroma(rgb: np.ndarray, blocks: float) -> np.ndarray:
-    """(H, W, 3) uint8 -> the same luma, its two chroma planes smoothed by a guided filter with luma as the
+def _smooth_chroma(x: np.ndarray, blocks: float) -> np.ndarray:
+    """[0, 1] (H, W, 3) -> the same luma, its two chroma planes smoothed by a guided filter with luma as the
     guide (He, Sun and Tang, ECCV 2010) over a radius of DEBLOCK_RADIUS x (``blocks`` - 1): a heavy JPEG
     turns colour into flat 16-px patches (a purple square on grey asphalt) while luma, coded finer, keeps
     the edges; colour is made to follow luma's edges, so a red car keeps its outline. Smoothing luma as
     well lost more than it gained (docs/robustness.md)."""
     from sis.host import opencv
     cv2 = opencv()
-    y, cr, cb = cv2.split(cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2YCrCb))
+    y, cr, cb = cv2.split(cv2.cvtColor(np.ascontiguousarray(x, np.float32), cv2.COLOR_RGB2YCrCb))
     r = max(1, round(DEBLOCK_RADIUS * (blocks - 1.0)))
 
     def box(p):
@@ -250,8 +250,7 @@ def _smooth_chroma(rgb: np.ndarray, blocks: float) -> np.ndarray:
         mp = box(p)
         a = (box(y * p) - my * mp) / (vy + DEBLOCK_EPS)
         return box(a) * y + box(mp - a * my)
-    out = cv2.cvtColor(cv2.merge([y, guided(cr), guided(cb)]), cv2.COLOR_YCrCb2RGB)
-    return np.rint(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return np.clip(cv2.cvtColor(cv2.merge([y, guided(cr), guided(cb)]), cv2.COLOR_YCrCb2RGB), 0.0, 1.0)
 
 
 SOFT_POWER = 0.25  # a soft frame's scale: (its sharpness over the range's minimum) ** this (docs/robustness.md)
@@ -340,9 +339,9 @@ def into_range(rgb: np.ndarray, rng: InputRange | None) -> np.ndarray:
 def _move(rgb: np.ndarray, rng: InputRange, s: FrameStats) -> np.ndarray:
     """``into_range``'s steps for a frame ``outside`` found beyond ``rng`` (``s``: its statistics)."""
     rg, bg = np.clip(s.red_green, *rng.red_green), np.clip(s.blue_green, *rng.blue_green)
-    if _too_blocky(s, rng):  # first: the compression came last, after everything the camera did
-        rgb = _smooth_chroma(rgb, s.blockiness)
     x = rgb.astype(np.float32) / 255.0
+    if _too_blocky(s, rng):  # first: the compression came last, after everything the camera did
+        x = _smooth_chroma(x, s.blockiness)
     if _too_noisy(s, rng):  # first, as a camera does: the gains below would scale the noise with the picture
         x = _denoise(x, s.noise)
     if rg != s.red_green or bg != s.blue_green:

@@ -102,20 +102,27 @@ def given_size(x: np.ndarray, rng: InputRange | None) -> tuple[int, int]:
     return scaled_size(x.shape[:2], soft_scale(x, rng))
 
 
+def given_frame(x: np.ndarray, rng: InputRange | None) -> np.ndarray:
+    """The (h, w, 3) uint8 frame the model is given for an image ``x`` at its work size: ``x`` itself, or
+    made smaller from it when it is softer than ``rng`` (``given_size``). Every caller makes it here, from
+    the work-size frame, so a photo, a clip's frame, eval and adaptation give the model the same pixels."""
+    return resize_rgb(x, given_size(x, rng))
+
+
 def work_logits(engine, rgb: np.ndarray, size: tuple[int, int] | None = None,
-                rule: str | None = None) -> WorkLogits:
+                rule: str | None = None, given: np.ndarray | None = None) -> WorkLogits:
     """Calibrated logits of an (H, W, 3) uint8 image at its work size (or ``size``), the image at that size
     and what was moved to bring it inside the input range: the image -> logits step every caller takes.
-    A frame softer than the range is given to the model smaller (``given_size``), its logits resized back."""
+    A frame softer than the range is given to the model smaller (``given_frame``), its logits resized back;
+    ``given``: that frame where the caller has made it already (``predict``, to build its graph first)."""
     size = size or work_size(*rgb.shape[:2], tuple(engine.cfg.base_size), rule)
     x = resize_rgb(rgb, size)
     rng = engine_range(engine)
-    given = given_size(x, rng)
+    small = given_frame(x, rng) if given is None else given
     moved: list = []
-    if given == size:
-        logits = calibrated(engine, np.ascontiguousarray(x.transpose(2, 0, 1))[None], moved)[0]
-    else:  # from the work-size frame, as predict passes it: every caller gets the same pixels
-        small = resize_rgb(x, given)
+    if small.shape[:2] == tuple(size):
+        logits = calibrated(engine, np.ascontiguousarray(small.transpose(2, 0, 1))[None], moved)[0]
+    else:
         logits = resize_maps(calibrated(engine, np.ascontiguousarray(small.transpose(2, 0, 1))[None]), size)[0]
     if not moved:  # an accurate mode's members move it themselves: read it once more for the words
         moved = [outside(frame_stats(x), rng) if rng is not None else ()]
@@ -130,14 +137,14 @@ def predict(engine, image: Image.Image | np.ndarray, rule: str | None = None) ->
     wh, ww = work_size(h, w, tuple(engine.cfg.base_size), rule)
     t0 = time.perf_counter()
     x = resize_rgb(arr, (wh, ww))
+    given = given_frame(x, engine_range(engine))
     t1 = time.perf_counter()
-    given = given_size(x, engine_range(engine))
-    engine.prepare(given)  # a new size builds its graph once: not the model's time
+    engine.prepare(given.shape[:2])  # a new size builds its graph once: not the model's time
     build = time.perf_counter() - t1
-    work = work_logits(engine, x, (wh, ww))
+    work = work_logits(engine, x, (wh, ww), given=given)
     labels, conf = labels_and_confidence(work.logits)
     if (wh, ww) != (h, w):
         labels = np.asarray(Image.fromarray(labels, "L").resize((w, h), Image.NEAREST))
         conf = np.asarray(Image.fromarray(conf, "F").resize((w, h), Image.BILINEAR))
     ms = (time.perf_counter() - t0 - build) * 1000
-    return Prediction(labels, conf, ms, (wh, ww), work.moved, given)
+    return Prediction(labels, conf, ms, (wh, ww), work.moved, given.shape[:2])

@@ -12,7 +12,7 @@ from sis import metrics
 from sis.data.dataset import Frames
 from sis.data.images import resize_images
 from sis.data.input_range import InputRange
-from sis.engines.predict import given_size, in_range, work_size
+from sis.engines.predict import given_frame, in_range, work_size
 from sis.zoo.preprocess import forward_logits
 from sis.zoo.registry import ModelConfig
 
@@ -30,7 +30,7 @@ def evaluate(model: torch.nn.Module, cfg: ModelConfig, frames: Frames, device: t
     pixel. Frames of the same size are batched together; void pixels are ignored.
     ``engine`` (an ``engines`` engine: uint8 images -> logits, numpy) replaces the model's forward;
     ``model`` may then be None. ``input_range`` (a card's): each frame brought inside it first, and a
-    frame softer than it given to the model smaller, as the app does (``engines.predict.given_size``).
+    frame softer than it given to the model smaller, as the app does (``engines.predict.given_frame``).
     """
     classes = frames.classes
     c = classes.num_classes
@@ -50,11 +50,11 @@ def evaluate(model: torch.nn.Module, cfg: ModelConfig, frames: Frames, device: t
         h, w = imgs.shape[-2:]
         size = work_size(h, w, tuple(cfg.base_size))
         x = resize_images(imgs.cpu().numpy(), size)
-        given = [given_size(im.transpose(1, 2, 0), input_range) for im in x]
-        parts = {}  # each frame at the size the app gives the model (a soft one smaller), one batch per size
-        for g in dict.fromkeys(given):
-            idx = [k for k, gk in enumerate(given) if gk == g]
-            xg = in_range(resize_images(x[idx], g), input_range)
+        given = [given_frame(np.ascontiguousarray(im.transpose(1, 2, 0)), input_range) for im in x]
+        parts = {}  # each frame as the app gives it to the model (a soft one smaller), one batch per size
+        for g in dict.fromkeys(f.shape[:2] for f in given):
+            idx = [k for k, f in enumerate(given) if f.shape[:2] == g]
+            xg = in_range(np.ascontiguousarray(np.stack([given[k].transpose(2, 0, 1) for k in idx])), input_range)
             lg = torch.from_numpy(engine(xg)).to(device) if engine else \
                 forward_logits(model, cfg, torch.from_numpy(xg).to(device), amp)
             if g != (h, w):

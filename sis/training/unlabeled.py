@@ -90,7 +90,7 @@ def adapt_batchnorm(model, cfg, frames: Iterable[np.ndarray], progress: Callable
 
     from sis.data.images import resize_rgb
     from sis.data.input_range import into_range
-    from sis.engines.predict import given_size, work_size
+    from sis.engines.predict import given_frame, work_size
     from sis.zoo.preprocess import forward_logits
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     for m in norms:
@@ -105,7 +105,7 @@ def adapt_batchnorm(model, cfg, frames: Iterable[np.ndarray], progress: Callable
             if stop is not None and stop():
                 break
             work = resize_rgb(rgb, work_size(*rgb.shape[:2], tuple(cfg.base_size)))
-            seen = into_range(resize_rgb(rgb, given_size(work, input_range)), input_range)  # what the model is given
+            seen = into_range(given_frame(work, input_range), input_range)  # what the model is given
             x = torch.from_numpy(np.ascontiguousarray(seen.transpose(2, 0, 1)))[None]
             forward_logits(model, cfg, x, amp=False)
             if progress:
