@@ -40,7 +40,10 @@ def _without_input_range(engine) -> None:
 def cmd_shift(a) -> int:
     """``eval --shift``: the model on CamVid val under camera and scene shifts (training.robustness)."""
     from sis.data.shifts import SEVERITIES, ShiftError, list_shifts, parse_shifts
-    from sis.training.robustness import ood_auroc, shift_benchmark, val_frames
+    from dataclasses import asdict
+
+    from sis import zoo
+    from sis.training.robustness import ood_auroc, shift_benchmark, spoke_up, val_frames
     shifts = parse_shifts(a.shift)
     if a.write and (shifts != list_shifts() or tuple(a.severities) != SEVERITIES or a.limit or a.work_rule):
         raise ShiftError("--write keeps the whole benchmark in the card: give --shift all at every severity, "
@@ -58,15 +61,20 @@ def cmd_shift(a) -> int:
         engine, "member_names", [engine.cfg.name])), progress, a.work_rule)
     out = rep.to_dict()
     out["ood_auroc_severe"] = ood_auroc(rep, max(a.severities))
+    folders = model_folders(a.model)
+    # what Segment would say of each frame, by the one model's card (an ensemble's page asks each member)
+    unsure = zoo.read_card(folders[0]).unsure if len(folders) == 1 else None
+    spoke, warned = (spoke_up(rep, unsure), spoke_up(rep, unsure, moved=False)) if unsure else (None, None)
+    out["spoke_up"], out["warned"] = (asdict(spoke), asdict(warned)) if spoke else (None, None)
     if a.out:
         from sis.files import atomic_write
         atomic_write(Path(a.out), lambda tmp: tmp.write_text(json.dumps(out, indent=1)))
     if a.write:
-        from sis import zoo
-        folder = model_folders(a.model)[0]
+        folder = folders[0]
         command = f"python -m sis eval --model {a.model} --data {a.data} --shift all --every {a.every} --seed {a.seed}"
         command += " --no-input-range" if a.no_input_range else ""
         rec = rep.card_record(a.every, command, getattr(engine, "input_range", None) is not None)
+        rec["spoke_up"], rec["warned"] = out["spoke_up"], out["warned"]
         kept = zoo.read_card(folder).raw.get("shift_benchmark") or {}
         # the same model without its input range is the baseline the range is judged by: each run keeps the other's
         if a.no_input_range:
@@ -78,14 +86,21 @@ def cmd_shift(a) -> int:
         print(json.dumps(out))
         return 0
     print(f"{rep.model} on {a.data} [val, {rep.frames} frames, {rep.engine}, seed {rep.seed}]")
-    print(f"{'shift':14} " + " ".join(f"{'sev ' + str(s):>7}" for s in a.severities) + f" {'mean':>7}")
+    said = f" {'warn@' + str(spoke.severity):>7} {'said@' + str(spoke.severity):>7}" if spoke else ""
+    print(f"{'shift':14} " + " ".join(f"{'sev ' + str(s):>7}" for s in a.severities) + f" {'mean':>7}" + said)
     by = rep.by_shift()
     for name in shifts:
         print(f"{name:14} " + " ".join(f"{100 * rep.score(name, s).miou:7.2f}" for s in a.severities) +
-              f" {100 * by[name]:7.2f}")
+              f" {100 * by[name]:7.2f}" +
+              (f" {100 * warned.by_shift[name]:6.0f}% {100 * spoke.by_shift[name]:6.0f}%" if spoke else ""))
     print(f"clean mIoU {100 * rep.clean.miou:.2f}; shift benchmark mean {100 * rep.mean:.2f}; "
           f"ECE clean {100 * rep.clean.ece:.2f}, shifted {100 * rep.ece_shifted:.2f}; "
           f"mean confidence flags severity {max(a.severities)} frames at AUROC {out['ood_auroc_severe']:.3f}")
+    if spoke:
+        print(f"at severity {spoke.severity}, Segment warns that a photo looks unfamiliar on {100 * warned.severe:.0f}% "
+              f"of the frames ({100 * warned.clean:.0f}% of the clean ones) and says something, the warning or "
+              f"that it moved the photo inside the input range, on {100 * spoke.severe:.0f}% "
+              f"({100 * spoke.clean:.0f}% of the clean ones)")
     return 0
 
 

@@ -35,6 +35,7 @@ class ShiftScore:
     per_class_iou: dict
     mean_confidence: list = field(default_factory=list)  # per frame: the mean max-probability
     ms: float = 0.0                                      # median per frame
+    moved: list = field(default_factory=list)            # per frame: whether it lay outside the input range
 
 
 @dataclass
@@ -92,10 +93,10 @@ def val_frames(root: Path, limit: int | None = None, every: int = 1) -> list[tup
 def score_set(engine, pairs, classes: ClassSet, name: str = CLEAN, severity: int = 0,
               work_rule: str | None = None) -> ShiftScore:
     """One set of (rgb, label) pairs through ``engine``: confusion matrix, calibration bins, and
-    each frame's mean confidence."""
+    each frame's mean confidence and whether it was moved inside the input range."""
     cm = np.zeros((classes.num_classes, classes.num_classes), np.int64)
     bins = np.zeros((metrics.CALIBRATION_BINS, 3))
-    conf, times = [], []
+    conf, times, moved = [], [], []
     void = classes.void if classes.void is not None else 255
     for rgb, label in pairs:
         pred = predict(engine, rgb, work_rule)
@@ -104,9 +105,10 @@ def score_set(engine, pairs, classes: ClassSet, name: str = CLEAN, severity: int
         bins += metrics.calibration_bins(pred.confidence[valid], (pred.labels == label)[valid])
         conf.append(float(pred.confidence.mean()))
         times.append(pred.ms)
+        moved.append(bool(pred.moved))
     s = metrics.summarize(cm, classes.names)
     return ShiftScore(name, severity, s["miou"], s["pixel_acc"], metrics.expected_calibration_error(bins),
-                      s["per_class_iou"], conf, float(np.median(times)) if times else 0.0)
+                      s["per_class_iou"], conf, float(np.median(times)) if times else 0.0, moved)
 
 
 def shift_benchmark(engine, frames, shifts: list[str], severities=SEVERITIES, seed: int = 0,
@@ -137,3 +139,27 @@ def ood_auroc(report: ShiftReport, severity: int = 3) -> float:
     the AUROC of (1 - mean confidence), shifted frames as positives."""
     shifted_conf = [c for s in report.scores if s.severity == severity for c in s.mean_confidence]
     return metrics.auroc([1 - c for c in shifted_conf], [1 - c for c in report.clean.mean_confidence])
+
+
+@dataclass(frozen=True)
+class SpokeUp:
+    """How often Segment says something about a photo, on the benchmark's frames: a warning that it looks
+    unfamiliar (mean confidence below the card's line), or with ``moved`` also a note that it lay outside
+    the input range."""
+    clean: float                 # share of clean val frames
+    severe: float                # share of the frames at the severest level, every shift together
+    by_shift: dict               # shift -> share of its frames at the severest level
+    severity: int
+    moved: bool                  # whether a frame moved inside the input range counts
+
+
+def spoke_up(report: ShiftReport, unsure: Callable[[float], bool], moved: bool = True) -> SpokeUp:
+    """``SpokeUp`` for ``report``: a frame counts where ``unsure(its mean confidence)`` (the card's
+    ``ModelCard.unsure``, the pages' rule) or, with ``moved``, where it was moved inside the input range."""
+    def share(scores: list[ShiftScore]) -> float:
+        said = [unsure(c) or (moved and m) for s in scores
+                for c, m in zip(s.mean_confidence, s.moved or [False] * len(s.mean_confidence))]
+        return float(np.mean(said)) if said else 0.0
+    sev = max(s.severity for s in report.scores)
+    top = [s for s in report.scores if s.severity == sev]
+    return SpokeUp(share([report.clean]), share(top), {s.shift: share([s]) for s in top}, sev, moved)

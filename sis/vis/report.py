@@ -106,10 +106,6 @@ REMEDIES = ("Accurate mode helps a little; adapting the model to your own photos
             "fine-tuning on them, helps more.")
 
 
-def _is_low(mean_confidence: float, card: zoo.ModelCard) -> bool:
-    return card.low_confidence is not None and mean_confidence < card.low_confidence
-
-
 def _apart(a: float, b: float) -> tuple[str, str]:
     """Two shares as percentages, with the decimals it takes for them to read as different (91.6% below 92.0%)."""
     for digits in (0, 1, 2):
@@ -123,7 +119,7 @@ def unfamiliarity(mean_confidence: float, card: zoo.ModelCard, model: str, what:
     """One sentence when a ``what``'s (photo, clip) mean calibrated confidence is below what the model reaches
     on all but the least sure few of the frames it was calibrated on (the card's ``calibration.low_confidence``),
     else None."""
-    if not _is_low(mean_confidence, card):
+    if not card.unsure(mean_confidence):
         return None
     mine, line = _apart(mean_confidence, card.low_confidence)
     return (f"This {what} looks unlike the streets {model} learned: its mean confidence is "
@@ -134,7 +130,7 @@ def unfamiliarity(mean_confidence: float, card: zoo.ModelCard, model: str, what:
 def unfamiliar_to(answers: list[tuple[str, float, zoo.ModelCard]], what: str = "photo") -> str | None:
     """The one sentence for several models' (name, mean confidence, card) on the same ``what``: None when
     none finds it unfamiliar, else which do, each against its own threshold."""
-    low = [(name, conf, card) for name, conf, card in answers if _is_low(conf, card)]
+    low = [(name, conf, card) for name, conf, card in answers if card.unsure(conf)]
     if len(low) <= 1:
         return unfamiliarity(low[0][1], low[0][2], low[0][0], what) if low else None
     each = ", ".join(f"{name} {' against '.join(_apart(conf, card.low_confidence))}" for name, conf, card in low)

@@ -61,6 +61,11 @@ class ModelCard:
     def trained_on(self) -> str:
         return "+".join(self.splits)
 
+    def unsure(self, mean_confidence: float) -> bool:
+        """Whether a photo with this mean (calibrated) confidence looks unfamiliar to the model: the one rule
+        the pages speak by and the shift benchmark counts by."""
+        return self.low_confidence is not None and mean_confidence < self.low_confidence
+
     @classmethod
     def from_dict(cls, d: dict) -> "ModelCard":
         val, cx = d.get("val") or {}, d.get("complexity") or {}
