@@ -20,8 +20,8 @@ def test_batchnorm_statistics_become_the_frames_own():
     rng = np.random.default_rng(0)
     frames = [np.full((96, 128, 3), v, np.uint8) + rng.integers(0, 5, (96, 128, 3)).astype(np.uint8)
               for v in (30, 60, 90, 120)]
-    n = adapt_batchnorm(model, cfg, frames)
-    assert n == sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) > 10
+    n, used = adapt_batchnorm(model, cfg, frames)
+    assert used == len(frames) and n == sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) > 10
     after = model.state_dict()
     moved = [k for k in after if k.endswith("running_mean") and not torch.equal(after[k], before[k])]
     assert len(moved) == n
@@ -42,7 +42,7 @@ def test_batchnorm_statistics_become_the_frames_own():
 
 def test_too_few_or_identical_frames_are_refused():
     rng = np.random.default_rng(0)
-    with pytest.raises(AdaptError, match=f"1 frame are too few to adapt a model \\(at least {MIN_FRAMES}"):
+    with pytest.raises(AdaptError, match=f"1 frame is too few to adapt a model \\(at least {MIN_FRAMES}"):
         check_frames([make_frame(rng, 40, 60)[0]])
     same = make_frame(rng, 40, 60)[0]
     with pytest.raises(AdaptError, match="100 frames are all but identical"):
@@ -115,3 +115,35 @@ def test_statistics_are_estimated_on_the_frames_as_the_engines_will_see_them(tin
     near = (adapted.state_dict()[key] - by_hand.state_dict()[key]).abs().max()
     far = (adapted.state_dict()[key] - raw.state_dict()[key]).abs().max()
     assert near < 0.01 and near < far / 5, (near, far)
+
+
+def test_stop_keeps_the_statistics_of_the_frames_seen_or_writes_nothing(tiny_model, tmp_path):
+    """Stop between frames: with enough frames seen, the new model holds the statistics of exactly those
+    (its card says how many of how many); stopped before that, nothing is written. The original is untouched."""
+    from sis import zoo
+    from sis.zoo import models
+    rng = np.random.default_rng(7)
+    street = tmp_path / "street"
+    street.mkdir()
+    frames = [make_frame(rng, 48, 64)[0] for _ in range(MIN_FRAMES + 3)]
+    for i, f in enumerate(frames):
+        Image.fromarray(f).save(street / f"f{i}.png")
+    original = (tiny_model / "model.safetensors").read_bytes()
+
+    def stop_after(n):
+        calls = iter(range(1000))
+        return lambda: next(calls) >= n
+
+    with pytest.raises(AdaptError, match=f"stopped after 2 of {len(frames)} frames.*nothing was written"):
+        adapt_folder(tiny_model, street, tmp_path / "early", stop=stop_after(2))
+    assert not (tmp_path / "early").exists()
+    res = adapt_folder(tiny_model, street, tmp_path / "late", stop=stop_after(MIN_FRAMES + 1))
+    assert res.stopped and (res.frames, res.offered) == (MIN_FRAMES + 1, len(frames))
+    assert zoo.read_card(tmp_path / "late").raw["unlabeled"]["frames"] == MIN_FRAMES + 1
+    by_hand, cfg = models.load_model(tiny_model)
+    assert adapt_batchnorm(by_hand, cfg, frames[:MIN_FRAMES + 1], input_range=zoo.read_card(tiny_model).input_range) \
+        == (res.layers, MIN_FRAMES + 1)
+    late, _ = models.load_model(tmp_path / "late")
+    key = next(k for k in late.state_dict() if k.endswith("running_var"))
+    assert torch.allclose(late.state_dict()[key], by_hand.state_dict()[key].half().float(), rtol=1e-2, atol=1e-3)
+    assert (tiny_model / "model.safetensors").read_bytes() == original

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 import numpy as np
 
@@ -29,10 +29,15 @@ class AdaptError(ValueError):
 class Adaptation:
     init: str
     out: str
-    frames: int
+    frames: int            # the frames the statistics were estimated on
     skipped: list          # (name, why) of the inputs that were not used
     seconds: float
     layers: int            # BatchNorm layers re-estimated
+    offered: int = 0       # the frames read: more than ``frames`` where the adaptation was stopped
+
+    @property
+    def stopped(self) -> bool:
+        return self.frames < self.offered
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -46,7 +51,7 @@ def _thumb(rgb: np.ndarray) -> np.ndarray:
 def check_frames(frames: list[np.ndarray]) -> None:
     """Raise AdaptError where the frames cannot stand for a street: too few, or all (nearly) the same."""
     if len(frames) < MIN_FRAMES:
-        raise AdaptError(f"{len(frames)} frame{'s' if len(frames) != 1 else ''} are too few to adapt a model "
+        raise AdaptError(f"{len(frames)} frame{'s are' if len(frames) != 1 else ' is'} too few to adapt a model "
                          f"(at least {MIN_FRAMES} of one street and camera); the model is left as it was")
     thumbs = np.stack([_thumb(f) for f in frames])
     spread = float(np.abs(thumbs - thumbs.mean(0)).mean())
@@ -80,12 +85,17 @@ def read_frames(source: Path, stride: int = 1, limit: int = MAX_FRAMES) -> tuple
     return frames, skipped
 
 
+class Estimated(NamedTuple):
+    layers: int            # BatchNorm layers re-estimated
+    frames: int            # frames they were estimated on: fewer than given where stopped
+
+
 def adapt_batchnorm(model, cfg, frames: Iterable[np.ndarray], progress: Callable[[int, int], None] | None = None,
-                    stop: Callable[[], bool] | None = None, input_range=None) -> int:
+                    stop: Callable[[], bool] | None = None, input_range=None) -> Estimated:
     """Re-estimate every BatchNorm layer's running mean and variance of ``model`` (in place) as the
     plain average over ``frames``, each at its work size and brought inside ``input_range`` (the model's
-    card's, as its engines will bring them); the other layers run as in inference.
-    Returns the number of layers re-estimated."""
+    card's, as its engines will bring them); the other layers run as in inference. ``stop`` ends it
+    between frames, the statistics then those of the frames before (none: reset, not for use)."""
     import torch
 
     from sis.data.images import resize_rgb
@@ -99,7 +109,7 @@ def adapt_batchnorm(model, cfg, frames: Iterable[np.ndarray], progress: Callable
     model.eval()
     for m in norms:
         m.train()  # normalises each frame by its own statistics and adds them to the average
-    frames = list(frames)
+    frames, used = list(frames), 0
     with torch.no_grad():
         for i, rgb in enumerate(frames):
             if stop is not None and stop():
@@ -108,12 +118,13 @@ def adapt_batchnorm(model, cfg, frames: Iterable[np.ndarray], progress: Callable
             seen = into_range(given_frame(work, input_range), input_range)  # what the model is given
             x = torch.from_numpy(np.ascontiguousarray(seen.transpose(2, 0, 1)))[None]
             forward_logits(model, cfg, x, amp=False)
+            used += 1
             if progress:
                 progress(i + 1, len(frames))
     for m in norms:
         m.momentum = 0.1
     model.eval()
-    return len(norms)
+    return Estimated(len(norms), used)
 
 
 def adapt_folder(init: Path, source: Path, out: Path, stride: int = 1,
@@ -121,7 +132,7 @@ def adapt_folder(init: Path, source: Path, out: Path, stride: int = 1,
                  stop: Callable[[], bool] | None = None) -> Adaptation:
     """The model in ``init`` adapted to the frames of ``source`` (a folder of photos or a clip), saved as
     a new model folder ``out``; ``init`` is never written. Raises AdaptError (nothing written) where
-    the frames cannot adapt it."""
+    the frames cannot adapt it, or ``stop`` came before enough of them had been seen."""
     from sis import zoo
     from sis.zoo import models
     init, out = Path(init), Path(out)
@@ -132,12 +143,15 @@ def adapt_folder(init: Path, source: Path, out: Path, stride: int = 1,
     t0 = time.perf_counter()
     model, cfg = models.load_model(init)
     start = zoo.read_card(init)
-    layers = adapt_batchnorm(model, cfg, frames, progress, stop, start.input_range)
+    layers, used = adapt_batchnorm(model, cfg, frames, progress, stop, start.input_range)
     if layers == 0:
         raise AdaptError(f"{cfg.name} has no BatchNorm layer to adapt")
+    if used < MIN_FRAMES:  # stopped that early, the statistics stand for no street
+        raise AdaptError(f"stopped after {used} of {len(frames)} frames, fewer than the {MIN_FRAMES} an adaptation "
+                         "needs: nothing was written and the model is left as it was")
     seconds = time.perf_counter() - t0
     base = start.raw
-    result = Adaptation(str(init), str(out), len(frames), skipped, round(seconds, 1), layers)
+    result = Adaptation(str(init), str(out), used, skipped, round(seconds, 1), layers, len(frames))
     # its engines bring photos inside the range its statistics were estimated on, as its starting model's do
     card = {k: base[k] for k in ("model", "paper_pair", "classes", "palette", "void", "recipe", "calibration",
                                  "input_range") if k in base}
