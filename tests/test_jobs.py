@@ -140,3 +140,19 @@ def test_a_worker_does_not_run_the_page_again(monkeypatch, tmp_path):
     other = spawn.get_preparation_data("someone-else")
     assert "init_main_from_path" not in worker and "init_main_from_name" not in worker
     assert other["init_main_from_path"] == str(tmp_path / "page.py")  # other users of spawn are untouched
+
+
+def test_two_jobs_never_write_one_model_folder(manager, monkeypatch):
+    """Two sessions asking for the same model name in the same second each get a folder of their own,
+    made before the worker starts; a folder left empty by a job that failed is removed."""
+    started = []
+    monkeypatch.setattr(manager, "_spawn", lambda job, *a, **k: started.append(job) or job)
+    a = manager.start_adapt("s1", Path("m"), Path("src"), "street-adapted")
+    b = manager.start_adapt("s2", Path("m"), Path("src"), "street-adapted")
+    assert Path(a.out).name == "street-adapted" and Path(b.out).name == "street-adapted-2"
+    assert Path(a.out).is_dir() and Path(b.out).is_dir()
+    (Path(a.out) / "config.json").write_text("{}")
+    a.process = b.process = None
+    manager._finish(a, "done")
+    manager._finish(b, "failed")
+    assert Path(a.out).is_dir() and not Path(b.out).exists() and len(started) == 2

@@ -40,7 +40,9 @@ def run_name(wanted: str, default: str) -> str:
     name = "-".join(wanted.strip().split()) or default
     if not set(name) <= NAME_CHARS or name.startswith(".") or len(name) > 80:
         raise CatalogError(f"'{wanted}' cannot name a model: use letters, digits, '-', '_' or '.' (at most 80)")
-    if name in zoo.MODELS or (store.data_dir() / "models" / name).exists():
+    folder = store.data_dir() / "models" / name
+    # an empty folder is one a job has just reserved: the job manager then gives this one name-2
+    if name in zoo.MODELS or (folder.is_dir() and any(folder.iterdir())) or folder.is_file():
         raise CatalogError(f"a model named '{name}' is here already; choose another name")
     return name
 

@@ -8,6 +8,7 @@ every ``watch_s`` seconds, whether or not anyone is on a page.
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import multiprocessing.spawn
 import os
@@ -187,6 +188,18 @@ class JobManager:
             raise JobError(f"the server already runs {self.limits.max_jobs} job(s) (fine-tuning, benchmark or clip), "
                            "its limit; try again when one finishes")
 
+    def _reserve(self, name: str) -> Path:
+        """A new folder under the models for a job's model, made here: ``name``, else ``name-2``, ``-3``... where
+        another session (or server) took it first, so that two jobs never write one folder."""
+        for n in range(1, 100):
+            out = self.models_dir / (name if n == 1 else f"{name}-{n}")
+            try:
+                out.mkdir(parents=True)
+                return out
+            except FileExistsError:
+                continue
+        raise JobError(f"the models folder already holds {name} and 98 more of that name; choose another name")
+
     def _spawn(self, job: Job, target, payload: dict, threads: int = 1, **extra) -> Job:
         job.events, job.stop_event = CTX.Queue(), CTX.Event()
         job.process = CTX.Process(target=target, args=(payload, max(1, threads), job.events, job.stop_event),
@@ -209,7 +222,7 @@ class JobManager:
             cfg = dict(cfg)
             cfg["train_limit"] = min(cfg.get("train_limit") or lim.max_train_frames, lim.max_train_frames)
             job_id = _new_id()
-            out = self.models_dir / (name or f"{cfg['model']}-ft-{job_id}")
+            out = self._reserve(name or f"{cfg['model']}-ft-{job_id}")
             cfg["out"] = str(out)
             cfg["resume"] = False
             job = self._spawn(Job(job_id, session, cfg, str(out)), train_worker, cfg, compare_on=before_after)
@@ -256,7 +269,7 @@ class JobManager:
         with self.lock:
             self._admit(session)
             job_id = _new_id()
-            out = self.models_dir / name
+            out = self._reserve(name)
             args = {"folder": str(folder), "source": str(source), "out": str(out), "stride": stride}
             job = Job(job_id, session, {"model": Path(folder).name, **args}, str(out), kind="adapt")
             return self._spawn(job, adapt_worker, args, threads=host.threads())
@@ -340,6 +353,9 @@ class JobManager:
         job.status, job.ended = status, time.time()
         if job.process is not None:
             job.process.join(timeout=5)
+        if job.kind in ("train", "adapt") and job.out:
+            with contextlib.suppress(OSError):  # the folder reserved for a model that never came: only if empty
+                Path(job.out).rmdir()
         if job.kind != "train":  # the runs table holds fine-tuning runs; benchmarks record their own rows
             return
         store.upsert_run(job.id, status=status, ts_end=job.ended, steps=steps,
