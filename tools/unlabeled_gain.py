@@ -1,12 +1,14 @@
 """What adapting without labels (BatchNorm statistics, sis.training.unlabeled) gains on the shift benchmark.
 
     python tools/unlabeled_gain.py MODEL --data ../shared/camvid [--shifts dusk,white_balance] [--severity 3] [--every 2]
-                                   [--no-input-range]
+                                   [--no-input-range] [--signals]
 
 For each shift: CamVid val under it (every N-th frame), split in two by frame parity; the model is adapted
 on the even frames (their labels unused) and both it and the original are scored on the odd ones, on eager
 fp32, through the app's predict path, each frame brought inside the card's input range as the app does
-(unless --no-input-range). Prints mIoU before, after, the gain and the adaptation's time.
+(unless --no-input-range). Prints mIoU before, after, the gain and the adaptation's time. With --signals,
+also what could tell a gain from a loss without labels, read on the adaptation frames only: the change in
+mean calibrated confidence, and in the share of pixels labelled alike on a frame and its mirror image.
 """
 from __future__ import annotations
 
@@ -17,10 +19,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sis import zoo  # noqa: E402
 from sis.data.shifts import parse_shifts, shifted  # noqa: E402
 from sis.engines import create_engine  # noqa: E402
+from sis.engines.predict import predict  # noqa: E402
 from sis.host import cpu_model  # noqa: E402
 from sis.training.robustness import CLEAN, score_set, val_frames  # noqa: E402
 from sis.training.unlabeled import adapt_batchnorm  # noqa: E402
@@ -34,10 +39,22 @@ p.add_argument("--severity", type=int, default=3)
 p.add_argument("--every", type=int, default=2)
 p.add_argument("--json", help="also write the results here")
 p.add_argument("--no-input-range", action="store_true", help="give the model the frames as they are")
+p.add_argument("--signals", action="store_true", help="label-free signals on the adaptation frames (twice the time)")
 a = p.parse_args()
 folder = zoo.resolve(a.model)
 base, cfg = models.load_model(folder)
-rng = None if a.no_input_range else zoo.read_card(folder).input_range
+card = zoo.read_card(folder)
+rng = None if a.no_input_range else card.input_range
+
+
+def label_free(engine, frames) -> tuple[float, float]:
+    """Mean calibrated confidence, and the share of pixels labelled alike on each frame and its mirror image."""
+    conf, alike = [], []
+    for rgb in frames:
+        pred, mirrored = predict(engine, rgb), predict(engine, np.ascontiguousarray(rgb[:, ::-1]))
+        conf.append(float(pred.confidence.mean()))
+        alike.append(float((pred.labels == mirrored.labels[:, ::-1]).mean()))
+    return float(np.mean(conf)), float(np.mean(alike))
 classes = cfg.class_set
 void = classes.void if classes.void is not None else 255
 frames = val_frames(Path(a.data), None, a.every)
@@ -54,13 +71,18 @@ for name in names:
     seconds = time.perf_counter() - t0
     engines = [create_engine("eager", m, cfg) for m in (base, adapted)]
     for e in engines:
-        e.input_range = rng
+        e.input_range, e.temperature = rng, card.temperature
     before, after = (score_set(e, score_on, classes, name, a.severity) for e in engines)
     rows.append({"shift": name, "severity": 0 if name == CLEAN else a.severity, "adapted_on": len(adapt_on),
                  "scored_on": len(score_on), "before": before.miou, "after": after.miou,
                  "ece_before": before.ece, "ece_after": after.ece, "seconds": seconds})
+    said = ""
+    if a.signals:
+        (c0, f0), (c1, f1) = (label_free(e, adapt_on) for e in engines)
+        rows[-1].update(confidence_before=c0, confidence_after=c1, mirror_alike_before=f0, mirror_alike_after=f1)
+        said = f"; on those frames, confidence {100 * (c1 - c0):+.2f}, mirror agreement {100 * (f1 - f0):+.2f}"
     print(f"{name:14} mIoU {100 * before.miou:6.2f} -> {100 * after.miou:6.2f} ({100 * (after.miou - before.miou):+.2f}); "
-          f"adapted on {len(adapt_on)} frames in {seconds:.0f} s", flush=True)
+          f"adapted on {len(adapt_on)} frames in {seconds:.0f} s{said}", flush=True)
 print(f"{folder.name}, severity {a.severity}, eager fp32, input range {'off' if rng is None else 'on'}, {cpu_model()}")
 if a.json:
     Path(a.json).write_text(json.dumps({"model": folder.name, "cpu": cpu_model(), "rows": rows}, indent=1))
