@@ -31,6 +31,17 @@ from sis.training.robustness import CLEAN, score_set, val_frames  # noqa: E402
 from sis.training.unlabeled import adapt_batchnorm  # noqa: E402
 from sis.zoo import models  # noqa: E402
 
+
+def label_free(engine, frames) -> tuple[float, float]:
+    """Mean calibrated confidence, and the share of pixels labelled alike on each frame and its mirror image."""
+    conf, alike = [], []
+    for rgb in frames:
+        pred, mirrored = predict(engine, rgb), predict(engine, np.ascontiguousarray(rgb[:, ::-1]))
+        conf.append(float(pred.confidence.mean()))
+        alike.append(float((pred.labels == mirrored.labels[:, ::-1]).mean()))
+    return float(np.mean(conf)), float(np.mean(alike))
+
+
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 p.add_argument("model")
 p.add_argument("--data", required=True)
@@ -45,16 +56,6 @@ folder = zoo.resolve(a.model)
 base, cfg = models.load_model(folder)
 card = zoo.read_card(folder)
 rng = None if a.no_input_range else card.input_range
-
-
-def label_free(engine, frames) -> tuple[float, float]:
-    """Mean calibrated confidence, and the share of pixels labelled alike on each frame and its mirror image."""
-    conf, alike = [], []
-    for rgb in frames:
-        pred, mirrored = predict(engine, rgb), predict(engine, np.ascontiguousarray(rgb[:, ::-1]))
-        conf.append(float(pred.confidence.mean()))
-        alike.append(float((pred.labels == mirrored.labels[:, ::-1]).mean()))
-    return float(np.mean(conf)), float(np.mean(alike))
 classes = cfg.class_set
 void = classes.void if classes.void is not None else 255
 frames = val_frames(Path(a.data), None, a.every)

@@ -33,7 +33,7 @@ class Adaptation:
     skipped: list          # (name, why) of the inputs that were not used
     seconds: float
     layers: int            # BatchNorm layers re-estimated
-    offered: int = 0       # the frames read: more than ``frames`` where the adaptation was stopped
+    offered: int           # the frames read: more than ``frames`` where the adaptation was stopped
 
     @property
     def stopped(self) -> bool:

@@ -157,9 +157,8 @@ def adapt_button(entry: catalog.Entry, source: Path, what: str, key: str, stride
         if message:
             st.error(message)
         elif result:
-            offered = result.get("offered") or result["frames"]
-            on = f"{result['frames']} frames" if offered == result["frames"] else \
-                f"the first {result['frames']} of {offered} frames (stopped)"
+            on = f"{result['frames']} frames" if result["offered"] == result["frames"] else \
+                f"the first {result['frames']} of {result['offered']} frames (stopped)"
             st.success(f"Adapted on {on} in {result['seconds']:.0f} s: pick "
                        f"**run:{Path(out).name}** in the model picker (the original is unchanged).")
 
