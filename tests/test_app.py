@@ -1034,4 +1034,7 @@ def test_adapt_a_model_to_a_few_uploaded_photos_without_labels(app_env):
     assert zoo.read_card(new).raw["unlabeled"]["frames"] == 4
     assert (app_env / "models" / "tiny" / "model.safetensors").read_bytes() == original
     assert job.result["frames"] == 4
+    at.run()  # the page's next run shows where the new model is and how much of the training city it kept
+    said = " ".join(m.value for m in at.success)
+    assert "Adapted on 4 frames" in said and "keeping 67% of the training city's statistics" in said, said
     manager.jobs.clear()

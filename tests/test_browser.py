@@ -346,6 +346,28 @@ def test_correct_a_camera_shot(server, browser):
     _shot(page, "correct_camera")
 
 
+def test_adapt_to_my_uploaded_photos_without_labels(server, browser):
+    """Four photos of one street uploaded on Segment, one click: the model adapted to them in a worker,
+    the page saying how many frames it saw, how much of the training city it kept and where the new model is;
+    the new model then in the picker."""
+    page = _page(browser, server, "segment", height=2400)
+    page.get_by_text("Upload", exact=True).click()
+    samples = sorted((ROOT / "assets" / "samples").glob("*[0-9].jpg"))[:4]
+    page.locator("input[type=file]").set_input_files([str(f) for f in samples])
+    page.get_by_text("Overlay", exact=True).first.wait_for()
+    _idle(page)
+    button = page.get_by_role("button", name=re.compile(r"^Adapt .* to these 4 photos \(no labels needed\)$"))
+    button.click()
+    said = page.get_by_text(re.compile(r"^Adapted on 4 frames in \d+ s, keeping 67% of the training city's statistics"))
+    said.wait_for(timeout=300_000)
+    _idle(page)
+    new = re.search(r"run:(\S+-adapted-\d{4}-\d{6})", said.inner_text()).group(1)
+    _shot(page, "segment_adapted")
+    page.get_by_role("combobox", name="Model", exact=True).first.click()
+    assert page.get_by_role("option", name=re.compile(re.escape(new))).count() == 1
+    page.keyboard.press("Escape")
+
+
 def test_adapt_a_model_on_my_frames_and_see_before_and_after(server, browser):
     """The loop's end in Chromium: three corrected frames in a dataset of the user's, a fine-tune from a
     model on them (replay of CamVid when the server has it), the before/after figures and masks, and the

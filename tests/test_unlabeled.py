@@ -1,4 +1,5 @@
 """Adapting without labels: BatchNorm statistics re-estimated on a user's frames, and the bad inputs."""
+import copy
 import shutil
 
 import numpy as np
@@ -7,7 +8,8 @@ import torch
 from conftest import make_frame
 from PIL import Image
 
-from sis.training.unlabeled import MIN_FRAMES, AdaptError, adapt_batchnorm, adapt_folder, check_frames
+from sis.training.unlabeled import (MIN_FRAMES, PRIOR_FRAMES, AdaptError, adapt_batchnorm, adapt_folder,
+                                    batchnorm_statistics, blend_statistics, check_frames, training_share)
 
 
 def test_batchnorm_statistics_become_the_frames_own():
@@ -20,8 +22,8 @@ def test_batchnorm_statistics_become_the_frames_own():
     rng = np.random.default_rng(0)
     frames = [np.full((96, 128, 3), v, np.uint8) + rng.integers(0, 5, (96, 128, 3)).astype(np.uint8)
               for v in (30, 60, 90, 120)]
-    n, used = adapt_batchnorm(model, cfg, frames)
-    assert used == len(frames) and n == sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) > 10
+    n, used, share = adapt_batchnorm(model, cfg, frames)
+    assert used == len(frames) and share == 0.0 and n == sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) > 10
     after = model.state_dict()
     moved = [k for k in after if k.endswith("running_mean") and not torch.equal(after[k], before[k])]
     assert len(moved) == n
@@ -40,6 +42,47 @@ def test_batchnorm_statistics_become_the_frames_own():
     assert torch.allclose(bn.running_mean, expected, atol=1e-4)
 
 
+def test_the_training_statistics_weigh_as_a_number_of_frames():
+    """The share kept is prior / (prior + frames): all of it before any frame, half at as many frames as
+    the prior, less and less after; no prior keeps none."""
+    assert training_share(0) == 1.0 and training_share(PRIOR_FRAMES) == 0.5
+    assert training_share(4, 4) == 0.5 and training_share(12, 4) == 0.25 and training_share(26, 0) == 0.0
+    assert training_share(4) > training_share(26) > training_share(400) > 0
+    with pytest.raises(ValueError, match="count up from 0"):
+        training_share(-1)
+
+
+def test_a_share_of_the_training_statistics_is_kept_as_a_weighted_average():
+    """A share s: each running mean and variance is s of the model's own before and 1 - s of the
+    frames'; 0 is the frames' alone, 1 gives the starting model back exactly."""
+    from sis import zoo
+    from sis.zoo import models
+    model, cfg = models.create_model(zoo.make_config("unet-vgg11_bn"))
+    with torch.no_grad():  # training statistics unlike the reset ones, so that a blend shows
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+    source = batchnorm_statistics(model)
+    rng = np.random.default_rng(1)
+    frames = [rng.integers(0, 256, (64, 96, 3), dtype=np.uint8) for _ in range(4)]
+    own = copy.deepcopy(model)
+    adapt_batchnorm(own, cfg, frames)
+    target = batchnorm_statistics(own)
+    half = copy.deepcopy(model)
+    assert adapt_batchnorm(half, cfg, frames, prior_frames=4 / 3).training_share == pytest.approx(0.25)
+    for (m0, v0), (m1, v1), (mh, vh) in zip(source, target, batchnorm_statistics(half)):
+        assert torch.allclose(mh, 0.25 * m0 + 0.75 * m1, atol=1e-5)
+        assert torch.allclose(vh, 0.25 * v0 + 0.75 * v1, atol=1e-5)
+    assert not torch.allclose(source[0][0], target[0][0])
+    blend_statistics(own, source, 1.0)
+    assert all(torch.equal(a, b) for pair in zip(source, batchnorm_statistics(own)) for a, b in zip(*pair))
+    with pytest.raises(ValueError, match="share"):
+        blend_statistics(own, source, 1.5)
+    with pytest.raises(ValueError, match="BatchNorm layers"):
+        blend_statistics(own, source[:-1], 0.5)
+
+
 def test_too_few_or_identical_frames_are_refused():
     rng = np.random.default_rng(0)
     with pytest.raises(AdaptError, match=f"1 frame is too few to adapt a model \\(at least {MIN_FRAMES}"):
@@ -54,6 +97,7 @@ def test_too_few_or_identical_frames_are_refused():
 def test_cli_adapts_a_folder_of_mixed_photos_and_leaves_the_original(tiny_model, tmp_path, capsys):
     """Photos of mixed sizes and a non-image: the non-image is said and skipped, the new folder loads
     and differs from the original only in its BatchNorm statistics; the original is untouched."""
+    from sis import zoo
     from sis.cli import main
     from sis.zoo import models
     rng = np.random.default_rng(3)
@@ -67,6 +111,9 @@ def test_cli_adapts_a_folder_of_mixed_photos_and_leaves_the_original(tiny_model,
     assert main(["adapt", "--unlabeled", str(photos), "--init", str(tiny_model), "--out", str(out)]) == 0
     text = capsys.readouterr()
     assert f"adapted {tiny_model.name} on {MIN_FRAMES} frames" in text.out and "skipped notes.txt" in text.err
+    kept = training_share(MIN_FRAMES)  # the default prior against four frames: two thirds kept
+    assert f"{kept:.0%} of the training statistics kept" in text.out and kept == pytest.approx(2 / 3)
+    assert zoo.read_card(out).raw["unlabeled"]["training_share"] == round(kept, 4)
     assert (tiny_model / "model.safetensors").read_bytes() == original
     new, _ = models.load_model(out)
     old, _ = models.load_model(tiny_model)
@@ -81,6 +128,16 @@ def test_cli_adapts_a_folder_of_mixed_photos_and_leaves_the_original(tiny_model,
     assert "too few to adapt" in capsys.readouterr().err and not (tmp_path / "x").exists()
     with pytest.raises(AdaptError, match="a folder of its own"):
         adapt_folder(tiny_model, photos, tiny_model)
+    assert main(["adapt", "--unlabeled", str(photos), "--init", str(tiny_model), "--out", str(tmp_path / "alone"),
+                 "--prior-frames", "0"]) == 0
+    assert "0% of the training statistics kept" in capsys.readouterr().out
+    alone, _ = models.load_model(tmp_path / "alone")
+    key = next(k for k in new.state_dict() if k.endswith("running_mean"))
+    assert not torch.allclose(alone.state_dict()[key], new.state_dict()[key])
+    with pytest.raises(SystemExit):
+        main(["adapt", "--unlabeled", str(photos), "--init", str(tiny_model), "--out", str(tmp_path / "y"),
+              "--prior-frames", "-1"])
+    assert "expected a number of 0 or more, got '-1'" in capsys.readouterr().err
 
 
 def test_statistics_are_estimated_on_the_frames_as_the_engines_will_see_them(tiny_model, tmp_path):
@@ -102,7 +159,7 @@ def test_statistics_are_estimated_on_the_frames_as_the_engines_will_see_them(tin
     street.mkdir()
     for i, f in enumerate(warm):
         Image.fromarray(f).save(street / f"w{i}.png")
-    adapt_folder(init, street, tmp_path / "adapted")
+    adapt_folder(init, street, tmp_path / "adapted", prior_frames=0)
     assert zoo.read_card(tmp_path / "adapted").input_range == input_range
     by_hand, cfg = models.load_model(init)
     adapt_batchnorm(by_hand, cfg, [into_range(f, input_range) for f in warm])
@@ -139,10 +196,12 @@ def test_stop_keeps_the_statistics_of_the_frames_seen_or_writes_nothing(tiny_mod
     assert not (tmp_path / "early").exists()
     res = adapt_folder(tiny_model, street, tmp_path / "late", stop=stop_after(MIN_FRAMES + 1))
     assert res.stopped and (res.frames, res.offered) == (MIN_FRAMES + 1, len(frames))
-    assert zoo.read_card(tmp_path / "late").raw["unlabeled"]["frames"] == MIN_FRAMES + 1
+    said = zoo.read_card(tmp_path / "late").raw["unlabeled"]
+    # the prior weighs against the frames seen, not the frames offered
+    assert said["frames"] == MIN_FRAMES + 1 and said["training_share"] == round(training_share(MIN_FRAMES + 1), 4)
     by_hand, cfg = models.load_model(tiny_model)
-    assert adapt_batchnorm(by_hand, cfg, frames[:MIN_FRAMES + 1], input_range=zoo.read_card(tiny_model).input_range) \
-        == (res.layers, MIN_FRAMES + 1)
+    assert adapt_batchnorm(by_hand, cfg, frames[:MIN_FRAMES + 1], input_range=zoo.read_card(tiny_model).input_range,
+                           prior_frames=PRIOR_FRAMES) == (res.layers, MIN_FRAMES + 1, training_share(MIN_FRAMES + 1))
     late, _ = models.load_model(tmp_path / "late")
     key = next(k for k in late.state_dict() if k.endswith("running_var"))
     assert torch.allclose(late.state_dict()[key], by_hand.state_dict()[key].half().float(), rtol=1e-2, atol=1e-3)

@@ -1,14 +1,18 @@
 """What adapting without labels (BatchNorm statistics, sis.training.unlabeled) gains on the shift benchmark.
 
     python tools/unlabeled_gain.py MODEL --data ../shared/camvid [--shifts dusk,white_balance] [--severity 3] [--every 2]
-                                   [--no-input-range] [--signals]
+                                   [--no-input-range] [--signals] [--source-share 0,0.25,0.5]
+                                   [--adapt-frames 8]
 
 For each shift: CamVid val under it (every N-th frame), split in two by frame parity; the model is adapted
 on the even frames (their labels unused) and both it and the original are scored on the odd ones, on eager
 fp32, through the app's predict path, each frame brought inside the card's input range as the app does
-(unless --no-input-range). Prints mIoU before, after, the gain and the adaptation's time. With --signals,
-also what could tell a gain from a loss without labels, read on the adaptation frames only: the change in
-mean calibrated confidence, and in the share of pixels labelled alike on a frame and its mirror image.
+(unless --no-input-range). With --source-share, one adapted model per share of the training statistics
+kept (blend_statistics; "rule": the share `sis adapt` keeps for that many frames), all from one pass over
+the frames; --adapt-frames N adapts on only the first N of the even frames. Prints mIoU before, after, the
+gain and the adaptation's time. With --signals, also what could tell a gain from a loss without labels,
+read on the adaptation frames only: the change in mean calibrated confidence, and in the share of pixels
+labelled alike on a frame and its mirror image.
 """
 from __future__ import annotations
 
@@ -28,7 +32,8 @@ from sis.engines import create_engine  # noqa: E402
 from sis.engines.predict import predict  # noqa: E402
 from sis.host import cpu_model  # noqa: E402
 from sis.training.robustness import CLEAN, score_set, val_frames  # noqa: E402
-from sis.training.unlabeled import adapt_batchnorm  # noqa: E402
+from sis.training.unlabeled import (adapt_batchnorm, batchnorm_statistics, blend_statistics,  # noqa: E402
+                                    training_share)
 from sis.zoo import models  # noqa: E402
 
 
@@ -51,6 +56,9 @@ p.add_argument("--every", type=int, default=2)
 p.add_argument("--json", help="also write the results here")
 p.add_argument("--no-input-range", action="store_true", help="give the model the frames as they are")
 p.add_argument("--signals", action="store_true", help="label-free signals on the adaptation frames (twice the time)")
+p.add_argument("--adapt-frames", type=int, help="adapt on only the first N of the even frames")
+p.add_argument("--source-share", default="0", help="comma-separated shares of the training statistics to keep, "
+               "each a number in [0, 1] or 'rule' (what `sis adapt` keeps)")
 a = p.parse_args()
 folder = zoo.resolve(a.model)
 base, cfg = models.load_model(folder)
@@ -61,29 +69,41 @@ void = classes.void if classes.void is not None else 255
 frames = val_frames(Path(a.data), None, a.every)
 names = [n.strip() for n in a.shifts.split(",")]
 parse_shifts(",".join(n for n in names if n != CLEAN) or "all")
+shares = [v.strip() for v in a.source_share.split(",")]
+source = batchnorm_statistics(base)
 rows = []
 for name in names:
     pairs = [(rgb, lab) if name == CLEAN else shifted(rgb, lab, name, a.severity, i, 0, void)
              for i, (_, rgb, lab) in enumerate(frames)]
-    adapt_on, score_on = [rgb for rgb, _ in pairs[0::2]], pairs[1::2]
-    adapted = copy.deepcopy(base)
+    adapt_on, score_on = [rgb for rgb, _ in pairs[0::2]][:a.adapt_frames], pairs[1::2]
+    estimated = copy.deepcopy(base)
     t0 = time.perf_counter()
-    adapt_batchnorm(adapted, cfg, adapt_on, input_range=rng)
+    adapt_batchnorm(estimated, cfg, adapt_on, input_range=rng)
     seconds = time.perf_counter() - t0
-    engines = [create_engine("eager", m, cfg) for m in (base, adapted)]
-    for e in engines:
+
+    def engine_of(m):
+        e = create_engine("eager", m, cfg)
         e.input_range, e.temperature = rng, card.temperature
-    before, after = (score_set(e, score_on, classes, name, a.severity) for e in engines)
-    rows.append({"shift": name, "severity": 0 if name == CLEAN else a.severity, "adapted_on": len(adapt_on),
-                 "scored_on": len(score_on), "before": before.miou, "after": after.miou,
-                 "ece_before": before.ece, "ece_after": after.ece, "seconds": seconds})
-    said = ""
-    if a.signals:
-        (c0, f0), (c1, f1) = (label_free(e, adapt_on) for e in engines)
-        rows[-1].update(confidence_before=c0, confidence_after=c1, mirror_alike_before=f0, mirror_alike_after=f1)
-        said = f"; on those frames, confidence {100 * (c1 - c0):+.2f}, mirror agreement {100 * (f1 - f0):+.2f}"
-    print(f"{name:14} mIoU {100 * before.miou:6.2f} -> {100 * after.miou:6.2f} ({100 * (after.miou - before.miou):+.2f}); "
-          f"adapted on {len(adapt_on)} frames in {seconds:.0f} s{said}", flush=True)
+        return e
+    plain = engine_of(base)
+    before = score_set(plain, score_on, classes, name, a.severity)
+    signal0 = label_free(plain, adapt_on) if a.signals else None
+    for share in (training_share(len(adapt_on)) if v == "rule" else float(v) for v in shares):
+        adapted = copy.deepcopy(estimated)
+        blend_statistics(adapted, source, share)
+        engine = engine_of(adapted)
+        after = score_set(engine, score_on, classes, name, a.severity)
+        rows.append({"shift": name, "severity": 0 if name == CLEAN else a.severity, "adapted_on": len(adapt_on),
+                     "scored_on": len(score_on), "source_share": share, "before": before.miou, "after": after.miou,
+                     "ece_before": before.ece, "ece_after": after.ece, "seconds": seconds})
+        said = ""
+        if a.signals:
+            (c0, f0), (c1, f1) = signal0, label_free(engine, adapt_on)
+            rows[-1].update(confidence_before=c0, confidence_after=c1, mirror_alike_before=f0, mirror_alike_after=f1)
+            said = f"; on those frames, confidence {100 * (c1 - c0):+.2f}, mirror agreement {100 * (f1 - f0):+.2f}"
+        kept = f", training statistics kept {share:.2f}" if len(shares) > 1 or share else ""
+        print(f"{name:14} mIoU {100 * before.miou:6.2f} -> {100 * after.miou:6.2f} ({100 * (after.miou - before.miou):+.2f}); "
+              f"adapted on {len(adapt_on)} frames in {seconds:.0f} s{kept}{said}", flush=True)
 print(f"{folder.name}, severity {a.severity}, eager fp32, input range {'off' if rng is None else 'on'}, {cpu_model()}")
 if a.json:
     Path(a.json).write_text(json.dumps({"model": folder.name, "cpu": cpu_model(), "rows": rows}, indent=1))

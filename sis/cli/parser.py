@@ -8,8 +8,10 @@ from sis.cli.evaluate import cmd_calibrate, cmd_eval
 from sis.cli.models import cmd_download, cmd_export, cmd_models
 from sis.cli.predict import cmd_predict, cmd_video
 from sis.cli.train import cmd_adapt, cmd_train
-from sis.cli.types import hw_size, positive_int, scale_list, scale_range, severity_list, split_list, weight_list
+from sis.cli.types import (hw_size, non_negative_float, positive_int, scale_list, scale_range, severity_list, split_list,
+                           weight_list)
 from sis.data.shifts import list_shifts
+from sis.training.unlabeled import PRIOR_FRAMES
 
 
 def add_accurate_options(s, default_engine: str) -> None:
@@ -96,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--init", required=True, help="the model to start from: a registry name or a model folder")
     s.add_argument("--out", required=True, help="the new model folder")
     s.add_argument("--stride", type=positive_int, default=1, help="use every N-th photo or frame")
+    s.add_argument("--prior-frames", type=non_negative_float, default=PRIOR_FRAMES,
+                   help="how many of your frames the training statistics weigh as; the fewer your frames, the more "
+                        "of them is kept (default %(default)g; 0: your frames' statistics alone)")
     s.set_defaults(fn=cmd_adapt)
 
     s = sub.add_parser("calibrate", help="fit a model's softmax temperature on val (its confidence then means "

@@ -89,9 +89,10 @@ def cmd_adapt(a) -> int:
 
     def progress(i, n):
         print(f"\radapting: {i}/{n} frames", end="", file=sys.stderr)
-    res = adapt_folder(init, Path(a.unlabeled), out, a.stride, progress)
+    res = adapt_folder(init, Path(a.unlabeled), out, a.stride, progress, prior_frames=a.prior_frames)
     print(file=sys.stderr)
     for name, why in res.skipped:
         print(f"skipped {name}: {why}", file=sys.stderr)
-    print(f"adapted {init.name} on {res.frames} frames ({res.layers} BatchNorm layers) in {res.seconds:.0f} s -> {out}")
+    print(f"adapted {init.name} on {res.frames} frames ({res.layers} BatchNorm layers, {res.training_share:.0%} of the "
+          f"training statistics kept) in {res.seconds:.0f} s -> {out}")
     return 0

@@ -36,6 +36,16 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
 
 
+def non_negative_float(text: str) -> float:
+    try:
+        v = float(text)
+        if not v >= 0 or v == float("inf"):  # also refuses nan
+            raise ValueError
+        return v
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of 0 or more, got '{text}'") from None
+
+
 def split_list(text: str) -> tuple[str, ...]:
     from sis.data.dataset import SPLITS
     splits = tuple(v.strip() for v in text.split(",") if v.strip())

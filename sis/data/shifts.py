@@ -61,7 +61,7 @@ def _gamma(rgb, label, g, rng, void):
 
 
 def _white_balance(rgb, label, k, rng, void):
-    """Warm (tungsten) on even frames, cool (shade) on odd ones: a per-channel gain, then the
+    """Warm (tungsten) or cool (shade), drawn per frame: a per-channel gain, then the
     overall brightness put back, as a camera's auto exposure would."""
     x = _f(rgb)
     gains = np.array([1 + k, 1.0, 1 - k] if rng.integers(2) == 0 else [1 - k, 1.0, 1 + k], np.float32)

@@ -3,9 +3,10 @@ them (AdaBN, Li et al. 2016), every weight kept.
 
 A model trained on one city normalises each layer's features with that city's means and variances; a
 new camera or light shifts them. Re-estimating them on a few dozen of the user's own frames (one street,
-one camera) moves the normalisation to where their features are. Nothing is learned from labels, so
-nothing can be taught wrong, but it is measured (docs/robustness.md): where it would not help (too few
-frames, frames too alike) it says so and writes nothing.
+one camera) moves the normalisation to where their features are; the training statistics keep a share
+that shrinks as the frames grow in number (a prior, as in Schneider et al., NeurIPS 2020). Nothing is
+learned from labels, so nothing can be taught wrong, but it is measured (docs/robustness.md): where it
+would not help (too few frames, frames too alike) it says so and writes nothing.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import numpy as np
 MIN_FRAMES = 4        # fewer frames than this give statistics noisier than the training city's (docs/robustness.md)
 MAX_FRAMES = 400      # frames beyond this change the estimate little and cost time
 MIN_SPREAD = 2.0      # frames whose mean absolute difference (8-bit levels, at 64x64) is below this are one frame
+PRIOR_FRAMES = 8      # the training statistics weigh as much as this many of the user's frames (docs/robustness.md)
 
 
 class AdaptError(ValueError):
@@ -34,6 +36,7 @@ class Adaptation:
     seconds: float
     layers: int            # BatchNorm layers re-estimated
     offered: int           # the frames read: more than ``frames`` where the adaptation was stopped
+    training_share: float  # the share of the training statistics kept (training_share)
 
     @property
     def stopped(self) -> bool:
@@ -88,13 +91,45 @@ def read_frames(source: Path, stride: int = 1, limit: int = MAX_FRAMES) -> tuple
 class Estimated(NamedTuple):
     layers: int            # BatchNorm layers re-estimated
     frames: int            # frames they were estimated on: fewer than given where stopped
+    training_share: float  # the share of the training statistics kept
+
+
+def training_share(frames: int, prior_frames: float = PRIOR_FRAMES) -> float:
+    """The share of the training statistics kept after estimating on ``frames`` frames, where they weigh as
+    much as ``prior_frames`` frames: a few frames move the statistics little, many move them most of the way."""
+    if frames < 0 or prior_frames < 0:
+        raise ValueError(f"frames and prior frames count up from 0, not {frames} and {prior_frames}")
+    return prior_frames / (prior_frames + frames) if prior_frames else 0.0
+
+
+def batchnorm_statistics(model) -> list[tuple]:
+    """A copy of every BatchNorm layer's (running mean, running variance), in module order."""
+    import torch
+    return [(m.running_mean.clone(), m.running_var.clone()) for m in model.modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def blend_statistics(model, source: list[tuple], share: float) -> None:
+    """Move ``model``'s BatchNorm statistics (in place) to ``share`` of ``source``'s (from
+    batchnorm_statistics of the model it started as) and 1 - share of its own: a prior on the training
+    statistics, as in Schneider et al., NeurIPS 2020 (0: the frames' alone, 1: the training city's)."""
+    import torch
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"the training statistics' share must lie in [0, 1], not {share}")
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if len(norms) != len(source):
+        raise ValueError(f"{len(source)} sets of statistics for {len(norms)} BatchNorm layers")
+    for m, (mean, var) in zip(norms, source):
+        m.running_mean.mul_(1 - share).add_(mean, alpha=share)
+        m.running_var.mul_(1 - share).add_(var, alpha=share)
 
 
 def adapt_batchnorm(model, cfg, frames: Iterable[np.ndarray], progress: Callable[[int, int], None] | None = None,
-                    stop: Callable[[], bool] | None = None, input_range=None) -> Estimated:
+                    stop: Callable[[], bool] | None = None, input_range=None, prior_frames: float = 0) -> Estimated:
     """Re-estimate every BatchNorm layer's running mean and variance of ``model`` (in place) as the
     plain average over ``frames``, each at its work size and brought inside ``input_range`` (the model's
-    card's, as its engines will bring them); the other layers run as in inference. ``stop`` ends it
+    card's, as its engines will bring them), then blend in the statistics it had, weighed as ``prior_frames``
+    frames (training_share; 0: the frames' alone); the other layers run as in inference. ``stop`` ends it
     between frames, the statistics then those of the frames before (none: reset, not for use)."""
     import torch
 
@@ -102,6 +137,7 @@ def adapt_batchnorm(model, cfg, frames: Iterable[np.ndarray], progress: Callable
     from sis.data.input_range import into_range
     from sis.engines.predict import given_frame, work_size
     from sis.zoo.preprocess import forward_logits
+    source = batchnorm_statistics(model) if prior_frames else None
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     for m in norms:
         m.reset_running_stats()
@@ -124,12 +160,15 @@ def adapt_batchnorm(model, cfg, frames: Iterable[np.ndarray], progress: Callable
     for m in norms:
         m.momentum = 0.1
     model.eval()
-    return Estimated(len(norms), used)
+    share = training_share(used, prior_frames)  # no frame seen and a prior: the statistics it had
+    if source is not None:
+        blend_statistics(model, source, share)
+    return Estimated(len(norms), used, share)
 
 
 def adapt_folder(init: Path, source: Path, out: Path, stride: int = 1,
                  progress: Callable[[int, int], None] | None = None,
-                 stop: Callable[[], bool] | None = None) -> Adaptation:
+                 stop: Callable[[], bool] | None = None, prior_frames: float = PRIOR_FRAMES) -> Adaptation:
     """The model in ``init`` adapted to the frames of ``source`` (a folder of photos or a clip), saved as
     a new model folder ``out``; ``init`` is never written. Raises AdaptError (nothing written) where
     the frames cannot adapt it, or ``stop`` came before enough of them had been seen."""
@@ -143,7 +182,7 @@ def adapt_folder(init: Path, source: Path, out: Path, stride: int = 1,
     t0 = time.perf_counter()
     model, cfg = models.load_model(init)
     start = zoo.read_card(init)
-    layers, used = adapt_batchnorm(model, cfg, frames, progress, stop, start.input_range)
+    layers, used, share = adapt_batchnorm(model, cfg, frames, progress, stop, start.input_range, prior_frames)
     if layers == 0:
         raise AdaptError(f"{cfg.name} has no BatchNorm layer to adapt")
     if used < MIN_FRAMES:  # stopped that early, the statistics stand for no street
@@ -151,12 +190,14 @@ def adapt_folder(init: Path, source: Path, out: Path, stride: int = 1,
                          "needs: nothing was written and the model is left as it was")
     seconds = time.perf_counter() - t0
     base = start.raw
-    result = Adaptation(str(init), str(out), used, skipped, round(seconds, 1), layers, len(frames))
+    result = Adaptation(str(init), str(out), used, skipped, round(seconds, 1), layers, len(frames), round(share, 4))
     # its engines bring photos inside the range its statistics were estimated on, as its starting model's do
     card = {k: base[k] for k in ("model", "paper_pair", "classes", "palette", "void", "recipe", "calibration",
                                  "input_range") if k in base}
     card.update(init=f"adapted:{init.name}", status="done", unlabeled=result.to_dict() | {
-        "method": "BatchNorm statistics re-estimated on the frames (AdaBN); no weight changed",
+        "method": "BatchNorm statistics re-estimated on the frames (AdaBN)" + (
+            f", {share:.0%} of the training statistics kept (they weigh as {prior_frames:g} frames)"
+            if prior_frames else "") + "; no weight changed",
         "source": str(source)})
     cfg.init = f"adapted:{init.name}"
     models.save_model(model, cfg, out, card)

@@ -144,8 +144,9 @@ def adapt_button(entry: catalog.Entry, source: Path, what: str, key: str, stride
     job = manager.for_session(sid, "adapt")
     name = f"{(entry.key[4:] if entry.key.startswith('run:') else entry.key)}-adapted-{time.strftime('%m%d-%H%M%S')}"
     if st.button(f"Adapt {entry.key} to {what} (no labels needed)", key=key, disabled=job is not None and job.active,
-                 help="Re-estimates the model's BatchNorm statistics on these frames (AdaBN): about a minute on a "
-                      "CPU; the result is a new model in every picker, the original is kept."):
+                 help="Re-estimates the model's BatchNorm statistics on these frames (AdaBN), keeping a share of the "
+                      "training city's that shrinks as the frames grow in number: about a minute on a CPU; the result "
+                      "is a new model in every picker, the original is kept."):
         try:
             manager.start_adapt(sid, entry.folder, source, name, stride)
         except jobs.JobError as e:
@@ -159,7 +160,8 @@ def adapt_button(entry: catalog.Entry, source: Path, what: str, key: str, stride
         elif result:
             on = f"{result['frames']} frames" if result["offered"] == result["frames"] else \
                 f"the first {result['frames']} of {result['offered']} frames (stopped)"
-            st.success(f"Adapted on {on} in {result['seconds']:.0f} s: pick "
+            st.success(f"Adapted on {on} in {result['seconds']:.0f} s, keeping {result['training_share']:.0%} of the "
+                       f"training city's statistics: pick "
                        f"**run:{Path(out).name}** in the model picker (the original is unchanged).")
 
 
