@@ -71,6 +71,15 @@ names = [n.strip() for n in a.shifts.split(",")]
 parse_shifts(",".join(n for n in names if n != CLEAN) or "all")
 shares = [v.strip() for v in a.source_share.split(",")]
 source = batchnorm_statistics(base)
+
+
+def engine_of(m):
+    e = create_engine("eager", m, cfg)
+    e.input_range, e.temperature = rng, card.temperature
+    return e
+
+
+plain = engine_of(base)
 rows = []
 for name in names:
     pairs = [(rgb, lab) if name == CLEAN else shifted(rgb, lab, name, a.severity, i, 0, void)
@@ -80,12 +89,6 @@ for name in names:
     t0 = time.perf_counter()
     adapt_batchnorm(estimated, cfg, adapt_on, input_range=rng)
     seconds = time.perf_counter() - t0
-
-    def engine_of(m):
-        e = create_engine("eager", m, cfg)
-        e.input_range, e.temperature = rng, card.temperature
-        return e
-    plain = engine_of(base)
     before = score_set(plain, score_on, classes, name, a.severity)
     signal0 = label_free(plain, adapt_on) if a.signals else None
     for share in (training_share(len(adapt_on)) if v == "rule" else float(v) for v in shares):

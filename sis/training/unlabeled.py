@@ -102,21 +102,24 @@ def training_share(frames: int, prior_frames: float = PRIOR_FRAMES) -> float:
     return prior_frames / (prior_frames + frames) if prior_frames else 0.0
 
 
+def _norms(model) -> list:
+    """Every BatchNorm layer of ``model``, in module order."""
+    import torch
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
 def batchnorm_statistics(model) -> list[tuple]:
     """A copy of every BatchNorm layer's (running mean, running variance), in module order."""
-    import torch
-    return [(m.running_mean.clone(), m.running_var.clone()) for m in model.modules()
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    return [(m.running_mean.clone(), m.running_var.clone()) for m in _norms(model)]
 
 
 def blend_statistics(model, source: list[tuple], share: float) -> None:
     """Move ``model``'s BatchNorm statistics (in place) to ``share`` of ``source``'s (from
     batchnorm_statistics of the model it started as) and 1 - share of its own: a prior on the training
     statistics, as in Schneider et al., NeurIPS 2020 (0: the frames' alone, 1: the training city's)."""
-    import torch
     if not 0.0 <= share <= 1.0:
         raise ValueError(f"the training statistics' share must lie in [0, 1], not {share}")
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    norms = _norms(model)
     if len(norms) != len(source):
         raise ValueError(f"{len(source)} sets of statistics for {len(norms)} BatchNorm layers")
     for m, (mean, var) in zip(norms, source):
@@ -138,7 +141,7 @@ def adapt_batchnorm(model, cfg, frames: Iterable[np.ndarray], progress: Callable
     from sis.engines.predict import given_frame, work_size
     from sis.zoo.preprocess import forward_logits
     source = batchnorm_statistics(model) if prior_frames else None
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    norms = _norms(model)
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # a cumulative average over the frames, not a decaying one
