@@ -5,6 +5,7 @@ import streamlit as st
 
 from sis.data.dataset import read_label
 from sis.studio import catalog, ui
+from sis.training.unlabeled import MIN_FRAMES
 from sis.vis import charts, report
 
 ui.ensure_router(__file__)
@@ -35,8 +36,11 @@ with left:  # the source and its own widgets, beside the model column
         if len(uploads) > ui.MAX_UPLOAD_FILES:
             st.warning(f"{len(uploads)} files uploaded; only the first {ui.MAX_UPLOAD_FILES} are used.")
             uploads = uploads[: ui.MAX_UPLOAD_FILES]
-        if entry is not None and len(uploads) >= 2:  # several photos of one street: adapt a model to them
+        if entry is not None and len(uploads) >= MIN_FRAMES:  # several photos of one street: adapt a model to them
             ui.adapt_button(entry, ui.stash_photos(uploads), f"these {len(uploads)} photos", key="seg_adapt")
+        elif entry is not None and len(uploads) >= 2:
+            st.caption(f"With {MIN_FRAMES} or more photos of one street and camera, a model can be adapted to "
+                       "them here (no labels needed).")
         if uploads:
             pick = st.selectbox("Image", range(len(uploads)), format_func=lambda i: uploads[i].name, key="seg_pick") \
                 if len(uploads) > 1 else 0

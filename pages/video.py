@@ -56,8 +56,7 @@ if st.button("Segment the clip", type="primary", key="vid_run", disabled=job is 
     except jobs.JobError as e:
         st.error(f"Not started: {e}.")
 
-# about 100 frames of the clip, spread over it, are enough to re-estimate the statistics
-ui.adapt_button(entry, path, "this clip", key="vid_adapt", stride=max(1, (info.frames or 100) // 100))
+ui.adapt_button(entry, path, "this clip", key="vid_adapt")
 ui.follow_job("video", "vid_last")
 done, out, note = st.session_state.get("vid_last") or (None, "", "")
 if note:

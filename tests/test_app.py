@@ -1007,6 +1007,24 @@ def test_a_fine_tuned_model_shows_its_verdict_and_can_be_named_and_removed(app_e
         catalog.remove_model(catalog.available_models()["unet-vgg11_bn"])
 
 
+
+def test_adapt_is_offered_from_as_many_photos_as_it_needs(app_env):
+    """Two photos: no Adapt button that could only refuse them, a line saying how many it takes."""
+    from conftest import make_frame
+
+    from sis.training.unlabeled import MIN_FRAMES
+    rng = np.random.default_rng(1)
+    at = _app("pages/segment.py")
+    _select_run(at)
+    at.radio(key="seg_source").set_value("Upload").run()
+    up = at.file_uploader(key="seg_upload")
+    for i in range(2):
+        up.upload(f"street{i}.png", _png(make_frame(rng, 60, 80)[0]), "image/png")
+    up.run()
+    assert not at.exception, at.exception
+    assert not [b for b in at.button if b.key == "seg_adapt"]
+    assert any(f"With {MIN_FRAMES} or more photos of one street" in c.value for c in at.caption)
+
 @pytest.mark.slow
 def test_adapt_a_model_to_a_few_uploaded_photos_without_labels(app_env):
     """Four photos of one street on Segment: one button adapts the model in a worker into a new model
@@ -1037,4 +1055,28 @@ def test_adapt_a_model_to_a_few_uploaded_photos_without_labels(app_env):
     at.run()  # the page's next run shows where the new model is and how much of the training city it kept
     said = " ".join(m.value for m in at.success)
     assert "Adapted on 4 frames" in said and "keeping 67% of the training city's statistics" in said, said
+    manager.jobs.clear()
+
+
+@pytest.mark.slow
+def test_adapt_a_model_to_an_uploaded_clip_takes_two_frames_a_second(app_env, tmp_path):
+    """A 4-second clip at 10 fps on Video: the button adapts on one frame in five, spread over the whole
+    clip (clip_stride), and the page says so."""
+    from test_video import _frames, write_clip
+
+    from sis.training.unlabeled import clip_stride
+    clip = write_clip(tmp_path / "drive.mp4", _frames(40, 48, 64), fps=10)
+    at = _app("pages/video.py")
+    at.selectbox(key="vid_model").set_value("run:tiny").run()
+    at.radio(key="vid_source").set_value("Upload").run()
+    at.file_uploader(key="vid_upload").upload("drive.mp4", clip.read_bytes(), "video/mp4").run()
+    at.button(key="vid_adapt").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    manager = _wait_for_jobs()
+    (job,) = [j for j in manager.jobs.values() if j.kind == "adapt"]
+    assert job.status == "done", job.message
+    assert clip_stride(40, 10.0) == 5 and (job.result["frames"], job.result["stride"]) == (8, 5)
+    at.run()
+    said = " ".join(m.value for m in at.success)
+    assert "Adapted on 8 frames (one in 5 of the clip)" in said, said
     manager.jobs.clear()

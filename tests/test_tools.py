@@ -107,13 +107,14 @@ def test_unlabeled_gain_blends_one_estimate_into_each_share(tiny_model, tiny_dat
     out = tmp_path / "gain.json"
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "unlabeled_gain.py"), str(tiny_model), "--data",
                         str(tiny_data), "--shifts", "clean,dusk", "--every", "1", "--source-share", "0,rule,1",
-                        "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                        "--adapt-frames", "2", "--spread", "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     rows = json.loads(out.read_text())["rows"]
     assert [(row["shift"], row["adapted_on"]) for row in rows] == [("clean", 2)] * 3 + [("dusk", 2)] * 3
     assert [row["source_share"] for row in rows[:3]] == [0.0, training_share(2), 1.0]
     assert all(row["after"] == row["before"] for row in rows if row["source_share"] == 1.0)
     assert "training statistics kept 0.80" in r.stdout
+    assert all(row["spread"] for row in rows) and "spread frames" in r.stdout
 
 
 def test_ship_engine_table_covers_cards_timed_on_other_hosts():

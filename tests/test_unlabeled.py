@@ -8,8 +8,9 @@ import torch
 from conftest import make_frame
 from PIL import Image
 
-from sis.training.unlabeled import (MIN_FRAMES, PRIOR_FRAMES, AdaptError, adapt_batchnorm, adapt_folder,
-                                    batchnorm_statistics, blend_statistics, check_frames, training_share)
+from sis.training.unlabeled import (CLIP_FRAMES, MIN_FRAMES, PRIOR_FRAMES, AdaptError, adapt_batchnorm, adapt_folder,
+                                    batchnorm_statistics, blend_statistics, check_frames, clip_stride, read_frames,
+                                    training_share)
 
 
 def test_batchnorm_statistics_become_the_frames_own():
@@ -91,6 +92,38 @@ def test_too_few_or_identical_frames_are_refused():
     with pytest.raises(AdaptError, match="100 frames are all but identical"):
         check_frames([same.copy() for _ in range(100)])
     check_frames([make_frame(rng, 40, 60)[0] for _ in range(MIN_FRAMES)])
+
+
+
+def test_a_clip_gives_two_frames_a_second_spread_over_all_of_it():
+    """At most two frames a second (nearer ones show the same street), at most CLIP_FRAMES in all, yet
+    MIN_FRAMES where a short clip has them."""
+    assert clip_stride(300, 30.0) == 15                        # a 10 s clip: 20 frames
+    assert 1800 // clip_stride(1800, 30.0) == CLIP_FRAMES      # a minute: 100 frames, 0.6 s apart
+    assert 36000 // clip_stride(36000, 30.0) <= CLIP_FRAMES    # twenty minutes: still 100
+    assert 30 // clip_stride(30, 30.0) >= MIN_FRAMES           # one second: 4 frames, not 2
+    assert clip_stride(3, 30.0) == 1 and clip_stride(None, 25.0) == 12  # a frame count the header does not give
+
+
+def test_frames_are_kept_at_their_work_size_and_a_clip_is_read_to_its_end(tmp_path):
+    """A phone's photos are held at the size the model sees them at (not 12 megapixels each), and a clip
+    is sampled over all its frames: its limit counts the frames taken, not the frames decoded."""
+    pytest.importorskip("av")
+    from test_video import write_clip
+    rng = np.random.default_rng(4)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(MIN_FRAMES):
+        Image.fromarray(make_frame(rng, 600, 800)[0]).save(photos / f"p{i}.png")
+    frames, skipped, stride = read_frames(photos, base=(60, 80))
+    assert [f.shape for f in frames] == [(60, 80, 3)] * MIN_FRAMES and skipped == [] and stride == 1
+    grey = [np.full((48, 64, 3), 10 * k, np.uint8) for k in range(20)]
+    clip = write_clip(tmp_path / "c.mp4", grey, fps=10)
+    frames, _, stride = read_frames(clip, stride=5, limit=3)
+    assert stride == 5 and [round(float(f.mean()) / 10) for f in frames] == [0, 5, 10]
+    frames, _, stride = read_frames(clip, base=(24, 32))  # the clip's own rule: 10 fps -> one frame in 5
+    assert stride == clip_stride(20, 10.0) == 5 and [round(float(f.mean()) / 10) for f in frames] == [0, 5, 10, 15]
+    assert frames[0].shape == (24, 32, 3)
 
 
 @pytest.mark.slow

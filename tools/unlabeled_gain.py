@@ -2,14 +2,16 @@
 
     python tools/unlabeled_gain.py MODEL --data ../shared/camvid [--shifts dusk,white_balance] [--severity 3] [--every 2]
                                    [--no-input-range] [--signals] [--source-share 0,0.25,0.5]
-                                   [--adapt-frames 8]
+                                   [--adapt-frames 8 [--spread]]
 
 For each shift: CamVid val under it (every N-th frame), split in two by frame parity; the model is adapted
 on the even frames (their labels unused) and both it and the original are scored on the odd ones, on eager
 fp32, through the app's predict path, each frame brought inside the card's input range as the app does
 (unless --no-input-range). With --source-share, one adapted model per share of the training statistics
 kept (blend_statistics; "rule": the share `sis adapt` keeps for that many frames), all from one pass over
-the frames; --adapt-frames N adapts on only the first N of the even frames. Prints mIoU before, after, the
+the frames; --adapt-frames N adapts on only the first N of the even frames (with --spread, N spaced evenly
+over all of them: CamVid val is one drive filmed at 15 labelled frames a second, so the first N are a
+fraction of a second of it and --spread the whole 7 seconds). Prints mIoU before, after, the
 gain and the adaptation's time. With --signals, also what could tell a gain from a loss without labels,
 read on the adaptation frames only: the change in mean calibrated confidence, and in the share of pixels
 labelled alike on a frame and its mirror image.
@@ -47,6 +49,13 @@ def label_free(engine, frames) -> tuple[float, float]:
     return float(np.mean(conf)), float(np.mean(alike))
 
 
+def picked(count: int, n: int | None, spread: bool) -> list[int]:
+    """Which of ``count`` frames to adapt on: all, the first ``n``, or ``n`` spaced evenly over them."""
+    if n is None or n >= count:
+        return list(range(count))
+    return [round(i * (count - 1) / max(n - 1, 1)) for i in range(n)] if spread else list(range(n))
+
+
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 p.add_argument("model")
 p.add_argument("--data", required=True)
@@ -57,6 +66,7 @@ p.add_argument("--json", help="also write the results here")
 p.add_argument("--no-input-range", action="store_true", help="give the model the frames as they are")
 p.add_argument("--signals", action="store_true", help="label-free signals on the adaptation frames (twice the time)")
 p.add_argument("--adapt-frames", type=int, help="adapt on only the first N of the even frames")
+p.add_argument("--spread", action="store_true", help="the N frames of --adapt-frames spaced evenly, not the first N")
 p.add_argument("--source-share", default="0", help="comma-separated shares of the training statistics to keep, "
                "each a number in [0, 1] or 'rule' (what `sis adapt` keeps)")
 a = p.parse_args()
@@ -84,7 +94,8 @@ rows = []
 for name in names:
     pairs = [(rgb, lab) if name == CLEAN else shifted(rgb, lab, name, a.severity, i, 0, void)
              for i, (_, rgb, lab) in enumerate(frames)]
-    adapt_on, score_on = [rgb for rgb, _ in pairs[0::2]][:a.adapt_frames], pairs[1::2]
+    adapt_on, score_on = [rgb for rgb, _ in pairs[0::2]], pairs[1::2]
+    adapt_on = [adapt_on[i] for i in picked(len(adapt_on), a.adapt_frames, a.spread)]
     estimated = copy.deepcopy(base)
     t0 = time.perf_counter()
     adapt_batchnorm(estimated, cfg, adapt_on, input_range=rng)
@@ -96,7 +107,7 @@ for name in names:
         blend_statistics(adapted, source, share)
         engine = engine_of(adapted)
         after = score_set(engine, score_on, classes, name, a.severity)
-        rows.append({"shift": name, "severity": 0 if name == CLEAN else a.severity, "adapted_on": len(adapt_on),
+        rows.append({"shift": name, "severity": 0 if name == CLEAN else a.severity, "adapted_on": len(adapt_on), "spread": a.spread,
                      "scored_on": len(score_on), "source_share": share, "before": before.miou, "after": after.miou,
                      "ece_before": before.ece, "ece_after": after.ece, "seconds": seconds})
         said = ""
@@ -107,6 +118,6 @@ for name in names:
         kept = f", training statistics kept {share:.2f}" if len(shares) > 1 or share else ""
         print(f"{name:14} mIoU {100 * before.miou:6.2f} -> {100 * after.miou:6.2f} ({100 * (after.miou - before.miou):+.2f}); "
               f"adapted on {len(adapt_on)} frames in {seconds:.0f} s{kept}{said}", flush=True)
-print(f"{folder.name}, severity {a.severity}, eager fp32, input range {'off' if rng is None else 'on'}, {cpu_model()}")
+print(f"{folder.name}, severity {a.severity}, {'spread' if a.spread else 'first'} frames, eager fp32, input range {'off' if rng is None else 'on'}, {cpu_model()}")
 if a.json:
     Path(a.json).write_text(json.dumps({"model": folder.name, "cpu": cpu_model(), "rows": rows}, indent=1))

@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--unlabeled", required=True, help="a folder of photos of one street and camera, or a clip")
     s.add_argument("--init", required=True, help="the model to start from: a registry name or a model folder")
     s.add_argument("--out", required=True, help="the new model folder")
-    s.add_argument("--stride", type=positive_int, default=1, help="use every N-th photo or frame")
+    s.add_argument("--stride", type=positive_int, help="use every N-th photo or frame (default: every photo; "
+                   "of a clip, two frames a second, at most 100 spread over it)")
     s.add_argument("--prior-frames", type=non_negative_float, default=PRIOR_FRAMES,
                    help="how many of your frames the training statistics weigh as; the fewer your frames, the more "
                         "of them is kept (default %(default)g; 0: your frames' statistics alone)")

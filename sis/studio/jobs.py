@@ -263,7 +263,7 @@ class JobManager:
             job = Job(job_id, session, {"model": Path(folder).name, **args}, str(out), kind="video")
             return self._spawn(job, video_worker, args, threads=host.threads())
 
-    def start_adapt(self, session: str, folder: Path, source: Path, name: str, stride: int = 1) -> Job:
+    def start_adapt(self, session: str, folder: Path, source: Path, name: str, stride: int | None = None) -> Job:
         """Adapt the model in ``folder`` to the unlabelled photos or clip at ``source`` in a worker process,
         under the same caps; the new model goes to the app's models folder as ``name``."""
         with self.lock:

@@ -21,6 +21,8 @@ MIN_FRAMES = 4        # fewer frames than this give statistics noisier than the 
 MAX_FRAMES = 400      # frames beyond this change the estimate little and cost time
 MIN_SPREAD = 2.0      # frames whose mean absolute difference (8-bit levels, at 64x64) is below this are one frame
 PRIOR_FRAMES = 8      # the training statistics weigh as much as this many of the user's frames (docs/robustness.md)
+CLIP_RATE = 2.0       # frames a second taken from a clip: nearer ones show the same street again (docs/robustness.md)
+CLIP_FRAMES = 100     # frames taken from a clip at most, spread over all of it
 
 
 class AdaptError(ValueError):
@@ -37,6 +39,7 @@ class Adaptation:
     layers: int            # BatchNorm layers re-estimated
     offered: int           # the frames read: more than ``frames`` where the adaptation was stopped
     training_share: float  # the share of the training statistics kept (training_share)
+    stride: int = 1        # every how many photos or clip frames one was used
 
     @property
     def stopped(self) -> bool:
@@ -63,18 +66,47 @@ def check_frames(frames: list[np.ndarray]) -> None:
                          "average): they cannot show the model a street; the model is left as it was")
 
 
-def read_frames(source: Path, stride: int = 1, limit: int = MAX_FRAMES) -> tuple[list[np.ndarray], list]:
-    """The RGB frames of a folder of images or a clip (every ``stride``-th frame), and the inputs skipped."""
-    from sis.data.images import ImageError, iter_images, load_image
-    from sis.video.clips import EXTENSIONS, iter_frames
+def clip_stride(frames: int | None, fps: float) -> int:
+    """Every how many frames of a clip to adapt on: at most CLIP_RATE a second and CLIP_FRAMES in all,
+    spread over the whole clip, yet MIN_FRAMES where a short clip has them."""
+    stride = max(1, int(fps // CLIP_RATE))
+    if frames:
+        stride = max(stride, -(-frames // CLIP_FRAMES))
+        stride = min(stride, max(1, frames // MIN_FRAMES))
+    return stride
+
+
+def _is_clip(source: Path) -> bool:
+    from sis.video.clips import EXTENSIONS
+    return Path(source).is_file() and Path(source).suffix.lower().lstrip(".") in EXTENSIONS
+
+
+def read_frames(source: Path, stride: int | None = None, limit: int = MAX_FRAMES,
+                base: tuple[int, int] | None = None) -> tuple[list[np.ndarray], list, int]:
+    """The RGB frames of a folder of images or a clip (every ``stride``-th one; None: every photo, or a
+    clip's frames by clip_stride), the inputs skipped, and the stride used. With ``base`` (a model's base
+    size), each frame is kept at the size the model will see it at (``engines.predict.work_size``), not
+    at the size it was taken at."""
+    from sis.data.images import ImageError, iter_images, load_image, resize_rgb
+    from sis.engines.predict import work_size
+    from sis.video.clips import iter_frames, probe
+
+    def kept(rgb: np.ndarray) -> np.ndarray:  # a phone's photo or a 4K frame, held only at its work size
+        return rgb if base is None else resize_rgb(rgb, work_size(*rgb.shape[:2], tuple(base)))
     source = Path(source)
     if not source.exists():
         raise AdaptError(f"{source} does not exist")
     frames, skipped = [], []
-    if source.is_file() and source.suffix.lower().lstrip(".") in EXTENSIONS:
-        for _, rgb in iter_frames(source, stride, limit):
-            frames.append(rgb)
-        return frames, skipped
+    if _is_clip(source):
+        if stride is None:
+            info = probe(source)
+            stride = clip_stride(info.frames, info.fps)
+        for _, rgb in iter_frames(source, stride):  # the whole clip: its limit counts the frames taken
+            frames.append(kept(rgb))
+            if len(frames) >= limit:
+                break
+        return frames, skipped, stride
+    stride = stride or 1
     paths = iter_images([source]) if source.is_dir() else [source]
     if source.is_dir():
         images = set(paths)
@@ -82,10 +114,10 @@ def read_frames(source: Path, stride: int = 1, limit: int = MAX_FRAMES) -> tuple
                     if p.is_file() and p not in images]
     for p in paths[::stride][:limit]:
         try:
-            frames.append(np.asarray(load_image(p).image))
+            frames.append(kept(np.asarray(load_image(p).image)))
         except ImageError as e:
             skipped.append((p.name, str(e)))
-    return frames, skipped
+    return frames, skipped, stride
 
 
 class Estimated(NamedTuple):
@@ -169,18 +201,20 @@ def adapt_batchnorm(model, cfg, frames: Iterable[np.ndarray], progress: Callable
     return Estimated(len(norms), used, share)
 
 
-def adapt_folder(init: Path, source: Path, out: Path, stride: int = 1,
+def adapt_folder(init: Path, source: Path, out: Path, stride: int | None = None,
                  progress: Callable[[int, int], None] | None = None,
                  stop: Callable[[], bool] | None = None, prior_frames: float = PRIOR_FRAMES) -> Adaptation:
-    """The model in ``init`` adapted to the frames of ``source`` (a folder of photos or a clip), saved as
-    a new model folder ``out``; ``init`` is never written. Raises AdaptError (nothing written) where
-    the frames cannot adapt it, or ``stop`` came before enough of them had been seen."""
+    """The model in ``init`` adapted to the frames of ``source`` (a folder of photos or a clip; every
+    ``stride``-th, or by read_frames' rule), saved as a new model folder ``out``; ``init`` is never
+    written. Raises AdaptError (nothing written) where the frames cannot adapt it, or ``stop`` came
+    before enough of them had been seen."""
     from sis import zoo
     from sis.zoo import models
+    from sis.zoo.registry import read_config
     init, out = Path(init), Path(out)
     if out.resolve() == init.resolve():
         raise AdaptError("the adapted model needs a folder of its own (--out), not the one it starts from")
-    frames, skipped = read_frames(source, stride)
+    frames, skipped, stride = read_frames(source, stride, base=read_config(init).base_size)
     check_frames(frames)
     t0 = time.perf_counter()
     model, cfg = models.load_model(init)
@@ -193,7 +227,8 @@ def adapt_folder(init: Path, source: Path, out: Path, stride: int = 1,
                          "needs: nothing was written and the model is left as it was")
     seconds = time.perf_counter() - t0
     base = start.raw
-    result = Adaptation(str(init), str(out), used, skipped, round(seconds, 1), layers, len(frames), round(share, 4))
+    result = Adaptation(str(init), str(out), used, skipped, round(seconds, 1), layers, len(frames), round(share, 4),
+                        stride)
     # its engines bring photos inside the range its statistics were estimated on, as its starting model's do
     card = {k: base[k] for k in ("model", "paper_pair", "classes", "palette", "void", "recipe", "calibration",
                                  "input_range") if k in base}

@@ -134,7 +134,7 @@ def follow_job(kind: str, slot: str) -> None:
     st.rerun()  # once, the whole page: what follows the progress bar shows the result
 
 
-def adapt_button(entry: catalog.Entry, source: Path, what: str, key: str, stride: int = 1) -> None:
+def adapt_button(entry: catalog.Entry, source: Path, what: str, key: str) -> None:
     """A button that adapts ``entry``'s model to the unlabelled ``source`` (photos or a clip) in a worker,
     its progress and Stop, and where the new model is when it ends."""
     import time
@@ -148,7 +148,7 @@ def adapt_button(entry: catalog.Entry, source: Path, what: str, key: str, stride
                       "training city's that shrinks as the frames grow in number: about a minute on a CPU; the result "
                       "is a new model in every picker, the original is kept."):
         try:
-            manager.start_adapt(sid, entry.folder, source, name, stride)
+            manager.start_adapt(sid, entry.folder, source, name)
         except jobs.JobError as e:
             st.error(f"Not started: {e}.")
     follow_job("adapt", f"{key}:last")
@@ -160,6 +160,8 @@ def adapt_button(entry: catalog.Entry, source: Path, what: str, key: str, stride
         elif result:
             on = f"{result['frames']} frames" if result["offered"] == result["frames"] else \
                 f"the first {result['frames']} of {result['offered']} frames (stopped)"
+            if result.get("stride", 1) > 1:
+                on += f" (one in {result['stride']} of the clip)"
             st.success(f"Adapted on {on} in {result['seconds']:.0f} s, keeping {result['training_share']:.0%} of the "
                        f"training city's statistics: pick "
                        f"**run:{Path(out).name}** in the model picker (the original is unchanged).")
