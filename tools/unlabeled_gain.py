@@ -107,8 +107,8 @@ for name in names:
         blend_statistics(adapted, source, share)
         engine = engine_of(adapted)
         after = score_set(engine, score_on, classes, name, a.severity)
-        rows.append({"shift": name, "severity": 0 if name == CLEAN else a.severity, "adapted_on": len(adapt_on), "spread": a.spread,
-                     "scored_on": len(score_on), "source_share": share, "before": before.miou, "after": after.miou,
+        rows.append({"shift": name, "severity": 0 if name == CLEAN else a.severity, "adapted_on": len(adapt_on),
+                     "spread": a.spread, "scored_on": len(score_on), "source_share": share, "before": before.miou, "after": after.miou,
                      "ece_before": before.ece, "ece_after": after.ece, "seconds": seconds})
         said = ""
         if a.signals:
@@ -118,6 +118,7 @@ for name in names:
         kept = f", training statistics kept {share:.2f}" if len(shares) > 1 or share else ""
         print(f"{name:14} mIoU {100 * before.miou:6.2f} -> {100 * after.miou:6.2f} ({100 * (after.miou - before.miou):+.2f}); "
               f"adapted on {len(adapt_on)} frames in {seconds:.0f} s{kept}{said}", flush=True)
-print(f"{folder.name}, severity {a.severity}, {'spread' if a.spread else 'first'} frames, eager fp32, input range {'off' if rng is None else 'on'}, {cpu_model()}")
+print(f"{folder.name}, severity {a.severity}, {'spread' if a.spread else 'first'} frames, eager fp32, "
+      f"input range {'off' if rng is None else 'on'}, {cpu_model()}")
 if a.json:
     Path(a.json).write_text(json.dumps({"model": folder.name, "cpu": cpu_model(), "rows": rows}, indent=1))

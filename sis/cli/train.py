@@ -94,6 +94,6 @@ def cmd_adapt(a) -> int:
     for name, why in res.skipped:
         print(f"skipped {name}: {why}", file=sys.stderr)
     taken = f", one in {res.stride}," if res.stride > 1 else ""
-    print(f"adapted {init.name} on {res.frames} frames{taken} ({res.layers} BatchNorm layers, {res.training_share:.0%} of the "
-          f"training statistics kept) in {res.seconds:.0f} s -> {out}")
+    print(f"adapted {init.name} on {res.frames} frames{taken} ({res.layers} BatchNorm layers, "
+          f"{res.training_share:.0%} of the training statistics kept) in {res.seconds:.0f} s -> {out}")
     return 0

@@ -76,6 +76,13 @@ def clip_stride(frames: int | None, fps: float) -> int:
     return stride
 
 
+def _at_work_size(rgb: np.ndarray, base: tuple[int, int]) -> np.ndarray:
+    """The frame at the size a model of base size ``base`` sees it at (``engines.predict.work_size``)."""
+    from sis.data.images import resize_rgb
+    from sis.engines.predict import work_size
+    return resize_rgb(rgb, work_size(*rgb.shape[:2], tuple(base)))
+
+
 def _is_clip(source: Path) -> bool:
     from sis.video.clips import EXTENSIONS
     return Path(source).is_file() and Path(source).suffix.lower().lstrip(".") in EXTENSIONS
@@ -87,12 +94,11 @@ def read_frames(source: Path, stride: int | None = None, limit: int = MAX_FRAMES
     clip's frames by clip_stride), the inputs skipped, and the stride used. With ``base`` (a model's base
     size), each frame is kept at the size the model will see it at (``engines.predict.work_size``), not
     at the size it was taken at."""
-    from sis.data.images import ImageError, iter_images, load_image, resize_rgb
-    from sis.engines.predict import work_size
+    from sis.data.images import ImageError, iter_images, load_image
     from sis.video.clips import iter_frames, probe
 
     def kept(rgb: np.ndarray) -> np.ndarray:  # a phone's photo or a 4K frame, held only at its work size
-        return rgb if base is None else resize_rgb(rgb, work_size(*rgb.shape[:2], tuple(base)))
+        return rgb if base is None else _at_work_size(rgb, base)
     source = Path(source)
     if not source.exists():
         raise AdaptError(f"{source} does not exist")
@@ -168,9 +174,8 @@ def adapt_batchnorm(model, cfg, frames: Iterable[np.ndarray], progress: Callable
     between frames, the statistics then those of the frames before (none: reset, not for use)."""
     import torch
 
-    from sis.data.images import resize_rgb
     from sis.data.input_range import into_range
-    from sis.engines.predict import given_frame, work_size
+    from sis.engines.predict import given_frame
     from sis.zoo.preprocess import forward_logits
     source = batchnorm_statistics(model) if prior_frames else None
     norms = _norms(model)
@@ -185,7 +190,7 @@ def adapt_batchnorm(model, cfg, frames: Iterable[np.ndarray], progress: Callable
         for i, rgb in enumerate(frames):
             if stop is not None and stop():
                 break
-            work = resize_rgb(rgb, work_size(*rgb.shape[:2], tuple(cfg.base_size)))
+            work = _at_work_size(rgb, cfg.base_size)
             seen = into_range(given_frame(work, input_range), input_range)  # what the model is given
             x = torch.from_numpy(np.ascontiguousarray(seen.transpose(2, 0, 1)))[None]
             forward_logits(model, cfg, x, amp=False)

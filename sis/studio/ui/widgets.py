@@ -160,7 +160,7 @@ def adapt_button(entry: catalog.Entry, source: Path, what: str, key: str) -> Non
         elif result:
             on = f"{result['frames']} frames" if result["offered"] == result["frames"] else \
                 f"the first {result['frames']} of {result['offered']} frames (stopped)"
-            if result.get("stride", 1) > 1:
+            if result["stride"] > 1:
                 on += f" (one in {result['stride']} of the clip)"
             st.success(f"Adapted on {on} in {result['seconds']:.0f} s, keeping {result['training_share']:.0%} of the "
                        f"training city's statistics: pick "
