@@ -1051,10 +1051,11 @@ def test_adapt_a_model_to_a_few_uploaded_photos_without_labels(app_env):
     assert new.name.startswith("tiny-adapted-") and (new / "model.safetensors").is_file()
     assert zoo.read_card(new).raw["unlabeled"]["frames"] == 4
     assert (app_env / "models" / "tiny" / "model.safetensors").read_bytes() == original
-    assert job.result["frames"] == 4
+    assert job.result["frames"] == 4 and job.result["fit_steps"] == job.result["fit_planned"] == 8
     at.run()  # the page's next run shows where the new model is and how much of the training city it kept
     said = " ".join(m.value for m in at.success)
-    assert "Adapted on 4 frames" in said and "keeping 67% of the training city's statistics" in said, said
+    assert "Adapted on 4 frames" in said and "keeping 67% of the training city's statistics, then 8 fitting steps" \
+        in said, said
     manager.jobs.clear()
 
 

@@ -348,7 +348,8 @@ def test_correct_a_camera_shot(server, browser):
 
 def test_adapt_to_my_uploaded_photos_without_labels(server, browser):
     """Four photos of one street uploaded on Segment, one click: the model adapted to them in a worker,
-    the page saying how many frames it saw, how much of the training city it kept and where the new model is;
+    the page saying how many frames it saw, how much of the training city it kept, how many steps fitted it
+    to them and where the new model is;
     the new model then in the picker."""
     page = _page(browser, server, "segment", height=2400)
     page.get_by_text("Upload", exact=True).click()
@@ -358,7 +359,8 @@ def test_adapt_to_my_uploaded_photos_without_labels(server, browser):
     _idle(page)
     button = page.get_by_role("button", name=re.compile(r"^Adapt .* to these 4 photos \(no labels needed\)$"))
     button.click()
-    said = page.get_by_text(re.compile(r"^Adapted on 4 frames in \d+ s, keeping 67% of the training city's statistics"))
+    said = page.get_by_text(re.compile(r"^Adapted on 4 frames in \d+ s, keeping 67% of the training city's statistics, "
+                                       r"then 8 fitting steps: pick"))
     said.wait_for(timeout=300_000)
     _idle(page)
     new = re.search(r"run:(\S+-adapted-\d{4}-\d{6})", said.inner_text()).group(1)

@@ -1,6 +1,7 @@
 """Adapting without labels: BatchNorm statistics re-estimated on a user's frames, and the bad inputs."""
 import copy
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -8,9 +9,9 @@ import torch
 from conftest import make_frame
 from PIL import Image
 
-from sis.training.unlabeled import (CLIP_FRAMES, MIN_FRAMES, PRIOR_FRAMES, AdaptError, adapt_batchnorm, adapt_folder,
-                                    batchnorm_statistics, blend_statistics, check_frames, clip_stride, read_frames,
-                                    training_share)
+from sis.training.unlabeled import (CLIP_FRAMES, FIT_STEPS, MIN_FRAMES, PRIOR_FRAMES, AdaptError, adapt_batchnorm,
+                                    adapt_folder, batchnorm_statistics, blend_statistics, check_frames, clip_stride,
+                                    fit_steps, fit_to_frames, read_frames, training_share)
 
 
 def test_batchnorm_statistics_become_the_frames_own():
@@ -84,6 +85,84 @@ def test_a_share_of_the_training_statistics_is_kept_as_a_weighted_average():
         blend_statistics(own, source[:-1], 0.5)
 
 
+def _mean_entropy(model, cfg, frames) -> float:
+    from sis.training.unlabeled import _seen
+    from sis.zoo.preprocess import forward_logits
+    with torch.no_grad():
+        logits = torch.cat([forward_logits(model, cfg, _seen(f, cfg, None), amp=False) for f in frames])
+    return float(-(logits.softmax(1) * logits.log_softmax(1)).sum(1).mean())
+
+
+def test_fitting_to_the_frames_makes_the_model_surer_by_its_batchnorm_scales_and_shifts_alone():
+    """Entropy minimised (TENT): the predictions on the frames grow surer, and only the BatchNorm layers'
+    scales and shifts move: the statistics just estimated and every other weight stay as they were."""
+    from sis import zoo
+    from sis.zoo import models
+    torch.manual_seed(0)
+    model, cfg = models.create_model(replace(zoo.make_config("pspnet-resnet18"), base_size=(64, 96)))
+    rng = np.random.default_rng(2)
+    frames = [make_frame(rng, 64, 96)[0] for _ in range(MIN_FRAMES)]
+    adapt_batchnorm(model, cfg, frames)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    entropy = _mean_entropy(model, cfg, frames)
+    seen = []
+    assert fit_to_frames(model, cfg, frames, 12, lr=1e-2, progress=seen.append) == 12 and seen == list(range(1, 13))
+    assert _mean_entropy(model, cfg, frames) < 0.9 * entropy
+    norm_params = {f"{n}.{p}" for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)
+                   for p in ("weight", "bias")}
+    moved = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert moved and moved <= norm_params
+    assert all(p.requires_grad for p in model.parameters())  # given back as it was
+    calls = iter(range(100))
+    assert fit_to_frames(model, cfg, frames, 12, stop=lambda: next(calls) >= 5) == 5  # stopped between steps
+    assert fit_to_frames(model, cfg, frames, 0) == 0
+
+
+def test_self_training_fits_the_model_to_its_targets_where_they_are_sure():
+    """With targets (the measuring tool's pseudo-labels), the cross-entropy to them: a class asked for
+    everywhere but the unsure pixels (255) comes to be predicted on more of the frames."""
+    from sis import zoo
+    from sis.zoo import models
+    torch.manual_seed(1)
+    model, cfg = models.create_model(replace(zoo.make_config("pspnet-resnet18"), base_size=(64, 96)))
+    rng = np.random.default_rng(3)
+    frames = [make_frame(rng, 64, 96)[0] for _ in range(MIN_FRAMES)]
+    adapt_batchnorm(model, cfg, frames)
+    targets = [np.full(f.shape[:2], 3, np.uint8) for f in frames]
+    for t in targets:
+        t[:8] = 255
+
+    def share_of_3():
+        from sis.training.unlabeled import _seen
+        from sis.zoo.preprocess import forward_logits
+        with torch.no_grad():
+            return float(np.mean([(forward_logits(model, cfg, _seen(f, cfg, None), amp=False).argmax(1) == 3)
+                                  .float().mean() for f in frames]))
+    start = share_of_3()
+    fit_to_frames(model, cfg, frames, 12, lr=1e-2, targets=targets, train="all")
+    assert share_of_3() > max(0.9, start + 0.2), (start, share_of_3())
+    with pytest.raises(ValueError, match="'norm' or 'all'"):
+        fit_to_frames(model, cfg, frames, 1, train="head")
+
+
+def test_a_small_host_adapts_by_the_statistics_alone(monkeypatch):
+    """The fit's backward pass needs about half a GB more: a host under SMALL_HOST_MB (a hosted instance)
+    leaves it out unless asked; a larger one fits for FIT_EPOCHS."""
+    from sis.host import SMALL_HOST_MB
+    from sis.training.unlabeled import FIT_EPOCHS, fit_epochs_here
+    monkeypatch.setenv("SIS_MEMORY_LIMIT_MB", str(SMALL_HOST_MB - 100))
+    assert fit_epochs_here() == 0
+    monkeypatch.setenv("SIS_MEMORY_LIMIT_MB", str(SMALL_HOST_MB * 4))
+    assert fit_epochs_here() == FIT_EPOCHS > 0
+
+
+def test_the_fit_takes_two_passes_over_the_frames_and_no_more_than_its_cap():
+    assert fit_steps(4) == 8 and fit_steps(20) == 40 and fit_steps(26) == FIT_STEPS == 50 and fit_steps(400) == 50
+    assert fit_steps(26, 0) == 0 and fit_steps(10, 1) == 10
+    with pytest.raises(ValueError, match="count up from 0"):
+        fit_steps(4, -1)
+
+
 def test_too_few_or_identical_frames_are_refused():
     rng = np.random.default_rng(0)
     with pytest.raises(AdaptError, match=f"1 frame is too few to adapt a model \\(at least {MIN_FRAMES}"):
@@ -150,8 +229,13 @@ def test_cli_adapts_a_folder_of_mixed_photos_and_leaves_the_original(tiny_model,
     assert (tiny_model / "model.safetensors").read_bytes() == original
     new, _ = models.load_model(out)
     old, _ = models.load_model(tiny_model)
-    diff = [k for k, v in new.state_dict().items() if not torch.equal(v, old.state_dict()[k])]
-    assert diff and all(k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in diff)
+    norm_params = {f"{n}.{p}" for n, m in old.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                   for p in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}
+    diff = {k for k, v in new.state_dict().items() if not torch.equal(v, old.state_dict()[k])}
+    assert diff and diff <= norm_params and any(k.endswith("weight") for k in diff)  # statistics, then the fit
+    card = zoo.read_card(out).raw["unlabeled"]
+    assert card["fit_steps"] == card["fit_planned"] == fit_steps(MIN_FRAMES) and "TENT" in card["method"]
+    assert f"then {fit_steps(MIN_FRAMES)} fitting steps" in text.out
     assert main(["adapt", "--unlabeled", str(photos), "--init", str(tiny_model), "--out", str(out)]) == 2
     assert "exists and is not empty" in capsys.readouterr().err
     few = tmp_path / "few"
@@ -167,6 +251,13 @@ def test_cli_adapts_a_folder_of_mixed_photos_and_leaves_the_original(tiny_model,
     alone, _ = models.load_model(tmp_path / "alone")
     key = next(k for k in new.state_dict() if k.endswith("running_mean"))
     assert not torch.allclose(alone.state_dict()[key], new.state_dict()[key])
+    assert main(["adapt", "--unlabeled", str(photos), "--init", str(tiny_model), "--out", str(tmp_path / "stats"),
+                 "--fit-epochs", "0"]) == 0
+    assert "fitting steps" not in capsys.readouterr().out
+    stats, _ = models.load_model(tmp_path / "stats")  # the statistics alone: every weight as it was
+    assert all(torch.equal(v, old.state_dict()[k]) for k, v in stats.state_dict().items()
+               if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    assert zoo.read_card(tmp_path / "stats").raw["unlabeled"]["fit_steps"] == 0
     with pytest.raises(SystemExit):
         main(["adapt", "--unlabeled", str(photos), "--init", str(tiny_model), "--out", str(tmp_path / "y"),
               "--prior-frames", "-1"])
@@ -232,10 +323,17 @@ def test_stop_keeps_the_statistics_of_the_frames_seen_or_writes_nothing(tiny_mod
     said = zoo.read_card(tmp_path / "late").raw["unlabeled"]
     # the prior weighs against the frames seen, not the frames offered
     assert said["frames"] == MIN_FRAMES + 1 and said["training_share"] == round(training_share(MIN_FRAMES + 1), 4)
+    assert res.fit_steps == 0 < res.fit_planned == fit_steps(MIN_FRAMES + 1)  # stopped before the fit
     by_hand, cfg = models.load_model(tiny_model)
     assert adapt_batchnorm(by_hand, cfg, frames[:MIN_FRAMES + 1], input_range=zoo.read_card(tiny_model).input_range,
                            prior_frames=PRIOR_FRAMES) == (res.layers, MIN_FRAMES + 1, training_share(MIN_FRAMES + 1))
     late, _ = models.load_model(tmp_path / "late")
     key = next(k for k in late.state_dict() if k.endswith("running_var"))
     assert torch.allclose(late.state_dict()[key], by_hand.state_dict()[key].half().float(), rtol=1e-2, atol=1e-3)
+    # stopped while fitting: every frame's statistics and the steps done so far are kept, and the card says so
+    res = adapt_folder(tiny_model, street, tmp_path / "fitting", stop=stop_after(len(frames) + 3))
+    assert res.stopped and res.frames == res.offered == len(frames) and (res.fit_steps, res.fit_planned) == (
+        3, fit_steps(len(frames)))
+    said = zoo.read_card(tmp_path / "fitting").raw["unlabeled"]
+    assert (said["fit_steps"], said["fit_planned"]) == (3, fit_steps(len(frames))) and "3 steps" in said["method"]
     assert (tiny_model / "model.safetensors").read_bytes() == original

@@ -2,7 +2,7 @@
 
     python tools/unlabeled_gain.py MODEL --data ../shared/camvid [--shifts dusk,white_balance] [--severity 3] [--every 2]
                                    [--no-input-range] [--signals] [--source-share 0,0.25,0.5]
-                                   [--adapt-frames 8 [--spread]]
+                                   [--adapt-frames 8 [--spread]] [--fit-epochs 2 [--fit entropy:norm:1e-4,...]]
 
 For each shift: CamVid val under it (every N-th frame), split in two by frame parity; the model is adapted
 on the even frames (their labels unused) and both it and the original are scored on the odd ones, on eager
@@ -14,7 +14,10 @@ over all of them: CamVid val is one drive filmed at 15 labelled frames a second,
 fraction of a second of it and --spread the whole 7 seconds). Prints mIoU before, after, the
 gain and the adaptation's time. With --signals, also what could tell a gain from a loss without labels,
 read on the adaptation frames only: the change in mean calibrated confidence, and in the share of pixels
-labelled alike on a frame and its mirror image.
+labelled alike on a frame and its mirror image. With --fit-epochs, the adapted model is then fitted to the
+adaptation frames as `sis adapt` does (fit_to_frames), each --fit LOSS:TRAIN:RATE in turn: LOSS entropy
+(TENT, what `sis adapt` does) or pseudo (cross-entropy to the adapted model's multi-scale + flip labels
+where surer than --pseudo-threshold), TRAIN norm (the BatchNorm scales and shifts) or all (every weight).
 """
 from __future__ import annotations
 
@@ -31,11 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sis import zoo  # noqa: E402
 from sis.data.shifts import parse_shifts, shifted  # noqa: E402
 from sis.engines import create_engine  # noqa: E402
+from sis.engines.accurate import TTA, AccurateEngine  # noqa: E402
 from sis.engines.predict import predict  # noqa: E402
 from sis.host import cpu_model  # noqa: E402
 from sis.training.robustness import CLEAN, score_set, val_frames  # noqa: E402
 from sis.training.unlabeled import (adapt_batchnorm, batchnorm_statistics, blend_statistics,  # noqa: E402
-                                    training_share)
+                                    _at_work_size, fit_steps, fit_to_frames, training_share)
 from sis.zoo import models  # noqa: E402
 
 
@@ -69,6 +73,13 @@ p.add_argument("--adapt-frames", type=int, help="adapt on only the first N of th
 p.add_argument("--spread", action="store_true", help="the N frames of --adapt-frames spaced evenly, not the first N")
 p.add_argument("--source-share", default="0", help="comma-separated shares of the training statistics to keep, "
                "each a number in [0, 1] or 'rule' (what `sis adapt` keeps)")
+p.add_argument("--fit-epochs", type=float, default=0, help="then fit the adapted model to the adaptation frames for "
+               "this many passes over them, at most `sis adapt`'s steps (fit_steps; scored after each pass and at "
+               "the end), one run per --fit")
+p.add_argument("--fit", default="entropy:norm:1e-4", help="comma-separated LOSS:TRAIN:RATE, LOSS entropy or "
+               "pseudo (the adapted model's multi-scale+flip labels where surer than --pseudo-threshold), "
+               "TRAIN norm or all")
+p.add_argument("--pseudo-threshold", type=float, default=0.9)
 a = p.parse_args()
 folder = zoo.resolve(a.model)
 base, cfg = models.load_model(folder)
@@ -116,8 +127,43 @@ for name in names:
             rows[-1].update(confidence_before=c0, confidence_after=c1, mirror_alike_before=f0, mirror_alike_after=f1)
             said = f"; on those frames, confidence {100 * (c1 - c0):+.2f}, mirror agreement {100 * (f1 - f0):+.2f}"
         kept = f", training statistics kept {share:.2f}" if len(shares) > 1 or share else ""
-        print(f"{name:14} mIoU {100 * before.miou:6.2f} -> {100 * after.miou:6.2f} ({100 * (after.miou - before.miou):+.2f}); "
+        print(f"{name:14} mIoU {100 * before.miou:6.2f} -> {100 * after.miou:6.2f} ({100 * (after.miou - before.miou):+.2f}), "
+              f"ECE {100 * before.ece:.2f}% -> {100 * after.ece:.2f}%; "
               f"adapted on {len(adapt_on)} frames in {seconds:.0f} s{kept}{said}", flush=True)
+        fits = [f.split(":") for f in a.fit.split(",")] if a.fit_epochs else []
+        targets = None
+        if any(loss == "pseudo" for loss, _, _ in fits):
+            t1 = time.perf_counter()
+            teacher = AccurateEngine([engine_of(adapted)], TTA.from_mode("ms"))
+            targets = []
+            for rgb in adapt_on:
+                pred = predict(teacher, _at_work_size(rgb, cfg.base_size))
+                targets.append(np.where(pred.confidence >= a.pseudo_threshold, pred.labels, 255).astype(np.uint8))
+            labelled = float(np.mean([(t != 255).mean() for t in targets]))
+            teacher_s = time.perf_counter() - t1
+            print(f"{name:14}   pseudo-labels in {teacher_s:.0f} s, {100 * labelled:.0f}% of pixels", flush=True)
+        steps = fit_steps(len(adapt_on), a.fit_epochs)
+        for loss, train, lr in fits:
+            lr = float(lr)
+            fitted, clock = copy.deepcopy(adapted), {"start": time.perf_counter(), "scoring": 0.0}
+            extra = teacher_s if loss == "pseudo" else 0.0
+
+            def scored(done, fitted=fitted, clock=clock, lr=lr, share=share, loss=loss, train=train, extra=extra):
+                if done % len(adapt_on) and done != steps:
+                    return
+                t2 = time.perf_counter()
+                took = t2 - clock["start"] - clock["scoring"] + extra  # the fitting alone, not the scoring between epochs
+                res = score_set(engine_of(fitted), score_on, classes, name, a.severity)
+                clock["scoring"] += time.perf_counter() - t2
+                rows.append({"shift": name, "severity": 0 if name == CLEAN else a.severity, "adapted_on": len(adapt_on),
+                             "source_share": share, "fit": f"{loss}:{train}:{lr:g}", "fit_steps": done,
+                             "before": before.miou, "after": res.miou, "ece_before": before.ece, "ece_after": res.ece,
+                             "seconds": seconds + took})
+                print(f"{name:14}   + {loss} {train} lr {lr:g}, {done} steps: "
+                      f"{100 * res.miou:6.2f} ({100 * (res.miou - before.miou):+.2f}), ECE {100 * res.ece:.2f}% "
+                      f"in {took:.0f} s more", flush=True)
+            fit_to_frames(fitted, cfg, adapt_on, steps, lr, rng, card.temperature,
+                          targets if loss == "pseudo" else None, train, progress=scored)
 print(f"{folder.name}, severity {a.severity}, {'spread' if a.spread else 'first'} frames, eager fp32, "
       f"input range {'off' if rng is None else 'on'}, {cpu_model()}")
 if a.json:

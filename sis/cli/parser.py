@@ -11,7 +11,8 @@ from sis.cli.train import cmd_adapt, cmd_train
 from sis.cli.types import (hw_size, non_negative_float, positive_int, scale_list, scale_range, severity_list, split_list,
                            weight_list)
 from sis.data.shifts import list_shifts
-from sis.training.unlabeled import PRIOR_FRAMES
+from sis.host import SMALL_HOST_MB
+from sis.training.unlabeled import FIT_EPOCHS, FIT_STEPS, PRIOR_FRAMES
 
 
 def add_accurate_options(s, default_engine: str) -> None:
@@ -93,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_eval)
 
     s = sub.add_parser("adapt", help="adapt a model to your street from unlabelled photos or a clip (its "
-                       "BatchNorm statistics re-estimated on them); writes a new model folder")
+                       "BatchNorm statistics re-estimated on them, then its BatchNorm layers fitted to surer "
+                       "predictions on them); writes a new model folder")
     s.add_argument("--unlabeled", required=True, help="a folder of photos of one street and camera, or a clip")
     s.add_argument("--init", required=True, help="the model to start from: a registry name or a model folder")
     s.add_argument("--out", required=True, help="the new model folder")
@@ -102,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prior-frames", type=non_negative_float, default=PRIOR_FRAMES,
                    help="how many of your frames the training statistics weigh as; the fewer your frames, the more "
                         "of them is kept (default %(default)g; 0: your frames' statistics alone)")
+    s.add_argument("--fit-epochs", type=non_negative_float,
+                   help=f"passes over your frames fitting the BatchNorm scales and shifts to surer predictions "
+                        f"(entropy minimised), at most {FIT_STEPS} steps (default {FIT_EPOCHS:g}, none on a host under "
+                        f"{SMALL_HOST_MB} MB; 0: the statistics alone)")
     s.set_defaults(fn=cmd_adapt)
 
     s = sub.add_parser("calibrate", help="fit a model's softmax temperature on val (its confidence then means "

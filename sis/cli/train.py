@@ -79,7 +79,8 @@ def cmd_train(a) -> int:
 
 
 def cmd_adapt(a) -> int:
-    """``adapt --unlabeled``: a new model folder with the BatchNorm statistics of the user's frames."""
+    """``adapt --unlabeled``: a new model folder with the BatchNorm statistics of the user's frames, then its
+    BatchNorm layers fitted to surer predictions on them."""
     from sis import zoo
     from sis.training.unlabeled import adapt_folder
     init = zoo.resolve(a.init)
@@ -88,12 +89,14 @@ def cmd_adapt(a) -> int:
         raise zoo.ModelError(f"{out} exists and is not empty; choose a new folder for the adapted model")
 
     def progress(i, n):
-        print(f"\radapting: {i}/{n} frames", end="", file=sys.stderr)
-    res = adapt_folder(init, Path(a.unlabeled), out, a.stride, progress, prior_frames=a.prior_frames)
+        print(f"\radapting: {i}/{n} steps", end="", file=sys.stderr)
+    res = adapt_folder(init, Path(a.unlabeled), out, a.stride, progress, prior_frames=a.prior_frames,
+                       fit_epochs=a.fit_epochs)
     print(file=sys.stderr)
     for name, why in res.skipped:
         print(f"skipped {name}: {why}", file=sys.stderr)
     taken = f", one in {res.stride}," if res.stride > 1 else ""
+    fitted = f", then {res.fit_steps} fitting steps" if res.fit_steps else ""
     print(f"adapted {init.name} on {res.frames} frames{taken} ({res.layers} BatchNorm layers, "
-          f"{res.training_share:.0%} of the training statistics kept) in {res.seconds:.0f} s -> {out}")
+          f"{res.training_share:.0%} of the training statistics kept{fitted}) in {res.seconds:.0f} s -> {out}")
     return 0

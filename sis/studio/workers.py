@@ -125,7 +125,7 @@ def adapt_worker(args: dict, threads: int, events, stop_event) -> None:
     try:
         def tick(i, n):
             events.put(("progress", {"phase": "adapt", "model": Path(args["folder"]).name, "step": i,
-                                     "total_steps": n, "unit": "frames"}))
+                                     "total_steps": n, "unit": "steps"}))
         res = adapt_folder(Path(args["folder"]), Path(args["source"]), Path(args["out"]), args.get("stride"),
                            tick, stop_event.is_set)
         events.put(("result", asdict(Outcome("stopped" if stop_event.is_set() else "done", res.frames, args["out"],

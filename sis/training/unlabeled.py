@@ -1,12 +1,14 @@
 """Adapting a model to a user's street from unlabelled frames: its BatchNorm statistics re-estimated on
-them (AdaBN, Li et al. 2016), every weight kept.
+them (AdaBN, Li et al. 2016), then its BatchNorm scales and shifts fitted to surer predictions on them
+(TENT, Wang et al., ICLR 2021); every other weight kept.
 
 A model trained on one city normalises each layer's features with that city's means and variances; a
 new camera or light shifts them. Re-estimating them on a few dozen of the user's own frames (one street,
 one camera) moves the normalisation to where their features are; the training statistics keep a share
-that shrinks as the frames grow in number (a prior, as in Schneider et al., NeurIPS 2020). Nothing is
-learned from labels, so nothing can be taught wrong, but it is measured (docs/robustness.md): where it
-would not help (too few frames, frames too alike) it says so and writes nothing.
+that shrinks as the frames grow in number (a prior, as in Schneider et al., NeurIPS 2020). A few steps
+minimising the entropy of the predictions then fit each normalisation's scale and shift to those frames.
+Nothing is learned from labels, but it is measured (docs/robustness.md): where it would not help (too
+few frames, frames too alike) it says so and writes nothing.
 """
 from __future__ import annotations
 
@@ -23,6 +25,9 @@ MIN_SPREAD = 2.0      # frames whose mean absolute difference (8-bit levels, at 
 PRIOR_FRAMES = 8      # the training statistics weigh as much as this many of the user's frames (docs/robustness.md)
 CLIP_RATE = 2.0       # frames a second taken from a clip: nearer ones show the same street again (docs/robustness.md)
 CLIP_FRAMES = 100     # frames taken from a clip at most, spread over all of it
+FIT_EPOCHS = 2        # passes over the frames fitting the BatchNorm scales and shifts (docs/robustness.md)
+FIT_STEPS = 50        # fitting steps at most: many frames gain no more and each step costs two passes' time
+FIT_LR = 1e-4         # Adam's rate for that fit: ten times more collapses the predictions (docs/robustness.md)
 
 
 class AdaptError(ValueError):
@@ -40,10 +45,12 @@ class Adaptation:
     offered: int           # the frames read: more than ``frames`` where the adaptation was stopped
     training_share: float  # the share of the training statistics kept (training_share)
     stride: int = 1        # every how many photos or clip frames one was used
+    fit_steps: int = 0     # steps fitting the BatchNorm scales and shifts to surer predictions (fit_to_frames)
+    fit_planned: int = 0   # the steps planned: more than ``fit_steps`` where the adaptation was stopped
 
     @property
     def stopped(self) -> bool:
-        return self.frames < self.offered
+        return self.frames < self.offered or self.fit_steps < self.fit_planned
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -174,8 +181,6 @@ def adapt_batchnorm(model, cfg, frames: Iterable[np.ndarray], progress: Callable
     between frames, the statistics then those of the frames before (none: reset, not for use)."""
     import torch
 
-    from sis.data.input_range import into_range
-    from sis.engines.predict import given_frame
     from sis.zoo.preprocess import forward_logits
     source = batchnorm_statistics(model) if prior_frames else None
     norms = _norms(model)
@@ -190,10 +195,7 @@ def adapt_batchnorm(model, cfg, frames: Iterable[np.ndarray], progress: Callable
         for i, rgb in enumerate(frames):
             if stop is not None and stop():
                 break
-            work = _at_work_size(rgb, cfg.base_size)
-            seen = into_range(given_frame(work, input_range), input_range)  # what the model is given
-            x = torch.from_numpy(np.ascontiguousarray(seen.transpose(2, 0, 1)))[None]
-            forward_logits(model, cfg, x, amp=False)
+            forward_logits(model, cfg, _seen(rgb, cfg, input_range), amp=False)
             used += 1
             if progress:
                 progress(i + 1, len(frames))
@@ -206,13 +208,106 @@ def adapt_batchnorm(model, cfg, frames: Iterable[np.ndarray], progress: Callable
     return Estimated(len(norms), used, share)
 
 
+def _seen(rgb: np.ndarray, cfg, input_range):
+    """(1, 3, h, w) uint8 tensor of what the model is given for ``rgb``: at its work size, inside the range."""
+    import torch
+
+    from sis.data.input_range import into_range
+    from sis.engines.predict import given_frame
+    seen = into_range(given_frame(_at_work_size(rgb, cfg.base_size), input_range), input_range)
+    return torch.from_numpy(np.ascontiguousarray(seen.transpose(2, 0, 1)))[None]
+
+
+def fit_epochs_here() -> float:
+    """FIT_EPOCHS, or none on a small host (``host.is_small``): the fit's backward pass holds about half a
+    GB more than the statistics do (docs/memory.md), more than a hosted instance has to spare."""
+    from sis import host
+    return 0.0 if host.is_small() else FIT_EPOCHS
+
+
+def fit_steps(frames: int, epochs: float = FIT_EPOCHS) -> int:
+    """How many fitting steps an adaptation on ``frames`` frames takes: ``epochs`` passes over them, at most
+    FIT_STEPS (0: the statistics alone)."""
+    if frames < 0 or epochs < 0:
+        raise ValueError(f"frames and fitting epochs count up from 0, not {frames} and {epochs}")
+    return min(round(epochs * frames), FIT_STEPS)
+
+
+def fit_to_frames(model, cfg, frames: list[np.ndarray], steps: int, lr: float = FIT_LR, input_range=None,
+                  temperature: float = 1.0, targets: list[np.ndarray] | None = None, train: str = "norm",
+                  seed: int = 0, progress: Callable[[int], None] | None = None,
+                  stop: Callable[[], bool] | None = None) -> int:
+    """Fit ``model`` (in place) to unlabelled ``frames`` for ``steps`` steps of Adam, one frame a step, each
+    frame once a pass in a seeded order, mirrored at random; the running statistics (adapt_batchnorm's)
+    stay as they are. Without ``targets`` it minimises the mean per-pixel entropy of the calibrated softmax
+    (TENT, Wang et al., ICLR 2021); with them (one (h, w) uint8 label map per frame at its work size, 255
+    where unsure) the cross-entropy to them (self-training on pseudo-labels; measured, not used by
+    ``adapt_folder``). ``train``: "norm" fits every BatchNorm layer's scale and shift only, "all" every
+    weight. ``progress`` gets the steps done after each; ``stop`` ends it between steps. Returns the steps done."""
+    import torch
+    import torch.nn.functional as F
+
+    from sis.zoo.preprocess import forward_logits
+    if train not in ("norm", "all"):
+        raise ValueError(f"train is 'norm' or 'all', not {train!r}")
+    params = ([p for m in _norms(model) for p in (m.weight, m.bias) if p is not None] if train == "norm"
+              else list(model.parameters()))
+    if steps <= 0 or not frames or not params:
+        return 0
+    held = {p: p.requires_grad for p in model.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    model.eval()  # normalised by the statistics just estimated, as in inference
+    opt = torch.optim.Adam(params, lr)
+    rng = np.random.default_rng(seed)
+    xs = [_seen(rgb, cfg, input_range) for rgb in frames]
+    ys = None if targets is None else [torch.from_numpy(t.astype(np.int64))[None] for t in targets]
+    order, done = [], 0
+    try:
+        while done < steps:
+            if stop is not None and stop():
+                break
+            if not order:
+                order = list(rng.permutation(len(xs)))
+            i = order.pop(0)
+            flip = rng.random() < 0.5
+            logits = forward_logits(model, cfg, xs[i].flip(-1) if flip else xs[i], amp=False) / temperature
+            if ys is None:
+                loss = -(logits.softmax(1) * logits.log_softmax(1)).sum(1).mean()
+            else:
+                y = ys[i].flip(-1) if flip else ys[i]
+                if logits.shape[-2:] != y.shape[-2:]:  # a soft frame is given to the model smaller
+                    logits = F.interpolate(logits, size=y.shape[-2:], mode="bilinear", align_corners=False)
+                loss = F.cross_entropy(logits, y, ignore_index=255) if (y != 255).any() else None
+            if loss is not None:
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            done += 1
+            if progress:
+                progress(done)
+    finally:
+        for p, g in held.items():
+            p.requires_grad_(g)
+        model.eval()
+    return done
+
+
 def adapt_folder(init: Path, source: Path, out: Path, stride: int | None = None,
                  progress: Callable[[int, int], None] | None = None,
-                 stop: Callable[[], bool] | None = None, prior_frames: float = PRIOR_FRAMES) -> Adaptation:
+                 stop: Callable[[], bool] | None = None, prior_frames: float = PRIOR_FRAMES,
+                 fit_epochs: float | None = None) -> Adaptation:
     """The model in ``init`` adapted to the frames of ``source`` (a folder of photos or a clip; every
     ``stride``-th, or by read_frames' rule), saved as a new model folder ``out``; ``init`` is never
-    written. Raises AdaptError (nothing written) where the frames cannot adapt it, or ``stop`` came
-    before enough of them had been seen."""
+    written: its BatchNorm statistics re-estimated on the frames (adapt_batchnorm, the training ones
+    weighed as ``prior_frames`` frames), then its BatchNorm scales and shifts fitted to surer predictions
+    on them for ``fit_epochs`` passes (fit_steps, fit_to_frames; 0: the statistics alone; None: this host's
+    default, fit_epochs_here). ``progress``
+    gets (steps done, steps planned), a frame's pass and a fitting step each one. Raises AdaptError
+    (nothing written) where the frames cannot adapt it, or ``stop`` came before enough of them had been
+    seen; stopped later, the model so far is saved and its card says how far it got."""
     from sis import zoo
     from sis.zoo import models
     from sis.zoo.registry import read_config
@@ -224,23 +319,35 @@ def adapt_folder(init: Path, source: Path, out: Path, stride: int | None = None,
     t0 = time.perf_counter()
     model, cfg = models.load_model(init)
     start = zoo.read_card(init)
-    layers, used, share = adapt_batchnorm(model, cfg, frames, progress, stop, start.input_range, prior_frames)
+    fit_epochs = fit_epochs_here() if fit_epochs is None else fit_epochs
+    planned = fit_steps(len(frames), fit_epochs)
+    total = len(frames) + planned
+
+    def counted(i, n):
+        if progress:
+            progress(i, total)
+    layers, used, share = adapt_batchnorm(model, cfg, frames, counted, stop, start.input_range, prior_frames)
     if layers == 0:
         raise AdaptError(f"{cfg.name} has no BatchNorm layer to adapt")
     if used < MIN_FRAMES:  # stopped that early, the statistics stand for no street
         raise AdaptError(f"stopped after {used} of {len(frames)} frames, fewer than the {MIN_FRAMES} an adaptation "
                          "needs: nothing was written and the model is left as it was")
+    planned = fit_steps(used, fit_epochs)
+    fitted = fit_to_frames(model, cfg, frames[:used], planned, FIT_LR, start.input_range, start.temperature,
+                           progress=lambda k: counted(len(frames) + k, total), stop=stop)
     seconds = time.perf_counter() - t0
     base = start.raw
     result = Adaptation(str(init), str(out), used, skipped, round(seconds, 1), layers, len(frames), round(share, 4),
-                        stride)
+                        stride, fitted, planned)
     # its engines bring photos inside the range its statistics were estimated on, as its starting model's do
     card = {k: base[k] for k in ("model", "paper_pair", "classes", "palette", "void", "recipe", "calibration",
                                  "input_range") if k in base}
     card.update(init=f"adapted:{init.name}", status="done", unlabeled=result.to_dict() | {
         "method": "BatchNorm statistics re-estimated on the frames (AdaBN)" + (
             f", {share:.0%} of the training statistics kept (they weigh as {prior_frames:g} frames)"
-            if prior_frames else "") + "; no weight changed",
+            if prior_frames else "") + (
+            f"; then the BatchNorm scales and shifts fitted to surer predictions on them (entropy minimised, "
+            f"TENT), {fitted} steps of Adam at {FIT_LR:g}" if fitted else "") + "; no other weight changed",
         "source": str(source)})
     cfg.init = f"adapted:{init.name}"
     models.save_model(model, cfg, out, card)

@@ -145,8 +145,9 @@ def adapt_button(entry: catalog.Entry, source: Path, what: str, key: str) -> Non
     name = f"{(entry.key[4:] if entry.key.startswith('run:') else entry.key)}-adapted-{time.strftime('%m%d-%H%M%S')}"
     if st.button(f"Adapt {entry.key} to {what} (no labels needed)", key=key, disabled=job is not None and job.active,
                  help="Re-estimates the model's BatchNorm statistics on these frames (AdaBN), keeping a share of the "
-                      "training city's that shrinks as the frames grow in number: about a minute on a CPU; the result "
-                      "is a new model in every picker, the original is kept."):
+                      "training city's that shrinks as the frames grow in number, then fits its BatchNorm layers to "
+                      "surer predictions on them (TENT): about a minute on a CPU; the result is a new model in every "
+                      "picker, the original is kept."):
         try:
             manager.start_adapt(sid, entry.folder, source, name)
         except jobs.JobError as e:
@@ -162,8 +163,11 @@ def adapt_button(entry: catalog.Entry, source: Path, what: str, key: str) -> Non
                 f"the first {result['frames']} of {result['offered']} frames (stopped)"
             if result["stride"] > 1:
                 on += f" (one in {result['stride']} of the clip)"
+            fit = result["fit_steps"]
+            fitted = "" if not fit else f", then {fit} fitting steps" + (
+                f" of {result['fit_planned']} (stopped)" if fit < result["fit_planned"] else "")
             st.success(f"Adapted on {on} in {result['seconds']:.0f} s, keeping {result['training_share']:.0%} of the "
-                       f"training city's statistics: pick "
+                       f"training city's statistics{fitted}: pick "
                        f"**run:{Path(out).name}** in the model picker (the original is unchanged).")
 
 
