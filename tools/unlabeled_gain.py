@@ -81,6 +81,7 @@ p.add_argument("--fit", default="entropy:norm:1e-4", help="comma-separated LOSS:
                "TRAIN norm or all")
 p.add_argument("--pseudo-threshold", type=float, default=0.9)
 a = p.parse_args()
+fits = [f.split(":") for f in a.fit.split(",")] if a.fit_epochs else []  # (loss, train, rate), one fit each
 folder = zoo.resolve(a.model)
 base, cfg = models.load_model(folder)
 card = zoo.read_card(folder)
@@ -130,7 +131,6 @@ for name in names:
         print(f"{name:14} mIoU {100 * before.miou:6.2f} -> {100 * after.miou:6.2f} ({100 * (after.miou - before.miou):+.2f}), "
               f"ECE {100 * before.ece:.2f}% -> {100 * after.ece:.2f}%; "
               f"adapted on {len(adapt_on)} frames in {seconds:.0f} s{kept}{said}", flush=True)
-        fits = [f.split(":") for f in a.fit.split(",")] if a.fit_epochs else []
         targets = None
         if any(loss == "pseudo" for loss, _, _ in fits):
             t1 = time.perf_counter()

@@ -304,10 +304,10 @@ def adapt_folder(init: Path, source: Path, out: Path, stride: int | None = None,
     written: its BatchNorm statistics re-estimated on the frames (adapt_batchnorm, the training ones
     weighed as ``prior_frames`` frames), then its BatchNorm scales and shifts fitted to surer predictions
     on them for ``fit_epochs`` passes (fit_steps, fit_to_frames; 0: the statistics alone; None: this host's
-    default, fit_epochs_here). ``progress``
-    gets (steps done, steps planned), a frame's pass and a fitting step each one. Raises AdaptError
-    (nothing written) where the frames cannot adapt it, or ``stop`` came before enough of them had been
-    seen; stopped later, the model so far is saved and its card says how far it got."""
+    default, fit_epochs_here). ``progress`` gets (steps done, steps planned), a frame's pass and a fitting
+    step each one. Raises AdaptError (nothing written) where the frames cannot adapt it, or ``stop`` came
+    before enough of them had been seen; stopped later, the model so far is saved and its card says how
+    far it got."""
     from sis import zoo
     from sis.zoo import models
     from sis.zoo.registry import read_config
