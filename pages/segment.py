@@ -37,7 +37,8 @@ with left:  # the source and its own widgets, beside the model column
             st.warning(f"{len(uploads)} files uploaded; only the first {ui.MAX_UPLOAD_FILES} are used.")
             uploads = uploads[: ui.MAX_UPLOAD_FILES]
         if entry is not None and len(uploads) >= MIN_FRAMES:  # several photos of one street: adapt a model to them
-            ui.adapt_button(entry, ui.stash_photos(uploads), f"these {len(uploads)} photos", key="seg_adapt")
+            ui.adapt_button(entry, ui.stash_photos(uploads), f"these {len(uploads)} photos", key="seg_adapt",
+                            picker="seg_model")
         elif entry is not None and len(uploads) >= 2:
             st.caption(f"With {MIN_FRAMES} or more photos of one street and camera, a model can be adapted to "
                        "them here (no labels needed).")

@@ -56,7 +56,7 @@ if st.button("Segment the clip", type="primary", key="vid_run", disabled=job is 
     except jobs.JobError as e:
         st.error(f"Not started: {e}.")
 
-ui.adapt_button(entry, path, "this clip", key="vid_adapt")
+ui.adapt_button(entry, path, "this clip", key="vid_adapt", picker="vid_model")
 ui.follow_job("video", "vid_last")
 done, out, note = st.session_state.get("vid_last") or (None, "", "")
 if note:

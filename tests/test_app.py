@@ -1056,6 +1056,14 @@ def test_adapt_a_model_to_a_few_uploaded_photos_without_labels(app_env):
     said = " ".join(m.value for m in at.success)
     assert "Adapted on 4 frames" in said and "keeping 67% of the training city's statistics, then 8 fitting steps" \
         in said, said
+    if new.parent != app_env / "models":  # the manager writes to its own first data folder: the picker reads this one
+        shutil.copytree(new, app_env / "models" / new.name)
+    at.run()
+    at.button(key="seg_adapt:use").click().run()  # one more click segments the photos with the adapted model
+    assert not at.exception, at.exception
+    assert at.selectbox(key="seg_model").value == f"run:{new.name}"
+    assert any(c.value.startswith(f"Now using run:{new.name}.") for c in at.caption), [c.value for c in at.caption] + [e.value for e in at.error]
+    assert not [b for b in at.button if b.key == "seg_adapt:use"]
     manager.jobs.clear()
 
 
@@ -1080,4 +1088,10 @@ def test_adapt_a_model_to_an_uploaded_clip_takes_two_frames_a_second(app_env, tm
     at.run()
     said = " ".join(m.value for m in at.success)
     assert "Adapted on 8 frames (one in 5 of the clip)" in said, said
+    if Path(job.out).parent != app_env / "models":
+        shutil.copytree(job.out, app_env / "models" / Path(job.out).name)
+    at.run()
+    at.button(key="vid_adapt:use").click().run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="vid_model").value == f"run:{Path(job.out).name}"
     manager.jobs.clear()

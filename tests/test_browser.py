@@ -360,7 +360,7 @@ def test_adapt_to_my_uploaded_photos_without_labels(server, browser):
     button = page.get_by_role("button", name=re.compile(r"^Adapt .* to these 4 photos \(no labels needed\)$"))
     button.click()
     said = page.get_by_text(re.compile(r"^Adapted on 4 frames in \d+ s, keeping 67% of the training city's statistics, "
-                                       r"then 8 fitting steps: pick"))
+                                       r"then 8 fitting steps: run:\S+ is in every model picker"))
     said.wait_for(timeout=300_000)
     _idle(page)
     new = re.search(r"run:(\S+-adapted-\d{4}-\d{6})", said.inner_text()).group(1)
@@ -368,6 +368,12 @@ def test_adapt_to_my_uploaded_photos_without_labels(server, browser):
     page.get_by_role("combobox", name="Model", exact=True).first.click()
     assert page.get_by_role("option", name=re.compile(re.escape(new))).count() == 1
     page.keyboard.press("Escape")
+    page.get_by_role("button", name=f"Use run:{new} here").click()  # the photos segmented with it, one click on
+    page.get_by_text(f"Now using run:{new}.", exact=False).wait_for()
+    _idle(page)
+    page.get_by_text(re.compile(rf"^Inference \d+ ms on CPU at .* with run:{re.escape(new)} on ")).wait_for()
+    page.get_by_role("button", name=f"Use run:{new} here").wait_for(state="detached")
+    _shot(page, "segment_adapted_in_use")
 
 
 def test_adapt_a_model_on_my_frames_and_see_before_and_after(server, browser):

@@ -281,6 +281,35 @@ def test_template_rebuilds_the_exported_graph_and_refuses_other_weights(tiny_mod
     assert not templates.fill_template(folder, size, tmp_path / "damaged.onnx")
 
 
+def test_an_adapted_model_carries_its_starting_models_templates(tiny_model, tmp_path, monkeypatch):
+    """A model whose BatchNorm tensors changed (an adaptation) gets its start's templates keyed to its own
+    weights: filled from them they give its own exported graph, not its start's; a template made for other
+    weights than the start's is not carried."""
+    import shutil
+
+    import onnxruntime as ort
+    monkeypatch.setenv("SIS_CACHE_DIR", str(tmp_path / "cache"))
+    start, adapted = tmp_path / "start", tmp_path / "adapted"
+    shutil.copytree(tiny_model, start, ignore=shutil.ignore_patterns("checkpoint"))
+    model, cfg = models.load_model(start)
+    size = (64, 96)
+    templates.write_template(export.export_graph(model, cfg, size, tmp_path / "g.onnx"), start, size)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.add_(0.5)
+                m.weight.mul_(1.5)
+    models.save_model(model, cfg, adapted)
+    assert templates.carry_templates(start, adapted) == 1
+    assert templates.fill_template(adapted, size, tmp_path / "filled.onnx")
+    own = export.export_graph(model, cfg, size, tmp_path / "own.onnx")
+    x = np.random.default_rng(1).uniform(0, 255, (1, 3, *size)).astype(np.float32)
+    a, b, c = (ort.InferenceSession(str(p)).run(None, {"image": x})[0] for p in (own, tmp_path / "filled.onnx", tmp_path / "g.onnx"))
+    assert np.allclose(a, b, atol=1e-4) and not np.allclose(a, c, atol=1e-2)
+    (start / "config.json").write_text((start / "config.json").read_text() + " ")  # its template is now stale
+    assert templates.carry_templates(start, adapted) == 0
+
+
 def _fresh_process(code: str, cache) -> list[str]:
     """The lines ``code`` prints in a new Python process with an empty graph cache at ``cache``."""
     env = dict(__import__("os").environ, SIS_CACHE_DIR=str(cache))

@@ -1,6 +1,9 @@
 """Adapting without labels: BatchNorm statistics re-estimated on a user's frames, and the bad inputs."""
 import copy
+import os
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -236,6 +239,7 @@ def test_cli_adapts_a_folder_of_mixed_photos_and_leaves_the_original(tiny_model,
     card = zoo.read_card(out).raw["unlabeled"]
     assert card["fit_steps"] == card["fit_planned"] == fit_steps(MIN_FRAMES) and "TENT" in card["method"]
     assert f"then {fit_steps(MIN_FRAMES)} fitting steps" in text.out
+    assert "fast_path" not in zoo.read_card(out).raw and "engine: eager" in text.out  # no graph timings to carry
     assert main(["adapt", "--unlabeled", str(photos), "--init", str(tiny_model), "--out", str(out)]) == 2
     assert "exists and is not empty" in capsys.readouterr().err
     few = tmp_path / "few"
@@ -262,6 +266,54 @@ def test_cli_adapts_a_folder_of_mixed_photos_and_leaves_the_original(tiny_model,
         main(["adapt", "--unlabeled", str(photos), "--init", str(tiny_model), "--out", str(tmp_path / "y"),
               "--prior-frames", "-1"])
     assert "expected a number of 0 or more, got '-1'" in capsys.readouterr().err
+
+
+def test_an_adapted_model_runs_on_its_graph_once_its_labels_match_eager(tiny_model, tmp_path, monkeypatch):
+    """Where the starting model's card has graph timings, the adapted model gets its templates, its fp32 graph
+    checked against eager on a few of the frames, those timings in its card, and the graph as its engine;
+    the check fails for a graph of other weights."""
+    from sis import zoo
+    from sis.engines import choose_engine, export, templates
+    from sis.training.bench import agreement
+    from sis.training.unlabeled import GRAPH, _at_work_size, _seen
+    from sis.zoo import models
+    monkeypatch.setenv("SIS_CACHE_DIR", str(tmp_path / "cache"))
+    init = tmp_path / "init"
+    shutil.copytree(tiny_model, init, ignore=shutil.ignore_patterns("checkpoint"))
+    model, cfg = models.load_model(init)
+    rng = np.random.default_rng(4)
+    frames = [make_frame(rng, 64, 96)[0] for _ in range(MIN_FRAMES)]
+    size = _at_work_size(frames[0], cfg.base_size).shape[:2]
+    templates.write_template(export.export_graph(model, cfg, size, tmp_path / "g.onnx"), init, size)
+    zoo.update_card(init, fast_path={"backends": {"eager": {"median_ms": 10.0, "speedup_vs_eager": 1.0},
+                                                  GRAPH: {"median_ms": 8.0, "speedup_vs_eager": 1.25},
+                                                  "onnxruntime-int8": {"median_ms": 4.0, "speedup_vs_eager": 2.5,
+                                                                       "miou_delta": -0.1}}, "cpu": "a test"})
+    street = tmp_path / "street"
+    street.mkdir()
+    for i, f in enumerate(frames):
+        Image.fromarray(f).save(street / f"p{i}.png")
+    assert choose_engine(init).name == "onnxruntime-int8"
+    out = tmp_path / "adapted"
+    result = adapt_folder(init, street, out)
+    assert (out / templates.template_path(out, size).name).is_file()
+    assert result.graph_agreement is not None and result.graph_agreement > 0.999
+    card = zoo.read_card(out)
+    assert set(card.engines) == {"eager", GRAPH} and card.engines[GRAPH].speedup == 1.25
+    assert card.raw["unlabeled"]["graph_agreement"] == result.graph_agreement
+    assert choose_engine(out).name == GRAPH  # int8's ranges were not checked for the new weights
+    code = ("import sys; from sis import engines\n"
+            f"engines.load_engine({str(out)!r}).prepare({tuple(size)!r})\n"
+            "print('torch' in sys.modules)")
+    served = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, SIS_CACHE_DIR=str(tmp_path / "server")))
+    assert served.returncode == 0 and served.stdout.split() == ["False"], served.stderr[-2000:]  # filled, not exported
+    adapted, _ = models.load_model(out)
+    with torch.no_grad():
+        for p in adapted.parameters():
+            p.add_(torch.randn_like(p))
+    seen = [_seen(f, cfg, None).numpy() for f in frames]
+    assert agreement(out, adapted, cfg, seen, GRAPH) < 0.9  # a graph of other weights than eager's fails
 
 
 def test_statistics_are_estimated_on_the_frames_as_the_engines_will_see_them(tiny_model, tmp_path):

@@ -99,4 +99,8 @@ def cmd_adapt(a) -> int:
     fitted = f", then {res.fit_steps} fitting steps" if res.fit_steps else ""
     print(f"adapted {init.name} on {res.frames} frames{taken} ({res.layers} BatchNorm layers, "
           f"{res.training_share:.0%} of the training statistics kept{fitted}) in {res.seconds:.0f} s -> {out}")
+    from sis.engines import choose_engine
+    checked = "" if res.graph_agreement is None else \
+        f"; its fp32 graph labels the frames {100 * res.graph_agreement:.2f}% alike to eager (mIoU)"
+    print(f"engine: {choose_engine(out).reason()}{checked}")
     return 0

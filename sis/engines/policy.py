@@ -64,7 +64,7 @@ class EngineChoice:
         f = self.figure
         if f is None or f.speedup is None:
             return f"{self.name} (no checked faster engine for this model here)"
-        delta = "" if f.miou_delta is None else f", {f.miou_delta:+.2f} val mIoU"
+        delta = "" if f.miou_delta is None else f", {f.miou_delta:+.2f} mIoU against it"
         return f"{self.name} ({f.speedup:.1f}x eager{delta}; {'timed on this host' if f.timed_here else 'card'})"
 
 

@@ -59,6 +59,26 @@ def write_templates(model, cfg: ModelConfig, folder: Path) -> list[Path]:
                 for size in template_sizes(cfg)]
 
 
+def carry_templates(src: Path, dst: Path) -> int:
+    """Give the model in ``dst`` the templates of ``src``, a model of the same architecture whose weights
+    differ only in value (an adaptation of it): the same graphs, keyed to ``dst``'s weights, which fill them.
+    Returns how many were carried. Only an architecture's constants stay in a template, so the graph filled
+    from ``dst`` is ``dst``'s (checked against eager by the caller, ``training.bench.agreement``)."""
+    import onnx
+    key, own = file_key(dst), file_key(src)
+    carried = 0
+    for t in sorted(Path(src).glob("graph-*.onnx")):
+        model = onnx.load(str(t))
+        meta = {p.key: p for p in model.metadata_props}
+        if meta.get("sis_weights_key") is None or meta["sis_weights_key"].value != own:
+            continue  # made for other weights than src's: not src's graph to carry
+        meta["sis_weights_key"].value = key
+        out = Path(dst) / t.name
+        atomic_write(out, lambda tmp, model=model: onnx.save(model, str(tmp)), tmp_onnx(out))
+        carried += 1
+    return carried
+
+
 def write_template(graph: Path, folder: Path, size: tuple[int, int]) -> Path:
     """Ship ``graph`` (exported from ``folder``'s weights) without the tensors that the folder's
     model.safetensors holds. The server rebuilds the graph from the two

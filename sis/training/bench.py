@@ -230,6 +230,24 @@ def compare_engines(model: str, data: str | None = None, engines: list[str] | No
             "host": host_info(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
 
+def agreement(folder: Path, model: torch.nn.Module, cfg, images: list, name: str = "onnxruntime") -> float:
+    """How alike engine ``name`` (the model saved in ``folder``) labels ``images`` ((1, 3, h, w) uint8 each,
+    as the model is given them) to eager fp32 on ``model`` (the same weights, in memory): the mIoU of its
+    labels scored against eager's, 1.0 where they agree on every pixel. A check that needs no labels."""
+    import numpy as np
+
+    from sis import engines as E
+    from sis.metrics import confusion_matrix, mean_iou
+    eager = E.create_engine(E.REFERENCE, model, cfg)
+    other = E.create_engine(name, None, cfg, folder=folder)
+    cm = 0
+    with torch.inference_mode():
+        for x in images:
+            other.prepare(tuple(x.shape[-2:]))
+            cm = cm + confusion_matrix(other(x).argmax(1), eager(x).argmax(1), cfg.class_set.num_classes)
+    return mean_iou(np.asarray(cm))
+
+
 def compare_train(model: str, data: str | None = None, batch: int = 4, size: tuple[int, int] = (352, 480),
                   warmup: int = 2, repeats: int = 5, loss_steps: int = 0, device: str = "cpu",
                   progress: Callable[[str, int, int], None] | None = None) -> dict:

@@ -134,9 +134,10 @@ def follow_job(kind: str, slot: str) -> None:
     st.rerun()  # once, the whole page: what follows the progress bar shows the result
 
 
-def adapt_button(entry: catalog.Entry, source: Path, what: str, key: str) -> None:
+def adapt_button(entry: catalog.Entry, source: Path, what: str, key: str, picker: str) -> None:
     """A button that adapts ``entry``'s model to the unlabelled ``source`` (photos or a clip) in a worker,
-    its progress and Stop, and where the new model is when it ends."""
+    its progress and Stop, and when it ends where the new model is, with a button that switches the page's
+    model picker (session-state key ``picker``) to it."""
     import time
 
     from sis.studio import jobs
@@ -166,9 +167,20 @@ def adapt_button(entry: catalog.Entry, source: Path, what: str, key: str) -> Non
             fit = result["fit_steps"]
             fitted = "" if not fit else f", then {fit} fitting steps" + (
                 f" of {result['fit_planned']} (stopped)" if fit < result["fit_planned"] else "")
+            adapted = f"run:{Path(out).name}"
             st.success(f"Adapted on {on} in {result['seconds']:.0f} s, keeping {result['training_share']:.0%} of the "
-                       f"training city's statistics{fitted}: pick "
-                       f"**run:{Path(out).name}** in the model picker (the original is unchanged).")
+                       f"training city's statistics{fitted}: **{adapted}** is in every model picker (the original "
+                       "is unchanged).")
+            if entry.key == adapted:
+                st.caption(f"Now using {adapted}. Compare shows it beside the original on your own photo: without "
+                           "labels, nothing here can tell whether adapting helped on your street; your eyes can.")
+            elif adapted in catalog.available_models():  # not where it was removed since
+                st.button(f"Use {adapted} here", key=f"{key}:use", on_click=_pick, args=(picker, adapted),
+                          help="Switches this page's model picker to the adapted model.")
+
+
+def _pick(picker: str, key: str) -> None:
+    st.session_state[picker] = key
 
 
 CANVAS_COMPONENT = "streamlit-drawable-canvas.streamlit_drawable_canvas"
