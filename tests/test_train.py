@@ -281,6 +281,32 @@ def test_a_fine_tune_can_keep_a_share_of_its_starting_weights(tiny_data, tiny_mo
         train(_cfg(tiny_data, tmp_path / "m2", init=str(tiny_model), max_steps=1, init_share=1.0), log=lambda m: None)
 
 
+def test_a_fine_tune_runs_on_its_starting_models_graph_once_checked(tiny_data, tiny_model, tmp_path, monkeypatch):
+    """A fine-tune from a model with graph timings and templates carries them, its fp32 graph checked against
+    eager on its validation frames, and runs on that graph; where the check fails, nothing is carried."""
+    import shutil
+
+    import sis.training.bench as bench
+    from sis.engines import choose_engine, export, templates
+    monkeypatch.setenv("SIS_CACHE_DIR", str(tmp_path / "cache"))
+    start = tmp_path / "start"
+    shutil.copytree(tiny_model, start, ignore=shutil.ignore_patterns("checkpoint"))
+    model, mcfg = models.load_model(start)
+    size = (64, 96)  # the tiny frames' size
+    templates.write_template(export.export_graph(model, mcfg, size, tmp_path / "g.onnx"), start, size)
+    zoo.update_card(start, fast_path={"backends": {"eager": {"median_ms": 10.0, "speedup_vs_eager": 1.0},
+                                                   bench.GRAPH: {"median_ms": 8.0, "speedup_vs_eager": 1.25}}})
+    train(_cfg(tiny_data, tmp_path / "m", init=str(start), max_steps=2, lr=1e-2), log=lambda m: None)
+    card = zoo.read_card(tmp_path / "m")
+    assert card.engines[bench.GRAPH].miou_delta > -0.1 and "validation frames" in \
+        card.raw["fast_path"]["backends"][bench.GRAPH]["miou_note"]
+    assert templates.template_path(tmp_path / "m", size).is_file() and choose_engine(tmp_path / "m").name == bench.GRAPH
+    monkeypatch.setattr(bench, "agreement", lambda *a, **k: 0.5)  # a graph that is not eager's
+    train(_cfg(tiny_data, tmp_path / "m2", init=str(start), max_steps=2, lr=1e-2), log=lambda m: None)
+    assert "fast_path" not in zoo.read_card(tmp_path / "m2").raw
+    assert not list((tmp_path / "m2").glob("graph-*.onnx")) and choose_engine(tmp_path / "m2").name == "eager"
+
+
 def test_fine_tuning_keeps_the_recipe_the_model_was_trained_with():
     """The shipped pspnet-resnet18 learned with horizontal flips only, 352x480 crops at 0.75-1.5x and
     sqrt-median class weights: a fine-tune from it keeps those, not the paper's vertical flips."""

@@ -275,7 +275,8 @@ def test_an_adapted_model_runs_on_its_graph_once_its_labels_match_eager(tiny_mod
     from sis import zoo
     from sis.engines import choose_engine, export, templates
     from sis.training.bench import agreement
-    from sis.training.unlabeled import GRAPH, _at_work_size, _seen
+    from sis.training.bench import GRAPH
+    from sis.training.unlabeled import _at_work_size, _seen
     from sis.zoo import models
     monkeypatch.setenv("SIS_CACHE_DIR", str(tmp_path / "cache"))
     init = tmp_path / "init"

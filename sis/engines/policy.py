@@ -115,7 +115,7 @@ def decide(card: ModelCard, here: dict[str, EngineRecord] | None = None, device:
         elif f is None or f.speedup is None:
             passed[n] = "no speed recorded for it (the card or a comparison on this host)"
         elif delta is None:
-            passed[n] = "no accuracy check recorded for this model (a fresh fine-tune runs eager)"
+            passed[n] = "no accuracy check recorded for these weights"
         elif f.speedup <= 1.0:
             passed[n] = f"not faster than eager ({f.speedup:.2f}x)"
         else:

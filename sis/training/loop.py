@@ -29,6 +29,7 @@ from sis.data.dataset import (
     load_splits,
     validation_plan,
 )
+from sis.training.bench import carried_engines
 from sis.training.checkpoints import load_checkpoint, save_checkpoint
 from sis.training.config import Progress, StopFlag, TrainConfig, TrainingError, train_command
 from sis.training.distill import check_scale, combined_loss, labels_as_targets, teacher_targets
@@ -462,6 +463,12 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
             log(f"calibrated on {fit[1]}: temperature {cal['temperature']:.3f}, ECE {100 * cal['ece_before']:.2f}% -> "
                 f"{100 * cal['ece_after']:.2f}%")
         models.save_model(model, mcfg, out, card, half=cfg.save_half)
+        if cfg.init not in ("random", "imagenet"):  # its start's graphs, checked for its weights: it need not run eager
+            held = data.val if data.val is not None else data.train
+            fast = carried_engines(Path(cfg.init), out, [i[None].cpu().numpy() for i in held.images[:8]],
+                                   "its " + ("validation" if data.val is not None else "training") + " frames")
+            if fast:
+                zoo.update_card(out, fast_path=fast)
         last = history[-1] if history else {}
         report(step=step, epoch=last.get("epoch", 0), loss=last.get("loss", float("nan")),
                pixel_acc=last.get("pixel_acc", float("nan")), lr=0.0, images_per_s=0.0, eta_s=0.0,

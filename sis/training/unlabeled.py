@@ -28,8 +28,6 @@ CLIP_FRAMES = 100     # frames taken from a clip at most, spread over all of it
 FIT_EPOCHS = 2        # passes over the frames fitting the BatchNorm scales and shifts (docs/robustness.md)
 FIT_STEPS = 50        # fitting steps at most: many frames gain no more and each step costs two passes' time
 FIT_LR = 1e-4         # Adam's rate for that fit: ten times more collapses the predictions (docs/robustness.md)
-CHECK_FRAMES = 2      # frames the adapted model's graph is checked on against eager: a wrong graph shows on any
-GRAPH = "onnxruntime"  # the fp32 graph: eager's arithmetic, so an adapted model may run on it once checked
 
 
 class AdaptError(ValueError):
@@ -49,7 +47,7 @@ class Adaptation:
     stride: int = 1        # every how many photos or clip frames one was used
     fit_steps: int = 0     # steps fitting the BatchNorm scales and shifts to surer predictions (fit_to_frames)
     fit_planned: int = 0   # the steps planned: more than ``fit_steps`` where the adaptation was stopped
-    graph_agreement: float | None = None  # its fp32 graph's labels against eager's (graph_figures); None: unchecked
+    graph_agreement: float | None = None  # its fp32 graph's labels against eager's (bench.carried_engines); None: unchecked
 
     @property
     def stopped(self) -> bool:
@@ -298,35 +296,6 @@ def fit_to_frames(model, cfg, frames: list[np.ndarray], steps: int, lr: float = 
     return done
 
 
-def graph_figures(init: Path, out: Path, model, cfg, frames: list[np.ndarray], input_range=None) -> dict | None:
-    """The engine figures of the adapted model saved in ``out`` (``model``, in memory) for its card: the
-    templates of ``init`` carried to it (the same graphs, filled from its weights; engines.templates), its
-    fp32 graph's labels checked against eager's on CHECK_FRAMES of ``frames`` (bench.agreement), and
-    ``init``'s timings of both, the architecture's. None where ``init``'s card has no such timings: the
-    adapted model then runs eager, as a fresh fine-tune does."""
-    from sis import zoo
-    from sis.engines.names import REFERENCE
-    from sis.engines.templates import carry_templates
-    from sis.training.bench import agreement
-    fast = zoo.read_card(init).raw.get("fast_path") or {}
-    timed = fast.get("backends") or {}
-    if not (timed.get(REFERENCE) or {}).get("median_ms") or not (timed.get(GRAPH) or {}).get("speedup_vs_eager"):
-        return None
-    carry_templates(init, out)
-    picks = frames[:: max(1, len(frames) // CHECK_FRAMES)][:CHECK_FRAMES]
-    agree = agreement(out, model, cfg, [_seen(rgb, cfg, input_range).numpy() for rgb in picks], GRAPH)
-    kept = ("median_ms", "p90_ms", "images_per_s", "speedup_vs_eager")
-    return {"backends": {
-        REFERENCE: {k: timed[REFERENCE].get(k) for k in kept} | {"miou_delta": 0.0},
-        GRAPH: {k: timed[GRAPH].get(k) for k in kept} | {
-            "miou_delta": 100 * (agree - 1),
-            "miou_note": f"its labels scored against eager fp32's on {len(picks)} of the adaptation frames (they "
-                         f"have none of their own): {100 * agree:.2f}% mIoU alike"}},
-        "size": fast.get("size"), "threads": fast.get("threads"), "cpu": fast.get("cpu"),
-        "timing_note": f"timings kept from {Path(init).name}'s card: the same architecture and graphs; only the fp32 "
-                       "graph checked for these weights, the other engines unchecked"}
-
-
 def adapt_folder(init: Path, source: Path, out: Path, stride: int | None = None,
                  progress: Callable[[int, int], None] | None = None,
                  stop: Callable[[], bool] | None = None, prior_frames: float = PRIOR_FRAMES,
@@ -341,7 +310,7 @@ def adapt_folder(init: Path, source: Path, out: Path, stride: int | None = None,
     before enough of them had been seen; stopped later, the model so far is saved and its card says how
     far it got."""
     from sis import zoo
-    from sis.engines import EngineError
+    from sis.training.bench import GRAPH, carried_engines
     from sis.zoo import models
     from sis.zoo.registry import read_config
     init, out = Path(init), Path(out)
@@ -370,12 +339,10 @@ def adapt_folder(init: Path, source: Path, out: Path, stride: int | None = None,
                            progress=lambda k: counted(len(frames) + k, total), stop=stop)
     cfg.init = f"adapted:{init.name}"
     models.save_model(model, cfg, out)  # its graph is filled from the saved weights, then checked; the card last
-    try:
-        fast = graph_figures(init, out, model, cfg, frames[:used], start.input_range)
-    except EngineError:  # no graph here: it runs eager, as a fresh fine-tune does
-        fast = None
+    fast = carried_engines(init, out, [_seen(rgb, cfg, start.input_range).numpy() for rgb in frames[:used]],
+                           "the adaptation frames")
     seconds = time.perf_counter() - t0
-    agree = fast["backends"][GRAPH]["miou_delta"] / 100 + 1 if fast else None
+    agree = fast["backends"][GRAPH]["agreement"] if fast else None
     result = Adaptation(str(init), str(out), used, skipped, round(seconds, 1), layers, len(frames), round(share, 4),
                         stride, fitted, planned, agree)
     # its engines bring photos inside the range its statistics were estimated on, as its starting model's do
