@@ -304,7 +304,8 @@ def test_an_adapted_model_carries_its_starting_models_templates(tiny_model, tmp_
     assert templates.fill_template(adapted, size, tmp_path / "filled.onnx")
     own = export.export_graph(model, cfg, size, tmp_path / "own.onnx")
     x = np.random.default_rng(1).uniform(0, 255, (1, 3, *size)).astype(np.float32)
-    a, b, c = (ort.InferenceSession(str(p)).run(None, {"image": x})[0] for p in (own, tmp_path / "filled.onnx", tmp_path / "g.onnx"))
+    a, b, c = (ort.InferenceSession(str(p)).run(None, {"image": x})[0]
+               for p in (own, tmp_path / "filled.onnx", tmp_path / "g.onnx"))
     assert np.allclose(a, b, atol=1e-4) and not np.allclose(a, c, atol=1e-2)
     (start / "config.json").write_text((start / "config.json").read_text() + " ")  # its template is now stale
     assert templates.carry_templates(start, adapted) == 0

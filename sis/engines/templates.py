@@ -61,7 +61,7 @@ def write_templates(model, cfg: ModelConfig, folder: Path) -> list[Path]:
 
 def carry_templates(src: Path, dst: Path) -> int:
     """Give the model in ``dst`` the templates of ``src``, a model of the same architecture whose weights
-    differ only in value (an adaptation of it): the same graphs, keyed to ``dst``'s weights, which fill them.
+    differ only in value (adapted or fine-tuned from it): the same graphs, keyed to ``dst``'s weights, which fill them.
     Returns how many were carried. Only an architecture's constants stay in a template, so the graph filled
     from ``dst`` is ``dst``'s (checked against eager by the caller, ``training.bench.agreement``)."""
     import onnx

@@ -230,7 +230,11 @@ def compare_engines(model: str, data: str | None = None, engines: list[str] | No
             "host": host_info(), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
 
-def agreement(folder: Path, model: torch.nn.Module, cfg, images: list, name: str = "onnxruntime") -> float:
+GRAPH = "onnxruntime"  # the fp32 graph: eager's arithmetic, so a model derived from one with graphs may run on it
+CHECK_FRAMES = 2       # frames a derived model's graph is checked on against eager: a wrong graph shows on any
+
+
+def agreement(folder: Path, model: torch.nn.Module, cfg, images: list, name: str = GRAPH) -> float:
     """How alike engine ``name`` (the model saved in ``folder``) labels ``images`` ((1, 3, h, w) uint8 each,
     as the model is given them) to eager fp32 on ``model`` (the same weights, in memory): the mIoU of its
     labels scored against eager's, 1.0 where they agree on every pixel. A check that needs no labels."""
@@ -248,15 +252,12 @@ def agreement(folder: Path, model: torch.nn.Module, cfg, images: list, name: str
     return mean_iou(np.asarray(cm))
 
 
-GRAPH = "onnxruntime"  # the fp32 graph: eager's arithmetic, so a model derived from one with graphs may run on it
-CHECK_FRAMES = 2       # frames a derived model's graph is checked on against eager: a wrong graph shows on any
-
-
-def carried_engines(start: Path, out: Path, images: list, frames: str) -> dict | None:
+def carried_engines(start: Path, out: Path, frames: list, given: Callable, said: str) -> dict | None:
     """The engine figures (a card's ``fast_path``) of the model saved in ``out``, adapted or fine-tuned from
     the one in ``start`` with the same architecture: ``start``'s graph templates carried to it (filled from
     its own weights; engines.templates), its fp32 graph's labels checked against eager's on CHECK_FRAMES of
-    ``images`` ((1, 3, h, w) uint8 each, as the model is given them; ``frames`` names them, in words), and
+    ``frames`` spread over them (``given`` makes one the (1, 3, h, w) uint8 array the model is given; ``said``
+    names them, in words), and
     ``start``'s timings of both, the architecture's. None where ``start``'s card has no such timings, or
     where no graph can be built for ``out`` or it is not eager's (its templates and graphs are then removed):
     the model in ``out`` then runs eager."""
@@ -266,14 +267,14 @@ def carried_engines(start: Path, out: Path, images: list, frames: str) -> dict |
     from sis.engines.templates import carry_templates
     fast = zoo.read_card(start).raw.get("fast_path") or {}
     timed = fast.get("backends") or {}
-    if not images or not (timed.get(REFERENCE) or {}).get("median_ms") or \
+    if not frames or not (timed.get(REFERENCE) or {}).get("median_ms") or \
             not (timed.get(GRAPH) or {}).get("speedup_vs_eager"):
         return None
     carry_templates(start, out)
-    picks = images[:: max(1, len(images) // CHECK_FRAMES)][:CHECK_FRAMES]
+    picks = frames[:: max(1, len(frames) // CHECK_FRAMES)][:CHECK_FRAMES]
     try:
         model, cfg = models.load_model(out)  # as saved: a fine-tune may have saved fp16 weights
-        agree = agreement(out, model, cfg, picks, GRAPH)
+        agree = agreement(out, model, cfg, [given(f) for f in picks], GRAPH)
     except Exception:  # any graph that cannot be built or run for these weights: the model still runs eager
         agree = None
     delta = None if agree is None else 100 * (agree - 1)
@@ -286,7 +287,7 @@ def carried_engines(start: Path, out: Path, images: list, frames: str) -> dict |
         REFERENCE: {k: timed[REFERENCE].get(k) for k in kept} | {"miou_delta": 0.0},
         GRAPH: {k: timed[GRAPH].get(k) for k in kept} | {
             "miou_delta": delta, "agreement": agree,
-            "miou_note": f"its labels scored against eager fp32's on {len(picks)} of {frames}: "
+            "miou_note": f"its labels scored against eager fp32's on {len(picks)} of {said}: "
                          f"{100 * agree:.2f}% mIoU alike"}},
         "size": fast.get("size"), "threads": fast.get("threads"), "cpu": fast.get("cpu"),
         "timing_note": f"timings kept from {Path(start).name}'s card: the same architecture and graphs; only the "

@@ -465,7 +465,7 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
         models.save_model(model, mcfg, out, card, half=cfg.save_half)
         if cfg.init not in ("random", "imagenet"):  # its start's graphs, checked for its weights: it need not run eager
             held = data.val if data.val is not None else data.train
-            fast = carried_engines(Path(cfg.init), out, [i[None].cpu().numpy() for i in held.images[:8]],
+            fast = carried_engines(Path(cfg.init), out, held.images, lambda i: i[None].cpu().numpy(),
                                    "its " + ("validation" if data.val is not None else "training") + " frames")
             if fast:
                 zoo.update_card(out, fast_path=fast)

@@ -47,7 +47,7 @@ class Adaptation:
     stride: int = 1        # every how many photos or clip frames one was used
     fit_steps: int = 0     # steps fitting the BatchNorm scales and shifts to surer predictions (fit_to_frames)
     fit_planned: int = 0   # the steps planned: more than ``fit_steps`` where the adaptation was stopped
-    graph_agreement: float | None = None  # its fp32 graph's labels against eager's (bench.carried_engines); None: unchecked
+    graph_agreement: float | None = None  # its fp32 graph's labels against eager's (bench.carried_engines)
 
     @property
     def stopped(self) -> bool:
@@ -339,7 +339,7 @@ def adapt_folder(init: Path, source: Path, out: Path, stride: int | None = None,
                            progress=lambda k: counted(len(frames) + k, total), stop=stop)
     cfg.init = f"adapted:{init.name}"
     models.save_model(model, cfg, out)  # its graph is filled from the saved weights, then checked; the card last
-    fast = carried_engines(init, out, [_seen(rgb, cfg, start.input_range).numpy() for rgb in frames[:used]],
+    fast = carried_engines(init, out, frames[:used], lambda rgb: _seen(rgb, cfg, start.input_range).numpy(),
                            "the adaptation frames")
     seconds = time.perf_counter() - t0
     agree = fast["backends"][GRAPH]["agreement"] if fast else None
