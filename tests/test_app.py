@@ -1051,10 +1051,10 @@ def test_adapt_a_model_to_a_few_uploaded_photos_without_labels(app_env):
     assert new.name.startswith("tiny-adapted-") and (new / "model.safetensors").is_file()
     assert zoo.read_card(new).raw["unlabeled"]["frames"] == 4
     assert (app_env / "models" / "tiny" / "model.safetensors").read_bytes() == original
-    assert job.result["frames"] == 4 and job.result["fit_steps"] == job.result["fit_planned"] == 8
+    assert job.result["frames"] == 4 and job.result["fit_steps"] == job.result["fit_planned"] == 40
     at.run()  # the page's next run shows where the new model is and how much of the training city it kept
     said = " ".join(m.value for m in at.success)
-    assert "Adapted on 4 frames" in said and "keeping 67% of the training city's statistics, then 8 fitting steps" \
+    assert "Adapted on 4 frames" in said and "keeping 67% of the training city's statistics, then 40 fitting steps" \
         in said, said
     if new.parent != app_env / "models":  # the manager writes to its own first data folder: the picker reads this one
         shutil.copytree(new, app_env / "models" / new.name)
@@ -1062,6 +1062,7 @@ def test_adapt_a_model_to_a_few_uploaded_photos_without_labels(app_env):
     at.button(key="seg_adapt:use").click().run()  # one more click segments the photos with the adapted model
     assert not at.exception, at.exception
     assert at.selectbox(key="seg_model").value == f"run:{new.name}"
+    assert any(o.startswith(f"{new.name} (adapted here, no labels)") for o in at.selectbox(key="seg_model").options)
     assert any(c.value.startswith(f"Now using run:{new.name}.") for c in at.caption), [c.value for c in at.caption]
     assert not [b for b in at.button if b.key == "seg_adapt:use"]
     manager.jobs.clear()

@@ -360,7 +360,7 @@ def test_adapt_to_my_uploaded_photos_without_labels(server, browser):
     button = page.get_by_role("button", name=re.compile(r"^Adapt .* to these 4 photos \(no labels needed\)$"))
     button.click()
     said = page.get_by_text(re.compile(r"^Adapted on 4 frames in \d+ s, keeping 67% of the training city's statistics, "
-                                       r"then 8 fitting steps: run:\S+ is in every model picker"))
+                                       r"then 40 fitting steps: run:\S+ is in every model picker"))
     said.wait_for(timeout=300_000)
     _idle(page)
     new = re.search(r"run:(\S+-adapted-\d{4}-\d{6})", said.inner_text()).group(1)

@@ -12,7 +12,7 @@ from sis.cli.types import (hw_size, non_negative_float, positive_int, scale_list
                            weight_list)
 from sis.data.shifts import list_shifts
 from sis.host import SMALL_HOST_MB
-from sis.training.unlabeled import FIT_EPOCHS, FIT_STEPS, PRIOR_FRAMES
+from sis.training.unlabeled import FIT_EPOCHS, FIT_MIN_STEPS, FIT_STEPS, PRIOR_FRAMES
 
 
 def add_accurate_options(s, default_engine: str) -> None:
@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "of them is kept (default %(default)g; 0: your frames' statistics alone)")
     s.add_argument("--fit-epochs", type=non_negative_float,
                    help=f"passes over your frames fitting the BatchNorm scales and shifts to surer predictions "
-                        f"(entropy minimised), at most {FIT_STEPS} steps (default {FIT_EPOCHS:g}, none on a host under "
+                        f"(entropy minimised), at least {FIT_MIN_STEPS} and at most {FIT_STEPS} steps (default "
+                        f"{FIT_EPOCHS:g}, none on a host under "
                         f"{SMALL_HOST_MB} MB; 0: the statistics alone)")
     s.set_defaults(fn=cmd_adapt)
 

@@ -27,6 +27,7 @@ CLIP_RATE = 2.0       # frames a second taken from a clip: nearer ones show the 
 CLIP_FRAMES = 100     # frames taken from a clip at most, spread over all of it
 FIT_EPOCHS = 2        # passes over the frames fitting the BatchNorm scales and shifts (docs/robustness.md)
 FIT_STEPS = 50        # fitting steps at most: many frames gain no more and each step costs two passes' time
+FIT_MIN_STEPS = 40    # fitting steps at least: four photos kept gaining up to ten passes (docs/robustness.md)
 FIT_LR = 1e-4         # Adam's rate for that fit: ten times more collapses the predictions (docs/robustness.md)
 
 
@@ -227,11 +228,11 @@ def fit_epochs_here() -> float:
 
 
 def fit_steps(frames: int, epochs: float = FIT_EPOCHS) -> int:
-    """How many fitting steps an adaptation on ``frames`` frames takes: ``epochs`` passes over them, at most
-    FIT_STEPS (0: the statistics alone)."""
+    """How many fitting steps an adaptation on ``frames`` frames takes: ``epochs`` passes over them, at least
+    FIT_MIN_STEPS and at most FIT_STEPS (none where ``epochs`` or ``frames`` is 0: the statistics alone)."""
     if frames < 0 or epochs < 0:
         raise ValueError(f"frames and fitting epochs count up from 0, not {frames} and {epochs}")
-    return min(round(epochs * frames), FIT_STEPS)
+    return 0 if not (frames and epochs) else min(max(round(epochs * frames), FIT_MIN_STEPS), FIT_STEPS)
 
 
 def fit_to_frames(model, cfg, frames: list[np.ndarray], steps: int, lr: float = FIT_LR, input_range=None,
@@ -349,7 +350,7 @@ def adapt_folder(init: Path, source: Path, out: Path, stride: int | None = None,
     base = start.raw
     card = {k: base[k] for k in ("model", "paper_pair", "classes", "palette", "void", "recipe", "calibration",
                                  "input_range") if k in base}
-    card.update(init=cfg.init, status="done", unlabeled=result.to_dict() | {
+    card.update(init=cfg.init, status="stopped" if result.stopped else "done", unlabeled=result.to_dict() | {
         "method": "BatchNorm statistics re-estimated on the frames (AdaBN)" + (
             f", {share:.0%} of the training statistics kept (they weigh as {prior_frames:g} frames)"
             if prior_frames else "") + (
