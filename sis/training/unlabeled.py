@@ -306,10 +306,11 @@ def adapt_folder(init: Path, source: Path, out: Path, stride: int | None = None,
     written: its BatchNorm statistics re-estimated on the frames (adapt_batchnorm, the training ones
     weighed as ``prior_frames`` frames), then its BatchNorm scales and shifts fitted to surer predictions
     on them for ``fit_epochs`` passes (fit_steps, fit_to_frames; 0: the statistics alone; None: this host's
-    default, fit_epochs_here). ``progress`` gets (steps done, steps planned), a frame's pass and a fitting
-    step each one. Raises AdaptError (nothing written) where the frames cannot adapt it, or ``stop`` came
-    before enough of them had been seen; stopped later, the model so far is saved and its card says how
-    far it got."""
+    default, fit_epochs_here), then given its start's graph where it labels frames as eager does
+    (bench.carried_engines). ``progress`` gets (steps done, steps planned), a frame's pass, a fitting step
+    and the graph's check each one. Raises AdaptError (nothing written) where the frames cannot adapt it,
+    or ``stop`` came before enough of them had been seen; stopped later, the model so far is saved and its
+    card says how far it got."""
     from sis import zoo
     from sis.training.bench import GRAPH, carried_engines
     from sis.zoo import models
@@ -324,7 +325,7 @@ def adapt_folder(init: Path, source: Path, out: Path, stride: int | None = None,
     start = zoo.read_card(init)
     fit_epochs = fit_epochs_here() if fit_epochs is None else fit_epochs
     planned = fit_steps(len(frames), fit_epochs)
-    total = len(frames) + planned
+    total = len(frames) + planned + 1  # the last step: the new model's graph checked (bench.carried_engines)
 
     def counted(i, n):
         if progress:
@@ -342,6 +343,7 @@ def adapt_folder(init: Path, source: Path, out: Path, stride: int | None = None,
     models.save_model(model, cfg, out)  # its graph is filled from the saved weights, then checked; the card last
     fast = carried_engines(init, out, frames[:used], lambda rgb: _seen(rgb, cfg, start.input_range).numpy(),
                            "the adaptation frames")
+    counted(total, total)
     seconds = time.perf_counter() - t0
     agree = fast["backends"][GRAPH]["agreement"] if fast else None
     result = Adaptation(str(init), str(out), used, skipped, round(seconds, 1), layers, len(frames), round(share, 4),
