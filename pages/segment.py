@@ -87,6 +87,16 @@ smaller = " (a soft photo is segmented smaller: its blur shrinks with it)" if re
 st.caption(f"Inference {res.ms:.0f} ms on CPU at {res.given_size[1]}x{res.given_size[0]}{smaller} "
            f"with {entry.key} on {res.engine}; mean confidence {100 * res.mean_confidence:.1f}%")
 
+origin = catalog.adapted_from(entry, entries)
+if origin is not None and st.toggle(f"Show {origin.key}, the model it was adapted from, beside it", key="seg_beside"):
+    before = ui.segment_cached(origin, image_key, image, truth, slot="segment_origin", mode=mode)
+    o1, o2 = st.columns(2)
+    for col, r, name in ((o1, before, origin.key), (o2, res, f"{entry.key} (adapted)")):
+        col.image(report.paint(r, classes, 1.0, visible), width="stretch",
+                  caption=name + (f" · mIoU {100 * r.scores['miou']:.1f}%" if r.scores else ""))
+    st.caption(f"Adapting changed the label of {100 * report.disagreement([before.labels, res.labels])[1]:.1f}% "
+               "of this photo's pixels.")
+
 d, e = st.columns([1, 1])
 d.plotly_chart(charts.class_share_bar(res.share, classes), width="stretch")
 e.image(res.confidence, caption="Confidence (max softmax): dark = unsure, yellow = sure", width="stretch")

@@ -1008,6 +1008,23 @@ def test_a_fine_tuned_model_shows_its_verdict_and_can_be_named_and_removed(app_e
 
 
 
+def test_an_adapted_model_knows_the_model_it_came_from(app_env):
+    """catalog.adapted_from: a shipped model or a run's start by its card's init "adapted:NAME", None for a
+    shipped model, a fine-tune, or a start no longer offered."""
+    from sis import zoo
+    from sis.studio import catalog
+    entries = catalog.available_models()
+    tiny = entries["run:tiny"]
+    assert catalog.adapted_from(entries["unet-vgg11_bn"], entries) is None  # shipped
+    assert catalog.adapted_from(tiny, entries) is None  # trained, not adapted
+    zoo.update_card(tiny.folder, init="adapted:unet-vgg11_bn")
+    assert catalog.adapted_from(tiny, entries) == entries["unet-vgg11_bn"]
+    zoo.update_card(tiny.folder, init="adapted:tiny")
+    assert catalog.adapted_from(tiny, entries) == tiny  # a run's start is named by its folder
+    zoo.update_card(tiny.folder, init="adapted:gone")
+    assert catalog.adapted_from(tiny, entries) is None
+
+
 def test_adapt_is_offered_from_as_many_photos_as_it_needs(app_env):
     """Two photos: no Adapt button that could only refuse them, a line saying how many it takes."""
     from conftest import make_frame
@@ -1065,6 +1082,11 @@ def test_adapt_a_model_to_a_few_uploaded_photos_without_labels(app_env):
     assert any(o.startswith(f"{new.name} (adapted here, no labels)") for o in at.selectbox(key="seg_model").options)
     assert any(c.value.startswith(f"Now using run:{new.name}.") for c in at.caption), [c.value for c in at.caption]
     assert not [b for b in at.button if b.key == "seg_adapt:use"]
+    at.toggle(key="seg_beside").set_value(True).run()  # the model it was adapted from, on the same photo
+    assert not at.exception, at.exception
+    assert at.toggle(key="seg_beside").label.startswith("Show run:tiny, the model it was adapted from")
+    changed = [c.value for c in at.caption if c.value.startswith("Adapting changed the label of ")]
+    assert len(changed) == 1 and changed[0].endswith("% of this photo's pixels."), [c.value for c in at.caption]
     manager.jobs.clear()
 
 

@@ -374,6 +374,10 @@ def test_adapt_to_my_uploaded_photos_without_labels(server, browser):
     page.get_by_text(re.compile(rf"^Inference \d+ ms on CPU at .* with run:{re.escape(new)} on ")).wait_for()
     page.get_by_role("button", name=f"Use run:{new} here").wait_for(state="detached")
     _shot(page, "segment_adapted_in_use")
+    page.get_by_text(re.compile(r"^Show \S+, the model it was adapted from, beside it$")).click()
+    page.get_by_text(re.compile(r"^Adapting changed the label of \d+\.\d% of this photo's pixels\.$")).wait_for()
+    _idle(page)
+    _shot(page, "segment_adapted_beside_original")
 
 
 def test_adapt_a_model_on_my_frames_and_see_before_and_after(server, browser):

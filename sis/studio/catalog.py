@@ -56,6 +56,18 @@ def remove_model(entry: Entry) -> None:
     store.delete_run_of(str(entry.folder))
 
 
+def adapted_from(entry: Entry, entries: dict[str, Entry]) -> Entry | None:
+    """The model ``entry`` was adapted from without labels (its card's init "adapted:NAME"), where
+    ``entries`` still offers it; else None."""
+    if entry.shipped:
+        return None
+    init = str(zoo.read_card(entry.folder).raw.get("init", ""))
+    if not init.startswith("adapted:"):
+        return None
+    name = init.split(":", 1)[1]
+    return entries.get(name) or entries.get(f"run:{name}")
+
+
 def verdict(entry: Entry):
     """A fine-tuned model's before/after comparison (training.adapt.BeforeAfter), None where it has none."""
     if entry.shipped:

@@ -173,8 +173,9 @@ def adapt_button(entry: catalog.Entry, source: Path, what: str, key: str, picker
                        f"training city's statistics{fitted}: **{adapted}** is in every model picker (the original "
                        "is unchanged).")
             if entry.key == adapted:
-                st.caption(f"Now using {adapted}. Compare shows it beside the original on your own photo: without "
-                           "labels, nothing here can tell whether adapting helped on your street; your eyes can.")
+                st.caption(f"Now using {adapted}. Without labels nothing here can tell whether adapting helped on "
+                           "your street; your eyes can, with the original beside it (on Segment, the switch under "
+                           "the photo; on Compare, any photo).")
             elif adapted in catalog.available_models():  # not where it was removed since
                 st.button(f"Use {adapted} here", key=f"{key}:use", on_click=_pick, args=(picker, adapted),
                           help="Switches this page's model picker to the adapted model.")
