@@ -74,8 +74,8 @@ p.add_argument("--spread", action="store_true", help="the N frames of --adapt-fr
 p.add_argument("--source-share", default="0", help="comma-separated shares of the training statistics to keep, "
                "each a number in [0, 1] or 'rule' (what `sis adapt` keeps)")
 p.add_argument("--fit-epochs", type=float, default=0, help="then fit the adapted model to the adaptation frames for "
-               "this many passes over them, within `sis adapt`'s least and most steps (fit_steps; scored after each pass, or at "
-               "--score-at, and at the end), one run per --fit")
+               "this many passes over them, within `sis adapt`'s least and most steps (fit_steps; scored after "
+               "each pass, or at --score-at, and at the end), one run per --fit")
 p.add_argument("--fit", default="entropy:norm:1e-4", help="comma-separated LOSS:TRAIN:RATE, LOSS entropy or "
                "pseudo (the adapted model's multi-scale+flip labels where surer than --pseudo-threshold), "
                "TRAIN norm or all")
@@ -152,7 +152,8 @@ for name in names:
             extra = teacher_s if loss == "pseudo" else 0.0
 
             def scored(done, fitted=fitted, clock=clock, lr=lr, share=share, loss=loss, train=train, extra=extra):
-                if (done not in score_at and done != steps) if score_at else (done % len(adapt_on) and done != steps):
+                due = done in score_at if score_at else done % len(adapt_on) == 0
+                if not due and done != steps:
                     return
                 t2 = time.perf_counter()
                 took = t2 - clock["start"] - clock["scoring"] + extra  # the fitting alone, not the scoring between epochs

@@ -56,16 +56,17 @@ def remove_model(entry: Entry) -> None:
     store.delete_run_of(str(entry.folder))
 
 
+def adapted_origin(card: zoo.ModelCard) -> str | None:
+    """The name of the model a card's model was adapted from without labels (its init "adapted:NAME"),
+    None where it was not adapted."""
+    init = str(card.raw.get("init", ""))
+    return init.split(":", 1)[1] if init.startswith("adapted:") else None
+
+
 def adapted_from(entry: Entry, entries: dict[str, Entry]) -> Entry | None:
-    """The model ``entry`` was adapted from without labels (its card's init "adapted:NAME"), where
-    ``entries`` still offers it; else None."""
-    if entry.shipped:
-        return None
-    init = str(zoo.read_card(entry.folder).raw.get("init", ""))
-    if not init.startswith("adapted:"):
-        return None
-    name = init.split(":", 1)[1]
-    return entries.get(name) or entries.get(f"run:{name}")
+    """The model ``entry`` was adapted from without labels, where ``entries`` still offers it; else None."""
+    name = None if entry.shipped else adapted_origin(zoo.read_card(entry.folder))
+    return None if name is None else entries.get(name) or entries.get(f"run:{name}")
 
 
 def verdict(entry: Entry):

@@ -87,7 +87,7 @@ def describe(key: str, entry: catalog.Entry | None = None, default: str | None =
     if key.startswith("run:"):
         compared = catalog.verdict(entry) if entry is not None else None
         stopped = card.raw.get("status") == "stopped"
-        how = "adapted here, no labels" if str(card.raw.get("init", "")).startswith("adapted:") else "fine-tuned here"
+        how = "fine-tuned here" if catalog.adapted_origin(card) is None else "adapted here, no labels"
         return (f"{key[4:]} ({how}{', stopped' if stopped else ''})" +
                 (f" · {compared.verdict()}" if compared is not None and compared.scores else score))
     paper = zoo.MODELS[key].paper if key in zoo.MODELS else None
