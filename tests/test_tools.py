@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, write_dataset
 
 from sis.data.dataset import load_split
 from sis.training.loop import lr_at
@@ -179,3 +179,55 @@ def test_shipping_new_weights_of_the_same_architecture_can_keep_the_replaced_car
     assert kept["latency"]["median_ms"] == 100.0
     with pytest.raises(SystemExit, match="architecture changed"):
         ship.keep_timings({**new, "complexity": {"params": 6, "gflops": 2.0}}, old)
+
+
+def test_int8_carry_scores_the_adapted_and_the_starting_int8_graph_on_the_same_frames(tiny_model, tiny_data,
+                                                                                     tmp_path):
+    """Each shift gives every frame's agreement for both models, and pooled over all, fours and pairs spread
+    over the frames; a start without activation ranges is refused in one sentence."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from sis.engines import export
+    from sis.engines.int8 import RANGES_FILE, quantize_graph
+    from sis.training.bench import INT8_SLACK
+    from sis.zoo import models
+    groups = _tool("int8_carry").groups
+    assert groups(8, 2) == [[0, 4], [1, 5], [2, 6], [3, 7]] and groups(8, 4) == [[0, 2, 4, 6], [1, 3, 5, 7]]
+    assert groups(4, 4) == [[0, 1, 2, 3]] and groups(3, 4) == []
+    start = tmp_path / "start"
+    shutil.copytree(tiny_model, start, ignore=shutil.ignore_patterns("checkpoint"))
+    tool = [sys.executable, str(ROOT / "tools" / "int8_carry.py"), str(start), "--data", str(tiny_data)]
+    r = subprocess.run(tool, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and f"has no {RANGES_FILE}: nothing to carry" in r.stderr
+    data = write_dataset(tmp_path / "ds", n_train=2, n_val=6)
+    tool[-1] = str(data)
+    model, cfg = models.load_model(start)
+    graph = export.export_graph(model, cfg, (64, 96), tmp_path / "g.onnx")
+    quantize_graph(graph, tmp_path / "q.onnx", (64, 96), start / RANGES_FILE)
+    out = tmp_path / "carry.json"
+    r = subprocess.run(tool + ["--shifts", "clean,dusk", "--frames", "4", "--score-every", "1", "--json", str(out)],
+                       cwd=ROOT,
+                       capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, SIS_CACHE_DIR=str(tmp_path / "cache")))
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(row["shift"], row["frames"], len(row["fours"]), len(row["pairs"])) for row in rows] == \
+        [("clean", 4, 1, 2), ("dusk", 4, 1, 2)]
+    for row in rows:
+        assert all(0 <= v <= 1 for v in row["adapted"] + row["start"])
+        assert row["all"] == row["fours"]  # four frames: the one four is all of them
+        assert row["check"] == (row["all"][0][0] >= row["all"][0][1] - INT8_SLACK)  # the check takes those four
+        assert row["scored_on"] == 2 and all(0 <= v <= 1 for m in row["labelled"].values() for v in m.values())
+    assert rows[0]["start"] != rows[1]["start"]  # the shift reached the frames both models were scored on
+    assert "adapted" in r.stdout and "on 4 frames" in r.stdout
+    r = subprocess.run(tool + ["--frames", "4", "--score-every", "1", "--scale-ranges", "0.1", "--json", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, SIS_CACHE_DIR=str(tmp_path / "cache")))
+    assert r.returncode == 0, r.stderr[-2000:]
+    kept, clipped = json.loads(out.read_text())["scaled"]
+    assert (kept["factor"], clipped["factor"]) == (1.0, 0.1)
+    assert clipped["agreement"] < kept["agreement"]  # a tenth of every range clips the activations: unlike eager
+    assert "ranges x0.1: int8 labels" in r.stdout

@@ -102,5 +102,8 @@ def cmd_adapt(a) -> int:
     from sis.engines import choose_engine
     checked = "" if res.graph_agreement is None else \
         f"; its fp32 graph labels the frames {100 * res.graph_agreement:.2f}% alike to eager (mIoU)"
+    if res.int8_agreement is not None:
+        checked += (f", its int8 graph {100 * res.int8_agreement:.2f}% (its start's int8 graph "
+                    f"{100 * res.int8_start_agreement:.2f}% alike to its own eager)")
     print(f"engine: {choose_engine(out).reason()}{checked}")
     return 0

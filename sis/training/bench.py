@@ -231,7 +231,9 @@ def compare_engines(model: str, data: str | None = None, engines: list[str] | No
 
 
 GRAPH = "onnxruntime"  # the fp32 graph: eager's arithmetic, so a model derived from one with graphs may run on it
-CHECK_FRAMES = 2       # frames a derived model's graph is checked on against eager: a wrong graph shows on any
+INT8 = "onnxruntime-int8"  # the int8 graph: checked against the start's own int8 graph, not against eager alone
+CHECK_FRAMES = 4       # frames a derived model's graphs are checked on: int8's agreement varies frame to frame
+INT8_SLACK = 0.02      # int8 agreement it may lose to its start's: above noise, below harm (docs/robustness.md)
 
 
 def agreement(folder: Path, model: torch.nn.Module, cfg, images: list, name: str = GRAPH) -> float:
@@ -243,12 +245,14 @@ def agreement(folder: Path, model: torch.nn.Module, cfg, images: list, name: str
     from sis import engines as E
     from sis.metrics import confusion_matrix, mean_iou
     eager = E.create_engine(E.REFERENCE, model, cfg)
+    with torch.inference_mode():  # eager's labels first, then the graph alone: one engine's memory at a time
+        truth = [eager(x).argmax(1) for x in images]
+    del eager
     other = E.create_engine(name, None, cfg, folder=folder)
     cm = 0
-    with torch.inference_mode():
-        for x in images:
-            other.prepare(tuple(x.shape[-2:]))
-            cm = cm + confusion_matrix(other(x).argmax(1), eager(x).argmax(1), cfg.class_set.num_classes)
+    for x, t in zip(images, truth):
+        other.prepare(tuple(x.shape[-2:]))
+        cm = cm + confusion_matrix(other(x).argmax(1), t, cfg.class_set.num_classes)
     return mean_iou(np.asarray(cm))
 
 
@@ -256,11 +260,11 @@ def carried_engines(start: Path, out: Path, frames: list, given: Callable, said:
     """The engine figures (a card's ``fast_path``) of the model saved in ``out``, adapted or fine-tuned from
     the one in ``start`` with the same architecture: ``start``'s graph templates carried to it (filled from
     its own weights; engines.templates), its fp32 graph's labels checked against eager's on CHECK_FRAMES of
-    ``frames`` spread over them (``given`` makes one the (1, 3, h, w) uint8 array the model is given; ``said``
-    names them, in words), and
-    ``start``'s timings of both, the architecture's. None where ``start``'s card has no such timings, or
-    where no graph can be built for ``out`` or it is not eager's (its templates and graphs are then removed):
-    the model in ``out`` then runs eager."""
+    ``frames`` spread over them, its int8 graph's against ``start``'s int8 graph's (_carried_int8), and
+    ``start``'s timings of the engines that pass, the architecture's. ``given`` makes a frame the (1, 3, h, w)
+    uint8 array the model is given; ``said`` names the frames, in words. None where ``start``'s card has no
+    such timings, or where no graph can be built for ``out`` or it is not eager's (its templates and graphs
+    are then removed): the model in ``out`` then runs eager."""
     from sis import zoo
     from sis.engines import MAX_MIOU_DELTA, REFERENCE
     from sis.engines.cache import cache_dir, file_key
@@ -274,7 +278,8 @@ def carried_engines(start: Path, out: Path, frames: list, given: Callable, said:
     picks = frames[:: max(1, len(frames) // CHECK_FRAMES)][:CHECK_FRAMES]
     try:
         model, cfg = models.load_model(out)  # as saved: a fine-tune may have saved fp16 weights
-        agree = agreement(out, model, cfg, [given(f) for f in picks], GRAPH)
+        seen = [given(f) for f in picks]
+        agree = agreement(out, model, cfg, seen, GRAPH)
     except Exception:  # any graph that cannot be built or run for these weights: the model still runs eager
         agree = None
     delta = None if agree is None else 100 * (agree - 1)
@@ -283,15 +288,52 @@ def carried_engines(start: Path, out: Path, frames: list, given: Callable, said:
             t.unlink(missing_ok=True)
         return None
     kept = ("median_ms", "p90_ms", "images_per_s", "speedup_vs_eager")
-    return {"backends": {
+    backends = {
         REFERENCE: {k: timed[REFERENCE].get(k) for k in kept} | {"miou_delta": 0.0},
         GRAPH: {k: timed[GRAPH].get(k) for k in kept} | {
             "miou_delta": delta, "agreement": agree,
             "miou_note": f"its labels scored against eager fp32's on {len(picks)} of {said}: "
-                         f"{100 * agree:.2f}% mIoU alike"}},
-        "size": fast.get("size"), "threads": fast.get("threads"), "cpu": fast.get("cpu"),
-        "timing_note": f"timings kept from {Path(start).name}'s card: the same architecture and graphs; only the "
-                       "fp32 graph checked for these weights, the other engines unchecked"}
+                         f"{100 * agree:.2f}% mIoU alike"}}
+    int8 = _carried_int8(start, out, model, cfg, seen, timed.get(INT8) or {}, said)
+    if int8:
+        backends[INT8] = {k: timed[INT8].get(k) for k in kept} | int8
+    return {"backends": backends,
+            "size": fast.get("size"), "threads": fast.get("threads"), "cpu": fast.get("cpu"),
+            "timing_note": f"timings kept from {Path(start).name}'s card: the same architecture and graphs; "
+                           f"{'the fp32 and int8 graphs' if int8 else 'only the fp32 graph'} checked for these "
+                           "weights, the other engines unchecked"}
+
+
+def _carried_int8(start: Path, out: Path, model, cfg, images: list, timed: dict, said: str) -> dict | None:
+    """The accuracy figures of ``out``'s int8 graph, quantised with ``start``'s activation ranges (carried
+    beside its weights): kept where its labels agree with eager's on ``images`` within INT8_SLACK of how
+    ``start``'s int8 graph agrees with ``start``'s eager on the same frames, whose val check it passed. No
+    labels, so no val figure of its own: the start's is kept, with both agreements. None where ``start``
+    has no checked int8 graph or this one labels less alike (the carried ranges are then removed)."""
+    from sis.engines import MAX_MIOU_DELTA
+    from sis.engines.cache import cache_dir, file_key
+    from sis.engines.int8 import RANGES_FILE
+    from sis.files import atomic_write
+    ranges = Path(start) / RANGES_FILE
+    delta = timed.get("miou_delta")
+    if not ranges.is_file() or not timed.get("speedup_vs_eager") or delta is None or abs(delta) > MAX_MIOU_DELTA:
+        return None
+    carried = Path(out) / RANGES_FILE
+    atomic_write(carried, lambda tmp: shutil.copyfile(ranges, tmp))
+    try:
+        own = agreement(out, model, cfg, images, INT8)
+        theirs = agreement(start, *models.load_model(start), images, INT8)
+    except Exception:  # no int8 graph for these weights: the fp32 graph serves
+        own = theirs = None
+    if own is None or own < theirs - INT8_SLACK:
+        carried.unlink(missing_ok=True)
+        for t in cache_dir().glob(f"*-{file_key(out)}-*.int8.onnx"):
+            t.unlink(missing_ok=True)
+        return None
+    return {"miou_delta": delta, "agreement": own, "start_agreement": theirs,
+            "miou_note": f"{Path(start).name}'s val figure, with its activation ranges; these weights' int8 labels "
+                         f"{100 * own:.2f}% mIoU alike to eager fp32's on {len(images)} of {said}, "
+                         f"{Path(start).name}'s {100 * theirs:.2f}% alike to its own on the same"}
 
 
 def compare_train(model: str, data: str | None = None, batch: int = 4, size: tuple[int, int] = (352, 480),

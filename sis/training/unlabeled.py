@@ -49,6 +49,8 @@ class Adaptation:
     fit_steps: int = 0     # steps fitting the BatchNorm scales and shifts to surer predictions (fit_to_frames)
     fit_planned: int = 0   # the steps planned: more than ``fit_steps`` where the adaptation was stopped
     graph_agreement: float | None = None  # its fp32 graph's labels against eager's (bench.carried_engines)
+    int8_agreement: float | None = None   # its int8 graph's labels against eager's, where that graph passed
+    int8_start_agreement: float | None = None  # its start's int8 graph's against the start's eager, same frames
 
     @property
     def stopped(self) -> bool:
@@ -312,7 +314,7 @@ def adapt_folder(init: Path, source: Path, out: Path, stride: int | None = None,
     or ``stop`` came before enough of them had been seen; stopped later, the model so far is saved and its
     card says how far it got."""
     from sis import zoo
-    from sis.training.bench import GRAPH, carried_engines
+    from sis.training.bench import GRAPH, INT8, carried_engines
     from sis.zoo import models
     from sis.zoo.registry import read_config
     init, out = Path(init), Path(out)
@@ -345,9 +347,11 @@ def adapt_folder(init: Path, source: Path, out: Path, stride: int | None = None,
                            "the adaptation frames")
     counted(total, total)
     seconds = time.perf_counter() - t0
-    agree = fast["backends"][GRAPH]["agreement"] if fast else None
+    checked = (fast or {}).get("backends", {})
+    int8 = checked.get(INT8, {})
     result = Adaptation(str(init), str(out), used, skipped, round(seconds, 1), layers, len(frames), round(share, 4),
-                        stride, fitted, planned, agree)
+                        stride, fitted, planned, checked.get(GRAPH, {}).get("agreement"), int8.get("agreement"),
+                        int8.get("start_agreement"))
     # its engines bring photos inside the range its statistics were estimated on, as its starting model's do
     base = start.raw
     card = {k: base[k] for k in ("model", "paper_pair", "classes", "palette", "void", "recipe", "calibration",
