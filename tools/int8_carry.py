@@ -34,9 +34,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sis import zoo  # noqa: E402
 from sis.data.shifts import parse_shifts, shifted  # noqa: E402
+from sis.engines import REFERENCE, load_engine  # noqa: E402
 from sis.engines.int8 import RANGES_FILE  # noqa: E402
 from sis.host import cpu_model  # noqa: E402
-from sis.engines import REFERENCE, load_engine  # noqa: E402
 from sis.training.bench import CHECK_FRAMES, INT8, INT8_SLACK, agreement  # noqa: E402
 from sis.training.robustness import CLEAN, score_set, val_frames  # noqa: E402
 from sis.training.unlabeled import MIN_FRAMES, _seen, adapt_folder  # noqa: E402
@@ -44,7 +44,7 @@ from sis.zoo import models  # noqa: E402
 
 
 def groups(count: int, size: int) -> list[list[int]]:
-    """``count`` frames in groups of ``size``, each spaced evenly over all of them (0, 4 and 2, 6 of 8 in pairs)."""
+    """``count`` frames in groups of ``size``, each spread evenly over all of them (8 in pairs: 0 and 4, 1 and 5, ...)."""
     step = count // size
     return [list(range(i, count, step))[:size] for i in range(step)] if 0 < size <= count else []
 
