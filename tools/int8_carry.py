@@ -44,7 +44,7 @@ from sis.zoo import models  # noqa: E402
 
 
 def groups(count: int, size: int) -> list[list[int]]:
-    """``count`` frames in groups of ``size``, each spread evenly over all of them (8 in pairs: 0 and 4, 1 and 5, ...)."""
+    """``count`` frames in groups of ``size``, each spread evenly over them (8 in pairs: 0 and 4, 1 and 5, ...)."""
     step = count // size
     return [list(range(i, count, step))[:size] for i in range(step)] if 0 < size <= count else []
 
