@@ -361,7 +361,11 @@ def test_adapt_to_my_uploaded_photos_without_labels(server, browser):
     button.click()
     said = page.get_by_text(re.compile(r"^Adapted on 4 frames in \d+ s, keeping 67% of the training city's statistics, "
                                        r"then 40 fitting steps: run:\S+ is in every model picker"))
-    said.wait_for(timeout=300_000)
+    try:
+        said.wait_for(timeout=300_000)
+    except sync_api.TimeoutError:
+        _shot(page, "segment_adapt_timeout")
+        pytest.fail("no adaptation after 300 s; the page said: " + page.locator("body").inner_text()[-2000:])
     _idle(page)
     new = re.search(r"run:(\S+-adapted-\d{4}-\d{6})", said.inner_text()).group(1)
     _shot(page, "segment_adapted")
