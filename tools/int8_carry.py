@@ -9,7 +9,7 @@ as `sis adapt` does (unlabeled.adapt_folder, with its checks), then given its st
 (int8_ranges.json) and scored: each frame's int8 labels against eager fp32's (mIoU, eager as the truth),
 for the adapted model and for MODEL, on every frame alone, then pooled over all frames, over fours and
 over pairs spaced evenly. This is what `training.bench.carried_engines` compares (CHECK_FRAMES frames,
-INT8_SLACK of slack; "check" is its verdict on the frames it takes); the spread of the fours and pairs is
+INT8_SLACK of slack; "check" is its verdict on the frames it takes, check_picks); the spread of the fours and pairs is
 what sizes them. Then what the check stands for, with labels: both models' eager and int8 mIoU on every
 --score-every-th of the other val frames under the same shift (the gate for a shipped int8 graph is its
 val mIoU within 0.5 of eager's).
@@ -37,7 +37,7 @@ from sis.data.shifts import parse_shifts, shifted  # noqa: E402
 from sis.engines import REFERENCE, load_engine  # noqa: E402
 from sis.engines.int8 import RANGES_FILE  # noqa: E402
 from sis.host import cpu_model  # noqa: E402
-from sis.training.bench import CHECK_FRAMES, INT8, INT8_SLACK, agreement  # noqa: E402
+from sis.training.bench import INT8, INT8_SLACK, agreement, agreement_matrices, alike, check_picks  # noqa: E402
 from sis.training.robustness import CLEAN, score_set, val_frames  # noqa: E402
 from sis.training.unlabeled import MIN_FRAMES, _seen, adapt_folder  # noqa: E402
 from sis.zoo import models  # noqa: E402
@@ -47,14 +47,6 @@ def groups(count: int, size: int) -> list[list[int]]:
     """``count`` frames in groups of ``size``, each spread evenly over them (8 in pairs: 0 and 4, 1 and 5, ...)."""
     step = count // size
     return [list(range(i, count, step))[:size] for i in range(step)] if 0 < size <= count else []
-
-
-def per_frame(folder: Path, model, cfg, frames: list) -> list[float]:
-    return [agreement(folder, model, cfg, [x], INT8) for x in frames]
-
-
-def pooled(folder: Path, model, cfg, frames: list, ix: list[int]) -> float:
-    return agreement(folder, model, cfg, [frames[i] for i in ix], INT8)
 
 
 def scaled_ranges(start: Path, factor: float, dst: Path) -> Path:
@@ -95,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.scale_ranges:
         rows = []
         checked = [_seen(rgb, scfg, card.input_range).numpy() for _, rgb, _ in picks]
-        checked = checked[:: max(1, len(checked) // CHECK_FRAMES)][:CHECK_FRAMES]
+        checked = check_picks(checked)
         pairs = [(val[i][1], val[i][2]) for i in scored]
         eager = score_set(load_engine(start, REFERENCE), pairs, classes).miou
         for factor in [1.0] + [float(f) for f in a.scale_ranges.split(",")]:
@@ -131,15 +123,16 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copyfile(start / RANGES_FILE, out / RANGES_FILE)  # as carried_engines does, kept or not
             model, cfg = models.load_model(out)
             seen = [_seen(rgb, scfg, card.input_range).numpy() for rgb in rgbs]
+            new, old = (agreement_matrices(out, model, cfg, seen, INT8),
+                        agreement_matrices(start, smodel, scfg, seen, INT8))
             row = {"shift": shift, "severity": 0 if shift == CLEAN else a.severity, "frames": len(seen),
                    "adapt_s": round(seconds, 1),
-                   "adapted": per_frame(out, model, cfg, seen), "start": per_frame(start, smodel, scfg, seen)}
+                   "adapted": [alike([m]) for m in new], "start": [alike([m]) for m in old]}
             for name, size in (("all", len(seen)), ("fours", 4), ("pairs", 2)):
-                row[name] = [(pooled(out, model, cfg, seen, ix), pooled(start, smodel, scfg, seen, ix))
+                row[name] = [(alike([new[i] for i in ix]), alike([old[i] for i in ix]))
                              for ix in groups(len(seen), size)]
-            checked = seen[:: max(1, len(seen) // CHECK_FRAMES)][:CHECK_FRAMES]  # as carried_engines picks them
-            own, theirs = (agreement(out, model, cfg, checked, INT8), agreement(start, smodel, scfg, checked, INT8))
-            row["check"] = own >= theirs - INT8_SLACK
+            checked = check_picks(list(range(len(seen))))  # the frames carried_engines checks
+            row["check"] = alike([new[i] for i in checked]) >= alike([old[i] for i in checked]) - INT8_SLACK
             pairs = [(rgb, label) if shift == CLEAN else shifted(rgb, label, shift, a.severity, i, 0, void)
                      for i, (_, rgb, label) in ((i, val[i]) for i in scored)]
             row["scored_on"] = len(pairs)

@@ -78,6 +78,11 @@ def _file_key(folder: Path, stamps: tuple) -> str:
     return "f" + h.hexdigest()[:15]
 
 
+def cached_for(folder: Path, pattern: str = "*") -> list[Path]:
+    """What the graph cache holds for the model in ``folder`` (its weights' key), ``pattern`` after the key."""
+    return list(cache_dir().glob(f"*-{file_key(folder)}-{pattern}"))
+
+
 def tmp_onnx(path: Path, kind: str = "tmp") -> Path:
     """Where a graph is written before it is renamed to ``path`` (per process: builds may race)."""
     return path.with_name(f"{path.stem}.{os.getpid()}.{kind}.onnx")

@@ -236,24 +236,42 @@ CHECK_FRAMES = 4       # frames a derived model's graphs are checked on: int8's 
 INT8_SLACK = 0.02      # int8 agreement it may lose to its start's: above noise, below harm (docs/robustness.md)
 
 
-def agreement(folder: Path, model: torch.nn.Module, cfg, images: list, name: str = GRAPH) -> float:
-    """How alike engine ``name`` (the model saved in ``folder``) labels ``images`` ((1, 3, h, w) uint8 each,
-    as the model is given them) to eager fp32 on ``model`` (the same weights, in memory): the mIoU of its
-    labels scored against eager's, 1.0 where they agree on every pixel. A check that needs no labels."""
-    import numpy as np
+def check_picks(frames: list) -> list:
+    """The CHECK_FRAMES of ``frames``, spread over them, that a derived model's graphs are checked on."""
+    return frames[:: max(1, len(frames) // CHECK_FRAMES)][:CHECK_FRAMES]
 
+
+def agreement_matrices(folder: Path, model: torch.nn.Module, cfg, images: list, name: str = GRAPH) -> list:
+    """Per image of ``images`` ((1, 3, h, w) uint8 each, as the model is given them), the confusion matrix of
+    engine ``name``'s labels (the model saved in ``folder``) against eager fp32's on ``model`` (the same
+    weights, in memory)."""
     from sis import engines as E
-    from sis.metrics import confusion_matrix, mean_iou
+    from sis.metrics import confusion_matrix
     eager = E.create_engine(E.REFERENCE, model, cfg)
     with torch.inference_mode():  # eager's labels first, then the graph alone: one engine's memory at a time
         truth = [eager(x).argmax(1) for x in images]
     del eager
     other = E.create_engine(name, None, cfg, folder=folder)
-    cm = 0
+    out = []
     for x, t in zip(images, truth):
         other.prepare(tuple(x.shape[-2:]))
-        cm = cm + confusion_matrix(other(x).argmax(1), t, cfg.class_set.num_classes)
-    return mean_iou(np.asarray(cm))
+        out.append(confusion_matrix(other(x).argmax(1), t, cfg.class_set.num_classes))
+    return out
+
+
+def alike(matrices: list) -> float:
+    """The mIoU of labels pooled over ``matrices`` (agreement_matrices'), 1.0 where they agree on every pixel."""
+    import numpy as np
+
+    from sis.metrics import mean_iou
+    return mean_iou(np.asarray(sum(matrices)))
+
+
+def agreement(folder: Path, model: torch.nn.Module, cfg, images: list, name: str = GRAPH) -> float:
+    """How alike engine ``name`` (the model saved in ``folder``) labels ``images`` to eager fp32 on ``model``:
+    the mIoU of its labels scored against eager's (agreement_matrices), 1.0 where they agree on every pixel.
+    A check that needs no labels."""
+    return alike(agreement_matrices(folder, model, cfg, images, name))
 
 
 def carried_engines(start: Path, out: Path, frames: list, given: Callable, said: str) -> dict | None:
@@ -267,7 +285,7 @@ def carried_engines(start: Path, out: Path, frames: list, given: Callable, said:
     are then removed): the model in ``out`` then runs eager."""
     from sis import zoo
     from sis.engines import MAX_MIOU_DELTA, REFERENCE
-    from sis.engines.cache import cache_dir, file_key
+    from sis.engines.cache import cached_for
     from sis.engines.templates import carry_templates
     fast = zoo.read_card(start).raw.get("fast_path") or {}
     timed = fast.get("backends") or {}
@@ -275,7 +293,7 @@ def carried_engines(start: Path, out: Path, frames: list, given: Callable, said:
             not (timed.get(GRAPH) or {}).get("speedup_vs_eager"):
         return None
     carry_templates(start, out)
-    picks = frames[:: max(1, len(frames) // CHECK_FRAMES)][:CHECK_FRAMES]
+    picks = check_picks(frames)
     try:
         model, cfg = models.load_model(out)  # as saved: a fine-tune may have saved fp16 weights
         seen = [given(f) for f in picks]
@@ -284,7 +302,7 @@ def carried_engines(start: Path, out: Path, frames: list, given: Callable, said:
         agree = None
     delta = None if agree is None else 100 * (agree - 1)
     if delta is None or abs(delta) > MAX_MIOU_DELTA:  # not eager's graph: none of it is kept, built or carried
-        for t in [*Path(out).glob("graph-*.onnx"), *cache_dir().glob(f"*-{file_key(out)}-*")]:
+        for t in [*Path(out).glob("graph-*.onnx"), *cached_for(out)]:
             t.unlink(missing_ok=True)
         return None
     kept = ("median_ms", "p90_ms", "images_per_s", "speedup_vs_eager")
@@ -311,7 +329,7 @@ def _carried_int8(start: Path, out: Path, model, cfg, images: list, timed: dict,
     labels, so no val figure of its own: the start's is kept, with both agreements. None where ``start``
     has no checked int8 graph or this one labels less alike (the carried ranges are then removed)."""
     from sis.engines import MAX_MIOU_DELTA
-    from sis.engines.cache import cache_dir, file_key
+    from sis.engines.cache import cached_for
     from sis.engines.int8 import RANGES_FILE
     from sis.files import atomic_write
     ranges = Path(start) / RANGES_FILE
@@ -327,7 +345,7 @@ def _carried_int8(start: Path, out: Path, model, cfg, images: list, timed: dict,
         own = theirs = None
     if own is None or own < theirs - INT8_SLACK:
         carried.unlink(missing_ok=True)
-        for t in cache_dir().glob(f"*-{file_key(out)}-*.int8.onnx"):
+        for t in cached_for(out, "*.int8.onnx"):
             t.unlink(missing_ok=True)
         return None
     return {"miou_delta": delta, "agreement": own, "start_agreement": theirs,
