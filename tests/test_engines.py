@@ -255,6 +255,30 @@ def test_int8_reuses_calibrated_ranges_for_new_sizes(tiny_model, monkeypatch):
     assert out.shape == (1, 11, 96, 64)
 
 
+def test_int8_graph_is_cached_by_its_ranges_as_well_as_its_weights(tiny_model, tmp_path, monkeypatch):
+    """The same weights quantised with other ranges (an adapted model's carried ones, a tool's scaled ones)
+    build a graph of their own, not the one cached for the first ranges."""
+    monkeypatch.setenv("SIS_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model, folder, ignore=shutil.ignore_patterns("checkpoint"))
+    size, x = (64, 96), np.random.default_rng(0).integers(0, 255, (1, 3, 64, 96), np.uint8)
+    calibrated = engines.load_engine(folder, "onnxruntime-int8")
+    plain, first = calibrated(x), calibrated.cached_path(size)
+    shutil.copyfile(calibrated.ranges_path(), folder / int8.RANGES_FILE)  # shipped beside the weights
+    own = engines.load_engine(folder, "onnxruntime-int8")
+    second = own.cached_path(size)
+    assert second != first and first.is_file()
+    assert np.array_equal(own(x), plain)  # the same ranges, a file of its own: the same graph
+    ranges = json.loads((folder / int8.RANGES_FILE).read_text())
+    for tensor in ranges["data"].values():  # ONNX Runtime's calibration cache: every activation's min and max
+        for end in ("lowest", "highest"):
+            tensor[end]["data"] = [v / 4 for v in tensor[end]["data"]]
+    (folder / int8.RANGES_FILE).write_text(json.dumps(ranges))
+    narrow = engines.load_engine(folder, "onnxruntime-int8")
+    assert narrow.cached_path(size) not in (second, first)
+    assert not np.array_equal(narrow(x), plain) and second.is_file()
+
+
 def test_template_rebuilds_the_exported_graph_and_refuses_other_weights(tiny_model, tmp_path, monkeypatch):
     """A shipped template + the folder's weights give the exported graph back, exactly; a template
     made for other weights is not used."""

@@ -307,6 +307,63 @@ def test_a_fine_tune_runs_on_its_starting_models_graph_once_checked(tiny_data, t
     assert not list((tmp_path / "m2").glob("graph-*.onnx")) and choose_engine(tmp_path / "m2").name == "eager"
 
 
+def test_a_runs_val_stands_for_eager_fp32_only_without_autocast_or_an_fp16_save(monkeypatch):
+    import sis.training.loop as loop
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(loop, "amp_dtype", lambda device: torch.bfloat16)  # a CPU where bf16 pays
+    assert not loop._fp32_here(TrainConfig(), cpu) and loop._fp32_here(TrainConfig(amp=False), cpu)
+    monkeypatch.setattr(loop, "amp_dtype", lambda device: None)
+    assert loop._fp32_here(TrainConfig(), cpu) and not loop._fp32_here(TrainConfig(save_half=True), cpu)
+    assert not loop._fp32_here(TrainConfig(amp=False), torch.device("cuda"))
+
+
+@pytest.mark.parametrize("fp32_here", [True, False])
+def test_a_fine_tunes_int8_graph_gets_a_val_figure_of_its_own(tiny_data, tiny_model, tmp_path, monkeypatch, fp32_here):
+    """Where a fine-tune has labelled validation frames, its int8 graph's card figure is its own val mIoU
+    against eager fp32's on all of them (or its fp32 graph's, where the run's val was not eager fp32), not the
+    start's figure; the policy's gate reads it."""
+    import shutil
+
+    import sis.training.bench as bench
+    from sis import engines
+    from sis.data.dataset import load_split
+    from sis.engines import choose_engine, export, templates
+    from sis.training.evaluate import evaluate
+    monkeypatch.setenv("SIS_CACHE_DIR", str(tmp_path / "cache"))
+    start = tmp_path / "start"
+    shutil.copytree(tiny_model, start, ignore=shutil.ignore_patterns("checkpoint"))
+    model, mcfg = models.load_model(start)
+    size = (64, 96)
+    templates.write_template(export.export_graph(model, mcfg, size, tmp_path / "g.onnx"), start, size)
+    zoo.update_card(start, fast_path={"backends": {
+        "eager": {"median_ms": 10.0, "speedup_vs_eager": 1.0},
+        bench.GRAPH: {"median_ms": 8.0, "speedup_vs_eager": 1.25},
+        bench.INT8: {"median_ms": 4.0, "speedup_vs_eager": 2.5, "miou_delta": -0.1}}})
+    # a 2-step tiny model's near-tied labels flip in int8 under any change of weights: the relative check
+    # passes here so that the scoring after it is what is tested
+    monkeypatch.setattr(bench, "_carried_int8", lambda *a: {"miou_delta": -0.1, "agreement": 0.99,
+                                                            "start_agreement": 0.99})
+    import sis.training.loop as loop
+    monkeypatch.setattr(loop, "_fp32_here", lambda cfg, device: fp32_here)  # this host's bf16 decides otherwise
+    train(_cfg(tiny_data, tmp_path / "m", init=str(start), max_steps=2, lr=1e-2), log=lambda m: None)
+    card = zoo.read_card(tmp_path / "m")
+    int8 = card.raw["fast_path"]["backends"][bench.INT8]
+    val = load_split(tiny_data, "val", 2, mcfg.class_set)
+    own = evaluate(None, mcfg, val, torch.device("cpu"), amp=False,
+                   engine=engines.load_engine(tmp_path / "m", bench.INT8))["miou"]
+    assert int8["against"] == ("eager" if fp32_here else bench.GRAPH)
+    if fp32_here:  # the run's own val figure stands for eager fp32's
+        ref = card.raw["val"]["miou"]
+    else:
+        ref = evaluate(None, mcfg, val, torch.device("cpu"), amp=False,
+                       engine=engines.load_engine(tmp_path / "m", bench.GRAPH))["miou"]
+    assert int8["miou"] == pytest.approx(own) and int8["val_frames"] == 2 and int8["start_miou_delta"] == -0.1
+    assert card.engines[bench.INT8].miou_delta == pytest.approx(100 * (own - ref))
+    assert "on all 2 of its validation frames" in int8["miou_note"]
+    gate = abs(card.engines[bench.INT8].miou_delta) <= engines.MAX_MIOU_DELTA
+    assert (choose_engine(tmp_path / "m").name == bench.INT8) == gate
+
+
 def test_fine_tuning_keeps_the_recipe_the_model_was_trained_with():
     """The shipped pspnet-resnet18 learned with horizontal flips only, 352x480 crops at 0.75-1.5x and
     sqrt-median class weights: a fine-tune from it keeps those, not the paper's vertical flips."""

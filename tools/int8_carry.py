@@ -92,7 +92,6 @@ def main(argv: list[str] | None = None) -> int:
         eager = score_set(load_engine(start, REFERENCE), pairs, classes).miou
         for factor in [1.0] + [float(f) for f in a.scale_ranges.split(",")]:
             with tempfile.TemporaryDirectory() as tmp:
-                os.environ["SIS_CACHE_DIR"] = str(Path(tmp) / "cache")  # int8 graphs are cached by weights alone
                 folder = scaled_ranges(start, factor, Path(tmp) / start.name)
                 row = {"factor": factor, "agreement": agreement(folder, smodel, scfg, checked, INT8),
                        "int8": score_set(load_engine(folder, INT8), pairs, classes).miou, "eager": eager,

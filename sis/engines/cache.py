@@ -78,6 +78,18 @@ def _file_key(folder: Path, stamps: tuple) -> str:
     return "f" + h.hexdigest()[:15]
 
 
+def ranges_key(path: Path) -> str:
+    """A short digest of an int8 ranges file, once per file version in a process: int8 graphs are named by
+    it as well as by the weights, so the same weights quantised with other ranges make another graph."""
+    st = Path(path).stat()
+    return _ranges_key(Path(path).resolve(), (st.st_size, st.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=64)
+def _ranges_key(path: Path, stamp: tuple) -> str:
+    return "r" + hashlib.sha1(path.read_bytes()).hexdigest()[:8]
+
+
 def cached_for(folder: Path, pattern: str = "*") -> list[Path]:
     """What the graph cache holds for the model in ``folder`` (its weights' key), ``pattern`` after the key."""
     return list(cache_dir().glob(f"*-{file_key(folder)}-{pattern}"))

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from sis.engines.cache import GRAPH_FORMAT, cache_dir, file_key, prune_cache
+from sis.engines.cache import GRAPH_FORMAT, cache_dir, file_key, prune_cache, ranges_key
 from sis.engines.int8 import RANGES_FILE, quantize_graph
 from sis.engines.names import EngineError
 from sis.engines.templates import fill_template
@@ -53,9 +53,13 @@ class GraphEngine:
         return cache_dir() / f"{self.cfg.name}-{self._weights_key()}-{GRAPH_FORMAT}-{size[0]}x{size[1]}.onnx"
 
     def cached_path(self, size: tuple[int, int]) -> Path:
-        """Where this engine's graph of ``size`` is cached (it may not be built yet)."""
+        """Where this engine's graph of ``size`` is cached (it may not be built yet): an int8 graph quantised
+        with the folder's ranges file is named by that file too (an adapted model's carried ranges, checked)."""
         fp32 = self.fp32_path(size)
-        return fp32.with_suffix(".int8.onnx") if self.int8 else fp32
+        if not self.int8:
+            return fp32
+        ranges = Path(self.folder) / RANGES_FILE if self.folder is not None else None
+        return fp32.with_suffix(f".{ranges_key(ranges)}.int8.onnx" if ranges and ranges.is_file() else ".int8.onnx")
 
     def graph_path(self, size: tuple[int, int]) -> Path:
         """The cached graph of ``size``, built first if it is not there."""

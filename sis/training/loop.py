@@ -220,6 +220,12 @@ def _mix_in_start(cfg, model, mcfg, start: dict, data, val, device, log) -> dict
     return mixed
 
 
+def _fp32_here(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether the run's val figures are eager fp32 on the CPU for the weights it saves (no autocast, no fp16
+    save): an engine's val figure may then be taken against them without scoring eager again."""
+    return device.type == "cpu" and not cfg.save_half and not (cfg.amp and amp_dtype(device) is not None)
+
+
 def _optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(cfg.optimizer)
     if opt_cls is None:
@@ -466,7 +472,8 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
         if cfg.init not in ("random", "imagenet"):  # its start's graphs, checked for its weights: it need not run eager
             held = data.val if data.val is not None else data.train
             fast = carried_engines(Path(cfg.init), out, held.images, lambda i: i[None].cpu().numpy(),
-                                   "its " + ("validation" if data.val is not None else "training") + " frames")
+                                   "its " + ("validation" if data.val is not None else "training") + " frames",
+                                   labelled=data.val, eager_miou=val["miou"] if val and _fp32_here(cfg, device) else None)
             if fast:
                 zoo.update_card(out, fast_path=fast)
         last = history[-1] if history else {}
