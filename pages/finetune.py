@@ -4,6 +4,7 @@ from pathlib import Path
 import streamlit as st
 
 from sis import store, zoo
+from sis.engines import choose_engine
 from sis.data.dataset import DatasetError, list_pairs, validation_plan
 from sis.studio import catalog, jobs, ui
 from sis.training import adapt
@@ -169,6 +170,8 @@ def live():
         st.success(f"Run {status} after {len(snap.steps)} steps in {snap.elapsed_s:.0f} s"
                    + (f", val mIoU {100 * val:.1f}%" if val is not None else "")
                    + f". Saved as run:{Path(snap.out).name}: pick it on the other pages.")
+        if (Path(snap.out) / "config.json").is_file():  # a fine-tune brings its start's checked graphs
+            st.caption(f"It runs here on {choose_engine(Path(snap.out)).reason()}.")
         if snap.message:
             st.caption(snap.message)
     if status in ("done", "stopped", "failed") and st.session_state.get("_ft_end_seen") != job.id:

@@ -878,6 +878,7 @@ def test_finetune_on_my_dataset_with_replay(app_env, tiny_data, monkeypatch):
     assert job.cfg["replay_ratio"] == 0.75 and job.cfg["init_share"] == 0.25
     at.run()  # the run ended: before and after, on the base set's val frames (no frame of 5 is held out)
     assert not at.exception
+    assert any(c.value.startswith("It runs here on eager") for c in at.caption), [c.value for c in at.caption]
     assert any(m.value.startswith("**camvid_tiny0 val (what the model may forget)** (3 frames): mIoU")
                for m in at.markdown), [m.value for m in at.markdown]
     assert len(at.dataframe[0].value) == 12 and len(at.get("image")) == 12  # 11 classes + the mean; label, before, after of 4 frames
