@@ -328,6 +328,7 @@ def test_a_fine_tunes_int8_graph_gets_a_val_figure_of_its_own(tiny_data, tiny_mo
     from sis import engines
     from sis.data.dataset import load_split
     from sis.engines import choose_engine, export, templates
+    from sis.engines.int8 import RANGES_FILE as int8_ranges
     from sis.training.evaluate import evaluate
     monkeypatch.setenv("SIS_CACHE_DIR", str(tmp_path / "cache"))
     start = tmp_path / "start"
@@ -339,10 +340,14 @@ def test_a_fine_tunes_int8_graph_gets_a_val_figure_of_its_own(tiny_data, tiny_mo
         "eager": {"median_ms": 10.0, "speedup_vs_eager": 1.0},
         bench.GRAPH: {"median_ms": 8.0, "speedup_vs_eager": 1.25},
         bench.INT8: {"median_ms": 4.0, "speedup_vs_eager": 2.5, "miou_delta": -0.1}}})
-    # a 2-step tiny model's near-tied labels flip in int8 under any change of weights: the relative check
-    # passes here so that the scoring after it is what is tested
-    monkeypatch.setattr(bench, "_carried_int8", lambda *a: {"miou_delta": -0.1, "agreement": 0.99,
-                                                            "start_agreement": 0.99})
+    calibrated = engines.load_engine(start, bench.INT8)
+    calibrated.prepare(size)
+    shutil.copyfile(calibrated.ranges_path(), start / int8_ranges)  # shipped beside its weights
+
+    def passed(start, out, *a):  # a 2-step tiny model's near-tied labels flip in int8 under any change of
+        shutil.copyfile(start / int8_ranges, out / int8_ranges)  # weights: the relative check passes here
+        return {"miou_delta": -0.1, "agreement": 0.99, "start_agreement": 0.99}  # so that the scoring is tested
+    monkeypatch.setattr(bench, "_carried_int8", passed)
     import sis.training.loop as loop
     monkeypatch.setattr(loop, "_fp32_here", lambda cfg, device: fp32_here)  # this host's bf16 decides otherwise
     train(_cfg(tiny_data, tmp_path / "m", init=str(start), max_steps=2, lr=1e-2), log=lambda m: None)
@@ -361,7 +366,16 @@ def test_a_fine_tunes_int8_graph_gets_a_val_figure_of_its_own(tiny_data, tiny_mo
     assert card.engines[bench.INT8].miou_delta == pytest.approx(100 * (own - ref))
     assert "on all 2 of its validation frames" in int8["miou_note"]
     gate = abs(card.engines[bench.INT8].miou_delta) <= engines.MAX_MIOU_DELTA
-    assert (choose_engine(tmp_path / "m").name == bench.INT8) == gate
+    assert (choose_engine(tmp_path / "m").name == bench.INT8) == gate and (tmp_path / "m" / int8_ranges).is_file()
+    if fp32_here:
+        return
+
+    def fails(*a):
+        raise RuntimeError("no int8 graph for these frames")
+    monkeypatch.setattr(bench, "_scored_int8", fails)  # what cannot be scored is not kept: the fp32 graph serves
+    train(_cfg(tiny_data, tmp_path / "m2", init=str(start), max_steps=2, lr=1e-2), log=lambda m: None)
+    assert bench.INT8 not in zoo.read_card(tmp_path / "m2").engines and not (tmp_path / "m2" / int8_ranges).exists()
+    assert choose_engine(tmp_path / "m2").name == bench.GRAPH
 
 
 def test_fine_tuning_keeps_the_recipe_the_model_was_trained_with():

@@ -317,7 +317,10 @@ def carried_engines(start: Path, out: Path, frames: list, given: Callable, said:
                          f"{100 * agree:.2f}% mIoU alike"}}
     int8 = _carried_int8(start, out, model, cfg, seen, timed.get(INT8) or {}, said)
     if int8 and labelled is not None and len(labelled):
-        int8 = _scored_int8(out, cfg, labelled, int8, said, eager_miou)
+        try:
+            int8 = _scored_int8(out, cfg, labelled, int8, said, eager_miou)
+        except Exception:  # an int8 graph that cannot score these frames: the fp32 graph serves
+            int8 = _drop_int8(out)
     if int8:
         backends[INT8] = {k: timed[INT8].get(k) for k in kept} | int8
     return {"backends": backends,
@@ -334,7 +337,6 @@ def _carried_int8(start: Path, out: Path, model, cfg, images: list, timed: dict,
     labels, so no val figure of its own: the start's is kept, with both agreements. None where ``start``
     has no checked int8 graph or this one labels less alike (the carried ranges are then removed)."""
     from sis.engines import MAX_MIOU_DELTA
-    from sis.engines.cache import cached_for
     from sis.engines.int8 import RANGES_FILE
     from sis.files import atomic_write
     ranges = Path(start) / RANGES_FILE
@@ -349,14 +351,20 @@ def _carried_int8(start: Path, out: Path, model, cfg, images: list, timed: dict,
     except Exception:  # no int8 graph for these weights: the fp32 graph serves
         own = theirs = None
     if own is None or own < theirs - INT8_SLACK:
-        carried.unlink(missing_ok=True)
-        for t in cached_for(out, "*.int8.onnx"):
-            t.unlink(missing_ok=True)
-        return None
+        return _drop_int8(out)
     return {"miou_delta": delta, "agreement": own, "start_agreement": theirs,
             "miou_note": f"{Path(start).name}'s val figure, with its activation ranges; these weights' int8 labels "
                          f"{100 * own:.2f}% mIoU alike to eager fp32's on {len(images)} of {said}, "
                          f"{Path(start).name}'s {100 * theirs:.2f}% alike to its own on the same"}
+
+
+def _drop_int8(out: Path) -> None:
+    """Remove the ranges carried to ``out`` and any int8 graph cached for it: it runs on its fp32 graph."""
+    from sis.engines.cache import cached_for
+    from sis.engines.int8 import RANGES_FILE
+    (Path(out) / RANGES_FILE).unlink(missing_ok=True)
+    for t in cached_for(out, "*.int8.onnx"):
+        t.unlink(missing_ok=True)
 
 
 def _scored_int8(out: Path, cfg, labelled, int8: dict, said: str, eager_miou: float | None = None) -> dict:
