@@ -283,9 +283,9 @@ def carried_engines(start: Path, out: Path, frames: list, given: Callable, said:
     ``start``'s timings of the engines that pass, the architecture's. ``given`` makes a frame the (1, 3, h, w)
     uint8 array the model is given; ``said`` names the frames, in words. ``labelled`` (a fine-tune's val
     Frames, where it has them) gives its int8 graph a val figure of its own (_scored_int8) in place of
-    ``start``'s; ``eager_miou``, eager fp32's mIoU on them for the saved weights where the caller has it. None where ``start``'s card has no
-    such timings, or where no graph can be built for ``out`` or it is not eager's (its templates and graphs
-    are then removed): the model in ``out`` then runs eager."""
+    ``start``'s; ``eager_miou``: eager fp32's mIoU on them for the saved weights, where the caller has it.
+    None where ``start``'s card has no such timings, or where no graph can be built for ``out`` or it is not
+    eager's (its templates and graphs are then removed): the model in ``out`` then runs eager."""
     from sis import zoo
     from sis.engines import MAX_MIOU_DELTA, REFERENCE
     from sis.engines.cache import cached_for
@@ -372,13 +372,13 @@ def _scored_int8(out: Path, cfg, labelled, int8: dict, said: str, eager_miou: fl
     frames minus eager fp32's (``eager_miou``, else its fp32 graph's: eager's arithmetic, checked), as a shipped
     model's is measured. The engine policy's gate then reads this figure."""
     from sis import engines as E
+    from sis.engines import REFERENCE
     from sis.training.evaluate import evaluate
     miou = {}
     for name in (INT8,) if eager_miou is not None else (GRAPH, INT8):  # one graph engine in memory at a time
         engine = E.create_engine(name, None, cfg, folder=out)
         miou[name] = evaluate(None, cfg, labelled, torch.device("cpu"), amp=False, engine=engine)["miou"]
         del engine
-    from sis.engines import REFERENCE
     ref, against = (eager_miou, "eager fp32") if eager_miou is not None else (miou[GRAPH], "its fp32 graph")
     delta = 100 * (miou[INT8] - ref)
     return int8 | {"miou_delta": delta, "miou": miou[INT8], "val_frames": len(labelled),

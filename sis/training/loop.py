@@ -473,7 +473,9 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
             held = data.val if data.val is not None else data.train
             fast = carried_engines(Path(cfg.init), out, held.images, lambda i: i[None].cpu().numpy(),
                                    "its " + ("validation" if data.val is not None else "training") + " frames",
-                                   labelled=data.val, eager_miou=val["miou"] if val and _fp32_here(cfg, device) else None)
+                                   labelled=data.val,  # a stopped run's last val may be of earlier weights
+                                   eager_miou=val["miou"] if val and status == "done" and _fp32_here(cfg, device)
+                                   else None)
             if fast:
                 zoo.update_card(out, fast_path=fast)
         last = history[-1] if history else {}
