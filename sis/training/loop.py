@@ -214,16 +214,16 @@ def _mix_in_start(cfg, model, mcfg, start: dict, data, val, device, log) -> dict
     if data.val is None or val is None:
         log(f"kept {100 * cfg.init_share:.0f}% of {Path(cfg.init).name}'s weights")
         return val
-    mixed = evaluate(model, mcfg, data.val, device, cfg.amp)
+    mixed = evaluate(model, mcfg, data.val, device, amp=False)  # the card's figure, in fp32 as the last val
     log(f"kept {100 * cfg.init_share:.0f}% of {Path(cfg.init).name}'s weights: val mIoU {val['miou']:.4f} -> "
         f"{mixed['miou']:.4f}")
     return mixed
 
 
 def _fp32_here(cfg: TrainConfig, device: torch.device) -> bool:
-    """Whether the run's val figures are eager fp32 on the CPU for the weights it saves (no autocast, no fp16
-    save): an engine's val figure may then be taken against them without scoring eager again."""
-    return device.type == "cpu" and not cfg.save_half and not (cfg.amp and amp_dtype(device) is not None)
+    """Whether a finished run's val figure is eager fp32 on the CPU for the weights it saves (its last val
+    runs without autocast; no fp16 save): an engine's val figure may then be taken against it."""
+    return device.type == "cpu" and not cfg.save_half
 
 
 def _optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -439,7 +439,8 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
         _sync_buffers(model, world)
         if data.val is not None and rank == 0 and epoch_done and \
                 ((epoch + 1) % cfg.val_every == 0 or step >= total):
-            val = evaluate(model, mcfg, data.val, device, cfg.amp)
+            # the last in fp32: the card's figure is the one the engines serve and are measured against
+            val = evaluate(model, mcfg, data.val, device, cfg.amp and step < total)
             _train_mode(net, cfg)
             record.update(val_loss=val["loss"], val_miou=val["miou"], val_pixel_acc=val["pixel_acc"])
             report(step=step, epoch=epoch + 1, loss=record["loss"], pixel_acc=record["pixel_acc"], lr=lr,
