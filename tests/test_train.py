@@ -369,7 +369,7 @@ def test_a_fine_tunes_int8_graph_gets_a_val_figure_of_its_own(tiny_data, tiny_mo
                        engine=engines.load_engine(tmp_path / "m", bench.GRAPH))["miou"]
     assert int8["miou"] == pytest.approx(own) and int8["val_frames"] == 2 and int8["start_miou_delta"] == -0.1
     assert card.engines[bench.INT8].miou_delta == pytest.approx(100 * (own - ref))
-    assert "on all 2 of its validation frames" in int8["miou_note"]
+    assert "on all 2 of the frames its training run held out for validation" in int8["miou_note"]
     gate = abs(card.engines[bench.INT8].miou_delta) <= engines.MAX_MIOU_DELTA
     assert (choose_engine(tmp_path / "m").name == bench.INT8) == gate and (tmp_path / "m" / int8_ranges).is_file()
     if fp32_here:
@@ -454,6 +454,9 @@ def test_cli_fine_tunes_a_shipped_model_on_five_frames_with_replay(tiny_data, tm
     assert card["recipe"]["flips"] == "h" and card["recipe"]["crop"] == [352, 480] and card["model"] == "pspnet-resnet18"
     cmd = card["command"]
     assert all(part in cmd for part in ("--crop 352x480", "--scale 0.75,1.5", "--flips h", f"--replay {tiny_data}"))
+    int8 = card["fast_path"]["backends"]["onnxruntime-int8"]  # no val of its own: scored on the replayed set's
+    assert f"on all 3 of the val frames of {tiny_data.name}" in int8["miou_note"] and int8["against"] == "onnxruntime"
+    assert "engine: onnxruntime" in r.stdout
     for cmd in (["eval", "--model", str(out), "--data", str(tiny_data), "--json"],
                 ["predict", "--model", str(out), "--out", str(tmp_path / "pred"), str(user / "train")]):
         r = subprocess.run([sys.executable, "-m", "sis", *cmd], capture_output=True, text=True, cwd=ROOT, timeout=600)

@@ -275,15 +275,16 @@ def agreement(folder: Path, model: torch.nn.Module, cfg, images: list, name: str
 
 
 def carried_engines(start: Path, out: Path, frames: list, given: Callable, said: str,
-                    labelled=None, eager_miou: float | None = None) -> dict | None:
+                    labelled: tuple | None = None, eager_miou: float | None = None) -> dict | None:
     """The engine figures (a card's ``fast_path``) of the model saved in ``out``, adapted or fine-tuned from
     the one in ``start`` with the same architecture: ``start``'s graph templates carried to it (filled from
     its own weights; engines.templates), its fp32 graph's labels checked against eager's on CHECK_FRAMES of
     ``frames`` spread over them, its int8 graph's against ``start``'s int8 graph's (_carried_int8), and
     ``start``'s timings of the engines that pass, the architecture's. ``given`` makes a frame the (1, 3, h, w)
-    uint8 array the model is given; ``said`` names the frames, in words. ``labelled`` (a fine-tune's val
-    Frames, where it has them) gives its int8 graph a val figure of its own (_scored_int8) in place of
-    ``start``'s; ``eager_miou``: eager fp32's mIoU on them for the saved weights, where the caller has it.
+    uint8 array the model is given; ``said`` names the frames, in words. ``labelled`` ((Frames, their name in
+    words): a fine-tune's labelled frames it did not train on, where it has any) gives its int8 graph a val
+    figure of its own (_scored_int8) in place of ``start``'s; ``eager_miou``: eager fp32's mIoU on them for
+    the saved weights, where the caller has it.
     None where ``start``'s card has no such timings, or where no graph can be built for ``out`` or it is not
     eager's (its templates and graphs are then removed): the model in ``out`` then runs eager."""
     from sis import zoo
@@ -316,7 +317,7 @@ def carried_engines(start: Path, out: Path, frames: list, given: Callable, said:
             "miou_note": f"its labels scored against eager fp32's on {len(picks)} of {said}: "
                          f"{100 * agree:.2f}% mIoU alike"}}
     int8 = _carried_int8(start, out, model, cfg, seen, timed.get(INT8) or {}, said)
-    if int8 and labelled is not None and len(labelled):
+    if int8 and labelled is not None and len(labelled[0]):
         try:
             int8 = _scored_int8(out, cfg, labelled, int8, said, eager_miou)
         except Exception:  # an int8 graph that cannot score these frames: the fp32 graph serves
@@ -367,27 +368,29 @@ def _drop_int8(out: Path) -> None:
         t.unlink(missing_ok=True)
 
 
-def _scored_int8(out: Path, cfg, labelled, int8: dict, said: str, eager_miou: float | None = None) -> dict:
+def _scored_int8(out: Path, cfg, labelled: tuple, int8: dict, said: str, eager_miou: float | None = None) -> dict:
     """``int8`` (_carried_int8's) with the val figure of ``out``'s own int8 graph: its mIoU on the ``labelled``
-    frames minus eager fp32's (``eager_miou``, else its fp32 graph's: eager's arithmetic, checked), as a shipped
-    model's is measured. The engine policy's gate then reads this figure."""
+    frames ((Frames, words)) minus eager fp32's (``eager_miou``, else its fp32 graph's: eager's arithmetic,
+    checked), as a shipped model's is measured. ``said`` names the frames it was checked on. The engine
+    policy's gate then reads this figure."""
     from sis import engines as E
     from sis.engines import REFERENCE
     from sis.training.evaluate import evaluate
+    frames, named = labelled
     miou = {}
     for name in (INT8,) if eager_miou is not None else (GRAPH, INT8):  # one graph engine in memory at a time
         engine = E.create_engine(name, None, cfg, folder=out)
-        miou[name] = evaluate(None, cfg, labelled, torch.device("cpu"), amp=False, engine=engine)["miou"]
+        miou[name] = evaluate(None, cfg, frames, torch.device("cpu"), amp=False, engine=engine)["miou"]
         del engine
     ref, against = (eager_miou, "eager fp32") if eager_miou is not None else (miou[GRAPH], "its fp32 graph")
     delta = 100 * (miou[INT8] - ref)
-    return int8 | {"miou_delta": delta, "miou": miou[INT8], "val_frames": len(labelled),
+    return int8 | {"miou_delta": delta, "miou": miou[INT8], "val_frames": len(frames),
                    "against": REFERENCE if eager_miou is not None else GRAPH,
                    "start_miou_delta": int8["miou_delta"],
-                   "miou_note": f"its own: val mIoU on int8 {100 * miou[INT8]:.2f} against {100 * ref:.2f} on "
-                                f"{against}, on all {len(labelled)} of {said}; its int8 labels "
-                                f"{100 * int8['agreement']:.2f}% mIoU alike to eager fp32's on {CHECK_FRAMES} of them, "
-                                f"its start's {100 * int8['start_agreement']:.2f}% alike to its own"}
+                   "miou_note": f"its own: mIoU on int8 {100 * miou[INT8]:.2f} against {100 * ref:.2f} on "
+                                f"{against}, on all {len(frames)} of {named}; its int8 labels "
+                                f"{100 * int8['agreement']:.2f}% mIoU alike to eager fp32's on {CHECK_FRAMES} of "
+                                f"{said}, its start's {100 * int8['start_agreement']:.2f}% alike to its own"}
 
 
 def compare_train(model: str, data: str | None = None, batch: int = 4, size: tuple[int, int] = (352, 480),

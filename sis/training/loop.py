@@ -465,7 +465,8 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
             val = _mix_in_start(cfg, model, mcfg, start, data, val, device, log)
         card = _card(cfg, mcfg, data, status, step, history, val, wall, world, device)
         card["input_range"] = _input_range(cfg, data)
-        if status == "done" and (fit := _calibration_set(cfg, data, val is not None)):
+        held_out = _calibration_set(cfg, data, val is not None)  # labelled frames it did not train on, if any
+        if status == "done" and (fit := held_out):
             card["calibration"] = cal = _calibration(model, mcfg, *fit)
             log(f"calibrated on {fit[1]}: temperature {cal['temperature']:.3f}, ECE {100 * cal['ece_before']:.2f}% -> "
                 f"{100 * cal['ece_after']:.2f}%")
@@ -474,7 +475,7 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
             held = data.val if data.val is not None else data.train
             fast = carried_engines(Path(cfg.init), out, held.images, lambda i: i[None].cpu().numpy(),
                                    "its " + ("validation" if data.val is not None else "training") + " frames",
-                                   labelled=data.val,  # a stopped run's last val may be of earlier weights
+                                   labelled=held_out,  # a stopped run's last val may be of earlier weights
                                    eager_miou=val["miou"] if val and status == "done" and _fp32_here(cfg, device)
                                    else None)
             if fast:
