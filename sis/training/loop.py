@@ -465,19 +465,21 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
             val = _mix_in_start(cfg, model, mcfg, start, data, val, device, log)
         card = _card(cfg, mcfg, data, status, step, history, val, wall, world, device)
         card["input_range"] = _input_range(cfg, data)
-        held_out = _calibration_set(cfg, data, val is not None)  # labelled frames it did not train on, if any
+        from_folder = cfg.init not in ("random", "imagenet")
+        # labelled frames it did not train on, if any: its confidence is calibrated, a fine-tune's int8 scored on them
+        held_out = _calibration_set(cfg, data, val is not None) if status == "done" or from_folder else None
         if status == "done" and (fit := held_out):
             card["calibration"] = cal = _calibration(model, mcfg, *fit)
             log(f"calibrated on {fit[1]}: temperature {cal['temperature']:.3f}, ECE {100 * cal['ece_before']:.2f}% -> "
                 f"{100 * cal['ece_after']:.2f}%")
         models.save_model(model, mcfg, out, card, half=cfg.save_half)
-        if cfg.init not in ("random", "imagenet"):  # its start's graphs, checked for its weights: it need not run eager
+        if from_folder:  # its start's graphs, checked for its weights: it need not run eager
             held = data.val if data.val is not None else data.train
             fast = carried_engines(Path(cfg.init), out, held.images, lambda i: i[None].cpu().numpy(),
                                    "its " + ("validation" if data.val is not None else "training") + " frames",
-                                   labelled=held_out,  # a stopped run's last val may be of earlier weights
+                                   labelled=held_out,  # a stopped run's last val may be of earlier weights:
                                    eager_miou=val["miou"] if val and status == "done" and _fp32_here(cfg, device)
-                                   else None)
+                                   else None)  # its fp32 graph is then scored instead
             if fast:
                 zoo.update_card(out, fast_path=fast)
         last = history[-1] if history else {}
