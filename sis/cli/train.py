@@ -74,7 +74,7 @@ def cmd_train(a) -> int:
         v = res["val"]
         print(f"{res['status']}: {res['steps']} steps -> {res['out']}" +
               (f" (val mIoU {100 * v['miou']:.2f}, pixel acc {100 * v['pixel_acc']:.2f})" if v else ""))
-        if cfg.init not in ("random", "imagenet") and Path(res["out"], "config.json").is_file():
+        if cfg.from_folder and Path(res["out"], "config.json").is_file():
             from sis.engines import choose_engine  # a fine-tune carries its start's checked graphs
             print(f"engine: {choose_engine(Path(res['out'])).reason()}")
     print(f"rank {res['rank']} weights {res['digest']}", file=sys.stderr)

@@ -58,8 +58,8 @@ class GraphEngine:
         fp32 = self.fp32_path(size)
         if not self.int8:
             return fp32
-        ranges = Path(self.folder) / RANGES_FILE if self.folder is not None else None
-        return fp32.with_suffix(f".{ranges_key(ranges)}.int8.onnx" if ranges and ranges.is_file() else ".int8.onnx")
+        ranges = self._folder_ranges()
+        return fp32.with_suffix(f".{ranges_key(ranges)}.int8.onnx" if ranges else ".int8.onnx")
 
     def graph_path(self, size: tuple[int, int]) -> Path:
         """The cached graph of ``size``, built first if it is not there."""
@@ -102,10 +102,15 @@ class GraphEngine:
             raise EngineError(f"the model folder {self.folder} has other weights than when {self.cfg.name} was "
                               "loaded: load the model again")
 
+    def _folder_ranges(self) -> Path | None:
+        """The calibration ranges shipped (or carried) beside the folder's weights, where there are any."""
+        path = Path(self.folder) / RANGES_FILE if self.folder is not None else None
+        return path if path is not None and path.is_file() else None
+
     def ranges_path(self) -> Path:
         """The shipped calibration ranges, else this model's cached ones (computed on first use)."""
-        if self.folder is not None and (Path(self.folder) / RANGES_FILE).is_file():
-            return Path(self.folder) / RANGES_FILE
+        if (shipped := self._folder_ranges()) is not None:
+            return shipped
         return cache_dir() / f"{self.cfg.name}-{self._weights_key()}-{GRAPH_FORMAT}.{RANGES_FILE}"
 
     def prepare(self, size):

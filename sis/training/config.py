@@ -55,6 +55,11 @@ class TrainConfig:
     save_half: bool = False              # write fp16 weights (shipping)
     threads: int | None = None
 
+    @property
+    def from_folder(self) -> bool:
+        """Whether the run starts from a model folder's weights (a fine-tune), not from random or ImageNet."""
+        return self.init not in ("random", "imagenet")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -149,16 +154,15 @@ def train_command(cfg: TrainConfig | dict) -> str:
     default = TrainConfig()
     parts = ["python -m sis train", f"--model {cfg.model}", f"--data {shlex.quote(str(cfg.data))}",
              f"--out {shlex.quote(str(cfg.out))}"]
-    from_folder = cfg.init not in ("random", "imagenet")
     for field_name, flag in FLAGS.items():
         v, d = getattr(cfg, field_name), getattr(default, field_name)
         if flag.switch is not None:
             if v == flag.switch != d:
                 parts.append(flag.name)
-            elif from_folder and flag.off and v != flag.switch:  # spelled out: left out, it would follow the card
+            elif cfg.from_folder and flag.off and v != flag.switch:  # spelled out: left out, it would follow the card
                 parts.append(flag.off)
             continue
-        if flag.recipe and from_folder:  # spelled out: left out, they would follow the folder's recipe
+        if flag.recipe and cfg.from_folder:  # spelled out: left out, they would follow the folder's recipe
             if v is None:
                 parts.append(f"{flag.name} full")
                 continue

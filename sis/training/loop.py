@@ -314,7 +314,7 @@ def _input_range(cfg: TrainConfig, data: _Data) -> dict:
     source = f"{'+'.join(cfg.splits)} of {Path(cfg.data).name}" + (f" and {Path(cfg.replay).name} replayed"
                                                                   if data.replay is not None else "")
     own = fit_input_range((im.permute(1, 2, 0).numpy() for f in sets for im in f.images), source)
-    start = zoo.read_card(Path(cfg.init)).input_range if cfg.init not in ("random", "imagenet") else None
+    start = zoo.read_card(Path(cfg.init)).input_range if cfg.from_folder else None
     return (union(start, own) if start is not None else own).to_dict()
 
 
@@ -465,15 +465,14 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
             val = _mix_in_start(cfg, model, mcfg, start, data, val, device, log)
         card = _card(cfg, mcfg, data, status, step, history, val, wall, world, device)
         card["input_range"] = _input_range(cfg, data)
-        from_folder = cfg.init not in ("random", "imagenet")
         # labelled frames it did not train on, if any: its confidence is calibrated, a fine-tune's int8 scored on them
-        held_out = _calibration_set(cfg, data, val is not None) if status == "done" or from_folder else None
+        held_out = _calibration_set(cfg, data, val is not None) if status == "done" or cfg.from_folder else None
         if status == "done" and (fit := held_out):
             card["calibration"] = cal = _calibration(model, mcfg, *fit)
             log(f"calibrated on {fit[1]}: temperature {cal['temperature']:.3f}, ECE {100 * cal['ece_before']:.2f}% -> "
                 f"{100 * cal['ece_after']:.2f}%")
         models.save_model(model, mcfg, out, card, half=cfg.save_half)
-        if from_folder:  # its start's graphs, checked for its weights: it need not run eager
+        if cfg.from_folder:  # its start's graphs, checked for its weights: it need not run eager
             held = data.val if data.val is not None else data.train
             fast = carried_engines(Path(cfg.init), out, held.images, lambda i: i[None].cpu().numpy(),
                                    "its " + ("validation" if data.val is not None else "training") + " frames",
