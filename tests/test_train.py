@@ -205,6 +205,26 @@ def test_a_few_frames_without_val_fine_tune_with_replay(tiny_data, tiny_model, t
     assert replay.names == ["f000", "f002", "f003", "f005"] and replay.masks[0].dtype == torch.uint8
 
 
+def test_frames_of_another_size_than_the_replayed_ones_are_cropped_to_the_size_all_hold(tiny_data, tiny_model,
+                                                                                         tmp_path):
+    """A model trained on full frames (no crop in its recipe), fine-tuned on frames taller and narrower than the
+    replayed ones: each is cropped at random to the largest size all of them hold, and the card's recipe and
+    command say so; frames of one size keep full frames."""
+    from conftest import write_dataset
+
+    from sis.training.loop import common_crop
+    user = write_dataset(tmp_path / "mine", n_train=3, n_val=2, h=80, w=72)
+    logs = []
+    res = train(_cfg(user, tmp_path / "m", init=str(tiny_model), batch_size=4, max_steps=2, replay=str(tiny_data)),
+                log=logs.append)
+    card = zoo.read_card(tmp_path / "m").raw
+    assert res["status"] == "done" and res["steps"] == 2
+    assert card["recipe"]["crop"] == [64, 72] and "--crop 64x72" in card["command"]  # tiny_data's 64x96
+    assert any("cropped at random to 64x72, the largest all of them hold" in m for m in logs)
+    assert common_crop([torch.zeros(3, 64, 96)] * 2) is None
+    assert common_crop([torch.zeros(3, 64, 96), torch.zeros(3, 80, 72)]) == (64, 72)
+
+
 def test_one_frame_trains_and_stop_keeps_the_model_so_far_and_the_dataset_as_it_was(tiny_data, tiny_model, tmp_path):
     import hashlib
     user = _user_dataset(tiny_data, tmp_path / "one", 1)

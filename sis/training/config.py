@@ -83,8 +83,9 @@ FLAGS: dict[str, Flag] = {  # TrainConfig field -> its flag; options first, then
     "epochs": Flag("--epochs", kind="positive"),
     "max_steps": Flag("--max-steps", kind="positive"),
     "batch_size": Flag("--batch-size", kind="positive"),
-    "crop": Flag("--crop", "random crop HxW, or 'full' (default: full frames; with --init DIR the augmentation "
-                 "options default to that model's recipe)", kind="size", recipe=True),
+    "crop": Flag("--crop", "random crop HxW, or 'full' (default: full frames, or where the frames (with --replay's) "
+                 "differ in size, the largest size all of them hold; with --init DIR the augmentation options default "
+                 "to that model's recipe)", kind="size", recipe=True),
     "scale": Flag("--scale", "random rescale range, e.g. 0.75,1.5 (default 1,1)", kind="range", recipe=True),
     "flips": Flag("--flips", "default hv (the paper's)", choices=("", "h", "v", "hv"), recipe=True),
     "lr": Flag("--lr", kind="float"),

@@ -5,6 +5,7 @@ horizontal + vertical flips, validation after every epoch, loss / pixel accuracy
 mIoU logged per epoch. Run data-parallel with ``torchrun --nproc_per_node N -m sis train``."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 import os
@@ -114,6 +115,14 @@ class _Data:
     replay: SegDataset | None  # with the teacher's soft targets when distilling
     n_replay: int            # replay frames in each batch
     per_batch: int           # training frames in each batch
+    crop: tuple[int, int] | None  # the random crop: the config's, or common_crop's where frames differ in size
+
+
+def common_crop(images: list) -> tuple[int, int] | None:
+    """None where every image has one size (full frames batch together); else the largest (h, w) every one of
+    them holds, so that a random crop of that size batches them without padding."""
+    sizes = {tuple(i.shape[-2:]) for i in images}  # (3, h, w) tensors
+    return None if len(sizes) <= 1 else (min(h for h, _ in sizes), min(w for _, w in sizes))
 
 
 def _load_data(cfg: TrainConfig, device: torch.device, rank: int, log: Callable[[str], None]) -> _Data:
@@ -126,7 +135,6 @@ def _load_data(cfg: TrainConfig, device: torch.device, rank: int, log: Callable[
         frames, val, validation = validation_frames(cfg.data, frames, cfg.val_limit, classes)
     if rank == 0:
         log(f"validation: {validation}")
-    augment = build_augment(cfg.flips, cfg.crop, cfg.scale, classes.void if classes.void is not None else 255)
     photometric = build_photometric(cfg.photometric)  # checked before the teacher's pass
     if not 0 <= cfg.replay_ratio < 1:
         raise TrainingError(f"the replay ratio is a share of each batch, within 0 and 1 (exclusive), "
@@ -141,17 +149,18 @@ def _load_data(cfg: TrainConfig, device: torch.device, rank: int, log: Callable[
     soft = _teacher_targets(cfg, taught, device, log) if cfg.teacher else None
     if soft is not None and replay_frames is not None:
         log("the teacher answers on the replayed frames; the training frames are taught by their labels")
+    crop = cfg.crop or common_crop(frames.images + (replay_frames.images if replay_frames else []))
+    if crop != cfg.crop and rank == 0:
+        log(f"the training frames differ in size{' (with the replay frames)' if replay_frames else ''}: each is "
+            f"cropped at random to {crop[0]}x{crop[1]}, the largest all of them hold (--crop sets another)")
+    augment = build_augment(cfg.flips, crop, cfg.scale, classes.void if classes.void is not None else 255)
     replay = SegDataset(replay_frames, augment, soft) if replay_frames is not None else None
     train_soft = soft if replay is None else None
     n_replay = min(cfg.batch_size - 1, round(cfg.batch_size * cfg.replay_ratio)) if replay else 0
-    sizes = {tuple(i.shape) for i in frames.images + (replay.frames.images if replay else [])}
-    if cfg.crop is None and len(sizes) > 1:
-        raise TrainingError("training frames differ in size" + (" (with the replay frames)" if replay else "") +
-                            "; set a crop size (--crop HxW)")
     if replay is not None:
         replay.photometric = photometric
     return _Data(classes, frames, val, validation, SegDataset(frames, augment, train_soft, photometric), replay,
-                 n_replay, cfg.batch_size - n_replay)
+                 n_replay, cfg.batch_size - n_replay, crop)
 
 
 def _teacher_targets(cfg: TrainConfig, frames: Frames, device: torch.device, log: Callable[[str], None]) -> list:
@@ -349,6 +358,7 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoint"
     data = _load_data(cfg, device, rank, log)
+    cfg = dataclasses.replace(cfg, crop=data.crop)  # the card's recipe and command say the crop it trained with
     model, mcfg, start = _load_model(cfg, data.classes, log)
     model.to(device)
     if cfg.channels_last:
