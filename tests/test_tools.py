@@ -208,7 +208,8 @@ def test_int8_carry_scores_the_adapted_and_the_starting_int8_graph_on_the_same_f
     graph = export.export_graph(model, cfg, (64, 96), tmp_path / "g.onnx")
     quantize_graph(graph, tmp_path / "q.onnx", (64, 96), start / RANGES_FILE)
     out = tmp_path / "carry.json"
-    r = subprocess.run(tool + ["--shifts", "clean,dusk", "--frames", "4", "--score-every", "1", "--json", str(out)],
+    r = subprocess.run(tool + ["--shifts", "clean,dusk", "--frames", "4", "--score-every", "1", "--fit-epochs", "0",
+                               "--json", str(out)],
                        cwd=ROOT,
                        capture_output=True, text=True, timeout=600,
                        env=dict(os.environ, SIS_CACHE_DIR=str(tmp_path / "cache")))
@@ -216,6 +217,7 @@ def test_int8_carry_scores_the_adapted_and_the_starting_int8_graph_on_the_same_f
     rows = json.loads(out.read_text())["rows"]
     assert [(row["shift"], row["frames"], len(row["fours"]), len(row["pairs"])) for row in rows] == \
         [("clean", 4, 1, 2), ("dusk", 4, 1, 2)]
+    assert [row["fit_steps"] for row in rows] == [0, 0]  # --fit-epochs 0: the statistics alone
     for row in rows:
         assert all(0 <= v <= 1 for v in row["adapted"] + row["start"])
         assert row["all"] == row["fours"]  # four frames: the one four is all of them

@@ -1,7 +1,7 @@
 """How alike an adapted model's int8 graph labels frames to its eager, against its start's int8 graph.
 
     python tools/int8_carry.py MODEL --data ../shared/camvid [--shifts clean,dusk,blur] [--severity 3]
-                               [--frames 8] [--score-every 4] [--json OUT]
+                               [--frames 8] [--score-every 4] [--fit-epochs E] [--json OUT]
     python tools/int8_carry.py MODEL --data ../shared/camvid --scale-ranges 0.9,0.8,2,4
 
 For each shift: --frames CamVid val frames spread over the drive, under that shift; MODEL adapted on them
@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--severity", type=int, default=3)
     ap.add_argument("--frames", type=int, default=8, help="val frames adapted on and scored, spread over the drive")
     ap.add_argument("--score-every", type=int, default=4, help="score with labels on every N-th other val frame")
+    ap.add_argument("--fit-epochs", type=float, help="passes fitting the BatchNorm layers to the frames, as `sis adapt "
+                    "--fit-epochs` (default: its default on this host; 0: the statistics alone)")
     ap.add_argument("--scale-ranges", help="factors: MODEL's own int8 graph with its ranges scaled, no adaptation")
     ap.add_argument("--json", type=Path, help="write the rows here")
     a = ap.parse_args(argv)
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                 Image.fromarray(rgb).save(street / f"{i:03d}.png")
             out = Path(tmp) / "adapted"
             t0 = time.perf_counter()
-            adapt_folder(start, street, out)
+            fitted = adapt_folder(start, street, out, fit_epochs=a.fit_epochs).fit_steps
             seconds = time.perf_counter() - t0
             shutil.copyfile(start / RANGES_FILE, out / RANGES_FILE)  # as carried_engines does, kept or not
             model, cfg = models.load_model(out)
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             new, old = (agreement_matrices(out, model, cfg, seen, INT8),
                         agreement_matrices(start, smodel, scfg, seen, INT8))
             row = {"shift": shift, "severity": 0 if shift == CLEAN else a.severity, "frames": len(seen),
-                   "adapt_s": round(seconds, 1),
+                   "adapt_s": round(seconds, 1), "fit_steps": fitted,
                    "adapted": [alike([m]) for m in new], "start": [alike([m]) for m in old]}
             for name, size in (("all", len(seen)), ("fours", 4), ("pairs", 2)):
                 row[name] = [(alike([new[i] for i in ix]), alike([old[i] for i in ix]))

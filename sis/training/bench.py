@@ -241,16 +241,24 @@ def check_picks(frames: list) -> list:
     return frames[:: max(1, len(frames) // CHECK_FRAMES)][:CHECK_FRAMES]
 
 
-def agreement_matrices(folder: Path, model: torch.nn.Module, cfg, images: list, name: str = GRAPH) -> list:
+def eager_labels(model: torch.nn.Module, cfg, images: list) -> list:
+    """Eager fp32's labels of ``model`` for each of ``images`` ((1, 3, h, w) uint8 each): what a graph's are
+    checked against (agreement_matrices)."""
+    from sis import engines as E
+    eager = E.create_engine(E.REFERENCE, model, cfg)
+    with torch.inference_mode():
+        return [eager(x).argmax(1) for x in images]
+
+
+def agreement_matrices(folder: Path, model: torch.nn.Module, cfg, images: list, name: str = GRAPH,
+                       truth: list | None = None) -> list:
     """Per image of ``images`` ((1, 3, h, w) uint8 each, as the model is given them), the confusion matrix of
     engine ``name``'s labels (the model saved in ``folder``) against eager fp32's on ``model`` (the same
-    weights, in memory)."""
+    weights, in memory), or against ``truth`` (eager_labels' for them, where the caller has them)."""
     from sis import engines as E
     from sis.metrics import confusion_matrix
-    eager = E.create_engine(E.REFERENCE, model, cfg)
-    with torch.inference_mode():  # eager's labels first, then the graph alone: one engine's memory at a time
-        truth = [eager(x).argmax(1) for x in images]
-    del eager
+    # eager's labels first, then the graph alone: one engine's memory at a time
+    truth = eager_labels(model, cfg, images) if truth is None else truth
     other = E.create_engine(name, None, cfg, folder=folder)
     out = []
     for x, t in zip(images, truth):
@@ -267,11 +275,12 @@ def alike(matrices: list) -> float:
     return mean_iou(np.asarray(sum(matrices)))
 
 
-def agreement(folder: Path, model: torch.nn.Module, cfg, images: list, name: str = GRAPH) -> float:
-    """How alike engine ``name`` (the model saved in ``folder``) labels ``images`` to eager fp32 on ``model``:
-    the mIoU of its labels scored against eager's (agreement_matrices), 1.0 where they agree on every pixel.
-    A check that needs no labels."""
-    return alike(agreement_matrices(folder, model, cfg, images, name))
+def agreement(folder: Path, model: torch.nn.Module, cfg, images: list, name: str = GRAPH,
+              truth: list | None = None) -> float:
+    """How alike engine ``name`` (the model saved in ``folder``) labels ``images`` to eager fp32 on ``model``
+    (or to ``truth``, eager_labels' for them): the mIoU of its labels scored against eager's
+    (agreement_matrices), 1.0 where they agree on every pixel. A check that needs no labels."""
+    return alike(agreement_matrices(folder, model, cfg, images, name, truth))
 
 
 def carried_engines(start: Path, out: Path, frames: list, given: Callable, said: str,
@@ -301,7 +310,8 @@ def carried_engines(start: Path, out: Path, frames: list, given: Callable, said:
     try:
         model, cfg = models.load_model(out)  # as saved: a fine-tune may have saved fp16 weights
         seen = [given(f) for f in picks]
-        agree = agreement(out, model, cfg, seen, GRAPH)
+        truth = eager_labels(model, cfg, seen)  # one eager pass serves the fp32 and the int8 graph's checks
+        agree = agreement(out, model, cfg, seen, GRAPH, truth)
     except Exception:  # any graph that cannot be built or run for these weights: the model still runs eager
         agree = None
     delta = None if agree is None else 100 * (agree - 1)
@@ -316,7 +326,7 @@ def carried_engines(start: Path, out: Path, frames: list, given: Callable, said:
             "miou_delta": delta, "agreement": agree,
             "miou_note": f"its labels scored against eager fp32's on {len(picks)} of {said}: "
                          f"{100 * agree:.2f}% mIoU alike"}}
-    int8 = _carried_int8(start, out, model, cfg, seen, timed.get(INT8) or {}, said)
+    int8 = _carried_int8(start, out, model, cfg, seen, timed.get(INT8) or {}, said, truth)
     if int8 and labelled is not None and len(labelled[0]):
         try:
             int8 = _scored_int8(out, cfg, labelled, int8, said, eager_miou)
@@ -331,11 +341,13 @@ def carried_engines(start: Path, out: Path, frames: list, given: Callable, said:
                            "weights, the other engines unchecked"}
 
 
-def _carried_int8(start: Path, out: Path, model, cfg, images: list, timed: dict, said: str) -> dict | None:
+def _carried_int8(start: Path, out: Path, model, cfg, images: list, timed: dict, said: str,
+                  truth: list | None = None) -> dict | None:
     """The accuracy figures of ``out``'s int8 graph, quantised with ``start``'s activation ranges (carried
     beside its weights): kept where its labels agree with eager's on ``images`` within INT8_SLACK of how
     ``start``'s int8 graph agrees with ``start``'s eager on the same frames, whose val check it passed. No
-    labels, so no val figure of its own: the start's is kept, with both agreements. None where ``start``
+    labels, so no val figure of its own: the start's is kept, with both agreements. ``truth``: eager's labels
+    of ``images`` for ``out``'s weights (eager_labels'), where the caller has them. None where ``start``
     has no checked int8 graph or this one labels less alike (the carried ranges are then removed)."""
     from sis.engines import MAX_MIOU_DELTA
     from sis.engines.int8 import RANGES_FILE
@@ -347,7 +359,7 @@ def _carried_int8(start: Path, out: Path, model, cfg, images: list, timed: dict,
     carried = Path(out) / RANGES_FILE
     atomic_write(carried, lambda tmp: shutil.copyfile(ranges, tmp))
     try:
-        own = agreement(out, model, cfg, images, INT8)
+        own = agreement(out, model, cfg, images, INT8, truth)
         theirs = agreement(start, *models.load_model(start), images, INT8)
     except Exception:  # no int8 graph for these weights: the fp32 graph serves
         own = theirs = None
