@@ -387,6 +387,9 @@ def test_adapt_to_my_uploaded_photos_without_labels(server, browser):
     page.get_by_text(re.compile(rf"^Inference \d+ ms on CPU at .* with run:{re.escape(new)} on onnxruntime-int8;"
                                 )).wait_for()
     page.get_by_role("button", name=f"Use run:{new} here").wait_for(state="detached")
+    # no labels to score its int8 graph on: the picker says whose figure it shows
+    picked = page.get_by_role("combobox", name="Inference engine").input_value()
+    assert re.search(r"onnxruntime-int8 \(.*mIoU, its start's figure\) — chosen here", picked), picked
     _shot(page, "segment_adapted_in_use")
     page.get_by_text(re.compile(r"^Show \S+, the model it was adapted from, beside it$")).click()
     page.get_by_text(re.compile(r"^Adapting changed the label of \d+\.\d% of this photo's pixels\.$")).wait_for()

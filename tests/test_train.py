@@ -389,6 +389,7 @@ def test_a_fine_tunes_int8_graph_gets_a_val_figure_of_its_own(tiny_data, tiny_mo
                        engine=engines.load_engine(tmp_path / "m", bench.GRAPH))["miou"]
     assert int8["miou"] == pytest.approx(own) and int8["val_frames"] == 2 and int8["start_miou_delta"] == -0.1
     assert card.engines[bench.INT8].miou_delta == pytest.approx(100 * (own - ref))
+    assert not card.engines[bench.INT8].delta_of_start  # its own figure: the pages say no more
     assert "on all 2 of the frames its training run held out for validation" in int8["miou_note"]
     gate = abs(card.engines[bench.INT8].miou_delta) <= engines.MAX_MIOU_DELTA
     assert (choose_engine(tmp_path / "m").name == bench.INT8) == gate and (tmp_path / "m" / int8_ranges).is_file()

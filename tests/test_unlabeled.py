@@ -312,6 +312,9 @@ def test_an_adapted_model_runs_on_its_graph_once_its_labels_match_eager(tiny_mod
     assert (result.int8_agreement, result.int8_start_agreement) == (int8["agreement"], int8["start_agreement"])
     assert (out / RANGES_FILE).read_bytes() == (init / RANGES_FILE).read_bytes()
     assert choose_engine(out).name == INT8
+    # no labels to score its own int8 graph: where its figure is shown, it is said to be its start's
+    assert card.engines[INT8].delta_of_start and not zoo.read_card(init).engines[INT8].delta_of_start
+    assert choose_engine(out).reason() == "onnxruntime-int8 (2.5x eager, -0.10 mIoU against it, its start's figure; card)"
     code = ("import sys; from sis import engines\n"
             f"engines.load_engine({str(out)!r}).prepare({tuple(size)!r})\n"
             "print('torch' in sys.modules)")

@@ -40,6 +40,13 @@ class EngineFigure:
     miou_delta: float | None
     median_ms: float | None
     timed_here: bool  # speed from this host's kept comparison (else the card's)
+    delta_of_start: bool = False  # miou_delta is the start's, not its own (EngineRecord.delta_of_start)
+
+    def delta_said(self, against: str = "") -> str:
+        """The accuracy delta in words (``against``: what it is against, after the figure), '' where unknown."""
+        if self.miou_delta is None:
+            return ""
+        return f"{self.miou_delta:+.2f} mIoU{against}" + (", its start's figure" if self.delta_of_start else "")
 
 
 @dataclass(frozen=True)
@@ -64,7 +71,7 @@ class EngineChoice:
         f = self.figure
         if f is None or f.speedup is None:
             return f"{self.name} (no checked faster engine for this model here)"
-        delta = "" if f.miou_delta is None else f", {f.miou_delta:+.2f} mIoU against it"
+        delta = f", {f.delta_said(' against it')}" if f.miou_delta is not None else ""
         return f"{self.name} ({f.speedup:.1f}x eager{delta}; {'timed on this host' if f.timed_here else 'card'})"
 
 
@@ -80,9 +87,10 @@ def figures(card: ModelCard, here: dict[str, EngineRecord] | None) -> dict[str, 
         if h is None and c is None:
             continue
         timed = h if here else c  # with a comparison here, the card's speeds do not count
-        delta = h.miou_delta if h is not None and h.miou_delta is not None else (c.miou_delta if c else None)
+        own = h is not None and h.miou_delta is not None
+        delta = h.miou_delta if own else (c.miou_delta if c else None)
         out[n] = EngineFigure(timed.speedup if timed else None, delta, timed.median_ms if timed else None,
-                              bool(here) and h is not None)
+                              bool(here) and h is not None, not own and c is not None and c.delta_of_start)
     return out
 
 

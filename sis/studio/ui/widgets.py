@@ -22,7 +22,7 @@ def engine_picker(entry: catalog.Entry, key: str) -> str:
 
     def label(n: str) -> str:
         f = choice.figures.get(n)
-        extra = f" ({f.speedup:.1f}x{' here' if f.timed_here else ''}, {f.miou_delta:+.2f} mIoU)" \
+        extra = f" ({f.speedup:.1f}x{' here' if f.timed_here else ''}, {f.delta_said()})" \
             if f is not None and f.speedup is not None and f.miou_delta is not None else ""
         return n + extra + (" — chosen here" if n == choice.name else "") + \
             (" — reference" if n == engines.REFERENCE else "")
