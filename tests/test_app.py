@@ -979,11 +979,14 @@ def test_segment_names_its_downloads_after_the_photo_and_paints_only_the_chosen_
 def test_a_fine_tuned_model_shows_its_verdict_and_can_be_named_and_removed(app_env):
     """A run that lost 7.4 points on CamVid val is flagged in the pickers and warned about when picked;
     Fine-tune removes it (files and its row), and refuses a name that is taken or not a name."""
-    from sis import store
+    from sis import store, zoo
     from sis.studio import catalog
     from sis.training.adapt import FOLDER, BeforeAfter, Scores
     folder = app_env / "models" / "tiny"
-    store.upsert_run("r1", model="pspnet-resnet18", status="done", out_dir=str(folder))
+    store.upsert_run("r1", model="pspnet-resnet18", status="done", out_dir=str(folder),
+                     init=str(zoo.shipped_models()["pspnet-resnet18"]))
+    store.upsert_run("r2", model="pspnet-resnet18", status="done", out_dir=str(app_env / "models" / "gone"),
+                     init=str(folder))  # a fine-tune of the fine-tuned model
     (folder / FOLDER).mkdir()
     BeforeAfter("camvid", ("Sky",), (Scores("your held-out frames", 2, {"miou": 0.50}, {"miou": 0.561}),
                                      Scores("camvid val (what the model may forget)", 20, {"miou": 0.70},
@@ -1000,8 +1003,12 @@ def test_a_fine_tuned_model_shows_its_verdict_and_can_be_named_and_removed(app_e
     assert catalog.run_name("  my street ", "x") == "my-street" and catalog.run_name("", "x-1") == "x-1"
     at = _app("pages/finetune.py")
     assert not any("None" in str(v) for v in at.dataframe[-1].value.to_numpy().ravel())
+    # the runs table says what each run started from, as the pickers name it
+    assert sorted(at.dataframe[-1].value["from"]) == ["pspnet-resnet18", "run:tiny"]
     at.selectbox(key="ft_remove_pick").set_value("run:tiny")
     at.button(key="ft_remove").click().run()
+    assert catalog.started_from(str(folder), catalog.available_models()) == "tiny"  # removed: its folder's name
+    assert [catalog.started_from(i, {}) for i in ("random", "imagenet", None)] == ["random", "ImageNet encoder", ""]
     assert not folder.exists() and "run:tiny" not in catalog.available_models()
     assert all(r["out_dir"] != str(folder) for r in store.list_runs())
     with pytest.raises(catalog.CatalogError, match="shipped model"):

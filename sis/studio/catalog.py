@@ -69,6 +69,17 @@ def adapted_from(entry: Entry, entries: dict[str, Entry]) -> Entry | None:
     return None if name is None else entries.get(name) or entries.get(f"run:{name}")
 
 
+def started_from(init: str | None, entries: dict[str, Entry]) -> str:
+    """What a run (the runs table's ``init``) started from, as the pickers name it: a model's key, 'random' or
+    'ImageNet encoder', the folder's name where ``entries`` no longer offer it, '' where unknown."""
+    if not init:
+        return ""
+    if init in ("random", "imagenet"):
+        return {"random": "random", "imagenet": "ImageNet encoder"}[init]
+    folder = Path(init).resolve()
+    return next((k for k, e in entries.items() if e.folder.resolve() == folder), Path(init).name)
+
+
 def verdict(entry: Entry):
     """A fine-tuned model's before/after comparison (training.adapt.BeforeAfter), None where it has none."""
     if entry.shipped:
