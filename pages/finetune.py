@@ -217,7 +217,8 @@ st.subheader("Runs on this host")
 runs = store.list_runs()
 if runs:
     st.dataframe([{"started": time.strftime("%Y-%m-%d %H:%M", time.localtime(r["ts_start"])), "model": r["model"],
-                   "from": catalog.started_from(r["init"], entries), "status": r["status"], "steps": "" if r["steps"] is None else r["steps"],
+                   "from": catalog.started_from(r["init"], entries), "status": r["status"],
+                   "steps": "" if r["steps"] is None else r["steps"],
                    "val mIoU %": "" if r["val_miou"] is None else round(100 * r["val_miou"], 1),
                    "saved as": Path(r["out_dir"]).name if r["out_dir"] else "", "note": r["message"] or ""}
                   for r in runs], hide_index=True, width="stretch")

@@ -14,11 +14,11 @@ class EngineRecord:
     median_ms: float | None = None
     speedup: float | None = None      # eager fp32 time / this engine's time, same rounds
     miou_delta: float | None = None   # val mIoU points against eager fp32, None where unchecked
-    delta_of_start: bool = False      # miou_delta is the model it was adapted from's (no labels to score its own)
+    delta_of_start: bool = False      # miou_delta is its start's: a derived model with no labelled frames of its own
 
     @classmethod
     def from_dict(cls, d: dict) -> "EngineRecord":
-        # an adapted model's int8 graph passed a label-free check against its start's and carries its figure
+        # an int8 graph that passed only the label-free check against its start's carries the start's figure
         return cls(d.get("median_ms"), d.get("speedup_vs_eager"), d.get("miou_delta"),
                    "start_agreement" in d and "val_frames" not in d)
 
