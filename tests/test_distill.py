@@ -198,6 +198,8 @@ def test_shipping_a_train_and_val_run_reports_its_train_only_runs_val(tiny_data,
     train(TrainConfig(model=TINY_MODEL, data=str(tiny_data), out=str(both), splits=("train", "val"), max_steps=2,
                       batch_size=2, device="cpu"), log=lambda m: None)
     monkeypatch.setattr(zoo, "WEIGHTS_DIR", tmp_path / "weights")
+    timed = ship.compare_engines  # two timing rounds, not twenty: this test reads the val figures, not the speeds
+    monkeypatch.setattr(ship, "compare_engines", lambda *a, **k: timed(*a, **{**k, "repeats": 2}))
     with pytest.raises(SystemExit, match="give --reference"):
         ship.ship(both, str(tiny_data))
     with pytest.raises(SystemExit, match="for runs that trained on val"):
