@@ -15,7 +15,7 @@ def train_config(a):
     from sis.training.config import FLAGS, TrainConfig
     from sis.zoo.card import recipe_defaults
     model = a.model
-    if a.init not in ("random", "imagenet"):
+    if a.init not in zoo.FRESH_INITS:
         folder_model = zoo.read_config(Path(a.init)).name  # a ModelError says what is wrong with the folder
         if model and model != folder_model:
             raise zoo.ModelError(f"--init {a.init} holds {folder_model}, not {model}")

@@ -72,10 +72,9 @@ def adapted_from(entry: Entry, entries: dict[str, Entry]) -> Entry | None:
 def started_from(init: str | None, entries: dict[str, Entry]) -> str:
     """What a run (the runs table's ``init``) started from, as the pickers name it: a model's key, 'random' or
     'ImageNet encoder', the folder's name where ``entries`` no longer offer it, '' where unknown."""
-    if not init:
-        return ""
-    if init in ("random", "imagenet"):
-        return {"random": "random", "imagenet": "ImageNet encoder"}[init]
+    fresh = {"random": "random", "imagenet": "ImageNet encoder"}
+    if not init or init in fresh:
+        return fresh.get(init, "")
     folder = Path(init).resolve()
     return next((k for k, e in entries.items() if e.folder.resolve() == folder), Path(init).name)
 

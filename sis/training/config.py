@@ -58,7 +58,7 @@ class TrainConfig:
     @property
     def from_folder(self) -> bool:
         """Whether the run starts from a model folder's weights (a fine-tune), not from random or ImageNet."""
-        return self.init not in ("random", "imagenet")
+        return self.init not in zoo.FRESH_INITS
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -190,7 +190,7 @@ def _load_model(cfg: TrainConfig, classes: ClassSet,
     """A fresh model (random or ImageNet encoder), or the one saved in the folder ``cfg.init`` to fine-tune;
     and the starting weights, kept where ``cfg.init_share`` will average them back in at the end (None where
     there is nothing to keep or no like to average with: a new head starts random)."""
-    if cfg.init in ("random", "imagenet"):
+    if not cfg.from_folder:
         return (*models.create_model(cfg.model, classes, cfg.init), None)
     model, mcfg = models.load_model(Path(cfg.init))
     current = zoo.make_config(mcfg.name, mcfg.class_set) if mcfg.name in zoo.MODELS else mcfg

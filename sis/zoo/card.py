@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sis.data.input_range import InputRange
+from sis.zoo.registry import FRESH_INITS
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ def recipe_defaults(init: str) -> dict:
     ``adaptation`` adds or overrides what was measured to work better for this model on a few frames
     (a frozen encoder; no photometric augmentation after a robust fine-tune that trained with it).
     {} where ``init`` is random, imagenet or a folder whose card has no recipe."""
-    if init in ("random", "imagenet") or not (Path(init) / "card.json").is_file():
+    if init in FRESH_INITS or not (Path(init) / "card.json").is_file():
         return {}
     card = read_card(init).raw
     recipe = card.get("recipe") or {}

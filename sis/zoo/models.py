@@ -26,6 +26,7 @@ from sis.files import atomic_write
 from sis.zoo.card import write_card
 from sis.zoo.registry import (
     ARCHS,
+    FRESH_INITS,
     HUB_HOST,
     MODELS,
     ModelConfig,
@@ -48,7 +49,7 @@ def create_model(name_or_config: str | ModelConfig, classes: ClassSet = CAMVID,
                  init: str = "random") -> tuple[torch.nn.Module, ModelConfig]:
     """A new model and its config. init: 'random' or 'imagenet' (raises OfflineError offline)."""
     cfg = name_or_config if isinstance(name_or_config, ModelConfig) else make_config(name_or_config, classes, init)
-    if init not in ("random", "imagenet"):
+    if init not in FRESH_INITS:
         raise ModelError(f"unknown init '{init}'; choose random or imagenet")
     if init == "imagenet" and not hub_reachable():
         raise OfflineError(f"ImageNet weights for {cfg.encoder} need the internet "

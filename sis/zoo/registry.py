@@ -84,6 +84,7 @@ MODELS: dict[str, ModelSpec] = _build_registry()
 PAPER_MODELS = tuple(n for n, s in MODELS.items() if s.paper)
 
 
+FRESH_INITS = ("random", "imagenet")  # the inits that start from no model folder: any other is one
 DEFAULT_MODEL = "pspnet-resnet18"  # the paper's pick: training's default; the app's is catalog.default_choice
 
 
