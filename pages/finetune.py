@@ -139,7 +139,7 @@ if b1.button("Stop", disabled=job is None, key="ft_stop"):
         st.info("No job is running.")
 
 
-@st.fragment(run_every=1.0)
+@st.fragment(run_every=1.0 if job is not None and job.active else None)  # a page left open on an ended run polls nothing
 def live():
     job = manager.for_session(sid, "train")
     if job is None:

@@ -75,10 +75,22 @@ def browser():
 def _page(browser, url, path="", height=2000):
     ctx = browser.new_context(viewport={"width": 1400, "height": height})  # the app scrolls inside: tall enough
     page = ctx.new_page()
+    _RECEIVED[page] = 0
+    page.on("websocket", lambda ws: ws.on("framereceived", lambda _: _RECEIVED.__setitem__(page, _RECEIVED[page] + 1)))
     page.set_default_timeout(120_000)
     page.goto(f"{url}/{path}")
     page.wait_for_selector("[data-testid='stApp']")
     return page
+
+
+_RECEIVED = {}  # per page: the messages its session has received from the server
+
+
+def _left_alone(page, seconds: float = 3.0) -> int:
+    """How many messages the server sends ``page`` while nobody touches it for ``seconds``."""
+    before = _RECEIVED[page]
+    page.wait_for_timeout(1000 * seconds)
+    return _RECEIVED[page] - before
 
 
 def _idle(page):
@@ -376,6 +388,7 @@ def test_adapt_to_my_uploaded_photos_without_labels(server, browser):
         pytest.fail("no adaptation after 300 s; the page said: " + page.locator("body").inner_text()[-2000:])
     _idle(page)
     new = re.search(r"run:(\S+-adapted-\d{4}-\d{6})", said.inner_text()).group(1)
+    assert _left_alone(page) == 0  # the job has ended: the page left open polls the server no more
     _shot(page, "segment_adapted")
     page.get_by_role("combobox", name="Model", exact=True).first.click()
     assert page.get_by_role("option", name=re.compile(re.escape(new))).count() == 1
@@ -429,6 +442,7 @@ def test_adapt_a_model_on_my_frames_and_see_before_and_after(server, browser):
     page.get_by_role("heading", name="Before and after").wait_for(timeout=300_000)
     page.get_by_text("Training frames: your label, the model before, the model after.").wait_for()
     _idle(page)
+    assert _left_alone(page) == 0  # the run has ended: the page left open polls the server no more
     if catalog.camvid_dir() is not None:
         forget = page.locator("p", has_text="val (what the model may forget)").inner_text()
         assert re.search(r"\(20 frames\): mIoU [\d.]+% before, [\d.]+% after \([+-][\d.]+ points\)", forget), forget

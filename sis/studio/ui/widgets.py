@@ -107,11 +107,18 @@ def legend(classes: ClassSet, share=None) -> None:
     st.markdown("<div class='sis-legend'>" + "".join(chips) + "</div>", unsafe_allow_html=True)
 
 
-@st.fragment(run_every=1.0)
 def follow_job(kind: str, slot: str) -> None:
     """This session's running job of ``kind``: a progress bar (with the time left where the job
     knows it) and Stop, refreshed every second; when the job ends, (result, message) go into
-    ``st.session_state[slot]`` and the whole page reruns once to show them."""
+    ``st.session_state[slot]`` and the whole page reruns once to show them. With no job to follow
+    nothing polls: an open page left alone costs the server nothing."""
+    job = startup().for_session(session_id(), kind)
+    if job is not None and st.session_state.get(f"_shown:{kind}") != job.id:
+        _follow(kind, slot)
+
+
+@st.fragment(run_every=1.0)
+def _follow(kind: str, slot: str) -> None:
     manager, sid = startup(), session_id()
     job = manager.for_session(sid, kind)
     if job is None or st.session_state.get(f"_shown:{kind}") == job.id:
