@@ -200,6 +200,9 @@ def test_shipping_a_train_and_val_run_reports_its_train_only_runs_val(tiny_data,
     monkeypatch.setattr(zoo, "WEIGHTS_DIR", tmp_path / "weights")
     timed = ship.compare_engines  # two timing rounds, not twenty: this test reads the val figures, not the speeds
     monkeypatch.setattr(ship, "compare_engines", lambda *a, **k: timed(*a, **{**k, "repeats": 2}))
+    from sis.engines import templates
+    every = templates.template_sizes  # two photo shapes' templates, not all 25 (test_engines checks the shipped set)
+    monkeypatch.setattr(templates, "template_sizes", lambda cfg: every(cfg)[:2])
     with pytest.raises(SystemExit, match="give --reference"):
         ship.ship(both, str(tiny_data))
     with pytest.raises(SystemExit, match="for runs that trained on val"):
@@ -217,6 +220,9 @@ def test_shipping_a_train_and_val_run_reports_its_train_only_runs_val(tiny_data,
     assert card["reference"]["run"] == str(tiny_model) and "trained on train+val" in card["reference"]["note"]
     shipped = zoo.read_card(tmp_path / "weights" / TINY_MODEL)
     assert shipped.trained_on == "train+val" and shipped.val_miou == ref_val["miou"] and shipped.val_note
+    sizes = every(zoo.read_config(tmp_path / "weights" / TINY_MODEL))[:2]  # its templates, made for the shipped weights
+    assert sorted(p.name for p in (tmp_path / "weights" / TINY_MODEL).glob("graph-*.onnx")) == \
+        sorted(templates.template_path(tmp_path / "weights" / TINY_MODEL, s).name for s in sizes)
 
 
 def test_shipping_a_continued_run_keeps_its_parents_measured_adaptation(tiny_model, tmp_path):
