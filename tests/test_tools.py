@@ -96,50 +96,54 @@ def test_adapt_protocol_sees_the_street_through_a_shift(tiny_data, tmp_path):
     assert len(list(street.iterdir())) == len(picked) + len(rest) > len(picked)
 
 
-def test_unlabeled_gain_blends_one_estimate_into_each_share(tiny_model, tiny_data, tmp_path):
+def _run_script(name: str, args: list, monkeypatch, capsys) -> str:
+    """tools/NAME.py run as ``python tools/NAME.py ARGS`` would run it, in this process (torch's import is
+    paid once per test session); its stdout."""
+    import runpy
+    import sys
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "tools" / f"{name}.py"), *map(str, args)])
+    capsys.readouterr()
+    runpy.run_path(str(ROOT / "tools" / f"{name}.py"), run_name="__main__")
+    return capsys.readouterr().out
+
+
+def test_unlabeled_gain_blends_one_estimate_into_each_share(tiny_model, tiny_data, tmp_path, monkeypatch, capsys):
     """One adaptation pass, one model per share: a share of 1 is the original (its score exactly the
     'before'), 'rule' is the share `sis adapt` keeps for that many frames."""
     import json
-    import subprocess
-    import sys
 
     from sis.training.unlabeled import training_share
     out = tmp_path / "gain.json"
-    r = subprocess.run([sys.executable, str(ROOT / "tools" / "unlabeled_gain.py"), str(tiny_model), "--data",
-                        str(tiny_data), "--shifts", "clean,dusk", "--every", "1", "--source-share", "0,rule,1",
-                        "--adapt-frames", "2", "--spread", "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+    said = _run_script("unlabeled_gain", [tiny_model, "--data", tiny_data, "--shifts", "clean,dusk", "--every", "1",
+                                          "--source-share", "0,rule,1", "--adapt-frames", "2", "--spread",
+                                          "--json", out], monkeypatch, capsys)
     rows = json.loads(out.read_text())["rows"]
     assert [(row["shift"], row["adapted_on"]) for row in rows] == [("clean", 2)] * 3 + [("dusk", 2)] * 3
     assert [row["source_share"] for row in rows[:3]] == [0.0, training_share(2), 1.0]
     assert all(row["after"] == row["before"] for row in rows if row["source_share"] == 1.0)
-    assert "training statistics kept 0.80" in r.stdout
-    assert all(row["spread"] for row in rows) and "spread frames" in r.stdout
+    assert "training statistics kept 0.80" in said
+    assert all(row["spread"] for row in rows) and "spread frames" in said
 
 
-def test_unlabeled_gain_fits_the_adapted_model_as_adapt_does(tiny_model, tiny_data, tmp_path):
+def test_unlabeled_gain_fits_the_adapted_model_as_adapt_does(tiny_model, tiny_data, tmp_path, monkeypatch, capsys):
     """--fit-epochs: after the statistics, each --fit in turn from the same adapted model, as many steps as
     `sis adapt` takes for that many frames, scored at --score-at and at the end; pseudo-labels say how much of
     a frame they cover."""
     import json
-    import subprocess
-    import sys
 
     from sis.training.unlabeled import fit_steps
     out = tmp_path / "fit.json"
-    r = subprocess.run([sys.executable, str(ROOT / "tools" / "unlabeled_gain.py"), str(tiny_model), "--data",
-                        str(tiny_data), "--shifts", "dusk", "--every", "1", "--source-share", "rule",
-                        "--adapt-frames", "2", "--fit-epochs", "1", "--fit", "entropy:norm:1e-4,pseudo:all:1e-5",
-                        "--score-at", "10",
-                        "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+    said = _run_script("unlabeled_gain", [tiny_model, "--data", tiny_data, "--shifts", "dusk", "--every", "1",
+                                          "--source-share", "rule", "--adapt-frames", "2", "--fit-epochs", "1",
+                                          "--fit", "entropy:norm:1e-4,pseudo:all:1e-5", "--score-at", "10",
+                                          "--json", out], monkeypatch, capsys)
     rows = json.loads(out.read_text())["rows"]
     fits = [row for row in rows if "fit" in row]
     steps = fit_steps(2, 1)  # the least `sis adapt` takes, more than one pass over two frames
     assert [(row["fit"], row["fit_steps"]) for row in fits] == [
         (fit, n) for fit in ("entropy:norm:0.0001", "pseudo:all:1e-05") for n in (10, steps)] and steps > 10
     assert all(row["before"] == rows[0]["before"] and 0 <= row["after"] <= 1 and "ece_after" in row for row in fits)
-    assert f"+ entropy norm lr 0.0001, {steps} steps:" in r.stdout and "% of pixels" in r.stdout
+    assert f"+ entropy norm lr 0.0001, {steps} steps:" in said and "% of pixels" in said
 
 
 def test_ship_engine_table_covers_cards_timed_on_other_hosts():
@@ -182,38 +186,36 @@ def test_shipping_new_weights_of_the_same_architecture_can_keep_the_replaced_car
 
 
 def test_int8_carry_scores_the_adapted_and_the_starting_int8_graph_on_the_same_frames(tiny_model, tiny_data,
-                                                                                     tmp_path):
+                                                                                     tmp_path, capsys, monkeypatch):
     """Each shift gives every frame's agreement for both models, and pooled over all, fours and pairs spread
     over the frames; a start without activation ranges is refused in one sentence."""
     import json
     import shutil
-    import subprocess
-    import sys
 
     from sis.engines import export
     from sis.engines.int8 import RANGES_FILE, quantize_graph
     from sis.training.bench import INT8_SLACK
     from sis.zoo import models
-    groups = _tool("int8_carry").groups
+    carry = _tool("int8_carry")  # run in this process: torch's import is paid once per test session
+    groups = carry.groups
     assert groups(8, 2) == [[0, 4], [1, 5], [2, 6], [3, 7]] and groups(8, 4) == [[0, 2, 4, 6], [1, 3, 5, 7]]
     assert groups(4, 4) == [[0, 1, 2, 3]] and groups(3, 4) == []
     start = tmp_path / "start"
     shutil.copytree(tiny_model, start, ignore=shutil.ignore_patterns("checkpoint"))
-    tool = [sys.executable, str(ROOT / "tools" / "int8_carry.py"), str(start), "--data", str(tiny_data)]
-    r = subprocess.run(tool, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2 and f"has no {RANGES_FILE}: nothing to carry" in r.stderr
+    tool = [str(start), "--data", str(tiny_data)]
+    with pytest.raises(SystemExit) as refused:
+        carry.main(tool)
+    assert refused.value.code == 2 and f"has no {RANGES_FILE}: nothing to carry" in capsys.readouterr().err
     data = write_dataset(tmp_path / "ds", n_train=2, n_val=6)
     tool[-1] = str(data)
     model, cfg = models.load_model(start)
     graph = export.export_graph(model, cfg, (64, 96), tmp_path / "g.onnx")
     quantize_graph(graph, tmp_path / "q.onnx", (64, 96), start / RANGES_FILE)
     out = tmp_path / "carry.json"
-    r = subprocess.run(tool + ["--shifts", "clean,dusk", "--frames", "4", "--score-every", "1", "--fit-epochs", "0",
-                               "--json", str(out)],
-                       cwd=ROOT,
-                       capture_output=True, text=True, timeout=600,
-                       env=dict(os.environ, SIS_CACHE_DIR=str(tmp_path / "cache")))
-    assert r.returncode == 0, r.stderr[-2000:]
+    monkeypatch.setenv("SIS_CACHE_DIR", str(tmp_path / "cache"))
+    assert carry.main(tool + ["--shifts", "clean,dusk", "--frames", "4", "--score-every", "1", "--fit-epochs", "0",
+                              "--json", str(out)]) == 0
+    said = capsys.readouterr().out
     rows = json.loads(out.read_text())["rows"]
     assert [(row["shift"], row["frames"], len(row["fours"]), len(row["pairs"])) for row in rows] == \
         [("clean", 4, 1, 2), ("dusk", 4, 1, 2)]
@@ -224,12 +226,10 @@ def test_int8_carry_scores_the_adapted_and_the_starting_int8_graph_on_the_same_f
         assert row["check"] == (row["all"][0][0] >= row["all"][0][1] - INT8_SLACK)  # the check takes those four
         assert row["scored_on"] == 2 and all(0 <= v <= 1 for m in row["labelled"].values() for v in m.values())
     assert rows[0]["start"] != rows[1]["start"]  # the shift reached the frames both models were scored on
-    assert "adapted" in r.stdout and "on 4 frames" in r.stdout
-    r = subprocess.run(tool + ["--frames", "4", "--score-every", "1", "--scale-ranges", "0.1", "--json", str(out)],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600,
-                       env=dict(os.environ, SIS_CACHE_DIR=str(tmp_path / "cache")))
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert "adapted" in said and "on 4 frames" in said
+    assert carry.main(tool + ["--frames", "4", "--score-every", "1", "--scale-ranges", "0.1", "--json", str(out)]) == 0
+    said = capsys.readouterr().out
     kept, clipped = json.loads(out.read_text())["scaled"]
     assert (kept["factor"], clipped["factor"]) == (1.0, 0.1)
     assert clipped["agreement"] < kept["agreement"]  # a tenth of every range clips the activations: unlike eager
-    assert "ranges x0.1: int8 labels" in r.stdout
+    assert "ranges x0.1: int8 labels" in said
