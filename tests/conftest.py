@@ -52,6 +52,21 @@ def pytest_sessionfinish(session, exitstatus):
         shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
+def in_process(capsys, *args):
+    """``python -m sis ARGS`` without the interpreter's start (torch's import is paid once per test session):
+    ``main``'s exit code, stdout and stderr, as the process would give them."""
+    from types import SimpleNamespace
+
+    from sis.cli import main
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    out = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+
+
 def make_frame(rng: np.random.Generator, h: int, w: int, n_classes: int = 11, void: int = 11):
     """An image whose colour bands encode the label: learnable in a few steps."""
     from sis.classes import CAMVID

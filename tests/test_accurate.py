@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import REAL_CAMVID, ROOT
+from conftest import REAL_CAMVID, in_process
 
 from sis import engines, zoo
 from sis.engines.accurate import TTA, AccurateEngine
@@ -110,17 +108,15 @@ def test_ensemble_refuses_other_class_lists_and_bad_weights():
 
 
 @pytest.mark.slow
-def test_eval_tta_and_ensemble_keep_the_json_keys(tiny_model, tiny_data):
-    r = subprocess.run([sys.executable, "-m", "sis", "eval", "--model", f"{tiny_model},{tiny_model}", "--data",
-                        str(tiny_data), "--tta", "ms", "--scales", "0.5,1", "--engine", "eager", "--json"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+def test_eval_tta_and_ensemble_keep_the_json_keys(tiny_model, tiny_data, capsys):
+    r = in_process(capsys, "eval", "--model", f"{tiny_model},{tiny_model}", "--data", tiny_data, "--tta", "ms",
+                   "--scales", "0.5,1", "--engine", "eager", "--json")
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert {"miou", "pixel_acc", "per_class_iou"} <= res.keys() and res["tta"] == "ms"
     assert 0 <= res["miou"] <= 1 and 0 <= res["pixel_acc"] <= 1 and len(res["per_class_iou"]) == 11
     assert res["engine"] == "eager +ms+flip@0.5,1 (2-model ensemble)"
-    bad = subprocess.run([sys.executable, "-m", "sis", "eval", "--model", str(tiny_model), "--data", str(tiny_data),
-                          "--tta", "ms", "--scales", "0,1"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    bad = in_process(capsys, "eval", "--model", tiny_model, "--data", tiny_data, "--tta", "ms", "--scales", "0,1")
     assert bad.returncode == 2 and "scales must look like" in bad.stderr
 
 

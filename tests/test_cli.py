@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, TINY_MODEL
+from conftest import ROOT, TINY_MODEL, in_process
 from PIL import Image
 
 
@@ -13,21 +13,6 @@ def run(*args, timeout=300):
     return subprocess.run([sys.executable, "-m", "sis", *map(str, args)], capture_output=True, text=True,
                           cwd=ROOT, timeout=timeout,
                           env={"SIS_OFFLINE": "1", "PATH": "/usr/bin:/bin", "SIS_CACHE_DIR": os.environ["SIS_CACHE_DIR"]})
-
-
-def in_process(capsys, *args):
-    """``run`` without the interpreter's start (torch's import is paid once per test session):
-    ``main``'s exit code and its stderr, as the process would give them."""
-    from types import SimpleNamespace
-
-    from sis.cli import main
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as e:  # argparse's own errors
-        code = e.code
-    out = capsys.readouterr()
-    return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
 
 
 def one_line_error(r, pattern):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REAL_CAMVID, ROOT
+from conftest import REAL_CAMVID, ROOT, in_process
 
 from sis import engines, zoo
 from sis.data.dataset import load_split
@@ -167,10 +167,9 @@ def test_unknown_and_unavailable_engines_say_why():
 
 
 @pytest.mark.slow
-def test_compare_engines_command_json(tiny_model, tiny_data):
-    out = subprocess.run([sys.executable, "-m", "sis", "bench", "--compare-engines", "--model", str(tiny_model),
-                          "--data", str(tiny_data), "--size", "64x96", "--repeats", "2", "--json"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=600)
+def test_compare_engines_command_json(tiny_model, tiny_data, capsys):
+    out = in_process(capsys, "bench", "--compare-engines", "--model", tiny_model, "--data", tiny_data, "--size", "64x96",
+                     "--repeats", "2", "--json")
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout)
     assert res["reference"] == "eager" and set(res["engines"]) >= {"eager", "onnxruntime", "onnxruntime-int8"}

@@ -1,12 +1,10 @@
 """The input range: fitted by hand on synthetic frames, photos brought inside it, the card and engines carrying it."""
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import REAL_CAMVID, ROOT
+from conftest import REAL_CAMVID, ROOT, in_process
 
 from sis import zoo
 from sis.data.input_range import LUMA, InputRange, fit_input_range, frame_stats, into_range, outside
@@ -416,18 +414,16 @@ def test_every_shipped_model_carries_its_training_range():
             assert rng.red_green[0] < 1 < rng.blue_green[1]
 
 
-def test_calibrate_input_range_writes_the_card_and_eval_can_go_without(tiny_model, tiny_data, tmp_path):
+def test_calibrate_input_range_writes_the_card_and_eval_can_go_without(tiny_model, tiny_data, tmp_path, capsys):
     folder = tmp_path / "m"
     shutil.copytree(tiny_model, folder)
-    r = subprocess.run([sys.executable, "-m", "sis", "calibrate", "--model", folder, "--data", tiny_data,
-                        "--input-range", "--write"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    r = in_process(capsys, "calibrate", "--model", folder, "--data", tiny_data, "--input-range", "--write")
     assert r.returncode == 0, r.stderr[-1500:]
     card = zoo.read_card(folder)
     assert card.input_range is not None and card.input_range.frames == 6 and card.val_miou is not None
     runs = {}
     for flag in ([], ["--no-input-range"]):
-        r = subprocess.run([sys.executable, "-m", "sis", "eval", "--model", folder, "--data", tiny_data, "--json",
-                            *flag], capture_output=True, text=True, cwd=ROOT, timeout=300)
+        r = in_process(capsys, "eval", "--model", folder, "--data", tiny_data, "--json", *flag)
         assert r.returncode == 0, r.stderr[-1500:]
         runs[bool(flag)] = json.loads(r.stdout)["miou"]
     assert all(0 <= v <= 1 for v in runs.values())
