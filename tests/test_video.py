@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, in_process
 from PIL import Image
 
 from sis import engines, zoo
@@ -151,11 +151,9 @@ def test_odd_sizes_encode(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_video_json(tmp_path, tiny_model):
+def test_cli_video_json(tmp_path, tiny_model, capsys):
     clip = write_clip(tmp_path / "c.mp4", _frames(4, 64, 96))
-    r = subprocess.run([sys.executable, "-m", "sis", "video", str(clip), "--model", str(tiny_model), "--out",
-                        str(tmp_path / "o.mp4"), "--smooth", "0.5", "--json"], capture_output=True, text=True,
-                       cwd=ROOT, timeout=300)
+    r = in_process(capsys, "video", clip, "--model", tiny_model, "--out", tmp_path / "o.mp4", "--smooth", "0.5", "--json")
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert {"frames", "fps_in", "fps_out", "seconds", "frames_per_s", "flicker", "flicker_raw"} <= res.keys()
