@@ -114,16 +114,14 @@ def follow_job(kind: str, slot: str) -> None:
     nothing polls: an open page left alone costs the server nothing."""
     job = startup().for_session(session_id(), kind)
     if job is not None and st.session_state.get(f"_shown:{kind}") != job.id:
-        _follow(kind, slot)
+        _follow(kind, slot, job.id)
 
 
 @st.fragment(run_every=1.0)
-def _follow(kind: str, slot: str) -> None:
-    manager, sid = startup(), session_id()
-    job = manager.for_session(sid, kind)
-    if job is None or st.session_state.get(f"_shown:{kind}") == job.id:
-        return
-    snap = manager.poll(job.id)
+def _follow(kind: str, slot: str, job_id: str) -> None:
+    """follow_job's job ``job_id``, polled each second (a fragment reruns with the arguments it was given)."""
+    manager = startup()
+    snap = manager.poll(job_id)
     last, status = snap.last, snap.status
     if status in ("starting", "running", "stopping"):
         if last:
@@ -135,9 +133,9 @@ def _follow(kind: str, slot: str) -> None:
             frac, text = 0.0, f"{status}: starting the worker..."
         st.progress(min(frac, 1.0), text=text)
         if st.button("Stop", key=f"{kind}_stop"):
-            manager.stop(job.id)
+            manager.stop(job_id)
         return
-    st.session_state[f"_shown:{kind}"] = job.id
+    st.session_state[f"_shown:{kind}"] = job_id
     st.session_state[slot] = (snap.result, snap.out, snap.message if status != "done" else "")
     st.rerun()  # once, the whole page: what follows the progress bar shows the result
 
