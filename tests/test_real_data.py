@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REAL_CAMVID, ROOT
+from conftest import REAL_CAMVID, ROOT, in_process
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not (REAL_CAMVID / "train").is_dir(), reason=f"no CamVid at {REAL_CAMVID}")]
@@ -25,8 +25,7 @@ def test_train_then_eval_on_real_frames(tmp_path, capsys):
                        timeout=600)
     assert r.returncode == 0, r.stderr[-1500:]
     assert "done: 3 steps" in r.stdout
-    from sis.cli import main  # in this process: the command above paid the interpreter's start
-    capsys.readouterr()
-    assert main(["eval", "--model", str(out), "--data", str(REAL_CAMVID), "--split", "val", "--limit", "3", "--json"]) == 0
-    res = json.loads(capsys.readouterr().out)
+    r = in_process(capsys, "eval", "--model", out, "--data", REAL_CAMVID, "--split", "val", "--limit", "3", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
     assert res["frames"] == 3 and res["pixels"] > 0.9 * 3 * 360 * 480 and 0 <= res["miou"] <= 1

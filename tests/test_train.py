@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, TINY_MODEL
+from conftest import ROOT, TINY_MODEL, in_process
 
 from sis import zoo
 from sis.training.config import TrainConfig, TrainingError
@@ -470,7 +470,7 @@ def test_a_cards_replay_share_is_the_fine_tunes_unless_given(tiny_model, tmp_pat
 
 
 @pytest.mark.slow
-def test_cli_fine_tunes_a_shipped_model_on_five_frames_with_replay(tiny_data, tmp_path):
+def test_cli_fine_tunes_a_shipped_model_on_five_frames_with_replay(tiny_data, tmp_path, capsys):
     """The issue's command, on five frames with train/ + trainannot/ only; the result loads in eval and predict."""
     user = _user_dataset(tiny_data, tmp_path / "mine", 5)
     out = tmp_path / "adapted"
@@ -485,7 +485,8 @@ def test_cli_fine_tunes_a_shipped_model_on_five_frames_with_replay(tiny_data, tm
     int8 = card["fast_path"]["backends"]["onnxruntime-int8"]  # no val of its own: scored on the replayed set's
     assert f"on all 3 of the val frames of {tiny_data.name}" in int8["miou_note"] and int8["against"] == "onnxruntime"
     assert "engine: onnxruntime" in r.stdout
-    from sis.cli import main  # in this process: the command above paid the interpreter's start
-    assert main(["eval", "--model", str(out), "--data", str(tiny_data), "--json"]) == 0
-    assert main(["predict", "--model", str(out), "--out", str(tmp_path / "pred"), str(user / "train")]) == 0
+    for cmd in (["eval", "--model", out, "--data", tiny_data, "--json"],
+                ["predict", "--model", out, "--out", tmp_path / "pred", user / "train"]):
+        r = in_process(capsys, *cmd)  # the command above paid the interpreter's start
+        assert r.returncode == 0, r.stderr[-2000:]
     assert len(list((tmp_path / "pred").glob("*"))) >= 5
