@@ -8,13 +8,36 @@ from PIL import Image
 
 from sis.classes import CAMVID, ClassSet
 from sis.data.augment import SegDataset, build_augment, build_photometric
-from sis.data.dataset import DatasetError, class_weights, list_pairs, load_classes, load_split
+from sis.data.dataset import DatasetError, class_weights, list_pairs, load_classes, load_split, spread
 
 
 def test_loads_split(tiny_data):
     frames = load_split(tiny_data, "train")
     assert len(frames) == 6 and frames.images[0].shape == (3, 64, 96) and frames.images[0].dtype == torch.uint8
     assert frames.masks[0].shape == (64, 96) and frames.classes == CAMVID
+
+
+def test_masks_are_held_as_bytes_and_handed_to_the_loss_as_int64(tiny_data):
+    frames = load_split(tiny_data, "train")
+    assert all(m.dtype == torch.uint8 for m in frames.masks)
+    _, mask = SegDataset(frames, build_augment("h", (32, 32)))[0]
+    assert mask.dtype == torch.int64 and set(mask.unique().tolist()) <= set(frames.masks[0].unique().tolist())
+
+
+def test_spread_takes_the_first_and_the_last_and_evenly_between():
+    assert spread(367, 4) == [0, 122, 244, 366]
+    assert spread(5, 9) == [0, 1, 2, 3, 4] and spread(5, 1) == [0] and spread(5, 0) == []
+
+
+def test_a_limited_split_reads_only_the_frames_it_keeps(data_copy):
+    """Spread evenly (the replay and calibration sets) or the first ones: a frame left out is never opened,
+    so a broken one there costs nothing, and a base dataset's 367 frames are not all decoded for 120."""
+    (data_copy / "train" / "f001.png").write_bytes(b"not a png")
+    frames = load_split(data_copy, "train", 2, evenly=True)
+    assert frames.names == ["f000", "f002"]
+    assert load_split(data_copy, "train", 1).names == ["f000"]
+    with pytest.raises(DatasetError, match="f001"):
+        load_split(data_copy, "train", 2)
 
 
 def test_missing_folder(tmp_path):

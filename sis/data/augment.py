@@ -144,4 +144,5 @@ class SegDataset(torch.utils.data.Dataset):
             items = self.transform(*items)
         if self.photometric is not None:  # the image alone: labels and soft targets are of the clean frame
             items = [self.photometric(items[0]), *items[1:]]
-        return tuple(t.as_subclass(torch.Tensor) for t in items)
+        image, mask, *soft = (t.as_subclass(torch.Tensor) for t in items)
+        return image, mask.long(), *soft  # masks are held as uint8, widened per item for the loss

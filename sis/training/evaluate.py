@@ -46,7 +46,7 @@ def evaluate(model: torch.nn.Module, cfg: ModelConfig, frames: Frames, device: t
         while j < len(frames) and j - i < batch_size and frames.images[j].shape == frames.images[i].shape:
             j += 1
         imgs = torch.stack(frames.images[i:j]).to(device)
-        masks = torch.stack(frames.masks[i:j]).to(device)
+        masks = torch.stack(frames.masks[i:j]).to(device).long()
         h, w = imgs.shape[-2:]
         size = work_size(h, w, tuple(cfg.base_size))
         x = resize_images(imgs.cpu().numpy(), size)

@@ -55,17 +55,11 @@ def validation_frames(root: Path, train: Frames, limit: int | None, classes) -> 
 
 
 def load_replay(root: str, limit: int | None, classes) -> Frames:
-    """The train frames of a base dataset to mix into every batch: ``limit`` of them, spread evenly,
-    masks kept as uint8 (a quarter of the memory; widened per batch)."""
-    import torch
+    """The train frames of a base dataset to mix into every batch: ``limit`` of them, spread evenly (only
+    those are read)."""
     if load_classes(root).names != classes.names:
         raise TrainingError(f"the replay dataset {root} has other classes than the training data")
-    frames = load_split(root, "train", None, classes)
-    if limit and len(frames) > limit:
-        keep = [round(i * (len(frames) - 1) / (limit - 1)) for i in range(limit)] if limit > 1 else [0]
-        frames = frames.subset(keep)
-    frames.masks = [m.to(torch.uint8) for m in frames.masks]
-    return frames
+    return load_split(root, "train", limit or None, classes, evenly=True)
 
 
 def lr_at(step: int, total: int, base: float, schedule: str, warmup: int = 0) -> float:
@@ -309,9 +303,8 @@ def _calibration_set(cfg: TrainConfig, data: _Data, validated: bool) -> tuple[Fr
     replay = Path(cfg.replay) if cfg.replay else None
     if replay is None or not (replay / "val").is_dir():
         return None
-    frames = load_split(replay, "val", classes=data.classes)
-    step = max(1, len(frames) // CALIBRATION_REPLAY_FRAMES)
-    return frames.subset(range(0, len(frames), step)[:CALIBRATION_REPLAY_FRAMES]), f"the val frames of {replay.name}"
+    return (load_split(replay, "val", CALIBRATION_REPLAY_FRAMES, data.classes, evenly=True),
+            f"the val frames of {replay.name}")
 
 
 def _input_range(cfg: TrainConfig, data: _Data) -> dict:
