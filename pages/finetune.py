@@ -49,6 +49,8 @@ with st.form("ft_form"):
                          help="Mixes CamVid's train frames into every batch, so that a few frames of your own teach "
                               "the model without it forgetting the rest. Not offered when CamVid is not on the "
                               "server; not used when the dataset is CamVid itself.")
+    if camvid is None:
+        r1.caption(catalog.camvid_missing())
     ratio = r2.selectbox("Share of each batch from CamVid", [DEFAULT_SHARE] + [f"{10 * i}%" for i in range(1, 10)],
                          key="ft_ratio", help="The model's default is half, or what its card measured forgets less "
                                               "of other streets (three quarters for pspnet-resnet18).")

@@ -368,6 +368,25 @@ def test_finetune_on_a_shared_server_lists_only_this_sessions_datasets(app_env, 
     assert any(o.startswith("server-wide") for o in options) and ui.SERVER_FOLDER in options
 
 
+def test_finetune_says_where_it_looked_for_camvid_and_how_to_get_it(app_env, tiny_data, tmp_path, monkeypatch):
+    """A fresh clone with no CamVid beside it: replay is off and greyed out, and the page says why and what
+    to do; with CamVid at $SIS_CAMVID it is offered and replayed by default, and the sentence is gone."""
+    from sis.studio import catalog
+    monkeypatch.delenv("SIS_CAMVID", raising=False)
+    monkeypatch.setattr(catalog, "SAMPLES_DIR", tmp_path / "elsewhere" / "assets" / "samples")  # no ../shared
+    at = _app("pages/finetune.py")
+    replay = at.checkbox(key="ft_replay")
+    assert replay.disabled and not replay.value
+    said = [c.value for c in at.caption if c.value.startswith("CamVid is not on this server")]
+    assert len(said) == 1 and str(app_env / "camvid") in said[0] and "python -m sis download" in said[0]
+    monkeypatch.setenv("SIS_CAMVID", str(tiny_data))
+    at = _app("pages/finetune.py")
+    replay = at.checkbox(key="ft_replay")
+    assert not replay.disabled and replay.value
+    assert not [c for c in at.caption if c.value.startswith("CamVid is not on this server")]
+    assert any(o.startswith("CamVid") for o in at.selectbox(key="ft_dataset").options)
+
+
 def test_finetune_missing_folder(app_env, tmp_path):
     from sis.training import adapt
     at = _app("pages/finetune.py")

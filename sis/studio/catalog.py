@@ -169,3 +169,13 @@ def camvid_dir() -> Path | None:
         if (p / "train").is_dir() and (p / "trainannot").is_dir():
             return p
     return None
+
+
+def camvid_missing() -> str | None:
+    """One sentence for a page that would offer CamVid, where this server has none; None where it has."""
+    if camvid_dir() is not None:
+        return None
+    places = ", ".join(str(p) for p in camvid_places())
+    return (f"CamVid is not on this server (looked in {places}), so it is neither offered as a dataset nor "
+            f"replayed. Whoever runs the server can fetch it with `python -m sis download`, or point "
+            f"`SIS_CAMVID` at a copy in the SegNet layout.")
