@@ -175,6 +175,10 @@ def test_too_few_or_identical_frames_are_refused():
     with pytest.raises(AdaptError, match="100 frames are all but identical"):
         check_frames([same.copy() for _ in range(100)])
     check_frames([make_frame(rng, 40, 60)[0] for _ in range(MIN_FRAMES)])
+    with pytest.raises(AdaptError, match=r"2 frames are too few .*; 2 files were skipped \(notes.txt: not an image "
+                                         r"file; /x/broken.jpg is not an image\); the model is left as it was"):
+        check_frames([make_frame(rng, 40, 60)[0]] * 2, [("notes.txt", "not an image file"),
+                                                          ("broken.jpg", "/x/broken.jpg is not an image")])
 
 
 

@@ -65,11 +65,17 @@ def _thumb(rgb: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((64, 64), Image.BILINEAR), np.float32)
 
 
-def check_frames(frames: list[np.ndarray]) -> None:
-    """Raise AdaptError where the frames cannot stand for a street: too few, or all (nearly) the same."""
+def check_frames(frames: list[np.ndarray], skipped: list | tuple = ()) -> None:
+    """Raise AdaptError where the frames cannot stand for a street: too few (naming the inputs ``skipped``,
+    (name, why) pairs, that would have counted), or all (nearly) the same."""
     if len(frames) < MIN_FRAMES:
+        why = ""
+        if skipped:
+            named = "; ".join(reason if name in reason else f"{name}: {reason}" for name, reason in skipped[:3])
+            why = f"; {len(skipped)} file{'s were' if len(skipped) != 1 else ' was'} skipped ({named}" + \
+                  ("; ..." if len(skipped) > 3 else "") + ")"
         raise AdaptError(f"{len(frames)} frame{'s are' if len(frames) != 1 else ' is'} too few to adapt a model "
-                         f"(at least {MIN_FRAMES} of one street and camera); the model is left as it was")
+                         f"(at least {MIN_FRAMES} of one street and camera){why}; the model is left as it was")
     thumbs = np.stack([_thumb(f) for f in frames])
     spread = float(np.abs(thumbs - thumbs.mean(0)).mean())
     if spread < MIN_SPREAD:
@@ -321,7 +327,7 @@ def adapt_folder(init: Path, source: Path, out: Path, stride: int | None = None,
     if out.resolve() == init.resolve():
         raise AdaptError("the adapted model needs a folder of its own (--out), not the one it starts from")
     frames, skipped, stride = read_frames(source, stride, base=read_config(init).base_size)
-    check_frames(frames)
+    check_frames(frames, skipped)
     t0 = time.perf_counter()
     model, cfg = models.load_model(init)
     start = zoo.read_card(init)
