@@ -22,6 +22,8 @@ entries = catalog.available_models()
 st.caption(f"Runs in a separate process on a copy of the model. Limits on this server: {lim.max_jobs} job(s) at "
            f"once, one per session, {lim.max_epochs} epochs or {lim.max_steps} steps, "
            f"{lim.max_train_frames} training frames, {lim.max_wall_s / 60:.0f} minutes.")
+if note := jobs.fine_tune_memory_note():
+    st.warning(note, icon=":material/memory:")
 
 with st.form("ft_form"):
     c1, c2 = st.columns(2)

@@ -387,6 +387,16 @@ def test_finetune_says_where_it_looked_for_camvid_and_how_to_get_it(app_env, tin
     assert any(o.startswith("CamVid") for o in at.selectbox(key="ft_dataset").options)
 
 
+def test_finetune_on_a_small_host_says_a_run_will_likely_run_out_of_memory(app_env, monkeypatch):
+    monkeypatch.setenv("SIS_MEMORY_LIMIT_MB", "1024")  # a hosted instance
+    at = _app("pages/finetune.py")
+    (said,) = [w.value for w in at.warning if "stopped for memory" in w.value]
+    assert said.startswith("This server has 1.0 GB of memory") and str(app_env / "models") in said
+    monkeypatch.setenv("SIS_MEMORY_LIMIT_MB", "8192")
+    at = _app("pages/finetune.py")
+    assert not [w for w in at.warning if "stopped for memory" in w.value]
+
+
 def test_finetune_missing_folder(app_env, tmp_path):
     from sis.training import adapt
     at = _app("pages/finetune.py")

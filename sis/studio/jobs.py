@@ -37,8 +37,19 @@ class Limits:
     max_wall_s: float = float(os.environ.get("SIS_MAX_JOB_S", "1800"))
     max_train_frames: int = 400
     orphan_s: float = 120.0  # a job nobody polled for this long is stopped
-    watch_s: float = 2.0
-    stop_grace_s: float = 60.0  # a job still running this long after Stop is terminated  # how often the watch thread enforces the wall-time cap and reaps orphans
+    watch_s: float = 2.0  # how often the watch thread enforces the wall-time cap and reaps orphans
+    stop_grace_s: float = 60.0  # a job still running this long after Stop is terminated
+
+
+def fine_tune_memory_note() -> str | None:
+    """One sentence for the Fine-tune page on a host under ``host.SMALL_HOST_MB``, whose memory a fine-tune's
+    batch forward and backward outgrows for every shipped model (docs/memory.md); None elsewhere."""
+    if not host.is_small():
+        return None
+    return (f"This server has {host.memory_limit_bytes() / 2**30:.1f} GB of memory, and a fine-tune holds a batch "
+            f"of frames forward and backward, which takes more than that for the shipped models: here a run will "
+            f"likely be stopped for memory. Fine-tune on a machine with a few GB (`python -m sis train --init ...` "
+            f"does the same) and copy the new model's folder into {store.data_dir() / 'models'} here.")
 
 
 def _new_id() -> str:
