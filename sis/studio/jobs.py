@@ -48,7 +48,7 @@ def fine_tune_memory_note() -> str | None:
         return None
     return (f"This server has {host.memory_limit_bytes() / 2**30:.1f} GB of memory, and a fine-tune holds a batch "
             f"of frames forward and backward, which takes more than that for the shipped models: here a run will "
-            f"likely be stopped for memory. Fine-tune on a machine with a few GB (`python -m sis train --init ...` "
+            f"likely be stopped for memory. Fine-tune on a machine with a few GB (`python -m sis train --init MODEL` "
             f"does the same) and copy the new model's folder into {store.data_dir() / 'models'} here.")
 
 
