@@ -125,8 +125,8 @@ def read_label(path: Path) -> np.ndarray:
 
 @dataclass
 class Frames:
-    """Decoded frames of one split: images [(3,H,W) uint8], masks [(H,W) uint8] (class ids fit a byte; an
-    eighth of int64's memory, which a CPU-only host with 1 GB feels on CamVid's 367 frames)."""
+    """Decoded frames of one split: images [(3,H,W) uint8], masks [(H,W) uint8] (class ids fit a byte: a
+    fine-tune holds every frame, and int64 would take eight times the memory; widened per batch)."""
     names: list[str]
     images: list[torch.Tensor]
     masks: list[torch.Tensor]
