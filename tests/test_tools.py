@@ -194,7 +194,7 @@ def test_int8_carry_scores_the_adapted_and_the_starting_int8_graph_on_the_same_f
 
     from sis.engines import export
     from sis.engines.int8 import RANGES_FILE, quantize_graph
-    from sis.training.bench import INT8_SLACK
+    from sis.training.carry import INT8_SLACK
     from sis.zoo import models
     carry = _tool("int8_carry")  # run in this process: torch's import is paid once per test session
     groups = carry.groups

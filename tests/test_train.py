@@ -306,7 +306,7 @@ def test_a_fine_tune_runs_on_its_starting_models_graph_once_checked(tiny_data, t
     eager on its validation frames, and runs on that graph; where the check fails, nothing is carried."""
     import shutil
 
-    import sis.training.bench as bench
+    import sis.training.carry as carry
     from sis.engines import choose_engine, export, templates
     monkeypatch.setenv("SIS_CACHE_DIR", str(tmp_path / "cache"))
     start = tmp_path / "start"
@@ -315,13 +315,13 @@ def test_a_fine_tune_runs_on_its_starting_models_graph_once_checked(tiny_data, t
     size = (64, 96)  # the tiny frames' size
     templates.write_template(export.export_graph(model, mcfg, size, tmp_path / "g.onnx"), start, size)
     zoo.update_card(start, fast_path={"backends": {"eager": {"median_ms": 10.0, "speedup_vs_eager": 1.0},
-                                                   bench.GRAPH: {"median_ms": 8.0, "speedup_vs_eager": 1.25}}})
+                                                   carry.GRAPH: {"median_ms": 8.0, "speedup_vs_eager": 1.25}}})
     train(_cfg(tiny_data, tmp_path / "m", init=str(start), max_steps=2, lr=1e-2), log=lambda m: None)
     card = zoo.read_card(tmp_path / "m")
-    assert card.engines[bench.GRAPH].miou_delta > -0.1 and "validation frames" in \
-        card.raw["fast_path"]["backends"][bench.GRAPH]["miou_note"]
-    assert templates.template_path(tmp_path / "m", size).is_file() and choose_engine(tmp_path / "m").name == bench.GRAPH
-    monkeypatch.setattr(bench, "agreement", lambda *a, **k: 0.5)  # a graph that is not eager's
+    assert card.engines[carry.GRAPH].miou_delta > -0.1 and "validation frames" in \
+        card.raw["fast_path"]["backends"][carry.GRAPH]["miou_note"]
+    assert templates.template_path(tmp_path / "m", size).is_file() and choose_engine(tmp_path / "m").name == carry.GRAPH
+    monkeypatch.setattr(carry, "agreement", lambda *a, **k: 0.5)  # a graph that is not eager's
     train(_cfg(tiny_data, tmp_path / "m2", init=str(start), max_steps=2, lr=1e-2), log=lambda m: None)
     assert "fast_path" not in zoo.read_card(tmp_path / "m2").raw
     assert not list((tmp_path / "m2").glob("graph-*.onnx")) and choose_engine(tmp_path / "m2").name == "eager"
@@ -349,7 +349,7 @@ def test_a_fine_tunes_int8_graph_gets_a_val_figure_of_its_own(tiny_data, tiny_mo
     start's figure; the policy's gate reads it."""
     import shutil
 
-    import sis.training.bench as bench
+    import sis.training.carry as carry
     from sis import engines
     from sis.data.dataset import load_split
     from sis.engines import choose_engine, export, templates
@@ -363,36 +363,36 @@ def test_a_fine_tunes_int8_graph_gets_a_val_figure_of_its_own(tiny_data, tiny_mo
     templates.write_template(export.export_graph(model, mcfg, size, tmp_path / "g.onnx"), start, size)
     zoo.update_card(start, fast_path={"backends": {
         "eager": {"median_ms": 10.0, "speedup_vs_eager": 1.0},
-        bench.GRAPH: {"median_ms": 8.0, "speedup_vs_eager": 1.25},
-        bench.INT8: {"median_ms": 4.0, "speedup_vs_eager": 2.5, "miou_delta": -0.1}}})
-    calibrated = engines.load_engine(start, bench.INT8)
+        carry.GRAPH: {"median_ms": 8.0, "speedup_vs_eager": 1.25},
+        carry.INT8: {"median_ms": 4.0, "speedup_vs_eager": 2.5, "miou_delta": -0.1}}})
+    calibrated = engines.load_engine(start, carry.INT8)
     calibrated.prepare(size)
     shutil.copyfile(calibrated.ranges_path(), start / int8_ranges)  # shipped beside its weights
 
     def passed(start, out, *a):  # a 2-step tiny model's near-tied labels flip in int8 under any change of
         shutil.copyfile(start / int8_ranges, out / int8_ranges)  # weights: the relative check passes here
         return {"miou_delta": -0.1, "agreement": 0.99, "start_agreement": 0.99}  # so that the scoring is tested
-    monkeypatch.setattr(bench, "_carried_int8", passed)
+    monkeypatch.setattr(carry, "_carried_int8", passed)
     import sis.training.loop as loop
     monkeypatch.setattr(loop, "_fp32_here", lambda cfg, device: fp32_here)  # this host's bf16 decides otherwise
     train(_cfg(tiny_data, tmp_path / "m", init=str(start), max_steps=2, lr=1e-2), log=lambda m: None)
     card = zoo.read_card(tmp_path / "m")
-    int8 = card.raw["fast_path"]["backends"][bench.INT8]
+    int8 = card.raw["fast_path"]["backends"][carry.INT8]
     val = load_split(tiny_data, "val", 2, mcfg.class_set)
     own = evaluate(None, mcfg, val, torch.device("cpu"), amp=False,
-                   engine=engines.load_engine(tmp_path / "m", bench.INT8))["miou"]
-    assert int8["against"] == ("eager" if fp32_here else bench.GRAPH)
+                   engine=engines.load_engine(tmp_path / "m", carry.INT8))["miou"]
+    assert int8["against"] == ("eager" if fp32_here else carry.GRAPH)
     if fp32_here:  # the run's own val figure stands for eager fp32's
         ref = card.raw["val"]["miou"]
     else:
         ref = evaluate(None, mcfg, val, torch.device("cpu"), amp=False,
-                       engine=engines.load_engine(tmp_path / "m", bench.GRAPH))["miou"]
+                       engine=engines.load_engine(tmp_path / "m", carry.GRAPH))["miou"]
     assert int8["miou"] == pytest.approx(own) and int8["val_frames"] == 2 and int8["start_miou_delta"] == -0.1
-    assert card.engines[bench.INT8].miou_delta == pytest.approx(100 * (own - ref))
-    assert not card.engines[bench.INT8].delta_of_start  # its own figure: the pages say no more
+    assert card.engines[carry.INT8].miou_delta == pytest.approx(100 * (own - ref))
+    assert not card.engines[carry.INT8].delta_of_start  # its own figure: the pages say no more
     assert "on all 2 of the frames its training run held out for validation" in int8["miou_note"]
-    gate = abs(card.engines[bench.INT8].miou_delta) <= engines.MAX_MIOU_DELTA
-    assert (choose_engine(tmp_path / "m").name == bench.INT8) == gate and (tmp_path / "m" / int8_ranges).is_file()
+    gate = abs(card.engines[carry.INT8].miou_delta) <= engines.MAX_MIOU_DELTA
+    assert (choose_engine(tmp_path / "m").name == carry.INT8) == gate and (tmp_path / "m" / int8_ranges).is_file()
     if fp32_here:  # a run stopped after its first epoch's val: that figure is of earlier weights, not the reference
         import threading
         stop = threading.Event()
@@ -400,15 +400,15 @@ def test_a_fine_tunes_int8_graph_gets_a_val_figure_of_its_own(tiny_data, tiny_mo
               callback=lambda p: p.phase == "val" and stop.set(), stop=stop, log=lambda m: None)
         card = zoo.read_card(tmp_path / "m3")
         assert card.raw["status"] == "stopped" and card.raw["val"] is not None
-        assert card.raw["fast_path"]["backends"][bench.INT8]["against"] == bench.GRAPH
+        assert card.raw["fast_path"]["backends"][carry.INT8]["against"] == carry.GRAPH
         return
 
     def fails(*a):
         raise RuntimeError("no int8 graph for these frames")
-    monkeypatch.setattr(bench, "_scored_int8", fails)  # what cannot be scored is not kept: the fp32 graph serves
+    monkeypatch.setattr(carry, "_scored_int8", fails)  # what cannot be scored is not kept: the fp32 graph serves
     train(_cfg(tiny_data, tmp_path / "m2", init=str(start), max_steps=2, lr=1e-2), log=lambda m: None)
-    assert bench.INT8 not in zoo.read_card(tmp_path / "m2").engines and not (tmp_path / "m2" / int8_ranges).exists()
-    assert choose_engine(tmp_path / "m2").name == bench.GRAPH
+    assert carry.INT8 not in zoo.read_card(tmp_path / "m2").engines and not (tmp_path / "m2" / int8_ranges).exists()
+    assert choose_engine(tmp_path / "m2").name == carry.GRAPH
 
 
 def test_fine_tuning_keeps_the_recipe_the_model_was_trained_with():

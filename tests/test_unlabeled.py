@@ -281,7 +281,7 @@ def test_an_adapted_model_runs_on_its_graph_once_its_labels_match_eager(tiny_mod
     from sis import zoo
     from sis.engines import choose_engine, export, templates
     from sis.engines.int8 import RANGES_FILE, quantize_graph
-    from sis.training.bench import GRAPH, INT8, INT8_SLACK, _carried_int8, agreement
+    from sis.training.carry import GRAPH, INT8, INT8_SLACK, _carried_int8, agreement
     from sis.training.unlabeled import _at_work_size, _seen
     from sis.zoo import models
     monkeypatch.setenv("SIS_CACHE_DIR", str(tmp_path / "cache"))

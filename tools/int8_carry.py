@@ -8,7 +8,7 @@ For each shift: --frames CamVid val frames spread over the drive, under that shi
 as `sis adapt` does (unlabeled.adapt_folder, with its checks), then given its start's activation ranges
 (int8_ranges.json) and scored: each frame's int8 labels against eager fp32's (mIoU, eager as the truth),
 for the adapted model and for MODEL, on every frame alone, then pooled over all frames, over fours and
-over pairs spaced evenly. This is what `training.bench.carried_engines` compares (CHECK_FRAMES frames,
+over pairs spaced evenly. This is what `training.carry.carried_engines` compares (CHECK_FRAMES frames,
 INT8_SLACK of slack; "check" is its verdict on the frames it takes, check_picks); the spread of the fours and pairs is
 what sizes them. Then what the check stands for, with labels: both models' eager and int8 mIoU on every
 --score-every-th of the other val frames under the same shift (the gate for a shipped int8 graph is its
@@ -36,7 +36,7 @@ from sis.data.shifts import parse_shifts, shifted  # noqa: E402
 from sis.engines import REFERENCE, load_engine  # noqa: E402
 from sis.engines.int8 import RANGES_FILE  # noqa: E402
 from sis.host import cpu_model  # noqa: E402
-from sis.training.bench import INT8, INT8_SLACK, agreement, agreement_matrices, alike, check_picks  # noqa: E402
+from sis.training.carry import INT8, INT8_SLACK, agreement, agreement_matrices, alike, check_picks  # noqa: E402
 from sis.training.robustness import CLEAN, score_set, val_frames  # noqa: E402
 from sis.training.unlabeled import MIN_FRAMES, _seen, adapt_folder  # noqa: E402
 from sis.zoo import models  # noqa: E402

@@ -30,7 +30,7 @@ from sis.data.dataset import (
     load_splits,
     validation_plan,
 )
-from sis.training.bench import carried_engines
+from sis.training.carry import carried_engines
 from sis.training.checkpoints import load_checkpoint, save_checkpoint
 from sis.training.config import Progress, StopFlag, TrainConfig, TrainingError, train_command
 from sis.training.distill import check_scale, combined_loss, labels_as_targets, teacher_targets

@@ -48,7 +48,7 @@ class Adaptation:
     stride: int = 1        # every how many photos or clip frames one was used
     fit_steps: int = 0     # steps fitting the BatchNorm scales and shifts to surer predictions (fit_to_frames)
     fit_planned: int = 0   # the steps planned: more than ``fit_steps`` where the adaptation was stopped
-    graph_agreement: float | None = None  # its fp32 graph's labels against eager's (bench.carried_engines)
+    graph_agreement: float | None = None  # its fp32 graph's labels against eager's (carry.carried_engines)
     int8_agreement: float | None = None   # its int8 graph's labels against eager's, where that graph passed
     int8_start_agreement: float | None = None  # its start's int8 graph's against the start's eager, same frames
 
@@ -315,12 +315,12 @@ def adapt_folder(init: Path, source: Path, out: Path, stride: int | None = None,
     weighed as ``prior_frames`` frames), then its BatchNorm scales and shifts fitted to surer predictions
     on them for ``fit_epochs`` passes (fit_steps, fit_to_frames; 0: the statistics alone; None: this host's
     default, fit_epochs_here), then given its start's graph where it labels frames as eager does
-    (bench.carried_engines). ``progress`` gets (steps done, steps planned), a frame's pass, a fitting step
+    (carry.carried_engines). ``progress`` gets (steps done, steps planned), a frame's pass, a fitting step
     and the graph's check each one. Raises AdaptError (nothing written) where the frames cannot adapt it,
     or ``stop`` came before enough of them had been seen; stopped later, the model so far is saved and its
     card says how far it got."""
     from sis import zoo
-    from sis.training.bench import GRAPH, INT8, carried_engines
+    from sis.training.carry import GRAPH, INT8, carried_engines
     from sis.zoo import models
     from sis.zoo.registry import read_config
     init, out = Path(init), Path(out)
@@ -333,7 +333,7 @@ def adapt_folder(init: Path, source: Path, out: Path, stride: int | None = None,
     start = zoo.read_card(init)
     fit_epochs = fit_epochs_here() if fit_epochs is None else fit_epochs
     planned = fit_steps(len(frames), fit_epochs)
-    total = len(frames) + planned + 1  # the last step: the new model's graph checked (bench.carried_engines)
+    total = len(frames) + planned + 1  # the last step: the new model's graph checked (carry.carried_engines)
 
     def counted(i, n):
         if progress:
