@@ -29,6 +29,42 @@ def test_help(cmd):
 
 
 @pytest.mark.slow
+class _Terminal:
+    """A stderr that says it is a terminal."""
+    def __init__(self):
+        self.text = ""
+
+    def write(self, s):
+        self.text += s
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return True
+
+
+def test_progress_is_one_rewritten_line_on_a_terminal_and_a_line_a_tenth_in_a_log(monkeypatch, capsys):
+    from sis.cli.progress import StderrProgress
+    progress = StderrProgress(lambda i, n: f"adapting: {i}/{n} steps")  # pytest's stderr is no terminal
+    for i in range(1, 51):
+        progress(i, 50)
+    progress.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [f"adapting: {i}/50 steps" for i in (1, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50)]
+    unknown = StderrProgress(lambda i, n: f"{i}/{n or '?'} frames")
+    for i in range(1, 251):
+        unknown(i, None)
+    assert capsys.readouterr().err.splitlines() == ["1/? frames", "100/? frames", "200/? frames"]
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    progress = StderrProgress(lambda i, n: f"{i}/{n}")
+    for i in range(1, 4):
+        progress(i, 3)
+    progress.close()
+    assert terminal.text == "\r1/3\r2/3\r3/3\n"
+
+
 def test_models_json_has_one_default():
     rows = json.loads(run("models", "--json").stdout)
     assert {"name", "arch", "encoder", "params", "shipped", "default"} <= rows[0].keys()

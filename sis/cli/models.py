@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
+
+from sis.cli.progress import StderrProgress
 
 
 def cmd_models(a) -> int:
@@ -52,7 +53,17 @@ def cmd_download(a) -> int:
     from sis import store
     from sis.data.download import SEGNET_CAMVID_URL, download_camvid
     a.out = a.out or str(store.data_dir() / "camvid")
-    counts = download_camvid(Path(a.out), a.url or SEGNET_CAMVID_URL,
-                             progress=lambda i, n, split: print(f"\r{split}: {i}/{n}", end="", file=sys.stderr))
-    print(f"\ndownloaded to {a.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    reading = {}  # the split being read -> its progress line; each split counts on its own
+
+    def report(i, n, split):
+        if split not in reading:
+            for line in reading.values():
+                line.close()
+            reading.clear()
+            reading[split] = StderrProgress(lambda done, total: f"{split}: {done}/{total}")
+        reading[split](i, n)
+    counts = download_camvid(Path(a.out), a.url or SEGNET_CAMVID_URL, progress=report)
+    for line in reading.values():
+        line.close()
+    print(f"downloaded to {a.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sis.cli.evaluate import accurate_engine, accurate_single
 from sis.cli.models import default_model
+from sis.cli.progress import StderrProgress
 
 
 def cmd_predict(a) -> int:
@@ -67,11 +68,12 @@ def cmd_video(a) -> int:
     from sis.video.segment import segment_video
     a.model = a.model or default_model()
     engine = accurate_engine(a, "cpu") or accurate_single(a)
+    progress = StderrProgress(lambda i, n: f"{i}/{n or '?'} frames")
     res = segment_video(engine, Path(a.input), Path(a.out) if a.out else None, a.stride, a.max_seconds, a.smooth,
                         Path(a.labels) if a.labels else None, Path(a.truth) if a.truth else None, fps=a.fps,
                         flow=not a.no_flow,
-                        progress=lambda i, n: print(f"\r{i}/{n or '?'} frames", end="", file=sys.stderr))
-    print(file=sys.stderr)
+                        progress=progress)
+    progress.close()
     out = {k: v for k, v in res.__dict__.items() if k not in ("share", "indices")}
     out.update(model=a.model, engine=engine.name, smooth=a.smooth, stride=a.stride)
     if a.json:

@@ -6,6 +6,8 @@ import sys
 import threading
 from pathlib import Path
 
+from sis.cli.progress import StderrProgress
+
 
 def train_config(a):
     """`train`'s arguments -> TrainConfig (sis.training.config.train_command is the inverse). Fine-tuning a model
@@ -91,11 +93,10 @@ def cmd_adapt(a) -> int:
     if out.exists() and any(out.iterdir()):
         raise zoo.ModelError(f"{out} exists and is not empty; choose a new folder for the adapted model")
 
-    def progress(i, n):
-        print(f"\radapting: {i}/{n} steps", end="", file=sys.stderr)
+    progress = StderrProgress(lambda i, n: f"adapting: {i}/{n} steps")
     res = adapt_folder(init, Path(a.unlabeled), out, a.stride, progress, prior_frames=a.prior_frames,
                        fit_epochs=a.fit_epochs)
-    print(file=sys.stderr)
+    progress.close()
     for name, why in res.skipped:
         print(f"skipped {name}: {why}", file=sys.stderr)
     taken = f", one in {res.stride}," if res.stride > 1 else ""
