@@ -28,7 +28,6 @@ def test_help(cmd):
     assert r.returncode == 0 and "usage: python -m sis" in r.stdout
 
 
-@pytest.mark.slow
 class _Terminal:
     """A stderr that says it is a terminal."""
     def __init__(self):
@@ -65,6 +64,24 @@ def test_progress_is_one_rewritten_line_on_a_terminal_and_a_line_a_tenth_in_a_lo
     assert terminal.text == "\r1/3\r2/3\r3/3\n"
 
 
+def test_models_counts_each_architecture_once_and_keeps_the_count(tmp_path, monkeypatch):
+    """`sis models` counts FLOPs once per architecture and library versions; a broken file is counted again."""
+    from sis import zoo
+    from sis.cli.models import registry_complexity
+    from sis.zoo import models
+    monkeypatch.setenv("SIS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(zoo, "MODELS", {k: zoo.MODELS[k] for k in ("pspnet-resnet18", "unet-vgg11_bn")})
+    counted = []
+    real = models.complexity
+    monkeypatch.setattr(models, "complexity", lambda name: counted.append(name) or real(name))
+    first = registry_complexity()
+    assert counted == ["pspnet-resnet18", "unet-vgg11_bn"] and first["pspnet-resnet18"] == real("pspnet-resnet18")
+    assert registry_complexity() == first and len(counted) == 2  # kept: nothing counted again
+    (tmp_path / "complexity.json").write_text("{not json")
+    assert registry_complexity() == first and len(counted) == 4
+
+
+@pytest.mark.slow
 def test_models_json_has_one_default():
     rows = json.loads(run("models", "--json").stdout)
     assert {"name", "arch", "encoder", "params", "shipped", "default"} <= rows[0].keys()

@@ -7,15 +7,44 @@ from pathlib import Path
 from sis.cli.progress import StderrProgress
 
 
+def registry_complexity() -> dict[str, dict]:
+    """``zoo.models.complexity`` of every registry model, kept in the graph cache's folder: counting the FLOPs of
+    26 models takes seconds, and the answer changes only with the architecture or the library versions."""
+    from importlib.metadata import version
+
+    from sis import zoo
+    from sis.engines.cache import cache_dir
+    from sis.files import atomic_write
+    path = cache_dir() / "complexity.json"
+    versions = f"smp {version('segmentation_models_pytorch')}, torch {version('torch')}"  # read without importing them
+    try:
+        kept = json.loads(path.read_text())
+    except (OSError, ValueError):
+        kept = {}
+    out, missing = {}, False
+    for name, spec in zoo.MODELS.items():
+        key = f"{name} {json.dumps(spec.smp_kwargs, sort_keys=True)} {versions}"
+        if not isinstance(kept.get(key), dict):
+            from sis.zoo import models  # torch: only where something must be counted
+            kept[key], missing = models.complexity(name), True
+        out[name] = kept[key]
+    if missing:
+        try:
+            atomic_write(path, lambda tmp: tmp.write_text(json.dumps(kept, indent=1)))
+        except OSError:  # a read-only data folder: counted again next time
+            pass
+    return out
+
+
 def cmd_models(a) -> int:
     from sis import zoo
     from sis.studio.catalog import available_models, default_key
-    from sis.zoo import models
     shipped = zoo.shipped_models()
     default = default_key({k: e for k, e in available_models().items() if e.shipped}) or zoo.DEFAULT_MODEL
     rows = []
+    counted = registry_complexity()
     for name, spec in zoo.MODELS.items():
-        c = models.complexity(name)
+        c = counted[name]
         card = zoo.read_card(shipped[name]) if name in shipped else zoo.ModelCard()
         rows.append({"name": name, "arch": spec.arch, "encoder": spec.encoder, "paper": spec.paper,
                      "params": c["params"], "gflops_360x480": round(c["gflops"], 2),
