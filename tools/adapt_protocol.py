@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sis import zoo  # noqa: E402
-from sis.data.dataset import Frames, list_pairs, load_classes, load_split  # noqa: E402
+from sis.data.dataset import Frames, list_pairs, load_classes, load_split, spread  # noqa: E402
 
 SHIPPED = ("pspnet-resnet18", "pspnet-vgg11_bn", "unet-resnet18", "unet-vgg11_bn")
 # what a recipe changes over the page's defaults; "replay" is what the Fine-tune page starts with
@@ -133,9 +133,7 @@ def user_dataset(camvid: Path, out: Path, every: int, n: int, shift: tuple[str, 
 def replay_names(camvid: Path, limit: int) -> set[str]:
     """The train frames the replay holds (train.load_replay's even spread), by name."""
     names = [img.stem for img, _ in list_pairs(camvid, "train")]
-    if len(names) <= limit:
-        return set(names)
-    return {names[round(i * (len(names) - 1) / (limit - 1))] for i in range(limit)}
+    return {names[i] for i in spread(len(names), limit)}
 
 
 def score(folder: Path, sets: dict[str, Frames]) -> dict[str, dict]:

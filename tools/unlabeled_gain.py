@@ -32,6 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sis import zoo  # noqa: E402
+from sis.data import dataset  # noqa: E402
 from sis.data.shifts import parse_shifts, shifted  # noqa: E402
 from sis.engines import create_engine  # noqa: E402
 from sis.engines.accurate import TTA, AccurateEngine  # noqa: E402
@@ -57,7 +58,7 @@ def picked(count: int, n: int | None, spread: bool) -> list[int]:
     """Which of ``count`` frames to adapt on: all, the first ``n``, or ``n`` spaced evenly over them."""
     if n is None or n >= count:
         return list(range(count))
-    return [round(i * (count - 1) / max(n - 1, 1)) for i in range(n)] if spread else list(range(n))
+    return dataset.spread(count, n) if spread else list(range(n))
 
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
