@@ -171,10 +171,8 @@ def camvid_dir() -> Path | None:
     return None
 
 
-def camvid_missing() -> str | None:
-    """One sentence for a page that would offer CamVid, where this server has none; None where it has."""
-    if camvid_dir() is not None:
-        return None
+def camvid_missing() -> str:
+    """One sentence for a page that would offer CamVid, where ``camvid_dir`` found none: where it looked, what to do."""
     places = ", ".join(str(p) for p in camvid_places())
     return (f"CamVid is not on this server (looked in {places}), so it is neither offered as a dataset nor "
             f"replayed. Whoever runs the server can fetch it with `python -m sis download`, or point "

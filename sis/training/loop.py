@@ -403,7 +403,7 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
             if not order[b * data.per_batch:(b + 1) * data.per_batch]:
                 break
             imgs, masks, teach = _batch(cfg, data, order, b, step)
-            imgs, masks = imgs.to(device), masks.to(device).long()
+            imgs, masks = imgs.to(device), masks.to(device)  # int64 already: SegDataset widens each mask
             teach = pad_to_stride(teach.to(device), mcfg.input_stride)[0] if teach is not None else None
             lr = lr_at(step, total, cfg.lr, cfg.schedule, cfg.warmup_steps)
             for group in optimizer.param_groups:
