@@ -74,8 +74,6 @@ if res.note:
     st.warning(res.note)
 if res.unfamiliar:
     st.warning(res.unfamiliar, icon=":material/travel_explore:")
-if res.adjusted:
-    st.info(res.adjusted, icon=":material/tune:")
 
 # a wide photo (a dashcam's 3:1) gets the page's width for each picture rather than a third of it
 a, b, c = st.columns(3) if res.size[1] < 2 * res.size[0] else (st.container(), st.container(), st.container())
@@ -83,8 +81,7 @@ a.image(res.image, caption=f"Original {res.size[1]}x{res.size[0]}", width="stret
 b.image(report.paint(res, classes, 1.0, visible), caption="Predicted classes (the painted ones)", width="stretch")
 c.image(report.paint(res, classes, alpha, visible), caption="Overlay", width="stretch")
 ui.legend(classes, res.share)
-smaller = " (a soft photo is segmented smaller: its blur shrinks with it)" if res.given_size != res.work_size else ""
-st.caption(f"Inference {res.ms:.0f} ms on CPU at {res.given_size[1]}x{res.given_size[0]}{smaller} "
+st.caption(f"Inference {res.ms:.0f} ms on CPU at {res.work_size[1]}x{res.work_size[0]} "
            f"with {entry.key} on {res.engine}; mean confidence {100 * res.mean_confidence:.1f}%")
 
 origin = catalog.adapted_from(entry, entries)

@@ -69,10 +69,9 @@ classes = zoo.read_config(done["folder"]).class_set  # the model that ran, whate
 st.subheader("Result" + (f" ({res.cut})" if res.cut else ""))
 ran = next((k for k, e in entries.items() if e.folder.resolve() == Path(done["folder"]).resolve()),
            Path(done["folder"]).name)
-if unfamiliar := report.unfamiliarity(res.mean_confidence, zoo.read_card(done["folder"]), ran, what="clip"):
+if unfamiliar := report.unfamiliarity(res.mean_confidence, zoo.read_card(done["folder"]), ran, what="clip",
+                                      help_=report.advice("clip", adapted=report.adapted(done["folder"]))):
     st.warning(unfamiliar, icon=":material/travel_explore:")
-if moved := report.clip_adjustment(res.moved, res.frames, zoo.read_card(done["folder"]).input_range):
-    st.info(moved, icon=":material/tune:")
 shown, facts = st.columns([3, 1])
 shown.video(str(Path(out) / "preview.mp4"))  # at most 480p: the server holds what it plays in memory
 facts.metric("Frames segmented", res.frames, help=f"{res.seconds:.1f} s of the clip, at {res.fps_out:.3g} fps")

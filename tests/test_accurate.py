@@ -9,7 +9,7 @@ from conftest import REAL_CAMVID, in_process
 
 from sis import engines, zoo
 from sis.engines.accurate import TTA, AccurateEngine
-from sis.engines.predict import calibrated, softmax
+from sis.engines.predict import softmax, tempered
 
 
 class _Fake:
@@ -90,9 +90,9 @@ def test_ensemble_averages_probabilities_not_logits():
 def test_an_ensemble_of_one_model_is_that_model(tiny_model, image):
     single = engines.load_engine(tiny_model, "eager")
     assert engines.load_accurate([tiny_model], name="eager").name == "eager"  # no wrapper at all
-    # each member at its own temperature and input range (the tiny model's training fitted both)
-    assert single.temperature != 1.0 and single.input_range is not None
-    np.testing.assert_allclose(np.exp(AccurateEngine([single])(image)), softmax(calibrated(single, image)),
+    # each member at its own temperature (the tiny model's training fitted it)
+    assert single.temperature != 1.0
+    np.testing.assert_allclose(np.exp(AccurateEngine([single])(image)), softmax(tempered(single, image)),
                                rtol=1e-5, atol=1e-6)
 
 

@@ -60,18 +60,37 @@ def test_calibrate_on_an_overconfident_engine_and_predict_applies_it():
 
 
 def test_an_unfamiliar_photo_is_said_in_one_sentence(tmp_path):
-    from sis.vis.report import unfamiliarity
+    from sis.vis.report import advice, unfamiliarity
     card = zoo.update_card(tmp_path, calibration={"temperature": 2.0, "low_confidence": 0.8, "low_percentile": 5})
     assert zoo.read_card(tmp_path).temperature == 2.0 and card.low_confidence == 0.8
-    said = unfamiliarity(0.62, card, "unet-vgg11_bn")
-    assert said.startswith("This photo looks unlike the streets unet-vgg11_bn learned: its mean confidence is 62%, "
-                           "below 80%, which 95% of CamVid's own val frames reach")
+    said = unfamiliarity(0.62, card, "unet-vgg11_bn", unsure_of=("Pavement", "Building"))
+    assert said == ("unet-vgg11_bn is unsure of this photo: 62% mean confidence, below the 80% that 95% of CamVid's "
+                    "own val frames reach, least of its Pavement and Building; Accurate mode or adapting to a few "
+                    "photos of this street (Adapt, no labels needed) may help.")
+    assert len(said.split()) < 45
     assert unfamiliarity(0.85, card, "x") is None and unfamiliarity(0.1, zoo.ModelCard(), "x") is None
-    assert "mean confidence is 79.6%, below 80.0%," in unfamiliarity(0.796, card, "x")  # never "80%, below 80%"
+    assert "79.6% mean confidence, below the 80.0%" in unfamiliarity(0.796, card, "x")  # never "80%, below 80%"
     tuned = zoo.update_card(tmp_path, calibration={"temperature": 1.2, "low_confidence": 0.7, "low_percentile": 5,
                                                    "reference": "the frames its training run held out for validation"})
-    assert "below 70%, which 95% of the frames its training run held out for validation reach" in \
+    assert "below the 70% that 95% of the frames its training run held out for validation reach;" in \
         unfamiliarity(0.5, tuned, "mine")
+    # the advice fits the page: no Accurate mode where it is on or on Video, no Adapt after adapting
+    assert "Accurate" not in advice("photo", accurate=True) and "Adapt" in advice("photo", accurate=True)
+    assert advice("clip") == "adapting to this clip (Adapt, no labels needed) may help"
+    assert "Adapt" not in advice("photo", adapted=True) and "Correct" in advice("clip", adapted=True)
+    assert unfamiliarity(0.5, card, "x", "clip", help_=advice("clip")).endswith("adapting to this clip (Adapt, "
+                                                                               "no labels needed) may help.")
+
+
+def test_the_classes_a_model_is_least_sure_of_by_hand():
+    """Among classes on at least 5% of the pixels, the lowest mean confidence first."""
+    from sis.vis.report import least_sure
+    labels = np.array([[0] * 10 + [1] * 6 + [2] * 3 + [3] * 1] * 5)  # shares 50%, 30%, 15%, 5%
+    conf = np.where(labels == 0, 0.9, np.where(labels == 1, 0.5, np.where(labels == 2, 0.7, 0.1)))
+    names = ("Sky", "Building", "Pole", "Road")
+    assert least_sure(labels, conf, names) == ("Road", "Building")
+    assert least_sure(labels, conf, names, min_share=0.1) == ("Building", "Pole")
+    assert least_sure(labels, conf, names, k=1, min_share=0.5) == ("Sky",)
 
 
 def test_several_models_unsure_of_one_photo_are_said_in_one_sentence(tmp_path):
@@ -82,7 +101,7 @@ def test_several_models_unsure_of_one_photo_are_said_in_one_sentence(tmp_path):
     b = zoo.update_card(tmp_path / "b", calibration={"temperature": 1.0, "low_confidence": 0.7, "low_percentile": 5})
     assert unfamiliar_to([("a", 0.9, a), ("b", 0.75, b), ("c", 0.1, sure)]) is None
     one = unfamiliar_to([("a", 0.5, a), ("b", 0.75, b)], what="clip")
-    assert one.startswith("This clip looks unlike the streets a learned: its mean confidence is 50%, below 80%")
+    assert one.startswith("a is unsure of this clip: 50% mean confidence, below the 80%")
     two = unfamiliar_to([("a", 0.5, a), ("b", 0.6, b), ("c", 0.1, sure)])
-    assert two.startswith("This photo looks unlike the streets 2 of these 3 models learned")
-    assert "(a 50% against 80%, b 60% against 70%)" in two and "Adapt button" in two
+    assert two == ("2 of these 3 models are unsure of this photo (a 50% against 80%, b 60% against 70%): expect "
+                   "mistakes, most where they disagree.")

@@ -13,7 +13,7 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_readme_models_table_matches_the_cards():
-    """The README's val and under-shift figures are the cards' (a model shipped again must update both)."""
+    """The README's val, kitti-dev and under-shift figures are the cards' (a model shipped again must update them)."""
     from sis import zoo
     readme = (ROOT / "README.md").read_text()
     head = next(line for line in readme.splitlines() if line.startswith("| model | paper pair | val mIoU"))
@@ -28,3 +28,4 @@ def test_readme_models_table_matches_the_cards():
         card = zoo.read_card(folder)
         assert rows[name]["val mIoU"] == f"{100 * card.val_miou:.2f}"
         assert rows[name]["under shift"] == ("-" if card.shift_mean is None else f"{100 * card.shift_mean:.2f}")
+        assert rows[name]["kitti-dev"] == f"{100 * card.dev_miou:.2f}"

@@ -92,7 +92,7 @@ def _mean_entropy(model, cfg, frames) -> float:
     from sis.training.unlabeled import _seen
     from sis.zoo.preprocess import forward_logits
     with torch.no_grad():
-        logits = torch.cat([forward_logits(model, cfg, _seen(f, cfg, None), amp=False) for f in frames])
+        logits = torch.cat([forward_logits(model, cfg, _seen(f, cfg), amp=False) for f in frames])
     return float(-(logits.softmax(1) * logits.log_softmax(1)).sum(1).mean())
 
 
@@ -139,7 +139,7 @@ def test_self_training_fits_the_model_to_its_targets_where_they_are_sure():
         from sis.training.unlabeled import _seen
         from sis.zoo.preprocess import forward_logits
         with torch.no_grad():
-            return float(np.mean([(forward_logits(model, cfg, _seen(f, cfg, None), amp=False).argmax(1) == 3)
+            return float(np.mean([(forward_logits(model, cfg, _seen(f, cfg), amp=False).argmax(1) == 3)
                                   .float().mean() for f in frames]))
     start = share_of_3()
     fit_to_frames(model, cfg, frames, 12, lr=1e-2, targets=targets, train="all")
@@ -329,45 +329,11 @@ def test_an_adapted_model_runs_on_its_graph_once_its_labels_match_eager(tiny_mod
     with torch.no_grad():
         for p in adapted.parameters():
             p.add_(torch.randn_like(p))
-    seen = [_seen(f, cfg, None).numpy() for f in frames]
+    seen = [_seen(f, cfg).numpy() for f in frames]
     assert agreement(out, adapted, cfg, seen, GRAPH) < 0.9  # a graph of other weights than eager's fails
     models.save_model(adapted, cfg, out)  # weights the start's ranges do not fit: its int8 graph labels unlike eager
     assert _carried_int8(init, out, adapted, cfg, seen, card.raw["fast_path"]["backends"][INT8], "frames") is None
     assert not (out / RANGES_FILE).exists()
-
-
-def test_statistics_are_estimated_on_the_frames_as_the_engines_will_see_them(tiny_model, tmp_path):
-    """With an input range in the starting model's card, the statistics are those of the frames brought
-    inside it (as estimated on those frames by hand), and the adapted card keeps the range."""
-    from sis import zoo
-    from sis.data.input_range import into_range
-    from sis.zoo import models
-    rng_dict = {"luminance": [0.2, 0.7], "contrast": [0.1, 1.3], "red_green": [0.85, 1.05],
-                "blue_green": [0.95, 1.1], "frames": 6, "source": "train of tiny"}
-    init = tmp_path / "init"
-    shutil.copytree(tiny_model, init, ignore=shutil.ignore_patterns("checkpoint"))
-    zoo.update_card(init, input_range=rng_dict)
-    input_range = zoo.read_card(init).input_range
-    rng = np.random.default_rng(5)
-    warm = [np.clip(make_frame(rng, 64, 96)[0] * np.array([1.5, 1.0, 0.6]), 0, 255).astype(np.uint8)
-            for _ in range(MIN_FRAMES)]
-    street = tmp_path / "street"
-    street.mkdir()
-    for i, f in enumerate(warm):
-        Image.fromarray(f).save(street / f"w{i}.png")
-    adapt_folder(init, street, tmp_path / "adapted", prior_frames=0, fit_epochs=0)  # the statistics alone
-    assert zoo.read_card(tmp_path / "adapted").input_range == input_range
-    by_hand, cfg = models.load_model(init)
-    adapt_batchnorm(by_hand, cfg, [into_range(f, input_range) for f in warm])
-    raw, _ = models.load_model(init)
-    adapt_batchnorm(raw, cfg, warm)
-    adapted, _ = models.load_model(tmp_path / "adapted")
-    key = next(k for k in adapted.state_dict() if k.endswith("running_mean"))
-    # by hand the range is applied before the resize to the work size, and the saved weights are fp16: close,
-    # and far closer than the statistics of the frames as they came
-    near = (adapted.state_dict()[key] - by_hand.state_dict()[key]).abs().max()
-    far = (adapted.state_dict()[key] - raw.state_dict()[key]).abs().max()
-    assert near < 0.01 and near < far / 5, (near, far)
 
 
 def test_stop_keeps_the_statistics_of_the_frames_seen_or_writes_nothing(tiny_model, tmp_path):
@@ -397,8 +363,7 @@ def test_stop_keeps_the_statistics_of_the_frames_seen_or_writes_nothing(tiny_mod
     assert said["frames"] == MIN_FRAMES + 1 and said["training_share"] == round(training_share(MIN_FRAMES + 1), 4)
     assert res.fit_steps == 0 < res.fit_planned == fit_steps(MIN_FRAMES + 1)  # stopped before the fit
     by_hand, cfg = models.load_model(tiny_model)
-    assert adapt_batchnorm(by_hand, cfg, frames[:MIN_FRAMES + 1], input_range=zoo.read_card(tiny_model).input_range,
-                           prior_frames=PRIOR_FRAMES) == (res.layers, MIN_FRAMES + 1, training_share(MIN_FRAMES + 1))
+    assert adapt_batchnorm(by_hand, cfg, frames[:MIN_FRAMES + 1], prior_frames=PRIOR_FRAMES) == (res.layers, MIN_FRAMES + 1, training_share(MIN_FRAMES + 1))
     late, _ = models.load_model(tmp_path / "late")
     key = next(k for k in late.state_dict() if k.endswith("running_var"))
     assert torch.allclose(late.state_dict()[key], by_hand.state_dict()[key].half().float(), rtol=1e-2, atol=1e-3)

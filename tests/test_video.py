@@ -263,30 +263,3 @@ def test_the_plan_of_a_4k_clip_caps_work_output_and_length():
     assert pl.sentence() == ("3840x2160 at 30 fps, 120.0 s (3600 frames). Only the first 60 s are processed (the cap). "
                              f"Segmenting 1 frame in 2: 900 frames, each at {pl.work[1]}x{pl.work[0]}; "
                              "the overlay is written at 1280x720.")
-
-
-def test_a_clip_brought_inside_the_input_range_says_how_many_frames_were_moved(tmp_path):
-    """Three warm frames and three neutral ones: the engine sees the warm ones moved inside its range, the
-    result counts them, and the page's sentence says so; an engine without a range moves nothing."""
-    from sis.data.input_range import InputRange, frame_stats
-    from sis.vis.report import clip_adjustment
-    rng = np.random.default_rng(2)
-    grey = [np.repeat(rng.integers(60, 200, (48, 64, 1)), 3, axis=2).astype(np.uint8) for _ in range(6)]
-    warm = [np.clip(g * np.array([1.5, 1.0, 0.6]), 0, 255).astype(np.uint8) for g in grey[:3]]
-    clip = write_clip(tmp_path / "c.mp4", warm + grey[3:])
-    box = InputRange((0.2, 0.7), (0.1, 1.3), (0.85, 1.05), (0.95, 1.1), 6, "train of tiny")
-
-    class Seeing(Const):
-        seen = []
-
-        def __call__(self, images):
-            self.seen.append(frame_stats(images[0].transpose(1, 2, 0)).red_green)
-            return super().__call__(images)
-    engine = Seeing([0])
-    engine.input_range = box
-    res = segment_video(engine, clip)
-    assert res.moved == {"a warm colour cast": 3}
-    assert all(r <= box.red_green[1] + 0.02 for r in engine.seen)  # yuv420p shifts colours a little
-    said = clip_adjustment(res.moved, res.frames, box)
-    assert said.startswith("Of the 6 frames segmented, 3 had a warm colour cast, beyond") and "(train of tiny)" in said
-    assert segment_video(Const([0]), clip).moved == {} and clip_adjustment({}, 6, box) is None

@@ -3,8 +3,7 @@
 Five frames of CamVid's val clip (0016E5; every 20th in name order) become a user dataset
 (train/ + trainannot/ only); each shipped model is fine-tuned on them with the Fine-tune page's
 defaults (its recipe's augmentation, batch 4, lr 2e-4, the page's step count), with replay of
-CamVid train (half of each batch) and without. Scored (PyTorch fp32, full frames, each brought inside
-the model's input range as the app does):
+CamVid train (half of each batch) and without. Scored (PyTorch fp32, full frames):
 
 - near: the val frames at least --gap frames away from every picked frame (the rest of the street);
 - other: the CamVid train frames of the other sequences that the replay never drew (forgetting).
@@ -142,8 +141,7 @@ def score(folder: Path, sets: dict[str, Frames]) -> dict[str, dict]:
     from sis.training.evaluate import evaluate
     from sis.zoo.models import load_model
     model, cfg = load_model(folder)
-    rng = zoo.read_card(folder).input_range  # each frame brought inside the model's range, as the app does
-    return {k: evaluate(model, cfg, f, torch.device("cpu"), amp=False, batch_size=4, input_range=rng)
+    return {k: evaluate(model, cfg, f, torch.device("cpu"), amp=False, batch_size=4)
             for k, f in sets.items()}
 
 

@@ -75,7 +75,6 @@ def main(argv: list[str] | None = None) -> int:
     start = zoo.resolve(a.model)
     if not (start / RANGES_FILE).is_file():
         ap.error(f"{start} has no {RANGES_FILE}: nothing to carry")
-    card = zoo.read_card(start)
     smodel, scfg = models.load_model(start)
     val = val_frames(Path(a.data))
     at = sorted({round(i * (len(val) - 1) / max(a.frames - 1, 1)) for i in range(min(a.frames, len(val)))})
@@ -87,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"{len(picks)} val frames are too few: an adaptation takes at least {MIN_FRAMES}")
     if a.scale_ranges:
         rows = []
-        checked = [_seen(rgb, scfg, card.input_range).numpy() for _, rgb, _ in picks]
+        checked = [_seen(rgb, scfg).numpy() for _, rgb, _ in picks]
         checked = check_picks(checked)
         pairs = [(val[i][1], val[i][2]) for i in scored]
         eager = score_set(load_engine(start, REFERENCE), pairs, classes).miou
@@ -122,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             seconds = time.perf_counter() - t0
             shutil.copyfile(start / RANGES_FILE, out / RANGES_FILE)  # as carried_engines does, kept or not
             model, cfg = models.load_model(out)
-            seen = [_seen(rgb, scfg, card.input_range).numpy() for rgb in rgbs]
+            seen = [_seen(rgb, scfg).numpy() for rgb in rgbs]
             new, old = (agreement_matrices(out, model, cfg, seen, INT8),
                         agreement_matrices(start, smodel, scfg, seen, INT8))
             row = {"shift": shift, "severity": 0 if shift == CLEAN else a.severity, "frames": len(seen),

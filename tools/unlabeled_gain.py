@@ -1,13 +1,12 @@
 """What adapting without labels (BatchNorm statistics, sis.training.unlabeled) gains on the shift benchmark.
 
     python tools/unlabeled_gain.py MODEL --data ../shared/camvid [--shifts dusk,white_balance] [--severity 3] [--every 2]
-                                   [--no-input-range] [--signals] [--source-share 0,0.25,0.5]
+                                   [--signals] [--source-share 0,0.25,0.5]
                                    [--adapt-frames 8 [--spread]] [--fit-epochs 2 [--fit entropy:norm:1e-4,...]]
 
 For each shift: CamVid val under it (every N-th frame), split in two by frame parity; the model is adapted
 on the even frames (their labels unused) and both it and the original are scored on the odd ones, on eager
-fp32, through the app's predict path, each frame brought inside the card's input range as the app does
-(unless --no-input-range). With --source-share, one adapted model per share of the training statistics
+fp32, through the app's predict path. With --source-share, one adapted model per share of the training statistics
 kept (blend_statistics; "rule": the share `sis adapt` keeps for that many frames), all from one pass over
 the frames; --adapt-frames N adapts on only the first N of the even frames (with --spread, N spaced evenly
 over all of them: CamVid val is one drive filmed at 15 labelled frames a second, so the first N are a
@@ -68,7 +67,6 @@ p.add_argument("--shifts", default="clean,dusk,white_balance,contrast,blur,noise
 p.add_argument("--severity", type=int, default=3)
 p.add_argument("--every", type=int, default=2)
 p.add_argument("--json", help="also write the results here")
-p.add_argument("--no-input-range", action="store_true", help="give the model the frames as they are")
 p.add_argument("--signals", action="store_true", help="label-free signals on the adaptation frames (twice the time)")
 p.add_argument("--adapt-frames", type=int, help="adapt on only the first N of the even frames")
 p.add_argument("--spread", action="store_true", help="the N frames of --adapt-frames spaced evenly, not the first N")
@@ -89,7 +87,6 @@ fits = [f.split(":") for f in a.fit.split(",")] if a.fit_epochs else []  # (loss
 folder = zoo.resolve(a.model)
 base, cfg = models.load_model(folder)
 card = zoo.read_card(folder)
-rng = None if a.no_input_range else card.input_range
 classes = cfg.class_set
 void = classes.void if classes.void is not None else 255
 frames = val_frames(Path(a.data), None, a.every)
@@ -101,7 +98,7 @@ source = batchnorm_statistics(base)
 
 def engine_of(m):
     e = create_engine("eager", m, cfg)
-    e.input_range, e.temperature = rng, card.temperature
+    e.temperature = card.temperature
     return e
 
 
@@ -114,7 +111,7 @@ for name in names:
     adapt_on = [adapt_on[i] for i in picked(len(adapt_on), a.adapt_frames, a.spread)]
     estimated = copy.deepcopy(base)
     t0 = time.perf_counter()
-    adapt_batchnorm(estimated, cfg, adapt_on, input_range=rng)
+    adapt_batchnorm(estimated, cfg, adapt_on)
     seconds = time.perf_counter() - t0
     before = score_set(plain, score_on, classes, name, a.severity)
     signal0 = label_free(plain, adapt_on) if a.signals else None
@@ -167,9 +164,8 @@ for name in names:
                 print(f"{name:14}   + {loss} {train} lr {lr:g}, {done} steps: "
                       f"{100 * res.miou:6.2f} ({100 * (res.miou - before.miou):+.2f}), ECE {100 * res.ece:.2f}% "
                       f"in {took:.0f} s more", flush=True)
-            fit_to_frames(fitted, cfg, adapt_on, steps, lr, rng, card.temperature,
+            fit_to_frames(fitted, cfg, adapt_on, steps, lr, card.temperature,
                           targets if loss == "pseudo" else None, train, progress=scored)
-print(f"{folder.name}, severity {a.severity}, {'spread' if a.spread else 'first'} frames, eager fp32, "
-      f"input range {'off' if rng is None else 'on'}, {cpu_model()}")
+print(f"{folder.name}, severity {a.severity}, {'spread' if a.spread else 'first'} frames, eager fp32, {cpu_model()}")
 if a.json:
     Path(a.json).write_text(json.dumps({"model": folder.name, "cpu": cpu_model(), "rows": rows}, indent=1))

@@ -31,26 +31,18 @@ def accurate_single(a):
     return engines.load_engine(model_folders(a.model)[0], a.engine if a.engine not in (None, "auto") else None)
 
 
-def _without_input_range(engine) -> None:
-    """``eval --no-input-range``: ``engine`` (each member of an accurate mode) given frames as they are."""
-    for m in getattr(engine, "members", [engine]):
-        m.input_range = None
-
-
 def cmd_shift(a) -> int:
     """``eval --shift``: the model on CamVid val under camera and scene shifts (training.robustness)."""
     from sis.data.shifts import SEVERITIES, ShiftError, list_shifts, parse_shifts
     from dataclasses import asdict
 
     from sis import zoo
-    from sis.training.robustness import ood_auroc, shift_benchmark, spoke_up, val_frames
+    from sis.training.robustness import ood_auroc, shift_benchmark, val_frames, warning_rate
     shifts = parse_shifts(a.shift)
     if a.write and (shifts != list_shifts() or tuple(a.severities) != SEVERITIES or a.limit or a.work_rule):
         raise ShiftError("--write keeps the whole benchmark in the card: give --shift all at every severity, "
                          "without --limit or --work-rule")
     engine = accurate_engine(a, "cpu") or accurate_single(a)
-    if a.no_input_range:
-        _without_input_range(engine)
     if a.write and hasattr(engine, "member_names"):
         raise ShiftError("--write is for one model in its fast mode, not an ensemble or an accurate mode")
     frames = val_frames(Path(a.data), a.limit, a.every)
@@ -64,56 +56,48 @@ def cmd_shift(a) -> int:
     folders = model_folders(a.model)
     # what Segment would say of each frame, by the one model's card (an ensemble's page asks each member)
     unsure = zoo.read_card(folders[0]).unsure if len(folders) == 1 else None
-    spoke, warned = (spoke_up(rep, unsure), spoke_up(rep, unsure, moved=False)) if unsure else (None, None)
-    out["spoke_up"], out["warned"] = (asdict(spoke), asdict(warned)) if spoke else (None, None)
+    warned = warning_rate(rep, unsure) if unsure else None
+    out["warned"] = asdict(warned) if warned else None
     if a.out:
         from sis.files import atomic_write
         atomic_write(Path(a.out), lambda tmp: tmp.write_text(json.dumps(out, indent=1)))
     if a.write:
         folder = folders[0]
         command = f"python -m sis eval --model {a.model} --data {a.data} --shift all --every {a.every} --seed {a.seed}"
-        command += " --no-input-range" if a.no_input_range else ""
-        rec = rep.card_record(a.every, command, getattr(engine, "input_range", None) is not None)
-        rec["spoke_up"], rec["warned"] = out["spoke_up"], out["warned"]
-        kept = zoo.read_card(folder).raw.get("shift_benchmark") or {}
-        # the same model without its input range is the baseline the range is judged by: each run keeps the other's
-        if a.no_input_range:
-            rec = dict(kept, without_input_range=rec)
-        elif "without_input_range" in kept:
-            rec["without_input_range"] = kept["without_input_range"]
+        rec = rep.card_record(a.every, command)
+        rec["warned"] = out["warned"]
         zoo.update_card(folder, shift_benchmark=rec)
     if a.json:
         print(json.dumps(out))
         return 0
     print(f"{rep.model} on {a.data} [val, {rep.frames} frames, {rep.engine}, seed {rep.seed}]")
-    said = f" {'warn@' + str(spoke.severity):>7} {'said@' + str(spoke.severity):>7}" if spoke else ""
+    said = f" {'warn@' + str(warned.severity):>7}" if warned else ""
     print(f"{'shift':14} " + " ".join(f"{'sev ' + str(s):>7}" for s in a.severities) + f" {'mean':>7}" + said)
     by = rep.by_shift()
     for name in shifts:
         print(f"{name:14} " + " ".join(f"{100 * rep.score(name, s).miou:7.2f}" for s in a.severities) +
               f" {100 * by[name]:7.2f}" +
-              (f" {100 * warned.by_shift[name]:6.0f}% {100 * spoke.by_shift[name]:6.0f}%" if spoke else ""))
+              (f" {100 * warned.by_shift[name]:6.0f}%" if warned else ""))
     print(f"clean mIoU {100 * rep.clean.miou:.2f}; shift benchmark mean {100 * rep.mean:.2f}; "
           f"ECE clean {100 * rep.clean.ece:.2f}, shifted {100 * rep.ece_shifted:.2f}; "
           f"mean confidence flags severity {max(a.severities)} frames at AUROC {out['ood_auroc_severe']:.3f}")
-    if spoke:
-        print(f"at severity {spoke.severity}, Segment warns that a photo looks unfamiliar on {100 * warned.severe:.0f}% "
-              f"of the frames ({100 * warned.clean:.0f}% of the clean ones) and says something, the warning or "
-              f"that it moved the photo inside the input range, on {100 * spoke.severe:.0f}% "
-              f"({100 * spoke.clean:.0f}% of the clean ones)")
+    if warned:
+        print(f"at severity {warned.severity}, Segment warns that a photo looks unfamiliar on {100 * warned.severe:.0f}% "
+              f"of the frames ({100 * warned.clean:.0f}% of the clean ones)")
     return 0
 
 
 def cmd_eval(a) -> int:
     if a.shift:
         return cmd_shift(a)
-    from sis import zoo
     from sis.data.dataset import load_split
     from sis.training.evaluate import evaluate
     from sis.zoo import models
     from sis.zoo.runtime import pick_device
     device = pick_device(a.device)
     folders = model_folders(a.model)
+    if a.write:
+        _check_real_frames(a, folders)
     engine = accurate_engine(a, device.type)
     if engine is None:  # the reference: the PyTorch model itself, fp32 unless --amp
         model, cfg = models.load_model(folders[0])
@@ -121,14 +105,12 @@ def cmd_eval(a) -> int:
     else:
         model, cfg = None, engine.cfg
     frames = load_split(a.data, a.split, a.limit, cfg.class_set)
-    # the reference model gets its card's input range as the engines do (an accurate engine's members apply theirs)
-    rng = None if a.no_input_range or engine is not None else zoo.read_card(folders[0]).input_range
-    if a.no_input_range and engine is not None:
-        _without_input_range(engine)
-    res = evaluate(model, cfg, frames, device, amp=a.amp, batch_size=a.batch_size, engine=engine, input_range=rng)
+    res = evaluate(model, cfg, frames, device, amp=a.amp, batch_size=a.batch_size, engine=engine, rule=a.work_rule)
     res.update(model=",".join(cfg.name if engine is None else n for n in getattr(engine, "member_names", [cfg.name])),
                folder=",".join(map(str, folders)), split=a.split, amp=a.amp, tta=a.tta,
                engine="eager" if engine is None else engine.name)
+    if a.write:
+        _keep_real_frames(a, folders[0], res)
     if a.json:
         print(json.dumps(res))
         return 0
@@ -140,14 +122,39 @@ def cmd_eval(a) -> int:
     return 0
 
 
+def _check_real_frames(a, folders: list[Path]) -> None:
+    """``eval --write`` on a split: one model's reference figures on a whole dataset it did not train on."""
+    from sis import zoo
+    from sis.engines import EngineError
+    if len(folders) != 1 or a.tta != "none" or a.engine not in (None, "auto") or a.amp or a.work_rule:
+        raise EngineError("--write keeps one model's own figures (fp32, as the app serves it): give one model, "
+                          "without --tta, --engine, --amp or --work-rule")
+    if a.limit:
+        raise EngineError("--write keeps the figures of the whole split: drop --limit")
+    trained = (zoo.read_card(folders[0]).raw.get("recipe") or {}).get("data")
+    if trained and Path(trained).resolve() == Path(a.data).resolve():
+        raise EngineError(f"{folders[0].name} trained on {a.data}: its figures there are its card's val, not a "
+                          f"dataset it has not seen")
+
+
+def _keep_real_frames(a, folder: Path, res: dict) -> None:
+    """The figures of ``res`` in the card's ``real_frames``, under the dataset folder's name."""
+    from sis import zoo
+    name = Path(a.data).resolve().name
+    rec = {"miou": res["miou"], "per_class_iou": res["per_class_iou"], "pixel_acc": res["pixel_acc"],
+           "frames": res["frames"], "split": a.split,
+           "command": f"python -m sis eval --model {a.model} --data {a.data} --split {a.split}"}
+    kept = dict(zoo.read_card(folder).raw.get("real_frames") or {})
+    zoo.update_card(folder, real_frames=dict(kept, **{name: rec}))
+    print(f"kept in {folder / 'card.json'} as real_frames.{name}", file=sys.stderr)
+
+
 def cmd_calibrate(a) -> int:
     """``calibrate``: fit the model's softmax temperature on val through its engine here; --write keeps it in
     the card (``calibration``), where every engine loaded from the folder then applies it."""
     from sis.training.calibrate import calibrate
     from sis.training.robustness import val_frames
     folder = model_folders(a.model)[0]
-    if a.input_range:
-        return _fit_input_range(a, folder)
     engine = accurate_single(a)
     engine.temperature = 1.0  # fitted from the raw logits, whatever the card holds now
     cal = calibrate(engine, val_frames(Path(a.data), a.limit, a.every), a.seed)
@@ -167,24 +174,3 @@ def _keep(a, folder: Path, section: str, out: dict, line: str) -> int:
         line += f"; written to {folder / 'card.json'}"
     print(json.dumps(out) if a.json else line)
     return 0
-
-
-def _fit_input_range(a, folder: Path) -> int:
-    """``calibrate --input-range``: the colour, contrast, brightness, sharpness and noise range of the frames the model
-    trained on (``data.input_range``); --write keeps it in the card, and every engine then brings photos inside it."""
-    from sis import zoo
-    from sis.data.dataset import list_pairs, read_rgb
-    from sis.data.input_range import fit_input_range
-    splits = zoo.read_card(folder).splits
-    paths = [i for sp in splits for i, _ in list_pairs(Path(a.data), sp)][::a.every][:a.limit]
-    rng = fit_input_range((read_rgb(p) for p in paths), f"{'+'.join(splits)} of {Path(a.data).name}")
-    out = rng.to_dict() | {"command": f"python -m sis calibrate --model {a.model} --data {a.data} --input-range"}
-    return _keep(a, folder, "input_range", out,
-                 f"{folder.name}: input range over {rng.frames} frames of {rng.source}: luminance "
-                 f"{rng.luminance[0]:.3f}-{rng.luminance[1]:.3f}, contrast {rng.contrast[0]:.3f}-{rng.contrast[1]:.3f} "
-                 f"(median {rng.contrast_median:.3f}), "
-                 f"red/green {rng.red_green[0]:.3f}-{rng.red_green[1]:.3f}, blue/green "
-                 f"{rng.blue_green[0]:.3f}-{rng.blue_green[1]:.3f}"
-                 + (f", sharpness {rng.sharpness[0]:.3f}-{rng.sharpness[1]:.3f}" if rng.sharpness else "")
-                 + (f", noise {255 * rng.noise[0]:.1f}-{255 * rng.noise[1]:.1f} levels" if rng.noise else "")
-                 + (f", blockiness {rng.blockiness[0]:.3f}-{rng.blockiness[1]:.3f}" if rng.blockiness else ""))

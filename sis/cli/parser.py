@@ -84,12 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--every", type=positive_int, default=1, help="with --shift: every N-th val frame (default all)")
     s.add_argument("--seed", type=int, default=0, help="with --shift: the shifts' noise and casts")
     s.add_argument("--out", help="with --shift: also write the report as JSON here")
-    s.add_argument("--write", action="store_true", help="with --shift all: keep the figures in the model's card.json "
-                   "(shift_benchmark; with --no-input-range, its without_input_range baseline)")
-    s.add_argument("--work-rule", choices=["pixels", "short", "native"], help="with --shift: the work-size rule to measure "
-                   "(default: the one the app uses)")
-    s.add_argument("--no-input-range", action="store_true", help="give the model every frame as it is, not brought "
-                   "inside its card's input range as the app does (to measure what the range does)")
+    s.add_argument("--write", action="store_true", help="keep the figures in the model's card.json: on a split of a "
+                   "dataset it did not train on (e.g. ../shared/kitti-dev), as real_frames.NAME, which the README and "
+                   "the dashboard show; with --shift all, as shift_benchmark")
+    s.add_argument("--work-rule", choices=["pixels", "short", "native"], help="the work-size rule to measure: the "
+                   "pixel count of the model's base size (the app's), or the short side at the base's, never enlarged "
+                   "with native (docs/real_streets.md)")
     add_accurate_options(s, "auto")
     s.set_defaults(fn=cmd_eval)
 
@@ -119,9 +119,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--every", type=positive_int, default=1)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--engine", default="auto")
-    s.add_argument("--input-range", action="store_true", help="instead of the temperature: the colour, contrast "
-                   "and brightness range of the frames it trained on (the splits its card names), inside which every "
-                   "photo is brought before the model sees it")
     s.add_argument("--write", action="store_true", help="write the fit into the model's card.json")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_calibrate)
@@ -138,6 +135,8 @@ def _add_run_commands(sub) -> None:
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--device", default="auto")
     s.add_argument("--backend", dest="engine", help=argparse.SUPPRESS)  # the old name of --engine
+    s.add_argument("--json", action="store_true", help="one JSON line per image: its files, mean_confidence and "
+                   "unfamiliar (true where the pages would say it looks unlike the model's streets)")
     add_accurate_options(s, "auto")
     s.add_argument("images", nargs="+", help="image files or folders")
     s.set_defaults(fn=cmd_predict)

@@ -34,10 +34,12 @@ def cmd_predict(a) -> int:
         folder = zoo.resolve(a.model)
         choice = engines.choose_engine(folder, device)
         engine = engines.load_engine(folder, choice.name, device, log=lambda s: print(s, file=sys.stderr))
-        print(f"{engine.cfg.name} on {choice.reason()}")
+        print(f"{engine.cfg.name} on {choice.reason()}", file=sys.stderr if a.json else sys.stdout)
     else:
-        print(f"{a.model} on {engine.name}")
+        print(f"{a.model} on {engine.name}", file=sys.stderr if a.json else sys.stdout)
     cfg = engine.cfg
+    # the pages' rule for an unfamiliar photo: the (first) model's card line on the mean calibrated confidence
+    card = zoo.read_card(zoo.resolve(a.model.split(",")[0].strip()))
     palette = cfg.class_set.palette()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -50,13 +52,22 @@ def cmd_predict(a) -> int:
             img = load_image(path)
         except ImageError as e:  # one bad file does not stop the batch
             print(f"skipped: {e}", file=sys.stderr)
+            if a.json:
+                print(json.dumps({"image": str(path), "error": str(e)}))
             failed += 1
             continue
         pred = predict(engine, img.image)
         Image.fromarray(colorize(pred.labels, palette)).save(out / f"{path.stem}_color.png")
         Image.fromarray(pred.labels, "L").save(out / f"{path.stem}_labels.png")
-        notes = img.notes + ([f"moved inside the model's input range: {', '.join(pred.moved)}"] if pred.moved else [])
-        print(f"{path} -> {out / (path.stem + '_color.png')} ({pred.ms:.0f} ms"
+        conf = float(pred.confidence.mean())
+        if a.json:
+            print(json.dumps({"image": str(path), "mask": str(out / f"{path.stem}_color.png"),
+                              "labels": str(out / f"{path.stem}_labels.png"), "ms": round(pred.ms, 1),
+                              "work_size": list(pred.work_size), "mean_confidence": round(conf, 4),
+                              "unfamiliar": card.unsure(conf), "notes": img.notes}))
+            continue
+        notes = img.notes + (["looks unfamiliar to the model"] if card.unsure(conf) else [])
+        print(f"{path} -> {out / (path.stem + '_color.png')} ({pred.ms:.0f} ms, mean confidence {100 * conf:.1f}%"
               + (f"; {'; '.join(notes)}" if notes else "") + ")")
     if failed == len(paths):
         return 2

@@ -4,7 +4,6 @@
     images    any image a user gives, checked and converted to RGB
     augment   joint image + mask augmentation for training (torchvision)
     shifts    the shift benchmark's camera and scene shifts
-    input_range  the training frames' colour, contrast and brightness range, and photos moved inside it
     userdata  datasets built from corrected masks
     download  CamVid from the SegNet tutorial's public copy
 """

@@ -74,10 +74,10 @@ def load_engine(folder: Path, name: str | None = None, device: str = "cpu",
     load no PyTorch model (torch is not even imported when the graph is cached or templated)."""
     folder = Path(folder)
     name = name or choose_engine(folder, device).name
-    card = read_card(folder)  # the confidence predict reports is calibrated where fitted; photos kept in range
+    card = read_card(folder)  # the confidence predict reports is calibrated where fitted
     if is_graph(name):
         engine = create_engine(name, None, read_config(folder), device, folder, log)
-        engine.temperature, engine.input_range = card.temperature, card.input_range
+        engine.temperature = card.temperature
         return engine
     import torch
 
@@ -85,7 +85,7 @@ def load_engine(folder: Path, name: str | None = None, device: str = "cpu",
     torch.set_num_threads(host.threads())  # as the graph engines: SIS_THREADS, else the physical cores
     model, cfg = load_for_inference(folder, device)
     engine = create_engine(name, model, cfg, device, folder, log, keep_model=False)
-    engine.temperature, engine.input_range = card.temperature, card.input_range
+    engine.temperature = card.temperature
     return engine
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sis.data.images import resize_images, resize_maps, scaled_size
-from sis.engines.predict import in_range, softmax, tempered
+from sis.engines.predict import softmax, tempered
 
 TTA_MODES = ("none", "flip", "ms")
 ACCURATE_MODE = "ms"  # what the app's "Accurate" runs: multi-scale + flip gained most on val (docs/accuracy.md)
@@ -88,9 +88,8 @@ class AccurateEngine:
         size = tuple(images.shape[-2:])
         total = None
         for member, w in zip(self.members, self.weights):
-            inside = in_range(images, getattr(member, "input_range", None))  # at the work size: sharpness is per pixel
             for s in self.tta.scales:
-                x = resize_images(inside, scaled_size(size, s))
+                x = resize_images(images, scaled_size(size, s))
                 for flipped in ((False, True) if self.tta.flip else (False,)):
                     xi = np.ascontiguousarray(x[..., ::-1]) if flipped else x
                     p = softmax(tempered(member, xi))

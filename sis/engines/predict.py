@@ -9,8 +9,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from sis.data.images import resize_maps, resize_rgb, scaled_size
-from sis.data.input_range import InputRange, bring_inside, frame_stats, outside, soft_scale
+from sis.data.images import resize_rgb
 
 
 def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
@@ -24,13 +23,11 @@ class Prediction:
     labels: np.ndarray      # (H, W) uint8 class ids at the original size
     confidence: np.ndarray  # (H, W) float32 max softmax probability
     ms: float               # resize + engine + softmax + resize back, milliseconds (a graph build excluded)
-    work_size: tuple[int, int]
-    moved: tuple[str, ...] = ()  # what lay outside the model's input range, and was moved inside it
-    given_size: tuple[int, int] | None = None  # the size the model was given (a soft photo's is smaller); None: work_size
+    work_size: tuple[int, int]  # the size the model was given
 
 
 WORK_RULES = ("pixels", "short", "native")
-WORK_RULE = "pixels"  # the rule every caller uses: it measured best on the shift benchmark's aspect crops (docs/robustness.md)
+WORK_RULE = "pixels"  # the rule every caller uses: best on real frames of a wider camera (docs/real_streets.md)
 MAX_LONG_X = 3        # the "short" rule caps the long side at this many times the base's long side
 
 
@@ -57,76 +54,23 @@ def labels_and_confidence(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return logits.argmax(0).astype(np.uint8), conf.astype(np.float32)
 
 
-def in_range(images: np.ndarray, rng: InputRange | None, moved: list | None = None) -> np.ndarray:
-    """(N, 3, h, w) uint8 images, each brought inside ``rng`` (``data.input_range``; None: as they are);
-    ``moved``, where given, gets each image's words for what lay outside (empty: nothing)."""
-    if rng is None:
-        return images
-    out = []
-    for im in images:
-        x, what = bring_inside(im.transpose(1, 2, 0), rng)
-        out.append(x.transpose(2, 0, 1))
-        if moved is not None:
-            moved.append(what)
-    return np.ascontiguousarray(np.stack(out))
-
-
-def engine_range(engine) -> InputRange | None:
-    """The input range ``engine`` applies (an accurate mode's: its first member's that has one)."""
-    return next((r for m in getattr(engine, "members", [engine]) if (r := getattr(m, "input_range", None))), None)
-
-
-def calibrated(engine, images: np.ndarray, moved: list | None = None) -> np.ndarray:
-    """``engine``'s (N, C, h, w) float32 logits of ``images`` brought inside its input range, divided by
-    its temperature (both its card's; none and 1 where it has none): the one place both are applied, so
-    every picture the studio segments and every probability it shows go through them alike. ``moved``:
-    as ``in_range``'s."""
-    return tempered(engine, in_range(images, getattr(engine, "input_range", None), moved))
-
-
 def tempered(engine, images: np.ndarray) -> np.ndarray:
-    """``engine``'s logits divided by its temperature, of images already inside its input range (an
-    accurate mode moves a photo once at its work size, where the range was measured, then rescales it)."""
+    """``engine``'s (N, C, h, w) float32 logits of (N, 3, h, w) uint8 ``images``, divided by its temperature (its
+    card's; 1 where it has none): the one place it is applied, so every probability the studio shows is alike."""
     return np.asarray(engine(images), np.float32) / getattr(engine, "temperature", 1.0)
 
 
 class WorkLogits(NamedTuple):
     logits: np.ndarray        # (C, h, w) calibrated
-    seen: np.ndarray          # (h, w, 3) uint8: the image at its work size, before the input range
-    moved: tuple[str, ...]    # what about it lay outside the model's input range (``data.input_range.outside``)
+    seen: np.ndarray          # (h, w, 3) uint8: the image at its work size, as the model was given it
 
 
-def given_size(x: np.ndarray, rng: InputRange | None) -> tuple[int, int]:
-    """The size the model is given an (h, w, 3) uint8 image at its work size: its own, smaller for a frame
-    softer than ``rng`` (``data.input_range.soft_scale``)."""
-    return scaled_size(x.shape[:2], soft_scale(x, rng))
-
-
-def given_frame(x: np.ndarray, rng: InputRange | None) -> np.ndarray:
-    """The (h, w, 3) uint8 frame the model is given for an image ``x`` at its work size: ``x`` itself, or
-    made smaller from it when it is softer than ``rng`` (``given_size``). Every caller makes it here, from
-    the work-size frame, so a photo, a clip's frame, eval and adaptation give the model the same pixels."""
-    return resize_rgb(x, given_size(x, rng))
-
-
-def work_logits(engine, rgb: np.ndarray, size: tuple[int, int] | None = None,
-                rule: str | None = None, given: np.ndarray | None = None) -> WorkLogits:
-    """Calibrated logits of an (H, W, 3) uint8 image at its work size (or ``size``), the image at that size
-    and what was moved to bring it inside the input range: the image -> logits step every caller takes.
-    A frame softer than the range is given to the model smaller (``given_frame``), its logits resized back;
-    ``given``: that frame where the caller has made it already (``predict``, to build its graph first)."""
+def work_logits(engine, rgb: np.ndarray, size: tuple[int, int] | None = None, rule: str | None = None) -> WorkLogits:
+    """Calibrated logits of an (H, W, 3) uint8 image at its work size (or ``size``) and the image at that size:
+    the image -> logits step every caller takes."""
     size = size or work_size(*rgb.shape[:2], tuple(engine.cfg.base_size), rule)
     x = resize_rgb(rgb, size)
-    rng = engine_range(engine)
-    small = given_frame(x, rng) if given is None else given
-    moved: list = []
-    if small.shape[:2] == tuple(size):
-        logits = calibrated(engine, np.ascontiguousarray(small.transpose(2, 0, 1))[None], moved)[0]
-    else:
-        logits = resize_maps(calibrated(engine, np.ascontiguousarray(small.transpose(2, 0, 1))[None]), size)[0]
-    if not moved:  # an accurate mode's members move it themselves: read it once more for the words
-        moved = [outside(frame_stats(x), rng) if rng is not None else ()]
-    return WorkLogits(logits, x, moved[0])
+    return WorkLogits(tempered(engine, np.ascontiguousarray(x.transpose(2, 0, 1))[None])[0], x)
 
 
 def predict(engine, image: Image.Image | np.ndarray, rule: str | None = None) -> Prediction:
@@ -136,15 +80,12 @@ def predict(engine, image: Image.Image | np.ndarray, rule: str | None = None) ->
     h, w = arr.shape[:2]
     wh, ww = work_size(h, w, tuple(engine.cfg.base_size), rule)
     t0 = time.perf_counter()
-    x = resize_rgb(arr, (wh, ww))
-    given = given_frame(x, engine_range(engine))
-    t1 = time.perf_counter()
-    engine.prepare(given.shape[:2])  # a new size builds its graph once: not the model's time
-    build = time.perf_counter() - t1
-    work = work_logits(engine, x, (wh, ww), given=given)
+    engine.prepare((wh, ww))  # a new size builds its graph once: not the model's time
+    build = time.perf_counter() - t0
+    work = work_logits(engine, arr, (wh, ww))
     labels, conf = labels_and_confidence(work.logits)
     if (wh, ww) != (h, w):
         labels = np.asarray(Image.fromarray(labels, "L").resize((w, h), Image.NEAREST))
         conf = np.asarray(Image.fromarray(conf, "F").resize((w, h), Image.BILINEAR))
     ms = (time.perf_counter() - t0 - build) * 1000
-    return Prediction(labels, conf, ms, (wh, ww), work.moved, given.shape[:2])
+    return Prediction(labels, conf, ms, (wh, ww))

@@ -33,19 +33,13 @@ def template_path(folder: Path, size: tuple[int, int]) -> Path:
 def template_sizes(cfg: ModelConfig) -> list[tuple[int, int]]:
     """The work sizes whose graphs ship as templates: photos of TEMPLATE_ASPECTS (CamVid's 4:3
     first) at the model's pixel count, e.g. 360x480, 480x360, 312x554, 554x312, 339x509, 509x339;
-    then the base size at the accurate mode's other default scales (270x360, 450x600, 540x720); then
-    each photo shape at the smaller scales a soft photo is given at (``data.input_range.SOFT_SCALES``);
-    last the accurate mode's scales of the base size at those (135x180 to 405x540)."""
+    then the base size at the accurate mode's other default scales (270x360, 450x600, 540x720)."""
     from sis.data.images import scaled_size
-    from sis.data.input_range import SOFT_SCALES
     from sis.engines.accurate import DEFAULT_SCALES
     from sis.engines.predict import work_size
     photos = [work_size(1000 * ah, 1000 * aw, tuple(cfg.base_size)) for ah, aw in TEMPLATE_ASPECTS]
     accurate = [scaled_size(tuple(cfg.base_size), s) for s in DEFAULT_SCALES if s != 1.0]
-    soft = [scaled_size(p, k) for p in photos for k in SOFT_SCALES if k != 1.0]
-    soft_accurate = [scaled_size(scaled_size(tuple(cfg.base_size), k), s)
-                     for k in SOFT_SCALES if k != 1.0 for s in DEFAULT_SCALES]
-    return list(dict.fromkeys(photos + accurate + soft + soft_accurate))
+    return list(dict.fromkeys(photos + accurate))
 
 
 def write_templates(model, cfg: ModelConfig, folder: Path) -> list[Path]:

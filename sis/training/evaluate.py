@@ -11,8 +11,7 @@ import torch.nn.functional as F
 from sis import metrics
 from sis.data.dataset import Frames
 from sis.data.images import resize_images
-from sis.data.input_range import InputRange
-from sis.engines.predict import given_frame, in_range, work_size
+from sis.engines.predict import work_size
 from sis.zoo.preprocess import forward_logits
 from sis.zoo.registry import ModelConfig
 
@@ -21,16 +20,14 @@ from sis.zoo.registry import ModelConfig
 def evaluate(model: torch.nn.Module, cfg: ModelConfig, frames: Frames, device: torch.device,
              amp: bool = True, batch_size: int = 4,
              progress: Callable[[int, int], None] | None = None,
-             engine: Callable[[np.ndarray], np.ndarray] | None = None,
-             input_range: InputRange | None = None) -> dict:
+             engine: Callable[[np.ndarray], np.ndarray] | None = None, rule: str | None = None) -> dict:
     """Evaluation at each frame's own resolution: miou, pixel_acc, mean_class_acc, per_class_iou, loss.
 
-    Each frame is segmented at its work size (``engines.predict.work_size``, the app's rule: CamVid's
-    360x480 frames at their own size) and its logits resized back (bilinear) to score every labelled
-    pixel. Frames of the same size are batched together; void pixels are ignored.
+    Each frame is segmented at its work size (``engines.predict.work_size`` by ``rule``, default the app's:
+    CamVid's 360x480 frames at their own size) and its logits resized back (bilinear) to score every
+    labelled pixel. Frames of the same size are batched together; void pixels are ignored.
     ``engine`` (an ``engines`` engine: uint8 images -> logits, numpy) replaces the model's forward;
-    ``model`` may then be None. ``input_range`` (a card's): each frame brought inside it first, and a
-    frame softer than it given to the model smaller, as the app does (``engines.predict.given_frame``).
+    ``model`` may then be None.
     """
     classes = frames.classes
     c = classes.num_classes
@@ -48,19 +45,11 @@ def evaluate(model: torch.nn.Module, cfg: ModelConfig, frames: Frames, device: t
         imgs = torch.stack(frames.images[i:j]).to(device)
         masks = torch.stack(frames.masks[i:j]).to(device).long()
         h, w = imgs.shape[-2:]
-        size = work_size(h, w, tuple(cfg.base_size))
-        x = resize_images(imgs.cpu().numpy(), size)
-        given = [given_frame(np.ascontiguousarray(im.transpose(1, 2, 0)), input_range) for im in x]
-        parts = {}  # each frame as the app gives it to the model (a soft one smaller), one batch per size
-        for g in dict.fromkeys(f.shape[:2] for f in given):
-            idx = [k for k, f in enumerate(given) if f.shape[:2] == g]
-            xg = in_range(np.ascontiguousarray(np.stack([given[k].transpose(2, 0, 1) for k in idx])), input_range)
-            lg = torch.from_numpy(engine(xg)).to(device) if engine else \
-                forward_logits(model, cfg, torch.from_numpy(xg).to(device), amp)
-            if g != (h, w):
-                lg = F.interpolate(lg, (h, w), mode="bilinear", align_corners=False)
-            parts.update(zip(idx, lg))
-        logits = torch.stack([parts[k] for k in range(len(x))])
+        x = np.ascontiguousarray(resize_images(imgs.cpu().numpy(), work_size(h, w, tuple(cfg.base_size), rule)))
+        logits = torch.from_numpy(engine(x)).to(device) if engine else \
+            forward_logits(model, cfg, torch.from_numpy(x).to(device), amp)
+        if logits.shape[-2:] != (h, w):
+            logits = F.interpolate(logits, (h, w), mode="bilinear", align_corners=False)
         valid = (masks != ignore) & (masks < c)
         tgt = torch.where(valid, masks, torch.full_like(masks, ignore if ignore >= 0 else -100))
         loss_sum += float(F.cross_entropy(logits, tgt, ignore_index=ignore if ignore >= 0 else -100,

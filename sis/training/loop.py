@@ -307,19 +307,6 @@ def _calibration_set(cfg: TrainConfig, data: _Data, validated: bool) -> tuple[Fr
             f"the val frames of {replay.name}")
 
 
-def _input_range(cfg: TrainConfig, data: _Data) -> dict:
-    """The colour, contrast and brightness range of the frames the run trained on (replayed ones too), and
-    of those its starting model trained on: its engines bring photos inside it, as ``sis calibrate
-    --input-range`` does for a shipped model."""
-    from sis.data.input_range import fit_input_range, union
-    sets = [data.train] + ([data.replay.frames] if data.replay is not None else [])
-    source = f"{'+'.join(cfg.splits)} of {Path(cfg.data).name}" + (f" and {Path(cfg.replay).name} replayed"
-                                                                  if data.replay is not None else "")
-    own = fit_input_range((im.permute(1, 2, 0).numpy() for f in sets for im in f.images), source)
-    start = zoo.read_card(Path(cfg.init)).input_range if cfg.from_folder else None
-    return (union(start, own) if start is not None else own).to_dict()
-
-
 def _calibration(model: torch.nn.Module, mcfg: zoo.ModelConfig, frames: Frames, reference: str) -> dict:
     """The finished run's softmax temperature and unfamiliarity threshold, fitted on ``frames`` as
     ``sis calibrate`` fits a shipped model's: a fine-tune's confidence then means what it says on the
@@ -467,7 +454,6 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
         if start is not None:
             val = _mix_in_start(cfg, model, mcfg, start, data, val, device, log)
         card = _card(cfg, mcfg, data, status, step, history, val, wall, world, device)
-        card["input_range"] = _input_range(cfg, data)
         # labelled frames it did not train on, if any: its confidence is calibrated, a fine-tune's int8 scored on them
         held_out = _calibration_set(cfg, data, val is not None) if status == "done" or cfg.from_folder else None
         if status == "done" and (fit := held_out):

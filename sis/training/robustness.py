@@ -35,7 +35,6 @@ class ShiftScore:
     per_class_iou: dict
     mean_confidence: list = field(default_factory=list)  # per frame: the mean max-probability
     ms: float = 0.0                                      # median per frame
-    moved: list = field(default_factory=list)            # per frame: whether it lay outside the input range
 
 
 @dataclass
@@ -66,7 +65,7 @@ class ShiftReport:
     def score(self, shift: str, severity: int) -> ShiftScore:
         return next(s for s in self.scores if s.shift == shift and s.severity == severity)
 
-    def card_record(self, every: int, command: str, input_range: bool = False) -> dict:
+    def card_record(self, every: int, command: str) -> dict:
         """The figures a model's card keeps (``shift_benchmark``): the mean, each shift's, calibration and
         how well low confidence flags the severest frames; with where and how they were measured."""
         from sis.host import cpu_model
@@ -74,7 +73,6 @@ class ShiftReport:
                 "ece_clean": self.clean.ece, "ece_shifted": self.ece_shifted,
                 "ood_auroc_severe": ood_auroc(self, max(s.severity for s in self.scores)),
                 "frames": self.frames, "every": every, "seed": self.seed, "engine": self.engine,
-                "input_range": input_range,
                 "cpu": cpu_model(), "date": time.strftime("%Y-%m-%d"), "command": command}
 
     def to_dict(self) -> dict:
@@ -93,10 +91,10 @@ def val_frames(root: Path, limit: int | None = None, every: int = 1) -> list[tup
 def score_set(engine, pairs, classes: ClassSet, name: str = CLEAN, severity: int = 0,
               work_rule: str | None = None) -> ShiftScore:
     """One set of (rgb, label) pairs through ``engine``: confusion matrix, calibration bins, and
-    each frame's mean confidence and whether it was moved inside the input range."""
+    each frame's mean confidence."""
     cm = np.zeros((classes.num_classes, classes.num_classes), np.int64)
     bins = np.zeros((metrics.CALIBRATION_BINS, 3))
-    conf, times, moved = [], [], []
+    conf, times = [], []
     void = classes.void if classes.void is not None else 255
     for rgb, label in pairs:
         pred = predict(engine, rgb, work_rule)
@@ -105,10 +103,9 @@ def score_set(engine, pairs, classes: ClassSet, name: str = CLEAN, severity: int
         bins += metrics.calibration_bins(pred.confidence[valid], (pred.labels == label)[valid])
         conf.append(float(pred.confidence.mean()))
         times.append(pred.ms)
-        moved.append(bool(pred.moved))
     s = metrics.summarize(cm, classes.names)
     return ShiftScore(name, severity, s["miou"], s["pixel_acc"], metrics.expected_calibration_error(bins),
-                      s["per_class_iou"], conf, float(np.median(times)) if times else 0.0, moved)
+                      s["per_class_iou"], conf, float(np.median(times)) if times else 0.0)
 
 
 def shift_benchmark(engine, frames, shifts: list[str], severities=SEVERITIES, seed: int = 0,
@@ -142,24 +139,21 @@ def ood_auroc(report: ShiftReport, severity: int = 3) -> float:
 
 
 @dataclass(frozen=True)
-class SpokeUp:
-    """How often Segment says something about a photo, on the benchmark's frames: a warning that it looks
-    unfamiliar (mean confidence below the card's line), or with ``moved`` also a note that it lay outside
-    the input range."""
+class WarningRate:
+    """How often Segment warns that a photo looks unfamiliar (mean confidence below the card's line), on the
+    benchmark's frames."""
     clean: float                 # share of clean val frames
     severe: float                # share of the frames at the severest level, every shift together
     by_shift: dict               # shift -> share of its frames at the severest level
     severity: int
-    moved: bool                  # whether a frame moved inside the input range counts
 
 
-def spoke_up(report: ShiftReport, unsure: Callable[[float], bool], moved: bool = True) -> SpokeUp:
-    """``SpokeUp`` for ``report``: a frame counts where ``unsure(its mean confidence)`` (the card's
-    ``ModelCard.unsure``, the pages' rule) or, with ``moved``, where it was moved inside the input range."""
+def warning_rate(report: ShiftReport, unsure: Callable[[float], bool]) -> WarningRate:
+    """``WarningRate`` for ``report``: a frame counts where ``unsure(its mean confidence)`` (the card's
+    ``ModelCard.unsure``, the pages' rule)."""
     def share(scores: list[ShiftScore]) -> float:
-        said = [unsure(c) or (moved and m) for s in scores
-                for c, m in zip(s.mean_confidence, s.moved or [False] * len(s.mean_confidence))]
+        said = [unsure(c) for s in scores for c in s.mean_confidence]
         return float(np.mean(said)) if said else 0.0
     sev = max(s.severity for s in report.scores)
     top = [s for s in report.scores if s.severity == sev]
-    return SpokeUp(share([report.clean]), share(top), {s.shift: share([s]) for s in top}, sev, moved)
+    return WarningRate(share([report.clean]), share(top), {s.shift: share([s]) for s in top}, sev)

@@ -183,10 +183,9 @@ def blend_statistics(model, source: list[tuple], share: float) -> None:
 
 
 def adapt_batchnorm(model, cfg, frames: Iterable[np.ndarray], progress: Callable[[int, int], None] | None = None,
-                    stop: Callable[[], bool] | None = None, input_range=None, prior_frames: float = 0) -> Estimated:
+                    stop: Callable[[], bool] | None = None, prior_frames: float = 0) -> Estimated:
     """Re-estimate every BatchNorm layer's running mean and variance of ``model`` (in place) as the
-    plain average over ``frames``, each at its work size and brought inside ``input_range`` (the model's
-    card's, as its engines will bring them), then blend in the statistics it had, weighed as ``prior_frames``
+    plain average over ``frames``, each at its work size, then blend in the statistics it had, weighed as ``prior_frames``
     frames (training_share; 0: the frames' alone); the other layers run as in inference. ``stop`` ends it
     between frames, the statistics then those of the frames before (none: reset, not for use)."""
     import torch
@@ -205,7 +204,7 @@ def adapt_batchnorm(model, cfg, frames: Iterable[np.ndarray], progress: Callable
         for i, rgb in enumerate(frames):
             if stop is not None and stop():
                 break
-            forward_logits(model, cfg, _seen(rgb, cfg, input_range), amp=False)
+            forward_logits(model, cfg, _seen(rgb, cfg), amp=False)
             used += 1
             if progress:
                 progress(i + 1, len(frames))
@@ -218,13 +217,10 @@ def adapt_batchnorm(model, cfg, frames: Iterable[np.ndarray], progress: Callable
     return Estimated(len(norms), used, share)
 
 
-def _seen(rgb: np.ndarray, cfg, input_range):
-    """(1, 3, h, w) uint8 tensor of what the model is given for ``rgb``: at its work size, inside the range."""
+def _seen(rgb: np.ndarray, cfg):
+    """(1, 3, h, w) uint8 tensor of what the model is given for ``rgb``: the frame at its work size."""
     import torch
-
-    from sis.data.input_range import into_range
-    from sis.engines.predict import given_frame
-    seen = into_range(given_frame(_at_work_size(rgb, cfg.base_size), input_range), input_range)
+    seen = _at_work_size(rgb, cfg.base_size)
     return torch.from_numpy(np.ascontiguousarray(seen.transpose(2, 0, 1)))[None]
 
 
@@ -243,7 +239,7 @@ def fit_steps(frames: int, epochs: float = FIT_EPOCHS) -> int:
     return 0 if not (frames and epochs) else min(max(round(epochs * frames), FIT_MIN_STEPS), FIT_STEPS)
 
 
-def fit_to_frames(model, cfg, frames: list[np.ndarray], steps: int, lr: float = FIT_LR, input_range=None,
+def fit_to_frames(model, cfg, frames: list[np.ndarray], steps: int, lr: float = FIT_LR,
                   temperature: float = 1.0, targets: list[np.ndarray] | None = None, train: str = "norm",
                   seed: int = 0, progress: Callable[[int], None] | None = None,
                   stop: Callable[[], bool] | None = None) -> int:
@@ -272,7 +268,7 @@ def fit_to_frames(model, cfg, frames: list[np.ndarray], steps: int, lr: float = 
     model.eval()  # normalised by the statistics just estimated, as in inference
     opt = torch.optim.Adam(params, lr)
     rng = np.random.default_rng(seed)
-    xs = [_seen(rgb, cfg, input_range) for rgb in frames]
+    xs = [_seen(rgb, cfg) for rgb in frames]
     ys = None if targets is None else [torch.from_numpy(t.astype(np.int64))[None] for t in targets]
     order, done = [], 0
     try:
@@ -288,8 +284,6 @@ def fit_to_frames(model, cfg, frames: list[np.ndarray], steps: int, lr: float = 
                 loss = -(logits.softmax(1) * logits.log_softmax(1)).sum(1).mean()
             else:
                 y = ys[i].flip(-1) if flip else ys[i]
-                if logits.shape[-2:] != y.shape[-2:]:  # a soft frame is given to the model smaller
-                    logits = F.interpolate(logits, size=y.shape[-2:], mode="bilinear", align_corners=False)
                 loss = F.cross_entropy(logits, y, ignore_index=255) if (y != 255).any() else None
             if loss is not None:
                 opt.zero_grad()
@@ -338,18 +332,18 @@ def adapt_folder(init: Path, source: Path, out: Path, stride: int | None = None,
     def counted(i, n):
         if progress:
             progress(i, total)
-    layers, used, share = adapt_batchnorm(model, cfg, frames, counted, stop, start.input_range, prior_frames)
+    layers, used, share = adapt_batchnorm(model, cfg, frames, counted, stop, prior_frames)
     if layers == 0:
         raise AdaptError(f"{cfg.name} has no BatchNorm layer to adapt")
     if used < MIN_FRAMES:  # stopped that early, the statistics stand for no street
         raise AdaptError(f"stopped after {used} of {len(frames)} frames, fewer than the {MIN_FRAMES} an adaptation "
                          "needs: nothing was written and the model is left as it was")
     planned = fit_steps(used, fit_epochs)
-    fitted = fit_to_frames(model, cfg, frames[:used], planned, FIT_LR, start.input_range, start.temperature,
+    fitted = fit_to_frames(model, cfg, frames[:used], planned, FIT_LR, start.temperature,
                            progress=lambda k: counted(len(frames) + k, total), stop=stop)
     cfg.init = f"adapted:{init.name}"
     models.save_model(model, cfg, out)  # its graph is filled from the saved weights, then checked; the card last
-    fast = carried_engines(init, out, frames[:used], lambda rgb: _seen(rgb, cfg, start.input_range).numpy(),
+    fast = carried_engines(init, out, frames[:used], lambda rgb: _seen(rgb, cfg).numpy(),
                            "the adaptation frames")
     counted(total, total)
     seconds = time.perf_counter() - t0
@@ -358,10 +352,9 @@ def adapt_folder(init: Path, source: Path, out: Path, stride: int | None = None,
     result = Adaptation(str(init), str(out), used, skipped, round(seconds, 1), layers, len(frames), round(share, 4),
                         stride, fitted, planned, checked.get(GRAPH, {}).get("agreement"), int8.get("agreement"),
                         int8.get("start_agreement"))
-    # its engines bring photos inside the range its statistics were estimated on, as its starting model's do
     base = start.raw
-    card = {k: base[k] for k in ("model", "paper_pair", "classes", "palette", "void", "recipe", "calibration",
-                                 "input_range") if k in base}
+    card = {k: base[k] for k in ("model", "paper_pair", "classes", "palette", "void", "recipe", "calibration")
+            if k in base}
     card.update(init=cfg.init, status="stopped" if result.stopped else "done", unlabeled=result.to_dict() | {
         "method": "BatchNorm statistics re-estimated on the frames (AdaBN)" + (
             f", {share:.0%} of the training statistics kept (they weigh as {prior_frames:g} frames)"

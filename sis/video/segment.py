@@ -92,7 +92,6 @@ class VideoResult:
     confidence: list = field(default_factory=list)  # per processed frame: its mean calibrated confidence, unsmoothed
     out: str | None = None
     cut: str | None = None     # why the clip was cut short, in words
-    moved: dict = field(default_factory=dict)  # what lay beyond the model's input range -> how many frames
 
     @property
     def mean_confidence(self) -> float:
@@ -153,7 +152,7 @@ def segment_video(engine, src: Path, out: Path | None = None, stride: int = 1, m
                 break
             h, w = rgb.shape[:2]
             wh, ww = work_size(h, w, tuple(engine.cfg.base_size))
-            logits, seen, moved = work_logits(engine, rgb, (wh, ww))
+            logits, seen = work_logits(engine, rgb, (wh, ww))
             p = softmax(logits, axis=0)
             x = np.ascontiguousarray(seen.transpose(2, 0, 1))[None]
             raw = p.argmax(0).astype(np.uint8)
@@ -180,8 +179,6 @@ def segment_video(engine, src: Path, out: Path | None = None, stride: int = 1, m
             res.share.append(class_share(labels, c))
             res.indices.append(idx)
             res.confidence.append(float(p.max(0).mean()))
-            for what in moved:
-                res.moved[what] = res.moved.get(what, 0) + 1
             if writer or small:
                 shown = overlay(rgb, full, palette, alpha)
                 if writer:

@@ -8,10 +8,9 @@ from PIL import Image
 
 from sis import metrics, zoo
 from sis.classes import ClassSet
-from sis.data.input_range import InputRange
 from sis.engines import EngineChoice, choose_engine
 from sis.engines.accurate import ACCURATE_MODE
-from sis.engines.predict import engine_range, predict
+from sis.engines.predict import predict
 from sis.vis.paint import class_share, colorize, colormap, error_map, label_png, overlay, rgb_png
 
 DISPLAY_MAX = 1600  # longest side of the arrays a result keeps for display (session state stays small)
@@ -38,8 +37,7 @@ class Segmentation:
     mask: np.ndarray          # (h, w, 3) the labels in the palette
     confidence: np.ndarray    # (h, w, 3) viridis of the max softmax probability
     size: tuple[int, int]     # the image's (H, W)
-    work_size: tuple[int, int]
-    given_size: tuple[int, int]  # the size the model was given: work_size, or smaller for a soft photo
+    work_size: tuple[int, int]  # the size the model was given
     mean_confidence: float
     share: np.ndarray         # (C,) pixel share per class
     ms: float
@@ -51,29 +49,7 @@ class Segmentation:
     scores: dict | None = None        # metrics.summarize against the ground truth
     note: str | None = None           # said to the user (e.g. the engine fell back to eager)
     unfamiliar: str | None = None     # said when the photo looks unlike the model's training frames
-    adjusted: str | None = None       # said when the photo was brought inside the model's input range
-
-
-def _listed(items: list[str]) -> str:
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-
-
-def adjustment(found: tuple[str, ...], rng: InputRange | None) -> str | None:
-    """One sentence when a photo lay outside the input range the engine brought it into (``found``:
-    ``Prediction.moved``), else None."""
-    if not found or rng is None:
-        return None
-    return (f"This photo has {_listed(list(found))}, beyond every frame the model trained on ({rng.source}); the "
-            f"model was given it brought back inside that range (the picture shown is your own).")
-
-
-def clip_adjustment(moved: dict, frames: int, rng: InputRange | None) -> str | None:
-    """The sentence for a clip: how many of its ``frames`` had what (``VideoResult.moved``), else None."""
-    if not moved or rng is None:
-        return None
-    each = [f"{n} had {what}" for what, n in sorted(moved.items(), key=lambda kv: -kv[1])]
-    return (f"Of the {frames} frames segmented, {_listed(each)}, beyond every frame the model trained on "
-            f"({rng.source}); the model was given them brought back inside that range (the overlay shows your own).")
+    unsure_of: tuple = ()             # the classes it is least sure of (least_sure)
 
 
 def segment(engine, image: Image.Image, truth: np.ndarray | None = None,
@@ -89,11 +65,11 @@ def segment(engine, image: Image.Image, truth: np.ndarray | None = None,
     labels = _shrink(pred.labels, disp, nearest=True)
     res = Segmentation(image=_shrink(rgb, disp, nearest=False), labels=labels, mask=colorize(labels, pal),
                        confidence=colormap(_shrink(pred.confidence, disp, nearest=False)), size=(h, w),
-                       work_size=pred.work_size, given_size=pred.given_size or pred.work_size,
+                       work_size=pred.work_size,
                        mean_confidence=float(pred.confidence.mean()),
                        share=class_share(pred.labels, classes.num_classes), ms=pred.ms, engine=engine.name,
-                       mask_png=rgb_png(colorize(pred.labels, pal)), label_png=label_png(pred.labels))
-    res.adjusted = adjustment(pred.moved, engine_range(engine))
+                       mask_png=rgb_png(colorize(pred.labels, pal)), label_png=label_png(pred.labels),
+                       unsure_of=least_sure(pred.labels, pred.confidence, classes.names))
     if truth is not None and truth.shape == pred.labels.shape:
         t = _shrink(truth, disp, nearest=True)
         res.truth, res.errors = colorize(t, pal), error_map(labels, t, classes.void)
@@ -101,9 +77,29 @@ def segment(engine, image: Image.Image, truth: np.ndarray | None = None,
     return res
 
 
-REMEDIES = ("Accurate mode helps a little; adapting the model to your own photos or clip (the Adapt button on "
-            "Segment, for several photos, and on Video; no labels needed), or correcting a few frames on Correct and "
-            "fine-tuning on them, helps more.")
+def advice(what: str = "photo", accurate: bool = False, adapted: bool = False) -> str:
+    """What may help with an unfamiliar ``what`` (photo, clip) on the page that shows it: what it offers and
+    has not been tried (Video has no Accurate mode; an adapted model has been adapted)."""
+    if adapted:
+        return "correcting a few frames on Correct and fine-tuning on them helps most"
+    if what == "clip":
+        return "adapting to this clip (Adapt, no labels needed) may help"
+    adapt = "adapting to a few photos of this street (Adapt, no labels needed)"
+    return f"{adapt} may help" if accurate else f"Accurate mode or {adapt} may help"
+
+
+def adapted(folder) -> bool:
+    """Whether the model in ``folder`` was adapted here without labels (``sis adapt``, the Adapt buttons)."""
+    return zoo.read_config(folder).init.startswith("adapted:")
+
+
+def least_sure(labels: np.ndarray, confidence: np.ndarray, names, min_share: float = 0.05, k: int = 2) -> tuple:
+    """The ``k`` classes the model is least sure of in one answer: lowest mean confidence among the classes it
+    gave at least ``min_share`` of the pixels (``labels`` (H, W) ids, ``confidence`` (H, W) in [0, 1])."""
+    ids, counts = np.unique(labels, return_counts=True)
+    big = [(float(confidence[labels == c].mean()), int(c)) for c, n in zip(ids, counts)
+           if n >= min_share * labels.size and c < len(names)]
+    return tuple(names[c] for _, c in sorted(big)[:k])
 
 
 def _apart(a: float, b: float) -> tuple[str, str]:
@@ -115,16 +111,18 @@ def _apart(a: float, b: float) -> tuple[str, str]:
     return x, y
 
 
-def unfamiliarity(mean_confidence: float, card: zoo.ModelCard, model: str, what: str = "photo") -> str | None:
+def unfamiliarity(mean_confidence: float, card: zoo.ModelCard, model: str, what: str = "photo",
+                  unsure_of: tuple = (), help_: str | None = None) -> str | None:
     """One sentence when a ``what``'s (photo, clip) mean calibrated confidence is below what the model reaches
     on all but the least sure few of the frames it was calibrated on (the card's ``calibration.low_confidence``),
-    else None."""
+    naming the classes it is least sure of (``unsure_of``, ``least_sure``'s) and what may help (``help_``,
+    default ``advice(what)``); else None."""
     if not card.unsure(mean_confidence):
         return None
     mine, line = _apart(mean_confidence, card.low_confidence)
-    return (f"This {what} looks unlike the streets {model} learned: its mean confidence is "
-            f"{mine}, below {line}, which "
-            f"{100 - card.low_percentile:.0f}% of {card.low_reference} reach, so expect mistakes. " + REMEDIES)
+    least = f", least of its {' and '.join(unsure_of)}" if unsure_of else ""
+    return (f"{model} is unsure of this {what}: {mine} mean confidence, below the {line} that "
+            f"{100 - card.low_percentile:.0f}% of {card.low_reference} reach{least}; {help_ or advice(what)}.")
 
 
 def unfamiliar_to(answers: list[tuple[str, float, zoo.ModelCard]], what: str = "photo") -> str | None:
@@ -134,8 +132,8 @@ def unfamiliar_to(answers: list[tuple[str, float, zoo.ModelCard]], what: str = "
     if len(low) <= 1:
         return unfamiliarity(low[0][1], low[0][2], low[0][0], what) if low else None
     each = ", ".join(f"{name} {' against '.join(_apart(conf, card.low_confidence))}" for name, conf, card in low)
-    return (f"This {what} looks unlike the streets {len(low)} of these {len(answers)} models learned: each is less "
-            f"sure of it than of nearly all of the frames it was calibrated on ({each}), so expect mistakes. " + REMEDIES)
+    return (f"{len(low)} of these {len(answers)} models are unsure of this {what} ({each}): expect mistakes, most "
+            f"where they disagree.")
 
 
 def paint(res: Segmentation, classes: ClassSet, alpha: float, visible: list[int] | None = None) -> np.ndarray:
@@ -207,6 +205,7 @@ class DashboardRow:
     accurate: zoo.ModeRecord | None = None  # the accurate mode's val figures, where measured
     trained_on: str = "train"  # "train+val": val_miou is then its train-only run's (the card's val_note)
     shift_miou: float | None = None  # the shift benchmark's mean (val under other cameras and light), where measured
+    dev_miou: float | None = None    # on real frames of another city and camera (zoo.DEV_SET), where measured
 
 
 def dashboard_row(key: str, folder, choice: EngineChoice | None = None) -> DashboardRow:
@@ -222,7 +221,7 @@ def dashboard_row(key: str, folder, choice: EngineChoice | None = None) -> Dashb
                         engine_timed=None if fig is None or fig.median_ms is None else
                         "this host" if fig.timed_here else "when shipped",
                         accurate=card.modes.get(ACCURATE_MODE), trained_on=card.trained_on,
-                        shift_miou=card.shift_mean)
+                        shift_miou=card.shift_mean, dev_miou=card.dev_miou)
 
 
 @dataclass(frozen=True)

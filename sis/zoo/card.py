@@ -5,7 +5,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sis.data.input_range import InputRange
 from sis.zoo.registry import FRESH_INITS
 
 
@@ -37,6 +36,27 @@ class ModeRecord:
         return cls(d.get("miou"), d.get("per_class_iou") or {}, d.get("median_ms"), d.get("latency_x"))
 
 
+DEV_SET = "kitti-dev"  # real labelled frames of another city and camera: the yardstick beside CamVid val (docs/real_streets.md)
+
+
+@dataclass(frozen=True)
+class RealFramesRecord:
+    """One model's figures on a labelled dataset other than its training data (``sis eval --write``):
+    fp32 on the dataset's files, as CamVid val's figures are."""
+    miou: float
+    per_class_iou: dict = field(default_factory=dict)
+    frames: int = 0
+    command: str = ""
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RealFramesRecord | None":
+        try:
+            return cls(float(d["miou"]), dict(d.get("per_class_iou") or {}), int(d.get("frames") or 0),
+                       str(d.get("command") or ""))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
 @dataclass(frozen=True)
 class ModelCard:
     """card.json, read once: the figures the studio shows, typed; ``raw`` keeps every key as written
@@ -58,8 +78,14 @@ class ModelCard:
     low_percentile: float = 5.0                        # the share of val frames (%) below low_confidence
     low_reference: str = "CamVid's own val frames"     # the frames low_confidence was measured on, in words
     shift_mean: float | None = None                    # the shift benchmark's mean mIoU (eval --shift all --write)
-    input_range: InputRange | None = None              # the training frames' colour, contrast, brightness range
+    real_frames: dict = field(default_factory=dict)    # dataset name -> RealFramesRecord (sis eval --write)
     raw: dict = field(default_factory=dict)
+
+    @property
+    def dev_miou(self) -> float | None:
+        """mIoU on the real-street development set (DEV_SET), where measured."""
+        rec = self.real_frames.get(DEV_SET)
+        return rec.miou if rec else None
 
     @property
     def trained_on(self) -> str:
@@ -87,7 +113,8 @@ class ModelCard:
                    low_percentile=float((d.get("calibration") or {}).get("low_percentile") or 5.0),
                    low_reference=(d.get("calibration") or {}).get("reference") or "CamVid's own val frames",
                    shift_mean=(d.get("shift_benchmark") or {}).get("mean"),
-                   input_range=InputRange.from_dict(d.get("input_range")), raw=d)
+                   real_frames={k: r for k, v in (d.get("real_frames") or {}).items()
+                                if isinstance(v, dict) and (r := RealFramesRecord.from_dict(v))}, raw=d)
 
 
 def write_card(folder: Path, card: dict) -> ModelCard:

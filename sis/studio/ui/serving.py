@@ -106,7 +106,9 @@ def segment_cached(entry: catalog.Entry, image_key: str, image, truth=None,
         with st.spinner(f"Segmenting with {engine} (a new image size builds its graph once)..."), inference_gate():
             res = _run(lambda: report.segment(_mode_engine(entry, engine, mode), image, truth),
                        lambda: report.segment(_mode_engine(entry, engines.REFERENCE, mode), image, truth))
-        res.unfamiliar = report.unfamiliarity(res.mean_confidence, zoo.read_card(entry.folder), entry.key)
+        res.unfamiliar = report.unfamiliarity(res.mean_confidence, zoo.read_card(entry.folder), entry.key,
+                                              unsure_of=res.unsure_of,
+                                              help_=report.advice("photo", mode != "Fast", report.adapted(entry.folder)))
         host.release_memory()
         return res
     return latest(f"_seg_last:{slot}", (str(entry.folder), engine, mode, image_key), run)
