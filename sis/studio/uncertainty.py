@@ -40,7 +40,7 @@ def score(prob: np.ndarray, name: str = "", unsure_below: float = UNSURE_BELOW) 
 
 def probabilities(engine, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """((C, h, w) class probabilities, (h, w, 3) the image) at the model's working size."""
-    logits, work, _ = work_logits(engine, rgb)
+    logits, work = work_logits(engine, rgb)
     return softmax(logits, axis=0), work
 
 
