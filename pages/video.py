@@ -33,10 +33,10 @@ with left:
 c1, c2, c3 = st.columns(3)
 stride = c1.number_input("Segment every N-th frame", 1, 30, 1, key="vid_stride",
                          help="2 halves the work; the overlay then plays at half the input's frame rate.")
-smooth = c2.slider("Smoothing", 0.0, 0.9, 0.7, 0.1, key="vid_smooth",
+smooth = c2.slider("Smoothing", 0.0, 0.9, video.DEFAULT_SMOOTH, 0.1, key="vid_smooth",
                    help="The weight of the past in an average of the class probabilities over frames, carried "
-                        "along the picture's motion (optical flow): 0 is off. 0.7 cut flicker by 17-20% on "
-                        "CamVid's val clip and kept mIoU within 0.2 point.")
+                        "along the picture's motion (optical flow) wherever that motion can be followed: 0 is off. "
+                        "The result says how much of the picture it changed (docs/video.md).")
 seconds = c3.number_input("Seconds to process", 1, int(video.MAX_SECONDS), int(video.MAX_SECONDS), key="vid_seconds",
                           help=f"At most {video.MAX_SECONDS:g} s of a clip are processed on this server.")
 
@@ -78,7 +78,12 @@ facts.metric("Frames segmented", res.frames, help=f"{res.seconds:.1f} s of the c
 facts.metric("End to end", f"{res.frames_per_s:.1f} frames/s", help=f"decode, segment, encode on {done['engine']}")
 facts.metric("Flicker", f"{100 * res.flicker:.2f}%",
              delta=None if res.flicker_raw is None else f"{100 * (res.flicker - res.flicker_raw):+.2f} points smoothed",
-             delta_color="inverse", help="share of pixels whose label changes between consecutive processed frames")
+             delta_color="off", help="share of pixels whose label changes between consecutive processed frames; "
+                                     "less flicker is steadier, not necessarily more right")
+if res.agreement is not None:
+    facts.metric("Smoothing changed", f"{100 * (1 - res.agreement):.1f}% of pixels",
+                 help="share of pixels whose smoothed label differs from the frame's own answer: the smoothing's "
+                      "effect on what you see, against no smoothing")
 facts.download_button("Overlay (mp4)", lambda: (Path(out) / "overlay.mp4").read_bytes(), "overlay.mp4",
                       "video/mp4", key="vid_dl_mp4", icon=":material/download:")
 facts.download_button("Label PNGs (zip)", lambda: (Path(out) / "labels.zip").read_bytes(), "labels.zip",

@@ -86,8 +86,20 @@ def test_smoothing_off_is_unsmoothed_and_flicker_is_counted_by_hand(tmp_path):
     assert flip.flicker == 1.0 and flip.flicker_per_class["Road"] == 1.0  # every pixel changes every frame
     half = segment_video(Const([3, 3, 4, 4]), clip)  # 3 3 4 4 3: changes at 2 of 4 transitions
     assert half.flicker == pytest.approx(0.5)
-    smooth = segment_video(Const([3, 4]), clip, smooth=0.9)  # EMA: class 3 (first) keeps the lead
+    smooth = segment_video(Const([3, 4]), clip, smooth=0.9, flow=False)  # EMA: class 3 (first) keeps the lead
     assert smooth.flicker_raw == 1.0 and smooth.flicker == 0.0
+    assert smooth.agreement == pytest.approx(3 / 5)  # 3 3 3 3 3 against 3 4 3 4 3
+    assert steady.agreement is None  # no smoothing, nothing to agree with
+
+
+def test_smoothing_carries_nothing_across_frames_whose_motion_cannot_be_followed(tmp_path):
+    """Five unrelated pictures (a cut at every frame): the flow's forward-backward check fails almost
+    everywhere, so the smoothed labels are mostly each frame's own, where the plain average keeps the first."""
+    clip = write_clip(tmp_path / "c.mp4", _frames(5))
+    followed = segment_video(Const([3, 4]), clip, smooth=0.9)
+    plain = segment_video(Const([3, 4]), clip, smooth=0.9, flow=False)
+    assert followed.agreement > 0.8 and followed.flicker > 0.7  # the plain average: one class throughout
+    assert plain.agreement == pytest.approx(0.6) and plain.flicker == 0.0
 
 
 def test_stable_flicker_counts_only_where_the_truth_stays(tmp_path):

@@ -12,6 +12,7 @@ from sis.cli.types import (hw_size, non_negative_float, positive_int, scale_list
                            weight_list)
 from sis.data.shifts import list_shifts
 from sis.host import SMALL_HOST_MB
+from sis.video.segment import DEFAULT_SMOOTH
 from sis.training.unlabeled import FIT_EPOCHS, FIT_MIN_STEPS, FIT_STEPS, PRIOR_FRAMES
 
 
@@ -170,8 +171,9 @@ def _add_run_commands(sub) -> None:
     s.add_argument("--model", default=None, help="registry name, folder, or several joined by commas")
     s.add_argument("--stride", type=positive_int, default=1, help="segment every N-th frame")
     s.add_argument("--max-seconds", type=float, default=60.0, help="process at most this much of the clip (0: all)")
-    s.add_argument("--smooth", type=float, default=0.0, help="average of the class probabilities over frames, carried "
-                   "along the optical flow: the weight A of the past (0 = off; 0.7 is measured in docs/video.md)")
+    s.add_argument("--smooth", type=float, default=DEFAULT_SMOOTH, help="average of the class probabilities over "
+                   "frames, carried along the optical flow where it passes a forward-backward check: the weight A of "
+                   "the past (0 = off; default %(default)g, the Video page's; docs/video.md)")
     s.add_argument("--no-flow", action="store_true", help="with --smooth: the plain average, without following "
                    "the motion (for comparison: it lags behind anything that moves)")
     s.add_argument("--labels", help="folder for one class-id PNG per processed frame")

@@ -16,4 +16,4 @@ from sis.video.clips import (
                              out_size,
                              probe,
 )
-from sis.video.segment import MAX_SECONDS, VideoPlan, VideoResult, frame_cap, plan, segment_video
+from sis.video.segment import DEFAULT_SMOOTH, MAX_SECONDS, VideoPlan, VideoResult, frame_cap, plan, segment_video

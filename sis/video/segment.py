@@ -20,6 +20,7 @@ from sis.video.temporal import Flicker, Motion
 from sis.vis.paint import class_share, overlay
 
 MAX_SECONDS = 60.0     # of input processed by default; a longer clip is cut there (said in the result)
+DEFAULT_SMOOTH = 0.3   # the page's and `sis video`'s smoothing: within 1 point of none on fast motion (docs/video.md)
 
 
 @dataclass
@@ -82,6 +83,7 @@ class VideoResult:
     flicker: float             # share of pixels whose label changes between consecutive processed frames
     flicker_per_class: dict    # class -> share of its pixels (in the earlier frame) that change
     flicker_raw: float | None = None     # the same without smoothing (when smoothing is on)
+    agreement: float | None = None       # with smoothing: share of pixels labelled as without it
     stable_flicker: float | None = None  # with ground truth: label changes where the truth stays the same
     stable_flicker_raw: float | None = None
     truth_flicker: float | None = None   # with ground truth: where the truth itself changes (both frames labelled)
@@ -116,8 +118,9 @@ def segment_video(engine, src: Path, out: Path | None = None, stride: int = 1, m
 
     ``smooth`` in [0, 1): an exponential moving average of the class probabilities over processed
     frames, s_t = smooth * warp(s_(t-1)) + (1 - smooth) * p_t, before the argmax (0: off), where warp
-    carries the previous average along the picture's optical flow (``flow=False``: no warp, the plain
-    average, which lags behind anything that moves). ``truth_dir``:
+    carries the previous average along the picture's optical flow, on the pixels whose flow passed the
+    forward-backward check (``temporal.Motion``; elsewhere s_t = p_t) (``flow=False``: no warp, the plain
+    average everywhere, which lags behind anything that moves). ``truth_dir``:
     label PNGs of the clip's frames in name order (a CamVid sequence), for mIoU and stable flicker.
     """
     from sis import metrics
@@ -143,6 +146,7 @@ def segment_video(engine, src: Path, out: Path | None = None, stride: int = 1, m
     small = ClipWriter(Path(preview), info.fps / stride, crf=28) if preview else None
     res = VideoResult(0, info.fps, info.fps / stride, 0.0, 0.0, 0.0, 0.0, {})
     state = None
+    kept = [0, 0]  # pixels whose smoothed label is the frame's own, of all
     motion = Motion() if smooth and flow else None
     t0 = time.perf_counter()
     try:
@@ -158,10 +162,15 @@ def segment_video(engine, src: Path, out: Path | None = None, stride: int = 1, m
             raw = p.argmax(0).astype(np.uint8)
             if state is not None and state.shape != p.shape:
                 state = None  # the clip changed size mid-stream: start the average afresh
+            trust = None
             if motion:
-                state = motion.follow(state, x[0])
-            state = p if state is None or smooth == 0 else smooth * state + (1 - smooth) * p
+                state, trust = motion.follow(state, x[0])
+            state = p if state is None or smooth == 0 else smooth * state + (1 - smooth) * p if trust is None else \
+                np.where(trust, smooth * state + (1 - smooth) * p, p)  # the past only where its motion was followed
             labels = state.argmax(0).astype(np.uint8) if smooth else raw
+            if smooth:
+                kept[0] += int((labels == raw).sum())
+                kept[1] += raw.size
             truth = None
             if truths is not None:
                 if idx >= len(truths):
@@ -209,6 +218,7 @@ def segment_video(engine, src: Path, out: Path | None = None, stride: int = 1, m
     res.truth_flicker = flick.truth_changed / flick.truth_total if flick.truth_total else None
     if smooth:
         res.flicker_raw, res.stable_flicker_raw = raw_flick.share, raw_flick.stable_share
+        res.agreement = kept[0] / kept[1] if kept[1] else None
     if cm is not None:
         s = metrics.summarize(cm, classes.names)
         res.miou, res.per_class_iou = s["miou"], s["per_class_iou"]
