@@ -209,11 +209,13 @@ def test_shipping_a_train_and_val_run_reports_its_train_only_runs_val(tiny_data,
         ship.ship(tiny_model, str(tiny_data), reference=both)
     # a model shipped before under that name: the new card keeps its figures, to read before and after
     shutil.copytree(tiny_model, tmp_path / "weights" / TINY_MODEL, ignore=shutil.ignore_patterns("checkpoint"))
-    zoo.update_card(tmp_path / "weights" / TINY_MODEL, shift_benchmark={"mean": 0.25, "command": "eval --shift all"})
+    zoo.update_card(tmp_path / "weights" / TINY_MODEL, shift_benchmark={"mean": 0.25, "command": "eval --shift all"},
+                    real_frames={"kitti-dev": {"miou": 0.3, "frames": 22}})
     old_val = zoo.read_card(tmp_path / "weights" / TINY_MODEL).val_miou
     card = ship.ship(both, str(tiny_data), reference=tiny_model)
     assert card["replaced"]["val_miou"] == old_val and card["replaced"]["shift_benchmark"]["mean"] == 0.25
-    assert "shift_benchmark" not in card  # the new weights' own figure is measured anew, never inherited
+    assert card["replaced"]["real_frames"]["kitti-dev"]["miou"] == 0.3
+    assert "shift_benchmark" not in card and "real_frames" not in card  # measured anew, never inherited
     ref_val = ship._val(tiny_model, str(tiny_data))
     assert card["val"]["miou"] == ref_val["miou"] and card["val_seen"]["miou"] == \
         ship._val(tmp_path / "weights" / TINY_MODEL, str(tiny_data))["miou"]  # the shipped fp16 file's

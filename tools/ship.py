@@ -75,7 +75,7 @@ def replaced(old: zoo.ModelCard) -> dict:
     ms = old.modes.get("ms")
     return {"date": old.raw.get("date"), "command": old.raw.get("command"), "val_miou": old.val_miou,
             "shift_benchmark": old.raw.get("shift_benchmark"), "calibration": old.raw.get("calibration"),
-            "accurate_ms_miou": ms.miou if ms else None}
+            "accurate_ms_miou": ms.miou if ms else None, "real_frames": old.raw.get("real_frames")}
 
 
 TIMING_KEYS = ("median_ms", "p90_ms", "images_per_s", "speedup_vs_eager", "build_s")
