@@ -22,4 +22,5 @@ ui.follow_deep_link()
 with st.sidebar:
     n = len(catalog.available_models())
     st.caption(f"{n} trained model{'s' if n != 1 else ''} available")
+    ui.palette_picker()
 nav.run()

@@ -62,7 +62,7 @@ if last:
               "size": f"{r['size'][0]}x{r['size'][1]}", "amp": r["amp"], "median ms": round(r["median_ms"], 1),
               "p90 ms": round(r["p90_ms"], 1), "images/s": round(r["images_per_s"], 2),
               "peak RSS MB": round(r["peak_rss_mb"]), "CUDA MB": r["cuda_max_allocated_mb"]} for r in last]
-    st.dataframe(table, hide_index=True, width="stretch")
+    st.dataframe(table, hide_index=True, placeholder="", width="stretch")
     st.plotly_chart(charts.bench_bars(last), width="stretch")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(table[0]))
@@ -105,7 +105,7 @@ if entries:
                        "images/s": round(r["images_per_s"], 2), "vs eager": f"{r['speedup_vs_eager']:.2f}x",
                        "val mIoU delta (card)": None if n not in checks or checks[n].miou_delta is None
                        else round(checks[n].miou_delta, 2)} for n, r in res["engines"].items()],
-                     hide_index=True, width="stretch")
+                     hide_index=True, placeholder="", width="stretch")
         for n, why in res["unavailable"].items():
             st.caption(f"{n}: unavailable here ({why})")
         if res.get("kept_for_this_host"):
@@ -127,6 +127,6 @@ if hist:
                    "mode": r["mode"], "device": r["device"], "batch": r["batch"], "size": f"{r['height']}x{r['width']}",
                    "amp": bool(r["amp"]), "median ms": round(r["median_ms"], 1),
                    "images/s": round(r["images_per_s"], 2), "peak RSS MB": round(r["peak_rss_mb"])} for r in hist],
-                 hide_index=True, width="stretch")
+                 hide_index=True, placeholder="", width="stretch")
 else:
     st.caption("No benchmarks recorded yet.")

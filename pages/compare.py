@@ -17,10 +17,14 @@ chosen = st.multiselect("Models (2 to 4)", keys, default=keys[: min(4, len(keys)
                         key="cmp_models")
 gallery = catalog.samples()
 c1, c2 = st.columns(2)
-sample = c1.selectbox("Sample frame", [s.name for s in gallery], key="cmp_sample")
 upload = c2.file_uploader(f"...or your own photo (jpg, png, webp; {ui.MAX_UPLOAD_MB} MB)",
                           type=["jpg", "jpeg", "png", "webp"], key="cmp_upload",
                           max_upload_size=ui.MAX_UPLOAD_MB)
+# drawn after the uploader (columns keep their places): no sample frame is named while an upload is compared
+if upload is None:
+    sample = c1.selectbox("Sample frame", [s.name for s in gallery], key="cmp_sample")
+else:
+    c1.caption(f"Comparing on your photo {upload.name}; remove it to pick a sample frame.")
 image = None
 if upload is not None:
     loaded = ui.read_upload(upload)
@@ -40,12 +44,12 @@ elif image is not None:
         st.warning(res.unfamiliar, icon=":material/travel_explore:")
     cols = st.columns(len(res.results) + 1)
     cols[0].image(res.image, caption="Image", width="stretch")
-    for col, r in zip(cols[1:], res.results):
-        col.image(r.mask, caption=f"{r.name} · {r.ms:.0f} ms on {r.engine}", width="stretch")
+    for col, r, key in zip(cols[1:], res.results, chosen):
+        col.image(report.painted(r.labels, ui.shown(ui.get_config(entries[key]).class_set)), caption=f"{r.name} · {r.ms:.0f} ms on {r.engine}", width="stretch")
     d1, d2 = st.columns([1, 2])
     d1.image(res.disagreement, caption="Disagreement: dark = all agree, bright = all differ", width="stretch")
     d2.metric("Pixels where the models disagree", f"{100 * res.disagree_frac:.1f}%")
-    ui.legend(CAMVID)
+    ui.legend(ui.shown(CAMVID))
 
 st.subheader("Dashboard")
 rows = ui.dashboard_rows(entries)
@@ -58,7 +62,7 @@ st.dataframe([{"model": r.model, "val mIoU %": r.val_miou and round(100 * r.val_
                "eager fp32 ms (360x480)": r.cpu_ms and round(r.cpu_ms), "engine": r.engine,
                "engine ms": r.engine_ms and round(r.engine_ms), "timed": r.engine_timed, "epochs": r.epochs}
               | ({"trained on": r.trained_on} if beyond_train else {})
-              for r in rows], hide_index=True, width="stretch")
+              for r in rows], hide_index=True, placeholder="", width="stretch")
 if any(r.dev_miou is not None for r in rows):
     st.caption("kitti-dev: 22 real labelled street frames of another city and a wider car camera (KITTI, Karlsruhe), "
                "which no shipped model trained on: nearer a user's photos than CamVid val, which is the same drive as "
@@ -78,7 +82,7 @@ if accurate:
     st.dataframe([{"model": r.model, "fast val mIoU %": r.val_miou and round(100 * r.val_miou, 1),
                    "accurate val mIoU %": round(100 * r.accurate.miou, 1),
                    "time x fast": r.accurate.latency_x and round(r.accurate.latency_x, 1)} for r in accurate],
-                 hide_index=True, width="stretch", key="cmp_accurate")
+                 hide_index=True, placeholder="", width="stretch", key="cmp_accurate")
 notes = report.ensemble_notes()
 offered = [n for n in notes if n.offered]
 if notes and not offered:
@@ -93,7 +97,7 @@ elif offered:
                    "val mIoU %": round(100 * n.miou, 2), "best member": n.best_member,
                    "its val mIoU %": round(100 * n.best_member_miou, 2),
                    "offered": "yes" if n.offered else "no"} for n in notes],
-                 hide_index=True, width="stretch", height="content", key="cmp_ensembles")
+                 hide_index=True, placeholder="", width="stretch", height="content", key="cmp_ensembles")
 with_iou = [r for r in rows if r.per_class_iou]
 if with_iou:
     st.plotly_chart(charts.iou_heatmap(with_iou, CAMVID), width="stretch")

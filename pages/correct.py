@@ -22,8 +22,9 @@ with left:
 if entry is None:
     st.stop()
 classes = ui.get_config(entry).class_set
+shown = ui.shown(classes)  # the session's colours; the saved labels are class ids
 
-image, image_key = None, None
+image, image_key, said = None, None, 0
 if "_last_clip" in st.session_state and source == "Sample frames":
     st.caption("The clip you opened on the Video page is under *Frames of a clip*.")
 if source == "Sample frames":
@@ -40,8 +41,11 @@ else:
         ups = st.file_uploader(f"Street photos (jpg, png, webp; up to {ui.MAX_UPLOAD_FILES})", key="cor_photos",
                                type=["jpg", "jpeg", "png", "webp"], accept_multiple_files=True,
                                max_upload_size=ui.MAX_UPLOAD_MB)
-        ups = ui.kept_uploads("cor_photos", ups)
-        ranked = ui.rank_photos(entry, ups[: ui.MAX_UPLOAD_FILES]) if ups else []
+        ups = ui.kept_uploads("cor_photos", ups)[: ui.MAX_UPLOAD_FILES]
+        said = len(ups)
+        ups = ui.usable_uploads(ups)  # a broken file says so once and is left out
+        said -= len(ups)
+        ranked = ui.rank_photos(entry, ups) if ups else []
     else:
         c1, c2 = st.columns([2, 1])
         last = st.session_state.get("_last_clip", video.SAMPLE_CLIP)  # the clip last opened on the Video page
@@ -60,8 +64,9 @@ else:
                             format_func=lambda i: f"{ranked[i].name} (entropy {ranked[i].mean_entropy:.3f})")
         image, image_key = ranked[pick].image, f"{source}:{ranked[pick].name}:{id(ranked[pick].image)}"
 
-if image is None:
+if image is None and not said:  # an unusable upload has said why already
     st.info("Pick a sample frame, upload photos or pick a clip to correct the model's answer.")
+if image is None:
     st.stop()
 
 draft, pending = ui.correction_draft(entry, image_key, image)
@@ -80,13 +85,13 @@ alpha = t4.slider("Opacity", 0.0, 1.0, 0.55, 0.05, key="cor_alpha")
 
 display = correct.display_size(*draft.labels.shape)
 nonce = st.session_state.setdefault("_cor_nonce", 0)  # a new canvas once its marks are baked in
-canvas = ui.canvas(stroke_width=size, stroke_color=correct.brush_hex(classes, brush),
-                   background_image=correct.canvas_background(draft, draft.labels, classes, alpha, display),
+canvas = ui.canvas(stroke_width=size, stroke_color=correct.brush_hex(shown, brush),
+                   background_image=correct.canvas_background(draft, draft.labels, shown, alpha, display),
                    height=display[0], width=display[1], drawing_mode="freedraw" if tool == "Brush" else "point",
                    point_display_radius=4, return_image_data=True,
                    key=f"cor_canvas:{image_key}:{draft.version}:{nonce}")
-ui.legend(classes)
-if correct.apply_canvas(draft, tool, brush, canvas.image_data, canvas.json_data, display, classes):
+ui.legend(shown)
+if correct.apply_canvas(draft, tool, brush, canvas.image_data, canvas.json_data, display, shown):
     st.session_state["_cor_nonce"] = nonce + 1  # each stroke or fill is a step: the canvas starts over it
     st.rerun()
 if tool != "Brush" and brush == "eraser":

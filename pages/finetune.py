@@ -156,6 +156,9 @@ def live():
         st.progress(min(1.0, last.step / max(last.total_steps, 1)),
                     text=f"{status}: trained; scored the model before and after" if status == "done" else
                     f"{status}: trained; scoring the model before and after, {last.step}/{last.total_steps} frames")
+    elif last and last.phase == "finish":
+        st.progress(min(1.0, last.step / max(last.total_steps, 1)),
+                    text=f"{status}: steps done; finishing, {last.step + 1}/{last.total_steps}: {last.stage}")
     elif last:
         frac = min(1.0, last.step / max(last.total_steps, 1))
         eta = f", about {snap.eta_s:.0f} s left" if status == "running" and snap.eta_s else ""
@@ -171,9 +174,11 @@ def live():
         st.error(snap.message)
     elif status in ("done", "stopped"):
         val = snap.history[-1].get("val_miou") if snap.history else None
+        kept = (Path(snap.out) / "config.json").is_file()
         st.success(f"Run {status} after {len(snap.steps)} steps in {snap.elapsed_s:.0f} s"
                    + (f", val mIoU {100 * val:.1f}%" if val is not None else "")
-                   + f". Saved as run:{Path(snap.out).name}: pick it on the other pages.")
+                   + (f". Saved as run:{Path(snap.out).name}: pick it on the other pages." if kept else
+                      f". Its model, run:{Path(snap.out).name}, has been removed since."))
         if (Path(snap.out) / "config.json").is_file():  # a fine-tune brings its start's checked graphs
             st.caption(f"It runs here on {choose_engine(Path(snap.out)).reason()}.")
         if snap.message:
@@ -191,7 +196,7 @@ if job is not None and not job.active and (compared := adapt.BeforeAfter.load(Pa
         st.markdown(f"**{sc.name}** ({sc.frames} frames): mIoU {100 * sc.before['miou']:.1f}% before, "
                     f"{100 * sc.after['miou']:.1f}% after ({100 * sc.gain:+.1f} points)")
     if compared.scores:
-        st.dataframe(compared.table(), hide_index=True, width="stretch", height="content")
+        st.dataframe(compared.table(), hide_index=True, placeholder="", width="stretch", height="content")
     else:
         st.caption("No frames to score: the dataset is too small to hold any out, and CamVid is not on this server.")
     st.caption("Training frames: your label, the model before, the model after.")
@@ -224,7 +229,7 @@ if runs:
                    "from": catalog.started_from(r["init"], entries), "status": r["status"],
                    "steps": "" if r["steps"] is None else r["steps"],
                    "val mIoU %": "" if r["val_miou"] is None else round(100 * r["val_miou"], 1),
-                   "saved as": Path(r["out_dir"]).name if r["out_dir"] else "", "note": r["message"] or ""}
-                  for r in runs], hide_index=True, width="stretch")
+                   "saved as": catalog.saved_as(r["out_dir"]), "note": r["message"] or ""}
+                  for r in runs], hide_index=True, placeholder="", width="stretch")
 else:
     st.caption("No runs yet.")

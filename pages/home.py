@@ -53,7 +53,7 @@ if rows:
           "GFLOPs @360x480": r.gflops and round(r.gflops, 1), "engine here": r.engine,
           "engine ms": None if r.engine_ms is None else round(r.engine_ms), "timed": r.engine_timed,
           "epochs": r.epochs, "encoder init": r.init}
-         for r in rows], hide_index=True, width="stretch")
+         for r in rows], hide_index=True, placeholder="", width="stretch")
     st.caption("Validation figures on CamVid val (101 frames, void ignored). The test split is held out; "
                "expect test mIoU several points lower. 'engine here' is the engine this host runs each model "
                "on: the fastest that kept val mIoU within 0.5 point of PyTorch fp32.")

@@ -17,7 +17,7 @@ with right:
     engine = ui.engine_picker(entry, key="seg_engine") if entry else None
     mode = ui.mode_picker(entry, key="seg_mode") if entry else "Fast"
 ui.open_on("seg_source", {"upload": "Upload", "camera": "Camera"})
-image, truth, image_key, notes, stem = None, None, None, [], "photo"
+image, truth, image_key, notes, stem, said = None, None, None, [], "photo", 0
 with left:  # the source and its own widgets, beside the model column
     source = st.radio("Image source", ["Sample frames", "Upload", "Camera"], horizontal=True, key="seg_source",
                       on_change=ui.keep_uploads, args=("seg_upload",))
@@ -36,8 +36,12 @@ with left:  # the source and its own widgets, beside the model column
         if len(uploads) > ui.MAX_UPLOAD_FILES:
             st.warning(f"{len(uploads)} files uploaded; only the first {ui.MAX_UPLOAD_FILES} are used.")
             uploads = uploads[: ui.MAX_UPLOAD_FILES]
+        said = len(uploads)
+        uploads = ui.usable_uploads(uploads)  # a broken file says so once and is left out of the picker
+        said -= len(uploads)
         if entry is not None and len(uploads) >= MIN_FRAMES:  # several photos of one street: adapt a model to them
             ui.adapt_button(entry, ui.stash_photos(uploads), f"these {len(uploads)} photos", key="seg_adapt",
+                            named=f"{len(uploads)}-photos",
                             picker="seg_model")
         elif entry is not None and len(uploads) >= 2:
             st.caption(f"With {MIN_FRAMES} or more photos of one street and camera, a model can be adapted to "
@@ -58,12 +62,13 @@ with left:  # the source and its own widgets, beside the model column
                 image_key = f"camera:{hashlib.sha1(shot.getvalue()).hexdigest()}"
                 stem = f"camera-{image_key[7:15]}"
     if image is not None and entry is not None:  # how it is painted, under the source (the model column is as tall)
-        classes = ui.get_config(entry).class_set
+        classes = ui.shown(ui.get_config(entry).class_set)
         alpha = st.slider("Overlay opacity", 0.0, 1.0, 0.55, 0.05, key="seg_alpha")
         shown = st.multiselect("Classes to paint", list(classes.names), default=list(classes.names), key="seg_classes")
 
 if image is None or entry is None:
-    st.info("Pick a sample frame, upload a photo or take one to see it segmented.")
+    if not (source == "Upload" and said):  # an unusable upload has said why already
+        st.info("Pick a sample frame, upload a photo or take one to see it segmented.")
     st.stop()
 
 visible = [classes.names.index(n) for n in shown]
@@ -102,9 +107,9 @@ if res.truth is not None:
     s = res.scores
     st.subheader(f"Against the ground truth: mIoU {100 * s['miou']:.1f}%, pixel accuracy {100 * s['pixel_acc']:.1f}%")
     f, g = st.columns(2)
-    f.image(res.truth, caption="Ground truth", width="stretch")
+    f.image(report.painted_truth(res, classes), caption="Ground truth", width="stretch")
     g.image(res.errors, caption="Errors: green right, red wrong, black void", width="stretch")
 
 dl1, dl2 = st.columns(2)
-dl1.download_button("Download coloured mask (PNG)", res.mask_png, f"{stem}_mask_color.png", "image/png")
+dl1.download_button("Download coloured mask (PNG)", report.mask_png(res, classes), f"{stem}_mask_color.png", "image/png")
 dl2.download_button("Download label map (PNG, class ids)", res.label_png, f"{stem}_labels.png", "image/png")

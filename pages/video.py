@@ -52,11 +52,13 @@ st.info(plan.sentence())
 job = manager.for_session(sid, "video")
 if st.button("Segment the clip", type="primary", key="vid_run", disabled=job is not None and job.active):
     try:
-        manager.start_video(sid, path, entry.folder, int(stride), float(smooth), float(seconds), engine)
+        manager.start_video(sid, path, entry.folder, int(stride), float(smooth), float(seconds), engine,
+                            palette=ui.palette())
     except jobs.JobError as e:
         st.error(f"Not started: {e}.")
 
-ui.adapt_button(entry, path, "this clip", key="vid_adapt", picker="vid_model")
+clip_name = "camvid-clip" if source == "Sample clip" else Path(up.name).stem if up is not None else "clip"
+ui.adapt_button(entry, path, "this clip", key="vid_adapt", picker="vid_model", named=clip_name)
 ui.follow_job("video", "vid_last")
 done, out, note = st.session_state.get("vid_last") or (None, "", "")
 if note:
@@ -65,8 +67,13 @@ if not done:
     st.stop()
 
 res = video.VideoResult.from_dict(done)
-classes = zoo.read_config(done["folder"]).class_set  # the model that ran, whatever is picked now
-st.subheader("Result" + (f" ({res.cut})" if res.cut else ""))
+# the model that ran and the colours it drew in, whatever is picked now
+classes = zoo.read_config(done["folder"]).class_set.in_palette(done.get("palette") or ui.palette())
+now = manager.for_session(sid, "video")
+if now is not None and now.active:  # the last clip's result stays in view, marked, until the new one replaces it
+    st.subheader("Previous result, of the clip before the one now running")
+else:
+    st.subheader("Result" + (f" ({res.cut})" if res.cut else ""))
 ran = next((k for k, e in entries.items() if e.folder.resolve() == Path(done["folder"]).resolve()),
            Path(done["folder"]).name)
 if unfamiliar := report.unfamiliarity(res.mean_confidence, zoo.read_card(done["folder"]), ran, what="clip",
@@ -92,7 +99,7 @@ st.plotly_chart(charts.class_share_over_time([i / res.fps_in for i in res.indice
                 width="stretch")
 with st.expander("Flicker per class"):
     st.dataframe([{"class": n, "flicker %": None if f is None else round(100 * f, 2)}
-                  for n, f in res.flicker_per_class.items()], hide_index=True, height="content")
+                  for n, f in res.flicker_per_class.items()], hide_index=True, placeholder="", height="content")
 st.page_link("pages/correct.py", label="Correct the frames of this clip the model is least sure of",
              icon=":material/brush:", query_params={"open": "clip"})
 host.release_memory()  # the result's transient copies go back to the OS, not to this server's heap

@@ -116,12 +116,6 @@ def list_runs(limit: int = 100) -> list[dict]:
         return [dict(r) for r in rows]
 
 
-def delete_run_of(out_dir: str) -> int:
-    """Forget the runs that wrote ``out_dir`` (the model folder is removed by the caller)."""
-    with _connect() as con:
-        return con.execute("DELETE FROM runs WHERE out_dir = ?", (str(out_dir),)).rowcount
-
-
 def mark_interrupted_runs(before: float) -> int:
     """Runs still 'running' that started before ``before`` (this server's start) did not finish: say so."""
     with _connect() as con:

@@ -14,6 +14,7 @@ from PIL import Image
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from sis.classes import CAMVID  # noqa: E402
 from sis.studio import ui  # noqa: E402
 
 PAGES = sorted((ROOT / "pages").glob("*.py"))
@@ -88,6 +89,28 @@ def test_segment_sample_with_ground_truth(app_env):
     assert not at.exception
 
 
+def test_the_sessions_colours_draw_the_legend_on_every_page(app_env, tiny_model):
+    """High contrast by default (Car blue, far from Road's purple); the dataset's own once picked in the router's
+    sidebar (AppTest runs a switched-to page without the router, so the choice is set as the radio sets it)."""
+    shutil.copytree(tiny_model, app_env / "models" / "tiny2", ignore=shutil.ignore_patterns("checkpoint"))
+    home = _app()
+    assert home.sidebar.radio(key=ui.widgets.PALETTE_KEY).value == "contrast"
+    at = _app("pages/segment.py")
+    _select_run(at)
+
+    def legend_has(rgb):
+        return any(f"background:rgb{rgb}" in m.value for m in at.markdown)
+    car = CAMVID.names.index("Car")
+    assert legend_has(CAMVID.in_palette().colors[car]) and not legend_has(CAMVID.colors[car])
+    at.session_state[ui.widgets.PALETTE_KEY] = "dataset"
+    at.run()
+    assert legend_has(CAMVID.colors[car]) and not at.exception
+    at.switch_page("pages/compare.py").run()
+    at.session_state[ui.widgets.PALETTE_KEY] = "dataset"
+    at.multiselect(key="cmp_models").set_value(["run:tiny", "run:tiny2"]).run()
+    assert legend_has(CAMVID.colors[car]) and not at.exception
+
+
 def _upload(at, name, data, mime="image/png"):
     at.radio(key="seg_source").set_value("Upload").run()
     at.file_uploader(key="seg_upload").upload(name, data, mime).run()
@@ -132,8 +155,8 @@ def test_segment_upload_rgba(app_env):
 
 
 @pytest.mark.parametrize("name,data,message", [
-    ("notes.png", b"this is text", "is not an image format Pillow can read"),
-    ("cut.jpg", None, "truncated or corrupt"),
+    ("notes.png", b"this is text", "is not a picture this app can open"),
+    ("cut.jpg", None, "cut short or damaged"),
 ])
 def test_segment_bad_uploads_show_one_sentence(app_env, name, data, message):
     if data is None:
@@ -145,6 +168,34 @@ def test_segment_bad_uploads_show_one_sentence(app_env, name, data, message):
     _upload(at, name, data, "image/jpeg" if name.endswith("jpg") else "image/png")
     assert not at.exception
     assert len(at.error) == 1 and message in at.error[0].value
+
+
+def test_segment_opens_on_the_first_good_photo_among_broken_ones(app_env):
+    """An empty file and a text file before a good photo: one sentence for each, no generic hint, and the
+    picker holds the good photos only, opened on the first."""
+    rng = np.random.default_rng(2)
+    at = _app("pages/segment.py")
+    _select_run(at)
+    at.radio(key="seg_source").set_value("Upload").run()
+    up = at.file_uploader(key="seg_upload")
+    up.upload("empty.jpg", b"", "image/jpeg")
+    up.upload("notes.png", b"this is text", "image/png")
+    for i in range(2):
+        up.upload(f"street{i}.png", _png(rng.integers(0, 255, (60, 80, 3), np.uint8)), "image/png")
+    up.run()
+    assert not at.exception
+    assert [e.value for e in at.error] == ["empty.jpg is empty (0 bytes)", "notes.png is not a picture this app can "
+                                           "open (it opens JPEG, PNG, WebP, BMP, TIFF and GIF)"]
+    assert at.selectbox(key="seg_pick").options == ["street0.png", "street1.png"]
+    assert any(c.value.startswith("Inference") for c in at.caption)  # street0.png was segmented
+    assert not at.info
+
+
+def test_segment_with_only_a_broken_upload_says_one_sentence_and_no_hint(app_env):
+    at = _app("pages/segment.py")
+    _select_run(at)
+    _upload(at, "empty.png", b"")
+    assert not at.exception and [e.value for e in at.error] == ["empty.png is empty (0 bytes)"] and not at.info
 
 
 def test_segment_bomb_refused(app_env):
@@ -161,6 +212,16 @@ def test_compare_two_models(app_env, tiny_model):
     at.multiselect(key="cmp_models").set_value(["run:tiny", "run:tiny2"]).run()
     assert not at.exception
     assert any(m.label == "Pixels where the models disagree" and m.value == "0.0%" for m in at.metric)
+
+
+def test_compare_names_no_sample_frame_while_an_upload_is_compared(app_env, tiny_model):
+    shutil.copytree(tiny_model, app_env / "models" / "tiny2", ignore=shutil.ignore_patterns("checkpoint"))
+    at = _app("pages/compare.py")
+    at.multiselect(key="cmp_models").set_value(["run:tiny", "run:tiny2"]).run()
+    assert at.selectbox(key="cmp_sample").value
+    at.file_uploader(key="cmp_upload").upload("mine.png", _png(np.zeros((40, 60, 3), np.uint8)), "image/png").run()
+    assert not at.exception and not [s for s in at.selectbox if s.key == "cmp_sample"]
+    assert any(c.value.startswith("Comparing on your photo mine.png") for c in at.caption)
 
 
 def _unsure_of_everything(folder):
@@ -553,7 +614,7 @@ def test_segment_result_keeps_display_size_arrays_and_full_size_downloads(tiny_m
     assert res.image.shape == (1200, 1600, 3) and res.labels.shape == res.confidence.shape[:2] == (1200, 1600)
     assert res.size == (2400, 3200)
     assert Image.open(io.BytesIO(res.label_png)).size == (3200, 2400)
-    assert Image.open(io.BytesIO(res.mask_png)).size == (3200, 2400)
+    assert Image.open(io.BytesIO(report.mask_png(res, CAMVID))).size == (3200, 2400)
 
 
 def test_model_picker_labels_carry_val_miou(app_env):
@@ -995,7 +1056,8 @@ def test_segment_names_its_downloads_after_the_photo_and_paints_only_the_chosen_
 
 def test_a_fine_tuned_model_shows_its_verdict_and_can_be_named_and_removed(app_env):
     """A run that lost 7.4 points on CamVid val is flagged in the pickers and warned about when picked;
-    Fine-tune removes it (files and its row), and refuses a name that is taken or not a name."""
+    Fine-tune removes it (its files; its row in the runs table stays, marked removed), and refuses a name that
+    is taken or not a name."""
     from sis import store, zoo
     from sis.studio import catalog
     from sis.training.adapt import FOLDER, BeforeAfter, Scores
@@ -1027,7 +1089,9 @@ def test_a_fine_tuned_model_shows_its_verdict_and_can_be_named_and_removed(app_e
     assert catalog.started_from(str(folder), catalog.available_models()) == "tiny"  # removed: its folder's name
     assert [catalog.started_from(i, {}) for i in ("random", "imagenet", None)] == ["random", "ImageNet encoder", ""]
     assert not folder.exists() and "run:tiny" not in catalog.available_models()
-    assert all(r["out_dir"] != str(folder) for r in store.list_runs())
+    # the run's row stays, as its record, and says its model was removed
+    at = _app("pages/finetune.py")
+    assert "tiny (removed)" in list(at.dataframe[-1].value["saved as"])
     with pytest.raises(catalog.CatalogError, match="shipped model"):
         catalog.remove_model(catalog.available_models()["unet-vgg11_bn"])
 
@@ -1090,7 +1154,7 @@ def test_adapt_a_model_to_a_few_uploaded_photos_without_labels(app_env):
     (job,) = [j for j in manager.jobs.values() if j.kind == "adapt"]
     assert job.status == "done", job.message
     new = Path(job.out)  # under the manager's models folder (the process's first data folder in this suite)
-    assert new.name.startswith("tiny-adapted-") and (new / "model.safetensors").is_file()
+    assert new.name.startswith("tiny-adapted-to-4-photos-") and (new / "model.safetensors").is_file()
     assert zoo.read_card(new).raw["unlabeled"]["frames"] == 4
     assert (app_env / "models" / "tiny" / "model.safetensors").read_bytes() == original
     assert job.result["frames"] == 4 and job.result["fit_steps"] == job.result["fit_planned"] == 40
@@ -1133,6 +1197,7 @@ def test_adapt_a_model_to_an_uploaded_clip_takes_two_frames_a_second(app_env, tm
     (job,) = [j for j in manager.jobs.values() if j.kind == "adapt"]
     assert job.status == "done", job.message
     assert clip_stride(40, 10.0) == 5 and (job.result["frames"], job.result["stride"]) == (8, 5)
+    assert Path(job.out).name.startswith("tiny-adapted-to-drive-")  # named after the clip, not a time alone
     at.run()
     said = " ".join(m.value for m in at.success)
     assert "Adapted on 8 frames (one in 5 of the clip)" in said, said

@@ -384,14 +384,14 @@ def test_adapt_to_my_uploaded_photos_without_labels(server, browser):
     button = page.get_by_role("button", name=re.compile(r"^Adapt .* to these 4 photos \(no labels needed\)$"))
     button.click()
     said = page.get_by_text(re.compile(r"^Adapted on 4 frames in \d+ s, keeping 67% of the training city's statistics, "
-                                       r"then 40 fitting steps: run:pspnet-resnet18-adapted-\S+ is in every model picker"))
+                                       r"then 40 fitting steps: run:pspnet-resnet18-adapted-to-4-photos-\S+ is in every model picker"))
     try:
         said.wait_for(timeout=300_000)
     except sync_api.TimeoutError:
         _shot(page, "segment_adapt_timeout")
         pytest.fail("no adaptation after 300 s; the page said: " + page.locator("body").inner_text()[-2000:])
     _idle(page)
-    new = re.search(r"run:(\S+-adapted-\d{4}-\d{6})", said.inner_text()).group(1)
+    new = re.search(r"run:(\S+-adapted-to-4-photos-\d{4}-\d{6})", said.inner_text()).group(1)
     assert _left_alone(page) == 0  # the job has ended: the page left open polls the server no more
     _shot(page, "segment_adapted")
     page.get_by_role("combobox", name="Model", exact=True).first.click()

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import ROOT, TINY_MODEL, in_process
 from PIL import Image
@@ -111,11 +112,17 @@ def test_eval_json_and_predict(tiny_model, tiny_data, tmp_path):
     img = tiny_data / "val" / "f000.png"
     (tmp_path / "bad.png").write_text("not an image")
     r = run("predict", "--model", tiny_model, "--out", tmp_path / "out", img, tmp_path / "bad.png")
-    assert r.returncode == 0 and "skipped: " in r.stderr and "is not an image format" in r.stderr
+    assert r.returncode == 0 and "skipped: " in r.stderr and "is not a picture this app can open" in r.stderr
     assert Image.open(tmp_path / "out" / "f000_color.png").size == (96, 64)
+    labels = np.asarray(Image.open(tmp_path / "out" / "f000_labels.png"))
     assert Image.open(tmp_path / "out" / "f000_labels.png").mode == "L"
+    # the coloured mask is its labels in the high-contrast palette by default, in CamVid's own on request
+    from sis.classes import CAMVID
+    assert (np.asarray(Image.open(tmp_path / "out" / "f000_color.png")) == CAMVID.in_palette().palette()[labels]).all()
+    run("predict", "--model", tiny_model, "--out", tmp_path / "own", img, "--palette", "dataset")
+    assert (np.asarray(Image.open(tmp_path / "own" / "f000_color.png")) == CAMVID.palette()[labels]).all()
     one_line_error(run("predict", "--model", tiny_model, "--out", tmp_path / "o2", tmp_path / "bad.png"),
-                   "is not an image format")
+                   "is not a picture this app can open")
 
 
 def test_wrong_checkpoint_folder(tiny_model, tmp_path, tiny_data):

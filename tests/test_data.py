@@ -40,6 +40,30 @@ def test_a_limited_split_reads_only_the_frames_it_keeps(data_copy):
         load_split(data_copy, "train", 2)
 
 
+def test_the_high_contrast_palette_keeps_street_classes_apart_and_others_as_they_are():
+    contrast = CAMVID.in_palette("contrast")
+    assert contrast.names == CAMVID.names and contrast.void == CAMVID.void and CAMVID.in_palette("dataset") is CAMVID
+
+    def lab(cs):  # sRGB (D65) to CIELAB, where distance is roughly how different two colours look
+        c = np.asarray(cs.colors, float) / 255
+        c = np.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
+        xyz = c @ np.array([[0.4124, 0.2126, 0.0193], [0.3576, 0.7152, 0.1192], [0.1805, 0.0722, 0.9505]])
+        f = np.where((t := xyz / [0.9505, 1.0, 1.089]) > 0.008856, np.cbrt(t), 7.787 * t + 16 / 116)
+        return np.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], 1)
+
+    def nearest(cs):  # the two colours of the set that look most alike: their distance
+        c = lab(cs)
+        return np.linalg.norm(c[:, None] - c[None], axis=-1)[np.triu_indices(len(c), 1)].min()
+    road, car = CAMVID.names.index("Road"), CAMVID.names.index("Car")
+    assert np.linalg.norm(lab(contrast)[road] - lab(contrast)[car]) > 2 * np.linalg.norm(lab(CAMVID)[road] -
+                                                                                         lab(CAMVID)[car])
+    assert nearest(contrast) > 40 > 25 > nearest(CAMVID)
+    own = ClassSet(("road", "lane marking"), ((1, 2, 3), (4, 5, 6)))
+    assert own.in_palette().colors == (contrast.colors[CAMVID.names.index("Road")], (4, 5, 6))
+    with pytest.raises(ValueError, match="unknown palette 'neon'; choose contrast or dataset"):
+        CAMVID.in_palette("neon")
+
+
 def test_missing_folder(tmp_path):
     with pytest.raises(DatasetError, match="does not exist"):
         list_pairs(tmp_path / "nope", "train")

@@ -91,14 +91,21 @@ def test_animated_uses_first_frame():
 
 
 def test_not_an_image():
-    with pytest.raises(ImageError, match="is not an image format Pillow can read"):
+    with pytest.raises(ImageError, match="is not a picture this app can open"):
         load_image(b"hello, I am text", name="notes.png")
+
+
+def test_empty_file(tmp_path):
+    (tmp_path / "zero.jpg").write_bytes(b"")
+    for source in (b"", tmp_path / "zero.jpg"):
+        with pytest.raises(ImageError, match=r"is empty \(0 bytes\)"):
+            load_image(source, name="zero.jpg")
 
 
 def test_truncated_jpeg():
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(buf, "JPEG")
-    with pytest.raises(ImageError, match="truncated or corrupt"):
+    with pytest.raises(ImageError, match="cut short or damaged"):
         load_image(buf.getvalue()[: len(buf.getvalue()) // 2], name="cut.jpg")
 
 

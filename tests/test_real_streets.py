@@ -158,7 +158,7 @@ def test_predict_json_says_what_the_pages_would(tiny_model, tiny_data, tmp_path,
     from sis.engines.predict import work_size
     size = list(work_size(64, 96, tuple(zoo.read_config(folder).base_size)))  # the app's rule, enlarged to its pixels
     assert all(Image.open(d["mask"]).size == (96, 64) and d["work_size"] == size for d in good)
-    assert "is not an image format" in bad["error"]
+    assert "is not a picture this app can open" in bad["error"]
     zoo.update_card(folder, calibration=dict(zoo.read_card(folder).raw["calibration"], low_confidence=0.0))
     r = in_process(capsys, "predict", "--model", folder, "--out", tmp_path / "o", "--json", imgs[0])
     assert json.loads(r.stdout)["unfamiliar"] is False

@@ -121,6 +121,31 @@ def test_fitting_to_the_frames_makes_the_model_surer_by_its_batchnorm_scales_and
     assert fit_to_frames(model, cfg, frames, 0) == 0
 
 
+def test_each_fitting_step_sees_a_random_window_of_its_frame(monkeypatch):
+    """FIT_SIDE of each side, at a seeded place that moves from step to step; side 1 gives the whole frame;
+    targets are cut at the same window."""
+    import sis.zoo.preprocess as preprocess
+    from sis import zoo
+    from sis.training.unlabeled import FIT_SIDE
+    from sis.zoo import models
+    model, cfg = models.create_model(replace(zoo.make_config("pspnet-resnet18"), base_size=(64, 96)))
+    frame = np.arange(64 * 96 * 3, dtype=np.uint32).reshape(64, 96, 3).astype(np.uint8)
+    seen = []
+    real = preprocess.forward_logits
+
+    def spy(m, c, x, amp=False):
+        seen.append(x.clone())
+        return real(m, c, x, amp=amp)
+    monkeypatch.setattr(preprocess, "forward_logits", spy)
+    fit_to_frames(model, cfg, [frame] * 4, 4)
+    assert {tuple(x.shape[-2:]) for x in seen} == {(round(64 * FIT_SIDE), round(96 * FIT_SIDE))}
+    assert len({x.numpy().tobytes() for x in seen}) > 1  # not the same window every step
+    seen.clear()
+    targets = [np.zeros((64, 96), np.uint8)]
+    fit_to_frames(model, cfg, [frame], 2, side=1.0, targets=targets, train="all")
+    assert {tuple(x.shape[-2:]) for x in seen} == {(64, 96)}
+
+
 def test_self_training_fits_the_model_to_its_targets_where_they_are_sure():
     """With targets (the measuring tool's pseudo-labels), the cross-entropy to them: a class asked for
     everywhere but the unsure pixels (255) comes to be predicted on more of the frames."""

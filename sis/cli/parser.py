@@ -10,10 +10,17 @@ from sis.cli.predict import cmd_predict, cmd_video
 from sis.cli.train import cmd_adapt, cmd_train
 from sis.cli.types import (hw_size, non_negative_float, positive_int, scale_list, scale_range, severity_list, split_list,
                            weight_list)
+from sis.classes import DEFAULT_PALETTE, PALETTES
 from sis.data.shifts import list_shifts
 from sis.host import SMALL_HOST_MB
 from sis.video.segment import DEFAULT_SMOOTH
 from sis.training.unlabeled import FIT_EPOCHS, FIT_MIN_STEPS, FIT_STEPS, PRIOR_FRAMES
+
+
+def add_palette_option(s) -> None:
+    s.add_argument("--palette", choices=list(PALETTES), default=DEFAULT_PALETTE,
+                   help="colours of the coloured masks and overlays: contrast keeps Road and Car and every other pair "
+                        "of street classes far apart; dataset: the model's own (CamVid's). Label PNGs hold class ids")
 
 
 def add_accurate_options(s, default_engine: str) -> None:
@@ -140,6 +147,7 @@ def _add_run_commands(sub) -> None:
                    "unfamiliar (true where the pages would say it looks unlike the model's streets)")
     add_accurate_options(s, "auto")
     s.add_argument("images", nargs="+", help="image files or folders")
+    add_palette_option(s)
     s.set_defaults(fn=cmd_predict)
 
     s = sub.add_parser("bench", help="time inference or training steps")
@@ -179,6 +187,7 @@ def _add_run_commands(sub) -> None:
     s.add_argument("--labels", help="folder for one class-id PNG per processed frame")
     s.add_argument("--truth", help="folder of ground-truth label PNGs of the frames, in name order")
     s.add_argument("--fps", type=float, help="frame rate of a folder of frames (default 15)")
+    add_palette_option(s)
     s.add_argument("--json", action="store_true")
     add_accurate_options(s, "auto")
     s.set_defaults(fn=cmd_video)

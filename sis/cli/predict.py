@@ -40,7 +40,7 @@ def cmd_predict(a) -> int:
     cfg = engine.cfg
     # the pages' rule for an unfamiliar photo: the (first) model's card line on the mean calibrated confidence
     card = zoo.read_card(zoo.resolve(a.model.split(",")[0].strip()))
-    palette = cfg.class_set.palette()
+    palette = cfg.class_set.in_palette(a.palette).palette()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     paths = iter_images(a.images)
@@ -82,8 +82,7 @@ def cmd_video(a) -> int:
     progress = StderrProgress(lambda i, n: f"{i}/{n or '?'} frames")
     res = segment_video(engine, Path(a.input), Path(a.out) if a.out else None, a.stride, a.max_seconds, a.smooth,
                         Path(a.labels) if a.labels else None, Path(a.truth) if a.truth else None, fps=a.fps,
-                        flow=not a.no_flow,
-                        progress=progress)
+                        flow=not a.no_flow, progress=progress, palette=a.palette)
     progress.close()
     out = {k: v for k, v in res.__dict__.items() if k not in ("share", "indices")}
     out.update(model=a.model, engine=engine.name, smooth=a.smooth, stride=a.stride)

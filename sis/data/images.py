@@ -35,7 +35,11 @@ def load_image(source: str | Path | bytes | BinaryIO, max_pixels: int = MAX_PIXE
     """
     label = name or (str(source) if isinstance(source, (str, Path)) else "the upload")
     if isinstance(source, bytes):
+        if not source:
+            raise ImageError(f"{label} is empty (0 bytes)")
         source = io.BytesIO(source)
+    elif isinstance(source, (str, Path)) and Path(source).is_file() and Path(source).stat().st_size == 0:
+        raise ImageError(f"{label} is empty (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -44,10 +48,11 @@ def load_image(source: str | Path | bytes | BinaryIO, max_pixels: int = MAX_PIXE
         raise ImageError(f"{label}: file not found") from None
     except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
         if isinstance(e, UnidentifiedImageError):
-            raise ImageError(f"{label} is not an image format Pillow can read") from None
+            raise ImageError(f"{label} is not a picture this app can open (it opens JPEG, PNG, WebP, BMP, TIFF "
+                             f"and GIF)") from None
         raise ImageError(f"{label} is too large to open safely (over {max_pixels / 1e6:.0f} MP); downscale it first") from None
-    except OSError as e:
-        raise ImageError(f"{label} is truncated or corrupt ({e})") from None
+    except OSError:
+        raise ImageError(f"{label} is cut short or damaged: it could not be read") from None
     w, h = im.size
     if w * h > max_pixels:
         raise ImageError(f"{label} is {w}x{h} = {w * h / 1e6:.0f} MP, above the "
@@ -60,8 +65,8 @@ def load_image(source: str | Path | bytes | BinaryIO, max_pixels: int = MAX_PIXE
         notes.append(f"first of {im.n_frames} frames used")
     try:
         im.load()
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{label} is truncated or corrupt ({e})") from None
+    except (OSError, SyntaxError, ValueError):
+        raise ImageError(f"{label} is cut short or damaged: it could not be read to the end") from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow warns on corrupt EXIF; we note it instead

@@ -47,13 +47,28 @@ def run_name(wanted: str, default: str) -> str:
     return name
 
 
+def adapted_name(key: str, adapted_to: str, when: str) -> str:
+    """The folder name of a model adapted here: its start, what it was adapted to (a clip's name, "4-photos")
+    and ``when`` (a time stamp), so that a photo-adapted and a clip-adapted model can be told apart."""
+    base = key[4:] if key.startswith("run:") else key
+    to = "".join(c if c in NAME_CHARS else "-" for c in "-".join(adapted_to.split())).strip("-.")[:24] or "frames"
+    return f"{base}-adapted-to-{to}-{when}"
+
+
 def remove_model(entry: Entry) -> None:
-    """Delete a fine-tuned model: its folder and its row in the runs table. Shipped models stay."""
+    """Delete a fine-tuned model's folder; its row in the runs table stays, as the run's record (the page
+    says it was removed). Shipped models stay."""
     runs = (store.data_dir() / "models").resolve()
     if entry.shipped or entry.folder.resolve().parent != runs:
         raise CatalogError(f"{entry.key} is a shipped model; only models fine-tuned here can be removed")
     files.remove(entry.folder)
-    store.delete_run_of(str(entry.folder))
+
+
+def saved_as(out_dir: str | None) -> str:
+    """A run's model folder as the runs table names it: its name, "(removed)" once removed here; "" for none."""
+    if not out_dir:
+        return ""
+    return Path(out_dir).name + ("" if (Path(out_dir) / "config.json").is_file() else " (removed)")
 
 
 def adapted_origin(card: zoo.ModelCard) -> str | None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sis import host, store
+from sis.classes import DEFAULT_PALETTE
 from sis.studio.workers import Outcome, adapt_worker, bench_worker, engines_worker, train_worker, video_worker
 
 CTX = mp.get_context("spawn")  # fork would copy the server's threads and torch state
@@ -60,7 +61,7 @@ def _new_id() -> str:
 class JobStep:
     """One progress report of a job: a training step or validation (the loop's Progress), or a stage of
     a benchmark, an engine comparison, a clip or a before/after comparison."""
-    phase: str                  # train | val | done | stopped | compare | bench | engines | video | adapt
+    phase: str                  # train | val | finish | done | stopped | compare | bench | engines | video | adapt
     step: int = 0
     total_steps: int = 0
     model: str = ""
@@ -71,6 +72,7 @@ class JobStep:
     loss: float | None = None
     pixel_acc: float | None = None
     val_miou: float | None = None
+    stage: str = ""             # finish: what a run does after its last step, in words
 
     @classmethod
     def from_dict(cls, d: dict) -> "JobStep":
@@ -262,7 +264,8 @@ class JobManager:
                                threads=host.threads())
 
     def start_video(self, session: str, src: Path, folder: Path, stride: int = 1, smooth: float = 0.0,
-                    max_seconds: float | None = 60.0, engine: str | None = None, tta: str = "none") -> Job:
+                    max_seconds: float | None = 60.0, engine: str | None = None, tta: str = "none",
+                    palette: str = DEFAULT_PALETTE) -> Job:
         """Segment the clip ``src`` with the model in ``folder`` in a worker process, under the same caps;
         the overlay, its preview, the label PNGs and their zip go to data/videos/<job id>/ (the job's ``out``)."""
         with self.lock:
@@ -270,7 +273,7 @@ class JobManager:
             job_id = _new_id()
             out = store.data_dir() / "videos" / job_id
             args = {"src": str(src), "folder": str(folder), "stride": stride, "smooth": smooth,
-                    "max_seconds": max_seconds, "engine": engine, "tta": tta, "out": str(out)}
+                    "max_seconds": max_seconds, "engine": engine, "tta": tta, "out": str(out), "palette": palette}
             job = Job(job_id, session, {"model": Path(folder).name, **args}, str(out), kind="video")
             return self._spawn(job, video_worker, args, threads=host.threads())
 

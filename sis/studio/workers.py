@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sis import store
+from sis.classes import DEFAULT_PALETTE
 from sis.files import DiskFullError
 
 
@@ -100,7 +101,8 @@ def video_worker(args: dict, threads: int, events, stop_event) -> None:
                                      "eta_s": eta, "unit": "frames"}))
         res = segment_video(engine, Path(args["src"]), out / "overlay.mp4", args.get("stride", 1),
                             args.get("max_seconds"), args.get("smooth", 0.0), labels_dir=out / "labels",
-                            preview=out / "preview.mp4", progress=tick, stop=stop_event.is_set)
+                            preview=out / "preview.mp4", progress=tick, stop=stop_event.is_set,
+                            palette=args.get("palette", DEFAULT_PALETTE))
 
         def write_zip(tmp):
             with zipfile.ZipFile(tmp, "w") as z:
@@ -109,7 +111,7 @@ def video_worker(args: dict, threads: int, events, stop_event) -> None:
         atomic_write(out / "labels.zip", write_zip)
         summary = {k: v for k, v in _asdict(res).items()}
         summary.update(share=[list(map(float, s)) for s in res.share], engine=engine.name, threads=host_threads(),
-                       folder=args["folder"])
+                       folder=args["folder"], palette=args.get("palette", DEFAULT_PALETTE))
         events.put(("result", asdict(Outcome("stopped" if res.cut == "stopped" else "done", res.frames, str(out),
                                              result=summary))))
     except Exception as e:  # reported to the page as one sentence
@@ -123,9 +125,12 @@ def adapt_worker(args: dict, threads: int, events, stop_event) -> None:
     torch.set_num_threads(threads)
     from sis.training.unlabeled import adapt_folder
     try:
-        def tick(i, n):
+        t0 = time.time()
+
+        def tick(i, n):  # the time left at the pace so far (fitting steps, after the frames, are slower)
+            eta = (time.time() - t0) / i * (n - i) if i else None
             events.put(("progress", {"phase": "adapt", "model": Path(args["folder"]).name, "step": i,
-                                     "total_steps": n, "unit": "steps"}))
+                                     "total_steps": n, "unit": "steps", "eta_s": eta}))
         res = adapt_folder(Path(args["folder"]), Path(args["source"]), Path(args["out"]), args.get("stride"),
                            tick, stop_event.is_set)
         events.put(("result", asdict(Outcome("stopped" if stop_event.is_set() else "done", res.frames, args["out"],

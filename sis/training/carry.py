@@ -16,6 +16,7 @@ GRAPH = "onnxruntime"  # the fp32 graph: eager's arithmetic, so a model derived 
 INT8 = "onnxruntime-int8"  # the int8 graph: checked against the start's own int8 graph, not against eager alone
 CHECK_FRAMES = 4       # frames a derived model's graphs are checked on: int8's agreement varies frame to frame
 INT8_SLACK = 0.02      # int8 agreement it may lose to its start's: above noise, below harm (docs/robustness.md)
+CARRY_STAGES = 3       # what carried_engines tells ``say``: its fp32 graph checked, its int8 graph checked, scored
 
 
 def check_picks(frames: list) -> list:
@@ -66,7 +67,8 @@ def agreement(folder: Path, model: torch.nn.Module, cfg, images: list, name: str
 
 
 def carried_engines(start: Path, out: Path, frames: list, given: Callable, said: str,
-                    labelled: tuple | None = None, eager_miou: float | None = None) -> dict | None:
+                    labelled: tuple | None = None, eager_miou: float | None = None,
+                    say: Callable[[str], None] = lambda what: None) -> dict | None:
     """The engine figures (a card's ``fast_path``) of the model saved in ``out``, adapted or fine-tuned from
     the one in ``start`` with the same architecture: ``start``'s graph templates carried to it (filled from
     its own weights; engines.templates), its fp32 graph's labels checked against eager's on CHECK_FRAMES of
@@ -75,7 +77,7 @@ def carried_engines(start: Path, out: Path, frames: list, given: Callable, said:
     uint8 array the model is given; ``said`` names the frames, in words. ``labelled`` ((Frames, their name in
     words): a fine-tune's labelled frames it did not train on, where it has any) gives its int8 graph a val
     figure of its own (_scored_int8) in place of ``start``'s; ``eager_miou``: eager fp32's mIoU on them for
-    the saved weights, where the caller has it.
+    the saved weights, where the caller has it. ``say`` is told each of its CARRY_STAGES, in words, as it starts.
     None where ``start``'s card has no such timings, or where no graph can be built for ``out`` or it is not
     eager's (its templates and graphs are then removed): the model in ``out`` then runs eager."""
     from sis import zoo
@@ -87,8 +89,9 @@ def carried_engines(start: Path, out: Path, frames: list, given: Callable, said:
     if not frames or not (timed.get(REFERENCE) or {}).get("median_ms") or \
             not (timed.get(GRAPH) or {}).get("speedup_vs_eager"):
         return None
-    carry_templates(start, out)
     picks = check_picks(frames)
+    say(f"building its fast graph and checking its labels against PyTorch's on {len(picks)} frames")
+    carry_templates(start, out)
     try:
         model, cfg = models.load_model(out)  # as saved: a fine-tune may have saved fp16 weights
         seen = [given(f) for f in picks]
@@ -108,8 +111,10 @@ def carried_engines(start: Path, out: Path, frames: list, given: Callable, said:
             "miou_delta": delta, "agreement": agree,
             "miou_note": f"its labels scored against eager fp32's on {len(picks)} of {said}: "
                          f"{100 * agree:.2f}% mIoU alike"}}
+    say(f"checking its int8 graph on the same {len(picks)} frames")
     int8 = _carried_int8(start, out, model, cfg, seen, timed.get(INT8) or {}, said, truth)
     if int8 and labelled is not None and len(labelled[0]):
+        say(f"scoring its int8 graph on {len(labelled[0])} of {labelled[1]}")
         try:
             int8 = _scored_int8(out, cfg, labelled, int8, said, eager_miou)
         except Exception:  # an int8 graph that cannot score these frames: the fp32 graph serves

@@ -186,7 +186,8 @@ class Progress:
     images_per_s: float
     eta_s: float
     val_miou: float | None = None
-    phase: str = "train"  # train | val | done | stopped
+    phase: str = "train"  # train | val | finish | done | stopped
+    stage: str = ""       # finish: what the run does now that its steps are done, in words
 
 
 class StopFlag(Protocol):

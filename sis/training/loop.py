@@ -30,7 +30,7 @@ from sis.data.dataset import (
     load_splits,
     validation_plan,
 )
-from sis.training.carry import carried_engines
+from sis.training.carry import CARRY_STAGES, carried_engines
 from sis.training.checkpoints import load_checkpoint, save_checkpoint
 from sis.training.config import Progress, StopFlag, TrainConfig, TrainingError, train_command
 from sis.training.distill import check_scale, combined_loss, labels_as_targets, teacher_targets
@@ -368,7 +368,7 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
 
     def report(**kw) -> None:
         if callback and rank == 0:
-            callback(Progress(total_steps=total, epochs=epochs, **kw))
+            callback(Progress(**({"total_steps": total, "epochs": epochs} | kw)))
 
     # ---- the loop: epochs of batches; validation, a log line and a checkpoint after each epoch
     status, val = "done", None
@@ -451,15 +451,31 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
     if world > 1:
         dist.barrier()
     if rank == 0:
-        if start is not None:
-            val = _mix_in_start(cfg, model, mcfg, start, data, val, device, log)
-        card = _card(cfg, mcfg, data, status, step, history, val, wall, world, device)
+        last = history[-1] if history else {}
         # labelled frames it did not train on, if any: its confidence is calibrated, a fine-tune's int8 scored on them
         held_out = _calibration_set(cfg, data, val is not None) if status == "done" or cfg.from_folder else None
-        if status == "done" and (fit := held_out):
-            card["calibration"] = cal = _calibration(model, mcfg, *fit)
-            log(f"calibrated on {fit[1]}: temperature {cal['temperature']:.3f}, ECE {100 * cal['ece_before']:.2f}% -> "
-                f"{100 * cal['ece_after']:.2f}%")
+        calibrates = status == "done" and held_out is not None
+        n_stages = 1 + (start is not None) + calibrates + (CARRY_STAGES if cfg.from_folder else 0)
+        done_stages = 0
+
+        def finishing(what: str) -> None:  # the minute after the last step says what it does
+            nonlocal done_stages
+            log(f"finishing: {what}")
+            report(step=min(done_stages, n_stages), epoch=last.get("epoch", 0), loss=last.get("loss", float("nan")),
+                   pixel_acc=last.get("pixel_acc", float("nan")), lr=0.0, images_per_s=0.0, eta_s=0.0,
+                   phase="finish", stage=what, total_steps=n_stages)
+            done_stages += 1
+        if start is not None:
+            finishing(f"averaging {100 * cfg.init_share:.0f}% of the starting model's weights back in" +
+                      (f" and scoring it on {len(data.val)} validation frames" if data.val is not None and val else ""))
+            val = _mix_in_start(cfg, model, mcfg, start, data, val, device, log)
+        card = _card(cfg, mcfg, data, status, step, history, val, wall, world, device)
+        if calibrates:
+            finishing(f"calibrating its confidence on {len(held_out[0])} of {held_out[1]}")
+            card["calibration"] = cal = _calibration(model, mcfg, *held_out)
+            log(f"calibrated on {held_out[1]}: temperature {cal['temperature']:.3f}, ECE "
+                f"{100 * cal['ece_before']:.2f}% -> {100 * cal['ece_after']:.2f}%")
+        finishing("saving the model")
         models.save_model(model, mcfg, out, card, half=cfg.save_half)
         if cfg.from_folder:  # its start's graphs, checked for its weights: it need not run eager
             held = data.val if data.val is not None else data.train
@@ -467,10 +483,10 @@ def train(cfg: TrainConfig, callback: Callable[[Progress], None] | None = None,
                                    "its " + ("validation" if data.val is not None else "training") + " frames",
                                    labelled=held_out,  # a stopped run's last val may be of earlier weights:
                                    eager_miou=val["miou"] if val and status == "done" and _fp32_here(cfg, device)
-                                   else None)  # its fp32 graph is then scored instead
+                                   else None,  # its fp32 graph is then scored instead
+                                   say=finishing)
             if fast:
                 zoo.update_card(out, fast_path=fast)
-        last = history[-1] if history else {}
         report(step=step, epoch=last.get("epoch", 0), loss=last.get("loss", float("nan")),
                pixel_acc=last.get("pixel_acc", float("nan")), lr=0.0, images_per_s=0.0, eta_s=0.0,
                val_miou=val["miou"] if val else None, phase=status)

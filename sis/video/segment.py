@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from sis.classes import DEFAULT_PALETTE
 from sis.data.images import resize_rgb
 from sis.engines.predict import softmax, work_logits, work_size
 from sis.video.clips import PREVIEW_SIDE, ClipWriter, VideoError, VideoInfo, iter_frames, out_size, probe
@@ -111,10 +112,11 @@ def segment_video(engine, src: Path, out: Path | None = None, stride: int = 1, m
                   smooth: float = 0.0, labels_dir: Path | None = None, truth_dir: Path | None = None,
                   alpha: float = 0.5, fps: float | None = None, flow: bool = True, preview: Path | None = None,
                   progress: Callable[[int, int | None], None] | None = None,
-                  stop: Callable[[], bool] | None = None) -> VideoResult:
+                  stop: Callable[[], bool] | None = None, palette: str = DEFAULT_PALETTE) -> VideoResult:
     """Segment every ``stride``-th frame of ``src`` on ``engine``; write the overlay to ``out`` (H.264,
     yuv420p, at the input rate / stride) and, with ``labels_dir``, one class-id PNG per processed frame;
-    ``preview``: the same overlay at most PREVIEW_SIDE long and more compressed, for a page to play.
+    ``preview``: the same overlay at most PREVIEW_SIDE long and more compressed, for a page to play; the
+    overlay drawn in ``palette`` (classes.PALETTES).
 
     ``smooth`` in [0, 1): an exponential moving average of the class probabilities over processed
     frames, s_t = smooth * warp(s_(t-1)) + (1 - smooth) * p_t, before the argmax (0: off), where warp
@@ -137,7 +139,7 @@ def segment_video(engine, src: Path, out: Path | None = None, stride: int = 1, m
     total = plan(info, stride, max_seconds, engine.cfg.base_size).frames
     truths = sorted(Path(truth_dir).glob("*.png")) if truth_dir else None
     classes = engine.cfg.class_set
-    c, palette = classes.num_classes, classes.palette()
+    c, palette = classes.num_classes, classes.in_palette(palette).palette()  # the overlay's colours
     flick, raw_flick = Flicker(c), Flicker(c)
     cm = np.zeros((c, c), np.int64) if truths else None
     if labels_dir:

@@ -34,7 +34,7 @@ class Segmentation:
     DISPLAY_MAX on the longest side; the PNG downloads and scores are at the image's own size."""
     image: np.ndarray         # (h, w, 3) uint8, display size
     labels: np.ndarray        # (h, w) uint8 class ids, display size
-    mask: np.ndarray          # (h, w, 3) the labels in the palette
+    full_labels: np.ndarray   # (H, W) uint8 class ids at the image's own size (the downloads)
     confidence: np.ndarray    # (h, w, 3) viridis of the max softmax probability
     size: tuple[int, int]     # the image's (H, W)
     work_size: tuple[int, int]  # the size the model was given
@@ -42,9 +42,8 @@ class Segmentation:
     share: np.ndarray         # (C,) pixel share per class
     ms: float
     engine: str
-    mask_png: bytes
     label_png: bytes
-    truth: np.ndarray | None = None   # ground truth in the palette, display size
+    truth: np.ndarray | None = None   # (h, w) ground-truth class ids, display size
     errors: np.ndarray | None = None  # green right, red wrong, black void
     scores: dict | None = None        # metrics.summarize against the ground truth
     note: str | None = None           # said to the user (e.g. the engine fell back to eager)
@@ -54,25 +53,25 @@ class Segmentation:
 
 def segment(engine, image: Image.Image, truth: np.ndarray | None = None,
             display_max: int = DISPLAY_MAX) -> Segmentation:
-    """Everything the Segment page shows for one image on one engine (overlay: see ``paint``)."""
+    """Everything the Segment page shows for one image on one engine, in class ids: ``paint``, ``painted_truth``
+    and ``mask_png`` draw them in a palette."""
     classes = engine.cfg.class_set
-    pal = classes.palette()
     rgb = np.asarray(image.convert("RGB"))
     pred = predict(engine, rgb)
     h, w = pred.labels.shape
     f = min(1.0, display_max / max(h, w))
     disp = (max(1, round(h * f)), max(1, round(w * f)))
     labels = _shrink(pred.labels, disp, nearest=True)
-    res = Segmentation(image=_shrink(rgb, disp, nearest=False), labels=labels, mask=colorize(labels, pal),
+    res = Segmentation(image=_shrink(rgb, disp, nearest=False), labels=labels, full_labels=pred.labels,
                        confidence=colormap(_shrink(pred.confidence, disp, nearest=False)), size=(h, w),
                        work_size=pred.work_size,
                        mean_confidence=float(pred.confidence.mean()),
                        share=class_share(pred.labels, classes.num_classes), ms=pred.ms, engine=engine.name,
-                       mask_png=rgb_png(colorize(pred.labels, pal)), label_png=label_png(pred.labels),
+                       label_png=label_png(pred.labels),
                        unsure_of=least_sure(pred.labels, pred.confidence, classes.names))
     if truth is not None and truth.shape == pred.labels.shape:
         t = _shrink(truth, disp, nearest=True)
-        res.truth, res.errors = colorize(t, pal), error_map(labels, t, classes.void)
+        res.truth, res.errors = t, error_map(labels, t, classes.void)
         res.scores = image_miou(pred.labels, truth, classes)
     return res
 
@@ -137,8 +136,24 @@ def unfamiliar_to(answers: list[tuple[str, float, zoo.ModelCard]], what: str = "
 
 
 def paint(res: Segmentation, classes: ClassSet, alpha: float, visible: list[int] | None = None) -> np.ndarray:
-    """The overlay for a ``segment`` result at opacity ``alpha``, painting only ``visible`` classes."""
+    """The overlay for a ``segment`` result at opacity ``alpha`` in ``classes``' colours (ClassSet.in_palette),
+    painting only ``visible`` classes."""
     return overlay(res.image, res.labels, classes.palette(), alpha, visible)
+
+
+def painted(labels: np.ndarray, classes: ClassSet) -> np.ndarray:
+    """(H, W) class ids in ``classes``' colours (ClassSet.in_palette): (H, W, 3) uint8."""
+    return colorize(labels, classes.palette())
+
+
+def painted_truth(res: Segmentation, classes: ClassSet) -> np.ndarray | None:
+    """A ``segment`` result's ground truth (display size) in ``classes``' colours; None without one."""
+    return None if res.truth is None else colorize(res.truth, classes.palette())
+
+
+def mask_png(res: Segmentation, classes: ClassSet) -> bytes:
+    """A ``segment`` result's labels at the image's own size in ``classes``' colours, as PNG bytes."""
+    return rgb_png(colorize(res.full_labels, classes.palette()))
 
 
 def disagreement(label_maps: list[np.ndarray]) -> tuple[np.ndarray, float]:
@@ -155,7 +170,6 @@ def disagreement(label_maps: list[np.ndarray]) -> tuple[np.ndarray, float]:
 class ModelAnswer:
     name: str
     labels: np.ndarray  # (H, W) uint8
-    mask: np.ndarray    # (H, W, 3) in the palette
     ms: float
     engine: str
     mean_confidence: float = float("nan")
@@ -177,8 +191,7 @@ def compare(engines: list[tuple[str, object]], image: Image.Image) -> Comparison
     results = []
     for name, engine in engines:
         pred = predict(engine, rgb)
-        results.append(ModelAnswer(name, pred.labels, colorize(pred.labels, engine.cfg.class_set.palette()),
-                                   pred.ms, engine.name, float(pred.confidence.mean())))
+        results.append(ModelAnswer(name, pred.labels, pred.ms, engine.name, float(pred.confidence.mean())))
     dis, frac = disagreement([r.labels for r in results])
     return Comparison(rgb, results, dis, frac)
 

@@ -49,6 +49,7 @@ from sis.studio.ui.uploads import (
     stash_dataset_zip,
     stash_photos,
     training_sources,
+    usable_uploads,
 )
 from sis.studio.ui.widgets import (
     adapt_button,
@@ -59,4 +60,7 @@ from sis.studio.ui.widgets import (
     legend,
     mode_picker,
     model_picker,
+    palette,
+    palette_picker,
+    shown,
 )

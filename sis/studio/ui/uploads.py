@@ -67,6 +67,27 @@ def read_upload(upload):
         return None
 
 
+def usable_uploads(uploads: list) -> list:
+    """The photos of ``uploads`` that can be read, in their order, after one sentence for each that cannot
+    (read_upload's); each file is checked once per session."""
+    checked = st.session_state.setdefault("_upload_checks", {})
+    good = []
+    for up in uploads:
+        if up.file_id not in checked:
+            try:
+                if up.size > MAX_UPLOAD_MB * 2**20:
+                    raise ImageError(f"{up.name} is {up.size / 2**20:.0f} MB, above the {MAX_UPLOAD_MB} MB limit")
+                load_image(up.getvalue(), max_pixels=MAX_IMAGE_MP * 10**6, name=up.name)
+                checked[up.file_id] = ""
+            except ImageError as e:
+                checked[up.file_id] = str(e)
+        if checked[up.file_id]:
+            st.error(checked[up.file_id])
+        else:
+            good.append(up)
+    return good
+
+
 def _copy(upload, target: Path) -> None:
     """The upload's bytes to ``target`` in 1 MB pieces (getvalue() would hold a second copy of a clip)."""
     import shutil

@@ -8,7 +8,7 @@ from pathlib import Path
 import streamlit as st
 
 from sis import engines, zoo
-from sis.classes import ClassSet
+from sis.classes import DEFAULT_PALETTE, PALETTES, ClassSet
 from sis.engines.accurate import ACCURATE_MODE
 from sis.studio import catalog
 from sis.studio.ui.serving import MODES, engine_choice, ensemble_label, offered_ensembles
@@ -96,6 +96,26 @@ def describe(key: str, entry: catalog.Entry | None = None, default: str | None =
             (" (default)" if key == default else ""))
 
 
+PALETTE_KEY = "sis_palette"
+
+
+def palette_picker() -> None:
+    """The session's colours for label maps (the router's sidebar, so every page keeps the choice)."""
+    st.radio("Label colours", list(PALETTES), format_func=PALETTES.get, key=PALETTE_KEY, horizontal=True,
+             help="High contrast keeps Road and Car, and every other pair of classes, far apart; the dataset's own "
+                  "are CamVid's, whose Road and Car are two purples. Overlays, legends, downloads and videos follow.")
+
+
+def shown(classes: ClassSet) -> ClassSet:
+    """``classes`` in the session's colours (palette_picker)."""
+    return classes.in_palette(st.session_state.get(PALETTE_KEY, DEFAULT_PALETTE))
+
+
+def palette() -> str:
+    """The session's palette name (PALETTES): what a worker drawing a clip is given."""
+    return st.session_state.get(PALETTE_KEY, DEFAULT_PALETTE)
+
+
 def legend(classes: ClassSet, share=None) -> None:
     chips = []
     for i, (n, c) in enumerate(zip(classes.names, classes.colors)):
@@ -140,20 +160,22 @@ def _follow(kind: str, slot: str, job_id: str) -> None:
     st.rerun()  # once, the whole page: what follows the progress bar shows the result
 
 
-def adapt_button(entry: catalog.Entry, source: Path, what: str, key: str, picker: str) -> None:
+def adapt_button(entry: catalog.Entry, source: Path, what: str, key: str, picker: str, named: str) -> None:
     """A button that adapts ``entry``'s model to the unlabelled ``source`` (photos or a clip) in a worker,
     its progress and Stop, and when it ends where the new model is, with a button that switches the page's
-    model picker (session-state key ``picker``) to it."""
+    model picker (session-state key ``picker``) to it. ``named``: what the new model's name says it was
+    adapted to (catalog.adapted_name)."""
     import time
 
     from sis.studio import jobs
     manager, sid = startup(), session_id()
     job = manager.for_session(sid, "adapt")
-    name = f"{(entry.key[4:] if entry.key.startswith('run:') else entry.key)}-adapted-{time.strftime('%m%d-%H%M%S')}"
+    name = catalog.adapted_name(entry.key, named, time.strftime('%m%d-%H%M%S'))
     if st.button(f"Adapt {entry.key} to {what} (no labels needed)", key=key, disabled=job is not None and job.active,
                  help="Re-estimates the model's BatchNorm statistics on these frames (AdaBN), keeping a share of the "
                       "training city's that shrinks as the frames grow in number, then fits its BatchNorm layers to "
-                      "surer predictions on them (TENT): about a minute on a CPU; the result is a new model in every "
+                      "surer predictions on them (TENT): one to two minutes on an idle 2-core CPU, longer on a busy "
+                      "one (the progress bar says the time left); the result is a new model in every "
                       "picker, the original is kept."):
         try:
             manager.start_adapt(sid, entry.folder, source, name)
