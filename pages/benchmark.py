@@ -61,7 +61,10 @@ if last:
     table = [{"model": r["model"], "mode": r["mode"], "device": r["device"], "batch": r["batch"],
               "size": f"{r['size'][0]}x{r['size'][1]}", "amp": r["amp"], "median ms": round(r["median_ms"], 1),
               "p90 ms": round(r["p90_ms"], 1), "images/s": round(r["images_per_s"], 2),
-              "peak RSS MB": round(r["peak_rss_mb"]), "CUDA MB": r["cuda_max_allocated_mb"]} for r in last]
+              "peak RSS MB": round(r["peak_rss_mb"])} for r in last]
+    if any(r["cuda_max_allocated_mb"] is not None for r in last):  # a column only where a GPU ran
+        for row, r in zip(table, last):
+            row["CUDA MB"] = r["cuda_max_allocated_mb"]
     st.dataframe(table, hide_index=True, placeholder="", width="stretch")
     st.plotly_chart(charts.bench_bars(last), width="stretch")
     buf = io.StringIO()

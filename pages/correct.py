@@ -49,7 +49,9 @@ else:
     else:
         c1, c2 = st.columns([2, 1])
         last = st.session_state.get("_last_clip", video.SAMPLE_CLIP)  # the clip last opened on the Video page
-        up = c1.file_uploader(f"A clip ({', '.join(video.EXTENSIONS)}; empty: {last.name})", key="cor_clip",
+        shown_as = st.session_state.get("_last_clip_name", last.name) if last != video.SAMPLE_CLIP else \
+            "the CamVid sample clip"
+        up = c1.file_uploader(f"A clip ({', '.join(video.EXTENSIONS)}); without one, {shown_as}", key="cor_clip",
                               type=list(video.EXTENSIONS), max_upload_size=ui.MAX_VIDEO_MB)
         stride = c2.number_input("Look at 1 frame in", 1, 300, 15, key="cor_stride")
         clip = ui.stash_clip(up) if up is not None else (last, None)
@@ -118,10 +120,17 @@ name = s1.text_input("Dataset name", sets[0] if sets else "my-street", key="cor_
                      help="Letters, digits, '-', '_' and '.'; a new name makes a new dataset")
 if s2.button("Save to my dataset", type="primary", key="cor_save"):
     try:
-        frame = userdata.save_frame(name, draft.image, labels, classes, source=image_key.split(":")[1], home=home)
-        draft.saved = labels
-        st.session_state["_adapt_on"] = name  # Fine-tune offers it first
-        st.success(f"Saved as {frame} in '{name}' ({len(userdata.get_dataset(name, home).frames)} frames).")
+        if (frame := draft.saved_in(name)) and frame in userdata.get_dataset(name, home).frames:
+            st.info(f"Already saved as {frame} in '{name}' with this mask; change the mask to save another version.")
+        else:
+            frame = userdata.save_frame(name, draft.image, labels, classes, source=image_key.split(":")[1], home=home)
+            draft.saved, draft.saved_as = labels, (name, frame)
+            st.session_state["_adapt_on"] = name  # Fine-tune offers it first
+            st.success(f"Saved as {frame} in '{name}' ({len(userdata.get_dataset(name, home).frames)} frames), at "
+                       f"{labels.shape[1]}x{labels.shape[0]}, the size the model works at.")
+            if draft.untouched:
+                st.warning("This is the model's own answer, unchanged: fine-tuning on it teaches the model nothing "
+                           "new. Paint what it got wrong, then save again.")
     except DatasetError as e:
         st.error(str(e))
 
@@ -138,12 +147,25 @@ with st.expander("My datasets"):
         if ds.frames:
             r1, r2 = st.columns([3, 1])
             gone = r1.selectbox("Frame", ds.frames, key=f"cor_frames:{ds.name}", label_visibility="collapsed")
-            if r2.button("Remove frame", key=f"cor_rm:{ds.name}"):
-                try:
-                    userdata.remove_frame(ds.name, gone, home)
+            asked = st.session_state.get("_cor_rm_ask") == (ds.name, gone)
+            if r2.button("Remove frame", key=f"cor_rm:{ds.name}", disabled=asked):
+                st.session_state["_cor_rm_ask"] = (ds.name, gone)  # asked once more before anything is deleted
+                st.rerun()
+            if asked:
+                c1, c2, c3 = st.columns([3, 1, 1])
+                c1.warning(f"Remove {gone} from '{ds.name}'? Its photo and mask are deleted.")
+                if c2.button("Yes, remove", key=f"cor_rm_yes:{ds.name}", type="primary"):
+                    st.session_state.pop("_cor_rm_ask", None)
+                    try:
+                        userdata.remove_frame(ds.name, gone, home)
+                    except DatasetError as e:  # removed meanwhile by another session
+                        st.session_state["_cor_rm_said"] = str(e)
                     st.rerun()
-                except DatasetError as e:  # removed meanwhile by another session
-                    st.error(str(e))
+                if c3.button("Keep it", key=f"cor_rm_no:{ds.name}"):
+                    st.session_state.pop("_cor_rm_ask", None)
+                    st.rerun()
+    if said := st.session_state.pop("_cor_rm_said", None):
+        st.error(said)
     z1, z2 = st.columns([3, 1])
     back = z1.file_uploader("Add the frames of a zip (SegNet layout: train/, trainannot/)", type=["zip"],
                             key="cor_import", max_upload_size=ui.MAX_UPLOAD_MB)

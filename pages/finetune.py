@@ -71,7 +71,7 @@ with st.form("ft_form"):
     encoder = f2.selectbox("Encoder", ["the model's default", "fine-tune it", "freeze it"], key="ft_encoder",
                            help="The default fine-tunes the whole model, except where the model's card measured "
                                 "that a frozen encoder forgets less of other streets (unet-resnet18).")
-    frames = f3.number_input("Training frames", 2, lim.max_train_frames, 48,
+    frames = f3.number_input("Training frames, at most", 2, lim.max_train_frames, 48,
                              help="At most this many of the dataset's train frames, in name order; a dataset with "
                                   f"fewer trains on all of them. This server allows {lim.max_train_frames}.")
     crop = f4.selectbox("Crop", [as_trained, "352x480", "192x256", "256x320", "full frames"], key="ft_crop")
@@ -208,18 +208,34 @@ if job is not None and not job.active and (compared := adapt.BeforeAfter.load(Pa
 mine = {k: e for k, e in entries.items() if not e.shipped}
 removed = st.session_state.pop("_ft_removed", None)  # said after the rerun that drops it from the lists
 if mine or removed:
-    st.subheader("Models fine-tuned here")
+    st.subheader("Models fine-tuned or adapted here")
 if removed:
-    st.success(f"Removed {removed}")
+    st.success(removed)
 if mine:
-    g1, g2 = st.columns([3, 1])
+    g1, g2, g3, g4 = st.columns([3, 2, 1, 1], vertical_alignment="bottom")
     gone = g1.selectbox("Fine-tuned model", list(mine), key="ft_remove_pick", format_func=lambda k: ui.describe(k, mine[k]))
-    if g2.button("Remove it", key="ft_remove", help="Deletes its files and its row below; shipped models stay."):
-        if job is not None and job.active and Path(job.out).resolve() == mine[gone].folder.resolve():
+    wanted = g2.text_input("New name", key="ft_rename_to", placeholder=gone[4:],
+                           help="Letters, digits, '-', '_' and '.'; every picker shows the new name.")
+    busy = job is not None and job.active and Path(job.out).resolve() == mine[gone].folder.resolve()
+
+    def rename(entry=mine[gone], old=gone[4:]) -> None:  # a callback: it may empty the name box
+        try:
+            if busy:
+                raise catalog.CatalogError("that model is still being trained; stop the run first")
+            st.session_state["_ft_removed"] = f"Renamed {old} to {catalog.rename_model(entry, wanted)}"
+            st.session_state["ft_rename_to"] = ""
+        except catalog.CatalogError as e:
+            st.session_state["_ft_rename_error"] = str(e)
+    g3.button("Rename", key="ft_rename", disabled=not wanted.strip(), on_click=rename)
+    if said := st.session_state.pop("_ft_rename_error", None):
+        st.error(said)
+    if g4.button("Remove it", key="ft_remove", help="Deletes its files; its row below stays, marked removed. "
+                                                    "Shipped models stay."):
+        if busy:
             st.error("That model is still being trained; stop the run first.")
         else:
             catalog.remove_model(mine[gone])
-            st.session_state["_ft_removed"] = gone[4:]
+            st.session_state["_ft_removed"] = f"Removed {gone[4:]}"
             st.rerun()
 
 st.subheader("Runs on this host")

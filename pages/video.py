@@ -46,7 +46,9 @@ if clip is None or entry is None:
 
 path, info = clip
 if source == "Upload":
-    st.session_state["_last_clip"] = path  # the Correct page offers this clip's frames next
+    st.session_state["_last_clip"] = path  # the Correct page offers this clip's frames next, by its own name
+    if up is not None:
+        st.session_state["_last_clip_name"] = up.name
 plan = video.plan(info, int(stride), float(seconds), ui.get_config(entry).base_size)
 st.info(plan.sentence())
 job = manager.for_session(sid, "video")

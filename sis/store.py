@@ -116,6 +116,12 @@ def list_runs(limit: int = 100) -> list[dict]:
         return [dict(r) for r in rows]
 
 
+def move_run_out(old: str, new: str) -> int:
+    """The runs that wrote ``old`` now name ``new``, where their model folder was renamed to."""
+    with _connect() as con:
+        return con.execute("UPDATE runs SET out_dir = ? WHERE out_dir = ?", (str(new), str(old))).rowcount
+
+
 def mark_interrupted_runs(before: float) -> int:
     """Runs still 'running' that started before ``before`` (this server's start) did not finish: say so."""
     with _connect() as con:

@@ -871,8 +871,17 @@ def test_correct_page_saves_the_models_answer_and_a_fill_then_undo(app_env):
     assert any("0.0% of the pixels changed" in c.value for c in at.caption)
     at.text_input(key="cor_dataset").set_value("mine").run()
     at.button(key="cor_save").click().run()
-    assert not at.exception and "in 'mine' (1 frames)" in at.success[0].value
+    assert not at.exception and "in 'mine' (1 frames), at 480x360, the size the model works at" in at.success[0].value
+    assert at.warning[-1].value.startswith("This is the model's own answer, unchanged")
+    at.button(key="cor_save").click().run()  # saved twice as it stands: said, not added again
     (frame,) = userdata.get_dataset("mine").frames
+    assert at.info[-1].value == f"Already saved as {frame} in 'mine' with this mask; change the mask to save " \
+                                "another version."
+    # a frame is removed only once asked again, and Keep it keeps it
+    at.button(key="cor_rm:mine").click().run()
+    assert any(w.value == f"Remove {frame} from 'mine'? Its photo and mask are deleted." for w in at.warning)
+    at.button(key="cor_rm_no:mine").click().run()
+    assert list(userdata.get_dataset("mine").frames) == [frame] and not at.exception
     assert [e.proto.label for e in at.get("page_link")] == ["Teach a model with 'mine' on the Fine-tune page"]
     at.switch_page("pages/finetune.py").run()  # the dataset just saved into comes first there
     assert at.selectbox(key="ft_dataset").value == "mine (1 frames, from the Correct page)"
@@ -893,6 +902,9 @@ def test_correct_page_saves_the_models_answer_and_a_fill_then_undo(app_env):
     at.text_input(key="cor_dataset").set_value("../bad").run()
     at.button(key="cor_save").click().run()
     assert "cannot name a dataset" in at.error[0].value
+    at.button(key="cor_rm:mine").click().run()
+    at.button(key="cor_rm_yes:mine").click().run()
+    assert not userdata.get_dataset("mine").frames and not at.exception
 
 
 def test_correct_page_keeps_the_corrections_of_an_image_left_for_another(app_env):
@@ -1052,6 +1064,31 @@ def test_segment_names_its_downloads_after_the_photo_and_paints_only_the_chosen_
     assert (1.0, [3, 8]) in painted  # the "Predicted classes" picture too, not only the overlay
     _upload(at, "my street.png", _png(np.zeros((40, 60, 3), np.uint8)))
     assert sorted(names[-2:]) == ["my street_labels.png", "my street_mask_color.png"]
+
+
+def test_a_model_made_here_can_be_renamed_and_its_run_follows(app_env):
+    """Rename on Fine-tune: every picker then offers the new name, the runs table's row follows the folder,
+    a taken name or a shipped model is refused in one sentence."""
+    from sis import store
+    from sis.studio import catalog
+    store.upsert_run("r1", model="pspnet-resnet18", init="random", data="data", status="done", steps=2,
+                     out_dir=str(app_env / "models" / "tiny"))
+    at = _app("pages/finetune.py")
+    at.selectbox(key="ft_remove_pick").set_value("run:tiny")
+    at.text_input(key="ft_rename_to").input("my street").run()
+    at.button(key="ft_rename").click().run()
+    assert not at.exception and any(s.value == "Renamed tiny to my-street" for s in at.success)
+    assert "run:my-street" in catalog.available_models() and "run:tiny" not in catalog.available_models()
+    assert at.text_input(key="ft_rename_to").value == ""
+    assert [r["out_dir"] for r in store.list_runs()] == [str(app_env / "models" / "my-street")]
+    shutil.copytree(app_env / "models" / "my-street", app_env / "models" / "other")
+    at.run()
+    at.selectbox(key="ft_remove_pick").set_value("run:other")
+    at.text_input(key="ft_rename_to").input("my-street").run()
+    at.button(key="ft_rename").click().run()
+    assert [e.value for e in at.error] == ["a model named 'my-street' is here already; choose another name"]
+    with pytest.raises(catalog.CatalogError, match="shipped model"):
+        catalog.rename_model(catalog.available_models()["unet-vgg11_bn"], "mine")
 
 
 def test_a_fine_tuned_model_shows_its_verdict_and_can_be_named_and_removed(app_env):

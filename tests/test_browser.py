@@ -465,7 +465,7 @@ def test_adapt_a_model_on_my_frames_and_see_before_and_after(server, browser):
     segment.keyboard.press("Escape")
     # and it can be removed on Fine-tune: gone from the pickers, its files gone
     page = _page(browser, server, "finetune", height=3400)
-    page.get_by_role("heading", name="Models fine-tuned here").wait_for()
+    page.get_by_role("heading", name="Models fine-tuned or adapted here").wait_for()
     _idle(page)
     page.get_by_role("combobox", name="Fine-tuned model").click()
     page.get_by_role("option", name=re.compile(f"^{re.escape(name)} ")).click()

@@ -47,6 +47,23 @@ def run_name(wanted: str, default: str) -> str:
     return name
 
 
+def rename_model(entry: Entry, wanted: str) -> str:
+    """Give a model fine-tuned or adapted here the folder name ``wanted`` (run_name's rules; refused where taken);
+    its row in the runs table follows. Returns the new name. Shipped models keep theirs."""
+    runs = (store.data_dir() / "models").resolve()
+    if entry.shipped or entry.folder.resolve().parent != runs:
+        raise CatalogError(f"{entry.key} is a shipped model; only models fine-tuned or adapted here can be renamed")
+    name = run_name(wanted, "")
+    if not name:
+        raise CatalogError("type the new name first")
+    target = runs / name
+    if target.exists():  # an empty folder a job has just reserved
+        raise CatalogError(f"a model named '{name}' is here already; choose another name")
+    entry.folder.rename(target)  # one step on one file system: another session sees the old name or the new
+    store.move_run_out(str(entry.folder), str(target))
+    return name
+
+
 def adapted_name(key: str, adapted_to: str, when: str) -> str:
     """The folder name of a model adapted here: its start, what it was adapted to (a clip's name, "4-photos")
     and ``when`` (a time stamp), so that a photo-adapted and a clip-adapted model can be told apart."""

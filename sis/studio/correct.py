@@ -100,6 +100,7 @@ class Draft:
     history: list = field(default_factory=list)
     undone: list = field(default_factory=list)  # steps undone, the most recent last (a new step drops them)
     saved: np.ndarray | None = None   # the labels last saved to a dataset
+    saved_as: tuple[str, str] | None = None  # (dataset, frame) they were saved as
 
     @property
     def unsaved(self) -> bool:
@@ -110,6 +111,17 @@ class Draft:
     @property
     def labels(self) -> np.ndarray:
         return self.history[-1] if self.history else self.prediction
+
+    @property
+    def untouched(self) -> bool:
+        """The labels are the model's own answer: nothing corrected (or every correction undone)."""
+        return np.array_equal(self.labels, self.prediction)
+
+    def saved_in(self, dataset: str) -> str | None:
+        """The frame the labels as they stand were last saved as in ``dataset``; None where they were not."""
+        if self.saved is None or self.saved_as is None or self.saved_as[0] != dataset:
+            return None
+        return self.saved_as[1] if np.array_equal(self.saved, self.labels) else None
 
     @property
     def version(self) -> int:
