@@ -16,6 +16,20 @@ from pathlib import Path
 import numpy as np
 
 
+# How label maps are drawn: "contrast" (the default) or the class set's own colours. CamVid's own paint
+# Road and Car in two purples, so a road labelled Car goes unnoticed (docs/decisions.md).
+PALETTES = {"contrast": "High contrast", "dataset": "The dataset's own"}
+DEFAULT_PALETTE = "contrast"
+# street classes by name (CamVid's and Cityscapes' words): hues far apart, each class's usual one
+# (sky blue, vegetation green, road purple); the closest two are 41 CIELAB units apart, CamVid's own 23.5
+CONTRAST = {
+    "sky": (135, 206, 250), "building": (90, 90, 90), "pole": (255, 215, 0), "road": (128, 64, 128),
+    "pavement": (255, 105, 180), "sidewalk": (255, 105, 180), "tree": (34, 139, 34), "vegetation": (34, 139, 34),
+    "signsymbol": (255, 140, 0), "traffic sign": (255, 140, 0), "fence": (160, 82, 45), "car": (0, 0, 255),
+    "pedestrian": (220, 20, 60), "person": (220, 20, 60), "bicyclist": (0, 255, 255), "rider": (0, 255, 255),
+}
+
+
 @dataclass(frozen=True)
 class ClassSet:
     names: tuple[str, ...]
@@ -43,7 +57,7 @@ class ClassSet:
         lut[: self.num_classes] = np.asarray(self.colors, np.uint8)
         return lut
 
-    def in_palette(self, palette: str = "contrast") -> "ClassSet":
+    def in_palette(self, palette: str = DEFAULT_PALETTE) -> "ClassSet":
         """This class set drawn in ``palette`` (PALETTES): "dataset" keeps its own colours; "contrast" gives
         the street classes it names (CONTRAST) colours far apart, the others keep theirs."""
         if palette not in PALETTES:
@@ -82,16 +96,3 @@ CAMVID = ClassSet(
     void=11,
 )
 
-
-# How label maps are drawn: "contrast" (the default) or the class set's own colours. CamVid's own paint
-# Road and Car in two purples, so a road labelled Car goes unnoticed (docs/decisions.md).
-PALETTES = {"contrast": "High contrast", "dataset": "The dataset's own"}
-DEFAULT_PALETTE = "contrast"
-# street classes by name (CamVid's and Cityscapes' words): hues far apart, each class's usual one
-# (sky blue, vegetation green, road purple); the closest two are 41 CIELAB units apart, CamVid's own 23.5
-CONTRAST = {
-    "sky": (135, 206, 250), "building": (90, 90, 90), "pole": (255, 215, 0), "road": (128, 64, 128),
-    "pavement": (255, 105, 180), "sidewalk": (255, 105, 180), "tree": (34, 139, 34), "vegetation": (34, 139, 34),
-    "signsymbol": (255, 140, 0), "traffic sign": (255, 140, 0), "fence": (160, 82, 45), "car": (0, 0, 255),
-    "pedestrian": (220, 20, 60), "person": (220, 20, 60), "bicyclist": (0, 255, 255), "rider": (0, 255, 255),
-}

@@ -54,14 +54,18 @@ def stash_dataset_zip(upload) -> Path:
     return Path(zips[key])
 
 
+def _loaded(upload):
+    """The LoadedImage of an st.file_uploader / st.camera_input file; ImageError says why it cannot be used."""
+    if upload.size > MAX_UPLOAD_MB * 2**20:
+        raise ImageError(f"{upload.name} is {upload.size / 2**20:.0f} MB, above the {MAX_UPLOAD_MB} MB limit")
+    return load_image(upload.getvalue(), max_pixels=MAX_IMAGE_MP * 10**6, name=upload.name)
+
+
 def read_upload(upload):
     """The LoadedImage of an st.file_uploader / st.camera_input file, or None after showing
     the one-sentence reason it cannot be used."""
-    if upload.size > MAX_UPLOAD_MB * 2**20:
-        st.error(f"{upload.name} is {upload.size / 2**20:.0f} MB, above the {MAX_UPLOAD_MB} MB limit")
-        return None
     try:
-        return load_image(upload.getvalue(), max_pixels=MAX_IMAGE_MP * 10**6, name=upload.name)
+        return _loaded(upload)
     except ImageError as e:
         st.error(str(e))
         return None
@@ -75,9 +79,7 @@ def usable_uploads(uploads: list) -> list:
     for up in uploads:
         if up.file_id not in checked:
             try:
-                if up.size > MAX_UPLOAD_MB * 2**20:
-                    raise ImageError(f"{up.name} is {up.size / 2**20:.0f} MB, above the {MAX_UPLOAD_MB} MB limit")
-                load_image(up.getvalue(), max_pixels=MAX_IMAGE_MP * 10**6, name=up.name)
+                _loaded(up)
                 checked[up.file_id] = ""
             except ImageError as e:
                 checked[up.file_id] = str(e)

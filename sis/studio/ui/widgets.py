@@ -106,14 +106,14 @@ def palette_picker() -> None:
                   "are CamVid's, whose Road and Car are two purples. Overlays, legends, downloads and videos follow.")
 
 
-def shown(classes: ClassSet) -> ClassSet:
-    """``classes`` in the session's colours (palette_picker)."""
-    return classes.in_palette(st.session_state.get(PALETTE_KEY, DEFAULT_PALETTE))
-
-
 def palette() -> str:
     """The session's palette name (PALETTES): what a worker drawing a clip is given."""
     return st.session_state.get(PALETTE_KEY, DEFAULT_PALETTE)
+
+
+def shown(classes: ClassSet) -> ClassSet:
+    """``classes`` in the session's colours (palette_picker)."""
+    return classes.in_palette(palette())
 
 
 def legend(classes: ClassSet, share=None) -> None:
