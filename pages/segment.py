@@ -80,8 +80,9 @@ if res.note:
 if res.unfamiliar:
     st.warning(res.unfamiliar, icon=":material/travel_explore:")
 
-# a wide photo (a dashcam's 3:1) gets the page's width for each picture rather than a third of it
-a, b, c = st.columns(3) if res.size[1] < 2 * res.size[0] else (st.container(), st.container(), st.container())
+# a very wide photo (a dashcam's 3:1) gets the page's width for each picture rather than a third of it; up to
+# 2.5:1 (a phone's 2:1) three side by side keep the page short
+a, b, c = st.columns(3) if res.size[1] < 2.5 * res.size[0] else (st.container(), st.container(), st.container())
 a.image(res.image, caption=f"Original {res.size[1]}x{res.size[0]}", width="stretch")
 b.image(report.paint(res, classes, 1.0, visible), caption="Predicted classes (the painted ones)", width="stretch")
 c.image(report.paint(res, classes, alpha, visible), caption="Overlay", width="stretch")
