@@ -227,6 +227,8 @@ if mine:
         except catalog.CatalogError as e:
             st.session_state["_ft_rename_error"] = str(e)
     g3.button("Rename", key="ft_rename", disabled=not wanted.strip(), on_click=rename)
+    g1.caption(f"{catalog.size_on_disk(mine[gone]) / 2**20:.0f} MB on this server's disk (weights and graphs); "
+               "Remove gives it back.")
     if said := st.session_state.pop("_ft_rename_error", None):
         st.error(said)
     if g4.button("Remove it", key="ft_remove", help="Deletes its files; its row below stays, marked removed. "

@@ -1080,6 +1080,10 @@ def test_a_model_made_here_can_be_renamed_and_its_run_follows(app_env):
     assert not at.exception and any(s.value == "Renamed tiny to my-street" for s in at.success)
     assert "run:my-street" in catalog.available_models() and "run:tiny" not in catalog.available_models()
     assert at.text_input(key="ft_rename_to").value == ""
+    weights = (app_env / "models" / "my-street" / "model.safetensors").stat().st_size
+    assert any(c.value == f"{catalog.size_on_disk(catalog.available_models()['run:my-street']) / 2**20:.0f} MB on "
+               "this server's disk (weights and graphs); Remove gives it back." for c in at.caption)
+    assert catalog.size_on_disk(catalog.available_models()["run:my-street"]) > weights
     assert [r["out_dir"] for r in store.list_runs()] == [str(app_env / "models" / "my-street")]
     shutil.copytree(app_env / "models" / "my-street", app_env / "models" / "other")
     at.run()

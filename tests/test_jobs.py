@@ -40,6 +40,8 @@ def test_job_runs_to_done_and_is_recorded(manager, tiny_data, tiny_model):
     assert snap.steps == [1, 2, 3] and snap.val  # per-step curve and a validation point
     run = store.list_runs()[0]
     assert run["status"] == "done" and run["steps"] == 3 and run["val_miou"] is not None
+    # the page never resumes: the model is kept, its checkpoint (the optimiser's state, as big again) is not
+    assert (Path(job.out) / "model.safetensors").is_file() and not (Path(job.out) / "checkpoint").exists()
     assert manager.stop(job.id) is False  # Stop after the end is harmless
 
 

@@ -81,6 +81,13 @@ def remove_model(entry: Entry) -> None:
     files.remove(entry.folder)
 
 
+def size_on_disk(entry: Entry) -> int:
+    """Bytes a model takes on this server: its folder and the graphs cached for it."""
+    from sis.engines.cache import cached_for
+    files_ = [p for p in entry.folder.rglob("*") if p.is_file()] + cached_for(entry.folder)
+    return sum(p.stat().st_size for p in files_ if p.exists())
+
+
 def saved_as(out_dir: str | None) -> str:
     """A run's model folder as the runs table names it: its name, "(removed)" once removed here; "" for none."""
     if not out_dir:

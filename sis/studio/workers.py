@@ -43,6 +43,8 @@ def train_worker(cfg_dict: dict, threads: int, events, stop_event, compare_on: s
         events.put(("progress", asdict(p)))
     try:
         res = train(cfg, callback=on_progress, stop=stop_event, log=lambda m: events.put(("log", m)))
+        from sis.files import remove  # the page never resumes a run: its checkpoint only holds the disk
+        remove(Path(res["out"]) / "checkpoint")
         if compare_on is not None and res["status"] == "done":
             from sis.training.adapt import for_run
 
