@@ -103,7 +103,10 @@ def segment_cached(entry: catalog.Entry, image_key: str, image, truth=None,
     engine = engine or engine_choice(entry).name
 
     def run():
-        with st.spinner(f"Segmenting with {engine} (a new image size builds its graph once)..."), inference_gate():
+        words = f"Segmenting with {engine} (a new image size builds its graph once)..." if mode == "Fast" else (
+            f"Segmenting in {mode} mode with {engine}: several passes at several scales; the first photo of a size "
+            "builds a graph per scale, which can take a minute on a small CPU...")
+        with st.spinner(words, show_time=True), inference_gate():
             res = _run(lambda: report.segment(_mode_engine(entry, engine, mode), image, truth),
                        lambda: report.segment(_mode_engine(entry, engines.REFERENCE, mode), image, truth))
         res.unfamiliar = report.unfamiliarity(res.mean_confidence, zoo.read_card(entry.folder), entry.key,
@@ -116,7 +119,10 @@ def segment_cached(entry: catalog.Entry, image_key: str, image, truth=None,
 
 def compare_models(entries: list[catalog.Entry], image, mode: str = "Fast") -> report.Comparison:
     """report.compare over the shared engines (in ``mode``), then hand the activations' memory back."""
-    with inference_gate():
+    words = f"Segmenting with {len(entries)} models" + (
+        "..." if mode == "Fast" else f" in {mode} mode: several passes each; the first photo of a size builds "
+        "their graphs, which can take minutes on a small CPU...")
+    with st.spinner(words, show_time=True), inference_gate():
         res = _run(lambda: report.compare([(e.key, _mode_engine(e, None, mode)) for e in entries], image),
                    lambda: report.compare([(e.key, _mode_engine(e, engines.REFERENCE, mode)) for e in entries], image))
     res.unfamiliar = report.unfamiliar_to([(r.name, r.mean_confidence, zoo.read_card(e.folder))
