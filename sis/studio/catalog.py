@@ -47,12 +47,19 @@ def run_name(wanted: str, default: str) -> str:
     return name
 
 
+def _made_here(entry: Entry, done: str) -> Path:
+    """The app's models folder, where ``entry`` is a model made here; else CatalogError: a shipped model is not
+    ``done`` (renamed, removed)."""
+    runs = (store.data_dir() / "models").resolve()
+    if entry.shipped or entry.folder.resolve().parent != runs:
+        raise CatalogError(f"{entry.key} is a shipped model; only models fine-tuned or adapted here can be {done}")
+    return runs
+
+
 def rename_model(entry: Entry, wanted: str) -> str:
     """Give a model fine-tuned or adapted here the folder name ``wanted`` (run_name's rules; refused where taken);
     its row in the runs table follows. Returns the new name. Shipped models keep theirs."""
-    runs = (store.data_dir() / "models").resolve()
-    if entry.shipped or entry.folder.resolve().parent != runs:
-        raise CatalogError(f"{entry.key} is a shipped model; only models fine-tuned or adapted here can be renamed")
+    runs = _made_here(entry, "renamed")
     name = run_name(wanted, "")
     if not name:
         raise CatalogError("type the new name first")
@@ -75,9 +82,7 @@ def adapted_name(key: str, adapted_to: str, when: str) -> str:
 def remove_model(entry: Entry) -> None:
     """Delete a fine-tuned model's folder; its row in the runs table stays, as the run's record (the page
     says it was removed). Shipped models stay."""
-    runs = (store.data_dir() / "models").resolve()
-    if entry.shipped or entry.folder.resolve().parent != runs:
-        raise CatalogError(f"{entry.key} is a shipped model; only models fine-tuned here can be removed")
+    _made_here(entry, "removed")
     files.remove(entry.folder)
 
 
