@@ -7,7 +7,7 @@ from sis import store, zoo
 from sis.engines import choose_engine
 from sis.data.dataset import DatasetError, list_pairs, validation_plan
 from sis.studio import catalog, jobs, ui
-from sis.training import adapt
+from sis.evaluation import before_after
 from sis.training.config import TrainConfig
 from sis.vis import charts
 
@@ -58,7 +58,7 @@ with st.form("ft_form"):
                                               "of other streets (three quarters for pspnet-resnet18).")
     e1, e2, e3, e4 = st.columns(4)
     unit = e1.radio("Length in", ["steps", "epochs"], horizontal=True)
-    length = e2.number_input("How many", 1, lim.max_steps, min(adapt.STEPS, lim.max_steps), key="ft_length")
+    length = e2.number_input("How many", 1, lim.max_steps, min(before_after.STEPS, lim.max_steps), key="ft_length")
     batch = e3.number_input("Batch size", 1, 16, 4)
     lr = e4.number_input("Learning rate", 1e-6, 1e-1, 2e-4, format="%.0e")
     f1, f2, f3, f4 = st.columns(4)
@@ -190,7 +190,7 @@ def live():
 
 live()
 
-if job is not None and not job.active and (compared := adapt.BeforeAfter.load(Path(job.out))) is not None:
+if job is not None and not job.active and (compared := before_after.BeforeAfter.load(Path(job.out))) is not None:
     st.subheader("Before and after")
     for sc in compared.scores:
         st.markdown(f"**{sc.name}** ({sc.frames} frames): mIoU {100 * sc.before['miou']:.1f}% before, "
@@ -203,7 +203,7 @@ if job is not None and not job.active and (compared := adapt.BeforeAfter.load(Pa
     for pair in compared.masks:
         cols = st.columns(3)
         for col, (what, png) in zip(cols, (("label", pair.truth), ("before", pair.before), ("after", pair.after))):
-            col.image(str(Path(job.out) / adapt.FOLDER / png), caption=f"{pair.title}: {what}", width="stretch")
+            col.image(str(Path(job.out) / before_after.FOLDER / png), caption=f"{pair.title}: {what}", width="stretch")
 
 mine = {k: e for k, e in entries.items() if not e.shipped}
 removed = st.session_state.pop("_ft_removed", None)  # said after the rerun that drops it from the lists

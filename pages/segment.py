@@ -5,7 +5,7 @@ import streamlit as st
 
 from sis.data.dataset import read_label
 from sis.studio import catalog, ui
-from sis.training.unlabeled import MIN_FRAMES
+from sis.adaptation.unlabeled import MIN_FRAMES
 from sis.vis import charts, report
 
 ui.ensure_router(__file__)

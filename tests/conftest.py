@@ -17,6 +17,11 @@ _CANDIDATES = [Path(os.environ["SIS_CAMVID"])] if os.environ.get("SIS_CAMVID") e
 REAL_CAMVID = next((p for p in _CANDIDATES if (p / "train").is_dir()), _CANDIDATES[0])
 
 os.environ.setdefault("SIS_OFFLINE", "1")  # no test touches the network
+if "SIS_CPU_BF16" not in os.environ:
+    # bf16 autocast where the CPU has the instructions, not where a timing on a busy host says: the suite's
+    # trained weights, and what is checked against them, must not depend on the host's load
+    from sis.host import cpu_has_bf16
+    os.environ["SIS_CPU_BF16"] = "1" if cpu_has_bf16() else "0"
 # ONNX / int8 graphs the fast path builds go to a throw-away folder, not the checkout's data/
 _OWN_CACHE = None if os.environ.get("SIS_CACHE_DIR") else tempfile.mkdtemp(prefix="sis-test-cache-")
 if _OWN_CACHE:

@@ -128,7 +128,7 @@ def test_accurate_mode_is_no_worse_on_real_frames():
     import torch
 
     from sis.data.dataset import Frames, load_split
-    from sis.training.evaluate import evaluate
+    from sis.evaluation.evaluate import evaluate
     folder = zoo.shipped_models()["unet-vgg11_bn"]
     fast = engines.load_engine(folder)
     f = load_split(str(REAL_CAMVID), "val", None, fast.cfg.class_set)

@@ -446,9 +446,9 @@ def test_finetune_on_a_small_host_says_a_run_will_likely_run_out_of_memory(app_e
 
 
 def test_finetune_missing_folder(app_env, tmp_path):
-    from sis.training import adapt
+    from sis.evaluation import before_after
     at = _app("pages/finetune.py")
-    assert at.number_input(key="ft_length").value == adapt.STEPS == 60  # the measured default (docs/correct.md)
+    assert at.number_input(key="ft_length").value == before_after.STEPS == 60  # the measured default (docs/correct.md)
     at.selectbox(key="ft_dataset").set_value(ui.SERVER_FOLDER)
     at.text_input(key="ft_folder").set_value(str(tmp_path / "nowhere"))
     at.button(key="ft_start").click().run()
@@ -1101,7 +1101,7 @@ def test_a_fine_tuned_model_shows_its_verdict_and_can_be_named_and_removed(app_e
     is taken or not a name."""
     from sis import store, zoo
     from sis.studio import catalog
-    from sis.training.adapt import FOLDER, BeforeAfter, Scores
+    from sis.evaluation.before_after import FOLDER, BeforeAfter, Scores
     folder = app_env / "models" / "tiny"
     store.upsert_run("r1", model="pspnet-resnet18", status="done", out_dir=str(folder),
                      init=str(zoo.shipped_models()["pspnet-resnet18"]))
@@ -1159,7 +1159,7 @@ def test_adapt_is_offered_from_as_many_photos_as_it_needs(app_env):
     """Two photos: no Adapt button that could only refuse them, a line saying how many it takes."""
     from conftest import make_frame
 
-    from sis.training.unlabeled import MIN_FRAMES
+    from sis.adaptation.unlabeled import MIN_FRAMES
     rng = np.random.default_rng(1)
     at = _app("pages/segment.py")
     _select_run(at)
@@ -1226,7 +1226,7 @@ def test_adapt_a_model_to_an_uploaded_clip_takes_two_frames_a_second(app_env, tm
     clip (clip_stride), and the page says so."""
     from test_video import _frames, write_clip
 
-    from sis.training.unlabeled import clip_stride
+    from sis.adaptation.unlabeled import clip_stride
     clip = write_clip(tmp_path / "drive.mp4", _frames(40, 48, 64), fps=10)
     at = _app("pages/video.py")
     at.selectbox(key="vid_model").set_value("run:tiny").run()

@@ -4,7 +4,7 @@ import pytest
 
 from sis import zoo
 from sis.engines.predict import predict, softmax
-from sis.training.calibrate import calibrate, fit_temperature
+from sis.evaluation.calibrate import calibrate, fit_temperature
 
 
 def test_fit_recovers_the_temperature_that_made_the_labels():

@@ -105,8 +105,8 @@ def test_a_student_learns_the_teacher(tiny_data, tiny_model, tmp_path):
                       distill_alpha=1.0, distill_temperature=2.0)
     logs = []
     res = train(cfg, log=logs.append)
-    losses = [h["loss"] for h in res["history"]]
-    assert res["status"] == "done" and losses[-1] < 0.7 * losses[0], losses
+    losses = [h["loss"] for h in res.history]
+    assert res.status == "done" and losses[-1] < 0.7 * losses[0], losses
     assert any(m.startswith("teacher ") and "labelled 6 frames" in m for m in logs)
     card = zoo.read_card(tmp_path / "s").raw
     assert card["recipe"]["teacher"] == str(tiny_model) and f"--teacher {tiny_model}" in card["command"]
@@ -127,22 +127,22 @@ def test_with_replay_the_teacher_answers_on_the_replayed_frames_and_labels_teach
                                                                                           tmp_path):
     """What the model knew is kept on the replayed frames by the teacher; the user's frames are ones it got
     wrong, so in each batch their targets are their own labels."""
-    from sis.training.loop import _batch, _load_data
+    from sis.training.data import batch, load_data
     cfg = TrainConfig(model=TINY_MODEL, data=str(tiny_data), out=str(tmp_path / "m"), batch_size=4, max_steps=3,
                       device="cpu", val_every=0, flips="", teacher=str(tiny_model), replay=str(tiny_data),
                       replay_ratio=0.5, distill_alpha=0.5)
     logs = []
-    data = _load_data(cfg, torch.device("cpu"), 0, logs.append)
+    data = load_data(cfg, torch.device("cpu"), 0, logs.append)
     assert data.dataset.soft is None and len(data.replay.soft) == len(data.replay) == 6
     assert any("the teacher answers on the replayed frames" in m for m in logs)
     replayed = teacher_targets(data.replay.frames, str(tiny_model), log=lambda m: None)
     assert all(torch.equal(a, b) for a, b in zip(data.replay.soft, replayed))
-    imgs, masks, soft = _batch(cfg, data, list(range(len(data.train))), 0, 0)
+    imgs, masks, soft = batch(cfg, data, list(range(len(data.train))), 0, 0)
     assert soft.shape == (4, 11, *masks.shape[-2:])
     assert torch.equal(soft[:2], labels_as_targets(masks[:2], 11))  # the training frames: their labels
     assert not torch.equal(soft[2:], labels_as_targets(masks[2:], 11))  # the replayed ones: the teacher's answers
     res = train(cfg, log=lambda m: None)
-    assert res["status"] == "done" and all(h["loss"] == h["loss"] for h in res["history"])  # finite, not NaN
+    assert res.status == "done" and all(h["loss"] == h["loss"] for h in res.history)  # finite, not NaN
     assert zoo.read_card(tmp_path / "m").raw["recipe"]["teacher"] == str(tiny_model)
 
 
@@ -176,7 +176,7 @@ def test_train_and_val_together_train_on_both_and_do_not_validate(tiny_data, tmp
     res = train(TrainConfig(model=TINY_MODEL, data=str(tiny_data), out=str(tmp_path / "m"), splits=("train", "val"),
                             epochs=1, batch_size=3, device="cpu"), log=logs.append)
     card = zoo.read_card(tmp_path / "m").raw
-    assert res["steps"] == 3 and res["val"] is None and card["val"] is None
+    assert res.steps == 3 and res.val is None and card["val"] is None
     assert card["data"]["splits"] == ["train", "val"] and card["data"]["train_frames"] == 9
     assert card["data"]["validation"].startswith("none: the val split is trained on")
     assert "--splits train,val" in card["command"] and "val_miou" not in card["history"][0]

@@ -18,8 +18,8 @@ from sis.data.dataset import load_split
 from sis.engines import cache, export, int8, policy, templates
 from sis.engines.predict import predict
 from sis.engines.torch_engines import Bf16Engine, EagerEngine, fold_batchnorm
-from sis.training.bench import compare_engines, compare_train
-from sis.training.evaluate import evaluate
+from sis.bench import compare_engines, compare_train
+from sis.evaluation.evaluate import evaluate
 from sis.zoo import models
 from sis.zoo.models import load_for_inference
 
@@ -229,7 +229,7 @@ def test_compare_engines_on_shipped_default_records_speed(tmp_path):
 
 def test_compare_engines_accuracy_alone_times_nothing(tiny_model, tiny_data, monkeypatch):
     """timed=False (weights whose timings are kept from the replaced card): val mIoU per engine, no timing rounds."""
-    from sis.training import bench as B
+    from sis import bench as B
 
     def no_timing(*a, **k):
         raise AssertionError("timed although timed=False")

@@ -99,7 +99,7 @@ def test_benchmark_scores_by_hand_and_twice_the_same():
     """A constant answer scores the same under every photometric shift: IoU of that class = its share of
     the labelled pixels, and the ECE is |0.9 - that share|."""
     from sis import zoo
-    from sis.training.robustness import shift_benchmark
+    from sis.evaluation.robustness import shift_benchmark
     cfg = zoo.make_config("pspnet-resnet18")
     rng = np.random.default_rng(1)
     frames = []
@@ -127,7 +127,7 @@ def test_benchmark_scores_by_hand_and_twice_the_same():
 def test_how_often_the_page_warns_counts_low_confidence_by_hand():
     """A frame is warned of when the card finds its confidence low; shares are taken at the severest level,
     every shift together and each apart."""
-    from sis.training.robustness import ShiftReport, ShiftScore, warning_rate
+    from sis.evaluation.robustness import ShiftReport, ShiftScore, warning_rate
     from sis.zoo.card import ModelCard
 
     def score(shift, sev, conf):
@@ -166,7 +166,7 @@ def test_eval_segments_each_frame_at_the_apps_work_size(tiny_model):
 
     from sis.classes import CAMVID
     from sis.data.dataset import Frames
-    from sis.training.evaluate import evaluate
+    from sis.evaluation.evaluate import evaluate
     from sis.zoo import models
     model, cfg = models.load_model(tiny_model)
     seen = []

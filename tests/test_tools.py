@@ -112,7 +112,7 @@ def test_unlabeled_gain_blends_one_estimate_into_each_share(tiny_model, tiny_dat
     'before'), 'rule' is the share `sis adapt` keeps for that many frames."""
     import json
 
-    from sis.training.unlabeled import training_share
+    from sis.adaptation.unlabeled import training_share
     out = tmp_path / "gain.json"
     said = _run_script("unlabeled_gain", [tiny_model, "--data", tiny_data, "--shifts", "clean,dusk", "--every", "1",
                                           "--source-share", "0,rule,1", "--adapt-frames", "2", "--spread",
@@ -131,7 +131,7 @@ def test_unlabeled_gain_fits_the_adapted_model_as_adapt_does(tiny_model, tiny_da
     a frame they cover."""
     import json
 
-    from sis.training.unlabeled import fit_steps
+    from sis.adaptation.unlabeled import fit_steps
     out = tmp_path / "fit.json"
     said = _run_script("unlabeled_gain", [tiny_model, "--data", tiny_data, "--shifts", "dusk", "--every", "1",
                                           "--source-share", "rule", "--adapt-frames", "2", "--fit-epochs", "1",
@@ -194,7 +194,7 @@ def test_int8_carry_scores_the_adapted_and_the_starting_int8_graph_on_the_same_f
 
     from sis.engines import export
     from sis.engines.int8 import RANGES_FILE, quantize_graph
-    from sis.training.carry import INT8_SLACK
+    from sis.packaging.carry import INT8_SLACK
     from sis.zoo import models
     carry = _tool("int8_carry")  # run in this process: torch's import is paid once per test session
     groups = carry.groups

@@ -36,9 +36,9 @@ def _cfg(data, out, **kw):
 def test_train_writes_loadable_model_and_history(tiny_data, tmp_path):
     seen = []
     res = train(_cfg(tiny_data, tmp_path / "m", epochs=2), callback=seen.append, log=lambda m: None)
-    assert res["status"] == "done" and res["steps"] == 6  # 6 frames / batch 2 * 2 epochs
-    assert [h["epoch"] for h in res["history"]] == [1, 2]
-    assert all("val_miou" in h and 0 <= h["pixel_acc"] <= 1 for h in res["history"])
+    assert res.status == "done" and res.steps == 6  # 6 frames / batch 2 * 2 epochs
+    assert [h["epoch"] for h in res.history] == [1, 2]
+    assert all("val_miou" in h and 0 <= h["pixel_acc"] <= 1 for h in res.history)
     steps = [p.step for p in seen if p.phase == "train"]
     assert steps == list(range(1, 7)) and seen[-1].phase == "done"
     model, cfg = models.load_model(tmp_path / "m")
@@ -61,10 +61,10 @@ def test_learns_synthetic_data(tiny_data, tmp_path):
     # 2.62 -> 1.87-1.90, for 1 and 2 threads, fp32 and bf16
     res = train(_cfg(tiny_data, tmp_path / "m", max_steps=24, lr=3e-4, val_every=0, model="unet-resnet18"),
                 log=lambda m: None)
-    first, last = res["history"][0], res["history"][-1]
+    first, last = res.history[0], res.history[-1]
     assert last["loss"] < 0.8 * first["loss"]
     from sis.data.dataset import load_split
-    from sis.training.evaluate import evaluate
+    from sis.evaluation.evaluate import evaluate
     model, cfg = models.load_model(tmp_path / "m")
     frames = load_split(tiny_data, "val")
     val = evaluate(model, cfg, frames, torch.device("cpu"))
@@ -79,7 +79,7 @@ def test_deterministic_with_seed(tiny_data, tmp_path):
     a = train(_cfg(tiny_data, tmp_path / "a", max_steps=2, val_every=0), log=lambda m: None)
     b = train(_cfg(tiny_data, tmp_path / "b", max_steps=2, val_every=0), log=lambda m: None)
     c = train(_cfg(tiny_data, tmp_path / "c", max_steps=2, val_every=0, seed=4), log=lambda m: None)
-    assert a["digest"] == b["digest"] != c["digest"]
+    assert a.digest == b.digest != c.digest
 
 
 class StopAfter:
@@ -98,13 +98,13 @@ def test_stop_within_one_batch_then_resume(tiny_data, tmp_path):
     stop = StopAfter(2)
     res = train(_cfg(tiny_data, tmp_path / "m", epochs=3, val_every=0), callback=stop, stop=stop,
                 log=lambda m: None)
-    assert res["status"] == "stopped" and res["steps"] == 2
+    assert res.status == "stopped" and res.steps == 2
     assert zoo.read_card(tmp_path / "m").raw["status"] == "stopped"  # the model so far is saved
     res2 = train(_cfg(tiny_data, tmp_path / "m", epochs=3, val_every=0), log=lambda m: None)
-    assert res2["status"] == "done" and res2["steps"] == 9
+    assert res2.status == "done" and res2.steps == 9
     # resuming gives the same weights as an uninterrupted run
     ref = train(_cfg(tiny_data, tmp_path / "ref", epochs=3, val_every=0), log=lambda m: None)
-    assert res2["digest"] == ref["digest"]
+    assert res2.digest == ref.digest
 
 
 def test_nan_loss_stops_with_message(tiny_data, tmp_path):
@@ -199,13 +199,13 @@ def _sample_dataset(dest, n):
 def test_a_few_frames_without_val_fine_tune_with_replay(tiny_data, tiny_model, tmp_path):
     """Five frames and no val/: no validation (said in the card), every batch mixes in replay frames."""
     from sis.data.dataset import load_split
-    from sis.training.loop import load_replay
+    from sis.training.data import load_replay
     user = _user_dataset(tiny_data, tmp_path / "mine", 5)
     logs = []
     res = train(_cfg(user, tmp_path / "m", init=str(tiny_model), batch_size=4, max_steps=3, replay=str(tiny_data),
                      replay_ratio=0.5), log=logs.append)
     card = zoo.read_card(tmp_path / "m").raw
-    assert res["status"] == "done" and res["steps"] == 3 and res["val"] is None
+    assert res.status == "done" and res.steps == 3 and res.val is None
     assert card["data"]["validation"].startswith("none: the dataset has no val/ split and 5 frames")
     # no val of its own: calibrated on the replayed dataset's val, which it must still know
     assert card["calibration"]["frames"] == 3 and card["calibration"]["reference"] == f"the val frames of {tiny_data.name}"
@@ -224,13 +224,13 @@ def test_frames_of_another_size_than_the_replayed_ones_are_cropped_to_the_size_a
     command say so; frames of one size keep full frames."""
     from conftest import write_dataset
 
-    from sis.training.loop import common_crop
+    from sis.training.data import common_crop
     user = write_dataset(tmp_path / "mine", n_train=3, n_val=2, h=80, w=72)
     logs = []
     res = train(_cfg(user, tmp_path / "m", init=str(tiny_model), batch_size=4, max_steps=2, replay=str(tiny_data)),
                 log=logs.append)
     card = zoo.read_card(tmp_path / "m").raw
-    assert res["status"] == "done" and res["steps"] == 2
+    assert res.status == "done" and res.steps == 2
     assert card["recipe"]["crop"] == [64, 72] and "--crop 64x72" in card["command"]  # tiny_data's 64x96
     assert any("cropped at random to 64x72, the largest all of them hold" in m for m in logs)
     assert common_crop([torch.zeros(3, 64, 96)] * 2) is None
@@ -242,7 +242,7 @@ def test_one_frame_trains_and_stop_keeps_the_model_so_far_and_the_dataset_as_it_
     user = _user_dataset(tiny_data, tmp_path / "one", 1)
     before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in user.rglob("*") if p.is_file()}
     res = train(_cfg(user, tmp_path / "m1", init=str(tiny_model), batch_size=4, max_steps=2), log=lambda m: None)
-    assert res["status"] == "done" and res["steps"] == 2  # one image a step
+    assert res.status == "done" and res.steps == 2  # one image a step
     models.load_model(tmp_path / "m1")
     assert "calibration" not in zoo.read_card(tmp_path / "m1").raw  # nothing to fit it on, rather than a guess
 
@@ -255,7 +255,7 @@ def test_one_frame_trains_and_stop_keeps_the_model_so_far_and_the_dataset_as_it_
             return self.steps > 1
     res = train(_cfg(user, tmp_path / "m2", init=str(tiny_model), batch_size=4, max_steps=50, replay=str(tiny_data)),
                 stop=StopAfterFirst(), log=lambda m: None)
-    assert res["status"] == "stopped" and res["steps"] == 1
+    assert res.status == "stopped" and res.steps == 1
     model, _ = models.load_model(tmp_path / "m2")  # the model so far is saved and loads
     assert zoo.read_card(tmp_path / "m2").raw["status"] == "stopped"
     assert "calibration" not in zoo.read_card(tmp_path / "m2").raw
@@ -266,7 +266,7 @@ def test_ten_frames_without_val_hold_out_every_fifth(tiny_data, tmp_path):
     from conftest import write_dataset
 
     from sis.data.dataset import load_split
-    from sis.training.loop import validation_frames
+    from sis.data.dataset import validation_frames
     root = write_dataset(tmp_path / "ten", n_train=10, n_val=0)
     import shutil
     shutil.rmtree(root / "val"), shutil.rmtree(root / "valannot")
@@ -308,7 +308,7 @@ def test_a_fine_tune_can_keep_a_share_of_its_starting_weights(tiny_data, tiny_mo
     said = next(m for m in logs if m.startswith(f"kept 25% of {tiny_model.name}'s weights: val mIoU "))
     before, after = (float(v) for v in said.rsplit(" ", 3)[1::2])
     assert before == pytest.approx(card["history"][-1]["val_miou"], abs=1e-4)  # the fine-tune's, before mixing
-    assert after == pytest.approx(card["val"]["miou"], abs=1e-4) and card["val"] == res["val"]  # the model saved
+    assert after == pytest.approx(card["val"]["miou"], abs=1e-4) and card["val"] == res.val  # the model saved
     with pytest.raises(TrainingError, match="share of the saved weights"):
         train(_cfg(tiny_data, tmp_path / "m2", init=str(tiny_model), max_steps=1, init_share=1.0), log=lambda m: None)
 
@@ -318,7 +318,7 @@ def test_a_fine_tune_runs_on_its_starting_models_graph_once_checked(tiny_data, t
     eager on its validation frames, and runs on that graph; where the check fails, nothing is carried."""
     import shutil
 
-    import sis.training.carry as carry
+    import sis.packaging.carry as carry
     from sis.engines import choose_engine, export, templates
     monkeypatch.setenv("SIS_CACHE_DIR", str(tmp_path / "cache"))
     start = tmp_path / "start"
@@ -358,8 +358,9 @@ def test_a_runs_last_val_is_fp32_where_it_trained_in_bf16(tiny_data, tmp_path, m
     train(_cfg(tiny_data, tmp_path / "m", epochs=2, train_limit=4), log=lambda m: None)
     assert len(seen) >= 2 and seen[-1] is False and all(seen[:-1])  # autocast asked for before, not at the end
     cpu = torch.device("cpu")
-    assert loop._fp32_here(TrainConfig(), cpu) and not loop._fp32_here(TrainConfig(save_half=True), cpu)
-    assert not loop._fp32_here(TrainConfig(), torch.device("cuda"))
+    from sis.training.finish import _fp32_here
+    assert _fp32_here(TrainConfig(), cpu) and not _fp32_here(TrainConfig(save_half=True), cpu)
+    assert not _fp32_here(TrainConfig(), torch.device("cuda"))
 
 
 @pytest.mark.parametrize("fp32_here", [True, False])
@@ -369,12 +370,12 @@ def test_a_fine_tunes_int8_graph_gets_a_val_figure_of_its_own(tiny_data, tiny_mo
     start's figure; the policy's gate reads it."""
     import shutil
 
-    import sis.training.carry as carry
+    import sis.packaging.carry as carry
     from sis import engines
     from sis.data.dataset import load_split
     from sis.engines import choose_engine, export, templates
     from sis.engines.int8 import RANGES_FILE as int8_ranges
-    from sis.training.evaluate import evaluate
+    from sis.evaluation.evaluate import evaluate
     monkeypatch.setenv("SIS_CACHE_DIR", str(tmp_path / "cache"))
     start = tmp_path / "start"
     shutil.copytree(tiny_model, start, ignore=shutil.ignore_patterns("checkpoint"))
@@ -393,8 +394,8 @@ def test_a_fine_tunes_int8_graph_gets_a_val_figure_of_its_own(tiny_data, tiny_mo
         shutil.copyfile(start / int8_ranges, out / int8_ranges)  # weights: the relative check passes here
         return {"miou_delta": -0.1, "agreement": 0.99, "start_agreement": 0.99}  # so that the scoring is tested
     monkeypatch.setattr(carry, "_carried_int8", passed)
-    import sis.training.loop as loop
-    monkeypatch.setattr(loop, "_fp32_here", lambda cfg, device: fp32_here)  # this host's bf16 decides otherwise
+    import sis.training.finish as finish
+    monkeypatch.setattr(finish, "_fp32_here", lambda cfg, device: fp32_here)  # this host's bf16 decides otherwise
     train(_cfg(tiny_data, tmp_path / "m", init=str(start), max_steps=2, lr=1e-2), log=lambda m: None)
     card = zoo.read_card(tmp_path / "m")
     int8 = card.raw["fast_path"]["backends"][carry.INT8]

@@ -12,7 +12,7 @@ import torch
 from conftest import ROOT, make_frame
 from PIL import Image
 
-from sis.training.unlabeled import (CLIP_FRAMES, FIT_STEPS, MIN_FRAMES, PRIOR_FRAMES, AdaptError, adapt_batchnorm,
+from sis.adaptation.unlabeled import (CLIP_FRAMES, FIT_STEPS, MIN_FRAMES, PRIOR_FRAMES, AdaptError, adapt_batchnorm,
                                     adapt_folder, batchnorm_statistics, blend_statistics, check_frames, clip_stride,
                                     fit_steps, fit_to_frames, read_frames, training_share)
 
@@ -89,7 +89,7 @@ def test_a_share_of_the_training_statistics_is_kept_as_a_weighted_average():
 
 
 def _mean_entropy(model, cfg, frames) -> float:
-    from sis.training.unlabeled import _seen
+    from sis.adaptation.unlabeled import _seen
     from sis.zoo.preprocess import forward_logits
     with torch.no_grad():
         logits = torch.cat([forward_logits(model, cfg, _seen(f, cfg), amp=False) for f in frames])
@@ -126,7 +126,7 @@ def test_each_fitting_step_sees_a_random_window_of_its_frame(monkeypatch):
     targets are cut at the same window."""
     import sis.zoo.preprocess as preprocess
     from sis import zoo
-    from sis.training.unlabeled import FIT_SIDE
+    from sis.adaptation.unlabeled import FIT_SIDE
     from sis.zoo import models
     model, cfg = models.create_model(replace(zoo.make_config("pspnet-resnet18"), base_size=(64, 96)))
     frame = np.arange(64 * 96 * 3, dtype=np.uint32).reshape(64, 96, 3).astype(np.uint8)
@@ -161,7 +161,7 @@ def test_self_training_fits_the_model_to_its_targets_where_they_are_sure():
         t[:8] = 255
 
     def share_of_3():
-        from sis.training.unlabeled import _seen
+        from sis.adaptation.unlabeled import _seen
         from sis.zoo.preprocess import forward_logits
         with torch.no_grad():
             return float(np.mean([(forward_logits(model, cfg, _seen(f, cfg), amp=False).argmax(1) == 3)
@@ -177,7 +177,7 @@ def test_a_small_host_adapts_by_the_statistics_alone(monkeypatch):
     """The fit's backward pass needs about half a GB more: a host under SMALL_HOST_MB (a hosted instance)
     leaves it out unless asked; a larger one fits for FIT_EPOCHS."""
     from sis.host import SMALL_HOST_MB
-    from sis.training.unlabeled import FIT_EPOCHS, fit_epochs_here
+    from sis.adaptation.unlabeled import FIT_EPOCHS, fit_epochs_here
     monkeypatch.setenv("SIS_MEMORY_LIMIT_MB", str(SMALL_HOST_MB - 100))
     assert fit_epochs_here() == 0
     monkeypatch.setenv("SIS_MEMORY_LIMIT_MB", str(SMALL_HOST_MB * 4))
@@ -306,8 +306,8 @@ def test_an_adapted_model_runs_on_its_graph_once_its_labels_match_eager(tiny_mod
     from sis import zoo
     from sis.engines import choose_engine, export, templates
     from sis.engines.int8 import RANGES_FILE, quantize_graph
-    from sis.training.carry import GRAPH, INT8, INT8_SLACK, _carried_int8, agreement
-    from sis.training.unlabeled import _at_work_size, _seen
+    from sis.packaging.carry import GRAPH, INT8, INT8_SLACK, _carried_int8, agreement
+    from sis.adaptation.unlabeled import _at_work_size, _seen
     from sis.zoo import models
     monkeypatch.setenv("SIS_CACHE_DIR", str(tmp_path / "cache"))
     init = tmp_path / "init"

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from sis import engines, metrics, zoo  # noqa: E402
 from sis.data.dataset import load_split  # noqa: E402
 from sis.host import cpu_model  # noqa: E402
-from sis.training.bench import bench_engine  # noqa: E402
+from sis.bench import bench_engine  # noqa: E402
 
 MODES = {"none": engines.TTA.from_mode("none"), "flip": engines.TTA.from_mode("flip"),
          "ms": engines.TTA.from_mode("ms")}

@@ -138,7 +138,7 @@ def replay_names(camvid: Path, limit: int) -> set[str]:
 def score(folder: Path, sets: dict[str, Frames]) -> dict[str, dict]:
     import torch
 
-    from sis.training.evaluate import evaluate
+    from sis.evaluation.evaluate import evaluate
     from sis.zoo.models import load_model
     model, cfg = load_model(folder)
     return {k: evaluate(model, cfg, f, torch.device("cpu"), amp=False, batch_size=4)
@@ -159,7 +159,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="the fine-tunes' seed (another one measures their spread)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
-    from sis.training.adapt import STEPS
+    from sis.evaluation.before_after import STEPS
     a.steps = a.steps or STEPS
     shift = parse_shift(a.shift)
     recipes = [r.strip() for r in a.recipes.split(",") if r.strip()]
@@ -190,7 +190,7 @@ def main(argv=None) -> int:
             out = a.out / (f"{name}-{recipe}" + (f"-seed{a.seed}" if a.seed else ""))
             init = base
             if r.get("adabn"):
-                from sis.training.unlabeled import adapt_folder
+                from sis.adaptation.unlabeled import adapt_folder
                 init = a.out / f"{name}-adabn-init"
                 if not (init / "card.json").exists():
                     adapt_folder(base, street_folder(user, near, a.out / "street"), init)

@@ -16,11 +16,11 @@ sys.path.insert(0, str(ROOT))
 
 from playwright.sync_api import sync_playwright  # noqa: E402
 
-from sis.studio import catalog
+from sis.studio import catalog  # noqa: E402
 from sis.vis import charts, report  # noqa: E402
 
-rows = [r for r in report.dashboard_rows({k: e for k, e in catalog.available_models().items() if e.shipped})
-        if r["history"]]
+rows = [r for r in (report.dashboard_row(k, e.folder) for k, e in catalog.available_models().items() if e.shipped)
+        if r.history]
 fig = charts.training_curves(rows)
 fig.update_layout(width=1500, height=460, title="Training curves of the shipped models (CamVid, random init)",
                   margin=dict(t=80))

@@ -36,9 +36,9 @@ from sis.data.shifts import parse_shifts, shifted  # noqa: E402
 from sis.engines import REFERENCE, load_engine  # noqa: E402
 from sis.engines.int8 import RANGES_FILE  # noqa: E402
 from sis.host import cpu_model  # noqa: E402
-from sis.training.carry import INT8, INT8_SLACK, agreement, agreement_matrices, alike, check_picks  # noqa: E402
-from sis.training.robustness import CLEAN, score_set, val_frames  # noqa: E402
-from sis.training.unlabeled import MIN_FRAMES, _seen, adapt_folder  # noqa: E402
+from sis.packaging.carry import INT8, INT8_SLACK, agreement, agreement_matrices, alike, check_picks  # noqa: E402
+from sis.evaluation.robustness import CLEAN, score_set, val_frames  # noqa: E402
+from sis.adaptation.unlabeled import MIN_FRAMES, _seen, adapt_folder  # noqa: E402
 from sis.zoo import models  # noqa: E402
 
 

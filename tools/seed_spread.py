@@ -29,7 +29,7 @@ def spread(values: list[float]) -> dict:
 def evaluate_runs(folders: list[Path], data: str) -> list[dict]:
     from sis import zoo
     from sis.data.dataset import load_split
-    from sis.training.evaluate import evaluate_folder
+    from sis.evaluation.evaluate import evaluate_folder
     frames = load_split(data, "val", classes=zoo.read_config(folders[0]).class_set)  # runs of one recipe: one read
     rows = []
     for f in folders:

@@ -25,9 +25,9 @@ from sis import engines, zoo
 from sis.data.dataset import load_split  # noqa: E402
 from sis.engines.int8 import RANGES_FILE  # noqa: E402
 from sis.engines.templates import write_templates  # noqa: E402
-from sis.training.bench import bench, compare_engines  # noqa: E402
+from sis.bench import bench, compare_engines  # noqa: E402
 from sis.training.config import train_command  # noqa: E402
-from sis.training.evaluate import evaluate_folder  # noqa: E402
+from sis.evaluation.evaluate import evaluate_folder  # noqa: E402
 from sis.zoo import models  # noqa: E402
 
 

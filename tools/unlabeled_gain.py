@@ -1,4 +1,4 @@
-"""What adapting without labels (BatchNorm statistics, sis.training.unlabeled) gains on the shift benchmark.
+"""What adapting without labels (BatchNorm statistics, sis.adaptation.unlabeled) gains on the shift benchmark.
 
     python tools/unlabeled_gain.py MODEL --data ../shared/camvid [--shifts dusk,white_balance] [--severity 3] [--every 2]
                                    [--signals] [--source-share 0,0.25,0.5]
@@ -37,8 +37,8 @@ from sis.engines import create_engine  # noqa: E402
 from sis.engines.accurate import TTA, AccurateEngine  # noqa: E402
 from sis.engines.predict import predict  # noqa: E402
 from sis.host import cpu_model  # noqa: E402
-from sis.training.robustness import CLEAN, score_set, val_frames  # noqa: E402
-from sis.training.unlabeled import (adapt_batchnorm, batchnorm_statistics, blend_statistics,  # noqa: E402
+from sis.evaluation.robustness import CLEAN, score_set, val_frames  # noqa: E402
+from sis.adaptation.unlabeled import (adapt_batchnorm, batchnorm_statistics, blend_statistics,  # noqa: E402
                                     _at_work_size, fit_steps, fit_to_frames, training_share)
 from sis.zoo import models  # noqa: E402
 

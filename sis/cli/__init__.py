@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
         """Errors a user can cause; the torch modules' own only where the command imported them
         (importing them here would load torch for `predict` on a graph engine)."""
         torch_side = (("sis.zoo.runtime", "DeviceError"), ("sis.training.config", "TrainingError"),
-                      ("sis.training.unlabeled", "AdaptError"))
+                      ("sis.adaptation.unlabeled", "AdaptError"))
         extra = [getattr(sys.modules[m], n) for m, n in torch_side if m in sys.modules]
         return (DatasetError, ModelError, ImageError, EngineError, VideoError, ShiftError, FileNotFoundError, *extra)
     try:

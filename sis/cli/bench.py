@@ -14,7 +14,7 @@ def cmd_bench(a) -> int:
         return _bench_engines(a)
     if a.compare_train:
         return _bench_train(a)
-    from sis.training.bench import bench, bench_engine
+    from sis.bench import bench, bench_engine
     a.size, a.batch = a.size or (360, 480), a.batch or 1
     if a.tta != "none" or "," in a.model or a.engine or a.weights:  # an engine, as predict runs it
         if a.mode != "infer":
@@ -49,7 +49,7 @@ def _emit(a, res: dict) -> bool:
 
 def _bench_engines(a) -> int:
     from sis.engines.policy import keep_comparison, why_not_kept
-    from sis.training.bench import compare_engines
+    from sis.bench import compare_engines
     a.size = a.size or (360, 480)
     res = compare_engines(a.model, a.data, a.engines.split(",") if a.engines else None, a.size,
                           a.warmup, a.repeats or 10, a.val_limit, log=lambda s: print(s, file=sys.stderr))
@@ -75,7 +75,7 @@ def _bench_engines(a) -> int:
 
 
 def _bench_train(a) -> int:
-    from sis.training.bench import compare_train
+    from sis.bench import compare_train
     size, batch = a.size or (352, 480), a.batch or 4
     res = compare_train(a.model, a.data, batch, size, a.warmup, a.repeats or 5,
                         a.loss_steps if a.data else 0, a.device)

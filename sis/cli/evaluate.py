@@ -37,7 +37,7 @@ def cmd_shift(a) -> int:
     from dataclasses import asdict
 
     from sis import zoo
-    from sis.training.robustness import ood_auroc, shift_benchmark, val_frames, warning_rate
+    from sis.evaluation.robustness import ood_auroc, shift_benchmark, val_frames, warning_rate
     shifts = parse_shifts(a.shift)
     if a.write and (shifts != list_shifts() or tuple(a.severities) != SEVERITIES or a.limit or a.work_rule):
         raise ShiftError("--write keeps the whole benchmark in the card: give --shift all at every severity, "
@@ -91,7 +91,7 @@ def cmd_eval(a) -> int:
     if a.shift:
         return cmd_shift(a)
     from sis.data.dataset import load_split
-    from sis.training.evaluate import evaluate
+    from sis.evaluation.evaluate import evaluate
     from sis.zoo import models
     from sis.zoo.runtime import pick_device
     device = pick_device(a.device)
@@ -152,8 +152,8 @@ def _keep_real_frames(a, folder: Path, res: dict) -> None:
 def cmd_calibrate(a) -> int:
     """``calibrate``: fit the model's softmax temperature on val through its engine here; --write keeps it in
     the card (``calibration``), where every engine loaded from the folder then applies it."""
-    from sis.training.calibrate import calibrate
-    from sis.training.robustness import val_frames
+    from sis.evaluation.calibrate import calibrate
+    from sis.evaluation.robustness import val_frames
     folder = model_folders(a.model)[0]
     engine = accurate_single(a)
     engine.temperature = 1.0  # fitted from the raw logits, whatever the card holds now

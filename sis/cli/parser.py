@@ -14,7 +14,7 @@ from sis.classes import DEFAULT_PALETTE, PALETTES
 from sis.data.shifts import list_shifts
 from sis.host import SMALL_HOST_MB
 from sis.video.segment import DEFAULT_SMOOTH
-from sis.training.unlabeled import FIT_EPOCHS, FIT_MIN_STEPS, FIT_STEPS, PRIOR_FRAMES
+from sis.adaptation.unlabeled import FIT_EPOCHS, FIT_MIN_STEPS, FIT_STEPS, PRIOR_FRAMES
 
 
 def add_palette_option(s) -> None:

@@ -72,14 +72,14 @@ def cmd_train(a) -> int:
     finally:  # the bar's line ends before any error is printed
         if bar is not None:
             bar.close()
-    if res["rank"] == 0:
-        v = res["val"]
-        print(f"{res['status']}: {res['steps']} steps -> {res['out']}" +
+    if res.rank == 0:
+        v = res.val
+        print(f"{res.status}: {res.steps} steps -> {res.out}" +
               (f" (val mIoU {100 * v['miou']:.2f}, pixel acc {100 * v['pixel_acc']:.2f})" if v else ""))
-        if cfg.from_folder and Path(res["out"], "config.json").is_file():
+        if cfg.from_folder and Path(res.out, "config.json").is_file():
             from sis.engines import choose_engine  # a fine-tune carries its start's checked graphs
-            print(f"engine: {choose_engine(Path(res['out'])).reason()}")
-    print(f"rank {res['rank']} weights {res['digest']}", file=sys.stderr)
+            print(f"engine: {choose_engine(Path(res.out)).reason()}")
+    print(f"rank {res.rank} weights {res.digest}", file=sys.stderr)
     return 0
 
 
@@ -87,7 +87,7 @@ def cmd_adapt(a) -> int:
     """``adapt --unlabeled``: a new model folder with the BatchNorm statistics of the user's frames, then its
     BatchNorm layers fitted to surer predictions on them."""
     from sis import zoo
-    from sis.training.unlabeled import adapt_folder
+    from sis.adaptation.unlabeled import adapt_folder
     init = zoo.resolve(a.init)
     out = Path(a.out)
     if out.exists() and any(out.iterdir()):

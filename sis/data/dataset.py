@@ -198,6 +198,20 @@ def load_splits(root: Path, splits: tuple[str, ...] | list[str], limit: int | No
     return frames.subset(range(min(limit, len(frames)))) if limit is not None else frames
 
 
+def validation_frames(root: Path, train: Frames, limit: int | None, classes) -> tuple[Frames, Frames | None, str]:
+    """(train frames, val frames or None, how the run validates in words): the dataset's val/ split
+    where it has one, else every HOLDOUT_EVERY-th of its train frames once it has HOLDOUT_MIN, else none."""
+    said = validation_plan(root, len(train))
+    if (Path(root) / "val").is_dir():
+        val = load_split(root, "val", limit, classes)
+        return train, val, said
+    n = len(train)
+    if n < HOLDOUT_MIN:
+        return train, None, said
+    held = range(HOLDOUT_EVERY - 1, n, HOLDOUT_EVERY)
+    return train.subset([i for i in range(n) if i not in held]), train.subset(held), said
+
+
 def class_frequencies(frames: Frames) -> torch.Tensor:
     """(C,) pixel count per class over the split (void excluded)."""
     import torch

@@ -127,7 +127,7 @@ def verdict(entry: Entry):
     """A fine-tuned model's before/after comparison (training.adapt.BeforeAfter), None where it has none."""
     if entry.shipped:
         return None
-    from sis.training.adapt import BeforeAfter
+    from sis.evaluation.before_after import BeforeAfter
     return BeforeAfter.load(entry.folder)
 
 

@@ -44,14 +44,14 @@ def train_worker(cfg_dict: dict, threads: int, events, stop_event, compare_on: s
     try:
         res = train(cfg, callback=on_progress, stop=stop_event, log=lambda m: events.put(("log", m)))
         from sis.files import remove  # the page never resumes a run: its checkpoint only holds the disk
-        remove(Path(res["out"]) / "checkpoint")
-        if compare_on is not None and res["status"] == "done":
-            from sis.training.adapt import for_run
+        remove(Path(res.out) / "checkpoint")
+        if compare_on is not None and res.status == "done":
+            from sis.evaluation.before_after import for_run
 
             def tick(i, n):
                 events.put(("progress", {"phase": "compare", "step": i, "total_steps": n, "unit": "frames"}))
             for_run(cfg, Path(compare_on) if compare_on else None, tick, stop_event.is_set)
-        events.put(("result", asdict(Outcome(res["status"], res["steps"], res["out"], res["history"], res["val"]))))
+        events.put(("result", asdict(Outcome(res.status, res.steps, res.out, res.history, res.val))))
     except Exception as e:  # reported to the page as one sentence
         events.put(("error", _sentence(e)))
 
@@ -62,7 +62,7 @@ def engines_worker(args: dict, threads: int, events, stop_event) -> None:
     import torch
     torch.set_num_threads(threads)
     from sis.engines.policy import keep_comparison, why_not_kept
-    from sis.training.bench import compare_engines
+    from sis.bench import compare_engines
     try:
         def tick(phase, i, n):
             events.put(("progress", {"phase": "engines", "model": phase, "step": i, "total_steps": n}))
@@ -125,7 +125,7 @@ def adapt_worker(args: dict, threads: int, events, stop_event) -> None:
     job's folder under the app's models, where every picker finds it."""
     import torch
     torch.set_num_threads(threads)
-    from sis.training.unlabeled import adapt_folder
+    from sis.adaptation.unlabeled import adapt_folder
     try:
         t0 = time.time()
 
@@ -146,7 +146,7 @@ def bench_worker(args: dict, threads: int, events, stop_event) -> None:
     result is recorded in the app's history and reported on ``events``."""
     import torch
     torch.set_num_threads(threads)
-    from sis.training.bench import bench
+    from sis.bench import bench
     names = args.pop("models")
     try:
         results = []

@@ -1,11 +1,9 @@
-"""Training and measuring: the loop, its config and checkpoints, evaluation, distillation, the
-before/after of a fine-tune, and the step benchmarks.
+"""Training: a run from its settings to a model folder.
 
-    config       TrainConfig, the command line that repeats it, Progress
-    loop         train(): setup, loop, finish
+    config       TrainConfig, the command line that repeats it, Progress, TrainResult
+    data         the frames a run trains on (train, validation, replay, a teacher's targets) and its batches
+    loop         train(): setup, then epochs of steps, validation and checkpoints
+    finish       the run's end: the start averaged back in, calibration, the folder and its card, carried graphs
     checkpoints  save and resume exactly
-    evaluate     a model on a split: confusion matrix -> metrics
     distill      a teacher's probabilities as soft targets
-    adapt        what a fine-tune gained on the user's frames and lost elsewhere
-    bench        inference and training steps timed
 """

@@ -192,3 +192,15 @@ class Progress:
 
 class StopFlag(Protocol):
     def is_set(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished or stopped run did."""
+    status: str              # done | stopped
+    out: str                 # the model folder it wrote
+    history: list[dict]      # one record an epoch: loss, pixel accuracy, val figures where it validated
+    val: dict | None         # the card's val figures: the saved weights', in fp32 (None where it did not validate)
+    steps: int
+    digest: str              # of the weights it ended with: equal runs give equal digests
+    rank: int                # this process's rank (0 alone writes the folder)

@@ -121,7 +121,7 @@ def compare(base: Path, new: Path, sets: list[tuple[str, Frames]], shown: Frames
     import torch
     from PIL import Image
 
-    from sis.training.evaluate import evaluate
+    from sis.evaluation.evaluate import evaluate
     from sis.vis.paint import overlay
     from sis.zoo.models import load_model
     from sis.zoo.preprocess import forward_logits
@@ -177,7 +177,7 @@ def for_run(cfg, base_data: Path | None = None, progress: Callable[[int, int], N
     skipped when that is the run's own data) and on its first training frames. None for a run that started
     from no model, or when stopped."""
     from sis.data.dataset import load_classes
-    from sis.training.loop import validation_frames
+    from sis.data.dataset import validation_frames
     if not Path(str(cfg.init)).is_dir():
         return None  # from random or ImageNet: there is no model to compare with
     classes = load_classes(cfg.data)

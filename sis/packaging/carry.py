@@ -174,7 +174,7 @@ def _scored_int8(out: Path, cfg, labelled: tuple, int8: dict, said: str, eager_m
     policy's gate then reads this figure."""
     from sis import engines as E
     from sis.engines import REFERENCE
-    from sis.training.evaluate import evaluate
+    from sis.evaluation.evaluate import evaluate
     frames, named = labelled
     miou = {}
     for name in (INT8,) if eager_miou is not None else (GRAPH, INT8):  # one graph engine in memory at a time

@@ -172,7 +172,7 @@ def compare_engines(model: str, data: str | None = None, engines: list[str] | No
     from sis.engines.int8 import calibration_images
     from sis.engines.policy import decide
     from sis.host import is_small
-    from sis.training.evaluate import evaluate
+    from sis.evaluation.evaluate import evaluate
     folder = zoo.resolve(model)
     net, cfg = models.load_for_inference(folder)  # channels_last: what the bf16 engine folds
     plain = copy.deepcopy(net).to(memory_format=torch.contiguous_format)  # the reference: plain smp, NCHW

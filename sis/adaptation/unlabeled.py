@@ -324,7 +324,7 @@ def adapt_folder(init: Path, source: Path, out: Path, stride: int | None = None,
     or ``stop`` came before enough of them had been seen; stopped later, the model so far is saved and its
     card says how far it got."""
     from sis import zoo
-    from sis.training.carry import GRAPH, INT8, carried_engines
+    from sis.packaging.carry import GRAPH, INT8, carried_engines
     from sis.zoo import models
     from sis.zoo.registry import read_config
     init, out = Path(init), Path(out)
