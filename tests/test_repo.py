@@ -29,3 +29,48 @@ def test_readme_models_table_matches_the_cards():
         assert rows[name]["val mIoU"] == f"{100 * card.val_miou:.2f}"
         assert rows[name]["under shift"] == ("-" if card.shift_mean is None else f"{100 * card.shift_mean:.2f}")
         assert rows[name]["kitti-dev"] == f"{100 * card.dev_miou:.2f}"
+
+
+def _layers() -> list[set[str]]:
+    """The README's layout of sis/, top to bottom: one set of packages or modules a line."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index("\nsis/\n"):]
+    block = block[:block.index("\nweights/")]
+    layers = []
+    for line in block.splitlines()[2:]:
+        if re.match(r"  \S", line):  # a package or module of sis/ itself, not one inside a package
+            names = re.findall(r"(\w+)(?:/|\.py)(?=\s)", line.split("   ")[0] + " ")
+            layers.append(set(names))
+    return layers
+
+
+def test_sis_is_layered_as_the_readme_says_and_no_module_is_over_400_lines():
+    """A package imports only from those the README lists below it (or on its own line), lazy imports too;
+    a module past 400 lines holds more than one job."""
+    import ast
+    layers = _layers()
+    level = {name: i for i, names in enumerate(layers) for name in names}
+    units = {p.name if p.is_dir() else p.stem for p in (ROOT / "sis").iterdir()
+             if (p.is_dir() and (p / "__init__.py").is_file()) or (p.suffix == ".py" and p.stem not in ("__init__", "__main__"))}
+    assert units == set(level), f"README's layout lists {sorted(set(level))}, sis/ holds {sorted(units)}"
+    upward, long = [], []
+    for path in (ROOT / "sis").rglob("*.py"):
+        rel = path.relative_to(ROOT / "sis")
+        if len(rel.parts) == 1 and rel.stem in ("__init__", "__main__"):
+            continue
+        source = rel.parts[0] if len(rel.parts) > 1 else rel.stem
+        text = path.read_text()
+        if text.count("\n") > 400:
+            long.append(f"{rel}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            for mod in mods:
+                parts = mod.split(".")
+                if parts[0] != "sis" or len(parts) < 2:
+                    continue
+                target = parts[1]
+                if target in level and target != source and level[target] < level[source]:
+                    upward.append(f"{rel} imports {mod} (listed above it)")
+    assert not upward, upward
+    assert not long, long
