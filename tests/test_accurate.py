@@ -15,6 +15,7 @@ from sis.engines.predict import softmax, tempered
 class _Fake:
     """An engine whose logits are a fixed function of each pixel's colour (a 1x1 conv): flip-equivariant."""
     name = "fake"
+    temperature = 1.0
 
     def __init__(self, weights: np.ndarray, cfg=None):
         self.w = np.asarray(weights, np.float32)  # (C, 3)
@@ -67,6 +68,7 @@ def test_ensemble_averages_probabilities_not_logits():
 
     class Const:
         name = "const"
+        temperature = 1.0
 
         def __init__(self, p):
             self.logits, self.cfg = np.log(np.asarray(p, np.float32))[None, :, None, None], cfg

@@ -1196,7 +1196,7 @@ def test_adapt_a_model_to_a_few_uploaded_photos_without_labels(app_env):
     assert job.status == "done", job.message
     new = Path(job.out)  # under the manager's models folder (the process's first data folder in this suite)
     assert new.name.startswith("tiny-adapted-to-4-photos-") and (new / "model.safetensors").is_file()
-    assert zoo.read_card(new).raw["unlabeled"]["frames"] == 4
+    assert zoo.card_as_written(new)["unlabeled"]["frames"] == 4
     assert (app_env / "models" / "tiny" / "model.safetensors").read_bytes() == original
     assert job.result["frames"] == 4 and job.result["fit_steps"] == job.result["fit_planned"] == 40
     at.run()  # the page's next run shows where the new model is and how much of the training city it kept

@@ -108,7 +108,7 @@ def test_a_student_learns_the_teacher(tiny_data, tiny_model, tmp_path):
     losses = [h["loss"] for h in res.history]
     assert res.status == "done" and losses[-1] < 0.7 * losses[0], losses
     assert any(m.startswith("teacher ") and "labelled 6 frames" in m for m in logs)
-    card = zoo.read_card(tmp_path / "s").raw
+    card = zoo.card_as_written(tmp_path / "s")
     assert card["recipe"]["teacher"] == str(tiny_model) and f"--teacher {tiny_model}" in card["command"]
 
 
@@ -143,7 +143,7 @@ def test_with_replay_the_teacher_answers_on_the_replayed_frames_and_labels_teach
     assert not torch.equal(soft[2:], labels_as_targets(masks[2:], 11))  # the replayed ones: the teacher's answers
     res = train(cfg, log=lambda m: None)
     assert res.status == "done" and all(h["loss"] == h["loss"] for h in res.history)  # finite, not NaN
-    assert zoo.read_card(tmp_path / "m").raw["recipe"]["teacher"] == str(tiny_model)
+    assert zoo.card_as_written(tmp_path / "m")["recipe"]["teacher"] == str(tiny_model)
 
 
 def test_teacher_errors_say_what_is_wrong(tiny_data, tiny_model, tmp_path):
@@ -175,7 +175,7 @@ def test_train_and_val_together_train_on_both_and_do_not_validate(tiny_data, tmp
     logs = []
     res = train(TrainConfig(model=TINY_MODEL, data=str(tiny_data), out=str(tmp_path / "m"), splits=("train", "val"),
                             epochs=1, batch_size=3, device="cpu"), log=logs.append)
-    card = zoo.read_card(tmp_path / "m").raw
+    card = zoo.card_as_written(tmp_path / "m")
     assert res.steps == 3 and res.val is None and card["val"] is None
     assert card["data"]["splits"] == ["train", "val"] and card["data"]["train_frames"] == 9
     assert card["data"]["validation"].startswith("none: the val split is trained on")
@@ -238,7 +238,7 @@ def test_shipping_a_continued_run_keeps_its_parents_measured_adaptation(tiny_mod
     spec.loader.exec_module(ship)
     parent = tmp_path / "parent"
     shutil.copytree(tiny_model, parent, ignore=shutil.ignore_patterns("checkpoint"))
-    child = {**zoo.read_card(parent).raw, "recipe": {"init": str(parent)}}
+    child = {**zoo.card_as_written(parent), "recipe": {"init": str(parent)}}
     assert ship.lineage(child)["adaptation"] is None
     zoo.update_card(parent, adaptation={"freeze_encoder": True, "why": "measured: docs/correct.md"})
     kept = ship.lineage(child)["adaptation"]

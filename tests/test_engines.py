@@ -594,7 +594,7 @@ def test_graph_engine_refuses_to_build_from_a_folder_changed_since_it_loaded(tin
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.5)
-    models.save_model(model, cfg, folder, zoo.read_card(folder).raw)
+    models.save_model(model, cfg, folder, zoo.card_as_written(folder))
     with pytest.raises(engines.EngineError, match="has other weights than when"):
         engine(np.zeros((1, 3, 96, 64), np.uint8))
     assert not list((tmp_path / "cache").glob("*96x64*"))

@@ -24,30 +24,30 @@ def test_eval_write_keeps_the_figures_of_a_dataset_the_model_did_not_train_on(ti
     img, lbl = make_frame(np.random.default_rng(1), 40, 120)  # a frame of another size and shape among them
     Image.fromarray(img).save(other / "val" / "z.png")
     Image.fromarray(lbl, "L").save(other / "valannot" / "z.png")
-    before = zoo.read_card(folder).raw
+    before = zoo.card_as_written(folder)
     Image.fromarray(img).save(other / "val" / "unlabelled.png")  # a frame without its label: named, nothing kept
     r = in_process(capsys, "eval", "--model", folder, "--data", other, "--split", "val", "--write")
-    assert r.returncode == 2 and "val/unlabelled.png has no label" in r.stderr and zoo.read_card(folder).raw == before
+    assert r.returncode == 2 and "val/unlabelled.png has no label" in r.stderr and zoo.card_as_written(folder) == before
     (other / "val" / "unlabelled.png").unlink()
     trained_on = before["recipe"]["data"]
     for args, said in ((["--data", trained_on], "trained on"), (["--data", other, "--limit", "2"], "whole split"),
                        (["--data", other, "--tta", "flip"], "one model's own figures")):
         r = in_process(capsys, "eval", "--model", folder, *args, "--split", "val", "--write")
         assert r.returncode == 2 and said in r.stderr and len(r.stderr.strip().splitlines()) == 1
-        assert zoo.read_card(folder).raw == before
+        assert zoo.card_as_written(folder) == before
     r = in_process(capsys, "eval", "--model", folder, "--data", other, "--split", "val", "--write", "--json")
     assert r.returncode == 0
     res, card = json.loads(r.stdout), zoo.read_card(folder)
-    rec = card.raw["real_frames"]["street-x"]
+    rec = zoo.card_as_written(folder)["real_frames"]["street-x"]
     assert rec["miou"] == res["miou"] and rec["per_class_iou"] == res["per_class_iou"] and rec["frames"] == 4
     assert rec["command"].endswith(f"--data {other} --split val")
     assert card.real_frames["street-x"].miou == res["miou"] and card.dev_miou is None  # not the dev set's name
-    assert {k: v for k, v in card.raw.items() if k != "real_frames"} == before
+    assert {k: v for k, v in zoo.card_as_written(folder).items() if k != "real_frames"} == before
     # the dev set's record is what the dashboard and README read
     dev = write_dataset(tmp_path / zoo.DEV_SET, n_train=1, n_val=2, seed=3)
     assert in_process(capsys, "eval", "--model", folder, "--data", dev, "--split", "val", "--write").returncode == 0
     card = zoo.read_card(folder)
-    assert set(card.real_frames) == {"street-x", zoo.DEV_SET} and card.dev_miou == card.raw["real_frames"][zoo.DEV_SET]["miou"]
+    assert set(card.real_frames) == {"street-x", zoo.DEV_SET} and card.dev_miou == zoo.card_as_written(folder)["real_frames"][zoo.DEV_SET]["miou"]
 
 
 def test_a_card_with_a_broken_real_frames_record_reads_without_it():
@@ -149,7 +149,7 @@ def test_predict_json_says_what_the_pages_would(tiny_model, tiny_data, tmp_path,
     shutil.copytree(tiny_model, folder, ignore=shutil.ignore_patterns("checkpoint"))
     (tmp_path / "bad.png").write_text("not an image")
     imgs = [tiny_data / "val" / "f000.png", tiny_data / "val" / "f001.png", tmp_path / "bad.png"]
-    zoo.update_card(folder, calibration=dict(zoo.read_card(folder).raw["calibration"], low_confidence=1.0))
+    zoo.update_card(folder, calibration=dict(zoo.card_as_written(folder)["calibration"], low_confidence=1.0))
     r = in_process(capsys, "predict", "--model", folder, "--out", tmp_path / "o", "--json", *imgs)
     lines = [json.loads(line) for line in r.stdout.splitlines()]
     assert r.returncode == 0 and [d["image"] for d in lines] == list(map(str, imgs))
@@ -159,6 +159,6 @@ def test_predict_json_says_what_the_pages_would(tiny_model, tiny_data, tmp_path,
     size = list(work_size(64, 96, tuple(zoo.read_config(folder).base_size)))  # the app's rule, enlarged to its pixels
     assert all(Image.open(d["mask"]).size == (96, 64) and d["work_size"] == size for d in good)
     assert "is not a picture this app can open" in bad["error"]
-    zoo.update_card(folder, calibration=dict(zoo.read_card(folder).raw["calibration"], low_confidence=0.0))
+    zoo.update_card(folder, calibration=dict(zoo.card_as_written(folder)["calibration"], low_confidence=0.0))
     r = in_process(capsys, "predict", "--model", folder, "--out", tmp_path / "o", "--json", imgs[0])
     assert json.loads(r.stdout)["unfamiliar"] is False

@@ -74,3 +74,16 @@ def test_sis_is_layered_as_the_readme_says_and_no_module_is_over_400_lines():
                     upward.append(f"{rel} imports {mod} (listed above it)")
     assert not upward, upward
     assert not long, long
+
+
+def test_cards_and_engines_are_read_through_their_types():
+    """A card's sections are read through ModelCard (its file as written only in zoo/card.py and the tools that
+    copy whole sections); an engine's temperature and names are declared, not guessed with a getattr default."""
+    offenders = []
+    for path in [*(ROOT / "sis").rglob("*.py"), *(ROOT / "pages").rglob("*.py"), *(ROOT / "tools").rglob("*.py")]:
+        text = path.read_text()
+        rel = path.relative_to(ROOT)
+        if str(rel) != "sis/zoo/card.py" and re.search(r"\.raw\b", text):
+            offenders.append(f"{rel}: .raw")
+        offenders += [f"{rel}: {m.group(0)}" for m in re.finditer(r"getattr\(\w*engine\w*, *[\"'][^\"']+[\"'], ", text)]
+    assert not offenders, offenders

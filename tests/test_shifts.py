@@ -81,6 +81,7 @@ def test_unknown_shift_or_severity_says_what_is_valid(frame):
 class _Constant:
     """An engine that answers class ``k`` everywhere with probability ~0.9 (logits by hand)."""
     name = "constant"
+    temperature = 1.0
 
     def __init__(self, cfg, k):
         self.cfg, self.k = cfg, k
@@ -191,21 +192,21 @@ def test_cli_shift_benchmark_writes_the_whole_benchmark_into_the_card(tiny_model
     from sis.cli import main
     folder = tmp_path / "m"
     shutil.copytree(tiny_model, folder, ignore=shutil.ignore_patterns("checkpoint"))
-    before = zoo.read_card(folder).raw
+    before = zoo.card_as_written(folder)
     for args in (["--shift", "blur"], ["--shift", "all", "--severities", "3"], ["--shift", "all", "--limit", "1"]):
         assert main(["eval", "--model", str(folder), "--data", str(tiny_data), *args, "--write"]) == 2
         assert "--write keeps the whole benchmark" in capsys.readouterr().err
     assert main(["eval", "--model", f"{folder},{folder}", "--data", str(tiny_data), "--shift", "all", "--write"]) == 2
     assert "not an ensemble" in capsys.readouterr().err
-    assert zoo.read_card(folder).raw == before
+    assert zoo.card_as_written(folder) == before
     out = tmp_path / "rep.json"
     assert main(["eval", "--model", str(folder), "--data", str(tiny_data), "--shift", "all", "--every", "2",
                  "--write", "--out", str(out)]) == 0
     rep, card = json.loads(out.read_text()), zoo.read_card(folder)
-    rec = card.raw["shift_benchmark"]
+    rec = zoo.card_as_written(folder)["shift_benchmark"]
     assert rec["mean"] == pytest.approx(rep["mean"]) and rec["by_shift"] == pytest.approx(rep["by_shift"])
     assert rec["ood_auroc_severe"] == pytest.approx(rep["ood_auroc_severe"]) and rec["frames"] == rep["frames"]
     assert rec["every"] == 2 and "--shift all --every 2" in rec["command"] and card.shift_mean == pytest.approx(rep["mean"])
     assert rec["warned"] == rep["warned"] and set(rep["warned"]["by_shift"]) == set(rep["by_shift"])
     assert "Segment warns" in capsys.readouterr().out
-    assert {k: v for k, v in card.raw.items() if k != "shift_benchmark"} == before
+    assert {k: v for k, v in zoo.card_as_written(folder).items() if k != "shift_benchmark"} == before

@@ -42,7 +42,7 @@ def test_train_writes_loadable_model_and_history(tiny_data, tmp_path):
     steps = [p.step for p in seen if p.phase == "train"]
     assert steps == list(range(1, 7)) and seen[-1].phase == "done"
     model, cfg = models.load_model(tmp_path / "m")
-    card = zoo.read_card(tmp_path / "m").raw
+    card = zoo.card_as_written(tmp_path / "m")
     assert card["epochs_run"] == 2 and card["classes"][0] == "Sky" and card["recipe"]["lr"] == 2e-4
     assert (tmp_path / "m" / "checkpoint" / "model.safetensors").is_file()
     # validated at the end, so calibrated on those frames: the pages read its own temperature and threshold
@@ -99,7 +99,7 @@ def test_stop_within_one_batch_then_resume(tiny_data, tmp_path):
     res = train(_cfg(tiny_data, tmp_path / "m", epochs=3, val_every=0), callback=stop, stop=stop,
                 log=lambda m: None)
     assert res.status == "stopped" and res.steps == 2
-    assert zoo.read_card(tmp_path / "m").raw["status"] == "stopped"  # the model so far is saved
+    assert zoo.card_as_written(tmp_path / "m")["status"] == "stopped"  # the model so far is saved
     res2 = train(_cfg(tiny_data, tmp_path / "m", epochs=3, val_every=0), log=lambda m: None)
     assert res2.status == "done" and res2.steps == 9
     # resuming gives the same weights as an uninterrupted run
@@ -171,7 +171,7 @@ def test_torchrun_two_cpu_ranks_identical_weights(tiny_data, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     digests = dict(re.findall(r"rank (\d) weights (\w+)", r.stderr))
     assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]
-    assert zoo.read_card(tmp_path / "d").raw["world_size"] == 2
+    assert zoo.card_as_written(tmp_path / "d")["world_size"] == 2
 
 
 def _user_dataset(src, dest, n):
@@ -204,7 +204,7 @@ def test_a_few_frames_without_val_fine_tune_with_replay(tiny_data, tiny_model, t
     logs = []
     res = train(_cfg(user, tmp_path / "m", init=str(tiny_model), batch_size=4, max_steps=3, replay=str(tiny_data),
                      replay_ratio=0.5), log=logs.append)
-    card = zoo.read_card(tmp_path / "m").raw
+    card = zoo.card_as_written(tmp_path / "m")
     assert res.status == "done" and res.steps == 3 and res.val is None
     assert card["data"]["validation"].startswith("none: the dataset has no val/ split and 5 frames")
     # no val of its own: calibrated on the replayed dataset's val, which it must still know
@@ -229,7 +229,7 @@ def test_frames_of_another_size_than_the_replayed_ones_are_cropped_to_the_size_a
     logs = []
     res = train(_cfg(user, tmp_path / "m", init=str(tiny_model), batch_size=4, max_steps=2, replay=str(tiny_data)),
                 log=logs.append)
-    card = zoo.read_card(tmp_path / "m").raw
+    card = zoo.card_as_written(tmp_path / "m")
     assert res.status == "done" and res.steps == 2
     assert card["recipe"]["crop"] == [64, 72] and "--crop 64x72" in card["command"]  # tiny_data's 64x96
     assert any("cropped at random to 64x72, the largest all of them hold" in m for m in logs)
@@ -244,7 +244,7 @@ def test_one_frame_trains_and_stop_keeps_the_model_so_far_and_the_dataset_as_it_
     res = train(_cfg(user, tmp_path / "m1", init=str(tiny_model), batch_size=4, max_steps=2), log=lambda m: None)
     assert res.status == "done" and res.steps == 2  # one image a step
     models.load_model(tmp_path / "m1")
-    assert "calibration" not in zoo.read_card(tmp_path / "m1").raw  # nothing to fit it on, rather than a guess
+    assert "calibration" not in zoo.card_as_written(tmp_path / "m1")  # nothing to fit it on, rather than a guess
 
     class StopAfterFirst:
         def __init__(self):
@@ -257,8 +257,8 @@ def test_one_frame_trains_and_stop_keeps_the_model_so_far_and_the_dataset_as_it_
                 stop=StopAfterFirst(), log=lambda m: None)
     assert res.status == "stopped" and res.steps == 1
     model, _ = models.load_model(tmp_path / "m2")  # the model so far is saved and loads
-    assert zoo.read_card(tmp_path / "m2").raw["status"] == "stopped"
-    assert "calibration" not in zoo.read_card(tmp_path / "m2").raw
+    assert zoo.card_as_written(tmp_path / "m2")["status"] == "stopped"
+    assert "calibration" not in zoo.card_as_written(tmp_path / "m2")
     assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in user.rglob("*") if p.is_file()} == before
 
 
@@ -303,7 +303,7 @@ def test_a_fine_tune_can_keep_a_share_of_its_starting_weights(tiny_data, tiny_mo
     for k in moved:
         torch.testing.assert_close(saved[k].float(), 0.75 * tuned[k].float() + 0.25 * start[k].float(),
                                    rtol=1e-3, atol=1e-4)
-    card = zoo.read_card(tmp_path / "m").raw
+    card = zoo.card_as_written(tmp_path / "m")
     assert card["recipe"]["init_share"] == 0.25 and "--init-share 0.25" in card["command"]
     said = next(m for m in logs if m.startswith(f"kept 25% of {tiny_model.name}'s weights: val mIoU "))
     before, after = (float(v) for v in said.rsplit(" ", 3)[1::2])
@@ -339,11 +339,11 @@ def test_a_fine_tune_runs_on_its_starting_models_graph_once_checked(tiny_data, t
     assert re.search(r"calibrating its confidence on 2 of .*saving the model.*building its fast graph", stages)
     card = zoo.read_card(tmp_path / "m")
     assert card.engines[carry.GRAPH].miou_delta > -0.1 and "validation frames" in \
-        card.raw["fast_path"]["backends"][carry.GRAPH]["miou_note"]
+        card.fast_path.backends[carry.GRAPH]["miou_note"]
     assert templates.template_path(tmp_path / "m", size).is_file() and choose_engine(tmp_path / "m").name == carry.GRAPH
     monkeypatch.setattr(carry, "agreement", lambda *a, **k: 0.5)  # a graph that is not eager's
     train(_cfg(tiny_data, tmp_path / "m2", init=str(start), max_steps=2, lr=1e-2), log=lambda m: None)
-    assert "fast_path" not in zoo.read_card(tmp_path / "m2").raw
+    assert "fast_path" not in zoo.card_as_written(tmp_path / "m2")
     assert not list((tmp_path / "m2").glob("graph-*.onnx")) and choose_engine(tmp_path / "m2").name == "eager"
 
 
@@ -398,13 +398,13 @@ def test_a_fine_tunes_int8_graph_gets_a_val_figure_of_its_own(tiny_data, tiny_mo
     monkeypatch.setattr(finish, "_fp32_here", lambda cfg, device: fp32_here)  # this host's bf16 decides otherwise
     train(_cfg(tiny_data, tmp_path / "m", init=str(start), max_steps=2, lr=1e-2), log=lambda m: None)
     card = zoo.read_card(tmp_path / "m")
-    int8 = card.raw["fast_path"]["backends"][carry.INT8]
+    int8 = card.fast_path.backends[carry.INT8]
     val = load_split(tiny_data, "val", 2, mcfg.class_set)
     own = evaluate(None, mcfg, val, torch.device("cpu"), amp=False,
                    engine=engines.load_engine(tmp_path / "m", carry.INT8))["miou"]
     assert int8["against"] == ("eager" if fp32_here else carry.GRAPH)
     if fp32_here:  # the run's own val figure stands for eager fp32's
-        ref = card.raw["val"]["miou"]
+        ref = card.val_miou
     else:
         ref = evaluate(None, mcfg, val, torch.device("cpu"), amp=False,
                        engine=engines.load_engine(tmp_path / "m", carry.GRAPH))["miou"]
@@ -420,8 +420,8 @@ def test_a_fine_tunes_int8_graph_gets_a_val_figure_of_its_own(tiny_data, tiny_mo
         train(_cfg(tiny_data, tmp_path / "m3", init=str(start), epochs=3, train_limit=4, lr=1e-2),
               callback=lambda p: p.phase == "val" and stop.set(), stop=stop, log=lambda m: None)
         card = zoo.read_card(tmp_path / "m3")
-        assert card.raw["status"] == "stopped" and card.raw["val"] is not None
-        assert card.raw["fast_path"]["backends"][carry.INT8]["against"] == carry.GRAPH
+        assert card.status == "stopped" and card.val_miou is not None
+        assert card.fast_path.backends[carry.INT8]["against"] == carry.GRAPH
         return
 
     def fails(*a):
@@ -451,7 +451,7 @@ def test_a_cards_measured_adaptation_overrides_its_recipe_for_a_fine_tune(tiny_m
     from sis.zoo.card import recipe_defaults
     folder = tmp_path / "robust"
     shutil.copytree(tiny_model, folder, ignore=shutil.ignore_patterns("checkpoint"))
-    recipe = zoo.read_card(folder).raw["recipe"]
+    recipe = zoo.card_as_written(folder)["recipe"]
     zoo.update_card(folder, recipe={**recipe, "photometric": "camera", "flips": "h"})
     assert recipe_defaults(str(folder))["photometric"] == "camera"
     zoo.update_card(folder, adaptation={"photometric": "none", "why": "measured", "measured_on_stage": {"photometric": 1}})
@@ -464,7 +464,7 @@ def test_shipped_models_fine_tune_without_the_colour_augmentation_their_cards_me
     corrected frames it cost 3-12 points of other streets (docs/correct.md), so its fine-tunes start without it."""
     from sis.zoo.card import recipe_defaults
     robust = {name: folder for name, folder in zoo.shipped_models().items()
-              if (zoo.read_card(folder).raw.get("recipe") or {}).get("photometric", "none") != "none"}
+              if (zoo.card_as_written(folder).get("recipe") or {}).get("photometric", "none") != "none"}
     assert set(robust) == {"unet-vgg11_bn"}
     for name, folder in robust.items():
         assert recipe_defaults(str(folder))["photometric"] == "none", name
@@ -501,7 +501,7 @@ def test_cli_fine_tunes_a_shipped_model_on_five_frames_with_replay(tiny_data, tm
                         "--replay", str(tiny_data), "--max-steps", "2", "--batch-size", "2", "--out", str(out)],
                        capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    card = zoo.read_card(out).raw
+    card = zoo.card_as_written(out)
     assert card["recipe"]["flips"] == "h" and card["recipe"]["crop"] == [352, 480] and card["model"] == "pspnet-resnet18"
     cmd = card["command"]
     assert all(part in cmd for part in ("--crop 352x480", "--scale 0.75,1.5", "--flips h", f"--replay {tiny_data}"))

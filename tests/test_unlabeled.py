@@ -258,7 +258,7 @@ def test_cli_adapts_a_folder_of_mixed_photos_and_leaves_the_original(tiny_model,
     assert f"adapted {tiny_model.name} on {MIN_FRAMES} frames" in text.out and "skipped notes.txt" in text.err
     kept = training_share(MIN_FRAMES)  # the default prior against four frames: two thirds kept
     assert f"{kept:.0%} of the training statistics kept" in text.out and kept == pytest.approx(2 / 3)
-    assert zoo.read_card(out).raw["unlabeled"]["training_share"] == round(kept, 4)
+    assert zoo.card_as_written(out)["unlabeled"]["training_share"] == round(kept, 4)
     assert (tiny_model / "model.safetensors").read_bytes() == original
     new, _ = models.load_model(out)
     old, _ = models.load_model(tiny_model)
@@ -266,10 +266,10 @@ def test_cli_adapts_a_folder_of_mixed_photos_and_leaves_the_original(tiny_model,
                    for p in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}
     diff = {k for k, v in new.state_dict().items() if not torch.equal(v, old.state_dict()[k])}
     assert diff and diff <= norm_params and any(k.endswith("weight") for k in diff)  # statistics, then the fit
-    card = zoo.read_card(out).raw["unlabeled"]
+    card = zoo.card_as_written(out)["unlabeled"]
     assert card["fit_steps"] == card["fit_planned"] == fit_steps(MIN_FRAMES) and "TENT" in card["method"]
     assert f"then {fit_steps(MIN_FRAMES)} fitting steps" in text.out
-    assert "fast_path" not in zoo.read_card(out).raw and "engine: eager" in text.out  # no graph timings to carry
+    assert "fast_path" not in zoo.card_as_written(out) and "engine: eager" in text.out  # no graph timings to carry
     assert main(["adapt", "--unlabeled", str(photos), "--init", str(tiny_model), "--out", str(out)]) == 2
     assert "exists and is not empty" in capsys.readouterr().err
     few = tmp_path / "few"
@@ -291,7 +291,7 @@ def test_cli_adapts_a_folder_of_mixed_photos_and_leaves_the_original(tiny_model,
     stats, _ = models.load_model(tmp_path / "stats")  # the statistics alone: every weight as it was
     assert all(torch.equal(v, old.state_dict()[k]) for k, v in stats.state_dict().items()
                if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
-    assert zoo.read_card(tmp_path / "stats").raw["unlabeled"]["fit_steps"] == 0
+    assert zoo.card_as_written(tmp_path / "stats")["unlabeled"]["fit_steps"] == 0
     with pytest.raises(SystemExit):
         main(["adapt", "--unlabeled", str(photos), "--init", str(tiny_model), "--out", str(tmp_path / "y"),
               "--prior-frames", "-1"])
@@ -335,8 +335,8 @@ def test_an_adapted_model_runs_on_its_graph_once_its_labels_match_eager(tiny_mod
     assert result.graph_agreement is not None and result.graph_agreement > 0.999
     card = zoo.read_card(out)
     assert set(card.engines) == {"eager", GRAPH, INT8} and card.engines[GRAPH].speedup == 1.25
-    assert card.raw["unlabeled"]["graph_agreement"] == result.graph_agreement and card.raw["status"] == "done"
-    int8 = card.raw["fast_path"]["backends"][INT8]
+    assert zoo.card_as_written(out)["unlabeled"]["graph_agreement"] == result.graph_agreement and card.status == "done"
+    int8 = card.fast_path.backends[INT8]
     assert int8["agreement"] >= int8["start_agreement"] - INT8_SLACK and card.engines[INT8].miou_delta == -0.1
     assert (result.int8_agreement, result.int8_start_agreement) == (int8["agreement"], int8["start_agreement"])
     assert (out / RANGES_FILE).read_bytes() == (init / RANGES_FILE).read_bytes()
@@ -357,7 +357,7 @@ def test_an_adapted_model_runs_on_its_graph_once_its_labels_match_eager(tiny_mod
     seen = [_seen(f, cfg).numpy() for f in frames]
     assert agreement(out, adapted, cfg, seen, GRAPH) < 0.9  # a graph of other weights than eager's fails
     models.save_model(adapted, cfg, out)  # weights the start's ranges do not fit: its int8 graph labels unlike eager
-    assert _carried_int8(init, out, adapted, cfg, seen, card.raw["fast_path"]["backends"][INT8], "frames") is None
+    assert _carried_int8(init, out, adapted, cfg, seen, card.fast_path.backends[INT8], "frames") is None
     assert not (out / RANGES_FILE).exists()
 
 
@@ -383,7 +383,7 @@ def test_stop_keeps_the_statistics_of_the_frames_seen_or_writes_nothing(tiny_mod
     assert not (tmp_path / "early").exists()
     res = adapt_folder(tiny_model, street, tmp_path / "late", stop=stop_after(MIN_FRAMES + 1))
     assert res.stopped and (res.frames, res.offered) == (MIN_FRAMES + 1, len(frames))
-    said = zoo.read_card(tmp_path / "late").raw["unlabeled"]
+    said = zoo.card_as_written(tmp_path / "late")["unlabeled"]
     # the prior weighs against the frames seen, not the frames offered
     assert said["frames"] == MIN_FRAMES + 1 and said["training_share"] == round(training_share(MIN_FRAMES + 1), 4)
     assert res.fit_steps == 0 < res.fit_planned == fit_steps(MIN_FRAMES + 1)  # stopped before the fit
@@ -396,8 +396,8 @@ def test_stop_keeps_the_statistics_of_the_frames_seen_or_writes_nothing(tiny_mod
     res = adapt_folder(tiny_model, street, tmp_path / "fitting", stop=stop_after(len(frames) + 3))
     assert res.stopped and res.frames == res.offered == len(frames) and (res.fit_steps, res.fit_planned) == (
         3, fit_steps(len(frames)))
-    said = zoo.read_card(tmp_path / "fitting").raw["unlabeled"]
+    said = zoo.card_as_written(tmp_path / "fitting")["unlabeled"]
     assert (said["fit_steps"], said["fit_planned"]) == (3, fit_steps(len(frames))) and "3 steps" in said["method"]
-    assert zoo.read_card(tmp_path / "fitting").raw["status"] == "stopped"  # the pickers say so
-    assert zoo.read_card(tmp_path / "late").raw["status"] == "stopped"
+    assert zoo.card_as_written(tmp_path / "fitting")["status"] == "stopped"  # the pickers say so
+    assert zoo.card_as_written(tmp_path / "late")["status"] == "stopped"
     assert (tiny_model / "model.safetensors").read_bytes() == original

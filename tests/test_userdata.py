@@ -101,6 +101,7 @@ def test_entropy_and_scores_by_hand():
 class Peaked:
     """An engine whose answer is sure on bright images and unsure on dark ones."""
     name = "peaked"
+    temperature = 1.0
 
     def __init__(self):
         from sis import zoo

@@ -36,6 +36,7 @@ def write_clip(path: Path, frames: list[np.ndarray], fps: int = 10, codec: str =
 class Const:
     """An engine answering fixed logits: class ``k`` everywhere, or classes alternating per call."""
     name = "const"
+    temperature = 1.0
 
     def __init__(self, seq: list[int]):
         self.seq, self.n, self.cfg = seq, 0, zoo.make_config("pspnet-resnet18")

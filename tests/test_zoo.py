@@ -87,7 +87,7 @@ def test_save_load_roundtrip_fp16(tmp_path):
     for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
         assert b.dtype == a.dtype  # fp16 on disk, fp32 in memory
         torch.testing.assert_close(b.float(), a.float().half().float(), msg=k)
-    assert zoo.read_card(tmp_path / "m").raw == {"note": "x"}
+    assert zoo.card_as_written(tmp_path / "m") == {"note": "x"}
 
 
 def test_corrupt_weights(tmp_path):

@@ -34,7 +34,7 @@ def evaluate_runs(folders: list[Path], data: str) -> list[dict]:
     rows = []
     for f in folders:
         res, card = evaluate_folder(f, frames), zoo.read_card(f)
-        rows.append({"run": str(f), "seed": (card.raw.get("recipe") or {}).get("seed"), "epochs": card.epochs_run,
+        rows.append({"run": str(f), "seed": (zoo.card_as_written(f).get("recipe") or {}).get("seed"), "epochs": card.epochs_run,
                      "miou": res["miou"], "per_class_iou": res["per_class_iou"]})
     return rows
 

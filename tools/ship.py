@@ -47,7 +47,7 @@ def lineage(card: dict) -> dict:
     parent_dir = Path((card.get("recipe") or {}).get("init") or "")
     if card.get("stages") or not (parent_dir / "card.json").is_file():
         return card
-    parent = lineage(zoo.read_card(parent_dir).raw)
+    parent = lineage(zoo.card_as_written(parent_dir))
     stages = parent.get("stages") or [_stage(parent)]
     ep0, step0 = parent.get("epochs_run") or 0, parent.get("steps") or 0
     history = [dict(h, stage=h.get("stage", 1)) for h in parent.get("history", [])]
@@ -70,12 +70,13 @@ def _inherited(parent: dict) -> dict | None:
     return {**adaptation, "measured_on_stage": {k: said.get(k, stage) for k in adaptation if k in zoo.ADAPTATION_KEYS}}
 
 
-def replaced(old: zoo.ModelCard) -> dict:
-    """What a new model's card keeps of the shipped one it replaces: its figures, to read before and after."""
-    ms = old.modes.get("ms")
-    return {"date": old.raw.get("date"), "command": old.raw.get("command"), "val_miou": old.val_miou,
-            "shift_benchmark": old.raw.get("shift_benchmark"), "calibration": old.raw.get("calibration"),
-            "accurate_ms_miou": ms.miou if ms else None, "real_frames": old.raw.get("real_frames")}
+def replaced(old: dict) -> dict:
+    """What a new model's card keeps of the shipped one it replaces (its card as written): its figures, to read
+    before and after."""
+    ms = zoo.ModelCard.from_dict(old).modes.get("ms")
+    return {"date": old.get("date"), "command": old.get("command"), "val_miou": (old.get("val") or {}).get("miou"),
+            "shift_benchmark": old.get("shift_benchmark"), "calibration": old.get("calibration"),
+            "accurate_ms_miou": ms.miou if ms else None, "real_frames": old.get("real_frames")}
 
 
 TIMING_KEYS = ("median_ms", "p90_ms", "images_per_s", "speedup_vs_eager", "build_s")
@@ -116,7 +117,7 @@ def ship(run: Path, data: str, train_note: str | None = None, reference: Path | 
     """``reference``: for a run that also trained on val, the train-only run of the same recipe,
     whose val figures the card then reports (the shipped weights' own are training figures)."""
     model, cfg = models.load_model(run)
-    card = lineage(zoo.read_card(run).raw)
+    card = lineage(zoo.card_as_written(run))
     seen_val = "val" in ((card.get("recipe") or {}).get("splits") or ["train"])
     if seen_val != (reference is not None):
         raise SystemExit(f"{run}: " + ("it trained on val: give --reference, the train-only run of its recipe"
@@ -128,7 +129,7 @@ def ship(run: Path, data: str, train_note: str | None = None, reference: Path | 
     dest = zoo.WEIGHTS_DIR / cfg.name
     old = None
     if dest.resolve() != run.resolve() and (dest / "card.json").is_file():
-        old = zoo.read_card(dest)
+        old = zoo.card_as_written(dest)  # read before the new weights and card replace it
         card["replaced"] = replaced(old)
     if timings_from_replaced and old is None:
         raise SystemExit(f"{run}: --keep-timings needs a shipped card to replace")
@@ -139,7 +140,7 @@ def ship(run: Path, data: str, train_note: str | None = None, reference: Path | 
     frames = load_split(data, "val", classes=scfg.class_set)  # read once: the shipped file and the reference
     val = _val(dest, data, frames)
     if reference is not None:
-        ref = zoo.read_card(reference).raw
+        ref = zoo.card_as_written(reference)
         card.update(val_seen=val, reference={
             "run": str(reference), "command": _command(ref), "epochs": ref.get("epochs_run"),
             "seed": (ref.get("recipe") or {}).get("seed"),
@@ -168,7 +169,7 @@ def ship(run: Path, data: str, train_note: str | None = None, reference: Path | 
                          "size": fast["size"], "threads": fast["host"]["torch_threads"], "cpu": fast["host"]["cpu"],
                          "command": f"python -m sis bench --compare-engines --model {cfg.name} --data {data}"}
     if timings_from_replaced:
-        card = keep_timings(card, old.raw)
+        card = keep_timings(card, old)
     zoo.write_card(dest, card)
     return card
 
@@ -232,7 +233,7 @@ if __name__ == "__main__":
         print(f"shipped {run.name}: val mIoU {100 * cards[-1]['val']['miou']:.2f}, fast path "
               f"{cards[-1]['fast_path']['default']}", file=sys.stderr)
     # the tables cover every shipped model, whichever were shipped just now
-    cards = [zoo.read_card(f).raw for f in zoo.shipped_models().values()]
+    cards = [zoo.card_as_written(f) for f in zoo.shipped_models().values()]
     cards = [c for c in cards if c.get("fast_path")]
     if cards:
         print(table(cards, cards[0]["classes"]))

@@ -97,9 +97,7 @@ source = batchnorm_statistics(base)
 
 
 def engine_of(m):
-    e = create_engine("eager", m, cfg)
-    e.temperature = card.temperature
-    return e
+    return create_engine("eager", m, cfg, temperature=card.temperature)
 
 
 plain = engine_of(base)

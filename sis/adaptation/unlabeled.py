@@ -362,17 +362,12 @@ def adapt_folder(init: Path, source: Path, out: Path, stride: int | None = None,
     result = Adaptation(str(init), str(out), used, skipped, round(seconds, 1), layers, len(frames), round(share, 4),
                         stride, fitted, planned, checked.get(GRAPH, {}).get("agreement"), int8.get("agreement"),
                         int8.get("start_agreement"))
-    base = start.raw
-    card = {k: base[k] for k in ("model", "paper_pair", "classes", "palette", "void", "recipe", "calibration")
-            if k in base}
-    card.update(init=cfg.init, status="stopped" if result.stopped else "done", unlabeled=result.to_dict() | {
-        "method": "BatchNorm statistics re-estimated on the frames (AdaBN)" + (
-            f", {share:.0%} of the training statistics kept (they weigh as {prior_frames:g} frames)"
-            if prior_frames else "") + (
-            f"; then the BatchNorm scales and shifts fitted to surer predictions on them (entropy minimised, "
-            f"TENT), {fitted} steps of Adam at {FIT_LR:g}" if fitted else "") + "; no other weight changed",
-        "source": str(source)})
-    if fast:
-        card["fast_path"] = fast
-    zoo.write_card(out, card)
+    method = "BatchNorm statistics re-estimated on the frames (AdaBN)" + (
+        f", {share:.0%} of the training statistics kept (they weigh as {prior_frames:g} frames)"
+        if prior_frames else "") + (
+        f"; then the BatchNorm scales and shifts fitted to surer predictions on them (entropy minimised, "
+        f"TENT), {fitted} steps of Adam at {FIT_LR:g}" if fitted else "") + "; no other weight changed"
+    zoo.write_card(out, zoo.derived_card(init, init=cfg.init, status="stopped" if result.stopped else "done",
+                                         unlabeled=result.to_dict() | {"method": method, "source": str(source)},
+                                         **({"fast_path": fast} if fast else {})))
     return result

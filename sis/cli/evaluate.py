@@ -25,10 +25,12 @@ def accurate_engine(a, device: str = "cpu", default_engine: str | None = None):
                                  a.weights, log=lambda m: print(m, file=sys.stderr))
 
 
-def accurate_single(a):
-    """One model on the engine ``--engine`` names, else the one chosen for it here."""
+def accurate_single(a, temperature: float | None = None):
+    """One model on the engine ``--engine`` names, else the one chosen for it here (at the card's temperature
+    unless ``temperature`` is given)."""
     from sis import engines
-    return engines.load_engine(model_folders(a.model)[0], a.engine if a.engine not in (None, "auto") else None)
+    return engines.load_engine(model_folders(a.model)[0], a.engine if a.engine not in (None, "auto") else None,
+                               temperature=temperature)
 
 
 def cmd_shift(a) -> int:
@@ -91,6 +93,7 @@ def cmd_eval(a) -> int:
     if a.shift:
         return cmd_shift(a)
     from sis.data.dataset import load_split
+    from sis.engines import AccurateEngine
     from sis.evaluation.evaluate import evaluate
     from sis.zoo import models
     from sis.zoo.runtime import pick_device
@@ -106,7 +109,7 @@ def cmd_eval(a) -> int:
         model, cfg = None, engine.cfg
     frames = load_split(a.data, a.split, a.limit, cfg.class_set)
     res = evaluate(model, cfg, frames, device, amp=a.amp, batch_size=a.batch_size, engine=engine, rule=a.work_rule)
-    res.update(model=",".join(cfg.name if engine is None else n for n in getattr(engine, "member_names", [cfg.name])),
+    res.update(model=",".join(cfg.name if engine is None else n for n in (engine.member_names if isinstance(engine, AccurateEngine) else [cfg.name])),
                folder=",".join(map(str, folders)), split=a.split, amp=a.amp, tta=a.tta,
                engine="eager" if engine is None else engine.name)
     if a.write:
@@ -131,7 +134,7 @@ def _check_real_frames(a, folders: list[Path]) -> None:
                           "without --tta, --engine, --amp or --work-rule")
     if a.limit:
         raise EngineError("--write keeps the figures of the whole split: drop --limit")
-    trained = (zoo.read_card(folders[0]).raw.get("recipe") or {}).get("data")
+    trained = zoo.read_card(folders[0]).trained_data
     if trained and Path(trained).resolve() == Path(a.data).resolve():
         raise EngineError(f"{folders[0].name} trained on {a.data}: its figures there are its card's val, not a "
                           f"dataset it has not seen")
@@ -144,8 +147,7 @@ def _keep_real_frames(a, folder: Path, res: dict) -> None:
     rec = {"miou": res["miou"], "per_class_iou": res["per_class_iou"], "pixel_acc": res["pixel_acc"],
            "frames": res["frames"], "split": a.split,
            "command": f"python -m sis eval --model {a.model} --data {a.data} --split {a.split}"}
-    kept = dict(zoo.read_card(folder).raw.get("real_frames") or {})
-    zoo.update_card(folder, real_frames=dict(kept, **{name: rec}))
+    zoo.keep_real_frames(folder, name, rec)
     print(f"kept in {folder / 'card.json'} as real_frames.{name}", file=sys.stderr)
 
 
@@ -155,8 +157,7 @@ def cmd_calibrate(a) -> int:
     from sis.evaluation.calibrate import calibrate
     from sis.evaluation.robustness import val_frames
     folder = model_folders(a.model)[0]
-    engine = accurate_single(a)
-    engine.temperature = 1.0  # fitted from the raw logits, whatever the card holds now
+    engine = accurate_single(a, temperature=1.0)  # fitted from the raw logits, whatever the card holds now
     cal = calibrate(engine, val_frames(Path(a.data), a.limit, a.every), a.seed)
     out = cal.to_dict() | {"fitted_on": f"val of {Path(a.data).name} ({cal.frames} frames, {cal.pixels} pixels)",
                            "reference": f"the val frames of {Path(a.data).name}"}

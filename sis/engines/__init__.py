@@ -45,6 +45,7 @@ __all__ = ["ENGINES", "REFERENCE", "MAX_MIOU_DELTA", "TTA", "AccurateEngine", "E
 class Engine(Protocol):
     name: str
     cfg: ModelConfig
+    temperature: float  # the logits are divided by it before any softmax: the card's, given when it is built
 
     def __call__(self, images: np.ndarray) -> np.ndarray: ...
 
@@ -52,7 +53,8 @@ class Engine(Protocol):
 
 
 def create_engine(name: str, model, cfg: ModelConfig, device: str = "cpu", folder: Path | None = None,
-                  log: Callable[[str], None] | None = None, keep_model: bool = True) -> Engine:
+                  log: Callable[[str], None] | None = None, keep_model: bool = True,
+                  temperature: float = 1.0) -> Engine:
     """Engine ``name`` over an in-memory PyTorch ``model`` (eval mode, on ``device``; read-only).
     Graph engines also take ``model=None`` with the model's ``folder``: no PyTorch weights are then
     loaded unless a graph must be exported. Raises EngineError if ``name`` cannot run here."""
@@ -61,32 +63,32 @@ def create_engine(name: str, model, cfg: ModelConfig, device: str = "cpu", folde
         raise EngineError(f"engine {name} is unavailable: {why}")
     if is_graph(name):
         from sis.engines.onnx_engine import GraphEngine
-        return GraphEngine(model, cfg, name, log=log, folder=folder)
+        return GraphEngine(model, cfg, name, log=log, folder=folder, temperature=temperature)
     if model is None:
         raise EngineError(f"engine {name} needs the PyTorch model")
     from sis.engines.torch_engines import Bf16Engine, EagerEngine
-    return EagerEngine(model, cfg) if name == REFERENCE else Bf16Engine(model, cfg, keep_model=keep_model)
+    if name == REFERENCE:
+        return EagerEngine(model, cfg, temperature)
+    return Bf16Engine(model, cfg, keep_model=keep_model, temperature=temperature)
 
 
 def load_engine(folder: Path, name: str | None = None, device: str = "cpu",
-                log: Callable[[str], None] | None = None) -> Engine:
-    """The engine for the saved model in ``folder``: ``name``, else ``choose_engine``'s. Graph engines
-    load no PyTorch model (torch is not even imported when the graph is cached or templated)."""
+                log: Callable[[str], None] | None = None, temperature: float | None = None) -> Engine:
+    """The engine for the saved model in ``folder``: ``name``, else ``choose_engine``'s, at the card's
+    temperature unless ``temperature`` is given. Graph engines load no PyTorch model (torch is not even
+    imported when the graph is cached or templated)."""
     folder = Path(folder)
     name = name or choose_engine(folder, device).name
-    card = read_card(folder)  # the confidence predict reports is calibrated where fitted
+    if temperature is None:  # the confidence predict reports is calibrated where fitted
+        temperature = read_card(folder).temperature
     if is_graph(name):
-        engine = create_engine(name, None, read_config(folder), device, folder, log)
-        engine.temperature = card.temperature
-        return engine
+        return create_engine(name, None, read_config(folder), device, folder, log, temperature=temperature)
     import torch
 
     from sis.zoo.models import load_for_inference
     torch.set_num_threads(host.threads())  # as the graph engines: SIS_THREADS, else the physical cores
     model, cfg = load_for_inference(folder, device)
-    engine = create_engine(name, model, cfg, device, folder, log, keep_model=False)
-    engine.temperature = card.temperature
-    return engine
+    return create_engine(name, model, cfg, device, folder, log, keep_model=False, temperature=temperature)
 
 
 def load_accurate(folders: list[Path], tta: TTA = TTA(), name: str | None = None, device: str = "cpu",

@@ -28,11 +28,12 @@ class GraphEngine:
     """ONNX Runtime over cached per-size graphs (batch 1; a batch is run image by image)."""
 
     def __init__(self, model, cfg, name: str, threads: int | None = None,
-                 log: Callable[[str], None] | None = None, folder: Path | None = None):
+                 log: Callable[[str], None] | None = None, folder: Path | None = None, temperature: float = 1.0):
         """``model`` may be None with a ``folder``: then PyTorch weights are loaded only to
         build a graph that is not cached yet, and dropped afterwards (the app's memory)."""
         self.model, self.cfg = model, cfg
         self.name = name
+        self.temperature = temperature
         self.int8 = name.endswith("int8")
         self.threads = threads or host_threads()
         self.log = log

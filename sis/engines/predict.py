@@ -57,7 +57,7 @@ def labels_and_confidence(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def tempered(engine, images: np.ndarray) -> np.ndarray:
     """``engine``'s (N, C, h, w) float32 logits of (N, 3, h, w) uint8 ``images``, divided by its temperature (its
     card's; 1 where it has none): the one place it is applied, so every probability the studio shows is alike."""
-    return np.asarray(engine(images), np.float32) / getattr(engine, "temperature", 1.0)
+    return np.asarray(engine(images), np.float32) / engine.temperature
 
 
 class WorkLogits(NamedTuple):

@@ -16,8 +16,8 @@ class EagerEngine:
     """PyTorch fp32 in the model's own memory format (plain smp for an NCHW model): the reference."""
     name = REFERENCE
 
-    def __init__(self, model: torch.nn.Module, cfg: ModelConfig):
-        self.model, self.cfg = model, cfg
+    def __init__(self, model: torch.nn.Module, cfg: ModelConfig, temperature: float = 1.0):
+        self.model, self.cfg, self.temperature = model, cfg, temperature
         self.device = next(model.parameters()).device
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
@@ -66,10 +66,10 @@ class Bf16Engine(EagerEngine):
     BatchNorm passes. On CUDA: autocast over the shared model."""
     name = "torch-bf16"
 
-    def __init__(self, model: torch.nn.Module, cfg: ModelConfig, keep_model: bool = True):
+    def __init__(self, model: torch.nn.Module, cfg: ModelConfig, keep_model: bool = True, temperature: float = 1.0):
         """``keep_model=False``: the engine owns ``model`` and drops it once its bf16 copy is
         built (the app: half the weights' memory)."""
-        super().__init__(model, cfg)
+        super().__init__(model, cfg, temperature)
         self._keep = keep_model
         self._checked = False  # the fold has been built and checked (on a CPU)
         self._net: torch.nn.Module | None = None

@@ -84,8 +84,8 @@ def carried_engines(start: Path, out: Path, frames: list, given: Callable, said:
     from sis.engines import MAX_MIOU_DELTA, REFERENCE
     from sis.engines.cache import cached_for
     from sis.engines.templates import carry_templates
-    fast = zoo.read_card(start).raw.get("fast_path") or {}
-    timed = fast.get("backends") or {}
+    fast = zoo.read_card(start).fast_path
+    timed = fast.backends
     if not frames or not (timed.get(REFERENCE) or {}).get("median_ms") or \
             not (timed.get(GRAPH) or {}).get("speedup_vs_eager"):
         return None
@@ -122,7 +122,7 @@ def carried_engines(start: Path, out: Path, frames: list, given: Callable, said:
     if int8:
         backends[INT8] = {k: timed[INT8].get(k) for k in kept} | int8
     return {"backends": backends,
-            "size": fast.get("size"), "threads": fast.get("threads"), "cpu": fast.get("cpu"),
+            "size": fast.size, "threads": fast.threads, "cpu": fast.cpu,
             "timing_note": f"timings kept from {Path(start).name}'s card: the same architecture and graphs; "
                            f"{'the fp32 and int8 graphs' if int8 else 'only the fp32 graph'} checked for these "
                            "weights, the other engines unchecked"}

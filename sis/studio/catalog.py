@@ -100,16 +100,9 @@ def saved_as(out_dir: str | None) -> str:
     return Path(out_dir).name + ("" if (Path(out_dir) / "config.json").is_file() else " (removed)")
 
 
-def adapted_origin(card: zoo.ModelCard) -> str | None:
-    """The name of the model a card's model was adapted from without labels (its init "adapted:NAME"),
-    None where it was not adapted."""
-    init = str(card.raw.get("init", ""))
-    return init.split(":", 1)[1] if init.startswith("adapted:") else None
-
-
 def adapted_from(entry: Entry, entries: dict[str, Entry]) -> Entry | None:
     """The model ``entry`` was adapted from without labels, where ``entries`` still offers it; else None."""
-    name = None if entry.shipped else adapted_origin(zoo.read_card(entry.folder))
+    name = None if entry.shipped else zoo.read_card(entry.folder).adapted_origin
     return None if name is None else entries.get(name) or entries.get(f"run:{name}")
 
 

@@ -45,7 +45,7 @@ def teacher_targets(frames: Frames, teacher: str, tta: str = "none", device: str
     if names != list(frames.classes.names):
         raise ValueError(f"the teacher predicts {', '.join(names)}; the training data has "
                          f"{', '.join(frames.classes.names)}")
-    probs = getattr(engine, "probabilities", None)
+    probs = engine.probabilities if isinstance(engine, engines.AccurateEngine) else None
     out = []
     for img in frames.images:
         x = img.cpu().numpy()[None]

@@ -36,6 +36,20 @@ class ModeRecord:
         return cls(d.get("miou"), d.get("per_class_iou") or {}, d.get("median_ms"), d.get("latency_x"))
 
 
+@dataclass(frozen=True)
+class FastPath:
+    """A card's engine comparison as written (``sis bench --compare-engines``, or carried from a start's):
+    each engine's record and where they were timed."""
+    backends: dict = field(default_factory=dict)  # engine name -> its record as written: timings, checks, notes
+    size: list | None = None                       # the frame size timed, [h, w]
+    threads: int | None = None
+    cpu: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FastPath":
+        return cls(dict(d.get("backends") or {}), d.get("size"), d.get("threads"), d.get("cpu"))
+
+
 DEV_SET = "kitti-dev"  # real labelled frames of another city and camera: the yardstick beside CamVid val (docs/real_streets.md)
 
 
@@ -59,8 +73,8 @@ class RealFramesRecord:
 
 @dataclass(frozen=True)
 class ModelCard:
-    """card.json, read once: the figures the studio shows, typed; ``raw`` keeps every key as written
-    (recipes, per-stage notes, whatever a later version adds)."""
+    """card.json, read once: the figures and facts the studio reads, typed. Every key as written stays in
+    the file, for the tools that copy sections from card to card (``card_as_written``)."""
     val_miou: float | None = None
     val_pixel_acc: float | None = None
     per_class_iou: dict = field(default_factory=dict)   # class name -> IoU or None
@@ -79,7 +93,15 @@ class ModelCard:
     low_reference: str = "CamVid's own val frames"     # the frames low_confidence was measured on, in words
     shift_mean: float | None = None                    # the shift benchmark's mean mIoU (eval --shift all --write)
     real_frames: dict = field(default_factory=dict)    # dataset name -> RealFramesRecord (sis eval --write)
-    raw: dict = field(default_factory=dict)
+    fast_path: FastPath = field(default_factory=FastPath)
+    status: str | None = None                          # done | stopped: how its training run or adaptation ended
+    init: str = ""                                     # what it started from: random, imagenet, finetune:X, adapted:X
+    trained_data: str | None = None                    # the dataset folder its training run read
+
+    @property
+    def adapted_origin(self) -> str | None:
+        """The model this one was adapted from without labels (its init "adapted:NAME"), None where it was not."""
+        return self.init.split(":", 1)[1] if self.init.startswith("adapted:") else None
 
     @property
     def dev_miou(self) -> float | None:
@@ -100,13 +122,14 @@ class ModelCard:
     def from_dict(cls, d: dict) -> "ModelCard":
         val, cx = d.get("val") or {}, d.get("complexity") or {}
         eng = (d.get("fast_path") or {}).get("backends") or {}
+        recipe = d.get("recipe") or {}
         return cls(val_miou=val.get("miou"), val_pixel_acc=val.get("pixel_acc"),
                    per_class_iou=val.get("per_class_iou") or {}, history=d.get("history") or [],
                    epochs_run=d.get("epochs_run"), params=cx.get("params"), gflops=cx.get("gflops"),
                    latency_ms=(d.get("latency") or {}).get("median_ms"),
                    engines={n: EngineRecord.from_dict(r or {}) for n, r in eng.items()},
                    modes={m: ModeRecord.from_dict(r or {}) for m, r in ((d.get("accurate") or {}).get("modes") or {}).items()},
-                   splits=tuple((d.get("recipe") or {}).get("splits") or ("train",)),
+                   splits=tuple(recipe.get("splits") or ("train",)),
                    val_note=(d.get("reference") or {}).get("note"),
                    temperature=float((d.get("calibration") or {}).get("temperature") or 1.0),
                    low_confidence=(d.get("calibration") or {}).get("low_confidence"),
@@ -114,7 +137,9 @@ class ModelCard:
                    low_reference=(d.get("calibration") or {}).get("reference") or "CamVid's own val frames",
                    shift_mean=(d.get("shift_benchmark") or {}).get("mean"),
                    real_frames={k: r for k, v in (d.get("real_frames") or {}).items()
-                                if isinstance(v, dict) and (r := RealFramesRecord.from_dict(v))}, raw=d)
+                                if isinstance(v, dict) and (r := RealFramesRecord.from_dict(v))},
+                   fast_path=FastPath.from_dict(d.get("fast_path") or {}), status=d.get("status"),
+                   init=str(d.get("init") or ""), trained_data=recipe.get("data"))
 
 
 def write_card(folder: Path, card: dict) -> ModelCard:
@@ -136,6 +161,33 @@ def update_card(folder: Path, **sections) -> ModelCard:
     if not isinstance(raw, dict):
         raise ValueError(f"{path} is not a card (a JSON object); it is left as it is")
     return write_card(folder, dict(raw, **sections))
+
+
+def keep_real_frames(folder: Path, dataset: str, record: dict) -> ModelCard:
+    """Set the card's figures on the labelled dataset named ``dataset`` (``sis eval --write``), keeping the others."""
+    kept = dict(card_as_written(folder).get("real_frames") or {})
+    return update_card(folder, real_frames=dict(kept, **{dataset: record}))
+
+
+IDENTITY = ("model", "paper_pair", "classes", "palette", "void", "recipe", "calibration")
+
+
+def derived_card(start: Path, **sections) -> dict:
+    """The card of a model derived from the one in ``start`` without training (adapted without labels): what it
+    is (architecture, classes, recipe, calibration) from the start's card, and ``sections``."""
+    base = card_as_written(start)
+    return {k: base[k] for k in IDENTITY if k in base} | sections
+
+
+def card_as_written(folder: Path) -> dict:
+    """Every key of the folder's card as written ({} where there is none or it cannot be read): for the tools
+    that fold or copy whole sections from card to card; figures are read through ``read_card``."""
+    path = Path(folder) / "card.json"
+    try:
+        d = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return d if isinstance(d, dict) else {}
 
 
 def read_card(folder: Path) -> ModelCard:
@@ -164,7 +216,7 @@ def recipe_defaults(init: str) -> dict:
     {} where ``init`` is random, imagenet or a folder whose card has no recipe."""
     if init in FRESH_INITS or not (Path(init) / "card.json").is_file():
         return {}
-    card = read_card(init).raw
+    card = card_as_written(init)
     recipe = card.get("recipe") or {}
     out = {k: recipe[k] for k in RECIPE_KEYS if k in recipe}
     out.update({k: v for k, v in (card.get("adaptation") or {}).items() if k in ADAPTATION_KEYS})

@@ -86,8 +86,8 @@ def describe(key: str, entry: catalog.Entry | None = None, default: str | None =
     score = f" · val mIoU {100 * card.val_miou:.1f}" if isinstance(card.val_miou, (int, float)) else ""
     if key.startswith("run:"):
         compared = catalog.verdict(entry) if entry is not None else None
-        stopped = card.raw.get("status") == "stopped"
-        how = "fine-tuned here" if catalog.adapted_origin(card) is None else "adapted here, no labels"
+        stopped = card.status == "stopped"
+        how = "fine-tuned here" if card.adapted_origin is None else "adapted here, no labels"
         return (f"{key[4:]} ({how}{', stopped' if stopped else ''})" +
                 (f" · {compared.verdict()}" if compared is not None and compared.scores else score))
     paper = zoo.MODELS[key].paper if key in zoo.MODELS else None
