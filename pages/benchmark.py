@@ -1,5 +1,3 @@
-import csv
-import io
 import json
 import time
 
@@ -8,7 +6,7 @@ import streamlit as st
 from sis import host, store, zoo
 from sis.engines.policy import KEEP_MIN_ROUNDS
 from sis.studio import catalog, jobs, ui
-from sis.vis import charts
+from sis.vis import charts, report
 
 ui.ensure_router(__file__)
 st.title("Benchmark")
@@ -20,6 +18,8 @@ st.caption(f"Every benchmark runs in a separate process, as fine-tuning does: {l
            f"this server (fine-tuning or benchmark), one per session, stopped at {lim.max_wall_s / 60:.0f} minutes.")
 
 st.subheader("Step time")
+st.caption("PyTorch itself (fp32, or bf16/fp16 with mixed precision), as training and the reference engine run: "
+           "not the engine the pages answer on, which *Inference engines* below times.")
 no_gpu = None if host.nvidia_gpu_visible() else "no NVIDIA GPU on this host"
 with st.form("bench_form"):
     models = st.multiselect("Models", zoo.list_models(), default=[zoo.DEFAULT_MODEL], key="bench_models")
@@ -58,21 +58,12 @@ if note:
     st.error(note)
 if last:
     st.subheader("This run")
-    table = [{"model": r["model"], "mode": r["mode"], "device": r["device"], "batch": r["batch"],
-              "size": f"{r['size'][0]}x{r['size'][1]}", "amp": r["amp"], "median ms": round(r["median_ms"], 1),
-              "p90 ms": round(r["p90_ms"], 1), "images/s": round(r["images_per_s"], 2),
-              "peak RSS MB": round(r["peak_rss_mb"])} for r in last]
-    if any(r["cuda_max_allocated_mb"] is not None for r in last):  # a column only where a GPU ran
-        for row, r in zip(table, last):
-            row["CUDA MB"] = r["cuda_max_allocated_mb"]
+    table = report.bench_table(last)
     st.dataframe(table, hide_index=True, placeholder="", width="stretch")
-    st.plotly_chart(charts.bench_bars(last), width="stretch")
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(table[0]))
-    writer.writeheader()
-    writer.writerows(table)
+    if len(last) > 1:  # one model's bars say no more than its table row
+        st.plotly_chart(charts.bench_bars(last), width="stretch")
     c1, c2 = st.columns(2)
-    c1.download_button("Download CSV", buf.getvalue(), "benchmark.csv", "text/csv")
+    c1.download_button("Download CSV", report.csv_text(table), "benchmark.csv", "text/csv")
     c2.download_button("Download JSON", json.dumps(last, indent=1), "benchmark.json", "application/json")
 
 st.subheader("Inference engines")
@@ -111,13 +102,14 @@ if entries:
                      hide_index=True, placeholder="", width="stretch")
         for n, why in res["unavailable"].items():
             st.caption(f"{n}: unavailable here ({why})")
+        not_kept = res.get("not_kept")
         if res.get("kept_for_this_host"):
             st.success(f"Kept for this host: {res['model']} now runs on **{res['default']}** here "
                        "(the fastest engine within 0.5 point of eager's val mIoU).")
-        elif "CPU while it ran" in (res.get("not_kept_because") or ""):
-            st.warning(f"Not kept: {res['not_kept_because']}.")
+        elif not_kept and not_kept["kind"] == "busy":  # the one a user can act on now
+            st.warning(f"Not kept: {not_kept['sentence']}.")
         else:
-            st.caption(f"Not kept: {res.get('not_kept_because') or 'only a comparison at the base size picks the engine'}.")
+            st.caption(f"Not kept: {not_kept['sentence'] if not_kept else 'only a comparison at the base size picks the engine'}.")
         cl = res.get("channels_last_fp32")
         st.caption(f"Yardstick, same rounds: eager fp32 with channels_last took {cl['median_ms']:.1f} ms "
                    f"({cl['speedup_vs_eager']:.2f}x the reference).")

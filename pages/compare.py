@@ -42,27 +42,22 @@ elif image is not None:
         st.warning(res.note)
     if res.unfamiliar:
         st.warning(res.unfamiliar, icon=":material/travel_explore:")
-    cols = st.columns(len(res.results) + 1)
-    cols[0].image(res.image, caption="Image", width="stretch")
-    for col, r, key in zip(cols[1:], res.results, chosen):
-        col.image(report.painted(r.labels, ui.shown(ui.get_config(entries[key]).class_set)), caption=f"{r.name} · {r.ms:.0f} ms on {r.engine}", width="stretch")
-    d1, d2 = st.columns([1, 2])
-    d1.image(res.disagreement, caption="Disagreement: dark = all agree, bright = all differ", width="stretch")
-    d2.metric("Pixels where the models disagree", f"{100 * res.disagree_frac:.1f}%")
+    tiles = [(res.image, "Image")] + [
+        (report.painted(r.labels, ui.shown(ui.get_config(entries[key]).class_set)), f"{r.name} · {r.ms:.0f} ms on {r.engine}")
+        for r, key in zip(res.results, chosen)] + [
+        (res.disagreement, "Disagreement: dark = all agree, bright = all differ")]
+    per_row = 2 if len(tiles) == 4 else 3  # six in a row would be thumbnails
+    for start in range(0, len(tiles), per_row):
+        for col, (picture, caption) in zip(st.columns(per_row), tiles[start:start + per_row]):
+            col.image(picture, caption=caption, width="stretch")
+    st.metric("Pixels where the models disagree", f"{100 * res.disagree_frac:.1f}%")
     ui.legend(ui.shown(CAMVID))
 
 st.subheader("Dashboard")
 rows = ui.dashboard_rows(entries)
-beyond_train = any(r.trained_on != "train" for r in rows)
-st.dataframe([{"model": r.model, "val mIoU %": r.val_miou and round(100 * r.val_miou, 1),
-               "kitti-dev mIoU %": r.dev_miou and round(100 * r.dev_miou, 1),
-               "under shift mIoU %": r.shift_miou and round(100 * r.shift_miou, 1),
-               "pixel acc %": r.pixel_acc and round(100 * r.pixel_acc, 1),
-               "params (M)": r.params_m and round(r.params_m, 1), "GFLOPs": r.gflops and round(r.gflops, 1),
-               "eager fp32 ms (360x480)": r.cpu_ms and round(r.cpu_ms), "engine": r.engine,
-               "engine ms": r.engine_ms and round(r.engine_ms), "timed": r.engine_timed, "epochs": r.epochs}
-              | ({"trained on": r.trained_on} if beyond_train else {})
-              for r in rows], hide_index=True, placeholder="", width="stretch")
+st.dataframe(report.zoo_table(rows, detail=True), hide_index=True, placeholder="", width="stretch")
+st.caption("mIoU % on CamVid val, on kitti-dev and under shift (below); eager ms: PyTorch fp32 on a 360x480 frame on the machine "
+           "that shipped the model; engine ms: the engine it runs on here.")
 if any(r.dev_miou is not None for r in rows):
     st.caption("kitti-dev: 22 real labelled street frames of another city and a wider car camera (KITTI, Karlsruhe), "
                "which no shipped model trained on: nearer a user's photos than CamVid val, which is the same drive as "

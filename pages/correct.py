@@ -57,11 +57,12 @@ else:
         clip = ui.stash_clip(up) if up is not None else (last, None)
         ranked = ui.rank_clip(entry, clip[0], int(stride)) if clip else []
     if ranked:
-        st.caption("Least sure first (mean entropy of the class probabilities; dark = unsure):")
+        st.caption("Least sure first, by the mean entropy of the class probabilities (dark = unsure):")
         cols = st.columns(min(len(ranked), 4))
         for i, u in enumerate(ranked[:4]):
             cols[i].image(report.colormap(u.confidence), width="stretch",
-                          caption=f"{u.name}: {100 * u.unsure_share:.0f}% unsure")
+                          caption=f"{i + 1}. {u.name}: entropy {u.mean_entropy:.3f}, "
+                                  f"{100 * u.unsure_share:.0f}% of its pixels unsure")
         pick = st.selectbox("Correct", range(len(ranked)), key="cor_pick",
                             format_func=lambda i: f"{ranked[i].name} (entropy {ranked[i].mean_entropy:.3f})")
         image, image_key = ranked[pick].image, f"{source}:{ranked[pick].name}:{id(ranked[pick].image)}"
@@ -93,8 +94,12 @@ canvas = ui.canvas(stroke_width=size, stroke_color=correct.brush_hex(shown, brus
                    point_display_radius=4, return_image_data=True,
                    key=f"cor_canvas:{image_key}:{draft.version}:{nonce}")
 ui.legend(shown)
-if correct.apply_canvas(draft, tool, brush, canvas.image_data, canvas.json_data, display, shown):
+if note := st.session_state.pop("_cor_note", None):
+    st.info(note)
+applied = correct.apply_canvas(draft, tool, brush, canvas.image_data, canvas.json_data, display, shown)
+if applied.restart:
     st.session_state["_cor_nonce"] = nonce + 1  # each stroke or fill is a step: the canvas starts over it
+    st.session_state["_cor_note"] = applied.note
     st.rerun()
 if tool != "Brush" and brush == "eraser":
     st.caption("Fill a region gives a region a class: pick a class (or void), or paint with the eraser.")
@@ -138,7 +143,7 @@ if st.session_state.get("_adapt_on"):
     st.page_link("pages/finetune.py", label=f"Teach a model with '{st.session_state['_adapt_on']}' on the Fine-tune "
                  "page", icon=":material/model_training:")
 
-with st.expander("My datasets"):
+with st.expander("My datasets", key="cor_datasets", on_change="rerun"):  # stays open across reruns
     for ds in userdata.list_datasets(home):
         d1, d2 = st.columns([3, 1])
         d1.markdown(f"**{ds.name}**: {len(ds.frames)} frames" + ("" if ui.access().shared else f", `{ds.root}`"))

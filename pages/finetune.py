@@ -8,7 +8,7 @@ from sis.engines import choose_engine
 from sis.data.dataset import DatasetError, list_pairs, validation_plan
 from sis.studio import catalog, jobs, ui
 from sis.evaluation import before_after
-from sis.training.config import TrainConfig
+from sis.training.config import config_for
 from sis.vis import charts
 
 DEFAULT_SHARE = "the model's default"
@@ -103,19 +103,18 @@ if started:
         else:
             root = Path(folder.strip())
         n = len(list_pairs(root, "train")[: int(frames)])
-        recipe = zoo.recipe_defaults(init_value)
-        cfg = dict(model=name, data=str(root), init=init_value, batch_size=int(batch), lr=float(lr),
-                   train_limit=int(frames), val_limit=20, val_every=1, **recipe)
+        asked = dict(init=init_value, batch_size=int(batch), lr=float(lr), train_limit=int(frames), val_limit=20,
+                     val_every=1)  # what the form sets; the rest as `sis train` would take it (config_for)
         if encoder != "the model's default":
-            cfg["freeze_encoder"] = encoder == "freeze it"
+            asked["freeze_encoder"] = encoder == "freeze it"
         if flips != as_trained:
-            cfg["flips"] = {"horizontal": "h", "horizontal + vertical": "hv", "none": ""}[flips]
+            asked["flips"] = {"horizontal": "h", "horizontal + vertical": "hv", "none": ""}[flips]
         if crop != as_trained:
-            cfg["crop"] = None if crop == "full frames" else tuple(int(v) for v in crop.split("x"))
+            asked["crop"] = "full" if crop == "full frames" else tuple(int(v) for v in crop.split("x"))
         if replay and camvid is not None and root.resolve() != camvid.resolve():
-            share = (recipe.get("replay_ratio", TrainConfig.replay_ratio) if ratio == DEFAULT_SHARE
-                     else int(ratio.rstrip("%")) / 100)
-            cfg.update(replay=str(camvid), replay_ratio=share)
+            asked.update(replay=str(camvid),
+                         replay_ratio=None if ratio == DEFAULT_SHARE else int(ratio.rstrip("%")) / 100)
+        cfg = config_for(root, name, **asked).to_dict()
         # scored before and after, also on CamVid val when present
         before_after = str(camvid or "") if init_value == str(entry and entry.folder) else None
         if unit == "steps":
@@ -168,7 +167,8 @@ def live():
     else:
         st.progress(0.0, text=f"{status}: loading data and model...")
     if snap.steps:
-        validates = bool(snap.val) or not st.session_state.get("_ft_plans", {}).get(job.id, "").startswith("none")
+        plan = st.session_state.get("_ft_plans", {}).get(job.id)
+        validates = bool(snap.val) or plan is None or plan.frames > 0
         st.plotly_chart(charts.live_curves(snap, validates), width="stretch", key="live_curves")
     if status == "failed":
         st.error(snap.message)

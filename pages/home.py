@@ -28,12 +28,15 @@ key = default.key
 if key and gallery:
     entry, sample = entries[key], gallery[0]
     res = ui.segment_cached(entry, f"sample:{sample.name}", ui.load_image(sample.image).image, slot="home")
+    shown = ui.shown(CAMVID)  # the session's colours
     a, b = st.columns(2)
     a.image(res.image, caption="A CamVid val frame", width="stretch")
-    b.image(report.paint(res, CAMVID, 0.55), width="stretch",
-            caption=f"{key}, the default model, on {res.engine}: {res.ms:.0f} ms on this host")
-    ui.legend(CAMVID, res.share)
-    st.caption(f"Default model: {default.reason}.")
+    b.image(report.paint(res, shown, 0.55), width="stretch",
+            caption=f"{key}, the default model, on {res.engine}: {res.ms:.0f} ms for this one frame on this host "
+                    "(a server's first answers are the slowest)")
+    ui.legend(shown, res.share)
+    st.caption(f"Default model: {default.reason}. Those times are medians of timed rounds on the model's engine; "
+               "one answer, as above, can take longer.")
 
 rows = ui.dashboard_rows(entries)
 paper = [r for r in rows if r.paper and entries[r.model].shipped]
@@ -46,19 +49,13 @@ if paper:
 
 st.subheader("Model zoo")
 if rows:
-    st.dataframe(
-        [{"model": r.model, "paper pair": r.paper or "", "val mIoU %": None if r.val_miou is None
-          else round(100 * r.val_miou, 1), "pixel acc %": None if r.pixel_acc is None
-          else round(100 * r.pixel_acc, 1), "params (M)": r.params_m and round(r.params_m, 1),
-          "GFLOPs @360x480": r.gflops and round(r.gflops, 1), "engine here": r.engine,
-          "engine ms": None if r.engine_ms is None else round(r.engine_ms), "timed": r.engine_timed,
-          "epochs": r.epochs, "encoder init": r.init}
-         for r in rows], hide_index=True, placeholder="", width="stretch")
+    st.dataframe(report.zoo_table(rows), hide_index=True, placeholder="", width="stretch")
     st.caption("Validation figures on CamVid val (101 frames, void ignored). The test split is held out; "
-               "expect test mIoU several points lower. 'engine here' is the engine this host runs each model "
-               "on: the fastest that kept val mIoU within 0.5 point of PyTorch fp32.")
+               "expect test mIoU several points lower. kitti-dev: 22 real frames of another city and camera, "
+               "nearer your photos. 'engine here' is the engine this host runs each model on: the fastest that "
+               "kept val mIoU within 0.5 point of PyTorch fp32. Every figure: the Compare page's dashboard.")
 else:
     st.warning("No trained models found in weights/.")
 
 st.subheader("Classes")
-ui.legend(CAMVID)
+ui.legend(ui.shown(CAMVID))

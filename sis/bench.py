@@ -162,7 +162,7 @@ def compare_engines(model: str, data: str | None = None, engines: list[str] | No
 
     Returns {model, size, reference, engines: {name: {median_ms, p90_ms, images_per_s,
     speedup_vs_eager, miou, miou_delta, build_s}}, unavailable: {name: reason}, default, host};
-    ``engines.policy.keep_comparison`` keeps it as this host's timing.
+    ``engines.policy.judge_comparison`` keeps it as this host's timing.
     """
     import numpy as np
 

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import tempfile
+import zlib
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,11 @@ _CANDIDATES = [Path(os.environ["SIS_CAMVID"])] if os.environ.get("SIS_CAMVID") e
 REAL_CAMVID = next((p for p in _CANDIDATES if (p / "train").is_dir()), _CANDIDATES[0])
 
 os.environ.setdefault("SIS_OFFLINE", "1")  # no test touches the network
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # the suite's workers share the host's cores: each runs one thread (torch, ONNX Runtime, OpenCV and the
+    # jobs it starts) rather than all of them fighting over every core; set before torch is imported
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("SIS_THREADS", "1")
 if "SIS_CPU_BF16" not in os.environ:
     # bf16 autocast where the CPU has the instructions, not where a timing on a busy host says: the suite's
     # trained weights, and what is checked against them, must not depend on the host's load
@@ -121,3 +129,33 @@ def tiny_model(tiny_data, tmp_path_factory) -> Path:
     train(TrainConfig(model=TINY_MODEL, data=str(tiny_data), out=str(out), max_steps=2, batch_size=2,
                       threads=None), log=lambda m: None)
     return out
+
+
+# ------------------------------------------------------------------ helpers several test files share
+def write_clip(path: Path, frames: list[np.ndarray], fps: int = 10, codec: str = "libx264") -> Path:
+    """``frames`` written as a clip at ``path`` (lossless H.264 by default: decoded frames equal these)."""
+    import av
+    with av.open(str(path), "w") as c:
+        s = c.add_stream(codec, rate=Fraction(fps))
+        s.width, s.height, s.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        s.options = {"crf": "0"} if codec == "libx264" else {}  # lossless: decoded frames equal the written ones
+        for f in frames:
+            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def clip_frames(n=6, h=48, w=64, seed=0):
+    """``n`` frames of noise, a clip's worth."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (h, w, 3), np.uint8) for _ in range(n)]
+
+
+def bomb_png(w: int, h: int) -> bytes:
+    """A PNG header claiming w x h pixels with almost no data: refused before decoding."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00")) + chunk(b"IEND", b""))

@@ -48,13 +48,12 @@ def _emit(a, res: dict) -> bool:
 
 
 def _bench_engines(a) -> int:
-    from sis.engines.policy import keep_comparison, why_not_kept
     from sis.bench import compare_engines
+    from sis.engines.policy import judge_comparison
     a.size = a.size or (360, 480)
     res = compare_engines(a.model, a.data, a.engines.split(",") if a.engines else None, a.size,
                           a.warmup, a.repeats or 10, a.val_limit, log=lambda s: print(s, file=sys.stderr))
-    res["not_kept_because"] = why_not_kept(res)
-    res["kept_for_this_host"] = keep_comparison(res)
+    judge_comparison(res)
     if _emit(a, res):
         h = res["host"]
         print(f"{res['model']} at {a.size[0]}x{a.size[1]}, batch 1, {h['torch_threads']} threads, {h['cpu']}; "
@@ -70,7 +69,7 @@ def _bench_engines(a) -> int:
               f"({cl['speedup_vs_eager']:.2f}x) in the same rounds")
         print(f"engine chosen here: {res['default']} (accuracy gate: within {res['max_miou_delta']} point)" +
               (": kept, the app and `predict` use it on this host" if res["kept_for_this_host"] else
-               f" (not kept: {res['not_kept_because']})"))
+               f" (not kept: {res['not_kept']['sentence']})"))
     return 0
 
 

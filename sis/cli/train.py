@@ -10,28 +10,11 @@ from sis.cli.progress import StderrProgress
 
 
 def train_config(a):
-    """`train`'s arguments -> TrainConfig (sis.training.config.train_command is the inverse). Fine-tuning a model
-    folder (``--init DIR``): the model is the folder's, and the augmentation options not given keep
-    the folder's recipe (sis.zoo.card.recipe_defaults)."""
-    from sis import zoo
-    from sis.training.config import FLAGS, TrainConfig
-    from sis.zoo.card import recipe_defaults
-    model = a.model
-    if a.init not in zoo.FRESH_INITS:
-        folder_model = zoo.read_config(Path(a.init)).name  # a ModelError says what is wrong with the folder
-        if model and model != folder_model:
-            raise zoo.ModelError(f"--init {a.init} holds {folder_model}, not {model}")
-        model = folder_model
-    elif not model:
-        raise zoo.ModelError("--model is needed unless --init is a model folder")
-    base, default = recipe_defaults(a.init), TrainConfig()
-    values = {name: getattr(a, name) for name in FLAGS}
-    for name, flag in FLAGS.items():
-        if flag.recipe and values[name] is None:
-            values[name] = base.get(name, getattr(default, name))
-    if values["crop"] == "full":
-        values["crop"] = None
-    return TrainConfig(model=model, data=a.data, out=a.out or f"runs/{model}", **values)
+    """`train`'s arguments -> TrainConfig (sis.training.config.train_command is the inverse), by the rule the
+    Fine-tune page follows too (``config_for``): fine-tuning a model folder (``--init DIR``) keeps the folder's
+    model and, for the options not given, its recipe."""
+    from sis.training.config import FLAGS, config_for
+    return config_for(a.data, a.model, a.out, **{name: getattr(a, name) for name in FLAGS})
 
 
 def cmd_train(a) -> int:

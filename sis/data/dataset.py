@@ -67,18 +67,29 @@ def list_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def validation_plan(root: Path, n_train: int) -> str:
-    """How a training run on ``root`` (with ``n_train`` frames) validates, in words (sis.training.loop follows it):
+@dataclass(frozen=True)
+class ValidationPlan:
+    """How a training run validates: on how many frames (0: it does not), and that in words."""
+    frames: int
+    sentence: str
+
+    def __str__(self) -> str:
+        return self.sentence
+
+
+def validation_plan(root: Path, n_train: int) -> ValidationPlan:
+    """How a training run on ``root`` (with ``n_train`` frames) validates (validation_frames follows it):
     on its val/ split, else on every HOLDOUT_EVERY-th frame from HOLDOUT_MIN frames on, else not at all."""
     root = Path(root)
     if (root / "val").is_dir():
-        return f"on the dataset's val/ split ({len(list_pairs(root, 'val'))} frames)"
+        n = len(list_pairs(root, "val"))
+        return ValidationPlan(n, f"on the dataset's val/ split ({n} frames)")
     if n_train < HOLDOUT_MIN:
-        return f"none: the dataset has no val/ split and {n_train} frames, fewer than the {HOLDOUT_MIN} " \
-               "from which a share is held out"
+        return ValidationPlan(0, f"none: the dataset has no val/ split and {n_train} frames, fewer than the "
+                                 f"{HOLDOUT_MIN} from which a share is held out")
     held = len(range(HOLDOUT_EVERY - 1, n_train, HOLDOUT_EVERY))
-    return f"on {held} of the dataset's {n_train} frames held out from training (every {HOLDOUT_EVERY}th; " \
-           "the dataset has no val/ split)"
+    return ValidationPlan(held, f"on {held} of the dataset's {n_train} frames held out from training (every "
+                                f"{HOLDOUT_EVERY}th; the dataset has no val/ split)")
 
 
 MAX_FRAME_PIXELS = 40_000_000  # a dataset frame above this is refused before it is decoded (a PNG bomb)
@@ -201,7 +212,7 @@ def load_splits(root: Path, splits: tuple[str, ...] | list[str], limit: int | No
 def validation_frames(root: Path, train: Frames, limit: int | None, classes) -> tuple[Frames, Frames | None, str]:
     """(train frames, val frames or None, how the run validates in words): the dataset's val/ split
     where it has one, else every HOLDOUT_EVERY-th of its train frames once it has HOLDOUT_MIN, else none."""
-    said = validation_plan(root, len(train))
+    said = validation_plan(root, len(train)).sentence
     if (Path(root) / "val").is_dir():
         val = load_split(root, "val", limit, classes)
         return train, val, said

@@ -55,6 +55,7 @@ class EngineChoice:
     name: str
     figures: dict = field(default_factory=dict)      # engine -> EngineFigure, where anything is known
     passed_over: dict = field(default_factory=dict)  # engine -> one sentence
+    unavailable: frozenset = frozenset()              # those of passed_over that cannot run here at all
 
     @property
     def figure(self) -> EngineFigure | None:
@@ -64,7 +65,7 @@ class EngineChoice:
     def runnable(self) -> list[str]:
         """Engines a user may pick here: the chosen one first, then those passed over on merit only."""
         return [self.name] + [n for n in ENGINES if n != self.name and n in self.passed_over
-                              and not self.passed_over[n].startswith(_UNAVAILABLE)]
+                              and n not in self.unavailable]
 
     def reason(self) -> str:
         """One line: the engine, its figures and their source."""
@@ -99,6 +100,7 @@ def decide(card: ModelCard, here: dict[str, EngineRecord] | None = None, device:
     """The rule above, on given facts (``choose_engine`` gathers them for a folder and this host)."""
     figs = figures(card, here)
     passed: dict[str, str] = {}
+    unavailable: set[str] = set()
     ranked: list[tuple[float, str]] = []
     cuda = device.startswith("cuda")
     for n in ENGINES:
@@ -107,6 +109,7 @@ def decide(card: ModelCard, here: dict[str, EngineRecord] | None = None, device:
         why = unavailable_reason(n, device, probe=False)
         if why:
             passed[n] = _UNAVAILABLE + why
+            unavailable.add(n)
             continue
         if small_host and not is_graph(n):
             passed[n] = (f"needs the PyTorch model in memory; this host has under {host.SMALL_HOST_MB} MB, "
@@ -134,6 +137,7 @@ def decide(card: ModelCard, here: dict[str, EngineRecord] | None = None, device:
             why = unavailable_reason(n, device, probe=probe)  # now worth timing bf16's probe
             if why:
                 passed[n] = _UNAVAILABLE + why
+                unavailable.add(n)
                 continue
             chosen = n
         else:
@@ -144,7 +148,7 @@ def decide(card: ModelCard, here: dict[str, EngineRecord] | None = None, device:
         chosen = REFERENCE
     else:
         passed[REFERENCE] = f"the fp32 reference; {chosen} passed its accuracy check and is faster"
-    return EngineChoice(chosen, figs, passed)
+    return EngineChoice(chosen, figs, passed, frozenset(unavailable))
 
 
 def choose_engine(folder: Path, device: str = "cpu") -> EngineChoice:
@@ -170,7 +174,14 @@ def kept_comparison(folder: Path) -> dict[str, EngineRecord] | None:
     return {n: EngineRecord.from_dict(r) for n, r in got["backends"].items()} if got else None
 
 
-def why_not_kept(res: dict) -> str | None:
+@dataclass(frozen=True)
+class NotKept:
+    """Why an engine comparison does not stand as this host's timing: a kind to act on, a sentence to show."""
+    kind: str      # size | rounds | engines | busy (busy: the same comparison may stand on a quiet machine)
+    sentence: str
+
+
+def why_not_kept(res: dict) -> NotKept | None:
     """None where a ``bench.compare_engines`` result may stand as this host's engine timing, else one
     sentence why not: only a comparison at the model's base size, with every engine available here
     timed over at least KEEP_MIN_ROUNDS rounds (two rounds can rank engines the other way round),
@@ -179,15 +190,16 @@ def why_not_kept(res: dict) -> str | None:
     runnable = {n for n, why in ((n, unavailable_reason(n)) for n in ENGINES) if why is None}
     base = list(read_config(folder).base_size)
     if list(res["size"]) != base:
-        return f"it was timed at {res['size'][0]}x{res['size'][1]}, not at the model's base size {base[0]}x{base[1]}"
+        return NotKept("size", f"it was timed at {res['size'][0]}x{res['size'][1]}, not at the model's base size "
+                               f"{base[0]}x{base[1]}")
     if res["repeats"] < KEEP_MIN_ROUNDS:
-        return f"{res['repeats']} rounds are too few to rank engines (at least {KEEP_MIN_ROUNDS})"
+        return NotKept("rounds", f"{res['repeats']} rounds are too few to rank engines (at least {KEEP_MIN_ROUNDS})")
     if set(res["engines"]) != runnable:
-        return "not every engine available here was timed"
+        return NotKept("engines", "not every engine available here was timed")
     busy = res.get("others_cpu_share")
     if busy is not None and busy > BUSY_SHARE:
-        return (f"other programs used {100 * busy:.0f}% of the CPU while it ran (at most {100 * BUSY_SHARE:.0f}% "
-                "counts as idle): run it again when the machine is quiet")
+        return NotKept("busy", f"other programs used {100 * busy:.0f}% of the CPU while it ran (at most "
+                               f"{100 * BUSY_SHARE:.0f}% counts as idle): run it again when the machine is quiet")
     return None
 
 
@@ -200,3 +212,11 @@ def keep_comparison(res: dict) -> bool:
     folder = Path(res["folder"])
     store.put_engines(res["host"]["host_key"], file_key(folder), res["model"], res["engines"])
     return True
+
+
+def judge_comparison(res: dict) -> None:
+    """Keep ``res`` (a ``bench.compare_engines`` result) as this host's timing where it qualifies, and say so in
+    it: ``kept_for_this_host``, and ``not_kept`` ({kind, sentence} of NotKept) where it was not."""
+    not_kept = why_not_kept(res)
+    res["not_kept"] = None if not_kept is None else {"kind": not_kept.kind, "sentence": not_kept.sentence}
+    res["kept_for_this_host"] = not_kept is None and keep_comparison(res)

@@ -183,21 +183,30 @@ def clicks(drawing: dict | None) -> list[tuple[float, float]]:
     return out
 
 
+@dataclass(frozen=True)
+class Applied:
+    """What the canvas's marks did to a draft."""
+    restart: bool             # the canvas held marks: it starts afresh over the new labels
+    note: str | None = None   # why a fill changed nothing, in one sentence for the page
+
+
 def apply_canvas(draft: Draft, tool: str, brush: str, strokes: np.ndarray | None, drawing: dict | None,
-                 display: tuple[int, int], classes: ClassSet) -> bool:
-    """Commit what the canvas hands back to ``draft`` as one step; True when the canvas holds marks and must
-    start afresh over the new labels. ``tool``: 'Brush' (the stroke layer painted on) or 'Fill a region'
-    (each click fills its region with ``brush``'s class)."""
+                 display: tuple[int, int], classes: ClassSet) -> Applied:
+    """Commit what the canvas hands back to ``draft`` as one step. ``tool``: 'Brush' (the stroke layer
+    painted on) or 'Fill a region' (each click fills its region with ``brush``'s class)."""
     if tool == "Brush":
         marked = strokes is not None and bool(strokes[..., 3].any())
         if marked:
             draft.commit(apply_strokes(draft.labels, draft.prediction, strokes, classes))
-        return marked
+        return Applied(marked)
     points = clicks(drawing)
-    if brush != "eraser":  # the eraser has no class to fill with
-        cls = classes.names.index(brush) if brush in classes.names else classes.void
-        labels = draft.labels
-        for xy in points:
-            labels = fill_region(labels, xy, display, cls)
-        draft.commit(labels)
-    return bool(points)
+    if brush == "eraser" or not points:  # the eraser has no class to fill with (the page says so)
+        return Applied(bool(points))
+    cls = classes.names.index(brush) if brush in classes.names else classes.void
+    labels = draft.labels
+    for xy in points:
+        labels = fill_region(labels, xy, display, cls)
+    if draft.commit(labels):
+        return Applied(True)
+    name = "void (not sure)" if brush not in classes.names else brush
+    return Applied(True, f"The region you clicked is {name} already: pick another class under Class to fill it with.")

@@ -58,18 +58,17 @@ def train_worker(cfg_dict: dict, threads: int, events, stop_event, compare_on: s
 
 def engines_worker(args: dict, threads: int, events, stop_event) -> None:
     """Child process: ``bench.compare_engines`` on one model, kept for this host when it qualifies
-    (``engines.policy.keep_comparison``), each engine's time recorded in the app's history."""
+    (``engines.policy.judge_comparison``), each engine's time recorded in the app's history."""
     import torch
     torch.set_num_threads(threads)
-    from sis.engines.policy import keep_comparison, why_not_kept
     from sis.bench import compare_engines
+    from sis.engines.policy import judge_comparison
     try:
         def tick(phase, i, n):
             events.put(("progress", {"phase": "engines", "model": phase, "step": i, "total_steps": n}))
         res = compare_engines(args["folder"], size=tuple(args["size"]), warmup=1, repeats=args["repeats"],
                               progress=tick)
-        res["not_kept_because"] = why_not_kept(res)
-        res["kept_for_this_host"] = keep_comparison(res)
+        judge_comparison(res)
         for name, r in res["engines"].items():
             store.add_bench({"model": res["model"], "mode": f"infer:{name}", "device": "cpu", "batch": 1,
                              "size": res["size"], "amp": name == "torch-bf16", "median_ms": r["median_ms"],

@@ -137,6 +137,31 @@ FLAGS: dict[str, Flag] = {  # TrainConfig field -> its flag; options first, then
 }
 
 
+def config_for(data, model: str | None = None, out: str | None = None, **given) -> TrainConfig:
+    """A training request as a run's config: the one rule `sis train` and the Fine-tune page share. The model is
+    the ``init`` folder's where it is one (another model named beside it is refused); every recipe setting
+    not given (or None) is that folder's recipe's (``recipe_defaults``: what it trained with, and what its card
+    measured for fine-tunes), else TrainConfig's default; ``crop="full"`` is full frames."""
+    from pathlib import Path
+
+    from sis.zoo.card import recipe_defaults
+    init = given.get("init") or "random"
+    if init not in zoo.FRESH_INITS:
+        folder_model = zoo.read_config(Path(init)).name  # a ModelError says what is wrong with the folder
+        if model and model != folder_model:
+            raise zoo.ModelError(f"--init {init} holds {folder_model}, not {model}")
+        model = folder_model
+    elif not model:
+        raise zoo.ModelError("--model is needed unless --init is a model folder")
+    base, default = recipe_defaults(init), TrainConfig()
+    for name, flag in FLAGS.items():
+        if flag.recipe and given.get(name) is None:
+            given[name] = base.get(name, getattr(default, name))
+    if given.get("crop") == "full":
+        given["crop"] = None
+    return TrainConfig(model=model, data=str(data), out=out or f"runs/{model}", **given)
+
+
 def flag_text(kind: str, value) -> str:
     """A field's value as its flag takes it (the inverse of the CLI's argument types)."""
     if kind == "size":

@@ -237,6 +237,33 @@ def dashboard_row(key: str, folder, choice: EngineChoice | None = None) -> Dashb
                         shift_miou=card.shift_mean, dev_miou=card.dev_miou)
 
 
+def zoo_table(rows: list[DashboardRow], detail: bool = False) -> list[dict]:
+    """The model zoo as table rows, the one builder: for Home (``detail`` False: what tells the models apart,
+    with the paper's pair) and the Compare dashboard (the figures; blanks where not measured); both narrow
+    enough for a laptop's page."""
+    def pct(v):
+        return None if v is None else round(100 * v, 1)
+
+    def whole(v, digits=0):
+        return None if v is None else round(v, digits) if digits else round(v)
+    beyond_train = any(r.trained_on != "train" for r in rows)
+    out = []
+    for r in rows:
+        # short headers, every figure a mIoU % unless named: a laptop's page holds the dashboard's columns
+        row = {"model": r.model} | ({} if detail else {"paper pair": r.paper or ""}) | {
+            "val mIoU %": pct(r.val_miou), "kitti-dev %": pct(r.dev_miou)}
+        if detail:
+            row |= {"shift %": pct(r.shift_miou), "pixel acc %": pct(r.pixel_acc)}
+        row |= {"params (M)": whole(r.params_m, 1)}
+        if detail:
+            row |= {"GFLOPs": whole(r.gflops, 1), "eager ms": whole(r.cpu_ms)}
+        row |= {"engine here": r.engine, "engine ms": whole(r.engine_ms), "timed": r.engine_timed}
+        if detail and beyond_train:
+            row |= {"trained on": r.trained_on}
+        out.append(row)
+    return out
+
+
 @dataclass(frozen=True)
 class EnsembleNote:
     """One measured ensemble in one mode, against its best member in the same mode (weights/ensembles.json)."""
@@ -263,3 +290,24 @@ def ensemble_notes(path=None) -> list[EnsembleNote]:
         return []
     return [EnsembleNote(name, tuple(e["members"]), mode, r["miou"], r["best_member"], r["best_member_miou"])
             for name, e in data.get("ensembles", {}).items() for mode, r in e["modes"].items()]
+
+
+def bench_table(results: list[dict]) -> list[dict]:
+    """``bench.bench`` results as table rows (a CUDA memory column only where a GPU ran)."""
+    gpu = any(r.get("cuda_max_allocated_mb") is not None for r in results)
+    return [{"model": r["model"], "mode": r["mode"], "device": r["device"], "batch": r["batch"],
+             "size": f"{r['size'][0]}x{r['size'][1]}", "amp": r["amp"], "median ms": round(r["median_ms"], 1),
+             "p90 ms": round(r["p90_ms"], 1), "images/s": round(r["images_per_s"], 2),
+             "peak RSS MB": round(r["peak_rss_mb"])} | ({"CUDA MB": r.get("cuda_max_allocated_mb")} if gpu else {})
+            for r in results]
+
+
+def csv_text(rows: list[dict]) -> str:
+    """Table rows (one keys order) as CSV text, for a download."""
+    import csv
+    import io
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else [])
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()

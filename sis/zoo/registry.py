@@ -23,7 +23,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 ARCHS = {"unet": "Unet", "pspnet": "PSPNet"}
 
 
-# smp's VGG and ResNet encoders (tests/test_zoo.py checks this against smp's own list). Spelled
+# smp's VGG and ResNet encoders (tests/zoo/test_zoo.py checks this against smp's own list). Spelled
 # out so that importing the zoo does not import smp: smp pulls in timm and torchvision, RSS
 # that a server running only exported graphs never needs (models._smp imports it).
 ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg11", "vgg11_bn", "vgg13",

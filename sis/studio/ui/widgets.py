@@ -88,8 +88,9 @@ def describe(key: str, entry: catalog.Entry | None = None, default: str | None =
         compared = catalog.verdict(entry) if entry is not None else None
         stopped = card.status == "stopped"
         how = "fine-tuned here" if card.adapted_origin is None else "adapted here, no labels"
-        return (f"{key[4:]} ({how}{', stopped' if stopped else ''})" +
-                (f" · {compared.verdict()}" if compared is not None and compared.scores else score))
+        # the figures right after the name, how it was made last: a narrow picker cuts the end
+        return (f"{key[4:]}" + (f" · {compared.verdict()}" if compared is not None and compared.scores else score) +
+                f" ({how}{', stopped' if stopped else ''})")
     paper = zoo.MODELS[key].paper if key in zoo.MODELS else None
     # the score right after the name: narrow columns cut the end of the label
     return (f"{key}" + score + (f" — {paper}" if paper else "") +

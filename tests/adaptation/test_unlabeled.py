@@ -221,7 +221,7 @@ def test_frames_are_kept_at_their_work_size_and_a_clip_is_read_to_its_end(tmp_pa
     """A phone's photos are held at the size the model sees them at (not 12 megapixels each), and a clip
     is sampled over all its frames: its limit counts the frames taken, not the frames decoded."""
     pytest.importorskip("av")
-    from test_video import write_clip
+    from conftest import write_clip
     rng = np.random.default_rng(4)
     photos = tmp_path / "photos"
     photos.mkdir()

@@ -344,7 +344,7 @@ def _fresh_process(code: str, cache) -> list[str]:
 
 
 def test_shipped_models_build_their_graphs_without_torch(tmp_path):
-    """A first start, a landscape and a portrait photo on a PSPNet and a U-Net (test_app runs all four
+    """A first start, a landscape and a portrait photo on a PSPNet and a U-Net (tests/pages/test_pages.py runs all four
     at 360x480): the int8 graphs come from the shipped templates, so torch, smp, timm and torchvision
     are never imported."""
     code = ("import sys; from sis import engines, zoo\n"
@@ -451,8 +451,10 @@ def test_keep_comparison_keeps_full_base_size_comparisons(tiny_model, tmp_path, 
     assert not policy.keep_comparison(dict(res, engines={"eager": timed["eager"]}))  # not every engine timed
     busy = dict(res, others_cpu_share=0.5)  # timed beside another program: every engine slowed
     assert not policy.keep_comparison(busy)
-    assert policy.why_not_kept(busy).startswith("other programs used 50% of the CPU while it ran")
-    assert policy.why_not_kept(dict(res, size=[240, 320])).startswith("it was timed at 240x320, not at")
+    said = policy.why_not_kept(busy)
+    assert said.kind == "busy" and said.sentence.startswith("other programs used 50% of the CPU while it ran")
+    said = policy.why_not_kept(dict(res, size=[240, 320]))
+    assert said.kind == "size" and said.sentence.startswith("it was timed at 240x320, not at")
     assert policy.why_not_kept(dict(res, others_cpu_share=policy.BUSY_SHARE)) is None
     assert policy.kept_comparison(tiny_model) is None
     assert policy.keep_comparison(res)

@@ -173,7 +173,7 @@ def test_a_bad_zip_adds_nothing_and_a_removed_dataset_is_made_anew(data_dir):
 def test_a_png_bomb_in_a_dataset_zip_is_refused_before_it_is_decoded(data_dir):
     import io
 
-    from test_infer import bomb_png
+    from conftest import bomb_png
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
         z.writestr("d/train/a.png", bomb_png(7000, 7000))

@@ -102,7 +102,7 @@ def test_a_clip_is_segmented_in_a_worker(manager, tiny_model, tmp_path):
     import zipfile
 
     import numpy as np
-    from test_video import write_clip
+    from conftest import write_clip
 
     from sis.video.clips import probe
     clip = write_clip(tmp_path / "c.mp4", [np.random.default_rng(i).integers(0, 256, (48, 64, 3), np.uint8)

@@ -59,24 +59,26 @@ def test_brush_colours_are_the_palette_and_unknown_brushes_say_so():
 def test_the_canvas_state_machine():
     """Each stroke and each fill is one step at once; Undo and Redo walk the steps; a new step drops what
     was undone; Start over is a step back to the model's answer that Undo reverses."""
-    from sis.studio.correct import Draft, apply_canvas
+    from sis.studio.correct import Applied, Draft, apply_canvas
     pred = np.zeros((4, 6), np.uint8)
     pred[:, 3:] = 2
     d = Draft(np.zeros((4, 6, 3), np.uint8), pred, np.ones((4, 6), np.float32))
-    assert not apply_canvas(d, "Brush", "Car", _layer(4, 6), None, (4, 6), CAMVID) and d.version == 0  # blank
+    assert not apply_canvas(d, "Brush", "Car", _layer(4, 6), None, (4, 6), CAMVID).restart and d.version == 0  # blank
     layer = _layer(4, 6)
     layer[0, 0] = (*CAMVID.colors[8], 255)
-    assert apply_canvas(d, "Brush", "Car", layer, None, (4, 6), CAMVID)
+    assert apply_canvas(d, "Brush", "Car", layer, None, (4, 6), CAMVID).restart
     assert d.version == 1 and d.labels[0, 0] == 8 and d.unsaved
     click = {"objects": [{"type": "circle", "left": 4.0, "top": 1.0, "radius": 0.5, "originX": "left", "originY": "top"}]}
-    assert apply_canvas(d, "Fill a region", "Sky", None, click, (4, 6), CAMVID)
+    assert apply_canvas(d, "Fill a region", "Sky", None, click, (4, 6), CAMVID) == Applied(True)
     assert d.version == 2 and (d.labels[:, 3:] == 0).all() and d.labels[0, 0] == 8
-    assert apply_canvas(d, "Fill a region", "eraser", None, click, (4, 6), CAMVID) and d.version == 2  # no class
+    again = apply_canvas(d, "Fill a region", "Sky", None, click, (4, 6), CAMVID)  # Sky already: no step, a word
+    assert again.restart and again.note.startswith("The region you clicked is Sky already") and d.version == 2
+    assert apply_canvas(d, "Fill a region", "eraser", None, click, (4, 6), CAMVID).restart and d.version == 2  # no class
     assert d.undo() and (d.labels[:, 3:] == 2).all() and d.labels[0, 0] == 8
     assert d.redo() and (d.labels[:, 3:] == 0).all() and not d.redo()
     assert d.undo() and d.undo() and not d.undo() and (d.labels == pred).all()
     assert d.redo() and d.labels[0, 0] == 8
     layer[0, 0] = (*CAMVID.colors[1], 255)  # a new stroke: the fill undone cannot come back
-    assert apply_canvas(d, "Brush", "Building", layer, None, (4, 6), CAMVID) and not d.undone and not d.redo()
+    assert apply_canvas(d, "Brush", "Building", layer, None, (4, 6), CAMVID).restart and not d.undone and not d.redo()
     assert d.start_over() and (d.labels == pred).all() and not d.unsaved and not d.start_over()
     assert d.undo() and d.labels[0, 0] == 1 and d.unsaved

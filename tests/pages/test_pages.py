@@ -3,6 +3,7 @@ import ast
 import io
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -199,7 +200,7 @@ def test_segment_with_only_a_broken_upload_says_one_sentence_and_no_hint(app_env
 
 
 def test_segment_bomb_refused(app_env):
-    from test_infer import bomb_png
+    from conftest import bomb_png
     at = _app("pages/segment.py")
     _select_run(at)
     _upload(at, "huge.png", bomb_png(20000, 20000))
@@ -279,14 +280,14 @@ def test_compare_dashboard_shows_how_each_model_holds_up_under_shift(app_env):
     from sis import zoo
     at = _app("pages/compare.py")
     table = at.dataframe[0].value
-    under = dict(zip(table["model"], table["under shift mIoU %"]))
+    under = dict(zip(table["model"], table["shift %"]))
     for name, folder in zoo.shipped_models().items():
         mean = zoo.read_card(folder).shift_mean
         assert (under[name] is None or math.isnan(under[name])) if mean is None else under[name] == round(100 * mean, 1)
     assert zoo.read_card(zoo.shipped_models()["unet-vgg11_bn"]).shift_mean is not None
     assert any("13 camera and light shifts" in c.value for c in at.caption)
     # and on real frames of another city: every shipped model is measured there, the tiny run is not
-    dev = dict(zip(table["model"], table["kitti-dev mIoU %"]))
+    dev = dict(zip(table["model"], table["kitti-dev %"]))
     for name, folder in zoo.shipped_models().items():
         assert dev[name] == round(100 * zoo.read_card(folder).dev_miou, 1)
     assert dev["run:tiny"] is None or math.isnan(dev["run:tiny"])
@@ -625,7 +626,7 @@ def test_model_picker_labels_carry_val_miou(app_env):
     for name, folder in zoo.shipped_models().items():
         miou = zoo.read_card(folder).val_miou
         assert any(o.startswith(name) and f"val mIoU {100 * miou:.1f}" in o for o in labels), (name, labels)
-    assert any(o.startswith("tiny (fine-tuned here) · val mIoU") for o in labels), labels
+    assert any(re.fullmatch(r"tiny · val mIoU [\d.]+ \(fine-tuned here\)", o) for o in labels), labels
 
 
 @pytest.mark.slow
@@ -805,7 +806,7 @@ def _clip_bytes(kind: str) -> bytes:
     from pathlib import Path
 
     import av
-    from test_video import _frames, write_clip
+    from conftest import clip_frames, write_clip
     with tempfile.TemporaryDirectory() as d:
         if kind == "audio":
             with av.open(str(Path(d) / "a.mp4"), "w") as c:
@@ -815,7 +816,7 @@ def _clip_bytes(kind: str) -> bytes:
                 for p in [*s.encode(frame), *s.encode()]:
                     c.mux(p)
             return (Path(d) / "a.mp4").read_bytes()
-        data = write_clip(Path(d) / "c.mp4", _frames(20)).read_bytes()
+        data = write_clip(Path(d) / "c.mp4", clip_frames(20)).read_bytes()
         return data[: len(data) // 3]  # truncated
 
 
@@ -988,8 +989,8 @@ def test_correct_page_ranks_the_frames_of_a_clip(app_env):
 
 
 def test_a_clip_uploaded_on_video_is_offered_on_correct(app_env, tmp_path):
-    from test_video import _frames, write_clip
-    clip = write_clip(tmp_path / "drive.mp4", _frames(6, 48, 64))
+    from conftest import clip_frames, write_clip
+    clip = write_clip(tmp_path / "drive.mp4", clip_frames(6, 48, 64))
     at = _app("pages/video.py")
     at.radio(key="vid_source").set_value("Upload").run()
     at.file_uploader(key="vid_upload").upload("drive.mp4", clip.read_bytes(), "video/mp4").run()
@@ -1004,10 +1005,10 @@ def test_a_clip_uploaded_on_video_is_offered_on_correct(app_env, tmp_path):
 
 
 def test_video_keeps_an_uploaded_clip_across_a_switch_of_source(app_env, tmp_path, monkeypatch):
-    from test_video import _frames, write_clip
+    from conftest import clip_frames, write_clip
 
     from sis import video
-    clip = write_clip(tmp_path / "drive.mp4", _frames(6, 48, 64))
+    clip = write_clip(tmp_path / "drive.mp4", clip_frames(6, 48, 64))
     probed = []
     real_probe = video.probe
     monkeypatch.setattr(video, "probe", lambda p: probed.append(Path(p).name) or real_probe(p))
@@ -1113,7 +1114,7 @@ def test_a_fine_tuned_model_shows_its_verdict_and_can_be_named_and_removed(app_e
                                             {"miou": 0.626})), ()).save(folder)
     assert (folder / FOLDER / "summary.json").is_file()
     at = _app("pages/segment.py")
-    assert "tiny (fine-tuned here) · +6.1 on your frames, -7.4 on camvid — forgot" in at.selectbox(key="seg_model").options
+    assert "tiny · +6.1 on your frames, -7.4 on camvid — forgot (fine-tuned here)" in at.selectbox(key="seg_model").options
     _select_run(at)
     assert any("tiny lost 7.4 points of mIoU on camvid val" in w.value for w in at.warning)
     with pytest.raises(catalog.CatalogError, match="is here already"):
@@ -1209,7 +1210,7 @@ def test_adapt_a_model_to_a_few_uploaded_photos_without_labels(app_env):
     at.button(key="seg_adapt:use").click().run()  # one more click segments the photos with the adapted model
     assert not at.exception, at.exception
     assert at.selectbox(key="seg_model").value == f"run:{new.name}"
-    assert any(o.startswith(f"{new.name} (adapted here, no labels)") for o in at.selectbox(key="seg_model").options)
+    assert f"{new.name} (adapted here, no labels)" in at.selectbox(key="seg_model").options  # no val figure of its own
     assert any(c.value.startswith(f"Now using run:{new.name}.") for c in at.caption), [c.value for c in at.caption]
     assert not [b for b in at.button if b.key == "seg_adapt:use"]
     at.toggle(key="seg_beside").set_value(True).run()  # the model it was adapted from, on the same photo
@@ -1224,10 +1225,10 @@ def test_adapt_a_model_to_a_few_uploaded_photos_without_labels(app_env):
 def test_adapt_a_model_to_an_uploaded_clip_takes_two_frames_a_second(app_env, tmp_path):
     """A 4-second clip at 10 fps on Video: the button adapts on one frame in five, spread over the whole
     clip (clip_stride), and the page says so."""
-    from test_video import _frames, write_clip
+    from conftest import clip_frames, write_clip
 
     from sis.adaptation.unlabeled import clip_stride
-    clip = write_clip(tmp_path / "drive.mp4", _frames(40, 48, 64), fps=10)
+    clip = write_clip(tmp_path / "drive.mp4", clip_frames(40, 48, 64), fps=10)
     at = _app("pages/video.py")
     at.selectbox(key="vid_model").set_value("run:tiny").run()
     at.radio(key="vid_source").set_value("Upload").run()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, in_process
+from conftest import ROOT, clip_frames, in_process, write_clip
 from PIL import Image
 
 from sis import engines, zoo
@@ -18,19 +18,6 @@ from sis.video.clips import VideoError, iter_frames, probe
 from sis.video.segment import plan, segment_video
 
 av = pytest.importorskip("av")
-
-
-def write_clip(path: Path, frames: list[np.ndarray], fps: int = 10, codec: str = "libx264") -> Path:
-    with av.open(str(path), "w") as c:
-        s = c.add_stream(codec, rate=Fraction(fps))
-        s.width, s.height, s.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
-        s.options = {"crf": "0"} if codec == "libx264" else {}  # lossless: decoded frames equal the written ones
-        for f in frames:
-            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
 
 
 class Const:
@@ -52,13 +39,8 @@ class Const:
         return out
 
 
-def _frames(n=6, h=48, w=64, seed=0):
-    rng = np.random.default_rng(seed)
-    return [rng.integers(0, 256, (h, w, 3), np.uint8) for _ in range(n)]
-
-
 def test_frame_count_rate_and_stride(tmp_path):
-    clip = write_clip(tmp_path / "c.mp4", _frames(9), fps=10)
+    clip = write_clip(tmp_path / "c.mp4", clip_frames(9), fps=10)
     info = probe(clip)
     assert (info.width, info.height, info.fps, info.frames) == (64, 48, 10.0, 9)
     assert [i for i, _ in iter_frames(clip, stride=3)] == [0, 3, 6]
@@ -73,14 +55,14 @@ def test_frame_count_rate_and_stride(tmp_path):
 
 def test_labels_equal_the_photo_path_for_the_same_frames(tmp_path, tiny_model):
     engine = engines.load_engine(tiny_model, "eager")
-    clip = write_clip(tmp_path / "c.mp4", _frames(4, 64, 96, seed=1))
+    clip = write_clip(tmp_path / "c.mp4", clip_frames(4, 64, 96, seed=1))
     segment_video(engine, clip, None, labels_dir=tmp_path / "l")
     for i, rgb in iter_frames(clip):
         assert np.array_equal(np.asarray(Image.open(tmp_path / "l" / f"{i:06d}.png")), predict(engine, rgb).labels)
 
 
 def test_smoothing_off_is_unsmoothed_and_flicker_is_counted_by_hand(tmp_path):
-    clip = write_clip(tmp_path / "c.mp4", _frames(5))
+    clip = write_clip(tmp_path / "c.mp4", clip_frames(5))
     steady = segment_video(Const([3]), clip)
     assert steady.flicker == 0.0 and steady.flicker_raw is None  # a constant answer never flickers
     flip = segment_video(Const([3, 4]), clip)
@@ -96,7 +78,7 @@ def test_smoothing_off_is_unsmoothed_and_flicker_is_counted_by_hand(tmp_path):
 def test_smoothing_carries_nothing_across_frames_whose_motion_cannot_be_followed(tmp_path):
     """Five unrelated pictures (a cut at every frame): the flow's forward-backward check fails almost
     everywhere, so the smoothed labels are mostly each frame's own, where the plain average keeps the first."""
-    clip = write_clip(tmp_path / "c.mp4", _frames(5))
+    clip = write_clip(tmp_path / "c.mp4", clip_frames(5))
     followed = segment_video(Const([3, 4]), clip, smooth=0.9)
     plain = segment_video(Const([3, 4]), clip, smooth=0.9, flow=False)
     assert followed.agreement > 0.8 and followed.flicker > 0.7  # the plain average: one class throughout
@@ -107,7 +89,7 @@ def test_stable_flicker_counts_only_where_the_truth_stays(tmp_path):
     frames = tmp_path / "frames"
     truth = tmp_path / "truth"
     frames.mkdir(), truth.mkdir()
-    for i, f in enumerate(_frames(3, 36, 48)):
+    for i, f in enumerate(clip_frames(3, 36, 48)):
         Image.fromarray(f).save(frames / f"f{i}.png")
         lbl = np.full((36, 48), 3, np.uint8)
         lbl[:18] = 3 if i < 2 else 5  # the top half's truth changes at the second transition
@@ -135,7 +117,7 @@ def test_bad_inputs_say_why(tmp_path, name, make, message):
 
 
 def test_truncated_and_audio_only_clips(tmp_path):
-    clip = write_clip(tmp_path / "c.mp4", _frames(20))
+    clip = write_clip(tmp_path / "c.mp4", clip_frames(20))
     data = clip.read_bytes()
     (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 3])
     with pytest.raises(VideoError):
@@ -153,10 +135,10 @@ def test_truncated_and_audio_only_clips(tmp_path):
 
 
 def test_odd_sizes_encode(tmp_path):
-    clip = write_clip(tmp_path / "c.mp4", _frames(3, 48, 64))
+    clip = write_clip(tmp_path / "c.mp4", clip_frames(3, 48, 64))
     frames = tmp_path / "odd"
     frames.mkdir()
-    for i, f in enumerate(_frames(3, 37, 51)):
+    for i, f in enumerate(clip_frames(3, 37, 51)):
         Image.fromarray(f).save(frames / f"{i}.png")
     res = segment_video(Const([1]), frames, tmp_path / "o.mp4")
     assert res.frames == 3 and (probe(tmp_path / "o.mp4").width, probe(tmp_path / "o.mp4").height) == (50, 36)
@@ -165,7 +147,7 @@ def test_odd_sizes_encode(tmp_path):
 
 @pytest.mark.slow
 def test_cli_video_json(tmp_path, tiny_model, capsys):
-    clip = write_clip(tmp_path / "c.mp4", _frames(4, 64, 96))
+    clip = write_clip(tmp_path / "c.mp4", clip_frames(4, 64, 96))
     r = in_process(capsys, "video", clip, "--model", tiny_model, "--out", tmp_path / "o.mp4", "--smooth", "0.5", "--json")
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
@@ -257,7 +239,7 @@ def test_a_clip_without_frames_and_a_variable_frame_rate(tmp_path):
         s = c.add_stream("libx264", rate=Fraction(25))
         s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
         s.codec_context.time_base = Fraction(1, 1000)
-        for f, t in zip(_frames(6), [0, 40, 80, 380, 420, 720]):
+        for f, t in zip(clip_frames(6), [0, 40, 80, 380, 420, 720]):
             frame = av.VideoFrame.from_ndarray(f, format="rgb24")
             frame.pts, frame.time_base = t, Fraction(1, 1000)
             for p in s.encode(frame):

@@ -1,10 +1,11 @@
+"""The one image -> probabilities -> labels path (engines.predict), the images users give (data.images) and
+painting (vis.paint)."""
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
 import torch
+from conftest import bomb_png
 from PIL import Image
 
 from sis.data.images import ImageError, iter_images, load_image
@@ -107,14 +108,6 @@ def test_truncated_jpeg():
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(buf, "JPEG")
     with pytest.raises(ImageError, match="cut short or damaged"):
         load_image(buf.getvalue()[: len(buf.getvalue()) // 2], name="cut.jpg")
-
-
-def bomb_png(w: int, h: int) -> bytes:
-    """A PNG header claiming w x h pixels with almost no data: refused before decoding."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\x00")) + chunk(b"IEND", b""))
 
 
 def test_decompression_bomb_refused_before_decoding():
