@@ -125,6 +125,7 @@ def test_unlabeled_gain_blends_one_estimate_into_each_share(tiny_model, tiny_dat
     assert all(row["spread"] for row in rows) and "spread frames" in said
 
 
+@pytest.mark.slow
 def test_unlabeled_gain_fits_the_adapted_model_as_adapt_does(tiny_model, tiny_data, tmp_path, monkeypatch, capsys):
     """--fit-epochs: after the statistics, each --fit in turn from the same adapted model, as many steps as
     `sis adapt` takes for that many frames, scored at --score-at and at the end; pseudo-labels say how much of
@@ -185,6 +186,7 @@ def test_shipping_new_weights_of_the_same_architecture_can_keep_the_replaced_car
         ship.keep_timings({**new, "complexity": {"params": 6, "gflops": 2.0}}, old)
 
 
+@pytest.mark.slow
 def test_int8_carry_scores_the_adapted_and_the_starting_int8_graph_on_the_same_frames(tiny_model, tiny_data,
                                                                                      tmp_path, capsys, monkeypatch):
     """Each shift gives every frame's agreement for both models, and pooled over all, fours and pairs spread

@@ -38,7 +38,7 @@ from sis.engines.int8 import RANGES_FILE  # noqa: E402
 from sis.host import cpu_model  # noqa: E402
 from sis.packaging.carry import INT8, INT8_SLACK, agreement, agreement_matrices, alike, check_picks  # noqa: E402
 from sis.evaluation.robustness import CLEAN, score_set, val_frames  # noqa: E402
-from sis.adaptation.unlabeled import MIN_FRAMES, _seen, adapt_folder  # noqa: E402
+from sis.adaptation.unlabeled import MIN_FRAMES, adapt_folder, seen  # noqa: E402
 from sis.zoo import models  # noqa: E402
 
 
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"{len(picks)} val frames are too few: an adaptation takes at least {MIN_FRAMES}")
     if a.scale_ranges:
         rows = []
-        checked = [_seen(rgb, scfg).numpy() for _, rgb, _ in picks]
+        checked = [seen(rgb, scfg).numpy() for _, rgb, _ in picks]
         checked = check_picks(checked)
         pairs = [(val[i][1], val[i][2]) for i in scored]
         eager = score_set(load_engine(start, REFERENCE), pairs, classes).miou
@@ -121,16 +121,16 @@ def main(argv: list[str] | None = None) -> int:
             seconds = time.perf_counter() - t0
             shutil.copyfile(start / RANGES_FILE, out / RANGES_FILE)  # as carried_engines does, kept or not
             model, cfg = models.load_model(out)
-            seen = [_seen(rgb, scfg).numpy() for rgb in rgbs]
-            new, old = (agreement_matrices(out, model, cfg, seen, INT8),
-                        agreement_matrices(start, smodel, scfg, seen, INT8))
-            row = {"shift": shift, "severity": 0 if shift == CLEAN else a.severity, "frames": len(seen),
+            given = [seen(rgb, scfg).numpy() for rgb in rgbs]
+            new, old = (agreement_matrices(out, model, cfg, given, INT8),
+                        agreement_matrices(start, smodel, scfg, given, INT8))
+            row = {"shift": shift, "severity": 0 if shift == CLEAN else a.severity, "frames": len(given),
                    "adapt_s": round(seconds, 1), "fit_steps": fitted,
                    "adapted": [alike([m]) for m in new], "start": [alike([m]) for m in old]}
-            for name, size in (("all", len(seen)), ("fours", 4), ("pairs", 2)):
+            for name, size in (("all", len(given)), ("fours", 4), ("pairs", 2)):
                 row[name] = [(alike([new[i] for i in ix]), alike([old[i] for i in ix]))
-                             for ix in groups(len(seen), size)]
-            checked = check_picks(list(range(len(seen))))  # the frames carried_engines checks
+                             for ix in groups(len(given), size)]
+            checked = check_picks(list(range(len(given))))  # the frames carried_engines checks
             row["check"] = alike([new[i] for i in checked]) >= alike([old[i] for i in checked]) - INT8_SLACK
             pairs = [(rgb, label) if shift == CLEAN else shifted(rgb, label, shift, a.severity, i, 0, void)
                      for i, (_, rgb, label) in ((i, val[i]) for i in scored)]
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         diff = lambda pairs: ", ".join(f"{100 * (x - y):+.2f}" for x, y in pairs)  # noqa: E731
         adapted, begun = row["all"][0]
         lab = {who: 100 * (m[INT8] - m[REFERENCE]) for who, m in row["labelled"].items()}
-        print(f"{shift:>14}: adapted {100 * adapted:.2f} / start {100 * begun:.2f} on {len(seen)} frames; "
+        print(f"{shift:>14}: adapted {100 * adapted:.2f} / start {100 * begun:.2f} on {len(given)} frames; "
               f"fours {diff(row['fours'])}; pairs {diff(row['pairs'])}; check {'passes' if row['check'] else 'fails'}; "
               f"int8 - eager mIoU on {len(pairs)} labelled frames: adapted {lab['adapted']:+.2f} "
               f"(eager {100 * row['labelled']['adapted'][REFERENCE]:.2f}), start {lab['start']:+.2f} "

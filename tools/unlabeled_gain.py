@@ -35,11 +35,11 @@ from sis.data import dataset  # noqa: E402
 from sis.data.shifts import parse_shifts, shifted  # noqa: E402
 from sis.engines import create_engine  # noqa: E402
 from sis.engines.accurate import TTA, AccurateEngine  # noqa: E402
-from sis.engines.predict import predict  # noqa: E402
+from sis.engines.predict import at_work_size, predict  # noqa: E402
 from sis.host import cpu_model  # noqa: E402
 from sis.evaluation.robustness import CLEAN, score_set, val_frames  # noqa: E402
 from sis.adaptation.unlabeled import (adapt_batchnorm, batchnorm_statistics, blend_statistics,  # noqa: E402
-                                    _at_work_size, fit_steps, fit_to_frames, training_share)
+                                    fit_steps, fit_to_frames, training_share)
 from sis.zoo import models  # noqa: E402
 
 
@@ -136,7 +136,7 @@ for name in names:
             teacher = AccurateEngine([engine_of(adapted)], TTA.from_mode("ms"))
             targets = []
             for rgb in adapt_on:
-                pred = predict(teacher, _at_work_size(rgb, cfg.base_size))
+                pred = predict(teacher, at_work_size(rgb, cfg.base_size))
                 targets.append(np.where(pred.confidence >= a.pseudo_threshold, pred.labels, 255).astype(np.uint8))
             labelled = float(np.mean([(t != 255).mean() for t in targets]))
             teacher_s = time.perf_counter() - t1

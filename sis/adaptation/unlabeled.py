@@ -94,13 +94,6 @@ def clip_stride(frames: int | None, fps: float) -> int:
     return stride
 
 
-def _at_work_size(rgb: np.ndarray, base: tuple[int, int]) -> np.ndarray:
-    """The frame at the size a model of base size ``base`` sees it at (``engines.predict.work_size``)."""
-    from sis.data.images import resize_rgb
-    from sis.engines.predict import work_size
-    return resize_rgb(rgb, work_size(*rgb.shape[:2], tuple(base)))
-
-
 def _is_clip(source: Path) -> bool:
     from sis.video.clips import EXTENSIONS
     return Path(source).is_file() and Path(source).suffix.lower().lstrip(".") in EXTENSIONS
@@ -113,10 +106,11 @@ def read_frames(source: Path, stride: int | None = None, limit: int = MAX_FRAMES
     size), each frame is kept at the size the model will see it at (``engines.predict.work_size``), not
     at the size it was taken at."""
     from sis.data.images import ImageError, iter_images, load_image
+    from sis.engines.predict import at_work_size
     from sis.video.clips import iter_frames, probe
 
     def kept(rgb: np.ndarray) -> np.ndarray:  # a phone's photo or a 4K frame, held only at its work size
-        return rgb if base is None else _at_work_size(rgb, base)
+        return rgb if base is None else at_work_size(rgb, base)
     source = Path(source)
     if not source.exists():
         raise AdaptError(f"{source} does not exist")
@@ -205,7 +199,7 @@ def adapt_batchnorm(model, cfg, frames: Iterable[np.ndarray], progress: Callable
         for i, rgb in enumerate(frames):
             if stop is not None and stop():
                 break
-            forward_logits(model, cfg, _seen(rgb, cfg), amp=False)
+            forward_logits(model, cfg, seen(rgb, cfg), amp=False)
             used += 1
             if progress:
                 progress(i + 1, len(frames))
@@ -218,11 +212,12 @@ def adapt_batchnorm(model, cfg, frames: Iterable[np.ndarray], progress: Callable
     return Estimated(len(norms), used, share)
 
 
-def _seen(rgb: np.ndarray, cfg):
+def seen(rgb: np.ndarray, cfg):
     """(1, 3, h, w) uint8 tensor of what the model is given for ``rgb``: the frame at its work size."""
     import torch
-    seen = _at_work_size(rgb, cfg.base_size)
-    return torch.from_numpy(np.ascontiguousarray(seen.transpose(2, 0, 1)))[None]
+
+    from sis.engines.predict import as_batch, at_work_size
+    return torch.from_numpy(as_batch(at_work_size(rgb, cfg.base_size)))
 
 
 def fit_epochs_here() -> float:
@@ -270,7 +265,7 @@ def fit_to_frames(model, cfg, frames: list[np.ndarray], steps: int, lr: float = 
     model.eval()  # normalised by the statistics just estimated, as in inference
     opt = torch.optim.Adam(params, lr)
     rng = np.random.default_rng(seed)
-    xs = [_seen(rgb, cfg) for rgb in frames]
+    xs = [seen(rgb, cfg) for rgb in frames]
     ys = None if targets is None else [torch.from_numpy(t.astype(np.int64))[None] for t in targets]
     order, done = [], 0
     try:
@@ -353,7 +348,7 @@ def adapt_folder(init: Path, source: Path, out: Path, stride: int | None = None,
                            progress=lambda k: counted(len(frames) + k, total), stop=stop)
     cfg.init = f"adapted:{init.name}"
     models.save_model(model, cfg, out)  # its graph is filled from the saved weights, then checked; the card last
-    fast = carried_engines(init, out, frames[:used], lambda rgb: _seen(rgb, cfg).numpy(),
+    fast = carried_engines(init, out, frames[:used], lambda rgb: seen(rgb, cfg).numpy(),
                            "the adaptation frames")
     counted(total, total)
     seconds = time.perf_counter() - t0

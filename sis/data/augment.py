@@ -11,6 +11,7 @@ from torchvision.transforms import v2
 
 from sis.data import PHOTOMETRIC
 from sis.data.dataset import Frames
+from sis.data.shifts import white_balanced
 
 
 def build_augment(flips: str = "hv", crop: tuple[int, int] | None = None,
@@ -74,10 +75,8 @@ class _WhiteBalance(v2.Transform):
         self.k = k
 
     def transform(self, inpt, params):
-        x = _to_unit(inpt)
         gains = 1 + torch.empty(3, 1, 1).uniform_(-self.k, self.k)
-        y = x * gains
-        return _from_unit(y * (x.mean() / y.mean().clamp_min(1e-6)), inpt)
+        return _from_unit(white_balanced(_to_unit(inpt), gains), inpt)
 
 
 class _Noise(v2.Transform):

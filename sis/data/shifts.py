@@ -60,13 +60,18 @@ def _gamma(rgb, label, g, rng, void):
     return _u8(_f(rgb) ** g), label
 
 
-def _white_balance(rgb, label, k, rng, void):
-    """Warm (tungsten) or cool (shade), drawn per frame: a per-channel gain, then the
-    overall brightness put back, as a camera's auto exposure would."""
-    x = _f(rgb)
-    gains = np.array([1 + k, 1.0, 1 - k] if rng.integers(2) == 0 else [1 - k, 1.0, 1 + k], np.float32)
+def white_balanced(x, gains):
+    """``x`` (floats in 0-1; a numpy array or a torch tensor) with per-channel ``gains`` (shaped to broadcast
+    over its channel axis), its mean brightness put back as a camera's auto exposure would: the one
+    white-balance formula of the shift benchmark and the photometric augmentation."""
     y = x * gains
-    return _u8(y * (x.mean() / max(float(y.mean()), 1e-6))), label
+    return y * (float(x.mean()) / max(float(y.mean()), 1e-6))
+
+
+def _white_balance(rgb, label, k, rng, void):
+    """Warm (tungsten) or cool (shade), drawn per frame."""
+    gains = np.array([1 + k, 1.0, 1 - k] if rng.integers(2) == 0 else [1 - k, 1.0, 1 + k], np.float32)
+    return _u8(white_balanced(_f(rgb), gains)), label
 
 
 def _saturation(rgb, label, s, rng, void):

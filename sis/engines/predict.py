@@ -65,12 +65,22 @@ class WorkLogits(NamedTuple):
     seen: np.ndarray          # (h, w, 3) uint8: the image at its work size, as the model was given it
 
 
+def at_work_size(rgb: np.ndarray, base: tuple[int, int], rule: str | None = None) -> np.ndarray:
+    """The (h, w, 3) frame at the size a model of base size ``base`` segments it at (``work_size``)."""
+    return resize_rgb(rgb, work_size(*rgb.shape[:2], tuple(base), rule))
+
+
+def as_batch(rgb: np.ndarray) -> np.ndarray:
+    """An (h, w, 3) uint8 frame as the (1, 3, h, w) batch an engine or a model takes."""
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1))[None]
+
+
 def work_logits(engine, rgb: np.ndarray, size: tuple[int, int] | None = None, rule: str | None = None) -> WorkLogits:
     """Calibrated logits of an (H, W, 3) uint8 image at its work size (or ``size``) and the image at that size:
     the image -> logits step every caller takes."""
     size = size or work_size(*rgb.shape[:2], tuple(engine.cfg.base_size), rule)
     x = resize_rgb(rgb, size)
-    return WorkLogits(tempered(engine, np.ascontiguousarray(x.transpose(2, 0, 1))[None])[0], x)
+    return WorkLogits(tempered(engine, as_batch(x))[0], x)
 
 
 def predict(engine, image: Image.Image | np.ndarray, rule: str | None = None) -> Prediction:

@@ -57,6 +57,7 @@ def test_the_training_statistics_weigh_as_a_number_of_frames():
         training_share(-1)
 
 
+@pytest.mark.slow
 def test_a_share_of_the_training_statistics_is_kept_as_a_weighted_average():
     """A share s: each running mean and variance is s of the model's own before and 1 - s of the
     frames'; 0 is the frames' alone, 1 gives the starting model back exactly."""
@@ -89,10 +90,10 @@ def test_a_share_of_the_training_statistics_is_kept_as_a_weighted_average():
 
 
 def _mean_entropy(model, cfg, frames) -> float:
-    from sis.adaptation.unlabeled import _seen
+    from sis.adaptation.unlabeled import seen
     from sis.zoo.preprocess import forward_logits
     with torch.no_grad():
-        logits = torch.cat([forward_logits(model, cfg, _seen(f, cfg), amp=False) for f in frames])
+        logits = torch.cat([forward_logits(model, cfg, seen(f, cfg), amp=False) for f in frames])
     return float(-(logits.softmax(1) * logits.log_softmax(1)).sum(1).mean())
 
 
@@ -161,10 +162,10 @@ def test_self_training_fits_the_model_to_its_targets_where_they_are_sure():
         t[:8] = 255
 
     def share_of_3():
-        from sis.adaptation.unlabeled import _seen
+        from sis.adaptation.unlabeled import seen
         from sis.zoo.preprocess import forward_logits
         with torch.no_grad():
-            return float(np.mean([(forward_logits(model, cfg, _seen(f, cfg), amp=False).argmax(1) == 3)
+            return float(np.mean([(forward_logits(model, cfg, seen(f, cfg), amp=False).argmax(1) == 3)
                                   .float().mean() for f in frames]))
     start = share_of_3()
     fit_to_frames(model, cfg, frames, 12, lr=1e-2, targets=targets, train="all")
@@ -298,6 +299,7 @@ def test_cli_adapts_a_folder_of_mixed_photos_and_leaves_the_original(tiny_model,
     assert "expected a number of 0 or more, got '-1'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_an_adapted_model_runs_on_its_graph_once_its_labels_match_eager(tiny_model, tmp_path, monkeypatch):
     """Where the starting model's card has graph timings, the adapted model gets its templates, its fp32 graph
     checked against eager on a few of the frames and its int8 graph (the start's activation ranges) against
@@ -307,7 +309,8 @@ def test_an_adapted_model_runs_on_its_graph_once_its_labels_match_eager(tiny_mod
     from sis.engines import choose_engine, export, templates
     from sis.engines.int8 import RANGES_FILE, quantize_graph
     from sis.packaging.carry import GRAPH, INT8, INT8_SLACK, _carried_int8, agreement
-    from sis.adaptation.unlabeled import _at_work_size, _seen
+    from sis.adaptation.unlabeled import seen
+    from sis.engines.predict import at_work_size
     from sis.zoo import models
     monkeypatch.setenv("SIS_CACHE_DIR", str(tmp_path / "cache"))
     init = tmp_path / "init"
@@ -315,7 +318,7 @@ def test_an_adapted_model_runs_on_its_graph_once_its_labels_match_eager(tiny_mod
     model, cfg = models.load_model(init)
     rng = np.random.default_rng(4)
     frames = [make_frame(rng, 64, 96)[0] for _ in range(MIN_FRAMES)]
-    size = _at_work_size(frames[0], cfg.base_size).shape[:2]
+    size = at_work_size(frames[0], cfg.base_size).shape[:2]
     graph = export.export_graph(model, cfg, size, tmp_path / "g.onnx")
     templates.write_template(graph, init, size)
     quantize_graph(graph, tmp_path / "q.onnx", size, init / RANGES_FILE)  # the start's ranges, calibrated as shipped
@@ -354,13 +357,14 @@ def test_an_adapted_model_runs_on_its_graph_once_its_labels_match_eager(tiny_mod
     with torch.no_grad():
         for p in adapted.parameters():
             p.add_(torch.randn_like(p))
-    seen = [_seen(f, cfg).numpy() for f in frames]
+    seen = [seen(f, cfg).numpy() for f in frames]
     assert agreement(out, adapted, cfg, seen, GRAPH) < 0.9  # a graph of other weights than eager's fails
     models.save_model(adapted, cfg, out)  # weights the start's ranges do not fit: its int8 graph labels unlike eager
     assert _carried_int8(init, out, adapted, cfg, seen, card.fast_path.backends[INT8], "frames") is None
     assert not (out / RANGES_FILE).exists()
 
 
+@pytest.mark.slow
 def test_stop_keeps_the_statistics_of_the_frames_seen_or_writes_nothing(tiny_model, tmp_path):
     """Stop between frames: with enough frames seen, the new model holds the statistics of exactly those
     (its card says how many of how many); stopped before that, nothing is written. The original is untouched."""

@@ -45,6 +45,7 @@ def test_onnx_graph_matches_eager_at_odd_size(name):
     assert np.abs(got - ref).max() < 1e-3
 
 
+@pytest.mark.slow
 def test_int8_engine_builds_once_and_predicts(tiny_model):
     model, cfg = load_for_inference(tiny_model)
     engine = engines.create_engine("onnxruntime-int8", model, cfg)
@@ -343,6 +344,7 @@ def _fresh_process(code: str, cache) -> list[str]:
     return out.stdout.strip().splitlines()
 
 
+@pytest.mark.slow
 def test_shipped_models_build_their_graphs_without_torch(tmp_path):
     """A first start, a landscape and a portrait photo on a PSPNet and a U-Net (tests/pages/test_pages.py runs all four
     at 360x480): the int8 graphs come from the shipped templates, so torch, smp, timm and torchvision

@@ -90,6 +90,7 @@ def test_segment_sample_with_ground_truth(app_env):
     assert not at.exception
 
 
+@pytest.mark.slow
 def test_the_sessions_colours_draw_the_legend_on_every_page(app_env, tiny_model):
     """High contrast by default (Car blue, far from Road's purple); the dataset's own once picked in the router's
     sidebar (AppTest runs a switched-to page without the router, so the choice is set as the radio sets it)."""
@@ -485,6 +486,7 @@ def test_segment_odd_images(app_env, name, make, note, shape):
     assert res.labels.shape == shape == res.image.shape[:2]  # mask lines up with what is shown
 
 
+@pytest.mark.slow
 def test_segment_uses_the_chosen_engine_and_lets_you_pick_eager(app_env):
     import json
     card = app_env / "models" / "tiny" / "card.json"  # as if the fine-tune had checked its int8 accuracy

@@ -363,6 +363,7 @@ def test_a_runs_last_val_is_fp32_where_it_trained_in_bf16(tiny_data, tmp_path, m
     assert not _fp32_here(TrainConfig(), torch.device("cuda"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fp32_here", [True, False])
 def test_a_fine_tunes_int8_graph_gets_a_val_figure_of_its_own(tiny_data, tiny_model, tmp_path, monkeypatch, fp32_here):
     """Where a fine-tune has labelled validation frames, its int8 graph's card figure is its own val mIoU
