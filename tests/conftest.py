@@ -131,6 +131,14 @@ def tiny_model(tiny_data, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture
+def app_env(tmp_path, monkeypatch, tiny_model):
+    """An empty data folder holding one tiny fine-tuned model, so pages run in seconds (tests/pages/)."""
+    monkeypatch.setenv("SIS_DATA_DIR", str(tmp_path / "data"))
+    shutil.copytree(tiny_model, tmp_path / "data" / "models" / "tiny", ignore=shutil.ignore_patterns("checkpoint"))
+    return tmp_path / "data"
+
+
 # ------------------------------------------------------------------ helpers several test files share
 def write_clip(path: Path, frames: list[np.ndarray], fps: int = 10, codec: str = "libx264") -> Path:
     """``frames`` written as a clip at ``path`` (lossless H.264 by default: decoded frames equal these)."""
