@@ -42,10 +42,9 @@ elif image is not None:
         st.warning(res.note)
     if res.unfamiliar:
         st.warning(res.unfamiliar, icon=":material/travel_explore:")
-    tiles = [(res.image, "Image")] + [
-        (report.painted(r.labels, ui.shown(ui.get_config(entries[key]).class_set)), f"{r.name} · {r.ms:.0f} ms on {r.engine}")
-        for r, key in zip(res.results, chosen)] + [
-        (res.disagreement, "Disagreement: dark = all agree, bright = all differ")]
+    answers = [(report.painted(r.labels, ui.shown(ui.get_config(entries[key]).class_set)),
+                f"{r.name} · {r.ms:.0f} ms on {r.engine}") for r, key in zip(res.results, chosen)]
+    tiles = [(res.image, "Image"), *answers, (res.disagreement, "Disagreement: dark = all agree, bright = all differ")]
     per_row = 2 if len(tiles) == 4 else 3  # six in a row would be thumbnails
     for start in range(0, len(tiles), per_row):
         for col, (picture, caption) in zip(st.columns(per_row), tiles[start:start + per_row]):

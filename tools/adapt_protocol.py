@@ -153,7 +153,7 @@ def main(argv=None) -> int:
     ap.add_argument("--every", type=int, default=20)
     ap.add_argument("--frames", type=int, default=5)
     ap.add_argument("--gap", type=int, default=4, help="near frames are at least this many frames from a picked one")
-    ap.add_argument("--steps", type=int, default=None, help="default: the Fine-tune page's (training.adapt.STEPS)")
+    ap.add_argument("--steps", type=int, default=None, help="default: the Fine-tune page's (evaluation.before_after.STEPS)")
     ap.add_argument("--shift", default="", help="a photometric shift NAME:SEVERITY the street is seen through")
     ap.add_argument("--recipes", default="replay,plain", help=f"comma-separated, of {', '.join(RECIPES)}")
     ap.add_argument("--seed", type=int, default=0, help="the fine-tunes' seed (another one measures their spread)")

@@ -8,7 +8,7 @@ For each shift: --frames CamVid val frames spread over the drive, under that shi
 as `sis adapt` does (unlabeled.adapt_folder, with its checks), then given its start's activation ranges
 (int8_ranges.json) and scored: each frame's int8 labels against eager fp32's (mIoU, eager as the truth),
 for the adapted model and for MODEL, on every frame alone, then pooled over all frames, over fours and
-over pairs spaced evenly. This is what `training.carry.carried_engines` compares (CHECK_FRAMES frames,
+over pairs spaced evenly. This is what `packaging.carry.carried_engines` compares (CHECK_FRAMES frames,
 INT8_SLACK of slack; "check" is its verdict on the frames it takes, check_picks); the spread of the fours and pairs is
 what sizes them. Then what the check stands for, with labels: both models' eager and int8 mIoU on every
 --score-every-th of the other val frames under the same shift (the gate for a shipped int8 graph is its

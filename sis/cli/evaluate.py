@@ -34,7 +34,7 @@ def accurate_single(a, temperature: float | None = None):
 
 
 def cmd_shift(a) -> int:
-    """``eval --shift``: the model on CamVid val under camera and scene shifts (training.robustness)."""
+    """``eval --shift``: the model on CamVid val under camera and scene shifts (evaluation.robustness)."""
     from sis.data.shifts import SEVERITIES, ShiftError, list_shifts, parse_shifts
     from dataclasses import asdict
 
@@ -109,7 +109,8 @@ def cmd_eval(a) -> int:
         model, cfg = None, engine.cfg
     frames = load_split(a.data, a.split, a.limit, cfg.class_set)
     res = evaluate(model, cfg, frames, device, amp=a.amp, batch_size=a.batch_size, engine=engine, rule=a.work_rule)
-    res.update(model=",".join(cfg.name if engine is None else n for n in (engine.member_names if isinstance(engine, AccurateEngine) else [cfg.name])),
+    names = engine.member_names if isinstance(engine, AccurateEngine) else [cfg.name]  # None: the model itself
+    res.update(model=",".join(names),
                folder=",".join(map(str, folders)), split=a.split, amp=a.amp, tta=a.tta,
                engine="eager" if engine is None else engine.name)
     if a.write:

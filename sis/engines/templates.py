@@ -57,7 +57,7 @@ def carry_templates(src: Path, dst: Path) -> int:
     """Give the model in ``dst`` the templates of ``src``, a model of the same architecture whose weights
     differ only in value (adapted or fine-tuned from it): the same graphs, keyed to ``dst``'s weights, which fill them.
     Returns how many were carried. Only an architecture's constants stay in a template, so the graph filled
-    from ``dst`` is ``dst``'s (checked against eager by the caller, ``training.carry.agreement``)."""
+    from ``dst`` is ``dst``'s (checked against eager by the caller, ``packaging.carry.agreement``)."""
     import onnx
     key, own = file_key(dst), file_key(src)
     carried = 0

@@ -117,7 +117,7 @@ def started_from(init: str | None, entries: dict[str, Entry]) -> str:
 
 
 def verdict(entry: Entry):
-    """A fine-tuned model's before/after comparison (training.adapt.BeforeAfter), None where it has none."""
+    """A fine-tuned model's before/after comparison (evaluation.before_after.BeforeAfter), None where it has none."""
     if entry.shipped:
         return None
     from sis.evaluation.before_after import BeforeAfter

@@ -120,7 +120,7 @@ def video_worker(args: dict, threads: int, events, stop_event) -> None:
 
 
 def adapt_worker(args: dict, threads: int, events, stop_event) -> None:
-    """Child process: a model adapted to unlabelled frames (``training.unlabeled.adapt_folder``) into the
+    """Child process: a model adapted to unlabelled frames (``adaptation.unlabeled.adapt_folder``) into the
     job's folder under the app's models, where every picker finds it."""
     import torch
     torch.set_num_threads(threads)

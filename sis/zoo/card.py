@@ -87,7 +87,7 @@ class ModelCard:
     modes: dict = field(default_factory=dict)          # "none" | "flip" | "ms" -> ModeRecord (accurate mode)
     splits: tuple = ("train",)                         # the dataset splits its weights trained on
     val_note: str | None = None                        # where val_miou comes from when the weights saw val
-    temperature: float = 1.0                           # softmax temperature fitted on val (training.calibrate)
+    temperature: float = 1.0                           # softmax temperature fitted on val (evaluation.calibrate)
     low_confidence: float | None = None                # a photo's mean confidence below this looks unfamiliar
     low_percentile: float = 5.0                        # the share of val frames (%) below low_confidence
     low_reference: str = "CamVid's own val frames"     # the frames low_confidence was measured on, in words

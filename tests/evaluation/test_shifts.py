@@ -161,7 +161,7 @@ def test_cli_shift_benchmark_on_a_folder_without_a_card(tiny_model, tiny_data, t
 
 
 def test_eval_segments_each_frame_at_the_apps_work_size(tiny_model):
-    """training.evaluate runs a frame at the size the app would (engines.predict.work_size) and scores it
+    """evaluation.evaluate runs a frame at the size the app would (engines.predict.work_size) and scores it
     at its own: a 2:1 frame reaches the engine at 294x588, its score covers every pixel of the frame."""
     import torch
 
