@@ -192,10 +192,9 @@ def card_as_written(folder: Path) -> dict:
 
 def read_card(folder: Path) -> ModelCard:
     """The folder's card (an empty one where there is none or it is unreadable: a card is optional)."""
-    path = Path(folder) / "card.json"
     try:
-        return ModelCard.from_dict(json.loads(path.read_text()) if path.is_file() else {})
-    except (json.JSONDecodeError, AttributeError, TypeError):
+        return ModelCard.from_dict(card_as_written(folder))
+    except (AttributeError, TypeError):  # a section of the wrong shape
         return ModelCard()
 
 
