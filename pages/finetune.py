@@ -116,13 +116,13 @@ if started:
                          replay_ratio=None if ratio == DEFAULT_SHARE else int(ratio.rstrip("%")) / 100)
         cfg = config_for(root, name, **asked).to_dict()
         # scored before and after, also on CamVid val when present
-        before_after = str(camvid or "") if init_value == str(entry and entry.folder) else None
+        compare_on = str(camvid or "") if init_value == str(entry and entry.folder) else None
         if unit == "steps":
             cfg["max_steps"] = int(length)
         else:
             cfg["epochs"] = int(length)
         job = manager.start(sid, cfg, name=catalog.run_name(run_as, f"{name}-ft-{time.strftime('%m%d-%H%M%S')}"),
-                            before_after=before_after)
+                            before_after=compare_on)
         st.toast(f"Started job {job.id}")
         plan = st.session_state.setdefault("_ft_plans", {})[job.id] = validation_plan(root, n)
         replayed = (f" Replay: {100 * cfg['replay_ratio']:.0f}% of each batch from CamVid's train frames."
