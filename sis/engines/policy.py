@@ -203,20 +203,14 @@ def why_not_kept(res: dict) -> NotKept | None:
     return None
 
 
-def keep_comparison(res: dict) -> bool:
-    """Keep a ``bench.compare_engines`` result as this host's engine timing for the model's weights
-    (SQLite, the app's data folder) where ``why_not_kept`` finds nothing against it; ``choose_engine``
-    then prefers it to the card. Returns whether it was kept (``judge_comparison``, which this runs, also
-    writes into ``res`` why not)."""
-    judge_comparison(res)
-    return res["kept_for_this_host"]
-
-
-def judge_comparison(res: dict) -> None:
-    """Keep ``res`` (a ``bench.compare_engines`` result) as this host's timing where it qualifies, and say so in
-    it: ``kept_for_this_host``, and ``not_kept`` ({kind, sentence} of NotKept) where it was not."""
+def judge_comparison(res: dict) -> NotKept | None:
+    """Keep ``res`` (a ``bench.compare_engines`` result) as this host's engine timing for the model's weights
+    (SQLite, the app's data folder) where ``why_not_kept`` finds nothing against it; ``choose_engine`` then
+    prefers it to the card. Says so in ``res`` (``kept_for_this_host``, and ``not_kept``: {kind, sentence},
+    for the page the worker hands it to) and returns why it was not kept, None where it was."""
     not_kept = why_not_kept(res)
     res["not_kept"] = None if not_kept is None else {"kind": not_kept.kind, "sentence": not_kept.sentence}
     res["kept_for_this_host"] = not_kept is None
     if not_kept is None:
         store.put_engines(res["host"]["host_key"], file_key(Path(res["folder"])), res["model"], res["engines"])
+    return not_kept

@@ -9,7 +9,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from sis.data.images import resize_rgb
+from sis.data.images import resize_images, resize_rgb
 
 
 def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
@@ -68,6 +68,11 @@ class WorkLogits(NamedTuple):
 def at_work_size(rgb: np.ndarray, base: tuple[int, int], rule: str | None = None) -> np.ndarray:
     """The (h, w, 3) frame at the size a model of base size ``base`` segments it at (``work_size``)."""
     return resize_rgb(rgb, work_size(*rgb.shape[:2], tuple(base), rule))
+
+
+def batch_at_work_size(images: np.ndarray, base: tuple[int, int], rule: str | None = None) -> np.ndarray:
+    """(N, 3, H, W) uint8 frames of one size at their work size: ``at_work_size`` for a batch (evaluation)."""
+    return resize_images(images, work_size(*images.shape[-2:], tuple(base), rule))
 
 
 def as_batch(rgb: np.ndarray) -> np.ndarray:

@@ -10,8 +10,7 @@ import torch.nn.functional as F
 
 from sis import metrics
 from sis.data.dataset import Frames
-from sis.data.images import resize_images
-from sis.engines.predict import work_size
+from sis.engines.predict import batch_at_work_size
 from sis.zoo.preprocess import forward_logits
 from sis.zoo.registry import ModelConfig
 
@@ -45,7 +44,7 @@ def evaluate(model: torch.nn.Module, cfg: ModelConfig, frames: Frames, device: t
         imgs = torch.stack(frames.images[i:j]).to(device)
         masks = torch.stack(frames.masks[i:j]).to(device).long()
         h, w = imgs.shape[-2:]
-        x = np.ascontiguousarray(resize_images(imgs.cpu().numpy(), work_size(h, w, tuple(cfg.base_size), rule)))
+        x = batch_at_work_size(imgs.cpu().numpy(), cfg.base_size, rule)
         logits = torch.from_numpy(engine(x)).to(device) if engine else \
             forward_logits(model, cfg, torch.from_numpy(x).to(device), amp)
         if logits.shape[-2:] != (h, w):

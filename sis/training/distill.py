@@ -1,7 +1,7 @@
 """Knowledge distillation: a teacher's class probabilities as soft targets for a student.
 
 The teacher (one model or an ensemble, with or without test-time augmentation: the accurate
-mode's engine) labels every training frame once, at full size, before the loop. Its
+mode's engine) labels every training frame once, as the app segments it, before the loop. Its
 probabilities then ride through the same crop, rescale and flips as the image (a bilinear
 resize keeps them a distribution), so a teacher costs one pass over the data, not one per step.
 The loss is pixel-wise: the labels' cross-entropy plus the KL divergence to the teacher at a
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from sis.data.dataset import Frames
-from sis.engines.predict import softmax
+from sis.engines.predict import as_batch, at_work_size, softmax, tempered
 
 
 def check_scale(scale: float) -> None:
@@ -31,8 +31,9 @@ def teacher_targets(frames: Frames, teacher: str, tta: str = "none", device: str
     """The teacher's class probabilities for every frame: [(C,H,W) float16], on the CPU.
 
     ``teacher``: a registry name or model folder, or several joined by commas (an ensemble,
-    averaged); ``tta``: none | flip | ms. Each model runs on the engine the policy gives it on
-    ``device``; the teacher must predict the frames' classes, in the same order. ``scale`` < 1 keeps
+    averaged); ``tta``: none | flip | ms. Each model runs on the engine the policy gives it on ``device``, on
+    each frame at its work size (``engines.predict.at_work_size``), and its calibrated probabilities come back
+    at the frame's size; the teacher must predict the frames' classes, in the same order. ``scale`` < 1 keeps
     each answer at that share of the frame's height and width (area-averaged: still a distribution);
     ``SegDataset`` scales it back up to the frame."""
     from sis import engines, zoo
@@ -46,13 +47,18 @@ def teacher_targets(frames: Frames, teacher: str, tta: str = "none", device: str
         raise ValueError(f"the teacher predicts {', '.join(names)}; the training data has "
                          f"{', '.join(frames.classes.names)}")
     probs = engine.probabilities if isinstance(engine, engines.AccurateEngine) else None
+    base = engine.cfg.base_size
     out = []
     for img in frames.images:
-        x = img.cpu().numpy()[None]
-        p = torch.from_numpy(np.ascontiguousarray(probs(x) if probs is not None else softmax(engine(x))))
-        if scale < 1:
-            h, w = p.shape[-2:]
-            p = F.interpolate(p.float(), size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="area")
+        # the frame at its work size, as the app segments it; calibrated probabilities, as the app shows them
+        x = as_batch(at_work_size(img.permute(1, 2, 0).numpy(), base))
+        p = torch.from_numpy(np.ascontiguousarray(probs(x) if probs is not None else softmax(tempered(engine, x))))
+        h, w = img.shape[-2:]
+        kept = max(1, round(h * scale)), max(1, round(w * scale))
+        if kept[0] < p.shape[-2]:  # area-averaged and bilinear resizes both keep a distribution
+            p = F.interpolate(p.float(), size=kept, mode="area")
+        elif p.shape[-2:] != kept:
+            p = F.interpolate(p.float(), size=kept, mode="bilinear", align_corners=False)
         out.append(p[0].to(torch.float16))
     log(f"teacher {', '.join(Path(f).name for f in folders)} ({engine.name}) labelled {len(out)} frames")
     return out

@@ -440,7 +440,7 @@ def test_this_hosts_measurement_picks_the_engine(any_host):
     assert only_eager.passed_over["onnxruntime-int8"] == "not timed in this host's kept engine comparison"
 
 
-def test_keep_comparison_keeps_full_base_size_comparisons(tiny_model, tmp_path, monkeypatch):
+def test_judge_comparison_keeps_full_base_size_comparisons(tiny_model, tmp_path, monkeypatch):
     from sis import host
     monkeypatch.setenv("SIS_DATA_DIR", str(tmp_path))
     here = [n for n, why in engines.available().items() if why is None]
@@ -448,18 +448,18 @@ def test_keep_comparison_keeps_full_base_size_comparisons(tiny_model, tmp_path, 
     res = {"folder": str(tiny_model), "model": "pspnet-resnet18", "size": [360, 480], "engines": timed,
            "repeats": 5, "host": {"host_key": host.host_key()}}
     assert policy.kept_comparison(tiny_model) is None
-    assert not policy.keep_comparison(dict(res, size=[240, 320]))  # another size: its ranking may differ
-    assert not policy.keep_comparison(dict(res, repeats=2))  # too few rounds to rank engines
-    assert not policy.keep_comparison(dict(res, engines={"eager": timed["eager"]}))  # not every engine timed
+    assert policy.judge_comparison(dict(res, size=[240, 320])).kind == "size"  # another size: its ranking may differ
+    assert policy.judge_comparison(dict(res, repeats=2)).kind == "rounds"  # too few rounds to rank engines
+    assert policy.judge_comparison(dict(res, engines={"eager": timed["eager"]})).kind == "engines"  # not every engine timed
     busy = dict(res, others_cpu_share=0.5)  # timed beside another program: every engine slowed
-    assert not policy.keep_comparison(busy)
+    assert policy.judge_comparison(busy).kind == "busy" and not busy["kept_for_this_host"]
     said = policy.why_not_kept(busy)
     assert said.kind == "busy" and said.sentence.startswith("other programs used 50% of the CPU while it ran")
     said = policy.why_not_kept(dict(res, size=[240, 320]))
     assert said.kind == "size" and said.sentence.startswith("it was timed at 240x320, not at")
     assert policy.why_not_kept(dict(res, others_cpu_share=policy.BUSY_SHARE)) is None
     assert policy.kept_comparison(tiny_model) is None
-    assert policy.keep_comparison(res)
+    assert policy.judge_comparison(res) is None and res["kept_for_this_host"]
     kept = policy.kept_comparison(tiny_model)
     assert {n: r.speedup for n, r in kept.items()} == {n: t["speedup_vs_eager"] for n, t in timed.items()}
     # the slowest-numbered engine here timed fastest: the policy follows this host's figures

@@ -9,7 +9,7 @@ from conftest import bomb_png
 from PIL import Image
 
 from sis.data.images import ImageError, iter_images, load_image
-from sis.engines.predict import labels_and_confidence, predict, work_size
+from sis.engines.predict import as_batch, at_work_size, batch_at_work_size, labels_and_confidence, predict, work_size
 from sis.vis.paint import class_share, colorize, error_map, overlay
 
 
@@ -160,6 +160,16 @@ def test_predict_matches_full_res_forward(model, eager):
     assert (pred.labels == ref.argmax(1)[0].numpy()).mean() == 1.0
     soft = (ref / eager.temperature).softmax(1).max(1).values[0].numpy()  # calibrated: the card's temperature
     np.testing.assert_allclose(pred.confidence, soft, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [(64, 96), (375, 1242), (360, 480)])
+def test_a_batch_goes_to_the_work_size_as_each_of_its_frames_does(size):
+    """Evaluation sizes its batches through the same rule as predict sizes one frame."""
+    frames = np.random.default_rng(0).integers(0, 256, (2, *size, 3), dtype=np.uint8)
+    batch = batch_at_work_size(np.ascontiguousarray(frames.transpose(0, 3, 1, 2)), (360, 480))
+    assert batch.shape[-2:] == work_size(*size, (360, 480))
+    for i, rgb in enumerate(frames):
+        assert np.array_equal(batch[i], as_batch(at_work_size(rgb, (360, 480)))[0])
 
 
 def test_labels_and_confidence_by_hand():
