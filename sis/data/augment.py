@@ -64,7 +64,7 @@ class _Gamma(v2.Transform):
 
     def transform(self, inpt, params):
         g = float(torch.empty(1).uniform_(self.lo, self.hi).exp())
-        return _from_unit(_to_unit(inpt) ** g, inpt)
+        return v2.functional.adjust_gamma(inpt, g)
 
 
 class _WhiteBalance(v2.Transform):

@@ -156,6 +156,19 @@ def test_photometric_augmentation_changes_the_image_alone_on_its_share_of_the_fr
     assert lo <= changed <= hi, changed
 
 
+@pytest.mark.parametrize("g", [0.5, 2.0])
+def test_the_gamma_op_darkens_or_lifts_the_midtones_by_its_exponent(g):
+    from torchvision import tv_tensors
+
+    from sis.data.augment import _Gamma
+    img = tv_tensors.Image(torch.arange(256, dtype=torch.uint8).expand(3, 4, -1).clone())
+    out = _Gamma((g, g))(img)
+    expected = 255 * (torch.arange(256) / 255) ** g
+    assert isinstance(out, tv_tensors.Image) and out.dtype == torch.uint8
+    assert (out[0, 0].float() - expected).abs().max() <= 1  # within one 8-bit level
+    assert out[0, 0, 0] == 0 and out[0, 0, 255] == 255
+
+
 def test_an_unknown_photometric_level_is_one_sentence():
     assert build_photometric("none") is None
     with pytest.raises(ValueError, match="unknown photometric augmentation 'sepia'; choose none, camera, camera-half"):
