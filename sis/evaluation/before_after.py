@@ -121,10 +121,9 @@ def compare(base: Path, new: Path, sets: list[tuple[str, Frames]], shown: Frames
     import torch
     from PIL import Image
 
-    from sis.evaluation.evaluate import evaluate
+    from sis.evaluation.evaluate import evaluate, frame_logits
     from sis.vis.paint import overlay
     from sis.zoo.models import load_model
-    from sis.zoo.preprocess import forward_logits
     shown = shown.subset(range(min(SHOWN, len(shown))))
     total = 2 * (sum(len(f) for _, f in sets) + len(shown))
     done = 0  # frames finished before the current set
@@ -143,8 +142,8 @@ def compare(base: Path, new: Path, sets: list[tuple[str, Frames]], shown: Frames
                                              progress=lambda i, n: report(i))
             done += len(frames)
         with torch.inference_mode():
-            answers[which] = [forward_logits(model, cfg, img[None], True)[0].argmax(0).numpy().astype(np.uint8)
-                              for img in shown.images]
+            answers[which] = [frame_logits(model, cfg, img[None], torch.device("cpu"))[0].argmax(0).numpy()
+                              .astype(np.uint8) for img in shown.images]
         done += len(shown)
         report(0)
         del model

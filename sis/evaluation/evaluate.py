@@ -15,6 +15,20 @@ from sis.zoo.preprocess import forward_logits
 from sis.zoo.registry import ModelConfig
 
 
+def frame_logits(model: torch.nn.Module | None, cfg: ModelConfig, imgs: torch.Tensor, device: torch.device,
+                 amp: bool = True, engine: Callable[[np.ndarray], np.ndarray] | None = None,
+                 rule: str | None = None) -> torch.Tensor:
+    """(N, C, H, W) logits of (N, 3, H, W) uint8 frames of one size, each segmented at its work size as the
+    app does (``engines.predict.batch_at_work_size``) and resized back (bilinear) to the frames' own size."""
+    h, w = imgs.shape[-2:]
+    x = batch_at_work_size(imgs.cpu().numpy(), cfg.base_size, rule)
+    logits = torch.from_numpy(engine(x)).to(device) if engine else \
+        forward_logits(model, cfg, torch.from_numpy(x).to(device), amp)
+    if logits.shape[-2:] != (h, w):
+        logits = F.interpolate(logits, (h, w), mode="bilinear", align_corners=False)
+    return logits
+
+
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, cfg: ModelConfig, frames: Frames, device: torch.device,
              amp: bool = True, batch_size: int = 4,
@@ -43,12 +57,7 @@ def evaluate(model: torch.nn.Module, cfg: ModelConfig, frames: Frames, device: t
             j += 1
         imgs = torch.stack(frames.images[i:j]).to(device)
         masks = torch.stack(frames.masks[i:j]).to(device).long()
-        h, w = imgs.shape[-2:]
-        x = batch_at_work_size(imgs.cpu().numpy(), cfg.base_size, rule)
-        logits = torch.from_numpy(engine(x)).to(device) if engine else \
-            forward_logits(model, cfg, torch.from_numpy(x).to(device), amp)
-        if logits.shape[-2:] != (h, w):
-            logits = F.interpolate(logits, (h, w), mode="bilinear", align_corners=False)
+        logits = frame_logits(model, cfg, imgs, device, amp, engine, rule)
         valid = (masks != ignore) & (masks < c)
         tgt = torch.where(valid, masks, torch.full_like(masks, ignore if ignore >= 0 else -100))
         loss_sum += float(F.cross_entropy(logits, tgt, ignore_index=ignore if ignore >= 0 else -100,

@@ -162,6 +162,21 @@ def test_predict_matches_full_res_forward(model, eager):
     np.testing.assert_allclose(pred.confidence, soft, rtol=1e-5, atol=1e-6)
 
 
+def test_evaluation_and_the_before_after_pictures_answer_a_frame_as_predict_does(model, eager):
+    """evaluate and a fine-tune's before/after pictures take a frame of another size through the work size too:
+    their answer is predict's but where predict's nearest resize of the labels and their bilinear resize of
+    the logits disagree, on edges."""
+    from sis.evaluation.evaluate import frame_logits
+    m, cfg = model
+    rng = np.random.default_rng(1)
+    img = np.repeat(np.repeat(rng.integers(0, 255, (25, 62, 3), np.uint8), 15, 0), 20, 1)  # 375x1240, blocks
+    with torch.inference_mode():
+        logits = frame_logits(m, cfg, torch.from_numpy(img.transpose(2, 0, 1))[None], torch.device("cpu"), amp=False)
+    pred = predict(eager, img)
+    assert pred.work_size != img.shape[:2] and logits.shape[-2:] == img.shape[:2]
+    assert (logits.argmax(1)[0].numpy() == pred.labels).mean() > 0.95
+
+
 @pytest.mark.parametrize("size", [(64, 96), (375, 1242), (360, 480)])
 def test_a_batch_goes_to_the_work_size_as_each_of_its_frames_does(size):
     """Evaluation sizes its batches through the same rule as predict sizes one frame."""
