@@ -99,4 +99,5 @@ with_hist = [r for r in rows if r.history]
 if with_hist:
     st.plotly_chart(charts.training_curves(with_hist), width="stretch")
     st.caption("Per-epoch curves from each model's card: training loss, pixel accuracy (solid: training batches, "
-               "dotted: validation) and validation mIoU.")
+               "dotted: validation) and validation mIoU. A model trained in stages breaks its lines where a later "
+               "stage begins: a fine-tune's loss is another recipe's and does not continue the first's.")

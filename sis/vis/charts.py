@@ -31,22 +31,49 @@ def iou_heatmap(rows: list, classes: ClassSet) -> go.Figure:
     return fig
 
 
+def stage_curve(history: list[dict], key: str, scale: float = 1.0) -> tuple[list, list]:
+    """The epochs and values of ``key`` in a card's ``history`` (epochs without it left out), with a gap (None)
+    where a later training stage begins: a fine-tune's loss, under another recipe, does not continue the first's."""
+    xs: list = []
+    ys: list = []
+    last = None
+    for e in history:
+        if key not in e:
+            continue
+        stage = e.get("stage")
+        if xs and stage != last:
+            xs.append(None)
+            ys.append(None)
+        xs.append(e["epoch"])
+        ys.append(scale * e[key])
+        last = stage
+    return xs, ys
+
+
+def stage_starts(history: list[dict]) -> list[tuple[int, int]]:
+    """(epoch, stage) where each training stage after the first begins."""
+    return [(e["epoch"], e.get("stage")) for prev, e in zip(history, history[1:]) if e.get("stage") != prev.get("stage")]
+
+
 def training_curves(rows: list) -> go.Figure:
-    """The paper's per-epoch curves: loss, pixel accuracy and val mIoU for each model."""
+    """The paper's per-epoch curves: loss, pixel accuracy and val mIoU for each model; a model trained in stages
+    (a first run, then a fine-tune under another recipe) has a gap and a dotted line where each later stage begins."""
     fig = make_subplots(rows=1, cols=3, subplot_titles=("Training loss", "Pixel accuracy", "Validation mIoU"))
     for i, r in enumerate(rows):
         h = r.history
         color = f"hsl({(i * 67) % 360},70%,45%)"
-        ep = [x["epoch"] for x in h]
-        fig.add_scatter(x=ep, y=[x["loss"] for x in h], name=r.model, legendgroup=r.model, row=1, col=1,
-                        line_color=color)
-        fig.add_scatter(x=ep, y=[100 * x["pixel_acc"] for x in h], name=r.model, legendgroup=r.model,
-                        showlegend=False, row=1, col=2, line_color=color)
-        fig.add_scatter(x=ep, y=[100 * x.get("val_pixel_acc", float("nan")) for x in h], name=r.model,
-                        legendgroup=r.model, showlegend=False, row=1, col=2, line=dict(color=color, dash="dot"))
-        v = [x for x in h if "val_miou" in x]
-        fig.add_scatter(x=[x["epoch"] for x in v], y=[100 * x["val_miou"] for x in v], name=r.model,
-                        legendgroup=r.model, showlegend=False, row=1, col=3, line_color=color, mode="lines+markers")
+        curves = ((1, "loss", 1.0, {}, True), (2, "pixel_acc", 100.0, {}, False),
+                  (2, "val_pixel_acc", 100.0, dict(dash="dot"), False), (3, "val_miou", 100.0, {}, False))
+        for col, key, scale, line, legend in curves:
+            x, y = stage_curve(h, key, scale)
+            if x:
+                fig.add_scatter(x=x, y=y, name=r.model, legendgroup=r.model, showlegend=legend, row=1, col=col,
+                                line=dict(color=color, **line), mode="lines+markers" if col == 3 else "lines")
+        for epoch, stage in stage_starts(h):
+            for col in (1, 2, 3):
+                fig.add_vline(x=epoch - 0.5, line=dict(color=color, dash="dot", width=1), row=1, col=col)
+            fig.add_annotation(x=epoch - 0.5, y=1, yref="y domain", text=f"stage {stage}", showarrow=False,
+                               xanchor="right", font=dict(size=11, color=color), row=1, col=1)
     fig.update_xaxes(title_text="epoch")
     fig.update_layout(height=340, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25))
     return fig
