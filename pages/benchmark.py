@@ -4,7 +4,7 @@ import time
 import streamlit as st
 
 from sis import host, store, zoo
-from sis.engines.policy import KEEP_MIN_ROUNDS
+from sis.engines.policy import KEEP_MIN_ROUNDS, MAX_MIOU_DELTA
 from sis.studio import catalog, jobs, ui
 from sis.vis import charts, report
 
@@ -93,27 +93,21 @@ if entries:
     if note:
         st.error(note)
     if done:
-        res = done[0]
-        checks = zoo.read_card(res["folder"]).engines
-        st.dataframe([{"engine": n, "median ms": round(r["median_ms"], 1), "p90 ms": round(r["p90_ms"], 1),
-                       "images/s": round(r["images_per_s"], 2), "vs eager": f"{r['speedup_vs_eager']:.2f}x",
-                       "val mIoU delta (card)": None if n not in checks or checks[n].miou_delta is None
-                       else round(checks[n].miou_delta, 2)} for n, r in res["engines"].items()],
-                     hide_index=True, placeholder="", width="stretch")
-        for n, why in res["unavailable"].items():
+        cmp = report.EngineComparison.from_result(done[0])
+        st.dataframe(cmp.table(), hide_index=True, placeholder="", width="stretch")
+        for n, why in cmp.unavailable.items():
             st.caption(f"{n}: unavailable here ({why})")
-        not_kept = res.get("not_kept")
-        if res.get("kept_for_this_host"):
-            st.success(f"Kept for this host: {res['model']} now runs on **{res['default']}** here "
-                       "(the fastest engine within 0.5 point of eager's val mIoU).")
-        elif not_kept and not_kept["kind"] == "busy":  # the one a user can act on now
-            st.warning(f"Not kept: {not_kept['sentence']}.")
+        if cmp.kept:
+            st.success(f"Kept for this host: {cmp.model} now runs on **{cmp.default}** here "
+                       f"(the fastest engine within {MAX_MIOU_DELTA:g} point of eager's val mIoU).")
+        elif cmp.not_kept.kind == "busy":  # the one a user can act on now
+            st.warning(f"Not kept: {cmp.not_kept.sentence}.")
         else:
-            st.caption(f"Not kept: {not_kept['sentence'] if not_kept else 'only a comparison at the base size picks the engine'}.")
-        cl = res.get("channels_last_fp32")
-        st.caption(f"Yardstick, same rounds: eager fp32 with channels_last took {cl['median_ms']:.1f} ms "
-                   f"({cl['speedup_vs_eager']:.2f}x the reference).")
-        st.plotly_chart(charts.engine_bars(res), width="stretch")
+            st.caption(f"Not kept: {cmp.not_kept.sentence}.")
+        if cmp.channels_last_ms is not None:
+            st.caption(f"Yardstick, same rounds: eager fp32 with channels_last took {cmp.channels_last_ms:.1f} ms "
+                       f"({cmp.channels_last_speedup:.2f}x the reference).")
+        st.plotly_chart(charts.engine_bars(cmp), width="stretch")
 
 st.subheader("History on this host")
 hist = store.list_bench()

@@ -108,15 +108,13 @@ def bench_bars(rows: list[dict]) -> go.Figure:
     return fig
 
 
-def engine_bars(res: dict) -> go.Figure:
-    """bench.compare_engines result: median ms per engine, labelled with the speed-up over eager fp32."""
-    names = list(res["engines"])
-    b = res["engines"]
-    fig = go.Figure(go.Bar(x=names, y=[b[n]["median_ms"] for n in names],
-                           text=[f"{b[n]['speedup_vs_eager']:.2f}x" for n in names], textposition="outside",
-                           marker_color=["#888" if n == res["reference"] else "#1f77b4" for n in names]))
+def engine_bars(cmp) -> go.Figure:
+    """A ``report.EngineComparison``: median ms per engine, labelled with the speed-up over eager fp32."""
+    fig = go.Figure(go.Bar(x=[t.name for t in cmp.engines], y=[t.median_ms for t in cmp.engines],
+                           text=[f"{t.speedup:.2f}x" for t in cmp.engines], textposition="outside",
+                           marker_color=["#888" if t.name == cmp.reference else "#1f77b4" for t in cmp.engines]))
     fig.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10),
-                      title=f"{res['model']} at {res['size'][0]}x{res['size'][1]}: ms per image (lower is better)",
+                      title=f"{cmp.model} at {cmp.size[0]}x{cmp.size[1]}: ms per image (lower is better)",
                       yaxis_title="median ms")
     return fig
 

@@ -10,6 +10,7 @@ from sis import metrics, zoo
 from sis.classes import ClassSet
 from sis.engines import EngineChoice, choose_engine
 from sis.engines.accurate import ACCURATE_MODE
+from sis.engines.policy import NotKept
 from sis.engines.predict import predict
 from sis.vis.paint import class_share, colorize, colormap, error_map, label_png, overlay, rgb_png
 
@@ -290,6 +291,55 @@ def ensemble_notes(path=None) -> list[EnsembleNote]:
         return []
     return [EnsembleNote(name, tuple(e["members"]), mode, r["miou"], r["best_member"], r["best_member_miou"])
             for name, e in data.get("ensembles", {}).items() for mode, r in e["modes"].items()]
+
+
+@dataclass(frozen=True)
+class EngineTiming:
+    name: str
+    median_ms: float
+    p90_ms: float
+    images_per_s: float
+    speedup: float                  # eager fp32's median over this one's
+    card_miou_delta: float | None   # val mIoU against eager, points, as the model's card checked it
+
+
+@dataclass(frozen=True)
+class EngineComparison:
+    """A ``bench.compare_engines`` result as judged by ``policy.judge_comparison``, for the Benchmark page
+    (it reaches the page through a worker as plain data)."""
+    model: str
+    size: tuple[int, int]
+    reference: str
+    engines: list[EngineTiming]
+    unavailable: dict[str, str]     # engine -> why it cannot run here
+    not_kept: NotKept | None        # None: kept as this host's timing
+    default: str | None             # the engine the model runs on here once kept
+    channels_last_ms: float | None  # eager fp32 with channels_last, same rounds: a yardstick, not an engine
+    channels_last_speedup: float | None
+
+    @property
+    def kept(self) -> bool:
+        return self.not_kept is None
+
+    @classmethod
+    def from_result(cls, res: dict) -> "EngineComparison":
+        checks = zoo.read_card(res["folder"]).engines
+
+        def timing(name, r):
+            delta = checks[name].miou_delta if name in checks else None
+            return EngineTiming(name, r.get("median_ms"), r.get("p90_ms"), r.get("images_per_s"),
+                                r.get("speedup_vs_eager"), delta)
+        cl = res.get("channels_last_fp32") or {}
+        return cls(res["model"], tuple(res["size"]), res["reference"],
+                   [timing(n, r) for n, r in res["engines"].items()], dict(res["unavailable"]),
+                   None if res["kept_for_this_host"] else NotKept(**res["not_kept"]), res["default"],
+                   cl.get("median_ms"), cl.get("speedup_vs_eager"))
+
+    def table(self) -> list[dict]:
+        return [{"engine": t.name, "median ms": round(t.median_ms, 1), "p90 ms": round(t.p90_ms, 1),
+                 "images/s": round(t.images_per_s, 2), "vs eager": f"{t.speedup:.2f}x",
+                 "val mIoU delta (card)": None if t.card_miou_delta is None else round(t.card_miou_delta, 2)}
+                for t in self.engines]
 
 
 def bench_table(results: list[dict]) -> list[dict]:

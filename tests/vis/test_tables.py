@@ -33,3 +33,30 @@ def test_bench_rows_have_a_cuda_column_only_where_a_gpu_ran_and_download_as_csv(
     assert [r["CUDA MB"] for r in gpu] == [None, 812]
     back = list(csv.DictReader(io.StringIO(report.csv_text(table))))
     assert back == [{k: str(v) for k, v in table[0].items()}]
+
+
+def _comparison(folder, **kw) -> dict:
+    """A judged ``bench.compare_engines`` result as the worker hands it to the page."""
+    timed = {"eager": dict(median_ms=100.0, p90_ms=110.0, images_per_s=10.0, speedup_vs_eager=1.0),
+             "onnxruntime-int8": dict(median_ms=40.0, p90_ms=44.0, images_per_s=25.0, speedup_vs_eager=2.5)}
+    return dict(model="m", folder=str(folder), size=[360, 480], reference="eager", engines=timed,
+                unavailable={"torch-bf16": "no bf16 on this CPU"}, default="onnxruntime-int8",
+                channels_last_fp32={"median_ms": 80.0, "speedup_vs_eager": 1.25}, kept_for_this_host=True,
+                not_kept=None) | kw
+
+
+def test_an_engine_comparison_reaches_the_page_as_a_record_with_the_cards_checks():
+    from sis import zoo
+    shipped = zoo.resolve("pspnet-resnet18")
+    cmp = report.EngineComparison.from_result(_comparison(shipped))
+    assert cmp.kept and cmp.not_kept is None and cmp.default == "onnxruntime-int8" and cmp.size == (360, 480)
+    assert [t.name for t in cmp.engines] == ["eager", "onnxruntime-int8"] and cmp.engines[1].speedup == 2.5
+    assert (cmp.channels_last_ms, cmp.channels_last_speedup) == (80.0, 1.25)
+    row = cmp.table()[1]
+    assert row["vs eager"] == "2.50x" and row["median ms"] == 40.0
+    assert row["val mIoU delta (card)"] == round(zoo.read_card(shipped).engines["onnxruntime-int8"].miou_delta, 2)
+    busy = report.EngineComparison.from_result(_comparison(
+        shipped, kept_for_this_host=False, not_kept={"kind": "busy", "sentence": "other programs used 50%"}))
+    assert not busy.kept and busy.not_kept.kind == "busy" and busy.not_kept.sentence == "other programs used 50%"
+    untimed = report.EngineComparison.from_result(_comparison(shipped, channels_last_fp32=None))
+    assert untimed.channels_last_ms is None
