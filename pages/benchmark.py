@@ -1,5 +1,4 @@
 import json
-import time
 
 import streamlit as st
 
@@ -112,10 +111,6 @@ if entries:
 st.subheader("History on this host")
 hist = store.list_bench()
 if hist:
-    st.dataframe([{"when": time.strftime("%Y-%m-%d %H:%M", time.localtime(r["ts"])), "model": r["model"],
-                   "mode": r["mode"], "device": r["device"], "batch": r["batch"], "size": f"{r['height']}x{r['width']}",
-                   "amp": bool(r["amp"]), "median ms": round(r["median_ms"], 1),
-                   "images/s": round(r["images_per_s"], 2), "peak RSS MB": round(r["peak_rss_mb"])} for r in hist],
-                 hide_index=True, placeholder="", width="stretch")
+    st.dataframe(report.bench_history_table(hist), hide_index=True, placeholder="", width="stretch")
 else:
     st.caption("No benchmarks recorded yet.")

@@ -243,11 +243,6 @@ if mine:
 st.subheader("Runs on this host")
 runs = store.list_runs()
 if runs:
-    st.dataframe([{"started": time.strftime("%Y-%m-%d %H:%M", time.localtime(r["ts_start"])), "model": r["model"],
-                   "from": catalog.started_from(r["init"], entries), "status": r["status"],
-                   "steps": "" if r["steps"] is None else r["steps"],
-                   "val mIoU %": "" if r["val_miou"] is None else round(100 * r["val_miou"], 1),
-                   "saved as": catalog.saved_as(r["out_dir"]), "note": r["message"] or ""}
-                  for r in runs], hide_index=True, placeholder="", width="stretch")
+    st.dataframe(catalog.runs_table(runs, entries), hide_index=True, placeholder="", width="stretch")
 else:
     st.caption("No runs yet.")

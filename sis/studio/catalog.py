@@ -1,6 +1,7 @@
 """What the app can offer: shipped models, fine-tuned runs and the sample gallery."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,6 +115,15 @@ def started_from(init: str | None, entries: dict[str, Entry]) -> str:
         return fresh.get(init, "")
     folder = Path(init).resolve()
     return next((k for k, e in entries.items() if e.folder.resolve() == folder), Path(init).name)
+
+
+def runs_table(runs: list[dict], entries: dict[str, Entry]) -> list[dict]:
+    """``store.list_runs()`` as the Fine-tune page's table of runs on this host."""
+    return [{"started": time.strftime("%Y-%m-%d %H:%M", time.localtime(r["ts_start"])), "model": r["model"],
+             "from": started_from(r["init"], entries), "status": r["status"],
+             "steps": "" if r["steps"] is None else r["steps"],
+             "val mIoU %": "" if r["val_miou"] is None else round(100 * r["val_miou"], 1),
+             "saved as": saved_as(r["out_dir"]), "note": r["message"] or ""} for r in runs]
 
 
 def verdict(entry: Entry):

@@ -1,6 +1,7 @@
 """What the pages show, computed here as typed results: pages only lay them out. No torch."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -350,6 +351,14 @@ def bench_table(results: list[dict]) -> list[dict]:
              "p90 ms": round(r["p90_ms"], 1), "images/s": round(r["images_per_s"], 2),
              "peak RSS MB": round(r["peak_rss_mb"])} | ({"CUDA MB": r.get("cuda_max_allocated_mb")} if gpu else {})
             for r in results]
+
+
+def bench_history_table(rows: list[dict]) -> list[dict]:
+    """``store.list_bench()`` as Benchmark's table of every timing kept on this host."""
+    return [{"when": time.strftime("%Y-%m-%d %H:%M", time.localtime(r["ts"])), "model": r["model"],
+             "mode": r["mode"], "device": r["device"], "batch": r["batch"], "size": f"{r['height']}x{r['width']}",
+             "amp": bool(r["amp"]), "median ms": round(r["median_ms"], 1), "images/s": round(r["images_per_s"], 2),
+             "peak RSS MB": round(r["peak_rss_mb"])} for r in rows]
 
 
 def csv_text(rows: list[dict]) -> str:

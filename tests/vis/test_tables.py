@@ -60,3 +60,13 @@ def test_an_engine_comparison_reaches_the_page_as_a_record_with_the_cards_checks
     assert not busy.kept and busy.not_kept.kind == "busy" and busy.not_kept.sentence == "other programs used 50%"
     untimed = report.EngineComparison.from_result(_comparison(shipped, channels_last_fp32=None))
     assert untimed.channels_last_ms is None
+
+
+def test_the_hosts_benchmark_history_as_rows():
+    import time
+    ts = time.mktime((2026, 12, 8, 9, 30, 0, 0, 0, -1))
+    row = dict(ts=ts, model="m", mode="infer:eager", device="cpu", batch=1, height=360, width=480, amp=0,
+               median_ms=101.26, images_per_s=9.876, peak_rss_mb=612.6)
+    assert report.bench_history_table([row]) == [
+        {"when": "2026-12-08 09:30", "model": "m", "mode": "infer:eager", "device": "cpu", "batch": 1,
+         "size": "360x480", "amp": False, "median ms": 101.3, "images/s": 9.88, "peak RSS MB": 613}]
