@@ -92,11 +92,13 @@ def load_engine(folder: Path, name: str | None = None, device: str = "cpu",
 
 
 def load_accurate(folders: list[Path], tta: TTA = TTA(), name: str | None = None, device: str = "cpu",
-                  weights: list[float] | None = None, log: Callable[[str], None] | None = None) -> Engine:
+                  weights: list[float] | None = None, log: Callable[[str], None] | None = None,
+                  temperature: float | None = None) -> Engine:
     """The accurate mode over the models in ``folders``: each on engine ``name`` (else the one
-    ``choose_engine`` gives it), with test-time augmentation ``tta``, probabilities averaged
-    (``weights``: one per model). One model with no augmentation is that model's own engine."""
-    members = [load_engine(Path(f), name, device, log) for f in folders]
+    ``choose_engine`` gives it), at its card's temperature unless ``temperature`` is given, with test-time
+    augmentation ``tta``, probabilities averaged (``weights``: one per model). One model with no
+    augmentation is that model's own engine."""
+    members = [load_engine(Path(f), name, device, log, temperature) for f in folders]
     if len(members) == 1 and tta == TTA() and weights is None:
         return members[0]
     return AccurateEngine(members, tta, weights, [Path(f).name for f in folders])

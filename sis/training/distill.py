@@ -32,8 +32,8 @@ def teacher_targets(frames: Frames, teacher: str, tta: str = "none", device: str
 
     ``teacher``: a registry name or model folder, or several joined by commas (an ensemble,
     averaged); ``tta``: none | flip | ms. Each model runs on the engine the policy gives it on ``device``, on
-    each frame at its work size (``engines.predict.at_work_size``), and its calibrated probabilities come back
-    at the frame's size; the teacher must predict the frames' classes, in the same order. ``scale`` < 1 keeps
+    each frame at its work size (``engines.predict.at_work_size``), and its probabilities, uncalibrated, come
+    back at the frame's size; the teacher must predict the frames' classes, in the same order. ``scale`` < 1 keeps
     each answer at that share of the frame's height and width (area-averaged: still a distribution);
     ``SegDataset`` scales it back up to the frame."""
     from sis import engines, zoo
@@ -41,7 +41,8 @@ def teacher_targets(frames: Frames, teacher: str, tta: str = "none", device: str
     folders = [zoo.resolve(t.strip()) for t in teacher.split(",") if t.strip()]
     if not folders:
         raise ValueError("the teacher names no model")
-    engine = engines.load_accurate(folders, engines.TTA.from_mode(tta), device=device, log=log)
+    # uncalibrated (temperature 1): the distillation temperature is the one softness knob, as in Hinton et al.
+    engine = engines.load_accurate(folders, engines.TTA.from_mode(tta), device=device, log=log, temperature=1.0)
     names = list(engine.cfg.class_set.names)
     if names != list(frames.classes.names):
         raise ValueError(f"the teacher predicts {', '.join(names)}; the training data has "
@@ -50,7 +51,7 @@ def teacher_targets(frames: Frames, teacher: str, tta: str = "none", device: str
     base = engine.cfg.base_size
     out = []
     for img in frames.images:
-        # the frame at its work size, as the app segments it; calibrated probabilities, as the app shows them
+        # the frame at its work size, as the app segments it
         x = as_batch(at_work_size(img.permute(1, 2, 0).numpy(), base))
         p = torch.from_numpy(np.ascontiguousarray(probs(x) if probs is not None else softmax(tempered(engine, x))))
         h, w = img.shape[-2:]

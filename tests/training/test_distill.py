@@ -81,9 +81,10 @@ def test_teacher_labels_every_frame_with_its_probabilities(tiny_data, tiny_model
     assert torch.allclose(soft[0].float().sum(0), torch.ones(()), atol=2e-2)
 
 
-def test_the_teacher_answers_as_the_app_shows_it(tiny_data, tiny_model, tmp_path):
-    """One path: the teacher sees each frame at its work size and gives its calibrated probabilities, so its
-    top class and confidence are predict's, whatever the frame's size and whatever the card's temperature."""
+def test_the_teacher_answers_as_the_app_segments_uncalibrated(tiny_data, tiny_model, tmp_path):
+    """One path: the teacher sees each frame at its work size, as predict does, so its top class is predict's
+    whatever the frame's size; its probabilities are the model's own (temperature 1) whatever the card's
+    temperature, one model as an ensemble, so that --distill-temperature alone sets how soft they are."""
     from sis import engines
     from sis.engines.predict import predict
     from sis.zoo.card import update_card
@@ -92,14 +93,18 @@ def test_the_teacher_answers_as_the_app_shows_it(tiny_data, tiny_model, tmp_path
     update_card(folder, calibration={"temperature": 3.0})
     frames = load_split(tiny_data, "train")
     soft = teacher_targets(frames, str(folder), log=lambda m: None)
-    engine = engines.load_engine(folder)
-    assert engine.temperature == 3.0
-    for img, p in zip(frames.images[:2], soft):
-        shown = predict(engine, img.permute(1, 2, 0).numpy())
+    flip = teacher_targets(frames, str(folder), "flip", log=lambda m: None)
+    raw, calibrated = engines.load_engine(folder, temperature=1.0), engines.load_engine(folder)
+    assert calibrated.temperature == 3.0
+    for img, p, f in zip(frames.images[:2], soft, flip):
+        rgb = img.permute(1, 2, 0).numpy()
+        shown = predict(raw, rgb)
         assert shown.work_size != tuple(img.shape[-2:])  # the tiny frames are segmented at another size
         p = p.float()
         assert (p.argmax(0).numpy() == shown.labels).mean() > 0.9
         assert p.max(0).values.mean().item() == pytest.approx(float(shown.confidence.mean()), abs=0.02)
+        hot = float(predict(calibrated, rgb).confidence.mean())
+        assert p.max(0).values.mean().item() > hot + 0.05 and f.float().max(0).values.mean().item() > hot + 0.05
 
 
 def test_teacher_answers_kept_at_half_size_come_back_at_the_frames_size(tiny_data, tiny_model):
