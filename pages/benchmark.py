@@ -20,8 +20,11 @@ st.subheader("Step time")
 st.caption("PyTorch itself (fp32, or bf16/fp16 with mixed precision), as training and the reference engine run: "
            "not the engine the pages answer on, which *Inference engines* below times.")
 no_gpu = None if host.nvidia_gpu_visible() else "no NVIDIA GPU on this host"
+entries = catalog.available_models()
+first = catalog.default_key(entries)  # both forms start on the model the app answers with
 with st.form("bench_form"):
-    models = st.multiselect("Models", zoo.list_models(), default=[zoo.DEFAULT_MODEL], key="bench_models")
+    models = st.multiselect("Models", zoo.list_models(), key="bench_models",
+                            default=[first if first in zoo.MODELS else zoo.DEFAULT_MODEL])
     c1, c2, c3, c4 = st.columns(4)
     device = c1.radio("Device", ["cpu", "cuda"], horizontal=True, key="bench_device",
                       captions=["", no_gpu or "available"])
@@ -70,12 +73,11 @@ st.caption("PyTorch fp32 eager as plain smp runs it (NCHW, the reference) agains
            "on this host, on the same image, round after round. A comparison at the model's base size over at "
            f"least {KEEP_MIN_ROUNDS} rounds is kept for this host: from then on its timings pick the engine the "
            "model runs on here.")
-entries = catalog.available_models()
 if entries:
     with st.form("engines_form"):
         keys = list(entries)
         e1, e2, e3 = st.columns(3)
-        key = e1.selectbox("Model", keys, index=keys.index(catalog.default_key(entries)), key="eng_model")
+        key = e1.selectbox("Model", keys, index=keys.index(first), key="eng_model")
         esize = e2.selectbox("Resolution", ["360x480", "240x320", "720x960"], key="eng_size")
         erepeats = e3.number_input("Timed rounds", 1, 30, 5, key="eng_rounds")
         compare = st.form_submit_button("Compare engines", type="primary", key="eng_run")

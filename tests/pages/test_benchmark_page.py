@@ -46,6 +46,14 @@ def test_benchmark_says_when_the_servers_cap_is_reached(app_env, tiny_data):
         manager.jobs.clear()
 
 
+def test_both_benchmarks_start_on_the_model_the_app_answers_with(app_env):
+    from sis.studio import catalog
+    at = _app("pages/benchmark.py")
+    first = catalog.default_key(catalog.available_models())
+    assert at.multiselect(key="bench_models").value == [first] == ["unet-vgg11_bn"]
+    assert at.selectbox(key="eng_model").value == first
+
+
 def test_benchmark_cuda_unavailable_says_why(app_env):
     from sis import host
     if host.nvidia_gpu_visible():
