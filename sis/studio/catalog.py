@@ -1,11 +1,11 @@
 """What the app can offer: shipped models, fine-tuned runs and the sample gallery."""
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from sis import files, store, zoo
+from sis.vis.report import minute
 
 SAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "samples"
 
@@ -119,7 +119,7 @@ def started_from(init: str | None, entries: dict[str, Entry]) -> str:
 
 def runs_table(runs: list[dict], entries: dict[str, Entry]) -> list[dict]:
     """``store.list_runs()`` as the Fine-tune page's table of runs on this host."""
-    return [{"started": time.strftime("%Y-%m-%d %H:%M", time.localtime(r["ts_start"])), "model": r["model"],
+    return [{"started": minute(r["ts_start"]), "model": r["model"],
              "from": started_from(r["init"], entries), "status": r["status"],
              "steps": "" if r["steps"] is None else r["steps"],
              "val mIoU %": "" if r["val_miou"] is None else round(100 * r["val_miou"], 1),

@@ -353,9 +353,14 @@ def bench_table(results: list[dict]) -> list[dict]:
             for r in results]
 
 
+def minute(ts: float) -> str:
+    """A stored timestamp as the tables show it: local time, to the minute."""
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
 def bench_history_table(rows: list[dict]) -> list[dict]:
     """``store.list_bench()`` as Benchmark's table of every timing kept on this host."""
-    return [{"when": time.strftime("%Y-%m-%d %H:%M", time.localtime(r["ts"])), "model": r["model"],
+    return [{"when": minute(r["ts"]), "model": r["model"],
              "mode": r["mode"], "device": r["device"], "batch": r["batch"], "size": f"{r['height']}x{r['width']}",
              "amp": bool(r["amp"]), "median ms": round(r["median_ms"], 1), "images/s": round(r["images_per_s"], 2),
              "peak RSS MB": round(r["peak_rss_mb"])} for r in rows]
